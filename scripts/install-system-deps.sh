@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Installs the Debian packages bronze's test suite and benchmarks need (real peers: DHCP, TFTP,
+# IPMI, QEMU firmware, PostgreSQL tooling). Idempotent and quiet when everything is present.
+set -euo pipefail
+PKGS=(qemu-system-x86 ipxe ipxe-qemu ovmf dnsmasq tftpd-hpa tftp-hpa ipmitool openipmi
+      freeipmi-tools kea-admin busybox isc-dhcp-client docker-compose curl iproute2 procps
+      postgresql postgresql-client)
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+# NOTE: dnsmasq and tftpd-hpa start daemons bound to every address from their postinst scripts.
+# A policy-rc.d that answers 101 keeps them stopped; the tests start their own, bound to loopback.
+policy=/usr/sbin/policy-rc.d
+restore=""
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null; $SUDO chmod +x "$policy"; restore=1
+fi
+trap '[ -n "$restore" ] && $SUDO rm -f "$policy"' EXIT
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
