@@ -1,0 +1,260 @@
+"""``/api/v1/machines``: the machine inventory."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Response
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm.exc import StaleDataError
+
+from server import inventory
+from server.api.deps import Context, context, operator, reader
+from server.api.schemas import (
+    BmcIn,
+    EventPage,
+    MachineCreate,
+    MachineOut,
+    MachinePage,
+    MachineUpdate,
+)
+from server.auth import Principal
+from server.errors import Conflict, Invalid
+from server.models import Machine, utcnow
+from server.selectors import SelectorError, parse
+from server.types import Phase
+
+router = APIRouter(prefix="/api/v1/machines", tags=["machines"])
+
+_HOSTPORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
+
+
+def machine_out(m: Machine) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "name": m.name,
+        "uuid": m.smbios_uuid,
+        "serial": m.serial,
+        "nics": [{"mac": n.mac, "name": n.name} for n in m.nics],
+        "labels": m.labels,
+        "phase": m.phase,
+        "power": {
+            "desired": m.power_desired,
+            "observed": m.power_observed,
+            "observed_at": m.power_observed_at and inventory.as_utc(m.power_observed_at),
+        },
+        "fault_reason": m.fault_reason,
+        "bmc": None
+        if m.bmc_address is None
+        else {
+            "driver": m.bmc_driver,
+            "address": m.bmc_address,
+            "port": m.bmc_port,
+            "username": m.bmc_username,
+            "has_password": m.bmc_password_enc is not None,
+            "verify_tls": m.bmc_verify_tls,
+            "has_ca_bundle": m.bmc_ca_bundle is not None,
+        },
+        "hardware": m.hardware,
+        "created_at": inventory.as_utc(m.created_at),
+        "updated_at": inventory.as_utc(m.updated_at),
+        "revision": m.revision,
+    }
+
+
+def _apply_bmc(ctx: Context, m: Machine, bmc: BmcIn, changes: dict[str, Any]) -> None:
+    if not _HOSTPORT.match(bmc.address):
+        raise Invalid(
+            message="BMC address must be host or host:port (no scheme, path or credentials)",
+            details={"field": "bmc.address"},
+        )
+    m.bmc_driver = bmc.driver.value
+    m.bmc_address = bmc.address
+    m.bmc_port = bmc.port
+    m.bmc_username = bmc.username
+    if bmc.password is not None:
+        m.bmc_password_enc = ctx.secrets.encrypt(bmc.password.get_secret_value())
+        changes["bmc.password"] = "(changed)"
+    m.bmc_verify_tls = bmc.verify_tls
+    m.bmc_ca_bundle = bmc.ca_bundle
+    changes["bmc"] = {"driver": m.bmc_driver, "address": m.bmc_address, "port": m.bmc_port,
+                      "verify_tls": m.bmc_verify_tls}
+
+
+@router.post("", status_code=201, response_model=MachineOut)
+def create_machine(
+    body: MachineCreate,
+    ctx: Annotated[Context, Depends(context)],
+    who: Annotated[Principal, Depends(operator)],
+) -> dict[str, Any]:
+    now = utcnow()
+    try:
+        with ctx.db.write() as s:
+            m = Machine(
+                id=str(uuid.uuid4()),
+                name=body.name,
+                smbios_uuid=body.uuid,
+                serial=body.serial,
+                phase=body.phase.value,
+                power_desired=body.power_desired and body.power_desired.value,
+                power_observed="unknown",
+                hardware=body.hardware,
+                created_at=now,
+                updated_at=now,
+                nics=[],
+                label_rows=[],
+            )
+            inventory.set_nics(m, [(n.mac, n.name) for n in body.nics])
+            inventory.set_labels(m, body.labels)
+            changes: dict[str, Any] = {}
+            if body.bmc:
+                _apply_bmc(ctx, m, body.bmc, changes)
+            s.add(m)
+            s.flush()
+            inventory.record(s, actor=who.actor, kind="machine.created", machine=m,
+                             message=f"machine {m.name} created",
+                             data={"macs": [n.mac for n in m.nics], "labels": body.labels})
+            if body.bmc and not body.bmc.verify_tls:
+                inventory.record(s, actor=who.actor, kind="machine.bmc.tls_insecure", machine=m,
+                                 message="BMC TLS verification turned off")
+            return machine_out(m)
+    except IntegrityError as exc:
+        raise inventory.conflict_from(exc) from None
+
+
+@router.get("", response_model=MachinePage)
+def list_machines(
+    ctx: Annotated[Context, Depends(context)],
+    _: Annotated[Principal, Depends(reader)],
+    selector: Annotated[str | None, Query(max_length=4096)] = None,
+    phase: Phase | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+    sort: Annotated[str, Query(max_length=64)] = "name",
+) -> dict[str, Any]:
+    try:
+        reqs = parse(selector) if selector else ()
+    except SelectorError as exc:
+        raise Invalid(message=f"invalid selector: {exc}", details={"field": "selector"}) from None
+    with ctx.db.read() as s:
+        page = inventory.list_machines(
+            s, selector=reqs, phase=phase and phase.value, limit=limit, cursor=cursor, sort=sort
+        )
+        return {"items": [machine_out(m) for m in page.items], "next_cursor": page.next_cursor}
+
+
+@router.get("/{key}", response_model=MachineOut)
+def get_machine(
+    key: str,
+    ctx: Annotated[Context, Depends(context)],
+    _: Annotated[Principal, Depends(reader)],
+) -> dict[str, Any]:
+    with ctx.db.read() as s:
+        return machine_out(inventory.get_machine(s, key))
+
+
+@router.patch("/{key}", response_model=MachineOut)
+def update_machine(
+    key: str,
+    body: MachineUpdate,
+    ctx: Annotated[Context, Depends(context)],
+    who: Annotated[Principal, Depends(operator)],
+) -> dict[str, Any]:
+    fields = body.model_fields_set
+    try:
+        with ctx.db.write() as s:
+            m = inventory.get_machine(s, key)
+            changes: dict[str, Any] = {}
+            for attr, col in (("name", "name"), ("uuid", "smbios_uuid"), ("serial", "serial"),
+                              ("hardware", "hardware"), ("fault_reason", "fault_reason")):
+                if attr in fields:
+                    value = getattr(body, attr)
+                    if attr == "name" and value is None:
+                        raise Invalid(message="name cannot be removed", details={"field": "name"})
+                    if getattr(m, col) != value:
+                        setattr(m, col, value)
+                        changes[attr] = "(updated)" if attr == "hardware" else value
+            if "phase" in fields and body.phase is not None and m.phase != body.phase.value:
+                changes["phase"] = {"from": m.phase, "to": body.phase.value}
+                m.phase = body.phase.value
+            if "power_desired" in fields:
+                new = body.power_desired and body.power_desired.value
+                if new != m.power_desired:
+                    changes["power_desired"] = new
+                    m.power_desired = new
+            if body.labels is not None:
+                labels = m.labels
+                for k, v in body.labels.items():
+                    if v is None:
+                        labels.pop(k, None)
+                    else:
+                        labels[k] = v
+                if labels != m.labels:
+                    changes["labels"] = labels
+                    inventory.set_labels(m, labels)
+            if body.nics is not None:
+                macs = [(n.mac, n.name) for n in body.nics]
+                if macs != [(n.mac, n.name) for n in m.nics]:
+                    inventory.set_nics(m, macs)
+                    changes["nics"] = [mac for mac, _ in macs]
+            if "bmc" in fields:
+                if body.bmc is None:
+                    if m.bmc_address is not None:
+                        m.bmc_driver = m.bmc_address = m.bmc_username = None
+                        m.bmc_port = m.bmc_password_enc = m.bmc_ca_bundle = None
+                        m.bmc_verify_tls = True
+                        changes["bmc"] = None
+                else:
+                    if body.bmc.password is None and m.bmc_address is not None:
+                        pass  # keep the stored password: it is write-only
+                    _apply_bmc(ctx, m, body.bmc, changes)
+                    if not body.bmc.verify_tls:
+                        inventory.record(s, actor=who.actor, kind="machine.bmc.tls_insecure",
+                                         machine=m, message="BMC TLS verification turned off")
+            if changes:
+                m.updated_at = utcnow()
+                s.flush()
+                inventory.record(s, actor=who.actor, kind="machine.updated", machine=m,
+                                 message=f"machine {m.name} updated: {', '.join(sorted(changes))}",
+                                 data=changes)
+            return machine_out(m)
+    except IntegrityError as exc:
+        raise inventory.conflict_from(exc) from None
+    except StaleDataError:
+        raise Conflict(message="machine changed concurrently; retry") from None
+
+
+@router.delete("/{key}", status_code=204)
+def delete_machine(
+    key: str,
+    ctx: Annotated[Context, Depends(context)],
+    who: Annotated[Principal, Depends(operator)],
+) -> Response:
+    try:
+        with ctx.db.write() as s:
+            m = inventory.get_machine(s, key)
+            inventory.record(s, actor=who.actor, kind="machine.deleted", machine=m,
+                             message=f"machine {m.name} deleted",
+                             data={"macs": [n.mac for n in m.nics]})
+            s.delete(m)
+    except StaleDataError:
+        raise Conflict(message="machine changed concurrently; retry") from None
+    return Response(status_code=204)
+
+
+@router.get("/{key}/events", response_model=EventPage)
+def machine_events(
+    key: str,
+    ctx: Annotated[Context, Depends(context)],
+    _: Annotated[Principal, Depends(reader)],
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+) -> dict[str, Any]:
+    from server.api.events import event_out
+
+    with ctx.db.read() as s:
+        m = inventory.get_machine(s, key)
+        page = inventory.list_events(s, machine_id=m.id, limit=limit, cursor=cursor)
+        return {"items": [event_out(e) for e in page.items], "next_cursor": page.next_cursor}

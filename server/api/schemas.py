@@ -1,0 +1,181 @@
+"""REST request/response models (pydantic at the boundary only)."""
+
+from __future__ import annotations
+
+import uuid as uuidlib
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from server.types import BmcDriverName, DesiredPower, Phase, Role
+from server.validation import check_dns_label, check_labels, normalize_mac
+
+
+def _uuid(value: str) -> str:
+    try:
+        return str(uuidlib.UUID(value))
+    except ValueError:
+        raise ValueError(f"invalid SMBIOS uuid {value!r}") from None
+
+
+Mac = Annotated[str, AfterValidator(normalize_mac)]
+DnsLabel = Annotated[str, AfterValidator(check_dns_label)]
+Labels = Annotated[dict[str, str], AfterValidator(check_labels)]
+SmbiosUuid = Annotated[str, AfterValidator(_uuid)]
+
+
+def _unique_macs(nics: list[NicIn] | None) -> list[NicIn] | None:
+    macs = [n.mac for n in nics or ()]
+    if len(set(macs)) != len(macs):
+        raise ValueError("the same MAC address is listed twice")
+    return nics
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NicIn(Strict):
+    mac: Mac
+    name: str | None = Field(default=None, max_length=32, pattern=r"^[A-Za-z0-9_.:-]+$")
+
+
+class BmcIn(Strict):
+    driver: BmcDriverName = BmcDriverName.AUTO
+    address: str = Field(min_length=1, max_length=255)
+    """host or host:port; no scheme, path or credentials."""
+    port: int | None = Field(default=None, ge=1, le=65535)
+    username: str | None = Field(default=None, max_length=128)
+    password: SecretStr | None = Field(default=None, max_length=256)
+    """Write-only: stored encrypted, never returned."""
+    verify_tls: bool = True
+    """Redfish only. Turning it off is an explicit, audited opt-out."""
+    ca_bundle: str | None = Field(default=None, max_length=65536)
+    """PEM CA bundle to verify this BMC's certificate."""
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _pem(cls, v: str | None) -> str | None:
+        if v is not None and "-----BEGIN CERTIFICATE-----" not in v:
+            raise ValueError("ca_bundle must be PEM certificates")
+        return v
+
+
+class BmcOut(BaseModel):
+    driver: str
+    address: str
+    port: int | None
+    username: str | None
+    has_password: bool
+    verify_tls: bool
+    has_ca_bundle: bool
+
+
+class MachineCreate(Strict):
+    name: DnsLabel
+    uuid: SmbiosUuid | None = None
+    serial: str | None = Field(default=None, max_length=128)
+    nics: list[NicIn] = Field(min_length=1, max_length=64)
+    labels: Labels = Field(default_factory=dict, max_length=64)
+    phase: Phase = Phase.REGISTERED
+    power_desired: DesiredPower | None = None
+    bmc: BmcIn | None = None
+    hardware: dict[str, Any] = Field(default_factory=dict)
+
+    _unique_macs = field_validator("nics")(lambda v: _unique_macs(v))
+
+
+class MachineUpdate(Strict):
+    """PATCH body. ``labels`` merges (a ``null`` value removes that key, RFC 7386 style); ``nics``
+    replaces the whole list; ``bmc: null`` removes the BMC; a missing field is left alone."""
+
+    name: DnsLabel | None = None
+    uuid: SmbiosUuid | None = None
+    serial: str | None = Field(default=None, max_length=128)
+    nics: list[NicIn] | None = Field(default=None, min_length=1, max_length=64)
+    labels: dict[str, str | None] | None = None
+    phase: Phase | None = None
+    power_desired: DesiredPower | None = None
+    bmc: BmcIn | None = None
+    hardware: dict[str, Any] | None = None
+    fault_reason: str | None = Field(default=None, max_length=1024)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str | None] | None) -> dict[str, str | None] | None:
+        if v is not None:
+            check_labels({k: val for k, val in v.items() if val is not None})
+            for k in v:
+                check_labels({k: ""})
+        return v
+
+    _unique_macs = field_validator("nics")(lambda v: _unique_macs(v))
+
+
+class NicOut(BaseModel):
+    mac: str
+    name: str | None
+
+
+class PowerOut(BaseModel):
+    desired: str | None
+    observed: str
+    observed_at: datetime | None
+
+
+class MachineOut(BaseModel):
+    id: str
+    name: str
+    uuid: str | None
+    serial: str | None
+    nics: list[NicOut]
+    labels: dict[str, str]
+    phase: str
+    power: PowerOut
+    fault_reason: str | None
+    bmc: BmcOut | None
+    hardware: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    revision: int
+
+
+class MachinePage(BaseModel):
+    items: list[MachineOut]
+    next_cursor: str | None
+
+
+class EventOut(BaseModel):
+    id: int
+    created_at: datetime
+    machine_id: str | None
+    machine_name: str | None
+    actor: str
+    kind: str
+    message: str
+    data: dict[str, Any]
+
+
+class EventPage(BaseModel):
+    items: list[EventOut]
+    next_cursor: str | None
+
+
+class TokenCreate(Strict):
+    name: DnsLabel
+    role: Role
+
+
+class TokenOut(BaseModel):
+    id: str
+    name: str
+    role: str
+    created_at: datetime
+    created_by: str
+    revoked_at: datetime | None
+
+
+class TokenCreated(TokenOut):
+    token: str
+    """Shown once; only its hash is stored."""

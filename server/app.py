@@ -1,0 +1,144 @@
+"""Composition root of the central server: settings -> data dir, key, database, admin token,
+FastAPI app with one error handler that renders every error as
+``{"error": {"code", "message", "details"}}`` (never a stack trace)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from server import inventory, migrate
+from server.api import events, machines, tokens
+from server.api.deps import Context
+from server.auth import create_token, hash_token
+from server.db import Database
+from server.errors import ApiError
+from server.models import ApiToken
+from server.secretbox import SecretBox
+from server.settings import ServerSettings
+from server.types import Role
+
+log = logging.getLogger(__name__)
+
+BOOTSTRAP_TOKEN_NAME = "bootstrap-admin"
+
+
+def prepare_data_dir(settings: ServerSettings) -> None:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(settings.data_dir, 0o700)
+
+
+def load_secrets(settings: ServerSettings) -> SecretBox:
+    if settings.secret_key is not None:
+        return SecretBox(settings.secret_key.get_secret_value().encode())
+    return SecretBox.from_file(settings.data_dir / "secret.key")
+
+
+def ensure_admin_token(settings: ServerSettings, db: Database) -> Path | None:
+    """Seed the first admin token. With ``BRONZE_ADMIN_TOKEN`` that token is (re)installed under the
+    name ``bootstrap-admin``; otherwise, when no active admin token exists, one is generated and
+    written to ``<data_dir>/admin.token`` (0600). Returns the file path when one was written."""
+    seeded = settings.admin_token.get_secret_value() if settings.admin_token else None
+    try:
+        with db.write() as s:
+            row = s.scalar(select(ApiToken).where(ApiToken.name == BOOTSTRAP_TOKEN_NAME))
+            if seeded is not None:
+                if row is not None and row.token_hash == hash_token(seeded) and row.revoked_at is None:
+                    return None
+                if row is not None:
+                    s.delete(row)
+                    s.flush()
+                create_token(s, name=BOOTSTRAP_TOKEN_NAME, role=Role.ADMIN, created_by="env:BRONZE_ADMIN_TOKEN",
+                             token=seeded)
+                inventory.record(s, actor="system", kind="token.created",
+                                 message="admin token seeded from BRONZE_ADMIN_TOKEN",
+                                 data={"name": BOOTSTRAP_TOKEN_NAME, "role": "admin"})
+                return None
+            active_admin = s.scalar(
+                select(ApiToken.id).where(ApiToken.role == Role.ADMIN.value, ApiToken.revoked_at.is_(None))
+            )
+            if active_admin is not None:
+                return None
+            if row is not None:  # revoked bootstrap token: free the name
+                s.delete(row)
+                s.flush()
+            _, plaintext = create_token(s, name=BOOTSTRAP_TOKEN_NAME, role=Role.ADMIN, created_by="system")
+            inventory.record(s, actor="system", kind="token.created",
+                             message="admin token generated on first start",
+                             data={"name": BOOTSTRAP_TOKEN_NAME, "role": "admin"})
+    except IntegrityError:
+        return None  # another replica seeded it at the same moment
+    path = settings.data_dir / "admin.token"
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(plaintext + "\n")
+    os.replace(tmp, path)
+    log.info("admin token written path=%s", path)
+    return path
+
+
+def _error(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, "details": details}}, status_code=status)
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        resp = _error(exc.status, exc.code, exc.message, exc.details)
+        if headers:
+            resp.headers.update(headers)
+        return resp
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [
+            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
+            for e in exc.errors()
+        ]
+        first = details[0] if details else {"loc": [], "msg": "invalid request"}
+        where = ".".join(str(p) for p in first["loc"] if p != "body")
+        return _error(422, "invalid", f"{where}: {first['msg']}" if where else first["msg"], details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error path=%s type=%s", request.url.path, type(exc).__name__, exc_info=exc)
+        return _error(500, "internal", "internal error")
+
+
+def create_app(settings: ServerSettings, *, migrate_db: bool | None = None) -> FastAPI:
+    prepare_data_dir(settings)
+    url = settings.effective_database_url
+    if settings.migrate_on_start if migrate_db is None else migrate_db:
+        migrate.upgrade(url)
+    db = Database.connect(url)
+    ctx = Context(settings=settings, db=db, secrets=load_secrets(settings))
+    ensure_admin_token(settings, db)
+
+    app = FastAPI(title="bronze", version="0.1.0", openapi_url="/openapi.json", docs_url="/docs",
+                  redoc_url=None)
+    app.state.ctx = ctx
+    install_error_handlers(app)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    for r in (machines.router, events.router, tokens.router):
+        app.include_router(r)
+    return app

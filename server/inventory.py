@@ -1,0 +1,240 @@
+"""Inventory operations on a SQLAlchemy session: machines, NICs, labels, and their events.
+
+Every change writes an :class:`~server.models.Event` in the same transaction, so the audit trail
+and the inventory can never disagree. Callers (the REST layer, controllers) own the transaction.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid as uuidlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, exists, or_, select, tuple_
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from server.errors import Conflict, Invalid, NotFound
+from server.models import Event, Machine, MachineLabel, Nic, utcnow
+from server.selectors import Op, Requirement
+
+SORT_FIELDS = {
+    "name": Machine.name,
+    "created_at": Machine.created_at,
+    "updated_at": Machine.updated_at,
+    "phase": Machine.phase,
+}
+"""The only columns a client may sort on (an allowlist: never a column name from input)."""
+
+
+def record(
+    session: Session,
+    *,
+    actor: str,
+    kind: str,
+    message: str,
+    machine: Machine | None = None,
+    machine_id: str | None = None,
+    data: dict[str, Any] | None = None,
+) -> Event:
+    ev = Event(
+        actor=actor,
+        kind=kind,
+        message=message,
+        machine_id=machine.id if machine else machine_id,
+        machine_name=machine.name if machine else None,
+        data=data or {},
+        created_at=utcnow(),
+    )
+    session.add(ev)
+    return ev
+
+
+def get_machine(session: Session, key: str) -> Machine:
+    """Look a machine up by id or by name."""
+    m = session.get(Machine, key) if _looks_like_uuid(key) else None
+    if m is None:
+        m = session.scalar(select(Machine).where(Machine.name == key))
+    if m is None:
+        raise NotFound(kind="machine", key=key)
+    return m
+
+
+def _looks_like_uuid(key: str) -> bool:
+    try:
+        uuidlib.UUID(key)
+    except ValueError:
+        return False
+    return True
+
+
+def conflict_from(exc: IntegrityError) -> Conflict:
+    """Turn a unique-constraint violation into a 409 naming the field, on SQLite and PostgreSQL."""
+    text = str(exc.orig).lower()
+    for needle, field in (
+        ("nics.mac", "mac"),
+        ("uq_nics_mac", "mac"),
+        ("machines.name", "name"),
+        ("uq_machines_name", "name"),
+        ("smbios_uuid", "uuid"),
+        ("api_tokens.name", "name"),
+        ("uq_api_tokens_name", "name"),
+    ):
+        if needle in text:
+            return Conflict(message=f"a record with this {field} already exists", details={"field": field})
+    return Conflict(message="conflicting record exists")
+
+
+def set_labels(machine: Machine, labels: dict[str, str]) -> None:
+    current = {row.key: row for row in machine.label_rows}
+    for key in list(current):
+        if key not in labels:
+            machine.label_rows.remove(current[key])
+    for key, value in labels.items():
+        if key in current:
+            current[key].value = value
+        else:
+            machine.label_rows.append(MachineLabel(key=key, value=value))
+
+
+def set_nics(machine: Machine, nics: Sequence[tuple[str, str | None]]) -> None:
+    wanted = dict(nics)
+    for nic in list(machine.nics):
+        if nic.mac not in wanted:
+            machine.nics.remove(nic)
+    have = {nic.mac: nic for nic in machine.nics}
+    for mac, name in wanted.items():
+        if mac in have:
+            have[mac].name = name
+        else:
+            machine.nics.append(Nic(mac=mac, name=name))
+
+
+# --- listing -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Page:
+    items: list[Any]
+    next_cursor: str | None
+
+
+def selector_clause(reqs: Sequence[Requirement]) -> ColumnElement[bool]:
+    """Translate parsed label requirements into indexed EXISTS sub-queries."""
+    clauses = []
+    for r in reqs:
+        sub = select(MachineLabel.machine_id).where(
+            MachineLabel.machine_id == Machine.id, MachineLabel.key == r.key
+        )
+        if r.op in (Op.EQ, Op.NE, Op.IN, Op.NOTIN):
+            sub = sub.where(MachineLabel.value.in_(r.values))
+        positive = r.op in (Op.EXISTS, Op.EQ, Op.IN)
+        clauses.append(exists(sub) if positive else ~exists(sub))
+    return and_(*clauses) if clauses else and_(True)
+
+
+def _encode_cursor(payload: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(payload, separators=(",", ":")).encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> dict[str, Any]:
+    try:
+        data = json.loads(base64.urlsafe_b64decode(cursor.encode()))
+        if not isinstance(data, dict):
+            raise ValueError
+        return data
+    except (ValueError, UnicodeDecodeError):
+        raise Invalid(message="invalid cursor", details={"field": "cursor"}) from None
+
+
+def _cursor_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return as_utc(value).isoformat()
+    return value
+
+
+def as_utc(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def parse_sort(sort: str) -> tuple[str, bool]:
+    desc = sort.startswith("-")
+    field = sort[1:] if desc else sort
+    if field not in SORT_FIELDS:
+        raise Invalid(
+            message=f"cannot sort by {field!r}",
+            details={"field": "sort", "allowed": sorted(SORT_FIELDS)},
+        )
+    return field, desc
+
+
+def list_machines(
+    session: Session,
+    *,
+    selector: Sequence[Requirement] = (),
+    phase: str | None = None,
+    limit: int = 100,
+    cursor: str | None = None,
+    sort: str = "name",
+) -> Page:
+    field, desc = parse_sort(sort)
+    col = SORT_FIELDS[field]
+    stmt = select(Machine).where(selector_clause(selector))
+    if phase:
+        stmt = stmt.where(Machine.phase == phase)
+    if cursor:
+        c = _decode_cursor(cursor)
+        if c.get("s") != sort or "v" not in c or "id" not in c:
+            raise Invalid(message="cursor does not belong to this sort order", details={"field": "cursor"})
+        value: Any = c["v"]
+        if field in ("created_at", "updated_at"):
+            try:
+                value = datetime.fromisoformat(value)
+            except (TypeError, ValueError):
+                raise Invalid(message="invalid cursor", details={"field": "cursor"}) from None
+        key = tuple_(col, Machine.id)
+        stmt = stmt.where(key < tuple_(value, c["id"]) if desc else key > tuple_(value, c["id"]))
+    order = (col.desc(), Machine.id.desc()) if desc else (col.asc(), Machine.id.asc())
+    rows = list(session.scalars(stmt.order_by(*order).limit(limit + 1)))
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        last = rows[-1]
+        next_cursor = _encode_cursor({"s": sort, "v": _cursor_value(getattr(last, field)), "id": last.id})
+    return Page(rows, next_cursor)
+
+
+def list_events(
+    session: Session,
+    *,
+    machine_id: str | None = None,
+    kind: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int = 100,
+    cursor: str | None = None,
+) -> Page:
+    stmt = select(Event)
+    if machine_id:
+        stmt = stmt.where(Event.machine_id == machine_id)
+    if kind:
+        stmt = stmt.where(or_(Event.kind == kind, Event.kind.startswith(kind + ".")))
+    if since:
+        stmt = stmt.where(Event.created_at >= since)
+    if until:
+        stmt = stmt.where(Event.created_at < until)
+    if cursor:
+        c = _decode_cursor(cursor)
+        if not isinstance(c.get("id"), int):
+            raise Invalid(message="invalid cursor", details={"field": "cursor"})
+        stmt = stmt.where(Event.id < c["id"])
+    rows = list(session.scalars(stmt.order_by(Event.id.desc()).limit(limit + 1)))
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = _encode_cursor({"id": rows[-1].id})
+    return Page(rows, next_cursor)

@@ -1,0 +1,137 @@
+"""SQLAlchemy 2 models of the inventory. The schema changes only through Alembic migrations
+(``migrations/versions``); a test checks that autogenerate finds no difference."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL gets a BIGINT identity.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Machine(Base):
+    __tablename__ = "machines"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    smbios_uuid: Mapped[str | None] = mapped_column(String(36), unique=True)
+    serial: Mapped[str | None] = mapped_column(String(128))
+    phase: Mapped[str] = mapped_column(String(32), index=True)
+    power_desired: Mapped[str | None] = mapped_column(String(16))
+    power_observed: Mapped[str] = mapped_column(String(16), default="unknown")
+    power_observed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    fault_reason: Mapped[str | None] = mapped_column(Text)
+    bmc_driver: Mapped[str | None] = mapped_column(String(16))
+    bmc_address: Mapped[str | None] = mapped_column(String(255))
+    bmc_port: Mapped[int | None] = mapped_column(Integer)
+    bmc_username: Mapped[str | None] = mapped_column(String(128))
+    bmc_password_enc: Mapped[str | None] = mapped_column(Text)
+    """Fernet token; the key lives outside the database."""
+    bmc_verify_tls: Mapped[bool] = mapped_column(Boolean, default=True)
+    bmc_ca_bundle: Mapped[str | None] = mapped_column(Text)
+    hardware: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    """Optimistic-concurrency counter: a write based on a stale read fails instead of losing data."""
+
+    nics: Mapped[list[Nic]] = relationship(
+        back_populates="machine", cascade="all, delete-orphan", lazy="selectin", order_by="Nic.mac"
+    )
+    label_rows: Mapped[list[MachineLabel]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin", order_by="MachineLabel.key"
+    )
+
+    __mapper_args__ = {"version_id_col": revision}
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return {row.key: row.value for row in self.label_rows}
+
+
+class Nic(Base):
+    __tablename__ = "nics"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    machine_id: Mapped[str] = mapped_column(
+        ForeignKey("machines.id", ondelete="CASCADE"), index=True
+    )
+    mac: Mapped[str] = mapped_column(String(17), unique=True)
+    """Normalised: lower-case, colon-separated."""
+    name: Mapped[str | None] = mapped_column(String(32))
+
+    machine: Mapped[Machine] = relationship(back_populates="nics")
+
+
+class MachineLabel(Base):
+    """One row per label so selectors become indexed EXISTS sub-queries on every database."""
+
+    __tablename__ = "machine_labels"
+
+    machine_id: Mapped[str] = mapped_column(
+        ForeignKey("machines.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(String(317), primary_key=True)
+    value: Mapped[str] = mapped_column(String(63))
+
+    __table_args__ = (Index("ix_machine_labels_key_value", "key", "value"),)
+
+
+class Event(Base):
+    """Audit trail: every change to the inventory writes one, in the same transaction."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    machine_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    """Not a foreign key: events outlive the machines they describe."""
+    machine_name: Mapped[str | None] = mapped_column(String(63))
+    actor: Mapped[str] = mapped_column(String(128))
+    kind: Mapped[str] = mapped_column(String(64), index=True)
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+
+class ApiToken(Base):
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    """SHA-256 of the token (tokens carry 256 random bits, so no salt or KDF is needed)."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

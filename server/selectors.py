@@ -1,0 +1,143 @@
+"""Kubernetes label selectors (``rack=r1,role in (worker,storage),!maintenance``).
+
+Grammar (set-based and equality-based requirements, ANDed by commas)::
+
+    selector    := requirement ("," requirement)*
+    requirement := KEY | "!" KEY | KEY ("=" | "==" | "!=") VALUE
+                 | KEY ("in" | "notin") "(" VALUE ("," VALUE)* ")"
+
+As in Kubernetes, ``key!=v`` and ``key notin (...)`` also match objects without the key.
+Parsing is pure; :func:`matches` evaluates in memory, the repository turns requirements into SQL.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+from server.validation import check_label_key, check_label_value
+
+
+class Op(StrEnum):
+    EXISTS = "exists"
+    """The key is present, whatever its value."""
+    NOT_EXISTS = "!"
+    """The key is absent."""
+    EQ = "="
+    """The key is present with this value."""
+    NE = "!="
+    """The key is absent or has another value."""
+    IN = "in"
+    """The key is present with one of the values."""
+    NOTIN = "notin"
+    """The key is absent or has none of the values."""
+
+
+@dataclass(frozen=True)
+class Requirement:
+    key: str
+    op: Op
+    values: tuple[str, ...] = ()
+
+
+class SelectorError(ValueError):
+    pass
+
+
+_TOKEN = re.compile(
+    r"\s*(?:(?P<paren>[(),])|(?P<op>==|!=|=|!)|(?P<word>[A-Za-z0-9_./-]+))\s*"
+)
+
+
+def _tokenize(text: str) -> list[str]:
+    tokens: list[str] = []
+    pos = 0
+    while pos < len(text):
+        m = _TOKEN.match(text, pos)
+        if not m or m.end() == pos:
+            raise SelectorError(f"unexpected character {text[pos]!r} at position {pos}")
+        tokens.append(m.group("paren") or m.group("op") or m.group("word"))
+        pos = m.end()
+    return tokens
+
+
+def parse(text: str) -> tuple[Requirement, ...]:
+    """Parse a selector; raise :class:`SelectorError` with the position of the problem."""
+    if len(text) > 4096:
+        raise SelectorError("selector longer than 4096 characters")
+    tokens = _tokenize(text)
+    reqs: list[Requirement] = []
+    i = 0
+
+    def need(what: str) -> str:
+        nonlocal i
+        if i >= len(tokens):
+            raise SelectorError(f"selector ends where {what} was expected")
+        tok = tokens[i]
+        i += 1
+        return tok
+
+    def key(tok: str) -> str:
+        try:
+            return check_label_key(tok)
+        except ValueError as exc:
+            raise SelectorError(str(exc)) from None
+
+    def value(tok: str) -> str:
+        if tok in {"(", ")", ",", "=", "==", "!=", "!"}:
+            raise SelectorError(f"expected a value, found {tok!r}")
+        try:
+            return check_label_value(tok)
+        except ValueError as exc:
+            raise SelectorError(str(exc)) from None
+
+    while i < len(tokens):
+        tok = need("a requirement")
+        if tok == "!":
+            reqs.append(Requirement(key(need("a key")), Op.NOT_EXISTS))
+        else:
+            k = key(tok)
+            nxt = tokens[i] if i < len(tokens) else ","
+            if nxt == ",":
+                reqs.append(Requirement(k, Op.EXISTS))
+            elif nxt in ("=", "==", "!="):
+                i += 1
+                reqs.append(Requirement(k, Op.NE if nxt == "!=" else Op.EQ, (value(need("a value")),)))
+            elif nxt in ("in", "notin"):
+                i += 1
+                if need("'('") != "(":
+                    raise SelectorError(f"expected '(' after {nxt!r}")
+                vals = [value(need("a value"))]
+                while (sep := need("',' or ')'")) == ",":
+                    vals.append(value(need("a value")))
+                if sep != ")":
+                    raise SelectorError(f"expected ')' but found {sep!r}")
+                reqs.append(Requirement(k, Op.IN if nxt == "in" else Op.NOTIN, tuple(vals)))
+            else:
+                raise SelectorError(f"unexpected {nxt!r} after key {k!r}")
+        if i < len(tokens):
+            if tokens[i] != ",":
+                raise SelectorError(f"expected ',' but found {tokens[i]!r}")
+            i += 1
+            if i == len(tokens):
+                raise SelectorError("selector ends with ','")
+    return tuple(reqs)
+
+
+def matches(requirements: tuple[Requirement, ...], labels: dict[str, str]) -> bool:
+    """True when ``labels`` satisfy every requirement."""
+    for r in requirements:
+        present = r.key in labels
+        v = labels.get(r.key)
+        ok = {
+            Op.EXISTS: present,
+            Op.NOT_EXISTS: not present,
+            Op.EQ: present and v in r.values,
+            Op.IN: present and v in r.values,
+            Op.NE: not present or v not in r.values,
+            Op.NOTIN: not present or v not in r.values,
+        }[r.op]
+        if not ok:
+            return False
+    return True

@@ -1,0 +1,62 @@
+"""Server settings: one pydantic-settings class, env prefix ``BRONZE_``.
+
+Built once in the composition root (``bronze serve`` / ``create_app``) and passed down; nothing
+reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "bronze"
+
+
+class ServerSettings(BaseSettings):
+    """Every ``BRONZE_*`` setting of the central server (see README, "Configuration")."""
+
+    model_config = SettingsConfigDict(env_prefix="BRONZE_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    """Directory for the SQLite file, the secret key, the admin token and the fleet CA."""
+    database_url: str | None = None
+    """SQLAlchemy URL; default ``sqlite:///<data_dir>/bronze.db``. PostgreSQL: ``postgresql+psycopg://...``."""
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8080, ge=1, le=65535)
+    admin_token: SecretStr | None = None
+    """Seeds the first admin token (for automation); otherwise one is generated into ``<data_dir>/admin.token``."""
+    secret_key: SecretStr | None = None
+    """Fernet key encrypting BMC passwords at rest; default: ``<data_dir>/secret.key`` (created, 0600).
+    Replicas sharing one database must share this key."""
+    migrate_on_start: bool = True
+    """``bronze serve`` runs ``db upgrade`` before serving."""
+    log_level: str = "info"
+    bmc_networks: list[str] = Field(
+        default_factory=lambda: ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8"]
+    )
+    """CIDRs BMC addresses must fall in. Loopback and link-local are refused unless listed here."""
+
+    @field_validator("bmc_networks", mode="before")
+    @classmethod
+    def _split_networks(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("bmc_networks")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        for net in value:
+            ipaddress.ip_network(net, strict=False)
+        return value
+
+    @property
+    def effective_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'bronze.db'}"

@@ -1,0 +1,59 @@
+"""Fixed vocabularies of the control plane (stored as strings, compared as StrEnums)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Phase(StrEnum):
+    """Where a machine is in its lifecycle."""
+
+    DISCOVERED = "discovered"
+    """Seen on the network (PXE, agent) but not yet accepted by an operator."""
+    REGISTERED = "registered"
+    """Known to bronze, not yet provisioned."""
+    PROVISIONING = "provisioning"
+    """Network-booting into the installer/agent and applying its config."""
+    READY = "ready"
+    """Installed and running its configured OS; boots from disk."""
+    UPGRADING = "upgrading"
+    """Part of a rolling upgrade right now."""
+    MAINTENANCE = "maintenance"
+    """Taken out of automation by an operator or after repeated faults; nothing destructive happens."""
+    FAILED = "failed"
+    """Provisioning or upgrade failed; needs an operator."""
+
+
+class Role(StrEnum):
+    """API token roles, each including the rights of the ones below it."""
+
+    READER = "reader"
+    """GET only."""
+    OPERATOR = "operator"
+    """Machines, power, boot, config, upgrades."""
+    ADMIN = "admin"
+    """Everything, including token management."""
+
+    @property
+    def rank(self) -> int:
+        return {"reader": 0, "operator": 1, "admin": 2}[self.value]
+
+
+class DesiredPower(StrEnum):
+    """The power state an operator asked for (observed state comes from the BMC)."""
+
+    ON = "on"
+    """Keep the machine powered on."""
+    OFF = "off"
+    """Keep the machine powered off."""
+
+
+class BmcDriverName(StrEnum):
+    """How bronze talks to a machine's BMC."""
+
+    REDFISH = "redfish"
+    """DMTF Redfish over HTTPS (sushy)."""
+    IPMI = "ipmi"
+    """IPMI 2.0 RMCP+ over UDP 623 (python-ipmi)."""
+    AUTO = "auto"
+    """Probe the address and pick one."""
