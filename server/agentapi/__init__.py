@@ -1,0 +1,53 @@
+"""The agent API: gRPC enrollment and mTLS sessions with node agents.
+
+* :mod:`.store`   — :class:`AgentStore`, what this package needs from the database.
+* :mod:`.tokens`  — single-use, short-lived, hashed bootstrap tokens.
+* :mod:`.hub`     — :class:`SessionHub`: connected agents, pending commands, push/node ops.
+* :mod:`.service` — the two gRPC servers; :func:`start_agent_api` for ``bronze serve``.
+"""
+
+from server.agentapi.hub import (
+    AgentApiError,
+    AgentNotConnected,
+    ApplyMode,
+    CommandTimeout,
+    NodeOpKind,
+    NodeOpResult,
+    SessionHub,
+)
+from server.agentapi.service import AgentApiServer, start_agent_api
+from server.agentapi.store import (
+    AgentHello,
+    AgentMachine,
+    AgentStore,
+    BootstrapToken,
+    CommandOutcome,
+    DesiredConfig,
+    IssuedCertificate,
+    MemoryAgentStore,
+    PendingCommand,
+)
+from server.agentapi.tokens import BootstrapTokens, EnrollmentDenied
+
+__all__ = [
+    "AgentApiError",
+    "AgentApiServer",
+    "AgentHello",
+    "AgentMachine",
+    "AgentNotConnected",
+    "AgentStore",
+    "ApplyMode",
+    "BootstrapToken",
+    "BootstrapTokens",
+    "CommandOutcome",
+    "CommandTimeout",
+    "DesiredConfig",
+    "EnrollmentDenied",
+    "IssuedCertificate",
+    "MemoryAgentStore",
+    "NodeOpKind",
+    "NodeOpResult",
+    "PendingCommand",
+    "SessionHub",
+    "start_agent_api",
+]

@@ -1,0 +1,187 @@
+"""The agent API's two gRPC servers: enrollment (server-auth TLS) and sessions (mutual TLS).
+
+They are two ``grpc.aio`` servers on two ports, not two services on one: gRPC credentials are per
+port but services are per server, so one server would also expose ``Session`` on the port that
+does not ask for a client certificate. With two servers the session port *requires* a client
+certificate signed by the fleet CA (``require_client_auth=True``: grpcio does not require one
+otherwise) and the enrollment port serves nothing but ``Enroll``. The session handler still
+refuses a peer without a verified common name, in case it is ever mounted elsewhere.
+
+Identity: ``context.auth_context()['x509_common_name']`` of the verified client certificate.
+Nothing the agent *says* (request fields, metadata) names the machine.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+
+from agent.gen import agent_pb2 as pb
+from agent.gen import agent_pb2_grpc as pb_grpc
+from server.agentapi.hub import SessionHub
+from server.agentapi.store import AgentStore, IssuedCertificate
+from server.agentapi.tokens import DENIED_MESSAGE, BootstrapTokens, EnrollmentDenied
+from server.pki import FleetCA, PkiError
+
+log = logging.getLogger(__name__)
+
+# Keepalives: find dead peers (a machine that lost power sends no FIN) within about a minute.
+SERVER_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", 60_000),
+    ("grpc.keepalive_timeout_ms", 20_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 10_000),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
+]
+
+
+def peer_common_name(context: grpc.aio.ServicerContext) -> str | None:
+    values = context.auth_context().get("x509_common_name") or []
+    if len(values) != 1:
+        return None
+    return values[0].decode()
+
+
+class EnrollmentService(pb_grpc.EnrollmentServicer):
+    def __init__(self, tokens: BootstrapTokens, ca: FleetCA, store: AgentStore) -> None:
+        self._tokens = tokens
+        self._ca = ca
+        self._store = store
+
+    async def Enroll(  # noqa: N802 - gRPC method name
+        self, request: pb.EnrollRequest, context: grpc.aio.ServicerContext
+    ) -> pb.EnrollResponse:
+        try:
+            x509.load_pem_x509_csr(request.csr_pem.encode())
+        except ValueError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed CSR")
+        try:
+            await self._tokens.redeem(request.machine_id, request.bootstrap_token)
+        except EnrollmentDenied:
+            log.warning("enrollment denied peer=%s", context.peer())
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED_MESSAGE)
+        try:
+            issued = self._ca.sign_client_csr(request.csr_pem.encode(), request.machine_id)
+        except PkiError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        await self._store.record_certificate(
+            request.machine_id, IssuedCertificate(issued.serial, issued.not_after)
+        )
+        log.info("machine enrolled machine=%s peer=%s", request.machine_id, context.peer())
+        return pb.EnrollResponse(
+            cert_pem=issued.cert_pem.decode(),
+            ca_pem=self._ca.cert_pem.decode(),
+            not_after=int(issued.not_after.timestamp()),
+        )
+
+
+class SessionService(pb_grpc.AgentSessionServicer):
+    def __init__(self, hub: SessionHub) -> None:
+        self._hub = hub
+
+    async def Session(  # noqa: N802 - gRPC method name
+        self,
+        request_iterator: AsyncIterator[pb.AgentMessage],
+        context: grpc.aio.ServicerContext,
+    ) -> AsyncIterator[pb.ServerMessage]:
+        machine_id = peer_common_name(context)
+        if not machine_id:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "client certificate required")
+            return
+        async for msg in self._hub.run_session(
+            machine_id, context.peer(), request_iterator, context
+        ):
+            yield msg
+
+
+@dataclass
+class AgentApiServer:
+    """Both gRPC servers plus the hub. ``enroll_port``/``session_port`` 0 pick free ports; the
+    bound ports are in the same attributes after :meth:`start`."""
+
+    store: AgentStore
+    ca: FleetCA
+    host: str = "127.0.0.1"
+    enroll_port: int = 0
+    session_port: int = 0
+    server_names: Sequence[str] = ("127.0.0.1",)
+    heartbeat_interval: float = 30.0
+    token_ttl: dt.timedelta = dt.timedelta(minutes=30)
+
+    def __post_init__(self) -> None:
+        self.hub = SessionHub(self.store, self.ca, heartbeat_interval=self.heartbeat_interval)
+        self.tokens = BootstrapTokens(self.store, ttl=self.token_ttl)
+        self._servers: list[grpc.aio.Server] = []
+
+    async def start(self) -> None:
+        pair = self.ca.issue_server_cert(list(self.server_names))
+        chain = [(pair.key_pem, pair.cert_pem)]
+
+        enroll = grpc.aio.server(options=SERVER_OPTIONS)
+        pb_grpc.add_EnrollmentServicer_to_server(
+            EnrollmentService(self.tokens, self.ca, self.store), enroll
+        )
+        self.enroll_port = enroll.add_secure_port(
+            f"{self.host}:{self.enroll_port}", grpc.ssl_server_credentials(chain)
+        )
+
+        session = grpc.aio.server(options=SERVER_OPTIONS)
+        pb_grpc.add_AgentSessionServicer_to_server(SessionService(self.hub), session)
+        self.session_port = session.add_secure_port(
+            f"{self.host}:{self.session_port}",
+            grpc.ssl_server_credentials(
+                chain, root_certificates=self.ca.cert_pem, require_client_auth=True
+            ),
+        )
+        await enroll.start()
+        await session.start()
+        self._servers = [enroll, session]
+        self.hub.start()
+        log.info(
+            "agent api listening host=%s enroll_port=%d session_port=%d",
+            self.host, self.enroll_port, self.session_port,
+        )
+
+    async def stop(self, grace: float | None = 1.0) -> None:
+        await self.hub.stop()
+        for s in self._servers:
+            await s.stop(grace)
+        self._servers = []
+
+    async def wait_for_termination(self) -> None:
+        for s in self._servers:
+            await s.wait_for_termination()
+
+
+async def start_agent_api(
+    store: AgentStore,
+    *,
+    ca_dir: Path,
+    host: str = "127.0.0.1",
+    enroll_port: int = 7443,
+    session_port: int = 7444,
+    server_names: Sequence[str] = ("127.0.0.1",),
+    heartbeat_interval: float = 30.0,
+) -> AgentApiServer:
+    """Composition-root helper for ``bronze serve``: load or create the fleet CA in ``ca_dir``,
+    start both servers and return them (``.hub`` for the REST layer, ``.tokens`` for the boot
+    plane). Call ``await server.stop()`` on shutdown."""
+    ca = FleetCA.load_or_create(ca_dir)
+    server = AgentApiServer(
+        store,
+        ca,
+        host=host,
+        enroll_port=enroll_port,
+        session_port=session_port,
+        server_names=server_names,
+        heartbeat_interval=heartbeat_interval,
+    )
+    await server.start()
+    return server

@@ -1,0 +1,178 @@
+"""What the agent API needs from the database: the :class:`AgentStore` protocol.
+
+The gRPC layer never touches SQL. Everything it reads or writes about a machine goes through
+this protocol; the server implements it on the database, tests use :class:`MemoryAgentStore`.
+
+Every method is a coroutine and must be safe to call concurrently for *different* machines.
+Two methods must be atomic: :meth:`AgentStore.delete_bootstrap_token` (compare-and-delete, so a
+token is consumed once even under concurrent enrollments) and the pending-command methods for
+one machine (a command saved before it is sent survives a server restart).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class AgentMachine:
+    """What the agent API must know about a machine."""
+
+    machine_id: str
+    enrollment_allowed: bool
+    """True in the phases where a booting agent may enroll (e.g. provisioning, ready); the DB
+    implementation derives it from the machine's phase."""
+
+
+@dataclass(frozen=True)
+class BootstrapToken:
+    """A stored bootstrap token: only the SHA-256 of the secret is kept."""
+
+    machine_id: str
+    token_hash: str  # hex sha256 of the token
+    boot_ref: str  # which boot (PXE render) it was issued for
+    expires_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class AgentHello:
+    agent_version: str
+    boot_id: str
+    config_version: str
+    staged_config_version: str
+    inventory: dict[str, Any]
+    at: dt.datetime
+
+
+@dataclass(frozen=True)
+class DesiredConfig:
+    version: str
+    config_json: str
+
+
+@dataclass(frozen=True)
+class PendingCommand:
+    """A command saved before it is sent; ``payload``: a serialized ``bronze.agent.v1.Command``."""
+
+    command_id: str
+    kind: str  # "apply_config" | "reboot" | "confirm_config" | ...
+    payload: bytes
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class CommandOutcome:
+    command_id: str
+    ok: bool
+    error: str
+    applied_version: str
+    output: bytes
+    at: dt.datetime
+
+
+@dataclass(frozen=True)
+class IssuedCertificate:
+    serial: int
+    not_after: dt.datetime
+
+
+@runtime_checkable
+class AgentStore(Protocol):
+    # machines
+    async def get_machine(self, machine_id: str) -> AgentMachine | None: ...
+
+    # bootstrap tokens (one per machine: saving a new one replaces the old one)
+    async def save_bootstrap_token(self, token: BootstrapToken) -> None: ...
+    async def get_bootstrap_token(self, machine_id: str) -> BootstrapToken | None: ...
+    async def delete_bootstrap_token(self, machine_id: str, token_hash: str | None = None) -> bool:
+        """Delete the machine's token; if ``token_hash`` is given, only when it still matches.
+        Returns whether a token was deleted (atomic compare-and-delete)."""
+        ...
+
+    # what the agent reports
+    async def record_certificate(self, machine_id: str, cert: IssuedCertificate) -> None: ...
+    async def record_hello(self, machine_id: str, hello: AgentHello) -> None: ...
+    async def record_seen(self, seen: Mapping[str, dt.datetime]) -> None:
+        """Batched last-heartbeat times (called every few seconds, not per heartbeat)."""
+        ...
+    async def record_applied_config(self, machine_id: str, version: str) -> None: ...
+    async def record_command_result(self, machine_id: str, outcome: CommandOutcome) -> None: ...
+    async def record_disconnected(self, machine_id: str, at: dt.datetime) -> None: ...
+
+    # desired config (rendered by server.machineconfig; the store only returns it)
+    async def get_desired_config(self, machine_id: str) -> DesiredConfig | None: ...
+
+    # pending commands (persisted so a server restart or a cut loses none)
+    async def save_pending_command(self, machine_id: str, cmd: PendingCommand) -> None: ...
+    async def delete_pending_command(self, machine_id: str, command_id: str) -> None: ...
+    async def list_pending_commands(self, machine_id: str) -> list[PendingCommand]:
+        """Oldest first."""
+        ...
+
+
+@dataclass
+class MemoryAgentStore:
+    """In-memory :class:`AgentStore` for tests and benchmarks (plus a few test helpers)."""
+
+    machines: dict[str, AgentMachine] = field(default_factory=dict)
+    tokens: dict[str, BootstrapToken] = field(default_factory=dict)
+    certificates: dict[str, list[IssuedCertificate]] = field(default_factory=dict)
+    hellos: dict[str, AgentHello] = field(default_factory=dict)
+    seen: dict[str, dt.datetime] = field(default_factory=dict)
+    applied: dict[str, str] = field(default_factory=dict)
+    results: dict[str, list[CommandOutcome]] = field(default_factory=dict)
+    desired: dict[str, DesiredConfig] = field(default_factory=dict)
+    pending: dict[str, dict[str, PendingCommand]] = field(default_factory=dict)
+    disconnected: dict[str, dt.datetime] = field(default_factory=dict)
+
+    def add_machine(self, machine_id: str, *, enrollment_allowed: bool = True) -> None:
+        self.machines[machine_id] = AgentMachine(machine_id, enrollment_allowed)
+
+    async def get_machine(self, machine_id: str) -> AgentMachine | None:
+        return self.machines.get(machine_id)
+
+    async def save_bootstrap_token(self, token: BootstrapToken) -> None:
+        self.tokens[token.machine_id] = token
+
+    async def get_bootstrap_token(self, machine_id: str) -> BootstrapToken | None:
+        return self.tokens.get(machine_id)
+
+    async def delete_bootstrap_token(self, machine_id: str, token_hash: str | None = None) -> bool:
+        tok = self.tokens.get(machine_id)
+        if tok is None or (token_hash is not None and tok.token_hash != token_hash):
+            return False
+        del self.tokens[machine_id]
+        return True
+
+    async def record_certificate(self, machine_id: str, cert: IssuedCertificate) -> None:
+        self.certificates.setdefault(machine_id, []).append(cert)
+
+    async def record_hello(self, machine_id: str, hello: AgentHello) -> None:
+        self.hellos[machine_id] = hello
+
+    async def record_seen(self, seen: Mapping[str, dt.datetime]) -> None:
+        self.seen.update(seen)
+
+    async def record_applied_config(self, machine_id: str, version: str) -> None:
+        self.applied[machine_id] = version
+
+    async def record_command_result(self, machine_id: str, outcome: CommandOutcome) -> None:
+        self.results.setdefault(machine_id, []).append(outcome)
+
+    async def record_disconnected(self, machine_id: str, at: dt.datetime) -> None:
+        self.disconnected[machine_id] = at
+
+    async def get_desired_config(self, machine_id: str) -> DesiredConfig | None:
+        return self.desired.get(machine_id)
+
+    async def save_pending_command(self, machine_id: str, cmd: PendingCommand) -> None:
+        self.pending.setdefault(machine_id, {})[cmd.command_id] = cmd
+
+    async def delete_pending_command(self, machine_id: str, command_id: str) -> None:
+        self.pending.get(machine_id, {}).pop(command_id, None)
+
+    async def list_pending_commands(self, machine_id: str) -> list[PendingCommand]:
+        return sorted(self.pending.get(machine_id, {}).values(), key=lambda c: c.created_at)
