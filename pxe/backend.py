@@ -1,0 +1,223 @@
+"""What the boot plane asks the control plane: `BootBackend` and `TimelineSink`.
+
+`pxe` never imports the server. When a machine's firmware broadcasts a PXE DISCOVER, the DHCP
+server builds a `BootQuery` (MAC, SMBIOS UUID, architecture, ...) and asks the backend for a
+`BootDecision`: is the machine known, may it boot, which fixed address does it get (full mode).
+`StaticBackend` answers from a table (tests, a standalone lab); `HttpBackend` asks a central
+bronze server over REST (see docs/pxe.md for the JSON shape), so a per-rack `bronze pxe` process
+can run apart from the server.
+
+Every step of a boot (DHCP exchange, TFTP transfer) is reported to a `TimelineSink`, a plain
+callable that must not block (the server queues the events it wants to persist).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol, runtime_checkable
+
+import httpx
+
+from pxe.dhcp.packet import Arch
+from pxe.errors import BackendError
+
+log = logging.getLogger(__name__)
+
+_MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+def normalize_mac(mac: str) -> str:
+    """Lower-case, colon-separated; raises ValueError for anything else."""
+    m = mac.strip().lower().replace("-", ":")
+    if not _MAC_RE.match(m):
+        raise ValueError(f"not a MAC address: {mac!r}")
+    return m
+
+
+@dataclass(frozen=True)
+class BootQuery:
+    """What the firmware told us about itself."""
+
+    mac: str
+    arch: Arch = Arch.BIOS
+    uuid: str | None = None
+    client_ip: str | None = None
+    ipxe: bool = False
+    vendor_class: str | None = None
+
+
+@dataclass(frozen=True)
+class BootDecision:
+    """The control plane's answer. The default is the safe one: unknown, no boot."""
+
+    known: bool = False
+    allow_boot: bool = False
+    static_ip: str | None = None
+    hostname: str | None = None
+
+
+@runtime_checkable
+class BootBackend(Protocol):
+    """Decides what a machine may do when it network-boots."""
+
+    async def decide(self, query: BootQuery) -> BootDecision: ...
+
+
+class TimelineKind(StrEnum):
+    """What happened, as reported to the timeline."""
+
+    DISCOVER = "DISCOVER"
+    """A DHCP DISCOVER arrived."""
+    OFFER = "OFFER"
+    """We sent an OFFER (full) or a proxy OFFER."""
+    REQUEST = "REQUEST"
+    """A DHCP REQUEST arrived (port 67 or 4011)."""
+    ACK = "ACK"
+    """We acknowledged a lease or a ProxyDHCP request."""
+    NAK = "NAK"
+    """We refused a requested address."""
+    RELEASE = "RELEASE"
+    """A client released its lease."""
+    DECLINE = "DECLINE"
+    """A client declined an address (in use)."""
+    INFORM = "INFORM"
+    """A client asked for parameters only."""
+    IGNORED = "IGNORED"
+    """A request we chose not to answer (unknown machine, not allowed)."""
+    TFTP_START = "TFTP_START"
+    """A TFTP read began."""
+    TFTP_COMPLETE = "TFTP_COMPLETE"
+    """A TFTP read finished: every block acknowledged."""
+    TFTP_ABORTED = "TFTP_ABORTED"
+    """A TFTP read ended early (timeout, client error)."""
+    TFTP_REFUSED = "TFTP_REFUSED"
+    """A TFTP request was refused (not found, outside the root, write)."""
+
+
+@dataclass(frozen=True)
+class TimelineEvent:
+    """One step of one machine's boot. `mac` is None where the protocol has no MAC (TFTP)."""
+
+    kind: TimelineKind
+    mac: str | None = None
+    client: str | None = None
+    detail: Mapping[str, object] = field(default_factory=dict)
+    at: float = field(default_factory=time.time)
+
+
+class TimelineSink(Protocol):
+    """Receives timeline events. Must return quickly and never raise."""
+
+    def __call__(self, event: TimelineEvent) -> None: ...
+
+
+def null_sink(event: TimelineEvent) -> None:
+    """A sink that drops everything."""
+
+
+class ListSink:
+    """A sink that keeps events in memory (tests, debugging)."""
+
+    def __init__(self) -> None:
+        self.events: list[TimelineEvent] = []
+
+    def __call__(self, event: TimelineEvent) -> None:
+        self.events.append(event)
+
+    def kinds(self, mac: str | None = None) -> list[TimelineKind]:
+        return [e.kind for e in self.events if mac is None or e.mac == mac]
+
+
+class StaticBackend:
+    """Answers from a fixed table of MAC -> decision; unknown MACs get `default`."""
+
+    def __init__(
+        self,
+        machines: Mapping[str, BootDecision] | None = None,
+        default: BootDecision | None = None,
+    ) -> None:
+        self.machines = {normalize_mac(k): v for k, v in (machines or {}).items()}
+        self.default = default if default is not None else BootDecision()
+        self.queries: list[BootQuery] = []
+
+    async def decide(self, query: BootQuery) -> BootDecision:
+        self.queries.append(query)
+        return self.machines.get(query.mac, self.default)
+
+
+class HttpBackend:
+    """Asks the central server: ``GET {base}/api/v1/boot/decide?mac=..&arch=..`` (bearer token).
+
+    A 404 means "unknown machine" (a valid answer); other failures raise `BackendError`, which the
+    DHCP server counts and treats as "do not answer" (the firmware will retry).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        timeout: float = 2.0,
+        client: httpx.AsyncClient | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        cache_seconds: float = 0.0,
+    ) -> None:
+        self._url = base_url.rstrip("/") + "/api/v1/boot/decide"
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._client = client or httpx.AsyncClient(timeout=timeout, follow_redirects=False)
+        self._clock = clock
+        self._cache_seconds = cache_seconds
+        self._cache: dict[BootQuery, tuple[float, BootDecision]] = {}
+
+    async def decide(self, query: BootQuery) -> BootDecision:
+        now = self._clock()
+        hit = self._cache.get(query)
+        if hit and now - hit[0] < self._cache_seconds:
+            return hit[1]
+        params = {"mac": query.mac, "arch": query.arch.value, "ipxe": str(query.ipxe).lower()}
+        if query.uuid:
+            params["uuid"] = query.uuid
+        if query.client_ip:
+            params["ip"] = query.client_ip
+        try:
+            resp = await self._client.get(self._url, params=params, headers=self._headers)
+        except httpx.HTTPError as exc:
+            raise BackendError(f"boot backend unreachable: {type(exc).__name__}") from exc
+        if resp.status_code == 404:
+            decision = BootDecision()
+        elif resp.status_code != 200:
+            raise BackendError(f"boot backend answered HTTP {resp.status_code}")
+        else:
+            decision = decision_from_json(resp.json())
+        self._cache[query] = (now, decision)
+        return decision
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+
+def decision_from_json(data: object) -> BootDecision:
+    """Validates the server's JSON (see docs/pxe.md); raises `BackendError` on a bad shape."""
+    if not isinstance(data, dict):
+        raise BackendError("boot backend answer is not an object")
+    known, allow = data.get("known", False), data.get("allow_boot", False)
+    ip, hostname = data.get("static_ip"), data.get("hostname")
+    if not isinstance(known, bool) or not isinstance(allow, bool):
+        raise BackendError("known/allow_boot must be booleans")
+    if ip is not None and not isinstance(ip, str):
+        raise BackendError("static_ip must be a string or null")
+    if hostname is not None and not isinstance(hostname, str):
+        raise BackendError("hostname must be a string or null")
+    if ip is not None:
+        import ipaddress
+
+        try:
+            ipaddress.IPv4Address(ip)
+        except ValueError as exc:
+            raise BackendError("static_ip is not an IPv4 address") from exc
+    return BootDecision(known=known, allow_boot=allow, static_ip=ip, hostname=hostname)

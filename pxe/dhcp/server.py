@@ -1,0 +1,405 @@
+"""asyncio DHCP servers: ProxyDHCP (UDP 67 + 4011) and a `full` authoritative server.
+
+Sockets. A client without an address broadcasts to 255.255.255.255:67. Linux delivers a
+broadcast only to sockets bound to the wildcard or to the broadcast address, so, given an
+interface, we bind a receive-only socket to 255.255.255.255:67 with SO_BINDTODEVICE (never the
+wildcard), and a socket to our own address for unicast (relays, renewals) and for sending.
+Replies go (RFC 2131 section 4.1): to the relay (giaddr, port 67) if relayed; to ciaddr if the
+client has an address; else broadcast on the interface (SO_BROADCAST + SO_BINDTODEVICE). The
+ProxyDHCP REQUEST on port 4011 (PXE 2.1 section 2.2.2) is answered to its source.
+
+Robustness: parsing and screening happen synchronously on arrival; only datagrams worth a
+backend call become tasks, capped by `max_inflight`. Every drop has a counter (`Drop`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import ipaddress
+import logging
+import socket
+from dataclasses import dataclass, field
+from typing import Any
+
+from pxe.backend import (
+    BootBackend,
+    BootDecision,
+    BootQuery,
+    TimelineEvent,
+    TimelineKind,
+    TimelineSink,
+)
+from pxe.dhcp.decide import BootConfig, BootTarget, ClientKind, Drop, Mode, boot_target, screen
+from pxe.dhcp.leases import LeaseStore
+from pxe.dhcp.packet import (
+    IpxeOpt,
+    MessageType,
+    Op,
+    Opt,
+    Packet,
+    PxeSubOpt,
+    encode,
+    encode_tlv,
+    parse,
+)
+from pxe.errors import MalformedPacket, PxeError
+
+log = logging.getLogger(__name__)
+
+BROADCAST = "255.255.255.255"
+
+
+@dataclass
+class DhcpStats:
+    """Counters: everything received is either answered, dropped (by reason) or ignored."""
+
+    received: int = 0
+    answered: int = 0
+    dropped: collections.Counter[str] = field(default_factory=collections.Counter)
+    by_type: collections.Counter[str] = field(default_factory=collections.Counter)
+
+    def drop(self, reason: Drop) -> None:
+        self.dropped[reason.value] += 1
+
+
+@dataclass(frozen=True)
+class FullModeConfig:
+    """Network parameters handed out in `full` mode."""
+
+    subnet_mask: str = "255.255.255.0"
+    router: str | None = None
+    dns: tuple[str, ...] = ()
+    lease_seconds: int = 3600
+
+
+def _udp_socket(addr: str, port: int, interface: str | None, *, broadcast: bool) -> socket.socket:
+    if addr in ("0.0.0.0", ""):  # noqa: S104
+        raise PxeError("refusing to bind the wildcard address; give an interface address")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if broadcast:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+        if interface:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode() + b"\0")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sock.bind((addr, port))
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class _Endpoint(asyncio.DatagramProtocol):
+    def __init__(self, server: DhcpServer, port4011: bool) -> None:
+        self.server, self.port4011 = server, port4011
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:  # type: ignore[override]
+        self.server._on_datagram(data, addr, self.port4011)
+
+    def error_received(self, exc: Exception) -> None:
+        log.debug("dhcp socket error error=%s", exc)
+
+
+class DhcpServer:
+    """One DHCP server (proxy or full) bound to one address (and optionally one interface)."""
+
+    def __init__(
+        self,
+        *,
+        mode: Mode,
+        boot: BootConfig,
+        backend: BootBackend,
+        sink: TimelineSink,
+        address: str,
+        interface: str | None = None,
+        server_port: int = 67,
+        client_port: int = 68,
+        relay_port: int | None = None,
+        pxe_port: int | None = 4011,
+        leases: LeaseStore | None = None,
+        network: FullModeConfig = FullModeConfig(),
+        max_inflight: int = 512,
+        flush_delay: float = 0.5,
+    ) -> None:
+        self.mode, self.boot, self.backend, self.sink = mode, boot, backend, sink
+        self.address, self.interface = address, interface
+        self.server_port, self.client_port = server_port, client_port
+        self.relay_port = relay_port if relay_port is not None else server_port
+        self.pxe_port = pxe_port if mode is Mode.PROXY else None
+        self.leases = leases if leases is not None else LeaseStore()
+        self.network = network
+        self.max_inflight, self.flush_delay = max_inflight, flush_delay
+        self.stats = DhcpStats()
+        self._transports: list[asyncio.DatagramTransport] = []
+        self._send: asyncio.DatagramTransport | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._flush: asyncio.TimerHandle | None = None
+        self._server_id = ipaddress.IPv4Address(address).packed
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        socks: list[tuple[socket.socket, bool, bool]] = [
+            (
+                _udp_socket(self.address, self.server_port, self.interface, broadcast=True),
+                False,
+                True,
+            )
+        ]
+        if self.interface:
+            socks.append(
+                (
+                    _udp_socket(BROADCAST, self.server_port, self.interface, broadcast=True),
+                    False,
+                    False,
+                )
+            )
+        if self.pxe_port:
+            socks.append(
+                (
+                    _udp_socket(self.address, self.pxe_port, self.interface, broadcast=False),
+                    True,
+                    False,
+                )
+            )
+        for sock, is4011, is_sender in socks:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda p=is4011: _Endpoint(self, p), sock=sock
+            )
+            self._transports.append(transport)  # type: ignore[arg-type]
+            if is_sender:
+                self._send = transport  # type: ignore[assignment]
+            if is4011:
+                self._send4011 = transport
+        log.info(
+            "dhcp started mode=%s address=%s interface=%s port=%s",
+            self.mode,
+            self.address,
+            self.interface,
+            self.server_port,
+        )
+
+    async def stop(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        for t in self._transports:
+            t.close()
+        self._transports.clear()
+        if self._flush is not None:
+            self._flush.cancel()
+        if self.leases.dirty:
+            self.leases.save()
+
+    # -- receive path --------------------------------------------------------------------------
+    def _on_datagram(self, data: bytes, addr: tuple[str, int], port4011: bool) -> None:
+        self.stats.received += 1
+        try:
+            pkt = parse(data)
+        except MalformedPacket:
+            self.stats.drop(Drop.MALFORMED)
+            return
+        reason = screen(pkt, self.mode, port4011=port4011)
+        if reason is not None:
+            self.stats.drop(reason)
+            return
+        if len(self._tasks) >= self.max_inflight:
+            self.stats.drop(Drop.OVERLOADED)
+            return
+        task = asyncio.get_running_loop().create_task(self._handle(pkt, addr, port4011))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _emit(self, kind: TimelineKind, pkt: Packet, **detail: Any) -> None:
+        try:
+            self.sink(TimelineEvent(kind=kind, mac=pkt.mac, detail=detail))
+        except Exception:  # noqa: BLE001 - a sink must never take the server down
+            log.exception("timeline sink failed")
+
+    async def _handle(self, pkt: Packet, addr: tuple[str, int], port4011: bool) -> None:
+        mt = pkt.message_type
+        assert mt is not None
+        self.stats.by_type[mt.value] += 1
+        self._emit(TimelineKind(mt.value), pkt, arch=pkt.arch.value, port4011=port4011)
+        query = BootQuery(
+            mac=pkt.mac,
+            arch=pkt.arch,
+            uuid=pkt.uuid,
+            client_ip=None if pkt.ciaddr == "0.0.0.0" else pkt.ciaddr,  # noqa: S104
+            ipxe=pkt.is_ipxe,
+            vendor_class=pkt.vendor_class,
+        )
+        try:
+            decision = await self.backend.decide(query)
+        except PxeError as exc:
+            log.warning("backend failed mac=%s error=%s", pkt.mac, exc)
+            self.stats.drop(Drop.BACKEND_ERROR)
+            return
+        except Exception:  # noqa: BLE001
+            log.exception("backend crashed mac=%s", pkt.mac)
+            self.stats.drop(Drop.BACKEND_ERROR)
+            return
+        if self.mode is Mode.PROXY or port4011:
+            result = self._proxy(pkt, mt, decision)
+        else:
+            result = self._full(pkt, mt, decision)
+        if isinstance(result, Drop):
+            self.stats.drop(result)
+            if result in (Drop.NOT_ALLOWED, Drop.NO_ADDRESS, Drop.NOT_FOR_US):
+                self._emit(TimelineKind.IGNORED, pkt, reason=result.value)
+            return
+        if result is None:
+            return  # RELEASE / DECLINE: no reply by design
+        reply, kind = result
+        dest = addr if port4011 else self._destination(pkt, kind)
+        transport = self._send4011 if port4011 else self._send
+        if transport is None or transport.is_closing():
+            return
+        transport.sendto(encode(reply), dest)
+        self.stats.answered += 1
+        self._emit(
+            TimelineKind(kind.value),
+            pkt,
+            yiaddr=reply.yiaddr,
+            file=reply.file.decode(),
+            to=f"{dest[0]}:{dest[1]}",
+        )
+
+    def _destination(self, pkt: Packet, kind: MessageType) -> tuple[str, int]:
+        if pkt.giaddr != "0.0.0.0":  # noqa: S104
+            return (pkt.giaddr, self.relay_port)
+        if pkt.ciaddr != "0.0.0.0" and kind is not MessageType.NAK:  # noqa: S104
+            return (pkt.ciaddr, self.client_port)
+        return (BROADCAST, self.client_port)
+
+    # -- decisions with state --------------------------------------------------------------------
+    def _reply(
+        self,
+        pkt: Packet,
+        kind: MessageType,
+        yiaddr: str,
+        target: BootTarget | None,
+        extra: dict[int, bytes] | None = None,
+    ) -> Packet:
+        opts: dict[int, bytes] = {
+            Opt.MESSAGE_TYPE: bytes((kind.code,)),
+            Opt.SERVER_ID: self._server_id,
+        }
+        file, siaddr = b"", "0.0.0.0"  # noqa: S104
+        if target is not None:
+            opts[Opt.VENDOR_CLASS] = target.vendor_class.encode()
+            if Opt.CLIENT_UUID in pkt.options:
+                opts[Opt.CLIENT_UUID] = pkt.options[Opt.CLIENT_UUID]
+            name = target.filename.encode()
+            if len(name) <= 127:
+                file = name
+            else:
+                opts[Opt.BOOTFILE] = name
+            if target.next_server:
+                siaddr = target.next_server
+            if target.kind is ClientKind.PXE:
+                # PXE discovery control bit 3: boot the file named here, skip boot server
+                # discovery and menus (what pixiecore and smee send).
+                opts[Opt.VENDOR_SPECIFIC] = encode_tlv({PxeSubOpt.DISCOVERY_CONTROL: b"\x08"})
+            if target.kind is ClientKind.IPXE:
+                opts[Opt.IPXE_ENCAP] = encode_tlv({IpxeOpt.NO_PXEDHCP: b"\x01"})
+        if extra:
+            opts.update(extra)
+        return Packet(
+            op=Op.BOOTREPLY,
+            xid=pkt.xid,
+            chaddr=pkt.chaddr,
+            htype=pkt.htype,
+            flags=pkt.flags,
+            ciaddr=pkt.ciaddr if kind is not MessageType.NAK else "0.0.0.0",  # noqa: S104
+            yiaddr=yiaddr,
+            siaddr=siaddr,
+            giaddr=pkt.giaddr,
+            file=file,
+            options=opts,
+        )
+
+    def _proxy(
+        self, pkt: Packet, mt: MessageType, decision: BootDecision
+    ) -> tuple[Packet, MessageType] | Drop:
+        target = boot_target(pkt, self.boot)
+        if isinstance(target, Drop):
+            return target
+        if not decision.allow_boot:
+            return Drop.NOT_ALLOWED
+        kind = MessageType.OFFER if mt is MessageType.DISCOVER else MessageType.ACK
+        return self._reply(pkt, kind, "0.0.0.0", target), kind  # noqa: S104
+
+    def _lease_options(self) -> dict[int, bytes]:
+        n = self.network
+        t = n.lease_seconds
+        opts = {
+            Opt.SUBNET_MASK: ipaddress.IPv4Address(n.subnet_mask).packed,
+            Opt.LEASE_TIME: t.to_bytes(4, "big"),
+            Opt.RENEWAL_T1: (t // 2).to_bytes(4, "big"),
+            Opt.REBINDING_T2: (t * 7 // 8).to_bytes(4, "big"),
+        }
+        if n.router:
+            opts[Opt.ROUTER] = ipaddress.IPv4Address(n.router).packed
+        if n.dns:
+            opts[Opt.DNS] = b"".join(ipaddress.IPv4Address(d).packed for d in n.dns)
+        return opts
+
+    def _full(
+        self, pkt: Packet, mt: MessageType, decision: BootDecision
+    ) -> tuple[Packet, MessageType] | Drop | None:
+        mac, static = pkt.mac, decision.static_ip
+        target: BootTarget | None = None
+        if decision.allow_boot:
+            t = boot_target(pkt, self.boot)
+            target = None if isinstance(t, Drop) else t
+        if mt is MessageType.DISCOVER:
+            ip = self.leases.pick(mac, pkt.requested_ip, static)
+            if ip is None:
+                return Drop.NO_ADDRESS
+            self.leases.offer(mac, ip)
+            return self._reply(pkt, mt.OFFER, ip, target, self._lease_options()), MessageType.OFFER
+        if mt is MessageType.REQUEST:
+            sid = pkt.server_id
+            if sid is not None and sid != self.address:
+                self.leases.forget_offer(mac)
+                return Drop.NOT_FOR_US
+            wanted = pkt.requested_ip or (None if pkt.ciaddr == "0.0.0.0" else pkt.ciaddr)  # noqa: S104
+            if wanted is not None and self.leases.can_bind(mac, wanted, static):
+                self.leases.bind(mac, wanted, self.network.lease_seconds)
+                self._schedule_flush()
+                reply = self._reply(pkt, MessageType.ACK, wanted, target, self._lease_options())
+                return reply, MessageType.ACK
+            if sid is not None or (wanted is not None and self._ours(wanted)):
+                return self._reply(pkt, MessageType.NAK, "0.0.0.0", None), MessageType.NAK  # noqa: S104
+            return Drop.NOT_FOR_US
+        if mt is MessageType.RELEASE:
+            self.leases.release(mac)
+            self._schedule_flush()
+            return None
+        if mt is MessageType.DECLINE:
+            if pkt.requested_ip:
+                self.leases.decline(mac, pkt.requested_ip)
+                self._schedule_flush()
+            return None
+        if mt is MessageType.INFORM:
+            return self._reply(pkt, MessageType.ACK, "0.0.0.0", target), MessageType.ACK  # noqa: S104
+        return Drop.WRONG_MESSAGE_TYPE
+
+    def _ours(self, ip: str) -> bool:
+        net = ipaddress.IPv4Network(f"{self.address}/{self.network.subnet_mask}", strict=False)
+        return ipaddress.IPv4Address(ip) in net
+
+    def _schedule_flush(self) -> None:
+        if self._flush is None:
+            loop = asyncio.get_running_loop()
+            self._flush = loop.call_later(self.flush_delay, self._do_flush)
+
+    def _do_flush(self) -> None:
+        self._flush = None
+        if self.leases.dirty:
+            with contextlib.suppress(OSError):
+                self.leases.save()

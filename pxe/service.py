@@ -1,0 +1,149 @@
+"""`PxeService`: the boot plane as one start/stop unit (DHCP in the configured mode + TFTP).
+
+Used by `bronze serve` (in-process, with a backend that reads the database directly) and by
+`bronze pxe --server URL --token T` (a per-rack process with an `HttpBackend`). Settings come
+from `PxeSettings` (env prefix ``BRONZE_PXE_``), built once by the caller and passed in.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from pxe.backend import BootBackend, HttpBackend, TimelineSink, null_sink
+from pxe.dhcp.decide import BootConfig, BootFiles, Mode
+from pxe.dhcp.leases import LeaseStore
+from pxe.dhcp.server import DhcpServer, FullModeConfig
+from pxe.tftp.server import TftpServer
+
+log = logging.getLogger(__name__)
+
+
+class PxeSettings(BaseSettings):
+    """Boot plane settings. Every address is explicit: nothing binds the wildcard."""
+
+    model_config = SettingsConfigDict(env_prefix="BRONZE_PXE_", extra="ignore")
+
+    enabled: bool = False
+    mode: Mode = Mode.PROXY
+    interface: str | None = None
+    address: str = "127.0.0.1"
+    http_base_url: str = "http://127.0.0.1:8080"
+    dhcp_port: int = 67
+    dhcp_client_port: int = 68
+    proxy_port: int = 4011
+    tftp_enabled: bool = True
+    tftp_port: int = 69
+    tftp_root: Path = Path("/usr/lib/ipxe")
+    tftp_max_sessions: int = Field(1000, ge=1)
+    tftp_timeout: float = Field(1.0, gt=0)
+    tftp_retries: int = Field(5, ge=0)
+    bios_file: str = "undionly.kpxe"
+    uefi_x64_file: Literal["snponly.efi", "ipxe.efi"] | str = "snponly.efi"
+    uefi_arm64_file: str | None = None
+    pool_start: str | None = None
+    pool_end: str | None = None
+    subnet_mask: str = "255.255.255.0"
+    router: str | None = None
+    lease_seconds: int = Field(3600, ge=60)
+    state_dir: Path | None = None
+    server_url: str | None = None
+    token: SecretStr | None = None
+
+    @field_validator("address", "pool_start", "pool_end", "subnet_mask", "router")
+    @classmethod
+    def _ipv4(cls, v: str | None) -> str | None:
+        if v is not None:
+            ipaddress.IPv4Address(v)
+            if v == "0.0.0.0":  # noqa: S104
+                raise ValueError("the wildcard address is not allowed; give an interface address")
+        return v
+
+    @model_validator(mode="after")
+    def _pool(self) -> PxeSettings:
+        if (self.pool_start is None) != (self.pool_end is None):
+            raise ValueError("pool_start and pool_end go together")
+        return self
+
+
+class PxeService:
+    """Owns the DHCP and TFTP servers for one provisioning interface."""
+
+    def __init__(
+        self,
+        settings: PxeSettings,
+        backend: BootBackend | None = None,
+        sink: TimelineSink = null_sink,
+    ) -> None:
+        if backend is None:
+            if not settings.server_url or settings.token is None:
+                raise ValueError("no backend given and no server_url/token to build one")
+            backend = HttpBackend(settings.server_url, settings.token.get_secret_value())
+        self.settings, self.backend, self.sink = settings, backend, sink
+        s = settings
+        boot = BootConfig(
+            server_ip=s.address,
+            http_base_url=s.http_base_url,
+            files=BootFiles(
+                bios=s.bios_file, uefi_x64=s.uefi_x64_file, uefi_arm64=s.uefi_arm64_file
+            ),
+        )
+        pool = (s.pool_start, s.pool_end) if s.pool_start and s.pool_end else None
+        lease_file = s.state_dir / "leases.json" if s.state_dir else None
+        self.dhcp = DhcpServer(
+            mode=s.mode,
+            boot=boot,
+            backend=backend,
+            sink=sink,
+            address=s.address,
+            interface=s.interface,
+            server_port=s.dhcp_port,
+            client_port=s.dhcp_client_port,
+            pxe_port=s.proxy_port,
+            leases=LeaseStore(lease_file, pool),
+            network=FullModeConfig(
+                subnet_mask=s.subnet_mask, router=s.router, lease_seconds=s.lease_seconds
+            ),
+        )
+        self.tftp: TftpServer | None = None
+        if s.tftp_enabled:
+            self.tftp = TftpServer(
+                s.tftp_root,
+                address=s.address,
+                port=s.tftp_port,
+                sink=sink,
+                max_sessions=s.tftp_max_sessions,
+                timeout=s.tftp_timeout,
+                retries=s.tftp_retries,
+                interface=s.interface,
+            )
+
+    async def start(self) -> None:
+        if self.tftp is not None:
+            await self.tftp.start()
+        try:
+            await self.dhcp.start()
+        except BaseException:
+            if self.tftp is not None:
+                await self.tftp.stop()
+            raise
+
+    async def stop(self) -> None:
+        await self.dhcp.stop()
+        if self.tftp is not None:
+            await self.tftp.stop()
+        close = getattr(self.backend, "aclose", None)
+        if close is not None:
+            await close()
+
+    async def __aenter__(self) -> PxeService:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
