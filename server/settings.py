@@ -11,7 +11,9 @@ import os
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing import Annotated
+
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def default_data_dir() -> Path:
@@ -38,10 +40,15 @@ class ServerSettings(BaseSettings):
     migrate_on_start: bool = True
     """``bronze serve`` runs ``db upgrade`` before serving."""
     log_level: str = "info"
-    bmc_networks: list[str] = Field(
+    bmc_networks: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8"]
     )
     """CIDRs BMC addresses must fall in. Loopback and link-local are refused unless listed here."""
+
+    @field_validator("admin_token", "secret_key", "database_url", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
 
     @field_validator("bmc_networks", mode="before")
     @classmethod

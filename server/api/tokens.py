@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from server import inventory
@@ -14,6 +14,7 @@ from server.api.schemas import TokenCreate, TokenCreated, TokenOut
 from server.auth import Principal, create_token
 from server.errors import Conflict, NotFound
 from server.models import ApiToken, utcnow
+from server.types import Role
 
 router = APIRouter(prefix="/api/v1/tokens", tags=["tokens"])
 
@@ -66,6 +67,11 @@ def revoke(
             raise NotFound(kind="token", key=name)
         if row.revoked_at is not None:
             raise Conflict(message=f"token {name!r} is already revoked")
+        if row.role == Role.ADMIN.value:
+            admins = s.scalar(select(func.count()).select_from(ApiToken).where(
+                ApiToken.role == Role.ADMIN.value, ApiToken.revoked_at.is_(None)))
+            if admins == 1:
+                raise Conflict(message="refusing to revoke the last admin token")
         row.revoked_at = utcnow()
         inventory.record(s, actor=who.actor, kind="token.revoked", message=f"token {name} revoked",
                          data={"name": name})

@@ -1,0 +1,299 @@
+"""The ``bronze`` command line: ``serve`` and ``db upgrade`` act locally; everything else talks to
+the REST API. Tables for people, ``-o json`` for scripts; failures exit non-zero with one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from server.client import Client, ClientError, resolve
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="bronze: bare-metal fleet manager")
+db_app = typer.Typer(no_args_is_help=True, help="Database schema (local, uses BRONZE_DATABASE_URL).")
+token_app = typer.Typer(no_args_is_help=True, help="API tokens (admin).")
+machines_app = typer.Typer(no_args_is_help=True, help="Machine inventory.")
+app.add_typer(db_app, name="db")
+app.add_typer(token_app, name="token")
+app.add_typer(machines_app, name="machines")
+
+out = Console()
+
+
+class Output(StrEnum):
+    table = "table"
+    json = "json"
+
+
+UrlOpt = Annotated[str | None, typer.Option("--url", help="API URL (or BRONZE_URL).")]
+TokenFileOpt = Annotated[
+    str | None, typer.Option("--token-file", help="File holding the API token (or BRONZE_TOKEN[_FILE]).")
+]
+OutOpt = Annotated[Output, typer.Option("-o", "--output")]
+
+
+def fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(1)
+
+
+def client(url: str | None, token_file: str | None) -> Client:
+    try:
+        return Client(*resolve(url, token_file))
+    except ClientError as exc:
+        fail(str(exc))
+        raise  # unreachable
+
+
+def call(cl: Client, method: str, path: str, **kw: Any) -> Any:
+    try:
+        return cl.request(method, path, **kw)
+    except ClientError as exc:
+        fail(str(exc))
+
+
+def show(data: Any, output: Output, columns: list[tuple[str, Any]]) -> None:
+    if output is Output.json:
+        typer.echo(json.dumps(data, indent=2, default=str))
+        return
+    rows = data if isinstance(data, list) else [data]
+    table = Table(box=None, header_style="bold")
+    for title, _ in columns:
+        table.add_column(title)
+    for row in rows:
+        table.add_row(*[str(get(row)) if get(row) is not None else "" for _, get in columns])
+    out.print(table)
+
+
+# --- local commands -------------------------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Bind address (BRONZE_API_HOST).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (BRONZE_API_PORT).")] = None,
+    no_migrate: Annotated[bool, typer.Option("--no-migrate", help="Do not run migrations on start.")] = False,
+) -> None:
+    """Run the central server (REST API; migrates the database first)."""
+    import logging
+
+    import uvicorn
+
+    from server.app import create_app
+    from server.settings import ServerSettings
+
+    settings = ServerSettings()
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    application = create_app(settings, migrate_db=False if no_migrate else None)
+    token_path = settings.data_dir / "admin.token"
+    typer.echo(f"bronze: data in {settings.data_dir}; admin token file {token_path}", err=True)
+    uvicorn.run(application, host=host or settings.api_host, port=port or settings.api_port,
+                log_level=settings.log_level, proxy_headers=False)
+
+
+@db_app.command("upgrade")
+def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
+    """Apply migrations up to REVISION (default: head)."""
+    from server import migrate
+    from server.app import prepare_data_dir
+    from server.settings import ServerSettings
+
+    settings = ServerSettings()
+    prepare_data_dir(settings)
+    try:
+        migrate.upgrade(settings.effective_database_url, revision)
+    except Exception as exc:  # noqa: BLE001 - one line for the operator
+        fail(f"migration failed: {exc.__class__.__name__}: {str(exc).splitlines()[0]}")
+    typer.echo(f"database at {revision}")
+
+
+@db_app.command("downgrade")
+def db_downgrade(revision: Annotated[str, typer.Argument()]) -> None:
+    """Revert migrations down to REVISION (e.g. base)."""
+    from server import migrate
+    from server.settings import ServerSettings
+
+    migrate.downgrade(ServerSettings().effective_database_url, revision)
+    typer.echo(f"database at {revision}")
+
+
+# --- tokens -----------------------------------------------------------------------------------------
+
+TOKEN_COLUMNS = [("NAME", lambda t: t["name"]), ("ROLE", lambda t: t["role"]),
+                 ("CREATED", lambda t: t["created_at"]), ("REVOKED", lambda t: t["revoked_at"])]
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Option("--name")],
+    role: Annotated[str, typer.Option("--role", help="admin, operator or reader")],
+    url: UrlOpt = None, token_file: TokenFileOpt = None, output: OutOpt = Output.table,
+) -> None:
+    """Create a token and print it once (only its hash is stored)."""
+    data = call(client(url, token_file), "POST", "/api/v1/tokens", json={"name": name, "role": role})
+    if output is Output.json:
+        show(data, output, [])
+    else:
+        typer.echo(data["token"])
+
+
+@token_app.command("list")
+def token_list(url: UrlOpt = None, token_file: TokenFileOpt = None, output: OutOpt = Output.table) -> None:
+    show(call(client(url, token_file), "GET", "/api/v1/tokens"), output, TOKEN_COLUMNS)
+
+
+@token_app.command("revoke")
+def token_revoke(name: str, url: UrlOpt = None, token_file: TokenFileOpt = None,
+                 output: OutOpt = Output.table) -> None:
+    show(call(client(url, token_file), "DELETE", f"/api/v1/tokens/{name}"), output, TOKEN_COLUMNS)
+
+
+# --- machines ---------------------------------------------------------------------------------------
+
+MACHINE_COLUMNS = [
+    ("NAME", lambda m: m["name"]),
+    ("PHASE", lambda m: m["phase"]),
+    ("POWER", lambda m: m["power"]["observed"]),
+    ("MACS", lambda m: ",".join(n["mac"] for n in m["nics"])),
+    ("LABELS", lambda m: ",".join(f"{k}={v}" for k, v in m["labels"].items())),
+    ("BMC", lambda m: m["bmc"] and f"{m['bmc']['driver']}://{m['bmc']['address']}"),
+]
+EVENT_COLUMNS = [("TIME", lambda e: e["created_at"]), ("MACHINE", lambda e: e["machine_name"]),
+                 ("KIND", lambda e: e["kind"]), ("ACTOR", lambda e: e["actor"]),
+                 ("MESSAGE", lambda e: e["message"])]
+
+
+def _labels(items: list[str]) -> dict[str, str]:
+    labels = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            fail(f"label {item!r} must be KEY=VALUE")
+        labels[key] = value
+    return labels
+
+
+def _bmc(driver: str | None, address: str | None, username: str | None,
+         password_file: str | None, insecure: bool) -> dict[str, Any] | None:
+    if address is None:
+        return None
+    bmc: dict[str, Any] = {"driver": driver or "auto", "address": address, "username": username,
+                           "verify_tls": not insecure}
+    password = os.environ.get("BRONZE_BMC_PASSWORD")
+    if password_file:
+        try:
+            with open(password_file) as fh:
+                password = fh.read().rstrip("\n")
+        except OSError as exc:
+            fail(f"cannot read {password_file}: {exc.strerror}")
+    if password is not None:
+        bmc["password"] = password
+    return bmc
+
+
+@machines_app.command("list")
+def machines_list(
+    selector: Annotated[str | None, typer.Option("-l", "--selector", help="rack=r1,role in (a,b),!x")] = None,
+    phase: Annotated[str | None, typer.Option("--phase")] = None,
+    sort: Annotated[str, typer.Option("--sort", help="name, created_at, updated_at, phase; '-' = desc")] = "name",
+    limit: Annotated[int | None, typer.Option("--limit", help="Stop after N machines (default: all).")] = None,
+    url: UrlOpt = None, token_file: TokenFileOpt = None, output: OutOpt = Output.table,
+) -> None:
+    cl = client(url, token_file)
+    params = {"selector": selector, "phase": phase, "sort": sort, "limit": min(limit or 500, 500)}
+    try:
+        items = cl.paginate("/api/v1/machines", params, limit)
+    except ClientError as exc:
+        fail(str(exc))
+    show(items, output, MACHINE_COLUMNS)
+
+
+@machines_app.command("show")
+def machines_show(name: str, url: UrlOpt = None, token_file: TokenFileOpt = None,
+                  output: OutOpt = Output.json) -> None:
+    show(call(client(url, token_file), "GET", f"/api/v1/machines/{name}"), output, MACHINE_COLUMNS)
+
+
+@machines_app.command("create")
+def machines_create(
+    name: str,
+    mac: Annotated[list[str], typer.Option("--mac", help="NIC MAC address (repeat for more).")],
+    uuid: Annotated[str | None, typer.Option("--uuid", help="SMBIOS UUID.")] = None,
+    serial: Annotated[str | None, typer.Option("--serial")] = None,
+    label: Annotated[list[str] | None, typer.Option("--label", help="KEY=VALUE (repeat).")] = None,
+    bmc_driver: Annotated[str | None, typer.Option("--bmc-driver", help="redfish, ipmi, auto")] = None,
+    bmc_address: Annotated[str | None, typer.Option("--bmc-address", help="host[:port]")] = None,
+    bmc_username: Annotated[str | None, typer.Option("--bmc-username")] = None,
+    bmc_password_file: Annotated[str | None, typer.Option(
+        "--bmc-password-file", help="File with the BMC password (or BRONZE_BMC_PASSWORD).")] = None,
+    bmc_insecure: Annotated[bool, typer.Option("--bmc-insecure", help="Do not verify BMC TLS (audited).")] = False,
+    url: UrlOpt = None, token_file: TokenFileOpt = None, output: OutOpt = Output.table,
+) -> None:
+    body: dict[str, Any] = {"name": name, "nics": [{"mac": m} for m in mac], "labels": _labels(label or [])}
+    if uuid:
+        body["uuid"] = uuid
+    if serial:
+        body["serial"] = serial
+    bmc = _bmc(bmc_driver, bmc_address, bmc_username, bmc_password_file, bmc_insecure)
+    if bmc:
+        body["bmc"] = bmc
+    show(call(client(url, token_file), "POST", "/api/v1/machines", json=body), output, MACHINE_COLUMNS)
+
+
+@machines_app.command("update")
+def machines_update(
+    name: str,
+    label: Annotated[list[str] | None, typer.Option("--label", help="Set KEY=VALUE (repeat).")] = None,
+    remove_label: Annotated[list[str] | None, typer.Option("--remove-label", help="Remove KEY.")] = None,
+    phase: Annotated[str | None, typer.Option("--phase")] = None,
+    new_name: Annotated[str | None, typer.Option("--rename")] = None,
+    mac: Annotated[list[str] | None, typer.Option("--mac", help="Replace the NIC list.")] = None,
+    bmc_driver: Annotated[str | None, typer.Option("--bmc-driver")] = None,
+    bmc_address: Annotated[str | None, typer.Option("--bmc-address")] = None,
+    bmc_username: Annotated[str | None, typer.Option("--bmc-username")] = None,
+    bmc_password_file: Annotated[str | None, typer.Option("--bmc-password-file")] = None,
+    bmc_insecure: Annotated[bool, typer.Option("--bmc-insecure")] = False,
+    url: UrlOpt = None, token_file: TokenFileOpt = None, output: OutOpt = Output.table,
+) -> None:
+    body: dict[str, Any] = {}
+    labels: dict[str, Any] = {**_labels(label or []), **{k: None for k in remove_label or []}}
+    if labels:
+        body["labels"] = labels
+    if phase:
+        body["phase"] = phase
+    if new_name:
+        body["name"] = new_name
+    if mac:
+        body["nics"] = [{"mac": m} for m in mac]
+    bmc = _bmc(bmc_driver, bmc_address, bmc_username, bmc_password_file, bmc_insecure)
+    if bmc:
+        body["bmc"] = bmc
+    if not body:
+        fail("nothing to update")
+    show(call(client(url, token_file), "PATCH", f"/api/v1/machines/{name}", json=body), output, MACHINE_COLUMNS)
+
+
+@machines_app.command("delete")
+def machines_delete(name: str, url: UrlOpt = None, token_file: TokenFileOpt = None) -> None:
+    call(client(url, token_file), "DELETE", f"/api/v1/machines/{name}")
+    typer.echo(f"deleted {name}")
+
+
+@machines_app.command("events")
+def machines_events(
+    name: str,
+    limit: Annotated[int, typer.Option("--limit")] = 50,
+    url: UrlOpt = None, token_file: TokenFileOpt = None, output: OutOpt = Output.table,
+) -> None:
+    data = call(client(url, token_file), "GET", f"/api/v1/machines/{name}/events", params={"limit": limit})
+    show(data["items"], output, EVENT_COLUMNS)
+
+
+def main() -> None:  # pragma: no cover - console script shim
+    sys.exit(app())

@@ -1,0 +1,127 @@
+"""First start: data dir, key and admin token files; seeding from the environment; `bronze serve`
+and `bronze db upgrade` as real processes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+from sqlalchemy import create_engine, inspect
+
+from server.app import create_app
+from server.settings import ServerSettings
+from tests.peers.apiserver import free_port
+
+BRONZE = str(Path(sys.executable).with_name("bronze"))
+
+
+def mode(p: Path) -> int:
+    return stat.S_IMODE(p.stat().st_mode)
+
+
+def test_first_start_writes_secret_files_0600(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    app = create_app(ServerSettings(data_dir=data))
+    token = (data / "admin.token").read_text().strip()
+    assert token.startswith("brz_")
+    assert mode(data / "admin.token") == 0o600 and mode(data / "secret.key") == 0o600 and mode(data) == 0o700
+    key = (data / "secret.key").read_bytes()
+    app.state.ctx.db.dispose()
+    # A second start keeps the key and does not mint another admin token.
+    app = create_app(ServerSettings(data_dir=data))
+    assert (data / "admin.token").read_text().strip() == token and (data / "secret.key").read_bytes() == key
+    app.state.ctx.db.dispose()
+
+
+def test_admin_token_seeded_from_env(tmp_path: Path) -> None:
+    seeded = "brz_" + "s" * 43
+    app = create_app(ServerSettings(data_dir=tmp_path, admin_token=seeded))
+    assert not (tmp_path / "admin.token").exists()
+    from fastapi.testclient import TestClient
+
+    with TestClient(app) as c:
+        assert c.get("/api/v1/tokens", headers={"Authorization": f"Bearer {seeded}"}).status_code == 200
+    app.state.ctx.db.dispose()
+    rotated = "brz_" + "r" * 43
+    app = create_app(ServerSettings(data_dir=tmp_path, admin_token=rotated))
+    with TestClient(app) as c:
+        assert c.get("/api/v1/tokens", headers={"Authorization": f"Bearer {seeded}"}).status_code == 401
+        assert c.get("/api/v1/tokens", headers={"Authorization": f"Bearer {rotated}"}).status_code == 200
+    app.state.ctx.db.dispose()
+
+
+def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BRONZE_")}
+    env.update({"BRONZE_DATA_DIR": str(tmp_path / "data"), **extra})
+    return env
+
+
+def test_db_upgrade_command(db_url: str, tmp_path: Path) -> None:
+    r = subprocess.run([BRONZE, "db", "upgrade"], env=_env(tmp_path, BRONZE_DATABASE_URL=db_url),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    engine = create_engine(db_url)
+    assert "machines" in inspect(engine).get_table_names()
+    engine.dispose()
+    r = subprocess.run([BRONZE, "db", "upgrade"], env=_env(tmp_path, BRONZE_DATABASE_URL="sqlite:////nonexistent/x/y.db"),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and r.stderr.startswith("error: migration failed") and "Traceback" not in r.stderr
+
+
+def test_bronze_serve_with_no_config(tmp_path: Path) -> None:
+    """The README's first command, minus the install: defaults only (data dir, SQLite, loopback)."""
+    port = free_port()
+    env = _env(tmp_path, BRONZE_API_PORT=str(port))
+    proc = subprocess.Popen([BRONZE, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "bronze serve did not answer /healthz"
+            time.sleep(0.1)
+        token = (tmp_path / "data" / "admin.token").read_text().strip()
+        assert (tmp_path / "data" / "bronze.db").exists()
+        r = httpx.get(f"http://127.0.0.1:{port}/api/v1/machines", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200 and r.json() == {"items": [], "next_cursor": None}
+        with open(f"/proc/{proc.pid}/cmdline", "rb") as fh:
+            assert token.encode() not in fh.read()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=20)
+    assert token not in out  # the token never reaches the log
+
+
+def test_docker_compose_file_is_valid() -> None:
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run(["docker-compose", "-f", str(root / "docker-compose.yml"), "config", "-q"],
+                       capture_output=True, text=True, timeout=60, cwd=root)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run(["docker-compose", "-f", str(root / "docker-compose.yml"), "config", "--services"],
+                       capture_output=True, text=True, timeout=60, cwd=root)
+    assert {"postgres", "bronze"} <= set(r.stdout.split())
+
+
+def test_settings_from_environment(monkeypatch: object) -> None:
+    mp = monkeypatch  # type: ignore[assignment]
+    mp.setenv("BRONZE_SECRET_KEY", "")  # compose passes empty values through
+    mp.setenv("BRONZE_BMC_NETWORKS", "10.0.0.0/8, 127.0.0.0/8")
+    mp.setenv("BRONZE_API_PORT", "9090")
+    s = ServerSettings()
+    assert s.secret_key is None and s.bmc_networks == ["10.0.0.0/8", "127.0.0.0/8"] and s.api_port == 9090
+    mp.setenv("BRONZE_BMC_NETWORKS", "not-a-cidr")
+    import pytest
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        ServerSettings()
