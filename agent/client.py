@@ -1,0 +1,540 @@
+"""The node agent: enroll once, then hold one mTLS session to the server and obey it.
+
+Life of the agent (also what ``bronze-agent simulate`` runs for each simulated machine):
+
+1. **Boot.** If the boot id changed since the last run, a pending ``try`` config is reverted and
+   a staged config takes effect (:meth:`ConfigApplier.on_boot`).
+2. **Identity.** A valid client certificate in the state directory is reused; otherwise the agent
+   generates a key + CSR and calls ``Enroll`` with the bootstrap token from the kernel command
+   line, verifying the server with the fleet CA baked into the image.
+3. **Session.** It dials the session port with its certificate (one TCP+TLS connection per agent:
+   ``grpc.use_local_subchannel_pool``), sends ``Hello`` (version, boot id, config versions,
+   inventory), then heartbeats every ``heartbeat_interval`` ± jitter and executes commands in
+   order. Before two thirds of its certificate's life has passed it sends a CSR and switches to
+   the certificate it gets back.
+4. **Reconnect.** When the stream ends or fails it dials again after a capped exponential backoff
+   with full jitter (so thousands of agents do not reconnect in lock step after a server restart).
+
+Exactly-once effects over an at-least-once channel: the server resends every unacknowledged
+command on each new session, so the agent journals each command id with its result *before*
+sending the result, answers a known id from the journal without executing it again, and treats
+an already-applied config version as a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import random
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from cryptography import x509
+
+from agent import nodeops
+from agent.apply import ApplyError, ConfigApplier, reboot_needed
+from agent.gen import agent_pb2 as pb
+from agent.gen import agent_pb2_grpc as pb_grpc
+from agent.identity import Credentials, CredentialStore, new_key_and_csr, write_file
+from agent.inventory import Inventory, collect
+
+log = logging.getLogger(__name__)
+
+AGENT_VERSION = "0.1.0"
+
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    # NOTE: without this, every channel to one target in a process shares one TCP connection.
+    ("grpc.use_local_subchannel_pool", 1),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+    ("grpc.enable_retries", 0),
+]
+
+
+class AgentFatalError(Exception):
+    """Cannot continue without operator action (no token and no certificate)."""
+
+
+class EnrollDenied(Exception):
+    """The server refused the bootstrap token."""
+
+
+class _DropSession(Exception):
+    """Fault injection: end the session abruptly."""
+
+
+@dataclass
+class AgentOptions:
+    root: Path
+    state_dir: Path
+    machine_id: str
+    token: str
+    server: str
+    enroll: str
+    ca_pem: bytes | None
+    heartbeat_interval: float = 30.0
+    heartbeat_jitter: float = 0.2
+    backoff_base: float = 0.5
+    backoff_max: float = 30.0
+    fsync: bool = True
+    server_name: str | None = None
+    fault: str = ""  # "drop-before-result": drop the session once, after applying a config
+    inventory: Inventory | None = None
+    extra_channel_options: list[tuple[str, Any]] = field(default_factory=list)
+
+
+class Journal:
+    """Results of executed commands, by id (bounded), persisted in the state directory."""
+
+    LIMIT = 256
+
+    def __init__(self, path: Path, *, fsync: bool) -> None:
+        self._path = path
+        self._fsync = fsync
+        self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        try:
+            self._items.update(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            pass
+
+    def get(self, command_id: str) -> pb.CommandResult | None:
+        r = self._items.get(command_id)
+        if r is None:
+            return None
+        return pb.CommandResult(command_id=command_id, **r)
+
+    def put(self, result: pb.CommandResult) -> None:
+        self._items[result.command_id] = {
+            "ok": result.ok,
+            "error": result.error,
+            "applied_version": result.applied_version,
+            "rebooting": result.rebooting,
+        }
+        while len(self._items) > self.LIMIT:
+            self._items.popitem(last=False)
+        write_file(self._path, json.dumps(self._items).encode(), 0o600, fsync=self._fsync)
+
+
+def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
+    """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**attempt)]."""
+    return rng.uniform(0, min(cap, base * (2 ** min(attempt, 20))))
+
+
+class Agent:
+    def __init__(self, opts: AgentOptions) -> None:
+        self.o = opts
+        self.o.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.applier = ConfigApplier(opts.root, opts.state_dir, fsync=opts.fsync)
+        self.creds_store = CredentialStore(opts.state_dir, fsync=opts.fsync)
+        self.journal = Journal(opts.state_dir / "commands.json", fsync=opts.fsync)
+        self.rng = random.Random()  # noqa: S311 - jitter, not secrets
+        self.creds: Credentials | None = None
+        self.boots = 0
+        self.sessions = 0
+        self._boot_started = time.monotonic()
+        self._inventory: Inventory | None = None
+        self._outq: asyncio.Queue[pb.AgentMessage | None] | None = None
+        self._seq = 0
+        self._pending_key: bytes | None = None
+        self._try_timer: asyncio.Task[None] | None = None
+        self._fault_used = False
+        self._reboot_requested: pb.Reboot | None = None
+
+    # -- boot -------------------------------------------------------------------------------------
+
+    @property
+    def boot_id_path(self) -> Path:
+        return self.o.root / "proc/sys/kernel/random/boot_id"
+
+    def boot_id(self) -> str:
+        try:
+            return self.boot_id_path.read_text().strip()
+        except OSError:
+            return ""
+
+    def _boot(self) -> None:
+        """Things that happen once per boot of the (simulated) machine."""
+        bid = self.boot_id()
+        last = self.o.state_dir / "last-boot-id"
+        try:
+            seen = last.read_text().strip()
+        except OSError:
+            seen = None
+        if seen != bid:
+            self.applier.on_boot()
+            write_file(last, bid.encode(), fsync=self.o.fsync)
+        self.boots += 1
+        self._boot_started = time.monotonic()
+        self._inventory = None
+        self._arm_try_timer()
+
+    def _simulated_reboot(self, wipe_state: bool) -> None:
+        log.info("rebooting (simulated) machine=%s", self.o.machine_id)
+        if wipe_state:
+            self.creds_store.wipe()
+            self.applier.wipe()
+            self.creds = None
+        write_file(self.boot_id_path, (str(uuid.uuid4()) + "\n").encode(), fsync=self.o.fsync)
+        self._boot()
+
+    # -- main loop --------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._boot()
+        attempt = 0
+        while not stop.is_set():
+            established = False
+            try:
+                self.creds = await self._ensure_credentials()
+                established = await self._session(stop)
+            except AgentFatalError:
+                raise
+            except EnrollDenied:
+                log.warning("enrollment denied machine=%s", self.o.machine_id)
+            except grpc.aio.AioRpcError as exc:
+                log.info("session ended machine=%s code=%s details=%s", self.o.machine_id,
+                         exc.code().name, exc.details())
+            except (OSError, _DropSession) as exc:
+                log.info("session dropped machine=%s error=%s", self.o.machine_id, exc)
+            if self._reboot_requested is not None:
+                req, self._reboot_requested = self._reboot_requested, None
+                self._simulated_reboot(req.wipe_state)
+                attempt = 0
+                continue
+            attempt = 0 if established else attempt + 1
+            delay = backoff_delay(attempt, self.o.backoff_base, self.o.backoff_max, self.rng)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+        if self._try_timer:
+            self._try_timer.cancel()
+
+    # -- identity ---------------------------------------------------------------------------------
+
+    async def _ensure_credentials(self) -> Credentials:
+        now = dt.datetime.now(dt.UTC)
+        creds = self.creds or self.creds_store.load()
+        if creds is not None and creds.valid(now):
+            return creds
+        return await self._enroll()
+
+    def _channel_options(self) -> list[tuple[str, Any]]:
+        opts = list(CHANNEL_OPTIONS) + list(self.o.extra_channel_options)
+        if self.o.server_name:
+            opts.append(("grpc.ssl_target_name_override", self.o.server_name))
+        return opts
+
+    async def _enroll(self) -> Credentials:
+        if not (self.o.token and self.o.machine_id and self.o.ca_pem and self.o.enroll):
+            raise AgentFatalError(
+                "no valid client certificate and no bootstrap token/machine id/CA/enroll address"
+            )
+        key_pem, csr_pem = new_key_and_csr(self.o.machine_id)
+        creds = grpc.ssl_channel_credentials(root_certificates=self.o.ca_pem)
+        async with grpc.aio.secure_channel(
+            self.o.enroll, creds, options=self._channel_options()
+        ) as channel:
+            stub = pb_grpc.EnrollmentStub(channel)
+            try:
+                resp = await stub.Enroll(
+                    pb.EnrollRequest(
+                        bootstrap_token=self.o.token,
+                        machine_id=self.o.machine_id,
+                        csr_pem=csr_pem.decode(),
+                    ),
+                    timeout=15,
+                )
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    raise EnrollDenied() from None
+                raise
+        result = Credentials(key_pem, resp.cert_pem.encode(), resp.ca_pem.encode())
+        self.creds_store.save(result)
+        log.info("enrolled machine=%s not_after=%s", self.o.machine_id, resp.not_after)
+        return result
+
+    # -- session ----------------------------------------------------------------------------------
+
+    def _hello(self) -> pb.AgentMessage:
+        if self._inventory is None:
+            self._inventory = self.o.inventory or collect(self.o.root)
+        inv = self._inventory
+        return pb.AgentMessage(
+            hello=pb.Hello(
+                agent_version=AGENT_VERSION,
+                boot_id=self.boot_id(),
+                config_version=self.applier.current_version,
+                staged_config_version=self.applier.staged_version,
+                inventory=inventory_to_pb(inv),
+                machine_id=self.o.machine_id,
+            )
+        )
+
+    def _send(self, msg: pb.AgentMessage) -> None:
+        if self._outq is not None:
+            self._outq.put_nowait(msg)
+
+    async def _session(self, stop: asyncio.Event) -> bool:
+        """One session. Returns whether it was established (the server accepted Hello)."""
+        assert self.creds is not None
+        creds = grpc.ssl_channel_credentials(
+            root_certificates=self.creds.ca_pem,
+            private_key=self.creds.key_pem,
+            certificate_chain=self.creds.cert_pem,
+        )
+        outq: asyncio.Queue[pb.AgentMessage | None] = asyncio.Queue()
+        outq.put_nowait(self._hello())
+
+        async def outgoing():  # type: ignore[no-untyped-def]
+            while True:
+                m = await outq.get()
+                if m is None:
+                    return
+                yield m
+
+        established = False
+        channel = grpc.aio.secure_channel(self.o.server, creds, options=self._channel_options())
+        call = pb_grpc.AgentSessionStub(channel).Session(outgoing())
+        hb: asyncio.Task[None] | None = None
+        stopper = asyncio.get_running_loop().create_task(stop.wait())
+        try:
+            await call.initial_metadata()
+            self._outq = outq
+            hb = asyncio.get_running_loop().create_task(self._heartbeats())
+            reader = call.__aiter__()
+            while True:
+                nxt = asyncio.ensure_future(reader.__anext__())
+                done, _ = await asyncio.wait({nxt, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                if nxt not in done:
+                    nxt.cancel()
+                    break  # stop requested
+                try:
+                    msg = nxt.result()
+                except StopAsyncIteration:
+                    break
+                if not established:
+                    established = True
+                    self.sessions += 1
+                if msg.HasField("command"):
+                    await self._handle(msg.command)
+                if self._reboot_requested is not None:
+                    outq.put_nowait(None)  # half-close after the result; wait for the server
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(self._drain(reader), 5)
+                    break
+            established = established or call.done()
+        finally:
+            self._outq = None
+            stopper.cancel()
+            if hb:
+                hb.cancel()
+            outq.put_nowait(None)
+            call.cancel()
+            await channel.close(grace=None)
+        return established
+
+    @staticmethod
+    async def _drain(reader: Any) -> None:
+        async for _ in reader:
+            pass
+
+    async def _heartbeats(self) -> None:
+        i = self.o.heartbeat_interval
+        # First beat soon after connecting, spread over one interval.
+        await asyncio.sleep(self.rng.uniform(0, i))
+        while True:
+            self._seq += 1
+            self._send(self._heartbeat())
+            self._maybe_renew()
+            j = self.o.heartbeat_jitter
+            await asyncio.sleep(i * self.rng.uniform(1 - j, 1 + j))
+
+    def _heartbeat(self) -> pb.AgentMessage:
+        load1 = -1.0
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            load1 = float((self.o.root / "proc/loadavg").read_text().split()[0])
+        return pb.AgentMessage(
+            heartbeat=pb.Heartbeat(
+                seq=self._seq,
+                config_version=self.applier.current_version,
+                uptime_seconds=time.monotonic() - self._boot_started,
+                load1=load1,
+                try_pending=self.applier.trial is not None,
+            )
+        )
+
+    # -- certificate renewal ----------------------------------------------------------------------
+
+    def _maybe_renew(self, force: bool = False) -> None:
+        if self.creds is None or self._pending_key is not None:
+            return
+        if force or self.creds.should_renew(dt.datetime.now(dt.UTC)):
+            key_pem, csr_pem = new_key_and_csr(self.o.machine_id)
+            self._pending_key = key_pem
+            self._send(pb.AgentMessage(
+                certificate_request=pb.CertificateRequest(csr_pem=csr_pem.decode())
+            ))
+            log.info("certificate renewal requested machine=%s", self.o.machine_id)
+
+    def _install_certificate(self, nc: pb.NewCertificate) -> None:
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        key_pem, self._pending_key = self._pending_key, None
+        if key_pem is None:
+            log.warning("unsolicited certificate ignored machine=%s", self.o.machine_id)
+            return
+        cert = x509.load_pem_x509_certificate(nc.cert_pem.encode())
+        key = load_pem_private_key(key_pem, password=None)
+        if cert.public_key().public_numbers() != key.public_key().public_numbers():  # type: ignore[union-attr]
+            log.warning("renewed certificate does not match our key machine=%s", self.o.machine_id)
+            return
+        self.creds = Credentials(key_pem, nc.cert_pem.encode(), nc.ca_pem.encode())
+        self.creds_store.save(self.creds)
+        log.info("certificate renewed machine=%s not_after=%s", self.o.machine_id, nc.not_after)
+
+    # -- commands ---------------------------------------------------------------------------------
+
+    async def _handle(self, cmd: pb.Command) -> None:
+        op = cmd.WhichOneof("op")
+        if op == "node_op":
+            await self._node_op(cmd)
+            return
+        if op == "new_certificate":
+            self._install_certificate(cmd.new_certificate)
+            return
+        if op == "renew_certificate":
+            self._maybe_renew(force=True)
+            self._send(pb.AgentMessage(result=pb.CommandResult(command_id=cmd.id, ok=True)))
+            return
+        known = self.journal.get(cmd.id)
+        if known is not None:  # executed before; the result got lost: say it again
+            self._send(pb.AgentMessage(result=known))
+            return
+        if op == "apply_config":
+            result = self._apply(cmd.id, cmd.apply_config)
+        elif op == "confirm_config":
+            ok = self.applier.confirm(cmd.confirm_config.version)
+            if ok and self._try_timer:
+                self._try_timer.cancel()
+            result = pb.CommandResult(
+                command_id=cmd.id, ok=ok, applied_version=self.applier.current_version,
+                error="" if ok else "no pending try with that version",
+            )
+        elif op == "reboot":
+            result = pb.CommandResult(command_id=cmd.id, ok=True, rebooting=True,
+                                      applied_version=self.applier.current_version)
+            self._reboot_requested = cmd.reboot
+        else:
+            result = pb.CommandResult(command_id=cmd.id, ok=False, error=f"unsupported {op}")
+        self.journal.put(result)
+        if result.rebooting:
+            self._reboot_requested = self._reboot_requested or pb.Reboot()
+        if op == "apply_config" and self.o.fault == "drop-before-result" and not self._fault_used:
+            self._fault_used = True
+            raise _DropSession("fault injection: dropped before sending the result")
+        self._send(pb.AgentMessage(result=result))
+
+    def _apply(self, command_id: str, ac: pb.ApplyConfig) -> pb.CommandResult:
+        a = self.applier
+
+        def res(ok: bool, error: str = "", rebooting: bool = False) -> pb.CommandResult:
+            return pb.CommandResult(command_id=command_id, ok=ok, error=error,
+                                    applied_version=a.current_version, rebooting=rebooting)
+
+        try:
+            cfg = json.loads(ac.config_json)
+            if not isinstance(cfg, dict):
+                raise ValueError("config is not an object")
+        except ValueError as exc:
+            return res(False, f"invalid config: {exc}")
+        version, mode = ac.version, ac.mode
+        trial = a.trial
+        try:
+            if mode == pb.APPLY_MODE_STAGED:
+                if version not in (a.staged_version, a.current_version):
+                    a.stage(version, cfg)
+                return res(True)
+            if version == a.current_version and (trial is None or mode == pb.APPLY_MODE_TRY):
+                return res(True)  # already in effect: no-op
+            need = reboot_needed((a.current or {}).get("config"), cfg)
+            if mode == pb.APPLY_MODE_NO_REBOOT and need:
+                return res(False, "reboot required to change: " + ", ".join(need))
+            if mode == pb.APPLY_MODE_TRY:
+                if need:
+                    return res(False, "try mode cannot change boot-time fields: " + ", ".join(need))
+                a.begin_try(version, cfg, float(ac.try_timeout_seconds or 120),
+                            previous=trial["previous"] if trial else a.current)
+                self._arm_try_timer()
+                return res(True)
+            if trial is not None:  # a definitive apply supersedes a pending try
+                a.confirm(trial["version"])
+            if need:  # AUTO: stage, then reboot into it
+                a.stage(version, cfg)
+                return res(True, rebooting=True)
+            a.apply_live(version, cfg, "no-reboot" if mode == pb.APPLY_MODE_NO_REBOOT else "auto")
+            return res(True)
+        except (ApplyError, OSError) as exc:
+            return res(False, f"apply failed: {exc}")
+
+    def _arm_try_timer(self) -> None:
+        if self._try_timer:
+            self._try_timer.cancel()
+            self._try_timer = None
+        trial = self.applier.trial
+        if trial is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._try_timer = loop.create_task(self._try_expiry(trial["version"], trial["deadline"]))
+
+    async def _try_expiry(self, version: str, deadline: float) -> None:
+        await asyncio.sleep(max(0.0, deadline - time.time()))
+        trial = self.applier.trial
+        if trial is not None and trial["version"] == version:
+            now = self.applier.revert_try()
+            log.warning("try config not confirmed, reverted machine=%s from=%s to=%s",
+                        self.o.machine_id, version, now or "-")
+            self._seq += 1
+            self._send(self._heartbeat())  # tell the server at once
+
+    async def _node_op(self, cmd: pb.Command) -> None:
+        try:
+            data = await asyncio.to_thread(nodeops.run, self.o.root, cmd.node_op)
+        except nodeops.NodeOpError as exc:
+            self._send(pb.AgentMessage(result=pb.CommandResult(
+                command_id=cmd.id, ok=False, error=str(exc))))
+            return
+        for chunk in nodeops.chunks(data):
+            self._send(pb.AgentMessage(chunk=pb.NodeOpChunk(command_id=cmd.id, data=chunk)))
+        self._send(pb.AgentMessage(result=pb.CommandResult(command_id=cmd.id, ok=True)))
+
+
+def inventory_to_pb(inv: Inventory) -> pb.Inventory:
+    s = inv.smbios
+    return pb.Inventory(
+        smbios=pb.Smbios(
+            uuid=s.uuid, serial=s.serial, vendor=s.vendor, product=s.product,
+            board_vendor=s.board_vendor, board_product=s.board_product,
+            bios_version=s.bios_version,
+        ),
+        cpus=[pb.Cpu(socket=c.socket, model=c.model, cores=c.cores, threads=c.threads, mhz=c.mhz)
+              for c in inv.cpus],
+        memory_bytes=inv.memory_bytes,
+        disks=[pb.Disk(name=d.name, size_bytes=d.size_bytes, model=d.model, serial=d.serial,
+                       rotational=d.rotational, wwn=d.wwn, transport=d.transport)
+               for d in inv.disks],
+        nics=[pb.Nic(name=n.name, mac=n.mac, driver=n.driver, speed_mbps=n.speed_mbps,
+                     link_up=n.link_up, mtu=n.mtu) for n in inv.nics],
+        bmc_address=inv.bmc_address,
+    )

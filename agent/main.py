@@ -1,0 +1,149 @@
+"""``bronze-agent``: the node agent's command line.
+
+* ``bronze-agent run --root DIR``      — be the agent of the machine whose filesystem is at DIR
+  (``/`` on a real node; a sandbox tree in tests). Boot parameters come from DIR/proc/cmdline
+  (``bronze.machine``, ``bronze.token``, ``bronze.server``, ``bronze.enroll``, ``bronze.ca``);
+  flags override them.
+* ``bronze-agent simulate --count N --root-template DIR --work DIR --tokens FILE ...`` — N
+  simulated machines in one process (see :mod:`agent.simulate`).
+* ``bronze-agent inventory --root DIR`` — print the inventory as JSON.
+
+Reboots are simulated (a new boot id, the session restarts); the agent never reboots the host.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from agent.client import Agent, AgentFatalError, AgentOptions
+from agent.identity import read_boot_params
+from agent.inventory import collect
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bronze-agent", description=__doc__.split("\n")[0])
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    sub = p.add_subparsers(dest="cmd")
+
+    run = sub.add_parser("run", help="run the agent")
+    run.add_argument("--root", type=Path, default=Path("/"))
+    run.add_argument("--state", type=Path, help="state dir (default ROOT/var/lib/bronze)")
+    run.add_argument("--server", help="session endpoint HOST:PORT (bronze.server=)")
+    run.add_argument("--enroll", help="enrollment endpoint HOST:PORT (bronze.enroll=)")
+    run.add_argument("--machine", help="machine id (bronze.machine=)")
+    run.add_argument("--token", help="bootstrap token (bronze.token=)")
+    run.add_argument("--ca", type=Path, help="fleet CA PEM (default ROOT + bronze.ca=)")
+    run.add_argument("--server-name", help="TLS name to verify instead of the dialled host")
+    run.add_argument("--heartbeat", type=float, default=30.0, help="seconds between heartbeats")
+    run.add_argument("--backoff-max", type=float, default=30.0)
+    run.add_argument("--no-fsync", action="store_true")
+    run.add_argument("--fault", default="", help=argparse.SUPPRESS)
+
+    sim = sub.add_parser("simulate", help="simulate many machines in one process")
+    sim.add_argument("--count", type=int, required=True)
+    sim.add_argument("--root-template", type=Path, required=True)
+    sim.add_argument("--work", type=Path, required=True, help="where per-machine roots go")
+    sim.add_argument("--server", required=True)
+    sim.add_argument("--enroll", required=True)
+    sim.add_argument("--ca", type=Path, required=True)
+    sim.add_argument("--tokens", type=Path, required=True, help='JSON {"machine": "token"}')
+    sim.add_argument("--heartbeat", type=float, default=30.0)
+    sim.add_argument("--ramp", type=float, default=5.0, help="spread starts over this many s")
+
+    inv = sub.add_parser("inventory", help="print this machine's inventory")
+    inv.add_argument("--root", type=Path, default=Path("/"))
+    return p
+
+
+async def _run_until_signal(coro_factory) -> None:  # type: ignore[no-untyped-def]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await coro_factory(stop)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    root: Path = args.root
+    bp = read_boot_params(root)
+    ca_path = args.ca or (root / bp.ca_path.lstrip("/"))
+    try:
+        ca_pem = ca_path.read_bytes()
+    except OSError:
+        ca_pem = None
+    server = args.server or bp.server
+    if not server:
+        print("bronze-agent: no server (bronze.server= or --server)", file=sys.stderr)
+        return 2
+    opts = AgentOptions(
+        root=root,
+        state_dir=args.state or (root / "var/lib/bronze"),
+        machine_id=args.machine or bp.machine_id,
+        token=args.token or bp.token,
+        server=server,
+        enroll=args.enroll or bp.enroll,
+        ca_pem=ca_pem,
+        heartbeat_interval=args.heartbeat,
+        backoff_max=args.backoff_max,
+        fsync=not args.no_fsync,
+        server_name=args.server_name,
+        fault=args.fault,
+    )
+    agent = Agent(opts)
+    try:
+        asyncio.run(_run_until_signal(agent.run))
+    except AgentFatalError as exc:
+        print(f"bronze-agent: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from agent.simulate import load_tokens, simulate
+
+    tokens = load_tokens(args.tokens)
+    ca_pem = args.ca.read_bytes()
+
+    async def go(stop: asyncio.Event) -> None:
+        await simulate(
+            count=args.count,
+            template=args.root_template,
+            work=args.work,
+            server=args.server,
+            enroll=args.enroll,
+            ca_pem=ca_pem,
+            tokens=tokens,
+            heartbeat_interval=args.heartbeat,
+            ramp_seconds=args.ramp,
+            stop=stop,
+        )
+
+    asyncio.run(_run_until_signal(go))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    level = logging.WARNING
+    if args.cmd == "run" or args.verbose:
+        level = logging.INFO if args.verbose < 2 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if args.cmd == "simulate":
+        return _cmd_simulate(args)
+    if args.cmd == "inventory":
+        print(json.dumps(collect(args.root).to_dict(), indent=2))
+        return 0
+    if args.cmd == "run":
+        return _cmd_run(args)
+    _parser().print_help()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
