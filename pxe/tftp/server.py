@@ -144,6 +144,7 @@ class _Session:
         self.window = req.windowsize or 1
         self.timeout = req.timeout or server.timeout
         self.last = size // self.blksize + 1  # index of the final (short or empty) block
+        # index of the highest acknowledged block; -1 while an OACK (block 0) awaits its ACK
         self.acked = 0
         self.sent = 0
         self.tries = 0
@@ -154,7 +155,9 @@ class _Session:
         opts: list[bytes] = []
         if req.blksize:
             opts += [b"blksize", str(self.blksize).encode()]
-        if req.tsize:
+        if req.tsize and size > 0:
+            # NOTE: curl rejects "tsize 0" in an OACK as illegal; leaving an option out of the
+            # OACK is always allowed (RFC 2347), so an empty file is sent without it.
             opts += [b"tsize", str(size).encode()]
         if req.timeout:
             opts += [b"timeout", str(int(req.timeout)).encode()]
@@ -169,6 +172,7 @@ class _Session:
     # -- sending -------------------------------------------------------------------------------
     def start(self) -> None:
         if self.oack is not None:
+            self.acked = -1
             self._send(self.oack)
         else:
             self._send_window()
@@ -223,7 +227,7 @@ class _Session:
     def _on_ack(self, block16: int) -> None:
         delta = (block16 - self.acked) & 0xFFFF
         if delta == 0 or delta > self.sent - self.acked:
-            if delta == 0 and self.window > 1 and self.sent > self.acked:
+            if delta == 0 and self.window > 1 and self.sent > self.acked >= 0:
                 self._send_window()  # RFC 7440: the client lost part of the window
             return  # a duplicate: ignoring it avoids the Sorcerer's Apprentice syndrome
         self.acked += delta
@@ -247,7 +251,7 @@ class _Session:
             self.finish(False, "timeout")
             return
         self.progress_at = loop.time()
-        if self.acked == 0 and self.oack is not None and self.sent == 0:
+        if self.acked < 0:
             self._send(self.oack)
         else:
             self._send_window()

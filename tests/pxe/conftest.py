@@ -88,7 +88,7 @@ def tftp_root(tmp_path: Path) -> Path:
     (root / "empty.bin").write_bytes(b"")
     (root / "sub").mkdir()
     (root / "sub" / "inner.bin").write_bytes(b"inner")
-    (tmp_path / "secret").write_text("outside")
+    (tmp_path / "secret").write_text("SECRET-CONTENT")
     (root / "escape").symlink_to(tmp_path / "secret")
     (root / "escape_dir").symlink_to(tmp_path)
     (root / "inside_link").symlink_to(root / "small.bin")
