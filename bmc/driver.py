@@ -1,0 +1,69 @@
+"""The ``PowerDriver`` protocol: one BMC, one call per method, no policy.
+
+A driver translates one bronze request into one protocol exchange and the answer back
+into bronze's vocabulary (:mod:`bmc.types`) or a :class:`bmc.errors.BmcError`. It does
+not retry, wait for a state to settle or serialize callers: that policy lives in one
+place, :mod:`bmc.actions` (the split MAAS makes between ``on()`` and ``power_on()``).
+
+Drivers are blocking (sushy and python-ipmi are) and every network call they make has
+a timeout. A driver may connect lazily on its first call and must be closed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from bmc.types import BmcEndpoint, BootDevice, BootSetting, PowerState
+
+
+@dataclass(frozen=True)
+class DriverTimeouts:
+    """Per-request network timeouts a driver applies (seconds)."""
+
+    connect: float = 3.0
+    """TCP connect (Redfish) / one UDP round trip (IPMI)."""
+    read: float = 10.0
+    """Waiting for an HTTP response (Redfish)."""
+
+
+@runtime_checkable
+class PowerDriver(Protocol):
+    """One BMC. Each method is one BMC call (one request/response, plus session setup)."""
+
+    def get_power_state(self) -> PowerState:
+        """Read the power state; ``PowerState.unknown`` for transitional states."""
+        ...
+
+    def power_on(self) -> None:
+        """Ask for power on."""
+        ...
+
+    def power_off(self, graceful: bool) -> None:
+        """Ask for power off: ``graceful`` asks the OS (ACPI), otherwise cut power."""
+        ...
+
+    def power_cycle(self) -> None:
+        """Ask for off-then-on."""
+        ...
+
+    def reset(self) -> None:
+        """Ask for a hard reset."""
+        ...
+
+    def set_boot_device(self, device: BootDevice, persistent: bool, uefi: bool) -> None:
+        """Set the boot override: once (``persistent=False``) or for every boot."""
+        ...
+
+    def get_boot_device(self) -> BootSetting:
+        """Read the boot override back."""
+        ...
+
+    def close(self) -> None:
+        """Release the session/socket. Never raises."""
+        ...
+
+
+DriverFactory = Callable[[BmcEndpoint], PowerDriver]
+"""Builds a driver for an endpoint without doing any I/O."""
