@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 
 from server import inventory
@@ -31,37 +32,10 @@ router = APIRouter(prefix="/api/v1/machines", tags=["machines"])
 _HOSTPORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
 
 
-def machine_out(m: Machine) -> dict[str, Any]:
-    return {
-        "id": m.id,
-        "name": m.name,
-        "uuid": m.smbios_uuid,
-        "serial": m.serial,
-        "nics": [{"mac": n.mac, "name": n.name} for n in m.nics],
-        "labels": m.labels,
-        "phase": m.phase,
-        "power": {
-            "desired": m.power_desired,
-            "observed": m.power_observed,
-            "observed_at": m.power_observed_at and inventory.as_utc(m.power_observed_at),
-        },
-        "fault_reason": m.fault_reason,
-        "bmc": None
-        if m.bmc_address is None
-        else {
-            "driver": m.bmc_driver,
-            "address": m.bmc_address,
-            "port": m.bmc_port,
-            "username": m.bmc_username,
-            "has_password": m.bmc_password_enc is not None,
-            "verify_tls": m.bmc_verify_tls,
-            "has_ca_bundle": m.bmc_ca_bundle is not None,
-        },
-        "hardware": m.hardware,
-        "created_at": inventory.as_utc(m.created_at),
-        "updated_at": inventory.as_utc(m.updated_at),
-        "revision": m.revision,
-    }
+def machine_out(s: Session, m: Machine) -> dict[str, Any]:
+    """Render a machine just written in session ``s`` (one serializer for reads and writes)."""
+    s.flush()
+    return inventory.machine_views(s, [m.id])[0]
 
 
 def _apply_bmc(ctx: Context, m: Machine, bmc: BmcIn, changes: dict[str, Any]) -> None:
@@ -119,7 +93,7 @@ def create_machine(
             if body.bmc and not body.bmc.verify_tls:
                 inventory.record(s, actor=who.actor, kind="machine.bmc.tls_insecure", machine=m,
                                  message="BMC TLS verification turned off")
-            return machine_out(m)
+            return machine_out(s, m)
     except IntegrityError as exc:
         raise inventory.conflict_from(exc) from None
 
@@ -142,7 +116,7 @@ def list_machines(
         page = inventory.list_machines(
             s, selector=reqs, phase=phase and phase.value, limit=limit, cursor=cursor, sort=sort
         )
-        return {"items": [machine_out(m) for m in page.items], "next_cursor": page.next_cursor}
+        return {"items": page.items, "next_cursor": page.next_cursor}
 
 
 @router.get("/{key}", response_model=MachineOut)
@@ -152,7 +126,7 @@ def get_machine(
     _: Annotated[Principal, Depends(reader)],
 ) -> dict[str, Any]:
     with ctx.db.read() as s:
-        return machine_out(inventory.get_machine(s, key))
+        return inventory.machine_view(s, key)
 
 
 @router.patch("/{key}", response_model=MachineOut)
@@ -219,7 +193,7 @@ def update_machine(
                 inventory.record(s, actor=who.actor, kind="machine.updated", machine=m,
                                  message=f"machine {m.name} updated: {', '.join(sorted(changes))}",
                                  data=changes)
-            return machine_out(m)
+            return machine_out(s, m)
     except IntegrityError as exc:
         raise inventory.conflict_from(exc) from None
     except StaleDataError:
