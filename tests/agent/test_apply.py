@@ -1,0 +1,84 @@
+"""Config application on a sandbox root: idempotent, contained, with try/staged state."""
+
+import json
+import os
+
+import pytest
+
+from agent.apply import ApplyError, ConfigApplier, reboot_needed, render_files
+
+CFG = {
+    "hostname": "n1",
+    "files": {"/etc/motd": {"content": "hello\n", "mode": 0o600}},
+    "sysctls": {"vm.swappiness": "5"},
+    "network": {"links": {"eth0": {"mtu": 9000, "addresses": ["10.0.0.5/24"]}},
+                "routes": [{"to": "default", "via": "10.0.0.1", "link": "eth0"}],
+                "dns": {"nameservers": ["10.0.0.53"]}},
+    "time": {"servers": ["ntp1"]},
+}
+
+
+@pytest.fixture
+def applier(tmp_path):
+    root = tmp_path / "root"
+    root.mkdir()
+    return ConfigApplier(root, root / "var/lib/bronze", fsync=False)
+
+
+def test_apply_writes_files_and_is_idempotent(applier):
+    root = applier.root
+    applier.apply_live("v1", CFG, "auto")
+    assert (root / "etc/hostname").read_text() == "n1\n"
+    assert oct((root / "etc/motd").stat().st_mode & 0o777) == oct(0o600)
+    assert (root / "proc/sys/vm/swappiness").read_text() == "5\n"
+    net = (root / "etc/systemd/network/50-bronze-eth0.network").read_text()
+    assert "MTUBytes=9000" in net and "Gateway=10.0.0.1" in net
+    assert (root / "etc/resolv.conf").read_text() == "nameserver 10.0.0.53\n"
+    inode = (root / "etc/motd").stat().st_ino
+    applier.apply_live("v1", CFG, "auto")
+    assert (root / "etc/motd").stat().st_ino == inode  # unchanged file not rewritten
+    assert applier.current_version == "v1"
+
+
+def test_files_dropped_from_config_are_removed(applier):
+    applier.apply_live("v1", CFG, "auto")
+    smaller = {k: v for k, v in CFG.items() if k != "files"}
+    applier.apply_live("v2", smaller, "auto")
+    assert not (applier.root / "etc/motd").exists()
+    assert (applier.root / "etc/hostname").exists()
+
+
+def test_symlinked_parent_escaping_root_is_refused(applier, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (applier.root / "etc").mkdir()
+    os.symlink(outside, applier.root / "etc/evil")
+    with pytest.raises(ApplyError):
+        applier.apply_live("v1", {"files": {"/etc/evil/x": {"content": "x"}}}, "auto")
+    assert not (outside / "x").exists()
+
+
+def test_try_then_revert_and_staged_on_boot(applier):
+    applier.apply_live("v1", CFG, "auto")
+    applier.begin_try("v2", {**CFG, "hostname": "n2"}, 60, previous=applier.current)
+    assert (applier.root / "etc/hostname").read_text() == "n2\n"
+    assert applier.revert_try() == "v1"
+    assert (applier.root / "etc/hostname").read_text() == "n1\n"
+    applier.stage("v3", {**CFG, "kernel_args": ["quiet"]})
+    assert applier.current_version == "v1" and applier.staged_version == "v3"
+    applier.on_boot()
+    assert applier.current_version == "v3" and applier.staged_version == ""
+    assert (applier.root / "var/lib/bronze/boot/kernel-args").read_text() == "quiet\n"
+
+
+def test_reboot_needed():
+    assert reboot_needed(CFG, {**CFG, "hostname": "x"}) == []
+    assert reboot_needed(CFG, {**CFG, "kernel_args": ["a"]}) == ["kernel_args"]
+    assert reboot_needed(None, {"install": {"disk": "/dev/sda"}}) == ["install"]
+
+
+def test_render_files_routes_without_link():
+    files = render_files({"network": {"routes": [{"to": "10.9.0.0/16", "via": "10.0.0.1"}]}},
+                         "/var/lib/bronze")
+    assert files["/etc/bronze/routes"].data == b"10.9.0.0/16 via 10.0.0.1 metric 1024\n"
+    json.dumps({k: v.mode for k, v in files.items()})
