@@ -20,7 +20,7 @@ import asyncio
 import datetime as dt
 import logging
 import uuid
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -159,6 +159,8 @@ class SessionHub:
         self._seen: dict[str, dt.datetime] = {}
         self._sweeper: asyncio.Task[None] | None = None
         self._connected_event: dict[str, asyncio.Event] = {}
+        # Monotonic counters for metrics: sessions, heartbeats, results, commands_sent.
+        self.counters: Counter[str] = Counter()
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -335,6 +337,7 @@ class SessionHub:
             self._pending_for(machine_id)[cmd.id] = pc
         session = self._sessions.get(machine_id)
         if session is not None:
+            self.counters["commands_sent"] += 1
             session.outbox.put_nowait(pb.ServerMessage(command=cmd))
 
     # -- internals: sessions ----------------------------------------------------------------------
@@ -372,10 +375,12 @@ class SessionHub:
         session = _Session(machine_id, peer, boot_id=hello.boot_id, last_seen=loop.time())
         session.config_version = hello.config_version
         self._sessions[machine_id] = session
+        self.counters["sessions"] += 1
         ev = self._connected_event.pop(machine_id, None)
         if ev:
             ev.set()
         try:
+            await context.send_initial_metadata(())  # tells the agent the session is accepted
             await self._on_hello(session, hello)
             session.reader = loop.create_task(self._read_loop(session, it))
             while True:
@@ -452,6 +457,7 @@ class SessionHub:
             async for msg in it:
                 session.last_seen = loop.time()
                 kind = msg.WhichOneof("body")
+                self.counters[kind or "unknown"] += 1
                 if kind == "heartbeat":
                     self._seen[mid] = self._now()
                     if msg.heartbeat.config_version != session.config_version:

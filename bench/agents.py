@@ -1,0 +1,219 @@
+"""Agent fleet benchmark: N simulated agents, each on its own TCP+mTLS connection, one server.
+
+    .venv/bin/python bench/agents.py --count 2000 --procs 2 --heartbeat 30 --idle 30
+
+This process *is* the server (agent API + in-memory store); the agents run in ``--procs``
+``bronze-agent simulate`` processes. It measures:
+
+* time for all agents to enroll and connect (ramped over ``--ramp`` seconds);
+* **fleet-wide patch rollout**: change a fleet patch, render every machine's config (each has its
+  own machine patch, so 2,000 distinct versions), push, and time until every agent reported the
+  new version applied (target <= 5 s);
+* server RSS (current and peak; target <= 600 MiB);
+* idle heartbeat cost: server and agent CPU over ``--idle`` seconds, per heartbeat.
+
+Prints a table; also writes JSON to bench/results/agents-<timestamp>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from server.agentapi import AgentApiServer, MemoryAgentStore  # noqa: E402
+from server.machineconfig import Layer, Patch, render  # noqa: E402
+from server.pki import FleetCA  # noqa: E402
+
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int | str = "self") -> tuple[float, float]:
+    cur = peak = 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            cur = int(line.split()[1]) / 1024
+        elif line.startswith("VmHWM:"):
+            peak = int(line.split()[1]) / 1024
+    return cur, peak
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK  # utime + stime
+
+
+async def wait_until(pred, timeout: float, interval: float = 0.02) -> float:  # type: ignore[no-untyped-def]
+    t0 = time.perf_counter()
+    while not pred():
+        if time.perf_counter() - t0 > timeout:
+            raise TimeoutError
+        await asyncio.sleep(interval)
+    return time.perf_counter() - t0
+
+
+def fleet_patch(generation: int) -> Patch:
+    return Patch("fleet", Layer.FLEET, {
+        "sysctls": {"vm.swappiness": str(generation), "net.core.somaxconn": "4096"},
+        "time": {"servers": ["ntp1.example.net", "ntp2.example.net"]},
+        "network": {"dns": {"nameservers": ["10.0.0.53"], "search": ["lab.example.net"]}},
+        "files": {"/etc/motd": {"content": f"bronze fleet generation {generation}\n"}},
+    })
+
+
+def machine_patch(mid: str, i: int) -> Patch:
+    return Patch(f"machine:{mid}", Layer.MACHINE, {
+        "hostname": mid,
+        "network": {"links": {"enp0s3": {"addresses": [f"10.{i // 250}.{i % 250}.10/16"]}}},
+    })
+
+
+async def rollout(api: AgentApiServer, store: MemoryAgentStore, ids: list[str], gen: int,
+                  timeout: float) -> tuple[float, float]:
+    """Render + push generation ``gen`` to every machine; returns (push_s, total_s)."""
+    t0 = time.perf_counter()
+    fleet = fleet_patch(gen)
+    want = {}
+    for i, mid in enumerate(ids):
+        r = render([fleet, machine_patch(mid, i)], {})
+        want[mid] = r.version
+        await api.hub.push_config(mid, r.version, r.canonical_json)
+    push = time.perf_counter() - t0
+    await wait_until(lambda: all(store.applied.get(m) == v for m, v in want.items()), timeout)
+    return push, time.perf_counter() - t0
+
+
+async def main_async(args: argparse.Namespace) -> dict[str, object]:
+    work = Path(tempfile.mkdtemp(prefix="bronze-bench-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    api: AgentApiServer | None = None
+    try:
+        store = MemoryAgentStore()
+        ca = FleetCA.load_or_create(work / "ca")
+        api = AgentApiServer(store, ca, heartbeat_interval=args.heartbeat)
+        await api.start()
+        ids = [f"sim-{i:05d}" for i in range(args.count)]
+        tokens = {}
+        for mid in ids:
+            store.add_machine(mid)
+            tokens[mid] = await api.tokens.issue(mid, "bench")
+        (work / "ca.pem").write_bytes(ca.cert_pem)
+        template = work / "template"
+        shutil.copytree(ROOT / "agent/fixtures/qemu-vm", template, symlinks=True)
+        rss_idle_server = rss_mib()[0]
+
+        per = (len(ids) + args.procs - 1) // args.procs
+        agent_bin = Path(sys.executable).with_name("bronze-agent")
+        t_start = time.perf_counter()
+        for p in range(args.procs):
+            chunk = dict(list(tokens.items())[p * per : (p + 1) * per])
+            tf = work / f"tokens-{p}.json"
+            tf.write_text(json.dumps(chunk))
+            log = open(work / f"sim-{p}.log", "wb")  # noqa: SIM115
+            procs.append(subprocess.Popen(
+                [str(agent_bin), "simulate", "--count", str(len(chunk)),
+                 "--root-template", str(template), "--work", str(work / f"sim-{p}"),
+                 "--server", f"127.0.0.1:{api.session_port}",
+                 "--enroll", f"127.0.0.1:{api.enroll_port}", "--ca", str(work / "ca.pem"),
+                 "--tokens", str(tf), "--heartbeat", str(args.heartbeat),
+                 "--ramp", str(args.ramp)],
+                stdout=log, stderr=subprocess.STDOUT,
+            ))
+            log.close()
+        connect_s = await wait_until(lambda: len(api.hub.connected()) == len(ids),
+                                     args.ramp + 300, 0.1)
+        connect_s = time.perf_counter() - t_start
+
+        # Warm-up rollout (first apply writes every file), then the measured one.
+        _, warm_total = await rollout(api, store, ids, 1, 120)
+        await asyncio.sleep(1)
+        push_s, total_s = await rollout(api, store, ids, 2, 120)
+
+        # Idle: heartbeats only.
+        await asyncio.sleep(2)
+        hb0 = api.hub.counters["heartbeat"]
+        s0 = cpu_seconds()
+        a0 = sum(cpu_seconds(p.pid) for p in procs)
+        t0 = time.perf_counter()
+        await asyncio.sleep(args.idle)
+        dt_ = time.perf_counter() - t0
+        hbs = api.hub.counters["heartbeat"] - hb0
+        s_cpu = cpu_seconds() - s0
+        a_cpu = sum(cpu_seconds(p.pid) for p in procs) - a0
+        rss, hwm = rss_mib()
+        sims_rss = sum(rss_mib(p.pid)[0] for p in procs)
+        return {
+            "agents": len(ids),
+            "connections": len(api.hub.connected()),
+            "sim_processes": args.procs,
+            "connect_all_s": round(connect_s, 2),
+            "ramp_s": args.ramp,
+            "rollout_first_s": round(warm_total, 2),
+            "rollout_push_s": round(push_s, 2),
+            "rollout_total_s": round(total_s, 2),
+            "server_rss_before_agents_mib": round(rss_idle_server, 1),
+            "server_rss_mib": round(rss, 1),
+            "server_rss_peak_mib": round(hwm, 1),
+            "agents_rss_mib_total": round(sims_rss, 1),
+            "heartbeat_interval_s": args.heartbeat,
+            "idle_window_s": round(dt_, 1),
+            "heartbeats": hbs,
+            "heartbeats_per_s": round(hbs / dt_, 1),
+            "server_idle_cpu_pct": round(100 * s_cpu / dt_, 2),
+            "server_cpu_us_per_heartbeat": round(1e6 * s_cpu / hbs, 1) if hbs else None,
+            "agents_idle_cpu_pct": round(100 * a_cpu / dt_, 2),
+            "maxrss_self_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        }
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if api is not None:
+            await api.stop(0)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"kept {work}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--count", type=int, default=2000)
+    ap.add_argument("--procs", type=int, default=2, help="simulator processes")
+    ap.add_argument("--heartbeat", type=float, default=30.0)
+    ap.add_argument("--ramp", type=float, default=20.0)
+    ap.add_argument("--idle", type=float, default=30.0)
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    res = asyncio.run(main_async(args))
+    targets = {"rollout_total_s": ("<=", 5.0), "server_rss_peak_mib": ("<=", 600.0)}
+    print(f"{'metric':34} {'value':>12}  target")
+    print("-" * 60)
+    for k, v in res.items():
+        t = targets.get(k)
+        mark = ""
+        if t and isinstance(v, int | float):
+            mark = f"{t[0]} {t[1]:g}  " + ("OK" if v <= t[1] else "MISSED")
+        print(f"{k:34} {v!s:>12}  {mark}")
+    out = ROOT / "bench/results"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"agents-{int(time.time())}.json").write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()
