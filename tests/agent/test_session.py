@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 import signal
+import subprocess
 import threading
 import time
 
@@ -18,7 +20,7 @@ from server.agentapi import ApplyMode, NodeOpKind
 from server.machineconfig import Layer, Patch, render
 from server.pki import FleetCA
 
-from .conftest import Lab, eventually
+from .conftest import AGENT_BIN, FIXTURES, Lab, eventually
 
 
 def _config(hostname: str, **extra: object) -> tuple[str, str]:
@@ -309,3 +311,35 @@ def test_agent_killed_is_noticed(lab: Lab) -> None:
     proc.wait(5)
     eventually(lambda: not lab.api.hub.is_connected("m1"), 10)
     assert "m1" in lab.store.disconnected
+
+
+def test_simulate_many_machines_each_with_own_connection_and_reboot(lab: Lab) -> None:
+    ids = [f"sim-{i}" for i in range(3)]
+    tokens = {}
+    for mid in ids:
+        lab.store.add_machine(mid)
+        tokens[mid] = lab.issue_token(mid)
+    (lab.tmp / "tokens.json").write_text(json.dumps(tokens))
+    (lab.tmp / "ca.pem").write_bytes(lab.ca.cert_pem)
+    shutil.copytree(FIXTURES / "qemu-vm", lab.tmp / "tpl", symlinks=True)
+    proc = subprocess.Popen(
+        [str(AGENT_BIN), "simulate", "--count", "3", "--root-template", str(lab.tmp / "tpl"),
+         "--work", str(lab.tmp / "sim"), "--server", lab.server, "--enroll", lab.enroll,
+         "--ca", str(lab.tmp / "ca.pem"), "--tokens", str(lab.tmp / "tokens.json"),
+         "--heartbeat", "0.5", "--ramp", "0.2"],
+    )
+    lab.procs.append(proc)
+    eventually(lambda: all(lab.api.hub.is_connected(m) for m in ids), 30)
+    peers = {lab.api.hub._sessions[m].peer for m in ids}
+    assert len(peers) == 3  # one TCP connection (source port) per simulated machine
+    assert len({lab.store.hellos[m].inventory["smbios"]["uuid"] for m in ids}) == 3
+    version, doc = _config("sim")
+    for m in ids:
+        lab.lt.run(lab.api.hub.push_config(m, version, doc))
+    eventually(lambda: all(lab.store.applied.get(m) == version for m in ids), 20)
+    assert (lab.tmp / "sim/sim-0/root/etc/hostname").read_text() == "sim\n"
+    assert (lab.tmp / "tpl/etc/hostname").read_text() == "vm-0001\n"  # hard-linked template intact
+    boot0 = lab.store.hellos["sim-1"].boot_id
+    lab.lt.run(lab.api.hub.reboot("sim-1"))
+    eventually(lambda: lab.store.hellos["sim-1"].boot_id != boot0, 20)
+    assert lab.api.hub.is_connected("sim-1")
