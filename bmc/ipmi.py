@@ -83,6 +83,15 @@ _suite_cache: dict[str, int] = {}
 _suite_lock = threading.Lock()
 
 
+class _MaskedBytes(bytes):
+    """The password as python-ipmi needs it (bytes for the RAKP HMACs), but unprintable."""
+
+    def __repr__(self) -> str:
+        return "b'***'"
+
+    __str__ = __repr__
+
+
 class _SuiteMismatch(Exception):
     """The BMC answered Open Session with other algorithms than proposed."""
 
@@ -113,7 +122,10 @@ class IpmiDriver:
         iface.ping = lambda: None
         conn = pyipmi.create_connection(iface)
         conn.session.set_session_type_rmcp(ep.address, port=ep.port or 623)
-        conn.session.set_auth_type_user(ep.username, ep.password.get_secret_value())
+        # NOTE: python-ipmi's Session.__str__ prints the password, and its rmcp interface
+        # logs "Close Session %s" % session at DEBUG. Hand it bytes that print as ***.
+        conn.session.set_auth_type_user(
+            ep.username, _MaskedBytes(ep.password.get_secret_value().encode()))
         conn.session.set_priv_level("administrator")
         conn.target = pyipmi.Target(ipmb_address=0x20)
         iface.open()

@@ -518,10 +518,13 @@ class _ThreadingServer(http.server.ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def failing_proxy(upstream: str, failures: int, status: int = 500
-                  ) -> Iterator[tuple[int, list[str]]]:
+def failing_proxy(upstream: str, failures: int, status: int = 500,
+                  methods: tuple[str, ...] = ("GET", "POST", "PATCH", "DELETE"),
+                  path_contains: str = "") -> Iterator[tuple[int, list[str]]]:
     """HTTP proxy to ``upstream`` (``http://host:port``) answering ``status`` to the first
-    ``failures`` requests; yields (port, log of "METHOD path status")."""
+    ``failures`` requests with a method in ``methods`` and a path containing
+    ``path_contains``; yields (port, log of
+    "METHOD path status")."""
     log: list[str] = []
     remaining = [failures]
     lock = threading.Lock()
@@ -534,7 +537,8 @@ def failing_proxy(upstream: str, failures: int, status: int = 500
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
             with lock:
-                fail = remaining[0] > 0
+                fail = (remaining[0] > 0 and self.command in methods
+                        and path_contains in self.path)
                 remaining[0] -= fail
             if fail:
                 log.append(f"{self.command} {self.path} {status}")
