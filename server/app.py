@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +19,13 @@ from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server import inventory, migrate
-from server.api import events, machines, tokens
+from server.api import events, machines, power, tokens
 from server.api.deps import Context
 from server.auth import create_token, hash_token
 from server.db import Database
 from server.errors import ApiError
 from server.models import ApiToken
+from server.power import PowerService
 from server.secretbox import SecretBox
 from server.settings import ServerSettings
 from server.types import Role
@@ -130,15 +133,26 @@ def create_app(settings: ServerSettings, *, migrate_db: bool | None = None) -> F
     ctx = Context(settings=settings, db=db, secrets=load_secrets(settings))
     ensure_admin_token(settings, db)
 
+    power_service = PowerService(settings, db, ctx.secrets)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await power_service.startup()
+        try:
+            yield
+        finally:
+            await power_service.shutdown()
+
     app = FastAPI(title="bronze", version="0.1.0", openapi_url="/openapi.json", docs_url="/docs",
-                  redoc_url=None)
+                  redoc_url=None, lifespan=lifespan)
     app.state.ctx = ctx
+    app.state.power = power_service
     install_error_handlers(app)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    for r in (machines.router, events.router, tokens.router):
+    for r in (machines.router, events.router, tokens.router, power.router):
         app.include_router(r)
     return app

@@ -266,6 +266,7 @@ def _view(r: Any, nics: list[dict[str, Any]], labels: dict[str, str]) -> dict[st
         "fault_reason": r["fault_reason"],
         "bmc": None if r["bmc_address"] is None else {
             "driver": r["bmc_driver"],
+            "scheme": r["bmc_scheme"],
             "address": r["bmc_address"],
             "port": r["bmc_port"],
             "username": r["bmc_username"],

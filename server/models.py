@@ -60,6 +60,10 @@ class Machine(Base):
     """Fernet token; the key lives outside the database."""
     bmc_verify_tls: Mapped[bool] = mapped_column(Boolean, default=True)
     bmc_ca_bundle: Mapped[str | None] = mapped_column(Text)
+    bmc_scheme: Mapped[str] = mapped_column(String(8), default="https", server_default="https")
+    """Redfish only: ``http`` is an explicit, audited lab opt-out."""
+    power_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    """Consecutive failed power-state reads; 3 put the machine in maintenance."""
     hardware: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
@@ -135,3 +139,54 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     created_by: Mapped[str] = mapped_column(String(128))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Operation(Base):
+    """A power or boot-device request: 202 Accepted now, results later (``/api/v1/operations``)."""
+
+    __tablename__ = "operations"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    action: Mapped[str] = mapped_column(String(32))
+    params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    requested_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    error: Mapped[str | None] = mapped_column(Text)
+
+    items: Mapped[list[OperationItem]] = relationship(
+        cascade="all, delete-orphan", lazy="selectin", order_by="OperationItem.id"
+    )
+
+
+class OperationItem(Base):
+    """One machine's part of an operation."""
+
+    __tablename__ = "operation_items"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    operation_id: Mapped[str] = mapped_column(ForeignKey("operations.id", ondelete="CASCADE"), index=True)
+    machine_id: Mapped[str] = mapped_column(String(36), index=True)
+    machine_name: Mapped[str] = mapped_column(String(63))
+    active_machine_id: Mapped[str | None] = mapped_column(String(36), unique=True)
+    """Equals ``machine_id`` while queued or running, NULL after: the unique constraint lets
+    exactly one operation at a time hold a machine, across every server replica."""
+    status: Mapped[str] = mapped_column(String(16))
+    result: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class Lease(Base):
+    """A named, expiring lock in the database: lets exactly one server replica run a loop
+    (e.g. power sync) while the others stand by and take over when it stops renewing."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(64))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -103,7 +103,9 @@ def parse(text: str) -> tuple[Requirement, ...]:
                 reqs.append(Requirement(k, Op.EXISTS))
             elif nxt in ("=", "==", "!="):
                 i += 1
-                reqs.append(Requirement(k, Op.NE if nxt == "!=" else Op.EQ, (value(need("a value")),)))
+                empty = i >= len(tokens) or tokens[i] == ","  # `key=` selects the empty value
+                val = "" if empty else value(need("a value"))
+                reqs.append(Requirement(k, Op.NE if nxt == "!=" else Op.EQ, (val,)))
             elif nxt in ("in", "notin"):
                 i += 1
                 if need("'('") != "(":

@@ -45,6 +45,21 @@ class ServerSettings(BaseSettings):
     )
     """CIDRs BMC addresses must fall in. Loopback and link-local are refused unless listed here."""
 
+    power_sync_enabled: bool = True
+    """Run the power-sync loop (one replica at a time holds its lease)."""
+    power_sync_interval: float = Field(default=60.0, gt=0)
+    """Seconds between power-state polls of each BMC (each pass is jittered by +-20%)."""
+    power_sync_failures: int = Field(default=3, ge=1)
+    """Consecutive failed polls after which a machine goes to ``maintenance`` with a fault reason."""
+    bmc_max_concurrency: int = Field(default=64, ge=1, le=1024)
+    """BMC operations in flight at once, across all machines."""
+    bmc_min_interval: float = Field(default=0.2, ge=0)
+    """Minimum seconds between two commands to the same BMC."""
+    bmc_settle_timeout: float = Field(default=60.0, gt=0)
+    """How long a power change may take to read back before the operation fails."""
+    bmc_poll_interval: float = Field(default=1.0, gt=0)
+    """Seconds between read-backs while waiting for a power change to settle."""
+
     @field_validator("admin_token", "secret_key", "database_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

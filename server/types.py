@@ -57,3 +57,16 @@ class BmcDriverName(StrEnum):
     """IPMI 2.0 RMCP+ over UDP 623 (python-ipmi)."""
     AUTO = "auto"
     """Probe the address and pick one."""
+
+
+class OpStatus(StrEnum):
+    """Where an operation (or one machine's part of it) stands."""
+
+    QUEUED = "queued"
+    """Accepted, not started."""
+    RUNNING = "running"
+    """Talking to the BMC(s)."""
+    SUCCEEDED = "succeeded"
+    """Done and verified by reading back."""
+    FAILED = "failed"
+    """Gave up; ``error`` says why."""

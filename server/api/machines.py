@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import uuid
 from typing import Annotated, Any
 
@@ -24,12 +23,12 @@ from server.api.schemas import (
 from server.auth import Principal
 from server.errors import Conflict, Invalid
 from server.models import Machine, utcnow
+from server.power import checked_bmc_address
 from server.selectors import SelectorError, parse
 from server.types import Phase
 
 router = APIRouter(prefix="/api/v1/machines", tags=["machines"])
 
-_HOSTPORT = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:\d{1,5})?$")
 
 
 def machine_out(s: Session, m: Machine) -> dict[str, Any]:
@@ -39,14 +38,11 @@ def machine_out(s: Session, m: Machine) -> dict[str, Any]:
 
 
 def _apply_bmc(ctx: Context, m: Machine, bmc: BmcIn, changes: dict[str, Any]) -> None:
-    if not _HOSTPORT.match(bmc.address):
-        raise Invalid(
-            message="BMC address must be host or host:port (no scheme, path or credentials)",
-            details={"field": "bmc.address"},
-        )
+    host, port = checked_bmc_address(ctx.settings, bmc.address, bmc.port)
     m.bmc_driver = bmc.driver.value
-    m.bmc_address = bmc.address
-    m.bmc_port = bmc.port
+    m.bmc_address = host
+    m.bmc_port = port
+    m.bmc_scheme = bmc.scheme
     m.bmc_username = bmc.username
     if bmc.password is not None:
         m.bmc_password_enc = ctx.secrets.encrypt(bmc.password.get_secret_value())
@@ -54,7 +50,16 @@ def _apply_bmc(ctx: Context, m: Machine, bmc: BmcIn, changes: dict[str, Any]) ->
     m.bmc_verify_tls = bmc.verify_tls
     m.bmc_ca_bundle = bmc.ca_bundle
     changes["bmc"] = {"driver": m.bmc_driver, "address": m.bmc_address, "port": m.bmc_port,
-                      "verify_tls": m.bmc_verify_tls}
+                      "verify_tls": m.bmc_verify_tls, "scheme": m.bmc_scheme}
+
+
+def _audit_insecure(s: Session, who: Principal, m: Machine, bmc: BmcIn) -> None:
+    if not bmc.verify_tls:
+        inventory.record(s, actor=who.actor, kind="machine.bmc.tls_insecure", machine=m,
+                         message="BMC TLS verification turned off")
+    if bmc.scheme == "http":
+        inventory.record(s, actor=who.actor, kind="machine.bmc.plaintext", machine=m,
+                         message="BMC reached over plain HTTP: credentials travel unencrypted")
 
 
 @router.post("", status_code=201, response_model=MachineOut)
@@ -90,9 +95,8 @@ def create_machine(
             inventory.record(s, actor=who.actor, kind="machine.created", machine=m,
                              message=f"machine {m.name} created",
                              data={"macs": [n.mac for n in m.nics], "labels": body.labels})
-            if body.bmc and not body.bmc.verify_tls:
-                inventory.record(s, actor=who.actor, kind="machine.bmc.tls_insecure", machine=m,
-                                 message="BMC TLS verification turned off")
+            if body.bmc:
+                _audit_insecure(s, who, m, body.bmc)
             return machine_out(s, m)
     except IntegrityError as exc:
         raise inventory.conflict_from(exc) from None
@@ -179,14 +183,13 @@ def update_machine(
                         m.bmc_driver = m.bmc_address = m.bmc_username = None
                         m.bmc_port = m.bmc_password_enc = m.bmc_ca_bundle = None
                         m.bmc_verify_tls = True
+                        m.bmc_scheme = "https"
                         changes["bmc"] = None
                 else:
                     if body.bmc.password is None and m.bmc_address is not None:
                         pass  # keep the stored password: it is write-only
                     _apply_bmc(ctx, m, body.bmc, changes)
-                    if not body.bmc.verify_tls:
-                        inventory.record(s, actor=who.actor, kind="machine.bmc.tls_insecure",
-                                         machine=m, message="BMC TLS verification turned off")
+                    _audit_insecure(s, who, m, body.bmc)
             if changes:
                 m.updated_at = utcnow()
                 s.flush()

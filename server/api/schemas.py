@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid as uuidlib
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator
 
@@ -53,6 +53,8 @@ class BmcIn(Strict):
     """Redfish only. Turning it off is an explicit, audited opt-out."""
     ca_bundle: str | None = Field(default=None, max_length=65536)
     """PEM CA bundle to verify this BMC's certificate."""
+    scheme: Literal["https", "http"] = "https"
+    """Redfish only. ``http`` (labs, emulators) is an explicit, audited opt-out."""
 
     @field_validator("ca_bundle")
     @classmethod
@@ -64,6 +66,7 @@ class BmcIn(Strict):
 
 class BmcOut(BaseModel):
     driver: str
+    scheme: str
     address: str
     port: int | None
     username: str | None

@@ -40,6 +40,8 @@ class RunningServer:
 @contextmanager
 def run_server(data_dir: Path, database_url: str, **overrides: Any) -> Iterator[RunningServer]:
     port = free_port()
+    # Power sync stays off unless a test turns it on: it would poll every stored BMC address.
+    overrides.setdefault("power_sync_enabled", False)
     settings = ServerSettings(data_dir=data_dir, database_url=database_url, api_port=port, **overrides)
     app = create_app(settings)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")

@@ -3,9 +3,12 @@ declare who may call them."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from pathlib import Path
+
 import pytest
 
-from tests.peers.apiserver import RunningServer
+from tests.peers.apiserver import RunningServer, free_port, run_server
 
 # (method, path template) -> minimum role; None = unauthenticated.
 MATRIX: dict[tuple[str, str], str | None] = {
@@ -20,6 +23,12 @@ MATRIX: dict[tuple[str, str], str | None] = {
     ("GET", "/api/v1/tokens"): "admin",
     ("POST", "/api/v1/tokens"): "admin",
     ("DELETE", "/api/v1/tokens/{name}"): "admin",
+    ("POST", "/api/v1/machines/{key}/power"): "operator",
+    ("GET", "/api/v1/machines/{key}/power"): "reader",
+    ("PUT", "/api/v1/machines/{key}/boot-device"): "operator",
+    ("POST", "/api/v1/power"): "operator",
+    ("GET", "/api/v1/operations"): "reader",
+    ("GET", "/api/v1/operations/{op_id}"): "reader",
 }
 RANK = {None: -1, "reader": 0, "operator": 1, "admin": 2}
 # A valid body/key per endpoint so an authorised call gets past validation.
@@ -27,6 +36,9 @@ BODIES = {
     ("POST", "/api/v1/machines"): {"name": "m-new", "nics": [{"mac": "02:00:00:00:09:09"}]},
     ("PATCH", "/api/v1/machines/{key}"): {"labels": {"touched": "yes"}},
     ("POST", "/api/v1/tokens"): {"name": "t-new", "role": "reader"},
+    ("POST", "/api/v1/machines/{key}/power"): {"action": "on"},
+    ("PUT", "/api/v1/machines/{key}/boot-device"): {"device": "pxe"},
+    ("POST", "/api/v1/power"): {"selector": "slot={slot}", "action": "off"},
 }
 
 
@@ -36,23 +48,43 @@ def api_routes(app: object) -> set[tuple[str, str]]:
     return {(method.upper(), path) for path, ops in paths.items() for method in ops}
 
 
-def test_matrix_covers_every_route(api_sqlite: RunningServer) -> None:
-    assert api_routes(api_sqlite.app) == set(MATRIX)
+@pytest.fixture
+def lab_api(tmp_path: Path, sqlite_url: str) -> Iterator[RunningServer]:
+    """BMC addresses may be on loopback here; every machine's BMC is a closed 127.0.0.1 port."""
+    with run_server(tmp_path / "data", sqlite_url, bmc_networks=["127.0.0.0/8"]) as srv:
+        yield srv
+
+
+def test_matrix_covers_every_route(lab_api: RunningServer) -> None:
+    assert api_routes(lab_api.app) == set(MATRIX)
 
 
 @pytest.mark.parametrize("caller", ["anonymous", "bad-token", "reader", "operator", "admin"])
-def test_every_endpoint_every_role(api_sqlite: RunningServer, caller: str) -> None:
-    admin = api_sqlite.client()
-    tokens = {"anonymous": "", "bad-token": "brz_" + "x" * 43, "admin": api_sqlite.admin_token}
+def test_every_endpoint_every_role(lab_api: RunningServer, caller: str) -> None:
+    admin = lab_api.client()
+    tokens = {"anonymous": "", "bad-token": "brz_" + "x" * 43, "admin": lab_api.admin_token}
     for role in ("reader", "operator"):
         tokens[role] = admin.post("/api/v1/tokens", json={"name": f"t-{role}", "role": role}).json()["token"]
     role = caller if caller in RANK else None
-    c = api_sqlite.client(tokens[caller])
-    for (method, template), needed in sorted(MATRIX.items(), key=lambda kv: kv[0][0] == "DELETE"):
-        admin.post("/api/v1/machines", json={"name": "target", "nics": [{"mac": "02:00:00:00:09:01"}]})
+    c = lab_api.client(tokens[caller])
+    closed = free_port()
+    admin.post("/api/v1/machines", json={
+        "name": "opm", "nics": [{"mac": "02:00:00:00:0a:01"}], "labels": {"slot": "opm"},
+        "bmc": {"driver": "redfish", "scheme": "http", "address": f"127.0.0.1:{closed}"}})
+    op = admin.post("/api/v1/power", json={"selector": "slot=opm", "action": "on"}).json()
+    ordered = sorted(MATRIX.items(), key=lambda kv: kv[0][0] == "DELETE")
+    for i, ((method, template), needed) in enumerate(ordered):
+        # A fresh target per endpoint, so one call's running operation cannot make the next a 409.
+        admin.post("/api/v1/machines", json={
+            "name": f"t{i}", "nics": [{"mac": f"02:00:00:00:09:{i:02x}"}], "labels": {"slot": f"s{i}"},
+            "bmc": {"driver": "redfish", "scheme": "http", "address": f"127.0.0.1:{closed}"}})
         admin.post("/api/v1/tokens", json={"name": "victim", "role": "reader"})
-        path = template.replace("{key}", "target").replace("{name}", "victim")
-        r = c.request(method, path, json=BODIES.get((method, template)))
+        path = template.replace("{key}", f"t{i}").replace("{name}", "victim").replace(
+            "{op_id}", op["id"])
+        payload = BODIES.get((method, template))
+        if payload and "selector" in payload:
+            payload = {**payload, "selector": f"slot=s{i}"}
+        r = c.request(method, path, json=payload)
         allowed = needed is None or (role is not None and RANK[role] >= RANK[needed])
         if allowed:
             assert r.status_code < 400, (caller, method, path, r.status_code, r.text)
