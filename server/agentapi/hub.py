@@ -367,13 +367,16 @@ class SessionHub:
         if await self._store.get_machine(machine_id) is None:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "unknown machine")
 
+        loop = asyncio.get_running_loop()
+        session = _Session(machine_id, peer, boot_id=hello.boot_id, last_seen=loop.time())
+        session.config_version = hello.config_version
+        # Record what the agent said before the session becomes visible, so whoever sees
+        # "connected" also sees its inventory.
+        await self._record_hello(session, hello)
         old = self._sessions.get(machine_id)
         if old is not None:
             log.info("session replaced machine=%s old_peer=%s", machine_id, old.peer)
             self._close(old)
-        loop = asyncio.get_running_loop()
-        session = _Session(machine_id, peer, boot_id=hello.boot_id, last_seen=loop.time())
-        session.config_version = hello.config_version
         self._sessions[machine_id] = session
         self.counters["sessions"] += 1
         ev = self._connected_event.pop(machine_id, None)
@@ -381,7 +384,7 @@ class SessionHub:
             ev.set()
         try:
             await context.send_initial_metadata(())  # tells the agent the session is accepted
-            await self._on_hello(session, hello)
+            await self._send_backlog(session, hello)
             session.reader = loop.create_task(self._read_loop(session, it))
             while True:
                 msg = await session.outbox.get()
@@ -404,7 +407,7 @@ class SessionHub:
         if session.reader is not None:
             session.reader.cancel()
 
-    async def _on_hello(self, session: _Session, hello: pb.Hello) -> None:
+    async def _record_hello(self, session: _Session, hello: pb.Hello) -> None:
         mid = session.machine_id
         inventory: dict[str, Any] = json_format.MessageToDict(
             hello.inventory, preserving_proto_field_name=True
@@ -425,6 +428,10 @@ class SessionHub:
             "session open machine=%s peer=%s boot=%s config=%s",
             mid, session.peer, hello.boot_id, hello.config_version or "-",
         )
+
+    async def _send_backlog(self, session: _Session, hello: pb.Hello) -> None:
+        """Resend every saved command, then push the desired config if the agent drifted."""
+        mid = session.machine_id
         pending = await self._store.list_pending_commands(mid)
         self._pending[mid] = {p.command_id: p for p in pending}
         has_apply = set()
