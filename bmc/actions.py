@@ -376,7 +376,7 @@ class BmcController:
         def body(op: _Operation) -> BmcResult:
             op.call(lambda d: d.set_boot_device(device, persistent, uefi))
             boot, settled = op.wait_for(lambda d: d.get_boot_device(),
-                                        lambda b: b.device == device,
+                                        lambda b: b is not None and b.device == device,
                                         min(self.policy.settle_timeout, 10.0))
             error = None if settled else BmcVerifyTimeout(
                 bmc=endpoint.key, action=f"boot {device.value}", expected=device.value,

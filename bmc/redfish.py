@@ -95,6 +95,10 @@ SUSHY_ERRORS: tuple[tuple[type[Exception], type[BmcError]], ...] = (
 )
 BUSY_STATUSES = frozenset({409, 429, 503})
 
+# BMCs (user@address:port) known to refuse Redfish sessions: go straight to Basic auth
+# instead of paying a SessionService GET + a failed POST (and sushy's warnings) per call.
+_basic_only: set[str] = set()
+
 
 class _RedirectRefused(Exception):
     """Raised inside the HTTP session; not a requests error, so sushy lets it through."""
@@ -140,7 +144,7 @@ class _OneShotConnector(sushy_connector.Connector):
             connect_timeout=timeouts.connect,
         )
         self._session.close()
-        self._session = GuardedSession()
+        self._session: requests.Session = GuardedSession()
         self._session.headers["Connection"] = "close"
 
     def _op(self, method: str, path: str = "", data: Any = None, headers: Any = None,
@@ -229,10 +233,13 @@ class RedfishDriver:
         if self._system is None:
             ep = self.endpoint
             conn = _OneShotConnector(self.base_url, self._verify(), self.timeouts)
-            auth = sushy_auth.SessionOrBasicAuth(
-                username=ep.username, password=ep.password.get_secret_value()
-            )
+            auth_key = f"{ep.username}@{ep.key}"
+            auth_cls = (sushy_auth.BasicAuth if auth_key in _basic_only
+                        else sushy_auth.SessionOrBasicAuth)
+            auth = auth_cls(username=ep.username, password=ep.password.get_secret_value())
             self._root = sushy.Sushy(self.base_url, auth=auth, connector=conn)
+            if auth_cls is sushy_auth.SessionOrBasicAuth and not auth.can_refresh_session():
+                _basic_only.add(auth_key)  # sushy fell back to Basic auth
             system_path = None
             if ep.system_id:
                 system_path = f"/redfish/v1/Systems/{ep.system_id}"

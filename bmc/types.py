@@ -102,6 +102,7 @@ class Secret:
     """
 
     __slots__ = ("_value",)
+    _value: str
 
     def __init__(self, value: str | SupportsSecret) -> None:
         if not isinstance(value, str):
@@ -110,7 +111,7 @@ class Secret:
 
     def get_secret_value(self) -> str:
         """The secret itself. Call only where a library needs it."""
-        return self._value  # type: ignore[no-any-return]
+        return self._value
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Secret is immutable")

@@ -52,7 +52,7 @@ def test_canary_password_never_leaks(tmp_path: Path, caplog: pytest.LogCaptureFi
 
     seen_text: list[str] = []
     cmdlines: list[bytes] = []
-    ctl = BmcController(default_driver_factory(DriverTimeouts(connect=0.5, read=3)), FAST)
+    ctl = BmcController(default_driver_factory(DriverTimeouts(connect=0.5, read=1)), FAST)
     running = []
     try:
         for name in ("sushy-tls", "ipmi_sim", "pyghmi"):
