@@ -38,6 +38,7 @@ from typing import Any
 
 import grpc
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from agent import nodeops
 from agent.apply import ApplyError, ConfigApplier, reboot_needed
@@ -386,15 +387,14 @@ class Agent:
             log.info("certificate renewal requested machine=%s", self.o.machine_id)
 
     def _install_certificate(self, nc: pb.NewCertificate) -> None:
-        from cryptography.hazmat.primitives.serialization import load_pem_private_key
-
         key_pem, self._pending_key = self._pending_key, None
         if key_pem is None:
             log.warning("unsolicited certificate ignored machine=%s", self.o.machine_id)
             return
         cert = x509.load_pem_x509_certificate(nc.cert_pem.encode())
-        key = load_pem_private_key(key_pem, password=None)
-        if cert.public_key().public_numbers() != key.public_key().public_numbers():  # type: ignore[union-attr]
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        der, info = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        if cert.public_key().public_bytes(der, info) != key.public_key().public_bytes(der, info):
             log.warning("renewed certificate does not match our key machine=%s", self.o.machine_id)
             return
         self.creds = Credentials(key_pem, nc.cert_pem.encode(), nc.ca_pem.encode())

@@ -152,7 +152,7 @@ class FleetCA:
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise PkiError("the fleet CA key must be an EC key")
         cert = x509.load_pem_x509_certificate(cert_pem)
-        if cert.public_key().public_numbers() != key.public_key().public_numbers():
+        if spki(cert.public_key()) != spki(key.public_key()):
             raise PkiError("the fleet CA key does not match its certificate")
         return cls(key, cert, **kw)  # type: ignore[arg-type]
 
@@ -260,6 +260,13 @@ class FleetCA:
                 critical=False,
             )
         )
+
+
+def spki(public_key: object) -> bytes:
+    """DER SubjectPublicKeyInfo, to compare public keys of any type."""
+    return public_key.public_bytes(  # type: ignore[attr-defined,no-any-return]
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def cert_not_after(cert_pem: bytes) -> dt.datetime:
