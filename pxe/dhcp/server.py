@@ -296,10 +296,10 @@ class DhcpServer:
             name = target.filename.encode()
             if len(name) <= 127:
                 file = name
-            else:
-                opts[Opt.BOOTFILE] = name
-            if target.next_server:
-                siaddr = target.next_server
+            # NOTE: iPXE accepts a ProxyDHCP answer only if it has "PXE options": a non-zero
+            # siaddr AND option 67 (dhcp_has_pxeopts); the file field alone is not enough.
+            opts[Opt.BOOTFILE] = name
+            siaddr = target.next_server or self.address
             if target.kind is ClientKind.PXE:
                 # PXE discovery control bit 3: boot the file named here, skip boot server
                 # discovery and menus (what pixiecore and smee send).

@@ -236,7 +236,10 @@ class Lab:
         else:
             args += [
                 "-device",
-                f"virtio-net-pci,netdev=n0,mac={mac},romfile={IPXE_ROMS / 'pxe-virtio.rom'}",
+                # NOTE: QEMU's default option ROM for virtio-net (Debian's iPXE efi-virtio.rom,
+                # on QEMU's firmware path) boots; naming a ROM with an absolute romfile= left
+                # SeaBIOS without a network boot entry here, so the default is used.
+                f"virtio-net-pci,netdev=n0,mac={mac}",
             ]
         out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
         return self.spawn(*args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
@@ -266,3 +269,115 @@ class Lab:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class BootHttp:
+    """A tiny asyncio HTTP/1.1 server for labs: serves `routes` (path -> bytes or a function of
+    the query) and records every request line, so tests can assert that firmware reached it."""
+
+    def __init__(
+        self,
+        address: str,
+        port: int,
+        routes: dict[str, bytes | Callable[[dict[str, str]], bytes]],
+    ) -> None:
+        self.address, self.port, self.routes = address, port, routes
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        self._server: asyncio.base_events.Server | None = None
+        self._clients: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._client, self.address, self.port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._clients):
+            task.cancel()
+        await asyncio.gather(*self._clients, return_exceptions=True)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        from urllib.parse import parse_qsl, urlsplit
+
+        task = asyncio.current_task()
+        assert task is not None
+        self._clients.add(task)
+        task.add_done_callback(self._clients.discard)
+        try:
+            while True:
+                head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+                line = head.split(b"\r\n", 1)[0].decode("latin-1")
+                parts = line.split(" ")
+                if len(parts) != 3:
+                    break
+                url = urlsplit(parts[1])
+                query = dict(parse_qsl(url.query))
+                self.requests.append((url.path, query))
+                route = self.routes.get(url.path)
+                if route is None:
+                    body, status = b"not found\n", "404 Not Found"
+                else:
+                    body = route(query) if callable(route) else route
+                    status = "200 OK"
+                writer.write(
+                    f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\n"
+                    "Content-Type: application/octet-stream\r\n\r\n".encode()
+                    + body
+                )
+                await writer.drain()
+        except (
+            TimeoutError,
+            asyncio.IncompleteReadError,
+            ConnectionError,
+            asyncio.LimitOverrunError,
+        ):
+            pass
+        finally:
+            writer.close()
+
+    def paths(self) -> list[str]:
+        return [p for p, _ in self.requests]
+
+
+class RouterAdvertiser:
+    """Sends an empty IPv6 router advertisement (M=0, O=0, lifetime 0) every `interval` seconds.
+
+    iPXE waits ~13 s for IPv6 autoconfiguration unless a router advertisement arrives; one without
+    the managed/other flags completes it at once (iPXE `ipv6conf_rx_router_advertisement`). Run in
+    a `LoopThread` inside the lab namespace: the socket lives there.
+    """
+
+    def __init__(self, interface: str, interval: float = 0.5) -> None:
+        self.interface, self.interval = interface, interval
+        self._task: asyncio.Task[None] | None = None
+        self.sent = 0
+
+    async def start(self) -> None:
+        import struct
+
+        ifindex = socket.if_nametoindex(self.interface)
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, ifindex)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.interface.encode())
+        sock.setblocking(False)
+        ra = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 0, 0, 0)
+
+        async def run() -> None:
+            try:
+                while True:
+                    try:
+                        sock.sendto(ra, ("ff02::1", 0, 0, ifindex))
+                        self.sent += 1
+                    except OSError:
+                        pass  # no link-local address yet (no carrier): try again
+                    await asyncio.sleep(self.interval)
+            finally:
+                sock.close()
+
+        self._task = asyncio.get_running_loop().create_task(run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
