@@ -22,6 +22,8 @@ machines_app = typer.Typer(no_args_is_help=True, help="Machine inventory.")
 app.add_typer(db_app, name="db")
 app.add_typer(token_app, name="token")
 app.add_typer(machines_app, name="machines")
+boot_app = typer.Typer(no_args_is_help=True, help="One-time or persistent boot device.")
+app.add_typer(boot_app, name="boot-device")
 
 out = Console()
 
@@ -293,6 +295,87 @@ def machines_events(
 ) -> None:
     data = call(client(url, token_file), "GET", f"/api/v1/machines/{name}/events", params={"limit": limit})
     show(data["items"], output, EVENT_COLUMNS)
+
+
+# --- power ------------------------------------------------------------------------------------------
+
+OP_COLUMNS = [("MACHINE", lambda i: i["machine"]), ("STATUS", lambda i: i["status"]),
+              ("STATE", lambda i: i["result"].get("state")), ("ATTEMPTS", lambda i: i["result"].get("attempts")),
+              ("ERROR", lambda i: i["error"])]
+
+
+def _wait(cl: Client, op: dict[str, Any], timeout: float) -> dict[str, Any]:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while op["status"] in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.5)
+        op = call(cl, "GET", f"/api/v1/operations/{op['id']}")
+    return op
+
+
+def _report(ops: list[dict[str, Any]], output: Output) -> None:
+    if output is Output.json:
+        typer.echo(json.dumps(ops, indent=2))
+    else:
+        show([i for op in ops for i in op["items"]], output, OP_COLUMNS)
+    if any(op["status"] != "succeeded" for op in ops):
+        raise typer.Exit(1)
+
+
+@app.command("power")
+def power_cmd(
+    action: Annotated[str, typer.Argument(help="on, off, soft-off, cycle, reset or status")],
+    names: Annotated[list[str] | None, typer.Argument(help="Machine names or ids.")] = None,
+    selector: Annotated[str | None, typer.Option("-l", "--selector", help="Instead of names.")] = None,
+    max_parallel: Annotated[int, typer.Option("--max-parallel")] = 32,
+    stagger_ms: Annotated[int, typer.Option("--stagger-ms", help="Gap between machine starts.")] = 0,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait")] = True,
+    timeout: Annotated[float, typer.Option("--timeout")] = 600,
+    url: UrlOpt = None, token_file: TokenFileOpt = None, output: OutOpt = Output.table,
+) -> None:
+    """Power machines (verified by read-back) or read their state from the BMC."""
+    if bool(names) == bool(selector):
+        fail("give machine names or --selector, not both")
+    cl = client(url, token_file)
+    if action == "status":
+        if selector:
+            try:
+                names = [m["name"] for m in cl.paginate("/api/v1/machines", {"selector": selector, "limit": 500}, None)]
+            except ClientError as exc:
+                fail(str(exc))
+        rows = [call(cl, "GET", f"/api/v1/machines/{n}/power") for n in names or []]
+        show(rows, output, [("MACHINE", lambda r: r["machine"]), ("POWER", lambda r: r["state"]),
+                            ("ERROR", lambda r: r["error"])])
+        if any(r["error"] for r in rows):
+            raise typer.Exit(1)
+        return
+    if selector:
+        ops = [call(cl, "POST", "/api/v1/power", json={"selector": selector, "action": action,
+                                                         "max_parallel": max_parallel, "stagger_ms": stagger_ms})]
+    else:
+        ops = [call(cl, "POST", f"/api/v1/machines/{n}/power", json={"action": action}) for n in names or []]
+    if wait:
+        ops = [_wait(cl, op, timeout) for op in ops]
+    _report(ops, output)
+
+
+@boot_app.command("set")
+def boot_device_set(
+    names: Annotated[list[str], typer.Argument(help="Machine names or ids.")],
+    device: Annotated[str, typer.Option("--device", help="pxe, disk, bios or cdrom")] = "pxe",
+    persistent: Annotated[bool, typer.Option("--persistent/--once")] = False,
+    uefi: Annotated[bool, typer.Option("--uefi/--legacy")] = True,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait")] = True,
+    url: UrlOpt = None, token_file: TokenFileOpt = None, output: OutOpt = Output.table,
+) -> None:
+    """Set the next (or every) boot device."""
+    cl = client(url, token_file)
+    body = {"device": device, "persistent": persistent, "uefi": uefi}
+    ops = [call(cl, "PUT", f"/api/v1/machines/{n}/boot-device", json=body) for n in names]
+    if wait:
+        ops = [_wait(cl, op, 600) for op in ops]
+    _report(ops, output)
 
 
 def main() -> None:  # pragma: no cover - console script shim

@@ -19,7 +19,7 @@ import logging
 import random
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
@@ -203,17 +203,21 @@ class PowerService:
         stagger = float(op.params.get("stagger_ms") or 0) / 1000
         gate = asyncio.Semaphore(max_parallel)
         loop = asyncio.get_running_loop()
-        t0 = loop.time()
+        starts = asyncio.Lock()
+        next_start = loop.time()
 
-        async def one(index: int, item_id: int) -> bool:
+        async def one(item_id: int) -> bool:
+            nonlocal next_start
             async with gate:
-                delay = t0 + index * stagger - loop.time()
-                if delay > 0:
-                    await asyncio.sleep(delay)
+                async with starts:  # consecutive starts are at least `stagger` apart
+                    delay = next_start - loop.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    next_start = loop.time() + stagger
                 return await self._run_item(op, item_id)
 
         try:
-            oks = await asyncio.gather(*(one(i, item.id) for i, item in enumerate(op.items)))
+            oks = await asyncio.gather(*(one(item.id) for item in op.items))
         except Exception as exc:  # noqa: BLE001 - record, never lose an operation
             log.exception("operation crashed op=%s", op_id)
             await run_in_threadpool(self._finish, op_id, f"internal error: {type(exc).__name__}")
@@ -241,7 +245,7 @@ class PowerService:
                         item.status, item.error = OpStatus.FAILED.value, error or "not run"
 
     async def _run_item(self, op: Operation, item_id: int) -> bool:
-        endpoint, name = await run_in_threadpool(self._item_start, item_id)
+        endpoint, name = await run_in_threadpool(self._item_start, item_id, utcnow())
         try:
             if endpoint is None:
                 raise Invalid(message="machine has no BMC")
@@ -262,11 +266,11 @@ class PowerService:
                  op.id, name, endpoint.key, result.ok, result.attempts, result.elapsed)
         return result.ok
 
-    def _item_start(self, item_id: int) -> tuple[BmcEndpoint | None, str]:
+    def _item_start(self, item_id: int, now: datetime) -> tuple[BmcEndpoint | None, str]:
         with self.db.write() as s:
             item = s.get_one(OperationItem, item_id)
             item.status = OpStatus.RUNNING.value
-            item.started_at = utcnow()
+            item.started_at = now
             m = s.get(Machine, item.machine_id)
             return (endpoint_of(m, self.secrets) if m else None), item.machine_name
 
