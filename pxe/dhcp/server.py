@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import ipaddress
 import logging
 import socket
@@ -93,6 +94,10 @@ def _udp_socket(addr: str, port: int, interface: str | None, *, broadcast: bool)
     return sock
 
 
+def _identity(endpoint: _Endpoint) -> _Endpoint:
+    return endpoint
+
+
 class _Endpoint(asyncio.DatagramProtocol):
     def __init__(self, server: DhcpServer, port4011: bool) -> None:
         self.server, self.port4011 = server, port4011
@@ -136,6 +141,7 @@ class DhcpServer:
         self.stats = DhcpStats()
         self._transports: list[asyncio.DatagramTransport] = []
         self._send: asyncio.DatagramTransport | None = None
+        self._send4011: asyncio.DatagramTransport | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._flush: asyncio.TimerHandle | None = None
         self._server_id = ipaddress.IPv4Address(address).packed
@@ -167,12 +173,13 @@ class DhcpServer:
                 )
             )
         for sock, is4011, is_sender in socks:
+            endpoint = _Endpoint(self, is4011)
             transport, _ = await loop.create_datagram_endpoint(
-                lambda p=is4011: _Endpoint(self, p), sock=sock
+                functools.partial(_identity, endpoint), sock=sock
             )
-            self._transports.append(transport)  # type: ignore[arg-type]
+            self._transports.append(transport)
             if is_sender:
-                self._send = transport  # type: ignore[assignment]
+                self._send = transport
             if is4011:
                 self._send4011 = transport
         log.info(
@@ -184,10 +191,10 @@ class DhcpServer:
         )
 
     async def stop(self) -> None:
-        for t in list(self._tasks):
-            t.cancel()
-        for t in self._transports:
-            t.close()
+        for task in list(self._tasks):
+            task.cancel()
+        for transport in self._transports:
+            transport.close()
         self._transports.clear()
         if self._flush is not None:
             self._flush.cancel()
@@ -242,6 +249,7 @@ class DhcpServer:
             log.exception("backend crashed mac=%s", pkt.mac)
             self.stats.drop(Drop.BACKEND_ERROR)
             return
+        result: tuple[Packet, MessageType] | Drop | None
         if self.mode is Mode.PROXY or port4011:
             result = self._proxy(pkt, mt, decision)
         else:
@@ -303,9 +311,9 @@ class DhcpServer:
             if target.kind is ClientKind.PXE:
                 # PXE discovery control bit 3: boot the file named here, skip boot server
                 # discovery and menus (what pixiecore and smee send).
-                opts[Opt.VENDOR_SPECIFIC] = encode_tlv({PxeSubOpt.DISCOVERY_CONTROL: b"\x08"})
+                opts[Opt.VENDOR_SPECIFIC] = encode_tlv([(PxeSubOpt.DISCOVERY_CONTROL, b"\x08")])
             if target.kind is ClientKind.IPXE:
-                opts[Opt.IPXE_ENCAP] = encode_tlv({IpxeOpt.NO_PXEDHCP: b"\x01"})
+                opts[Opt.IPXE_ENCAP] = encode_tlv([(IpxeOpt.NO_PXEDHCP, b"\x01")])
         if extra:
             opts.update(extra)
         return Packet(
@@ -336,7 +344,7 @@ class DhcpServer:
     def _lease_options(self) -> dict[int, bytes]:
         n = self.network
         t = n.lease_seconds
-        opts = {
+        opts: dict[int, bytes] = {
             Opt.SUBNET_MASK: ipaddress.IPv4Address(n.subnet_mask).packed,
             Opt.LEASE_TIME: t.to_bytes(4, "big"),
             Opt.RENEWAL_T1: (t // 2).to_bytes(4, "big"),

@@ -251,7 +251,7 @@ class _Session:
             self.finish(False, "timeout")
             return
         self.progress_at = loop.time()
-        if self.acked < 0:
+        if self.acked < 0 and self.oack is not None:
             self._send(self.oack)
         else:
             self._send_window()
