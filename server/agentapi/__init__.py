@@ -2,19 +2,12 @@
 
 * :mod:`.store`   — :class:`AgentStore`, what this package needs from the database.
 * :mod:`.tokens`  — single-use, short-lived, hashed bootstrap tokens.
+* :mod:`.types`   — apply modes, node op kinds, errors.
 * :mod:`.hub`     — :class:`SessionHub`: connected agents, pending commands, push/node ops.
 * :mod:`.service` — the two gRPC servers; :func:`start_agent_api` for ``bronze serve``.
 """
 
-from server.agentapi.hub import (
-    AgentApiError,
-    AgentNotConnected,
-    ApplyMode,
-    CommandTimeout,
-    NodeOpKind,
-    NodeOpResult,
-    SessionHub,
-)
+from server.agentapi.hub import SessionHub
 from server.agentapi.service import AgentApiServer, start_agent_api
 from server.agentapi.store import (
     AgentHello,
@@ -28,6 +21,14 @@ from server.agentapi.store import (
     PendingCommand,
 )
 from server.agentapi.tokens import BootstrapTokens, EnrollmentDenied
+from server.agentapi.types import (
+    AgentApiError,
+    AgentNotConnected,
+    ApplyMode,
+    CommandTimeout,
+    NodeOpKind,
+    NodeOpResult,
+)
 
 __all__ = [
     "AgentApiError",

@@ -23,7 +23,6 @@ import uuid
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 import grpc
@@ -37,86 +36,19 @@ from server.agentapi.store import (
     IssuedCertificate,
     PendingCommand,
 )
+from server.agentapi.types import (
+    MODE_PB,
+    OP_PB,
+    AgentApiError,
+    AgentNotConnected,
+    ApplyMode,
+    CommandTimeout,
+    NodeOpKind,
+    NodeOpResult,
+)
 from server.pki import FleetCA, PkiError
 
 log = logging.getLogger(__name__)
-
-
-class ApplyMode(StrEnum):
-    """How an agent applies a config."""
-
-    AUTO = "auto"
-    """Apply now; reboot only if a changed field takes effect at boot."""
-    NO_REBOOT = "no-reboot"
-    """Apply now; fail if a reboot would be needed."""
-    STAGED = "staged"
-    """Store it; apply at the next boot."""
-    TRY = "try"
-    """Apply now; revert after the timeout unless confirmed."""
-
-
-_MODE_PB = {
-    ApplyMode.AUTO: pb.APPLY_MODE_AUTO,
-    ApplyMode.NO_REBOOT: pb.APPLY_MODE_NO_REBOOT,
-    ApplyMode.STAGED: pb.APPLY_MODE_STAGED,
-    ApplyMode.TRY: pb.APPLY_MODE_TRY,
-}
-
-
-class NodeOpKind(StrEnum):
-    """Read-only diagnostics an agent answers (there is no shell)."""
-
-    DMESG = "dmesg"
-    """The kernel ring buffer."""
-    LOGS = "logs"
-    """A service's log (or the system log without a service)."""
-    STATS = "stats"
-    """Load, memory, uptime."""
-    PS = "ps"
-    """Processes."""
-    SERVICES = "services"
-    """Services and their state."""
-
-
-_OP_PB = {
-    NodeOpKind.DMESG: pb.NODE_OP_DMESG,
-    NodeOpKind.LOGS: pb.NODE_OP_LOGS,
-    NodeOpKind.STATS: pb.NODE_OP_STATS,
-    NodeOpKind.PS: pb.NODE_OP_PS,
-    NodeOpKind.SERVICES: pb.NODE_OP_SERVICES,
-}
-
-
-class AgentApiError(Exception):
-    """Root error of the agent API."""
-
-    http_status = 500
-
-
-class AgentNotConnected(AgentApiError):
-    """The machine's agent has no session now (retry later). HTTP 409."""
-
-    http_status = 409
-
-    def __init__(self, machine_id: str) -> None:
-        self.machine_id = machine_id
-        super().__init__(f"agent of machine {machine_id} is not connected")
-
-
-class CommandTimeout(AgentApiError):
-    """No result arrived in time (transient). HTTP 504."""
-
-    http_status = 504
-
-    def __init__(self, command_id: str) -> None:
-        super().__init__(f"no result for command {command_id} in time")
-
-
-@dataclass(frozen=True)
-class NodeOpResult:
-    ok: bool
-    error: str
-    output: bytes
 
 
 @dataclass
@@ -215,7 +147,7 @@ class SessionHub:
             apply_config=pb.ApplyConfig(
                 version=version,
                 config_json=config_json,
-                mode=_MODE_PB[mode],
+                mode=MODE_PB[mode],
                 try_timeout_seconds=try_timeout_seconds,
             ),
         )
@@ -263,7 +195,7 @@ class SessionHub:
             raise AgentNotConnected(machine_id)
         cmd = pb.Command(
             id=self._new_id(),
-            node_op=pb.NodeOp(kind=_OP_PB[kind], service=service, tail_lines=tail_lines),
+            node_op=pb.NodeOp(kind=OP_PB[kind], service=service, tail_lines=tail_lines),
         )
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._streams[cmd.id] = queue

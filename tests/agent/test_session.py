@@ -343,3 +343,20 @@ def test_simulate_many_machines_each_with_own_connection_and_reboot(lab: Lab) ->
     lab.lt.run(lab.api.hub.reboot("sim-1"))
     eventually(lambda: lab.store.hellos["sim-1"].boot_id != boot0, 20)
     assert lab.api.hub.is_connected("sim-1")
+
+
+def test_silent_session_is_closed_after_missed_heartbeats(lab: Lab) -> None:
+    """A peer that keeps TCP open but stops heartbeating (hung agent) is dropped."""
+    lab.store.add_machine("a")
+    lab.api.hub.seen_flush_interval = 0.5  # sweep often (the sweeper reads it each round)
+    creds = _client_creds(lab, *_cert_for(lab.ca, "a"))
+    hold = threading.Event()
+    t = threading.Thread(target=_session_call, args=(lab, creds, _hello(), hold))
+    t.start()
+    try:
+        eventually(lambda: lab.api.hub.is_connected("a"))
+        # heartbeat_interval is 1 s in the lab: closed after ~3 s of silence
+        eventually(lambda: not lab.api.hub.is_connected("a"), 10)
+    finally:
+        hold.set()
+        t.join(10)

@@ -140,3 +140,17 @@ def test_concurrent_redeems_yield_one_success(tokens):
 
     results = run(both())
     assert sum(not isinstance(r, Exception) for r in results) == 1
+
+
+def test_agent_renews_after_two_thirds_of_validity():
+    from agent.identity import Credentials
+
+    ca = FleetCA.create(client_lifetime=dt.timedelta(hours=24))
+    key, csr = new_key_and_csr("m")
+    issued = ca.sign_client_csr(csr, "m")
+    creds = Credentials(key, issued.cert_pem, ca.cert_pem)
+    nb, na = creds.not_before(), creds.not_after()
+    assert not creds.should_renew(nb + (na - nb) * 0.6)
+    assert creds.should_renew(nb + (na - nb) * 0.7)
+    assert creds.valid(na - dt.timedelta(minutes=5))
+    assert not creds.valid(na)
