@@ -349,7 +349,10 @@ class BmcController:
                 if action not in (PowerAction.on, PowerAction.off, PowerAction.soft_off):
                     raise
                 # Some BMCs refuse "on" when on (IPMI cc D5h, Redfish 400/409): check.
-                now = op.once(lambda d: d.get_power_state())
+                try:
+                    now = op.once(lambda d: d.get_power_state())
+                except BmcError:
+                    raise exc from None
                 if now != target:
                     raise
                 LOG.debug("bmc already in target bmc=%s action=%s error=%s",
