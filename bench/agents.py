@@ -10,7 +10,8 @@ This process *is* the server (agent API + in-memory store); the agents run in ``
   own machine patch, so 2,000 distinct versions), push, and time until every agent reported the
   new version applied (target <= 5 s);
 * server RSS (current and peak; target <= 600 MiB);
-* idle heartbeat cost: server and agent CPU over ``--idle`` seconds, per heartbeat.
+* idle heartbeat cost: server and agent CPU over ``--idle`` seconds, per heartbeat;
+* server restart: time until every agent has reconnected to the new server, then a rollout.
 
 Prints a table; also writes JSON to bench/results/agents-<timestamp>.json.
 """
@@ -152,6 +153,17 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         s_cpu = cpu_seconds() - s0
         a_cpu = sum(cpu_seconds(p.pid) for p in procs) - a0
         rss, hwm = rss_mib()
+
+        # Server restart: every agent reconnects (backoff + jitter) to a fresh hub.
+        ports = (api.enroll_port, api.session_port)
+        await api.stop(0)
+        t0 = time.perf_counter()
+        api = AgentApiServer(store, ca, enroll_port=ports[0], session_port=ports[1],
+                             heartbeat_interval=args.heartbeat)
+        await api.start()
+        await wait_until(lambda: len(api.hub.connected()) == len(ids), 300, 0.05)
+        reconnect_s = time.perf_counter() - t0
+        _, after_restart_s = await rollout(api, store, ids, 3, 120)
         sims_rss = sum(rss_mib(p.pid)[0] for p in procs)
         return {
             "agents": len(ids),
@@ -173,6 +185,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             "server_idle_cpu_pct": round(100 * s_cpu / dt_, 2),
             "server_cpu_us_per_heartbeat": round(1e6 * s_cpu / hbs, 1) if hbs else None,
             "agents_idle_cpu_pct": round(100 * a_cpu / dt_, 2),
+            "restart_reconnect_all_s": round(reconnect_s, 2),
+            "rollout_after_restart_s": round(after_restart_s, 2),
             "maxrss_self_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
     finally:
