@@ -18,6 +18,7 @@ from bmc import (
     BmcTimeoutError,
     BmcTlsError,
     BmcTransientError,
+    BmcUnsupportedError,
     DriverKind,
     DriverTimeouts,
     PowerAction,
@@ -245,3 +246,25 @@ def test_stock_emulator_delay_is_waited_out(tmp_path: Path) -> None:
         assert result.polls >= 1
     finally:
         peer.stop()
+
+
+def test_ipmi_15_only_bmc_is_refused() -> None:
+    ctl, built = counting_controller()
+    with peers.fake_ipmi_bmc(ipmi20=False) as (port, proposals):
+        result = ctl.get_power_state_sync(
+            BmcEndpoint(DriverKind.ipmi, "127.0.0.1", port, "admin", "x"))
+    assert isinstance(result.error, BmcUnsupportedError), result.error
+    assert "IPMI v2.0" in str(result.error)
+    assert result.attempts == 1 and proposals == []  # no session was even proposed
+
+
+def test_only_cipher_suites_17_and_3_are_ever_proposed() -> None:
+    ctl, _ = counting_controller()
+    with peers.fake_ipmi_bmc(ipmi20=True) as (port, proposals):
+        result = ctl.get_power_state_sync(
+            BmcEndpoint(DriverKind.ipmi, "127.0.0.1", port, "admin", "x"))
+    assert isinstance(result.error, BmcUnsupportedError), result.error
+    assert result.attempts == 1
+    # suite 17: RAKP-HMAC-SHA256 (3), HMAC-SHA256-128 (4), AES-CBC-128 (1)
+    # suite 3:  RAKP-HMAC-SHA1 (1),   HMAC-SHA1-96 (1),    AES-CBC-128 (1)
+    assert proposals == [(3, 4, 1), (1, 1, 1)]

@@ -628,6 +628,64 @@ def redirect_pair() -> Iterator[tuple[int, int, list[dict[str, str]]]]:
             s.server_close()
 
 
+@contextlib.contextmanager
+def fake_ipmi_bmc(ipmi20: bool) -> Iterator[tuple[int, list[tuple[int, int, int]]]]:
+    """A minimal UDP IPMI responder for negotiation tests.
+
+    Answers Get Channel Authentication Capabilities advertising IPMI 1.5 only
+    (``ipmi20=False``) or IPMI 2.0; answers every RMCP+ Open Session Request with status
+    11h (no matching cipher suite) and records the proposed (auth, integrity,
+    confidentiality) algorithms. Yields (port, proposals)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((LOCAL, 0))
+    sock.settimeout(0.2)
+    stop = threading.Event()
+    proposals: list[tuple[int, int, int]] = []
+
+    def checksum(data: bytes) -> int:
+        return (-sum(data)) & 0xFF
+
+    def caps_reply(req: bytes) -> bytes:
+        auth_type = req[4]
+        msg = req[14 + (16 if auth_type else 0):]
+        rq_seq_lun = msg[4]
+        head = bytes([0x81, (0x07 << 2) | (rq_seq_lun & 3)])
+        support = 0x14 | (0x80 if ipmi20 else 0)  # md5 + straight (+ IPMI 2.0 ext)
+        ext = 0x03 if ipmi20 else 0x01
+        body = bytes([0x20, rq_seq_lun, 0x38, 0x00, 0x01, support, 0x04, ext, 0, 0, 0, 0])
+        out = head + bytes([checksum(head)]) + body + bytes([checksum(body)])
+        return bytes([6, 0, 0xFF, 7, 0]) + bytes(8) + bytes([len(out)]) + out
+
+    def open_session_reply(req: bytes) -> bytes:
+        payload = req[16:]
+        proposals.append((payload[12] & 0x3F, payload[20] & 0x3F, payload[28] & 0x3F))
+        body = bytes([payload[0], 0x11, 0, 0]) + payload[4:8]
+        return (bytes([6, 0, 0xFF, 7, 0x06, 0x11]) + bytes(8)
+                + len(body).to_bytes(2, "little") + body)
+
+    def loop() -> None:
+        while not stop.is_set():
+            try:
+                data, addr = sock.recvfrom(4096)
+            except OSError:
+                continue
+            if len(data) < 6 or data[3] != 7:
+                continue
+            if data[4] == 0x06 and data[5] & 0x3F == 0x10:
+                sock.sendto(open_session_reply(data), addr)
+            elif data[4] != 0x06:
+                sock.sendto(caps_reply(data), addr)
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        yield sock.getsockname()[1], proposals
+    finally:
+        stop.set()
+        t.join(2)
+        sock.close()
+
+
 def main(argv: list[str]) -> None:
     import argparse
 
