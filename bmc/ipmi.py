@@ -146,6 +146,10 @@ class IpmiDriver:
         if self._ipmi is not None:
             return self._ipmi
         key = self.endpoint.key
+        if ":" in self.endpoint.address:
+            # python-ipmi's rmcp interface opens an AF_INET socket only.
+            raise BmcUnsupportedError(bmc=key, operation="IPMI over IPv6",
+                                      detail="python-ipmi speaks RMCP over IPv4 only")
         with _suite_lock:
             cached = _suite_cache.get(key)
         suites = (cached,) if cached else PREFERRED_CIPHER_SUITES

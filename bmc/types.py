@@ -172,7 +172,10 @@ class BmcEndpoint:
     @property
     def key(self) -> str:
         """``address:port``: the identity used for per-BMC serialization and logs."""
-        port = self.port if self.port is not None else DEFAULT_PORTS.get(self.driver, 0)
+        port = self.port
+        if port is None:
+            port = 80 if (self.driver == DriverKind.redfish and self.scheme == "http") \
+                else DEFAULT_PORTS.get(self.driver, 0)
         host = f"[{self.address}]" if ":" in self.address else self.address
         return f"{host}:{port}"
 

@@ -70,7 +70,8 @@ def test_udp_black_hole_is_transient_then_unknown_in_bounded_time() -> None:
         power = ctl.power_sync(ep, PowerAction.on)
     assert result.state == PowerState.unknown
     assert isinstance(result.error, BmcTransientError)
-    assert result.attempts == FAST.max_attempts == len(built) - FAST.max_attempts
+    assert result.attempts == FAST.max_attempts
+    assert len(built) == 2 * FAST.max_attempts  # both operations: a fresh driver per try
     assert elapsed < FAST.max_attempts * (SHORT.connect + FAST.backoff_max) + 1
     assert power.state == PowerState.unknown and not power.ok
 
@@ -268,3 +269,10 @@ def test_only_cipher_suites_17_and_3_are_ever_proposed() -> None:
     # suite 17: RAKP-HMAC-SHA256 (3), HMAC-SHA256-128 (4), AES-CBC-128 (1)
     # suite 3:  RAKP-HMAC-SHA1 (1),   HMAC-SHA1-96 (1),    AES-CBC-128 (1)
     assert proposals == [(3, 4, 1), (1, 1, 1)]
+
+
+def test_ipmi_over_ipv6_is_unsupported_not_retried() -> None:
+    ctl, built = counting_controller()
+    result = ctl.get_power_state_sync(BmcEndpoint(DriverKind.ipmi, "::1", 623, "a", "b"))
+    assert isinstance(result.error, BmcUnsupportedError)
+    assert result.attempts == 1

@@ -60,6 +60,8 @@ def test_endpoint_repr_hides_password_and_accepts_pydantic_secret() -> None:
         assert "hunter2" not in text
     assert ep.key == "10.0.0.5:8443"
     assert BmcEndpoint(DriverKind.ipmi, "fd00::1").key == "[fd00::1]:623"
+    assert BmcEndpoint(DriverKind.redfish, "10.0.0.5").key == "10.0.0.5:443"
+    assert BmcEndpoint(DriverKind.redfish, "10.0.0.5", scheme="http").key == "10.0.0.5:80"
     with pytest.raises(Exception):  # noqa: B017 - frozen
         ep.address = "x"  # type: ignore[misc]
 
