@@ -239,7 +239,8 @@ int main(int argc, char **argv) {
   int blk = atoi(argv[4]), win = atoi(argv[5]);
   int s = socket(AF_INET, SOCK_DGRAM, 0);
   struct sockaddr_in a = {0}, p; socklen_t pl = sizeof p;
-  a.sin_family = AF_INET; a.sin_port = htons(atoi(argv[2])); inet_pton(AF_INET, argv[1], &a.sin_addr);
+  a.sin_family = AF_INET; a.sin_port = htons(atoi(argv[2]));
+  inet_pton(AF_INET, argv[1], &a.sin_addr);
   char req[512]; int n = 2; req[0] = 0; req[1] = 1;
   n += sprintf(req + n, "%s", argv[3]) + 1; n += sprintf(req + n, "octet") + 1;
   n += sprintf(req + n, "blksize") + 1; n += sprintf(req + n, "%d", blk) + 1;
