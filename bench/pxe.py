@@ -48,6 +48,9 @@ PY = sys.executable
 # -- DHCP ------------------------------------------------------------------------------------------
 def perfdhcp(ns: str, rate: int, seconds: int, server: str) -> dict[str, float]:
     cmd = [
+        "taskset",
+        "-c",
+        "1",
         "ip",
         "netns",
         "exec",
@@ -92,7 +95,7 @@ def probe_latency(ns: str, client_ip: str, server: str, count: int, rate: float)
         gap = 1.0 / rate
         for i in range(count):
             xid = 0x10000 + i
-            mac = bytes((0x52, 0x54, 0x01, (i >> 16) & 0xFF, (i >> 8) & 0xFF, i & 0xFF))
+            mac = bytes((0x52, 0x54, 0x01, 0, 0, i % 32))  # 32 + perfdhcp 200 fit in the pool
             pkt = Packet(
                 op=Op.BOOTREQUEST,
                 xid=xid,
@@ -129,6 +132,9 @@ def probe_latency(ns: str, client_ip: str, server: str, count: int, rate: float)
 
 
 def bench_dhcp(seconds: int, rates: list[int]) -> list[tuple[str, str, str, str]]:
+    # The servers (bronze's loop thread, dnsmasq) get CPU 0, perfdhcp CPU 1: on 2 vCPUs an
+    # unpinned perfdhcp competes with the server it measures.
+    os.sched_setaffinity(0, {0})
     rows = []
     with Lab(tag="bench", subnet_index=250) as lab:
         cns = lab.add_veth_ns("c", f"{lab.prefix}.2")
@@ -137,6 +143,8 @@ def bench_dhcp(seconds: int, rates: list[int]) -> list[tuple[str, str, str, str]
             stop = start_dhcp(name, lab)
             try:
                 time.sleep(0.5)
+                probe_latency(cns, f"{lab.prefix}.2", lab.server_ip, 200, 500)  # warm up
+                lat = probe_latency(cns, f"{lab.prefix}.2", lab.server_ip, 2000, 500)
                 best = 0.0
                 for rate in rates:
                     r = perfdhcp(cns, rate, seconds, lab.server_ip)
@@ -145,17 +153,17 @@ def bench_dhcp(seconds: int, rates: list[int]) -> list[tuple[str, str, str, str]
                         f"{r['loss'] * 100:5.2f}% avg {r['avg_ms']:.2f} ms",
                         flush=True,
                     )
-                    if r["loss"] < 0.005:
+                    if r["loss"] < 0.005 and r["avg_ms"] < 20:
                         best = max(best, r["rate"])
                     else:
                         break
-                lat = probe_latency(cns, f"{lab.prefix}.2", lab.server_ip, 1500, 500)
                 lat.sort()
                 p50 = statistics.median(lat) if lat else float("nan")
                 p99 = lat[int(len(lat) * 0.99) - 1] if lat else float("nan")
-                results[name] = (best, p50, p99, len(lat) / 1500)
+                results[name] = (best, p50, p99, len(lat) / 2000)
             finally:
                 stop()
+        os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
         b, d = results["bronze"], results["dnsmasq"]
         rows.append(
             (
@@ -207,7 +215,12 @@ def start_dhcp(name: str, lab: Lab):  # noqa: ANN201
             shutil.rmtree(tmp, ignore_errors=True)
 
         return stop
-    loop = LoopThread(netns=lab.ns)
+    try:
+        import uvloop  # `bronze serve` runs on uvloop through uvicorn[standard]
+
+        loop = LoopThread(netns=lab.ns, loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        loop = LoopThread(netns=lab.ns)
     srv = DhcpServer(
         mode=Mode.FULL,
         boot=BootConfig(server_ip=lab.server_ip, http_base_url=f"http://{lab.server_ip}:8080"),
@@ -439,7 +452,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", choices=["dhcp", "tftp"])
     ap.add_argument("--seconds", type=int, default=4)
-    ap.add_argument("--rates", default="500,1000,1500,2000,3000,4000,6000")
+    ap.add_argument("--rates", default="1000,2000,3000,4000,6000,8000,10000,12000")
     ap.add_argument("--serve-tftp", nargs=2, metavar=("ROOT", "PORT"))
     args = ap.parse_args()
     if args.serve_tftp:

@@ -12,10 +12,10 @@ and those clients simply re-request (INIT-REBOOT) their address.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import os
+import socket
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,6 +23,17 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 OFFER_SECONDS = 30.0
+
+
+def ip_int(ip: str) -> int:
+    """Dotted quad to int (strict: raises OSError/ValueError on anything else)."""
+    return int.from_bytes(socket.inet_pton(socket.AF_INET, ip), "big")
+
+
+def int_ip(n: int) -> str:
+    return socket.inet_ntop(socket.AF_INET, n.to_bytes(4, "big"))
+
+
 DECLINE_SECONDS = 600.0
 
 
@@ -49,8 +60,8 @@ class LeaseStore:
 
         self.path = path
         self.clock = clock or time.time
-        self._pool_start = int(ipaddress.IPv4Address(pool[0])) if pool else 0
-        self._pool_end = int(ipaddress.IPv4Address(pool[1])) if pool else -1
+        self._pool_start = ip_int(pool[0]) if pool else 0
+        self._pool_end = ip_int(pool[1]) if pool else -1
         self._next = self._pool_start
         self.by_mac: dict[str, Lease] = {}
         self.by_ip: dict[str, Lease] = {}
@@ -65,9 +76,9 @@ class LeaseStore:
             data = json.loads(path.read_text())
             for item in data.get("leases", []):
                 lease = Lease(str(item["mac"]), str(item["ip"]), float(item["expires"]), True)
-                ipaddress.IPv4Address(lease.ip)
+                ip_int(lease.ip)
                 self._put(lease)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # noqa: B014
             # NOTE: a corrupt file must not stop the DHCP server; clients will re-request.
             log.warning("lease file unreadable, starting empty path=%s error=%s", path, exc)
 
@@ -84,7 +95,7 @@ class LeaseStore:
 
     # -- queries -------------------------------------------------------------------------------
     def in_pool(self, ip: str) -> bool:
-        return self._pool_start <= int(ipaddress.IPv4Address(ip)) <= self._pool_end
+        return self._pool_start <= ip_int(ip) <= self._pool_end
 
     def _free_for(self, ip: str, mac: str) -> bool:
         now = self.clock()
@@ -105,7 +116,7 @@ class LeaseStore:
             return requested
         size = self._pool_end - self._pool_start + 1
         for _ in range(max(0, size)):
-            cand = str(ipaddress.IPv4Address(self._next))
+            cand = int_ip(self._next)
             self._next = self._next + 1 if self._next < self._pool_end else self._pool_start
             if self._free_for(cand, mac):
                 return cand

@@ -19,7 +19,8 @@ Parsing is strict and total: every malformed input raises `MalformedPacket`, not
 
 from __future__ import annotations
 
-import ipaddress
+import functools
+import socket
 import struct
 import uuid as uuidlib
 from collections.abc import Iterable, Mapping
@@ -166,11 +167,11 @@ _ARCH_BY_CODE = {
 
 
 def _ip(raw: bytes) -> str:
-    return str(ipaddress.IPv4Address(raw))
+    return socket.inet_ntop(socket.AF_INET, raw)
 
 
 def _pack_ip(addr: str) -> bytes:
-    return ipaddress.IPv4Address(addr).packed
+    return socket.inet_pton(socket.AF_INET, addr)  # strict dotted quad, unlike inet_aton
 
 
 def parse_tlv(data: bytes, *, what: str) -> dict[int, bytes]:
@@ -228,7 +229,7 @@ class Packet:
     file: bytes = b""
 
     # -- typed views -------------------------------------------------------------------------
-    @property
+    @functools.cached_property
     def mac(self) -> str:
         return ":".join(f"{b:02x}" for b in self.chaddr)
 

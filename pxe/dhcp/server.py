@@ -33,7 +33,7 @@ from pxe.backend import (
     TimelineSink,
 )
 from pxe.dhcp.decide import BootConfig, BootTarget, ClientKind, Drop, Mode, boot_target, screen
-from pxe.dhcp.leases import LeaseStore
+from pxe.dhcp.leases import LeaseStore, ip_int
 from pxe.dhcp.packet import (
     IpxeOpt,
     MessageType,
@@ -145,6 +145,9 @@ class DhcpServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._flush: asyncio.TimerHandle | None = None
         self._server_id = ipaddress.IPv4Address(address).packed
+        self._lease_opts = self._build_lease_options()
+        net = ipaddress.IPv4Network(f"{address}/{network.subnet_mask}", strict=False)
+        self._net = (int(net.network_address), int(net.broadcast_address))
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def start(self) -> None:
@@ -342,6 +345,9 @@ class DhcpServer:
         return self._reply(pkt, kind, "0.0.0.0", target), kind  # noqa: S104
 
     def _lease_options(self) -> dict[int, bytes]:
+        return dict(self._lease_opts)
+
+    def _build_lease_options(self) -> dict[int, bytes]:
         n = self.network
         t = n.lease_seconds
         opts: dict[int, bytes] = {
@@ -398,8 +404,7 @@ class DhcpServer:
         return Drop.WRONG_MESSAGE_TYPE
 
     def _ours(self, ip: str) -> bool:
-        net = ipaddress.IPv4Network(f"{self.address}/{self.network.subnet_mask}", strict=False)
-        return ipaddress.IPv4Address(ip) in net
+        return self._net[0] <= ip_int(ip) <= self._net[1]
 
     def _schedule_flush(self) -> None:
         if self._flush is None:

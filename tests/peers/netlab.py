@@ -70,8 +70,12 @@ def setns(name: str) -> None:
 class LoopThread:
     """An asyncio loop in a daemon thread (optionally in a netns); `run()` waits for a result."""
 
-    def __init__(self, netns: str | None = None) -> None:
-        self.loop = asyncio.new_event_loop()
+    def __init__(
+        self,
+        netns: str | None = None,
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] = asyncio.new_event_loop,
+    ) -> None:
+        self.loop = loop_factory()
         ready: concurrent.futures.Future[None] = concurrent.futures.Future()
 
         def main() -> None:
