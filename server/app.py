@@ -19,7 +19,9 @@ from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from server import inventory, migrate
-from server.api import events, machines, power, tokens
+from server.agentapi import BootstrapTokens, start_agent_api
+from server.agentstore import DbAgentStore
+from server.api import agents, events, machines, power, tokens
 from server.api.deps import Context
 from server.auth import create_token, hash_token
 from server.db import Database
@@ -135,24 +137,49 @@ def create_app(settings: ServerSettings, *, migrate_db: bool | None = None) -> F
 
     power_service = PowerService(settings, db, ctx.secrets)
 
+    agent_store = DbAgentStore(db)
+
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await power_service.startup()
+        agent_api = None
         try:
+            if settings.agent_api_enabled:
+                try:
+                    agent_api = await start_agent_api(
+                        agent_store, ca_dir=settings.data_dir / "pki", host=settings.agent_host,
+                        enroll_port=settings.agent_enroll_port,
+                        session_port=settings.agent_session_port,
+                        server_names=settings.effective_agent_server_names,
+                        heartbeat_interval=settings.agent_heartbeat_interval)
+                except (OSError, RuntimeError) as exc:
+                    # The REST API stays up (degraded); agent endpoints answer 409 until restart.
+                    log.error("agent API not started host=%s ports=%d,%d error=%s",
+                              settings.agent_host, settings.agent_enroll_port,
+                              settings.agent_session_port, exc)
+                else:
+                    app.state.agent_api = agent_api
+                    app.state.agent_tokens = agent_api.tokens
             yield
         finally:
+            if agent_api is not None:
+                await agent_api.stop()
+            app.state.agent_api = None
             await power_service.shutdown()
 
     app = FastAPI(title="bronze", version="0.1.0", openapi_url="/openapi.json", docs_url="/docs",
                   redoc_url=None, lifespan=lifespan)
     app.state.ctx = ctx
     app.state.power = power_service
+    app.state.agent_store = agent_store
+    app.state.agent_api = None  # set by the lifespan when BRONZE_AGENT_API_ENABLED
+    app.state.agent_tokens = BootstrapTokens(agent_store)
     install_error_handlers(app)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    for r in (machines.router, events.router, tokens.router, power.router):
+    for r in (machines.router, events.router, tokens.router, power.router, agents.router):
         app.include_router(r)
     return app

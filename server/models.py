@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -190,3 +191,81 @@ class Lease(Base):
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     holder: Mapped[str] = mapped_column(String(64))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AgentBootstrapToken(Base):
+    """The one live bootstrap token of a machine (SHA-256 only; a new one replaces it)."""
+
+    __tablename__ = "agent_bootstrap_tokens"
+
+    machine_id: Mapped[str] = mapped_column(
+        ForeignKey("machines.id", ondelete="CASCADE"), primary_key=True
+    )
+    token_hash: Mapped[str] = mapped_column(String(64))
+    boot_ref: Mapped[str] = mapped_column(String(128))
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AgentState(Base):
+    """What a machine's agent last reported, one row per machine."""
+
+    __tablename__ = "agent_states"
+
+    machine_id: Mapped[str] = mapped_column(
+        ForeignKey("machines.id", ondelete="CASCADE"), primary_key=True
+    )
+    agent_version: Mapped[str | None] = mapped_column(String(64))
+    boot_id: Mapped[str | None] = mapped_column(String(64))
+    inventory: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    hello_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    applied_config_version: Mapped[str | None] = mapped_column(String(64))
+    staged_config_version: Mapped[str | None] = mapped_column(String(64))
+    desired_config_version: Mapped[str | None] = mapped_column(String(64))
+    pushed_config: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """The last config document sent (with ``desired_config_version``)."""
+    applied_config: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """The document of ``applied_config_version`` when the server knows it (for diffs)."""
+    connected: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    last_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    disconnected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cert_serial: Mapped[str | None] = mapped_column(String(64))
+    """Decimal: certificate serials are up to 159 bits."""
+    cert_not_after: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_command_id: Mapped[str | None] = mapped_column(String(64))
+    last_command_ok: Mapped[bool | None] = mapped_column(Boolean)
+    last_command_error: Mapped[str | None] = mapped_column(Text)
+    last_command_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AgentPendingCommand(Base):
+    """A command saved before it is sent to the agent; deleted when its result arrives."""
+
+    __tablename__ = "agent_pending_commands"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    machine_id: Mapped[str] = mapped_column(
+        ForeignKey("machines.id", ondelete="CASCADE"), index=True
+    )
+    command_id: Mapped[str] = mapped_column(String(64), unique=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ConfigPatch(Base):
+    """One JSON merge patch of the machine config: fleet-wide, for a label selector, or for one
+    machine. Rendering order: scope (fleet, selector, machine), then ``priority``, then age."""
+
+    __tablename__ = "config_patches"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    scope: Mapped[str] = mapped_column(String(16), index=True)
+    selector: Mapped[str | None] = mapped_column(Text)
+    machine_id: Mapped[str | None] = mapped_column(
+        ForeignKey("machines.id", ondelete="CASCADE"), index=True
+    )
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128))

@@ -60,6 +60,19 @@ class ServerSettings(BaseSettings):
     bmc_poll_interval: float = Field(default=1.0, gt=0)
     """Seconds between read-backs while waiting for a power change to settle."""
 
+    agent_api_enabled: bool = True
+    """Serve the node agents' gRPC API (enrollment + mTLS sessions)."""
+    agent_host: str = "127.0.0.1"
+    """Address the agent API binds to."""
+    agent_enroll_port: int = Field(default=7443, ge=0, le=65535)
+    """Enrollment port (server-auth TLS, bootstrap token + CSR)."""
+    agent_session_port: int = Field(default=7444, ge=0, le=65535)
+    """Session port (mutual TLS, client certificate from the fleet CA)."""
+    agent_server_names: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Names/IPs in the agent API's server certificate (comma list); default: ``agent_host``."""
+    agent_heartbeat_interval: float = Field(default=30.0, gt=0)
+    """Seconds between agent heartbeats; a session silent for three intervals is closed."""
+
     @field_validator("admin_token", "secret_key", "database_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
@@ -72,12 +85,23 @@ class ServerSettings(BaseSettings):
             value = [v.strip() for v in value.split(",") if v.strip()]
         return value
 
+    @field_validator("agent_server_names", mode="before")
+    @classmethod
+    def _split_names(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
     @field_validator("bmc_networks")
     @classmethod
     def _check_networks(cls, value: list[str]) -> list[str]:
         for net in value:
             ipaddress.ip_network(net, strict=False)
         return value
+
+    @property
+    def effective_agent_server_names(self) -> list[str]:
+        return self.agent_server_names or [self.agent_host]
 
     @property
     def effective_database_url(self) -> str:

@@ -42,6 +42,8 @@ def run_server(data_dir: Path, database_url: str, **overrides: Any) -> Iterator[
     port = free_port()
     # Power sync stays off unless a test turns it on: it would poll every stored BMC address.
     overrides.setdefault("power_sync_enabled", False)
+    # So does the agent API: parallel tests would fight over its fixed ports.
+    overrides.setdefault("agent_api_enabled", False)
     settings = ServerSettings(data_dir=data_dir, database_url=database_url, api_port=port, **overrides)
     app = create_app(settings)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")

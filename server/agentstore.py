@@ -1,0 +1,328 @@
+"""The agent API's :class:`~server.agentapi.store.AgentStore` on the bronze database.
+
+Every method runs its (synchronous, short) transaction in a worker thread, so the gRPC event loop
+never blocks on the database. Config rendering lives here too (:func:`render_for`,
+:func:`load_patches`): the REST layer and :meth:`DbAgentStore.get_desired_config` share it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from server.agentapi.store import (
+    AgentHello,
+    AgentMachine,
+    BootstrapToken,
+    CommandOutcome,
+    DesiredConfig,
+    IssuedCertificate,
+    PendingCommand,
+)
+from server.db import Database
+from server.inventory import as_utc
+from server.machineconfig import ConfigError, Layer, Patch, render
+from server.machineconfig.render import Rendered
+from server.models import (
+    AgentBootstrapToken,
+    AgentPendingCommand,
+    AgentState,
+    ConfigPatch,
+    Machine,
+    utcnow,
+)
+from server.types import Phase
+
+log = logging.getLogger(__name__)
+
+ENROLLMENT_PHASES = frozenset(
+    {Phase.DISCOVERED, Phase.REGISTERED, Phase.PROVISIONING, Phase.READY, Phase.UPGRADING}
+)
+SCOPE_ORDER = {Layer.FLEET.value: 0, Layer.SELECTOR.value: 1, Layer.MACHINE.value: 2}
+
+
+# -- rendering ------------------------------------------------------------------------------------
+
+
+def load_patches(s: Session) -> list[ConfigPatch]:
+    """Every patch, in rendering order (scope, priority, creation)."""
+    rows = s.scalars(select(ConfigPatch)).all()
+    return sorted(
+        rows, key=lambda p: (SCOPE_ORDER[p.scope], p.priority, as_utc(p.created_at), p.name)
+    )
+
+
+def applicable(patches: Sequence[ConfigPatch], machine_id: str) -> list[Patch]:
+    """The patches as :class:`Patch` objects, machine patches of other machines left out."""
+    out = []
+    for p in patches:
+        if p.scope == Layer.MACHINE.value and p.machine_id != machine_id:
+            continue
+        out.append(Patch(p.name, Layer(p.scope), p.body, selector=p.selector))
+    return out
+
+
+def render_for(patches: Sequence[ConfigPatch], machine: Machine) -> Rendered | None:
+    """The machine's rendered config, or None when no patch applies to it (unmanaged).
+    Raises :class:`ConfigError` when the combination is invalid."""
+    mine = [p for p in applicable(patches, machine.id) if p.applies_to(machine.labels)]
+    if not mine:
+        return None
+    return render(mine, machine.labels)
+
+
+def _state(s: Session, machine_id: str) -> AgentState:
+    st = s.get(AgentState, machine_id)
+    if st is None:
+        st = AgentState(machine_id=machine_id, inventory={}, connected=False)
+        s.add(st)
+    return st
+
+
+def _retry(work: Callable[[], None]) -> None:
+    """Run a write once more if it lost a race creating the same agent-state row."""
+    try:
+        work()
+    except IntegrityError:
+        work()
+
+
+class DbAgentStore:
+    """:class:`~server.agentapi.store.AgentStore` on :class:`~server.db.Database`."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # machines
+
+    def _get_machine(self, machine_id: str) -> AgentMachine | None:
+        with self.db.read() as s:
+            phase = s.scalar(select(Machine.phase).where(Machine.id == machine_id))
+        if phase is None:
+            return None
+        return AgentMachine(machine_id, phase in ENROLLMENT_PHASES)
+
+    async def get_machine(self, machine_id: str) -> AgentMachine | None:
+        return await asyncio.to_thread(self._get_machine, machine_id)
+
+    # bootstrap tokens
+
+    def _save_token(self, token: BootstrapToken) -> None:
+        with self.db.write() as s:
+            row = s.get(AgentBootstrapToken, token.machine_id)
+            if row is None:
+                s.add(
+                    AgentBootstrapToken(
+                        machine_id=token.machine_id,
+                        token_hash=token.token_hash,
+                        boot_ref=token.boot_ref,
+                        expires_at=token.expires_at,
+                    )
+                )
+            else:
+                row.token_hash, row.boot_ref, row.expires_at = (
+                    token.token_hash,
+                    token.boot_ref,
+                    token.expires_at,
+                )
+
+    async def save_bootstrap_token(self, token: BootstrapToken) -> None:
+        await asyncio.to_thread(self._save_token, token)
+
+    def _get_token(self, machine_id: str) -> BootstrapToken | None:
+        with self.db.read() as s:
+            row = s.get(AgentBootstrapToken, machine_id)
+            if row is None:
+                return None
+            return BootstrapToken(
+                row.machine_id, row.token_hash, row.boot_ref, as_utc(row.expires_at)
+            )
+
+    async def get_bootstrap_token(self, machine_id: str) -> BootstrapToken | None:
+        return await asyncio.to_thread(self._get_token, machine_id)
+
+    def _delete_token(self, machine_id: str, token_hash: str | None) -> bool:
+        stmt = delete(AgentBootstrapToken).where(AgentBootstrapToken.machine_id == machine_id)
+        if token_hash is not None:
+            stmt = stmt.where(AgentBootstrapToken.token_hash == token_hash)
+        with self.db.write() as s:
+            return bool(s.execute(stmt).rowcount)  # type: ignore[attr-defined]
+
+    async def delete_bootstrap_token(self, machine_id: str, token_hash: str | None = None) -> bool:
+        return await asyncio.to_thread(self._delete_token, machine_id, token_hash)
+
+    # what the agent reports
+
+    def _write_state(self, machine_id: str, **values: Any) -> None:
+        def work() -> None:
+            with self.db.write() as s:
+                if s.get(Machine, machine_id) is None:
+                    return
+                st = _state(s, machine_id)
+                for k, v in values.items():
+                    setattr(st, k, v)
+
+        _retry(work)
+
+    async def record_certificate(self, machine_id: str, cert: IssuedCertificate) -> None:
+        await asyncio.to_thread(
+            self._write_state,
+            machine_id,
+            cert_serial=str(cert.serial),
+            cert_not_after=cert.not_after,
+        )
+
+    def _record_hello(self, machine_id: str, hello: AgentHello) -> None:
+        with self.db.write() as s:
+            m = s.get(Machine, machine_id)
+            if m is None:
+                return
+            st = _state(s, machine_id)
+            st.agent_version = hello.agent_version
+            st.boot_id = hello.boot_id
+            st.inventory = hello.inventory
+            st.hello_at = hello.at
+            st.last_seen = hello.at
+            st.staged_config_version = hello.staged_config_version or None
+            self._set_applied(st, hello.config_version or None)
+            st.connected = True
+            if m.hardware != hello.inventory:
+                m.hardware = hello.inventory
+                m.updated_at = utcnow()
+
+    async def record_hello(self, machine_id: str, hello: AgentHello) -> None:
+        await asyncio.to_thread(_retry, lambda: self._record_hello(machine_id, hello))
+
+    def _record_seen(self, seen: Mapping[str, dt.datetime]) -> None:
+        with self.db.write() as s:
+            for mid, at in seen.items():
+                s.execute(
+                    update(AgentState).where(AgentState.machine_id == mid).values(last_seen=at)
+                )
+
+    async def record_seen(self, seen: Mapping[str, dt.datetime]) -> None:
+        await asyncio.to_thread(self._record_seen, dict(seen))
+
+    @staticmethod
+    def _set_applied(st: AgentState, version: str | None) -> None:
+        if version == st.applied_config_version:
+            return
+        st.applied_config_version = version
+        if version is not None and version == st.desired_config_version:
+            st.applied_config = st.pushed_config
+        else:
+            st.applied_config = None
+
+    def _record_applied(self, machine_id: str, version: str) -> None:
+        with self.db.write() as s:
+            if s.get(Machine, machine_id) is None:
+                return
+            self._set_applied(_state(s, machine_id), version or None)
+
+    async def record_applied_config(self, machine_id: str, version: str) -> None:
+        await asyncio.to_thread(_retry, lambda: self._record_applied(machine_id, version))
+
+    async def record_command_result(self, machine_id: str, outcome: CommandOutcome) -> None:
+        await asyncio.to_thread(
+            self._write_state,
+            machine_id,
+            last_command_id=outcome.command_id,
+            last_command_ok=outcome.ok,
+            last_command_error=outcome.error or None,
+            last_command_at=outcome.at,
+        )
+
+    async def record_disconnected(self, machine_id: str, at: dt.datetime) -> None:
+        await asyncio.to_thread(self._write_state, machine_id, connected=False, disconnected_at=at)
+
+    # desired config
+
+    def _desired(self, machine_id: str) -> DesiredConfig | None:
+        with self.db.read() as s:
+            m = s.get(Machine, machine_id)
+            if m is None:
+                return None
+            try:
+                r = render_for(load_patches(s), m)
+            except ConfigError as exc:
+                log.warning("config of machine %s does not render: %s", machine_id, exc)
+                return None
+        if r is None:
+            return None
+        self.note_pushed(machine_id, r)
+        return DesiredConfig(r.version, r.canonical_json)
+
+    def note_pushed(self, machine_id: str, rendered: Rendered) -> None:
+        """Remember the config document last sent to the machine (for ``applied`` diffs)."""
+        self.note_pushed_many([(machine_id, rendered)])
+
+    def note_pushed_many(self, items: Sequence[tuple[str, Rendered]]) -> None:
+        """:meth:`note_pushed` for many machines in one transaction."""
+
+        def work() -> None:
+            with self.db.write() as s:
+                for machine_id, rendered in items:
+                    if s.get(Machine, machine_id) is None:
+                        continue
+                    st = _state(s, machine_id)
+                    if st.desired_config_version != rendered.version:
+                        st.desired_config_version = rendered.version
+                        st.pushed_config = rendered.document
+                    if st.applied_config_version == rendered.version and st.applied_config is None:
+                        st.applied_config = rendered.document
+
+        _retry(work)
+
+    async def get_desired_config(self, machine_id: str) -> DesiredConfig | None:
+        return await asyncio.to_thread(self._desired, machine_id)
+
+    # pending commands
+
+    def _save_pending(self, machine_id: str, cmd: PendingCommand) -> None:
+        with self.db.write() as s:
+            s.add(
+                AgentPendingCommand(
+                    machine_id=machine_id,
+                    command_id=cmd.command_id,
+                    kind=cmd.kind,
+                    payload=cmd.payload,
+                    created_at=cmd.created_at,
+                )
+            )
+
+    async def save_pending_command(self, machine_id: str, cmd: PendingCommand) -> None:
+        await asyncio.to_thread(self._save_pending, machine_id, cmd)
+
+    def _delete_pending(self, machine_id: str, command_id: str) -> None:
+        with self.db.write() as s:
+            s.execute(
+                delete(AgentPendingCommand).where(
+                    AgentPendingCommand.machine_id == machine_id,
+                    AgentPendingCommand.command_id == command_id,
+                )
+            )
+
+    async def delete_pending_command(self, machine_id: str, command_id: str) -> None:
+        await asyncio.to_thread(self._delete_pending, machine_id, command_id)
+
+    def _list_pending(self, machine_id: str) -> list[PendingCommand]:
+        with self.db.read() as s:
+            rows = s.scalars(
+                select(AgentPendingCommand)
+                .where(AgentPendingCommand.machine_id == machine_id)
+                .order_by(AgentPendingCommand.created_at, AgentPendingCommand.id)
+            ).all()
+            return [
+                PendingCommand(r.command_id, r.kind, bytes(r.payload), as_utc(r.created_at))
+                for r in rows
+            ]
+
+    async def list_pending_commands(self, machine_id: str) -> list[PendingCommand]:
+        return await asyncio.to_thread(self._list_pending, machine_id)
