@@ -124,6 +124,11 @@ def main() -> None:
             stop.set()
             prober.join()
             ok = sum(1 for i in op["items"] if i["status"] == "succeeded")
+            reasons: dict[str, int] = {}
+            for i in op["items"]:
+                if i["error"]:
+                    key = i["error"].split(":")[0][:80]
+                    reasons[key] = reasons.get(key, 0) + 1
             bulk = span(op)
         finally:
             server.terminate()
@@ -141,10 +146,12 @@ def main() -> None:
     print(f"{'  wall time seen by the client':<52}{wall:>10.1f}")
     print(f"{'ideal: slowest single cycle x ceil(N/C)':<52}{ideal:>10.1f}{bulk / ideal:>9.2f}x")
     print(f"{'  slowest / median single verified cycle':<52}{slowest:>10.2f}{sorted(singles)[5]:>10.2f}")
-    print(f"{f'ipmitool sequential loop, {seq['count']} BMCs scaled to {n}':<52}{seq_scaled:>10.1f}"
-          f"{seq_scaled / bulk:>9.1f}x faster")
+    seq_label = f"ipmitool sequential loop, {seq['count']} BMCs scaled to {n}"
+    print(f"{seq_label:<52}{seq_scaled:>10.1f}{seq_scaled / bulk:>9.1f}x faster")
     print(f"succeeded: {ok}/{n};  GET /machines/{{name}} during the run: p50 {p50:.1f} ms, p99 {p99:.1f} ms "
           f"({len(latencies)} requests)")
+    for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]):
+        print(f"  failed x{count}: {reason}")
 
 
 if __name__ == "__main__":
