@@ -375,7 +375,9 @@ class DhcpServer:
             if ip is None:
                 return Drop.NO_ADDRESS
             self.leases.offer(mac, ip)
-            return self._reply(pkt, mt.OFFER, ip, target, self._lease_options()), MessageType.OFFER
+            return self._reply(
+                pkt, MessageType.OFFER, ip, target, self._lease_options()
+            ), MessageType.OFFER
         if mt is MessageType.REQUEST:
             sid = pkt.server_id
             if sid is not None and sid != self.address:
