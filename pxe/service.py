@@ -7,6 +7,7 @@ from `PxeSettings` (env prefix ``BRONZE_PXE_``), built once by the caller and pa
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import logging
 from pathlib import Path
@@ -15,7 +16,14 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pxe.backend import BootBackend, HttpBackend, TimelineSink, null_sink
+from pxe.backend import (
+    BootBackend,
+    HttpBackend,
+    TimelineEvent,
+    TimelineKind,
+    TimelineSink,
+    null_sink,
+)
 from pxe.dhcp.decide import BootConfig, BootFiles, Mode
 from pxe.dhcp.leases import LeaseStore
 from pxe.dhcp.server import DhcpServer, FullModeConfig
@@ -71,6 +79,30 @@ class PxeSettings(BaseSettings):
         return self
 
 
+class MacCorrelator:
+    """Wraps a sink: TFTP events (which know only "ip:port") get the MAC that DHCP gave or
+    answered that address (ACK/OFFER yiaddr, or the unicast destination of a ProxyDHCP ACK)."""
+
+    def __init__(self, sink: TimelineSink, limit: int = 65536) -> None:
+        self.sink, self.limit = sink, limit
+        self.by_ip: dict[str, str] = {}
+
+    def __call__(self, event: TimelineEvent) -> None:
+        if event.mac is not None and event.kind in (TimelineKind.OFFER, TimelineKind.ACK):
+            ip = str(event.detail.get("yiaddr") or "")
+            if ip in ("", "0.0.0.0"):  # noqa: S104
+                ip = str(event.detail.get("to") or "").rsplit(":", 1)[0]
+            if ip and ip not in ("0.0.0.0", "255.255.255.255"):  # noqa: S104
+                if len(self.by_ip) >= self.limit:
+                    self.by_ip.clear()
+                self.by_ip[ip] = event.mac
+        elif event.mac is None and event.client:
+            mac = self.by_ip.get(event.client.rsplit(":", 1)[0])
+            if mac is not None:
+                event = dataclasses.replace(event, mac=mac)
+        self.sink(event)
+
+
 class PxeService:
     """Owns the DHCP and TFTP servers for one provisioning interface."""
 
@@ -84,6 +116,7 @@ class PxeService:
             if not settings.server_url or settings.token is None:
                 raise ValueError("no backend given and no server_url/token to build one")
             backend = HttpBackend(settings.server_url, settings.token.get_secret_value())
+        sink = MacCorrelator(sink)
         self.settings, self.backend, self.sink = settings, backend, sink
         s = settings
         boot = BootConfig(

@@ -164,3 +164,23 @@ def test_service_on_loopback(loop: LoopThread, client: Client, tmp_path: Path) -
 def test_service_needs_a_backend() -> None:
     with pytest.raises(ValueError):
         PxeService(PxeSettings())
+
+
+def test_mac_correlator_fills_tftp_events() -> None:
+    from pxe.backend import TimelineEvent, TimelineKind
+    from pxe.service import MacCorrelator
+
+    inner = ListSink()
+    sink = MacCorrelator(inner)
+    sink(TimelineEvent(TimelineKind.ACK, mac="52:54:00:00:00:01", detail={"yiaddr": "10.0.0.5"}))
+    sink(
+        TimelineEvent(
+            TimelineKind.ACK,
+            mac="52:54:00:00:00:02",
+            detail={"yiaddr": "0.0.0.0", "to": "10.0.0.6:68"},  # noqa: S104 - a ProxyDHCP ACK
+        )
+    )
+    sink(TimelineEvent(TimelineKind.TFTP_START, client="10.0.0.5:2000"))
+    sink(TimelineEvent(TimelineKind.TFTP_START, client="10.0.0.6:2000"))
+    sink(TimelineEvent(TimelineKind.TFTP_START, client="10.0.0.7:2000"))
+    assert [e.mac for e in inner.events[2:]] == ["52:54:00:00:00:01", "52:54:00:00:00:02", None]

@@ -185,9 +185,10 @@ def test_uefi_ovmf_native_pxe_then_ipxe(lab: Lab, tmp_path: Path) -> None:
         _boot(lab, env, tmp_path, uefi=True, timeout=90)
         done = [e for e in env.sink.events if e.kind is TimelineKind.TFTP_COMPLETE]
         size = Path("/usr/lib/ipxe/snponly.efi").stat().st_size
-        assert any(e.detail["file"] == "snponly.efi" and e.detail["bytes"] == size for e in done), [
-            (e.kind.value, dict(e.detail)) for e in env.sink.events
-        ]
+        assert any(
+            e.detail["file"] == "snponly.efi" and e.detail["bytes"] == size and e.mac == mac
+            for e in done
+        ), [(e.kind.value, dict(e.detail)) for e in env.sink.events]
         offers = [e for e in env.sink.events if e.kind is TimelineKind.OFFER]
         assert offers[0].detail["file"] == "snponly.efi"  # firmware first
         assert any(str(e.detail["file"]).startswith("http://") for e in offers)  # then iPXE
