@@ -85,7 +85,9 @@ def _udp_socket(addr: str, port: int, interface: str | None, *, broadcast: bool)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
         if interface:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode() + b"\0")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        # 512 KiB: absorbs bursts; larger would turn an overload into seconds of queueing, and
+        # a DHCP answer seconds late is useless (clients retransmit after ~4 s).
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 512 << 10)
         sock.bind((addr, port))
         sock.setblocking(False)
     except BaseException:
