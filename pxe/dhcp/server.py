@@ -21,6 +21,7 @@ import functools
 import ipaddress
 import logging
 import socket
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +95,31 @@ def _udp_socket(addr: str, port: int, interface: str | None, *, broadcast: bool)
         sock.close()
         raise
     return sock
+
+
+async def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+    """Continues a coroutine that was started by hand and suspended on `waiting` (a future,
+    or None for a bare yield), the way an asyncio Task would have."""
+    while True:
+        try:
+            if waiting is None:
+                await asyncio.sleep(0)
+            else:
+                # The coroutine's own `yield` marked the future as being waited on; a Task
+                # clears that flag before waiting, and so must we (or awaiting it again fails).
+                waiting._asyncio_future_blocking = False
+                await waiting
+        except asyncio.CancelledError:
+            with contextlib.suppress(StopIteration, asyncio.CancelledError):
+                coro.throw(asyncio.CancelledError())
+            coro.close()
+            raise
+        except Exception:  # noqa: BLE001, S110 - the coroutine sees the outcome when resumed
+            pass
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            return
 
 
 def _identity(endpoint: _Endpoint) -> _Endpoint:
@@ -221,7 +247,18 @@ class DhcpServer:
         if len(self._tasks) >= self.max_inflight:
             self.stats.drop(Drop.OVERLOADED)
             return
-        task = asyncio.get_running_loop().create_task(self._handle(pkt, addr, port4011))
+        # Eager start: run the handler now; most backends (tables, caches) answer without
+        # suspending, and then no task is created at all. Only a handler that really waits
+        # (an HTTP backend) continues in a task. (Python 3.12's eager tasks do the same.)
+        coro = self._handle(pkt, addr, port4011)
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            return
+        except Exception:  # noqa: BLE001 - one request must never stop the server
+            log.exception("dhcp handler crashed mac=%s", pkt.mac)
+            return
+        task = asyncio.get_running_loop().create_task(_resume(coro, waiting))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -303,3 +303,37 @@ def test_random_garbage_never_stops_server(loop, client, sink, allow_all) -> Non
         assert offer is not None and offer.yiaddr.startswith("127.0.8.")
     finally:
         loop.run(srv.stop())
+
+
+class SlowBackend:
+    """Suspends like a network backend would; fails for one MAC after suspending."""
+
+    async def decide(self, query):  # noqa: ANN001, ANN201
+        import asyncio
+
+        await asyncio.sleep(10 if query.mac.endswith(":dd") else 0.01)
+        await asyncio.sleep(0)
+        if query.mac.endswith(":ee"):
+            from pxe.errors import BackendError
+
+            raise BackendError("down")
+        return BootDecision(allow_boot=True)
+
+
+def test_backend_that_suspends(loop, client, sink) -> None:  # noqa: ANN001
+    srv = start(loop, client, Mode.PROXY, SlowBackend(), sink)  # type: ignore[arg-type]
+    try:
+        client.send(pxe_request("52:54:00:00:00:ee", xid=1), srv.server_port)
+        client.send(pxe_request(MAC, xid=2), srv.server_port)
+        offer = client.recv()
+        assert offer is not None and offer.xid == 2
+        assert client.recv(0.2) is None
+        eventually(lambda: srv.stats.dropped["backend_error"] == 1 and not srv._tasks)
+        # a stop while requests wait on the backend cancels them cleanly
+        for i in range(20):
+            client.send(pxe_request(f"52:54:00:00:{i:02x}:dd", xid=100 + i), srv.server_port)
+        eventually(lambda: len(srv._tasks) == 20)
+    finally:
+        loop.run(srv.stop())
+    eventually(lambda: not srv._tasks)
+    assert srv.stats.answered == 1
