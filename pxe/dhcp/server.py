@@ -21,7 +21,6 @@ import functools
 import ipaddress
 import logging
 import socket
-from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,6 +45,8 @@ from pxe.dhcp.packet import (
     encode_tlv,
     parse,
 )
+from pxe.dhcp.sockets import resume as _resume
+from pxe.dhcp.sockets import udp_socket as _udp_socket
 from pxe.errors import MalformedPacket, PxeError
 
 log = logging.getLogger(__name__)
@@ -74,52 +75,6 @@ class FullModeConfig:
     router: str | None = None
     dns: tuple[str, ...] = ()
     lease_seconds: int = 3600
-
-
-def _udp_socket(addr: str, port: int, interface: str | None, *, broadcast: bool) -> socket.socket:
-    if addr in ("0.0.0.0", ""):  # noqa: S104
-        raise PxeError("refusing to bind the wildcard address; give an interface address")
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if broadcast:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
-        if interface:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode() + b"\0")
-        # 512 KiB: absorbs bursts; larger would turn an overload into seconds of queueing, and
-        # a DHCP answer seconds late is useless (clients retransmit after ~4 s).
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 512 << 10)
-        sock.bind((addr, port))
-        sock.setblocking(False)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-async def _resume(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
-    """Continues a coroutine that was started by hand and suspended on `waiting` (a future,
-    or None for a bare yield), the way an asyncio Task would have."""
-    while True:
-        try:
-            if waiting is None:
-                await asyncio.sleep(0)
-            else:
-                # The coroutine's own `yield` marked the future as being waited on; a Task
-                # clears that flag before waiting, and so must we (or awaiting it again fails).
-                waiting._asyncio_future_blocking = False
-                await waiting
-        except asyncio.CancelledError:
-            with contextlib.suppress(StopIteration, asyncio.CancelledError):
-                coro.throw(asyncio.CancelledError())
-            coro.close()
-            raise
-        except Exception:  # noqa: BLE001, S110 - the coroutine sees the outcome when resumed
-            pass
-        try:
-            waiting = coro.send(None)
-        except StopIteration:
-            return
 
 
 def _identity(endpoint: _Endpoint) -> _Endpoint:
