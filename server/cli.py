@@ -7,7 +7,7 @@ import json
 import os
 import sys
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -40,7 +40,7 @@ TokenFileOpt = Annotated[
 OutOpt = Annotated[Output, typer.Option("-o", "--output")]
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(1)
 
@@ -50,7 +50,6 @@ def client(url: str | None, token_file: str | None) -> Client:
         return Client(*resolve(url, token_file))
     except ClientError as exc:
         fail(str(exc))
-        raise  # unreachable
 
 
 def call(cl: Client, method: str, path: str, **kw: Any) -> Any:

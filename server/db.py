@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
@@ -48,6 +48,12 @@ class Database:
     url: str
     read_engine: Engine
     write_engine: Engine
+    _read: sessionmaker[Session] = field(init=False, repr=False)
+    _write: sessionmaker[Session] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._read = sessionmaker(self.read_engine, expire_on_commit=False)
+        self._write = sessionmaker(self.write_engine, expire_on_commit=False)
 
     @classmethod
     def connect(cls, url: str) -> Database:
@@ -62,13 +68,13 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        with sessionmaker(self.read_engine, expire_on_commit=False)() as session:
+        with self._read() as session:
             yield session
 
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A transaction that commits on success and rolls back on any exception."""
-        with sessionmaker(self.write_engine, expire_on_commit=False)() as session, session.begin():
+        with self._write() as session, session.begin():
             yield session
 
     def dispose(self) -> None:

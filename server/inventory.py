@@ -54,22 +54,21 @@ def record(
     return ev
 
 
-def get_machine(session: Session, key: str) -> Machine:
-    """Look a machine up by id or by name."""
-    m = session.get(Machine, key) if _looks_like_uuid(key) else None
-    if m is None:
-        m = session.scalar(select(Machine).where(Machine.name == key))
-    if m is None:
-        raise NotFound(kind="machine", key=key)
-    return m
-
-
-def _looks_like_uuid(key: str) -> bool:
+def _by_key(key: str) -> ColumnElement[bool]:
+    """A machine is named by its id or its name."""
     try:
         uuidlib.UUID(key)
     except ValueError:
-        return False
-    return True
+        return Machine.name == key
+    return or_(Machine.id == key, Machine.name == key)
+
+
+def get_machine(session: Session, key: str) -> Machine:
+    """Look a machine up by id or by name."""
+    m = session.scalar(select(Machine).where(_by_key(key)))
+    if m is None:
+        raise NotFound(kind="machine", key=key)
+    return m
 
 
 def conflict_from(exc: IntegrityError) -> Conflict:
@@ -283,9 +282,7 @@ def _view(r: Any, nics: list[dict[str, Any]], labels: dict[str, str]) -> dict[st
 
 def machine_view(session: Session, key: str) -> dict[str, Any]:
     """One machine's API representation, by id or name."""
-    m = Machine.__table__.c
-    cond = or_(m.id == key, m.name == key) if _looks_like_uuid(key) else m.name == key
-    mid = session.scalar(select(m.id).where(cond))
+    mid = session.scalar(select(Machine.id).where(_by_key(key)))
     if mid is None:
         raise NotFound(kind="machine", key=key)
     return machine_views(session, [mid])[0]

@@ -163,8 +163,8 @@ class PowerService:
                 if keys is not None:
                     machines = [inventory.get_machine(s, k) for k in keys]
                 else:
-                    page = inventory.list_machines(s, selector=selector or (), limit=100_000)
-                    machines = [inventory.get_machine(s, v["id"]) for v in page.items]
+                    machines = list(s.scalars(select(Machine).where(
+                        inventory.selector_clause(selector or ())).order_by(Machine.name)))
                 if not machines:
                     raise Invalid(message="the selector matches no machines", details={"field": "selector"})
                 no_bmc = [m.name for m in machines if m.bmc_address is None]
@@ -309,7 +309,7 @@ class PowerService:
 
     # --- live read and sync -----------------------------------------------------------------------
 
-    async def read_power(self, key: str, actor: str) -> dict[str, Any]:
+    async def read_power(self, key: str) -> dict[str, Any]:
         target = await run_in_threadpool(self._target, key)
         if target.endpoint is None:
             raise Invalid(message=f"machine {target.name} has no BMC")

@@ -48,17 +48,6 @@ class DesiredPower(StrEnum):
     """Keep the machine powered off."""
 
 
-class BmcDriverName(StrEnum):
-    """How bronze talks to a machine's BMC."""
-
-    REDFISH = "redfish"
-    """DMTF Redfish over HTTPS (sushy)."""
-    IPMI = "ipmi"
-    """IPMI 2.0 RMCP+ over UDP 623 (python-ipmi)."""
-    AUTO = "auto"
-    """Probe the address and pick one."""
-
-
 class OpStatus(StrEnum):
     """Where an operation (or one machine's part of it) stands."""
 

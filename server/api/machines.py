@@ -12,6 +12,7 @@ from sqlalchemy.orm.exc import StaleDataError
 
 from server import inventory
 from server.api.deps import Context, context, operator, reader
+from server.api.events import event_out
 from server.api.schemas import (
     BmcIn,
     EventPage,
@@ -185,9 +186,7 @@ def update_machine(
                         m.bmc_verify_tls = True
                         m.bmc_scheme = "https"
                         changes["bmc"] = None
-                else:
-                    if body.bmc.password is None and m.bmc_address is not None:
-                        pass  # keep the stored password: it is write-only
+                else:  # a missing password keeps the stored one: it is write-only
                     _apply_bmc(ctx, m, body.bmc, changes)
                     _audit_insecure(s, who, m, body.bmc)
             if changes:
@@ -229,8 +228,6 @@ def machine_events(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> dict[str, Any]:
-    from server.api.events import event_out
-
     with ctx.db.read() as s:
         m = inventory.get_machine(s, key)
         page = inventory.list_events(s, machine_id=m.id, limit=limit, cursor=cursor)

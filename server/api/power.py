@@ -15,11 +15,10 @@ from bmc import BootDevice, PowerAction
 from server.api.deps import Context, context, operator, reader
 from server.api.schemas import Strict
 from server.auth import Principal
-from server.errors import NotFound
+from server.errors import Invalid, NotFound
 from server.models import Operation
 from server.power import PowerService, operation_view
 from server.selectors import SelectorError, parse
-from server.errors import Invalid
 
 router = APIRouter(tags=["power"])
 
@@ -72,10 +71,10 @@ async def machine_power(
 
 @router.get("/api/v1/machines/{key}/power")
 async def machine_power_state(
-    key: str, svc: Annotated[PowerService, Depends(power)], who: Annotated[Principal, Depends(reader)],
+    key: str, svc: Annotated[PowerService, Depends(power)], _: Annotated[Principal, Depends(reader)],
 ) -> dict[str, Any]:
     """Read the power state from the BMC now (and record it)."""
-    return await svc.read_power(key, who.actor)
+    return await svc.read_power(key)
 
 
 @router.put("/api/v1/machines/{key}/boot-device", status_code=202)

@@ -8,8 +8,15 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from server.types import BmcDriverName, DesiredPower, Phase, Role
-from server.validation import check_dns_label, check_labels, normalize_mac
+from bmc import DriverKind
+from server.types import DesiredPower, Phase, Role
+from server.validation import (
+    check_dns_label,
+    check_label_key,
+    check_label_value,
+    check_labels,
+    normalize_mac,
+)
 
 
 def _uuid(value: str) -> str:
@@ -42,7 +49,7 @@ class NicIn(Strict):
 
 
 class BmcIn(Strict):
-    driver: BmcDriverName = BmcDriverName.AUTO
+    driver: DriverKind = DriverKind.auto
     address: str = Field(min_length=1, max_length=255)
     """host or host:port; no scheme, path or credentials."""
     port: int | None = Field(default=None, ge=1, le=65535)
@@ -107,10 +114,10 @@ class MachineUpdate(Strict):
     @field_validator("labels")
     @classmethod
     def _labels(cls, v: dict[str, str | None] | None) -> dict[str, str | None] | None:
-        if v is not None:
-            check_labels({k: val for k, val in v.items() if val is not None})
-            for k in v:
-                check_labels({k: ""})
+        for key, value in (v or {}).items():  # null removes the key, so only its name is checked
+            check_label_key(key)
+            if value is not None:
+                check_label_value(value)
         return v
 
     _unique_macs = field_validator("nics")(lambda v: _unique_macs(v))
