@@ -4,7 +4,7 @@
 set -euo pipefail
 PKGS=(qemu-system-x86 ipxe ipxe-qemu ovmf dnsmasq tftpd-hpa tftp-hpa ipmitool openipmi
       freeipmi-tools kea-admin busybox isc-dhcp-client docker-compose curl iproute2 procps
-      postgresql postgresql-client wrk)
+      postgresql postgresql-client wrk gcc libc6-dev)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
