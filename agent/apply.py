@@ -165,6 +165,11 @@ class ConfigApplier:
     def trial(self) -> dict[str, Any] | None:
         return self._load("try.json")
 
+    @property
+    def reverted_version(self) -> str:
+        """The last ``try`` version reverted for want of a confirmation ("" after any apply)."""
+        return (self._load("reverted.json") or {}).get("version", "")
+
     # -- operations -------------------------------------------------------------------------------
 
     def apply_live(self, version: str, cfg: dict[str, Any], mode: str) -> None:
@@ -179,6 +184,8 @@ class ConfigApplier:
                 target.unlink(missing_ok=True)
         self._save("manifest.json", {"files": sorted(files)})
         self._save("config.json", {"version": version, "config": cfg})
+        if mode != "revert":
+            self._save("reverted.json", None)
         with open(self.state / "applies.log", "a") as log:
             log.write(f"{time.time():.3f} {version} {mode}\n")
 
@@ -214,6 +221,7 @@ class ConfigApplier:
             self.apply_live("", {}, "revert")
             self._save("config.json", None)
         self._save("try.json", None)
+        self._save("reverted.json", {"version": trial["version"]})
         return self.current_version
 
     def on_boot(self) -> None:
@@ -226,7 +234,7 @@ class ConfigApplier:
             self._save("staged.json", None)
 
     def wipe(self) -> None:
-        for name in ("config.json", "staged.json", "try.json", "manifest.json"):
+        for name in ("config.json", "staged.json", "try.json", "manifest.json", "reverted.json"):
             (self.state / name).unlink(missing_ok=True)
 
     # -- files ------------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import json
 import logging
 import random
@@ -150,6 +151,7 @@ class Agent:
         self._try_timer: asyncio.Task[None] | None = None
         self._fault_used = False
         self._reboot_requested: pb.Reboot | None = None
+        self._node_ops: dict[str, asyncio.Task[None]] = {}
 
     # -- boot -------------------------------------------------------------------------------------
 
@@ -275,6 +277,7 @@ class Agent:
                 boot_id=self.boot_id(),
                 config_version=self.applier.current_version,
                 staged_config_version=self.applier.staged_version,
+                reverted_config_version=self.applier.reverted_version,
                 inventory=inventory_to_pb(inv),
                 machine_id=self.o.machine_id,
             )
@@ -335,6 +338,9 @@ class Agent:
             established = established or call.done()
         finally:
             self._outq = None
+            for task in self._node_ops.values():  # a follow ends with its session
+                task.cancel()
+            self._node_ops.clear()
             stopper.cancel()
             if hb:
                 hb.cancel()
@@ -370,6 +376,7 @@ class Agent:
                 uptime_seconds=time.monotonic() - self._boot_started,
                 load1=load1,
                 try_pending=self.applier.trial is not None,
+                reverted_config_version=self.applier.reverted_version,
             )
         )
 
@@ -406,7 +413,17 @@ class Agent:
     async def _handle(self, cmd: pb.Command) -> None:
         op = cmd.WhichOneof("op")
         if op == "node_op":
-            await self._node_op(cmd)
+            # Runs beside the command loop: a followed log must not hold up other commands.
+            task = asyncio.get_running_loop().create_task(self._node_op(cmd))
+            self._node_ops[cmd.id] = task
+            task.add_done_callback(functools.partial(self._node_op_done, cmd.id))
+            return
+        if op == "cancel_node_op":
+            running = self._node_ops.get(cmd.cancel_node_op.command_id)
+            if running is not None:
+                running.cancel()
+                log.info("node op cancelled machine=%s command=%s", self.o.machine_id,
+                         cmd.cancel_node_op.command_id)
             return
         if op == "new_certificate":
             self._install_certificate(cmd.new_certificate)
@@ -508,15 +525,25 @@ class Agent:
             self._seq += 1
             self._send(self._heartbeat())  # tell the server at once
 
+    def _node_op_done(self, command_id: str, _task: asyncio.Task[None]) -> None:
+        self._node_ops.pop(command_id, None)
+
     async def _node_op(self, cmd: pb.Command) -> None:
+        def chunk(data: bytes) -> None:
+            self._send(pb.AgentMessage(chunk=pb.NodeOpChunk(command_id=cmd.id, data=data)))
+
         try:
-            data = await asyncio.to_thread(nodeops.run, self.o.root, cmd.node_op)
+            if cmd.node_op.follow:
+                async for data in nodeops.follow(self.o.root, cmd.node_op):
+                    chunk(data)
+            else:
+                data = await asyncio.to_thread(nodeops.run, self.o.root, cmd.node_op)
+                for part in nodeops.chunks(data):
+                    chunk(part)
         except nodeops.NodeOpError as exc:
             self._send(pb.AgentMessage(result=pb.CommandResult(
                 command_id=cmd.id, ok=False, error=str(exc))))
             return
-        for chunk in nodeops.chunks(data):
-            self._send(pb.AgentMessage(chunk=pb.NodeOpChunk(command_id=cmd.id, data=chunk)))
         self._send(pb.AgentMessage(result=pb.CommandResult(command_id=cmd.id, ok=True)))
 
 

@@ -8,17 +8,25 @@ Each op reads the ``--root`` tree and returns bytes, sent back in chunks:
 * ``stats``    — JSON: uptime, load averages, memory from ``/proc``;
 * ``ps``       — ``PID RSS COMMAND`` for each ``/proc/<pid>``;
 * ``services`` — ``/run/bronze/services.json`` (the service supervisor's state file).
+
+``logs`` and ``dmesg`` can **follow** (``tail -f``): :func:`follow` yields the current content,
+then what is appended, polling the file every :data:`FOLLOW_POLL` seconds (a file that shrinks
+was rotated or truncated: it is read again from the start). It runs until the caller stops
+iterating (the server sent ``CancelNodeOp`` or the session ended).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from agent.gen import agent_pb2 as pb
 
 CHUNK = 16 * 1024
+FOLLOW_POLL = 0.25
 _SERVICE = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 
 
@@ -81,15 +89,20 @@ def ps(root: Path) -> bytes:
     return ("\n".join(rows) + "\n").encode()
 
 
-def run(root: Path, op: pb.NodeOp) -> bytes:
+def _log_path(op: pb.NodeOp) -> str:
+    """The file a ``logs``/``dmesg`` op reads, relative to the root."""
     if op.kind == pb.NODE_OP_DMESG:
-        return _tail(_read(root, "var/log/dmesg"), op.tail_lines)
-    if op.kind == pb.NODE_OP_LOGS:
-        if op.service:
-            if not _SERVICE.match(op.service):
-                raise NodeOpError(f"invalid service name {op.service!r}")
-            return _tail(_read(root, f"var/log/bronze/{op.service}.log"), op.tail_lines)
-        return _tail(_read(root, "var/log/syslog"), op.tail_lines)
+        return "var/log/dmesg"
+    if op.service:
+        if not _SERVICE.match(op.service):
+            raise NodeOpError(f"invalid service name {op.service!r}")
+        return f"var/log/bronze/{op.service}.log"
+    return "var/log/syslog"
+
+
+def run(root: Path, op: pb.NodeOp) -> bytes:
+    if op.kind in (pb.NODE_OP_DMESG, pb.NODE_OP_LOGS):
+        return _tail(_read(root, _log_path(op)), op.tail_lines)
     if op.kind == pb.NODE_OP_STATS:
         return stats(root)
     if op.kind == pb.NODE_OP_PS:
@@ -101,3 +114,31 @@ def run(root: Path, op: pb.NodeOp) -> bytes:
 
 def chunks(data: bytes) -> list[bytes]:
     return [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)] or [b""]
+
+
+async def follow(root: Path, op: pb.NodeOp) -> AsyncIterator[bytes]:
+    """``tail -f``: the (tailed) content, then every append, until the caller stops."""
+    if op.kind not in (pb.NODE_OP_DMESG, pb.NODE_OP_LOGS):
+        raise NodeOpError("follow is only possible for logs and dmesg")
+    rel = _log_path(op)
+    data = await asyncio.to_thread(_read, root, rel)
+    pos = len(data)
+    for chunk in chunks(_tail(data, op.tail_lines)):
+        yield chunk  # at least one, maybe empty: tells the caller the follow has started
+    path = root / rel
+    while True:
+        await asyncio.sleep(FOLLOW_POLL)
+        try:
+            size = path.stat().st_size
+        except OSError:
+            continue  # rotated away for a moment
+        if size < pos:
+            pos = 0  # truncated or replaced: start over
+        if size == pos:
+            continue
+        with path.open("rb") as fh:
+            fh.seek(pos)
+            new = fh.read(size - pos)
+        pos += len(new)
+        for chunk in chunks(new):
+            yield chunk

@@ -2,8 +2,9 @@
 
 Seeds 10,000 labelled machines, then measures with wrk (server pinned to CPU 0, wrk to CPU 1):
   - GET /api/v1/machines?selector=...&limit=100   (filtered page)
-  - GET /api/v1/machines/{name}                    (one machine)
-on SQLite and on PostgreSQL, beside a bare FastAPI endpoint returning a JSON body of the same
+  - GET /api/v1/machines/{name}                    (one machine; and a random one of the 10,000)
+on SQLite and on PostgreSQL, each with the read cache (default) and without it
+(BRONZE_API_CACHE_MB=0: every request reads the database), beside a bare FastAPI endpoint returning a JSON body of the same
 size (the framework ceiling). Targets: filtered-page p99 <= 50 ms; >= 50% of the ceiling's req/s.
 
     .venv/bin/python bench/api.py [--machines 10000] [--duration 10] [--connections 16]
@@ -78,9 +79,15 @@ def wait_up(url: str, proc: subprocess.Popen) -> None:
     raise RuntimeError("server did not come up")
 
 
-def wrk(url: str, path: str, token: str, duration: int, conns: int, tmp: Path) -> dict[str, float]:
+def wrk(url: str, path: str, token: str, duration: int, conns: int, tmp: Path, random_names: int = 0) -> dict[str, float]:
+    """``random_names``: each request asks for a random one of node-00000 .. node-{n-1}."""
     script = tmp / "auth.lua"
-    script.write_text(f'wrk.headers["Authorization"] = "Bearer {token}"\n')  # keeps the token off argv
+    lua = f'wrk.headers["Authorization"] = "Bearer {token}"\n'  # keeps the token off argv
+    if random_names:
+        lua += ("request = function()\n"
+                f'  return wrk.format(nil, string.format("/api/v1/machines/node-%05d", math.random(0, {random_names - 1})))\n'
+                "end\n")
+    script.write_text(lua)
     out = subprocess.run(
         ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", "-s", str(script),
          url + path],
@@ -127,6 +134,7 @@ def main() -> None:
     ap.add_argument("--machines", type=int, default=10_000)
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--backends", default="sqlite,postgresql", help="comma list (quick runs: sqlite)")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as d:
@@ -136,28 +144,34 @@ def main() -> None:
         with admin.connect() as c:
             c.execute(text(f'CREATE DATABASE "{pg_db}"'))
         pg_url = PG.rsplit("/", 1)[0] + "/" + pg_db
-        backends = {"sqlite": f"sqlite:///{tmp / 'bench.db'}", "postgresql": pg_url}
+        backends = {k: v for k, v in {"sqlite": f"sqlite:///{tmp / 'bench.db'}", "postgresql": pg_url}.items()
+                    if k in args.backends.split(",")}
         bodies: dict[str, bytes] = {}
         try:
             for name, url in backends.items():
                 t0 = time.monotonic()
                 seed(url, args.machines)
                 print(f"seeded {args.machines} machines on {name} in {time.monotonic() - t0:.1f}s", file=sys.stderr)
-                token = "brz_" + uuid.uuid4().hex + uuid.uuid4().hex[:11]
-                proc, base = serve({"BRONZE_DATA_DIR": str(tmp / name), "BRONZE_DATABASE_URL": url,
-                                    "BRONZE_ADMIN_TOKEN": token}, tmp)
-                try:
-                    page_path = "/api/v1/machines?" + str(httpx.QueryParams({"selector": SELECTOR, "limit": 100}))
-                    one_path = "/api/v1/machines/node-04242"
-                    h = {"Authorization": f"Bearer {token}"}
-                    page = httpx.get(base + page_path, headers=h).content
-                    assert len(json.loads(page)["items"]) == 100, page[:200]
-                    bodies["page"], bodies["one"] = page, httpx.get(base + one_path, headers=h).content
-                    for label, path in (("filtered page (100)", page_path), ("one machine", one_path)):
-                        rows.append((name, label, wrk(base, path, token, args.duration, args.connections, tmp)))
-                finally:
-                    proc.terminate()
-                    proc.wait(10)
+                for cache_mb, suffix in (("64", ""), ("0", ", no cache")):
+                    token = "brz_" + uuid.uuid4().hex + uuid.uuid4().hex[:11]
+                    proc, base = serve({"BRONZE_DATA_DIR": str(tmp / name), "BRONZE_DATABASE_URL": url,
+                                        "BRONZE_ADMIN_TOKEN": token, "BRONZE_API_CACHE_MB": cache_mb}, tmp)
+                    try:
+                        page_path = "/api/v1/machines?" + str(httpx.QueryParams({"selector": SELECTOR, "limit": 100}))
+                        one_path = "/api/v1/machines/node-04242"
+                        h = {"Authorization": f"Bearer {token}"}
+                        page = httpx.get(base + page_path, headers=h).content
+                        assert len(json.loads(page)["items"]) == 100, page[:200]
+                        bodies["page"], bodies["one"] = page, httpx.get(base + one_path, headers=h).content
+                        for label, path, random_names in (("filtered page (100)", page_path, 0),
+                                                          ("one machine", one_path, 0),
+                                                          ("one machine", "/", args.machines)):
+                            r = wrk(base, path, token, args.duration, args.connections, tmp, random_names)
+                            shown = f"{label}, random of {random_names}" if random_names else label
+                            rows.append((name + suffix, shown, label, r))
+                    finally:
+                        proc.terminate()
+                        proc.wait(10)
             for label, key in (("filtered page (100)", "page"), ("one machine", "one")):
                 mod = ceiling_app(tmp, bodies[key], key)
                 port = free_port()
@@ -176,7 +190,7 @@ def main() -> None:
                             raise
                         time.sleep(0.1)
                 try:
-                    rows.append(("bare FastAPI", label, wrk(base, "/x", "none", args.duration, args.connections, tmp)))
+                    rows.append(("bare FastAPI", label, label, wrk(base, "/x", "none", args.duration, args.connections, tmp)))
                 finally:
                     proc.terminate()
                     proc.wait(10)
@@ -185,12 +199,12 @@ def main() -> None:
                 c.execute(text(f'DROP DATABASE IF EXISTS "{pg_db}" WITH (FORCE)'))
             admin.dispose()
 
-    ceiling = {label: r["rps"] for name, label, r in rows if name == "bare FastAPI"}
+    ceiling = {label: r["rps"] for name, _, label, r in rows if name == "bare FastAPI"}
     print(f"\n{args.machines} machines, wrk -c{args.connections} {args.duration}s, server on CPU 0, wrk on CPU 1")
-    print(f"{'backend':<14}{'request':<22}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'% ceiling':>11}")
-    for name, label, r in rows:
+    print(f"{'backend':<24}{'request':<34}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'% ceiling':>11}")
+    for name, shown, label, r in rows:
         pct = 100 * r["rps"] / ceiling[label]
-        print(f"{name:<14}{label:<22}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['rps']:>9.0f}{pct:>10.0f}%")
+        print(f"{name:<24}{shown:<34}{r['p50']:>9.2f}{r['p99']:>9.2f}{r['rps']:>9.0f}{pct:>10.0f}%")
 
 
 if __name__ == "__main__":

@@ -309,7 +309,7 @@ def timed(cmd: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def bench_tftp(root: Path, workdir: Path) -> list[tuple[str, str, str, str]]:
+def bench_tftp(root: Path, workdir: Path, reps: int) -> list[tuple[str, str, str, str]]:
     size32 = 32 << 20
     (root / "f32").write_bytes(os.urandom(size32))
     (root / "f8").write_bytes(os.urandom(8 << 20))
@@ -357,9 +357,9 @@ def bench_tftp(root: Path, workdir: Path) -> list[tuple[str, str, str, str]]:
         time.sleep(1.0)
         mbps: dict[str, dict[str, float]] = {"bronze": {}, "tftpd-hpa": {}}
         for blk in (512, 1468, 8192):
-            for name, port in ports.items():
-                best = 0.0
-                for _ in range(2):
+            runs: dict[str, list[float]] = {"bronze": [], "tftpd-hpa": []}
+            for _ in range(reps):  # alternately, so both see the same background load
+                for name, port in ports.items():
                     t = timed(
                         [
                             "taskset",
@@ -374,18 +374,25 @@ def bench_tftp(root: Path, workdir: Path) -> list[tuple[str, str, str, str]]:
                             f"tftp://127.0.0.1:{port}/f32",
                         ]
                     )
-                    best = max(best, size32 / t / 1e6)
-                mbps[name][f"b{blk}"] = best
+                    runs[name].append(size32 / t / 1e6)
+            for name in ports:
+                mbps[name][f"b{blk}"] = statistics.median(runs[name])
             b, d = mbps["bronze"][f"b{blk}"], mbps["tftpd-hpa"][f"b{blk}"]
+            ratios = sorted(x / y for x, y in zip(runs["bronze"], runs["tftpd-hpa"], strict=True))
             rows.append(
                 (
-                    f"TFTP 32 MiB blksize {blk}, pinned (MB/s)",
+                    f"TFTP 32 MiB blksize {blk}, pinned, median of {reps} (MB/s)",
                     f"{b:.0f}",
                     f"{d:.0f}",
                     f"{b / d:.2f}x",
                 )
             )
-            print(f"  blksize {blk}: bronze {b:.0f} MB/s, tftpd-hpa {d:.0f} MB/s", flush=True)
+            print(
+                f"  blksize {blk}: bronze {b:.0f} MB/s, tftpd-hpa {d:.0f} MB/s (median); "
+                f"per-pair ratios {' '.join(f'{r:.2f}' for r in ratios)} "
+                f"(median {statistics.median(ratios):.2f})",
+                flush=True,
+            )
         best = 0.0
         for _ in range(2):
             t = timed(
@@ -442,9 +449,9 @@ def bench_tftp(root: Path, workdir: Path) -> list[tuple[str, str, str, str]]:
             )
         )
     finally:
-        for p in procs.values():
-            p.kill()
-            p.wait()
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()
     return rows
 
 
@@ -452,6 +459,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--only", choices=["dhcp", "tftp"])
     ap.add_argument("--seconds", type=int, default=4)
+    ap.add_argument("--reps", type=int, default=5, help="TFTP lock-step runs per side (median)")
     ap.add_argument("--rates", default="1000,2000,3000,4000,6000,8000,10000,12000")
     ap.add_argument("--serve-tftp", nargs=2, metavar=("ROOT", "PORT"))
     args = ap.parse_args()
@@ -465,7 +473,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix="bench-tftp-") as tmp:
             root = Path(tmp) / "root"
             root.mkdir()
-            rows += bench_tftp(root, Path(tmp))
+            rows += bench_tftp(root, Path(tmp), args.reps)
     w = max(len(r[0]) for r in rows)
     print(f"\n{'measure':{w}s}  {'bronze':>9s}  {'peer':>9s}  {'ratio':>7s}")
     for r in rows:

@@ -23,6 +23,12 @@ operations with these rules:
 - **One operation at a time per BMC** (``address:port``), with at least
   ``min_interval`` seconds between two calls to the same BMC, and at most
   ``max_concurrency`` operations in flight overall.
+- **One session per BMC, reused.** A driver (an authenticated IPMI session, a Redfish
+  connection) outlives its operation and serves the next one on the same BMC; sessions idle
+  for ``session_idle`` seconds are closed by a reaper thread. If the first call on a reused
+  session fails (BMC restarted, session expired), the session is dropped and the call is
+  made again at once on a fresh one (re-authentication), before the retry policy counts
+  it as an attempt.
 
 Operations never raise :class:`~bmc.errors.BmcError`: they return a :class:`BmcResult`
 whose ``error`` says what went wrong. Time comes from an injected :class:`Clock`, so
@@ -96,9 +102,14 @@ class PowerPolicy:
     settle_timeout: float = 60.0
     """How long a written state may take to read back."""
     poll_interval: float = 2.0
+    """Longest gap between two read-backs: the first is immediate, the next half this later."""
     min_interval: float = 0.2
     """Minimum gap between two calls to the same BMC."""
     max_concurrency: int = 32
+    session_idle: float = 20.0
+    """Sessions kept between operations are closed after this many idle seconds (BMCs expire
+    idle IPMI sessions after 30-60 s and have few session slots); 0 closes each session
+    at the end of its operation."""
 
     def backoff(self, failures: int, rng: Callable[[], float]) -> float:
         """Delay after the ``failures``-th failure (1-based)."""
@@ -132,10 +143,29 @@ class BmcResult:
 
 @dataclass
 class _Slot:
-    """Per-BMC serialization and pacing."""
+    """Per-BMC serialization and pacing, and the session kept between operations."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     last_call: float | None = None
+    driver: PowerDriver | None = None
+    """Parked by the last operation; only for ``endpoint`` (same credentials and settings)."""
+    endpoint: BmcEndpoint | None = None
+    idle_since: float = 0.0
+
+    def take(self, endpoint: BmcEndpoint) -> PowerDriver | None:
+        """The parked driver if it was built for ``endpoint``; a mismatched one is closed."""
+        drv, self.driver = self.driver, None
+        if drv is not None and self.endpoint != endpoint:
+            _close_quietly(drv)
+            drv = None
+        return drv
+
+
+def _close_quietly(drv: PowerDriver) -> None:
+    try:
+        drv.close()
+    except Exception:  # noqa: S110 - drivers must not raise on close; belt and braces
+        pass
 
 
 def default_driver_factory(timeouts: DriverTimeouts | None = None,
@@ -180,6 +210,9 @@ class _Operation:
         self.polls = 0
         self.start = ctl.clock.monotonic()
         self._driver: PowerDriver | None = None
+        self._reused = False
+        """The current driver came from the slot and has not answered in this operation yet."""
+        self.reauths = 0
 
     @property
     def clock(self) -> Clock:
@@ -187,19 +220,28 @@ class _Operation:
 
     def driver(self) -> PowerDriver:
         if self._driver is None:
-            self._driver = self.ctl.factory(self.endpoint)
+            parked = self.slot.take(self.endpoint) if self.ctl.policy.session_idle > 0 else None
+            self._reused = parked is not None
+            self._driver = parked if parked is not None else self.ctl.factory(self.endpoint)
         return self._driver
 
     def drop_driver(self) -> None:
         drv, self._driver = self._driver, None
+        self._reused = False
         if drv is not None:
-            try:
-                drv.close()
-            except Exception:  # noqa: S110 - drivers must not raise on close; belt and braces
-                pass
+            _close_quietly(drv)
 
     def close(self) -> None:
-        self.drop_driver()
+        """End of the operation: park the session for the next one, or close it."""
+        drv, self._driver = self._driver, None
+        if drv is None:
+            return
+        if self.ctl.policy.session_idle > 0:
+            self.slot.driver, self.slot.endpoint = drv, self.endpoint
+            self.slot.idle_since = self.clock.monotonic()
+            self.ctl._start_reaper()
+        else:
+            _close_quietly(drv)
 
     def _pace(self) -> None:
         if self.slot.last_call is not None:
@@ -211,7 +253,21 @@ class _Operation:
         """One BMC call, paced; unknown exceptions become :class:`BmcProtocolError`."""
         self._pace()
         try:
-            return fn(self.driver())
+            driver = self.driver()
+            try:
+                return fn(driver)
+            except BmcError as exc:
+                if not self._reused:
+                    raise
+                # A session kept from an earlier operation may be dead (BMC restarted, session
+                # expired): authenticate again and repeat the call once, at once.
+                LOG.debug("bmc reused session failed bmc=%s error=%s; re-authenticating",
+                          self.endpoint.key, type(exc).__name__)
+                self.drop_driver()
+                self.reauths += 1
+                return fn(self.driver())
+            finally:
+                self._reused = False
         except BmcError:
             raise
         except Exception as exc:
@@ -252,6 +308,7 @@ class _Operation:
         policy = self.ctl.policy
         until = min(self.clock.monotonic() + settle, self.deadline)
         last: T | None = None
+        gap = policy.poll_interval / 2  # immediate read-back, then 1/2, 1, 1, ... apart
         while True:
             self.polls += 1
             try:
@@ -267,7 +324,8 @@ class _Operation:
             now = self.clock.monotonic()
             if now >= until:
                 return last, False
-            self.clock.sleep(min(policy.poll_interval, until - now))
+            self.clock.sleep(min(gap, until - now))
+            gap = min(gap * 2, policy.poll_interval)
 
 
 class BmcController:
@@ -286,12 +344,60 @@ class BmcController:
         self._global = threading.BoundedSemaphore(self.policy.max_concurrency)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._async_locks: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Lock]] = {}
+        self._reaper: threading.Thread | None = None
+        self._stop = threading.Event()
 
     # -- plumbing -----------------------------------------------------------------------
 
     def _slot(self, key: str) -> _Slot:
         with self._slots_lock:
             return self._slots.setdefault(key, _Slot())
+
+    def _start_reaper(self) -> None:
+        with self._slots_lock:
+            if self._reaper is not None or self._stop.is_set():
+                return
+            self._reaper = threading.Thread(target=self._reap_forever, name="bmc-session-reaper",
+                                            daemon=True)
+            self._reaper.start()
+
+    def _reap_forever(self) -> None:
+        while not self._stop.wait(max(self.policy.session_idle / 4, 0.05)):
+            self.reap_idle_sessions()
+
+    def reap_idle_sessions(self, idle: float | None = None) -> int:
+        """Close sessions idle for ``idle`` seconds (default ``session_idle``); busy BMCs are
+        skipped. Returns how many were closed."""
+        idle = self.policy.session_idle if idle is None else idle
+        now = self.clock.monotonic()
+        with self._slots_lock:
+            slots = list(self._slots.values())
+        expired: list[PowerDriver] = []
+        for slot in slots:
+            if slot.driver is None or now - slot.idle_since < idle:
+                continue
+            if not slot.lock.acquire(blocking=False):
+                continue  # an operation is using it
+            try:
+                drv, slot.driver = slot.driver, None
+            finally:
+                slot.lock.release()
+            if drv is not None:
+                expired.append(drv)
+        if len(expired) > 1:
+            # A polite close is one round trip (IPMI Close Session) that waits up to 1 s for a
+            # BMC that went away: close many at once, not one after the other.
+            with concurrent.futures.ThreadPoolExecutor(min(len(expired), 64),
+                                                       thread_name_prefix="bmc-close") as pool:
+                list(pool.map(_close_quietly, expired))
+        elif expired:
+            _close_quietly(expired[0])
+        return len(expired)
+
+    def open_sessions(self) -> int:
+        """Sessions parked between operations."""
+        with self._slots_lock:
+            return sum(1 for s in self._slots.values() if s.driver is not None)
 
     def _run(self, endpoint: BmcEndpoint, name: str, budget: float,
              body: Callable[[_Operation], BmcResult]) -> BmcResult:
@@ -439,10 +545,14 @@ class BmcController:
                                      deadline=deadline)
 
     def close(self) -> None:
-        """Stop the thread pool (waits for running operations)."""
+        """Stop the thread pool (waits for running operations), then close every session."""
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        self._stop.set()
+        if self._reaper is not None:
+            self._reaper.join(5)
+        self.reap_idle_sessions(idle=0.0)
 
 
 def _command_for(action: PowerAction, before: PowerState) -> Callable[[PowerDriver], None]:

@@ -18,8 +18,11 @@ Security choices: cipher suite 17 (HMAC-SHA256, AES-CBC-128) preferred, suite 3
 (HMAC-SHA1, AES-CBC-128) accepted, nothing else; suite 0 (no authentication) is not
 even implemented by python-ipmi, and a BMC without IPMI 2.0 is refused. The password
 only ever reaches python-ipmi in memory: never the ``ipmitool`` interface, which puts
-it on a command line. No keep-alive thread (``keep_alive_interval=0``): a session lives
-for one call. Only this module imports pyipmi.
+it on a command line. No keep-alive thread (``keep_alive_interval=0``): the session is
+opened on the first call and kept by :class:`bmc.actions.BmcController` for the next
+operations on the BMC until it has been idle ``PowerPolicy.session_idle`` seconds (well
+under the 30-60 s after which BMCs expire idle sessions); a session that stops answering
+is dropped and the controller authenticates again. Only this module imports pyipmi.
 """
 
 from __future__ import annotations

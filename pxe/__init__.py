@@ -3,7 +3,7 @@
 Public API (what `server` and `bronze pxe` use):
   PxeService, PxeSettings                 - start/stop DHCP + TFTP
   BootBackend, BootQuery, BootDecision    - what pxe asks the control plane
-  StaticBackend, HttpBackend              - two backends
+  StaticBackend, HttpBackend              - two backends (CachedBackend wraps one; PxeService does)
   TimelineSink, TimelineEvent, TimelineKind
   BootProfile, BootAction, RenderContext, render, Group, select   - iPXE scripts
 """
@@ -12,6 +12,7 @@ from pxe.backend import (
     BootBackend,
     BootDecision,
     BootQuery,
+    CachedBackend,
     HttpBackend,
     ListSink,
     StaticBackend,
@@ -34,6 +35,7 @@ __all__ = [
     "BootDecision",
     "BootProfile",
     "BootQuery",
+    "CachedBackend",
     "Group",
     "HttpBackend",
     "ListSink",

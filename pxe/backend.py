@@ -5,7 +5,8 @@ server builds a `BootQuery` (MAC, SMBIOS UUID, architecture, ...) and asks the b
 `BootDecision`: is the machine known, may it boot, which fixed address does it get (full mode).
 `StaticBackend` answers from a table (tests, a standalone lab); `HttpBackend` asks a central
 bronze server over REST (see docs/pxe.md for the JSON shape), so a per-rack `bronze pxe` process
-can run apart from the server.
+can run apart from the server. `CachedBackend` (applied by `PxeService`) reuses an answer for a
+few seconds: a boot asks the same question several times (DISCOVER, REQUEST, retransmissions).
 
 Every step of a boot (DHCP exchange, TFTP transfer) is reported to a `TimelineSink`, a plain
 callable that must not block (the server queues the events it wants to persist).
@@ -13,6 +14,7 @@ callable that must not block (the server queues the events it wants to persist).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -164,21 +166,12 @@ class HttpBackend:
         *,
         timeout: float = 2.0,
         client: httpx.AsyncClient | None = None,
-        clock: Callable[[], float] = time.monotonic,
-        cache_seconds: float = 0.0,
     ) -> None:
         self._url = base_url.rstrip("/") + "/api/v1/boot/decide"
         self._headers = {"Authorization": f"Bearer {token}"}
         self._client = client or httpx.AsyncClient(timeout=timeout, follow_redirects=False)
-        self._clock = clock
-        self._cache_seconds = cache_seconds
-        self._cache: dict[BootQuery, tuple[float, BootDecision]] = {}
 
     async def decide(self, query: BootQuery) -> BootDecision:
-        now = self._clock()
-        hit = self._cache.get(query)
-        if hit and now - hit[0] < self._cache_seconds:
-            return hit[1]
         params = {"mac": query.mac, "arch": query.arch.value, "ipxe": str(query.ipxe).lower()}
         if query.uuid:
             params["uuid"] = query.uuid
@@ -194,11 +187,55 @@ class HttpBackend:
             raise BackendError(f"boot backend answered HTTP {resp.status_code}")
         else:
             decision = decision_from_json(resp.json())
-        self._cache[query] = (now, decision)
         return decision
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+
+class CachedBackend:
+    """Wraps a backend: an answer is reused for `seconds` for the same query, and identical
+    queries asked while one is in flight share that one call. Errors are not kept.
+
+    One iPXE boot asks the same question for its DISCOVER and its REQUEST, and firmware under
+    load retransmits; each question is a database read (in `bronze serve`) or an HTTP round trip
+    (`bronze pxe`). A changed decision (a machine put in maintenance) applies after at most
+    `seconds`. At most `limit` answers are kept (the table is emptied when full).
+    """
+
+    def __init__(
+        self,
+        backend: BootBackend,
+        seconds: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        limit: int = 4096,
+    ) -> None:
+        self.backend, self.seconds, self.clock, self.limit = backend, seconds, clock, limit
+        self._answers: dict[BootQuery, tuple[float, BootDecision]] = {}
+        self._inflight: dict[BootQuery, asyncio.Task[BootDecision]] = {}
+
+    async def decide(self, query: BootQuery) -> BootDecision:
+        hit = self._answers.get(query)
+        if hit is not None and self.clock() - hit[0] < self.seconds:
+            return hit[1]
+        task = self._inflight.get(query)
+        if task is None:
+            task = asyncio.ensure_future(self._ask(query))
+            # retrieved here so that an error nobody waits for anymore is not logged as lost
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            self._inflight[query] = task
+        return await asyncio.shield(task)  # one caller giving up does not cancel the others
+
+    async def _ask(self, query: BootQuery) -> BootDecision:
+        try:
+            decision = await self.backend.decide(query)
+        finally:
+            del self._inflight[query]
+        if len(self._answers) >= self.limit:
+            self._answers.clear()
+        self._answers[query] = (self.clock(), decision)
+        return decision
 
 
 def decision_from_json(data: object) -> BootDecision:

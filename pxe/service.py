@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from pxe.backend import (
     BootBackend,
+    CachedBackend,
     HttpBackend,
     TimelineEvent,
     TimelineKind,
@@ -48,9 +49,10 @@ class PxeSettings(BaseSettings):
     tftp_enabled: bool = True
     tftp_port: int = 69
     tftp_root: Path = Path("/usr/lib/ipxe")
-    tftp_max_sessions: int = Field(1000, ge=1)
-    tftp_timeout: float = Field(1.0, gt=0)
-    tftp_retries: int = Field(5, ge=0)
+    tftp_max_sessions: int = Field(default=1000, ge=1)
+    tftp_timeout: float = Field(default=1.0, gt=0)
+    tftp_retries: int = Field(default=5, ge=0)
+    decision_cache_seconds: float = Field(default=5.0, ge=0)
     bios_file: str = "undionly.kpxe"
     uefi_x64_file: Literal["snponly.efi", "ipxe.efi"] | str = "snponly.efi"
     uefi_arm64_file: str | None = None
@@ -58,7 +60,7 @@ class PxeSettings(BaseSettings):
     pool_end: str | None = None
     subnet_mask: str = "255.255.255.0"
     router: str | None = None
-    lease_seconds: int = Field(3600, ge=60)
+    lease_seconds: int = Field(default=3600, ge=60)
     state_dir: Path | None = None
     server_url: str | None = None
     token: SecretStr | None = None
@@ -128,10 +130,13 @@ class PxeService:
         )
         pool = (s.pool_start, s.pool_end) if s.pool_start and s.pool_end else None
         lease_file = s.state_dir / "leases.json" if s.state_dir else None
+        asker: BootBackend = backend
+        if s.decision_cache_seconds > 0:
+            asker = CachedBackend(backend, s.decision_cache_seconds)
         self.dhcp = DhcpServer(
             mode=s.mode,
             boot=boot,
-            backend=backend,
+            backend=asker,
             sink=sink,
             address=s.address,
             interface=s.interface,

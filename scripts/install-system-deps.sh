@@ -4,14 +4,14 @@
 set -euo pipefail
 PKGS=(qemu-system-x86 ipxe ipxe-qemu ovmf dnsmasq tftpd-hpa tftp-hpa ipmitool openipmi
       freeipmi-tools kea-admin busybox isc-dhcp-client docker-compose curl iproute2 procps
-      postgresql postgresql-client wrk gcc libc6-dev)
+      postgresql postgresql-client wrk gcc libc6-dev nginx-light)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 [ ${#missing[@]} -eq 0 ] && exit 0
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-# NOTE: dnsmasq and tftpd-hpa start daemons bound to every address from their postinst scripts.
+# NOTE: dnsmasq, tftpd-hpa and nginx start daemons bound to every address from their postinst scripts.
 # A policy-rc.d that answers 101 keeps them stopped; the tests start their own, bound to loopback.
 policy=/usr/sbin/policy-rc.d
 restore=""

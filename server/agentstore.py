@@ -287,6 +287,13 @@ class DbAgentStore:
 
     def _save_pending(self, machine_id: str, cmd: PendingCommand) -> None:
         with self.db.write() as s:
+            if cmd.kind == "apply_config":  # a newer config supersedes one still pending
+                s.execute(
+                    delete(AgentPendingCommand).where(
+                        AgentPendingCommand.machine_id == machine_id,
+                        AgentPendingCommand.kind == "apply_config",
+                    )
+                )
             s.add(
                 AgentPendingCommand(
                     machine_id=machine_id,
@@ -326,3 +333,15 @@ class DbAgentStore:
 
     async def list_pending_commands(self, machine_id: str) -> list[PendingCommand]:
         return await asyncio.to_thread(self._list_pending, machine_id)
+
+    def _pending_since(self, since: dt.datetime) -> list[tuple[str, str]]:
+        with self.db.read() as s:
+            rows = s.execute(
+                select(AgentPendingCommand.machine_id, AgentPendingCommand.command_id).where(
+                    AgentPendingCommand.created_at >= since
+                )
+            ).all()
+            return [(r[0], r[1]) for r in rows]
+
+    async def list_pending_since(self, since: dt.datetime) -> list[tuple[str, str]]:
+        return await asyncio.to_thread(self._pending_since, since)

@@ -4,6 +4,7 @@ FastAPI app with one error handler that renders every error as
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -21,13 +22,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from server import inventory, migrate
 from server.agentapi import BootstrapTokens, start_agent_api
 from server.agentstore import DbAgentStore
-from server.api import agents, events, machines, power, tokens
+from pxe import PxeService, PxeSettings
+from server.api import agents, boot, events, machines, power, profiles, tokens
 from server.api.deps import Context
 from server.auth import create_token, hash_token
+from server.boot.assets import AssetStore
+from server.boot.service import BootPlane
+from server.boot.timeline import Retention, TimelineWriter
 from server.db import Database
 from server.errors import ApiError
 from server.models import ApiToken
 from server.power import PowerService
+from server.readcache import ReadCache
 from server.secretbox import SecretBox
 from server.settings import ServerSettings
 from server.types import Role
@@ -126,24 +132,46 @@ def install_error_handlers(app: FastAPI) -> None:
         return _error(500, "internal", "internal error")
 
 
-def create_app(settings: ServerSettings, *, migrate_db: bool | None = None) -> FastAPI:
+def create_app(
+    settings: ServerSettings, *, migrate_db: bool | None = None, pxe_settings: PxeSettings | None = None
+) -> FastAPI:
     prepare_data_dir(settings)
     url = settings.effective_database_url
     if settings.migrate_on_start if migrate_db is None else migrate_db:
         migrate.upgrade(url)
     db = Database.connect(url)
-    ctx = Context(settings=settings, db=db, secrets=load_secrets(settings))
+    ctx = Context(settings=settings, db=db, secrets=load_secrets(settings),
+                  cache=ReadCache(settings.api_cache_mb << 20))
     ensure_admin_token(settings, db)
 
     power_service = PowerService(settings, db, ctx.secrets)
 
     agent_store = DbAgentStore(db)
 
+    pxe_settings = pxe_settings if pxe_settings is not None else PxeSettings()
+    if pxe_settings.state_dir is None:  # full-mode leases survive a restart
+        pxe_settings = pxe_settings.model_copy(update={"state_dir": settings.data_dir / "pxe"})
+    writer = TimelineWriter(db, Retention(settings.boot_timeline_per_mac, settings.boot_timeline_days,
+                                          settings.boot_timeline_max_rows))
+    boot_plane = BootPlane(db, settings, pxe_settings.http_base_url, writer)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await power_service.startup()
+        writer.start()
         agent_api = None
+        pxe_service = None
         try:
+            if pxe_settings.enabled:
+                try:
+                    pxe_service = PxeService(pxe_settings, boot_plane, writer.sink)
+                    await pxe_service.start()
+                except (OSError, ValueError) as exc:
+                    # Like the agent API: the REST API stays up (degraded) and says why.
+                    log.error("boot plane (DHCP/TFTP) not started address=%s interface=%s error=%s",
+                              pxe_settings.address, pxe_settings.interface, exc)
+                    pxe_service = None
+            app.state.pxe = pxe_service
             if settings.agent_api_enabled:
                 try:
                     agent_api = await start_agent_api(
@@ -160,12 +188,22 @@ def create_app(settings: ServerSettings, *, migrate_db: bool | None = None) -> F
                 else:
                     app.state.agent_api = agent_api
                     app.state.agent_tokens = agent_api.tokens
+            # What is alive now (modules, classes, schemas: ~160k objects) lives for good: keep it
+            # out of the collector, whose full passes otherwise stopped every thread for 80-130 ms
+            # during a 1,000-machine bulk power operation (bench/power.py: API p99 100 -> 25 ms).
+            gc.collect()
+            gc.freeze()
             yield
         finally:
+            if pxe_service is not None:
+                await pxe_service.stop()
+            app.state.pxe = None
             if agent_api is not None:
                 await agent_api.stop()
             app.state.agent_api = None
             await power_service.shutdown()
+            writer.stop()
+            await db.aclose()
 
     app = FastAPI(title="bronze", version="0.1.0", openapi_url="/openapi.json", docs_url="/docs",
                   redoc_url=None, lifespan=lifespan)
@@ -174,12 +212,16 @@ def create_app(settings: ServerSettings, *, migrate_db: bool | None = None) -> F
     app.state.agent_store = agent_store
     app.state.agent_api = None  # set by the lifespan when BRONZE_AGENT_API_ENABLED
     app.state.agent_tokens = BootstrapTokens(agent_store)
+    app.state.boot_plane = boot_plane
+    app.state.assets = AssetStore(settings.data_dir / "assets", settings.boot_asset_max_bytes)
+    app.state.pxe = None  # the in-process PxeService when BRONZE_PXE_ENABLED
     install_error_handlers(app)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    for r in (machines.router, events.router, tokens.router, power.router, agents.router):
+    for r in (machines.router, events.router, tokens.router, power.router, agents.router,
+              profiles.router, boot.router):
         app.include_router(r)
     return app

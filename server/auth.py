@@ -34,6 +34,8 @@ class Principal:
         return f"token:{self.name}"
 
     def can(self, role: Role) -> bool:
+        if role is Role.BOOT:  # least privilege: boot is not below reader, it is beside it
+            return self.role in (Role.BOOT, Role.ADMIN)
         return self.role.rank >= role.rank
 
 

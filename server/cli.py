@@ -133,7 +133,7 @@ TOKEN_COLUMNS = [("NAME", lambda t: t["name"]), ("ROLE", lambda t: t["role"]),
 @token_app.command("create")
 def token_create(
     name: Annotated[str, typer.Option("--name")],
-    role: Annotated[str, typer.Option("--role", help="admin, operator or reader")],
+    role: Annotated[str, typer.Option("--role", help="admin, operator, reader, or boot (bronze pxe)")],
     url: UrlOpt = None, token_file: TokenFileOpt = None, output: OutOpt = Output.table,
 ) -> None:
     """Create a token and print it once (only its hash is stored)."""
@@ -198,6 +198,12 @@ def _bmc(driver: str | None, address: str | None, username: str | None,
     return bmc
 
 
+def _nic(spec: str) -> dict[str, str]:
+    """``MAC`` or ``MAC@IP``; the server validates both."""
+    mac, sep, ip = spec.partition("@")
+    return {"mac": mac, "ip": ip} if sep else {"mac": mac}
+
+
 @machines_app.command("list")
 def machines_list(
     selector: Annotated[str | None, typer.Option("-l", "--selector", help="rack=r1,role in (a,b),!x")] = None,
@@ -224,7 +230,7 @@ def machines_show(name: str, url: UrlOpt = None, token_file: TokenFileOpt = None
 @machines_app.command("create")
 def machines_create(
     name: str,
-    mac: Annotated[list[str], typer.Option("--mac", help="NIC MAC address (repeat for more).")],
+    mac: Annotated[list[str], typer.Option("--mac", help="NIC as MAC or MAC@IP (reserved provisioning address); repeat for more.")],
     uuid: Annotated[str | None, typer.Option("--uuid", help="SMBIOS UUID.")] = None,
     serial: Annotated[str | None, typer.Option("--serial")] = None,
     label: Annotated[list[str] | None, typer.Option("--label", help="KEY=VALUE (repeat).")] = None,
@@ -236,7 +242,7 @@ def machines_create(
     bmc_insecure: Annotated[bool, typer.Option("--bmc-insecure", help="Do not verify BMC TLS (audited).")] = False,
     url: UrlOpt = None, token_file: TokenFileOpt = None, output: OutOpt = Output.table,
 ) -> None:
-    body: dict[str, Any] = {"name": name, "nics": [{"mac": m} for m in mac], "labels": _labels(label or [])}
+    body: dict[str, Any] = {"name": name, "nics": [_nic(m) for m in mac], "labels": _labels(label or [])}
     if uuid:
         body["uuid"] = uuid
     if serial:
@@ -254,7 +260,7 @@ def machines_update(
     remove_label: Annotated[list[str] | None, typer.Option("--remove-label", help="Remove KEY.")] = None,
     phase: Annotated[str | None, typer.Option("--phase")] = None,
     new_name: Annotated[str | None, typer.Option("--rename")] = None,
-    mac: Annotated[list[str] | None, typer.Option("--mac", help="Replace the NIC list.")] = None,
+    mac: Annotated[list[str] | None, typer.Option("--mac", help="Replace the NIC list (MAC or MAC@IP).")] = None,
     bmc_driver: Annotated[str | None, typer.Option("--bmc-driver")] = None,
     bmc_address: Annotated[str | None, typer.Option("--bmc-address")] = None,
     bmc_username: Annotated[str | None, typer.Option("--bmc-username")] = None,
@@ -271,7 +277,7 @@ def machines_update(
     if new_name:
         body["name"] = new_name
     if mac:
-        body["nics"] = [{"mac": m} for m in mac]
+        body["nics"] = [_nic(m) for m in mac]
     bmc = _bmc(bmc_driver, bmc_address, bmc_username, bmc_password_file, bmc_insecure)
     if bmc:
         body["bmc"] = bmc
@@ -284,6 +290,29 @@ def machines_update(
 def machines_delete(name: str, url: UrlOpt = None, token_file: TokenFileOpt = None) -> None:
     call(client(url, token_file), "DELETE", f"/api/v1/machines/{name}")
     typer.echo(f"deleted {name}")
+
+
+TIMELINE_COLUMNS = [
+    ("TIME", lambda e: e["at"]), ("MAC", lambda e: e["mac"]), ("STEP", lambda e: e["kind"]),
+    ("CLIENT", lambda e: e["client"]),
+    ("DETAIL", lambda e: " ".join(f"{k}={v}" for k, v in e["detail"].items() if v is not None)),
+]
+
+
+@machines_app.command("timeline")
+def machines_timeline(
+    name: Annotated[str, typer.Argument(help="Machine name or id, or a MAC (also unknown machines).")],
+    limit: Annotated[int, typer.Option("--limit")] = 200,
+    url: UrlOpt = None, token_file: TokenFileOpt = None, output: OutOpt = Output.table,
+) -> None:
+    """Network-boot steps (DHCP, TFTP, script, kernel, initrd), oldest first: where a boot stopped."""
+    from server.validation import normalize_mac
+
+    try:
+        path, params = "/api/v1/boot/timeline", {"mac": normalize_mac(name), "limit": limit}
+    except ValueError:
+        path, params = f"/api/v1/machines/{name}/timeline", {"limit": limit}
+    show(call(client(url, token_file), "GET", path, params=params)["items"], output, TIMELINE_COLUMNS)
 
 
 @machines_app.command("events")
@@ -375,6 +404,47 @@ def boot_device_set(
     if wait:
         ops = [_wait(cl, op, 600) for op in ops]
     _report(ops, output)
+
+
+@app.command("pxe")
+def pxe_cmd(
+    server: Annotated[str, typer.Option("--server", envvar="BRONZE_PXE_SERVER_URL",
+                                        help="Central bronze server URL.")],
+    token_file: Annotated[str | None, typer.Option(
+        "--token-file", help="File with a token of role boot (or BRONZE_PXE_TOKEN).")] = None,
+    token: Annotated[str | None, typer.Option("--token", hidden=True)] = None,
+) -> None:
+    """Run the boot plane (DHCP + TFTP) alone, asking SERVER what to boot (BRONZE_PXE_* settings)."""
+    import asyncio
+    import logging
+
+    from pxe import PxeSettings
+    from server.boot import remote
+
+    if token is not None:
+        fail("tokens are never taken from argv (other users can read it in ps); "
+             "use --token-file or BRONZE_PXE_TOKEN, and rotate the token you just passed")
+    settings = PxeSettings(server_url=server)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    secret = settings.token.get_secret_value() if settings.token else None
+    if token_file:
+        try:
+            with open(token_file) as fh:
+                secret = fh.read().strip()
+        except OSError as exc:
+            fail(f"cannot read {token_file}: {exc.strerror}")
+    if not secret:
+        fail("no token: use --token-file or BRONZE_PXE_TOKEN (a token of role boot)")
+    try:
+        asyncio.run(remote.run(settings, server, secret))
+    except OSError as exc:
+        fail(f"cannot start the boot plane: {exc}")
+
+
+# `bronze node`: its own module (server/cli_node.py), which uses the helpers above.
+from server.cli_node import node as node_cmd  # noqa: E402
+
+app.command("node")(node_cmd)
 
 
 def main() -> None:  # pragma: no cover - console script shim

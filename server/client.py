@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,14 @@ def resolve(url: str | None, token_file: str | None) -> tuple[str, str | None]:
     return url.rstrip("/"), token
 
 
+def _error_line(resp: httpx.Response) -> str:
+    try:
+        err = resp.json()["error"]
+        return f"{resp.status_code} {err['code']}: {err['message']}"
+    except (ValueError, KeyError, TypeError):
+        return f"{resp.status_code}: {resp.text[:200]}"
+
+
 @dataclass
 class Client:
     url: str
@@ -78,15 +87,27 @@ class Client:
         except httpx.HTTPError as exc:
             raise ClientError(f"cannot reach {self.url}: {exc.__class__.__name__}: {exc}") from None
         if resp.status_code >= 400:
-            try:
-                err = resp.json()["error"]
-                msg = f"{resp.status_code} {err['code']}: {err['message']}"
-            except (ValueError, KeyError, TypeError):
-                msg = f"{resp.status_code}: {resp.text[:200]}"
-            raise ClientError(msg)
+            raise ClientError(_error_line(resp))
         if resp.status_code == 204 or not resp.content:
             return None
         return resp.json()
+
+    def stream_lines(self, path: str, params: dict[str, Any]) -> Iterator[bytes]:
+        """GET a streaming response (NDJSON) and yield its lines as they arrive; no read timeout
+        (a followed log may stay quiet for long)."""
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        timeout = httpx.Timeout(self.timeout, read=None)
+        try:
+            with httpx.stream("GET", self.url + path, params=params, headers=headers,
+                              timeout=timeout) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    raise ClientError(_error_line(resp))
+                for line in resp.iter_lines():
+                    if line:
+                        yield line.encode()
+        except httpx.HTTPError as exc:
+            raise ClientError(f"{self.url}: {exc.__class__.__name__}: {exc}") from None
 
     def paginate(self, path: str, params: dict[str, Any], limit: int | None) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []

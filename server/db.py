@@ -12,15 +12,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from server.readcache import AsyncPgCounters, Generations, read_generations, track_writes
 
-def _sqlite_engine(url: str, begin: str) -> Engine:
+
+def _sqlite_engine(url: str, begin: str, pool_size: int = 10) -> Engine:
     engine = create_engine(
         url,
         connect_args={"check_same_thread": False, "timeout": 30},
-        pool_size=10,
+        pool_size=pool_size,
         max_overflow=20,
     )
 
@@ -48,19 +50,33 @@ class Database:
     url: str
     read_engine: Engine
     write_engine: Engine
+    counters_engine: Engine
+    """Connections for :meth:`generations`: on SQLite a pool of its own (the read runs on the
+    event loop); on PostgreSQL the read engine (requests await :meth:`generations_async`)."""
     _read: sessionmaker[Session] = field(init=False, repr=False)
     _write: sessionmaker[Session] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self._pg_counters = None if self.is_sqlite else AsyncPgCounters(
+            make_url(self.url).set(drivername="postgresql").render_as_string(hide_password=False)
+        )
         self._read = sessionmaker(self.read_engine, expire_on_commit=False)
         self._write = sessionmaker(self.write_engine, expire_on_commit=False)
+        track_writes(self._read)
+        track_writes(self._write)
 
     @classmethod
     def connect(cls, url: str) -> Database:
         if url.startswith("sqlite"):
-            return cls(url, _sqlite_engine(url, "BEGIN"), _sqlite_engine(url, "BEGIN IMMEDIATE"))
+            # Counters are read on the event loop (server/api/deps.py): a pool of their own, so
+            # that read never waits for a connection held by a worker thread.
+            counters = _sqlite_engine(url, "BEGIN", pool_size=2)
+            return cls(
+                url, _sqlite_engine(url, "BEGIN"), _sqlite_engine(url, "BEGIN IMMEDIATE"), counters
+            )
         engine = create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
-        return cls(url, engine, engine)
+        # Requests read PostgreSQL's counters over async connections (generations_async).
+        return cls(url, engine, engine, engine)
 
     @property
     def is_sqlite(self) -> bool:
@@ -77,7 +93,29 @@ class Database:
         with self._write() as session, session.begin():
             yield session
 
+    async def generations_async(self) -> Generations:
+        """:meth:`generations` for the event loop: SQLite's local read (~6 us) runs inline,
+        PostgreSQL's round trip is awaited on an async connection."""
+        if self._pg_counters is None:
+            return self.generations()
+        return await self._pg_counters.read()
+
+    async def aclose(self) -> None:
+        """Close what belongs to the event loop (the async counter connections)."""
+        if self._pg_counters is not None:
+            await self._pg_counters.aclose()
+
+    def generations(self) -> Generations:
+        """The change counters (one query); read them before the data they validate."""
+        conn = self.counters_engine.raw_connection()
+        try:
+            return read_generations(conn)
+        except Exception:
+            conn.invalidate()  # e.g. the database restarted: never hand this connection out again
+            raise
+        finally:
+            conn.close()
+
     def dispose(self) -> None:
-        self.read_engine.dispose()
-        if self.write_engine is not self.read_engine:
-            self.write_engine.dispose()
+        for engine in {self.read_engine, self.write_engine, self.counters_engine}:
+            engine.dispose()

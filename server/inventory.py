@@ -76,6 +76,8 @@ def conflict_from(exc: IntegrityError) -> Conflict:
     text = str(exc.orig).lower()
     for needle, field in (
         ("nics.mac", "mac"),
+        ("nics.ip", "ip"),
+        ("uq_nics_ip", "ip"),
         ("uq_nics_mac", "mac"),
         ("machines.name", "name"),
         ("uq_machines_name", "name"),
@@ -100,17 +102,21 @@ def set_labels(machine: Machine, labels: dict[str, str]) -> None:
             machine.label_rows.append(MachineLabel(key=key, value=value))
 
 
-def set_nics(machine: Machine, nics: Sequence[tuple[str, str | None]]) -> None:
-    wanted = dict(nics)
+NicSpec = tuple[str, str | None, str | None]
+"""(mac, name, reserved IPv4 address)"""
+
+
+def set_nics(machine: Machine, nics: Sequence[NicSpec]) -> None:
+    wanted = {mac: (name, ip) for mac, name, ip in nics}
     for nic in list(machine.nics):
         if nic.mac not in wanted:
             machine.nics.remove(nic)
     have = {nic.mac: nic for nic in machine.nics}
-    for mac, name in wanted.items():
+    for mac, (name, ip) in wanted.items():
         if mac in have:
-            have[mac].name = name
+            have[mac].name, have[mac].ip = name, ip
         else:
-            machine.nics.append(Nic(mac=mac, name=name))
+            machine.nics.append(Nic(mac=mac, name=name, ip=ip))
 
 
 # --- listing -------------------------------------------------------------------------------------
@@ -135,6 +141,8 @@ def selector_clause(reqs: Sequence[Requirement]) -> ColumnElement[bool]:
         clauses.append(Machine.id.in_(select(MachineLabel.machine_id).where(
             MachineLabel.key == driver.key, MachineLabel.value.in_(driver.values))))
     for r in reqs:
+        if r is driver:
+            continue  # the IN sub-query above already says it
         sub = select(MachineLabel.machine_id).where(
             MachineLabel.machine_id == Machine.id, MachineLabel.key == r.key
         )
@@ -234,10 +242,10 @@ def _views(session: Session, rows: Sequence[Any]) -> list[dict[str, Any]]:
     if not ids:
         return []
     nics: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
-    for mid, mac, name in session.execute(
-        select(Nic.machine_id, Nic.mac, Nic.name).where(Nic.machine_id.in_(ids)).order_by(Nic.mac)
+    for mid, mac, name, ip in session.execute(
+        select(Nic.machine_id, Nic.mac, Nic.name, Nic.ip).where(Nic.machine_id.in_(ids)).order_by(Nic.mac)
     ):
-        nics[mid].append({"mac": mac, "name": name})
+        nics[mid].append({"mac": mac, "name": name, "ip": ip})
     labels: dict[str, dict[str, str]] = {i: {} for i in ids}
     for mid, key, value in session.execute(
         select(MachineLabel.machine_id, MachineLabel.key, MachineLabel.value)

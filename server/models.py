@@ -95,6 +95,8 @@ class Nic(Base):
     mac: Mapped[str] = mapped_column(String(17), unique=True)
     """Normalised: lower-case, colon-separated."""
     name: Mapped[str | None] = mapped_column(String(32))
+    ip: Mapped[str | None] = mapped_column(String(15), unique=True)
+    """Reserved IPv4 address on the provisioning network (answered by DHCP ``full`` mode)."""
 
     machine: Mapped[Machine] = relationship(back_populates="nics")
 
@@ -193,6 +195,17 @@ class Lease(Base):
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
 
+class Generation(Base):
+    """A change counter per cached domain (``inventory``, ``tokens``), bumped as the last statement
+    of every write transaction that touched the domain; read caches validate against it
+    (``server/readcache.py``)."""
+
+    __tablename__ = "generations"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    value: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
 class AgentBootstrapToken(Base):
     """The one live bootstrap token of a machine (SHA-256 only; a new one replaces it)."""
 
@@ -269,3 +282,56 @@ class ConfigPatch(Base):
     body: Mapped[dict[str, Any]] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     created_by: Mapped[str] = mapped_column(String(128))
+
+
+class BootProfile(Base):
+    """What a machine network-boots: kernel, initrds, kernel args, chosen by a label selector
+    (most requirements matched wins). Values are validated by ``pxe.ipxe.BootProfile`` on write
+    and again when rendered."""
+
+    __tablename__ = "boot_profiles"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    selector: Mapped[str] = mapped_column(Text, default="")
+    """Kubernetes label selector; empty matches every machine (with the lowest specificity)."""
+    kernel: Mapped[str] = mapped_column(Text)
+    """An asset name (served from ``/assets/NAME``) or an http(s) URL."""
+    initrds: Mapped[list[str]] = mapped_column(JSON, default=list)
+    args: Mapped[list[str]] = mapped_column(JSON, default=list)
+    agent: Mapped[bool] = mapped_column(Boolean, default=False)
+    """Append the agent's kernel args (machine id, per-boot enrollment token, endpoints)."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128))
+
+
+class BootAsset(Base):
+    """A file served to firmware (kernel, initrd). The bytes live in ``<data_dir>/assets``."""
+
+    __tablename__ = "boot_assets"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128))
+
+
+class BootTimelineEvent(Base):
+    """One step of a network boot, per MAC (DHCP, TFTP, script, kernel, initrd). Bounded:
+    per MAC, by age and in total (``server.boot.timeline``)."""
+
+    __tablename__ = "boot_timeline"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    mac: Mapped[str] = mapped_column(String(17))
+    kind: Mapped[str] = mapped_column(String(16))
+    client: Mapped[str | None] = mapped_column(String(64))
+    """``ip:port`` of the client where the protocol has one."""
+    detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    source: Mapped[str] = mapped_column(String(64))
+    """Who reported it: ``server`` or the token name of a remote ``bronze pxe``."""
+
+    __table_args__ = (Index("ix_boot_timeline_mac_id", "mac", "id"),)

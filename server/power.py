@@ -14,6 +14,7 @@ event; an unreachable BMC makes the state ``unknown`` (never a guess), and after
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import random
@@ -22,8 +23,9 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Row, Table, bindparam, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, lazyload
 from starlette.concurrency import run_in_threadpool
 
 from bmc import (
@@ -39,10 +41,11 @@ from bmc import (
     check_address,
 )
 from bmc.netpolicy import ALWAYS_REFUSED
-from server import inventory, leases
+from server import enrollment, groupcommit, inventory, leases
 from server.db import Database
 from server.errors import Conflict, Invalid
-from server.models import Machine, Operation, OperationItem, utcnow
+from server.groupcommit import GroupCommit
+from server.models import Event, Machine, Operation, OperationItem, utcnow
 from server.secretbox import SecretBox
 from server.selectors import Requirement
 from server.settings import ServerSettings
@@ -51,6 +54,8 @@ from server.types import OpStatus, Phase
 log = logging.getLogger(__name__)
 
 SYNC_LEASE = "power-sync"
+_MACHINE_ONLY = (lazyload(Machine.nics), lazyload(Machine.label_rows))
+"""Power writes touch a machine's row only: don't select its NICs and labels with it."""
 STALE_AFTER = timedelta(minutes=30)
 
 
@@ -81,13 +86,33 @@ def checked_bmc_address(settings: ServerSettings, address: str, port: int | None
 
 
 @dataclass(frozen=True)
+class _Start:
+    op: Operation
+    item: OperationItem
+    now: datetime
+
+
+@dataclass(frozen=True)
+class _Done:
+    op: Operation
+    item: OperationItem
+    result: BmcResult | None
+    error: str | None
+
+
+@dataclass(frozen=True)
 class Target:
     machine_id: str
     name: str
     endpoint: BmcEndpoint | None
 
 
-def endpoint_of(m: Machine, secrets: SecretBox) -> BmcEndpoint | None:
+_BMC_COLUMNS = (Machine.bmc_driver, Machine.bmc_address, Machine.bmc_port, Machine.bmc_username,
+                Machine.bmc_password_enc, Machine.bmc_verify_tls, Machine.bmc_ca_bundle, Machine.bmc_scheme)
+
+
+def endpoint_of(m: Machine | Row, secrets: SecretBox) -> BmcEndpoint | None:
+    """The BMC endpoint of a machine (an ORM object or a row of ``_BMC_COLUMNS``)."""
     if m.bmc_address is None:
         return None
     password = secrets.decrypt(m.bmc_password_enc) if m.bmc_password_enc else ""
@@ -147,9 +172,14 @@ class PowerService:
                                min_interval=settings.bmc_min_interval,
                                settle_timeout=settings.bmc_settle_timeout,
                                poll_interval=settings.bmc_poll_interval,
+                               session_idle=settings.bmc_session_idle,
                                deadline=settings.bmc_settle_timeout + 30),
             netpolicy=net_policy(settings))
         self.replica = uuid.uuid4().hex[:16]
+        # Item starts and results, and power observations, share transactions (server.groupcommit).
+        self._starts = GroupCommit(db, self._items_start)
+        self._dones = GroupCommit(db, self._items_done)
+        self.writes = groupcommit.calls(db)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sync_task: asyncio.Task[None] | None = None
 
@@ -160,11 +190,16 @@ class PowerService:
         """Create an operation holding every selected machine; 409 if one is already held."""
         try:
             with self.db.write() as s:
-                if keys is not None:
-                    machines = [inventory.get_machine(s, k) for k in keys]
+                # (id, name, bmc_address) rows: a bulk operation selects thousands of machines and
+                # ORM objects (with their NICs and labels) cost ~0.1 ms each, holding the GIL.
+                wanted = select(Machine.id, Machine.name, Machine.bmc_address)
+                if keys is not None:  # ids or names
+                    rows = list(s.execute(wanted.where(or_(Machine.id.in_(keys), Machine.name.in_(keys)))))
+                    by_key = {r.id: r for r in rows} | {r.name: r for r in rows}
+                    machines = [by_key.get(k) or inventory.get_machine(s, k) for k in keys]  # 404 if unknown
                 else:
-                    machines = list(s.scalars(select(Machine).where(
-                        inventory.selector_clause(selector or ())).order_by(Machine.name)))
+                    machines = list(s.execute(wanted.where(inventory.selector_clause(selector or ()))
+                                              .order_by(Machine.name)))
                 if not machines:
                     raise Invalid(message="the selector matches no machines", details={"field": "selector"})
                 no_bmc = [m.name for m in machines if m.bmc_address is None]
@@ -174,13 +209,16 @@ class PowerService:
                 ids = [m.id for m in machines]
                 op = Operation(id=str(uuid.uuid4()), kind=kind, action=action, params=params,
                                status=OpStatus.QUEUED.value, requested_by=actor, created_at=utcnow())
-                op.items = [OperationItem(machine_id=m.id, machine_name=m.name, active_machine_id=m.id,
-                                          status=OpStatus.QUEUED.value, result={}) for m in machines]
                 s.add(op)
                 s.flush()
-                for m in machines:
-                    inventory.record(s, actor=actor, kind=f"{kind}.requested", machine=m,
-                                     message=f"{kind} {action} requested", data={"operation": op.id, **params})
+                s.execute(insert(OperationItem), [
+                    {"operation_id": op.id, "machine_id": m.id, "machine_name": m.name, "active_machine_id": m.id,
+                     "status": OpStatus.QUEUED.value, "result": {}} for m in machines])
+                now = utcnow()
+                s.execute(insert(Event), [
+                    {"actor": actor, "kind": f"{kind}.requested", "machine_id": m.id, "machine_name": m.name,
+                     "message": f"{kind} {action} requested", "data": {"operation": op.id, **params},
+                     "created_at": now} for m in machines])
                 return op.id
         except IntegrityError:
             raise Conflict(message="another operation is already running on " + self._busy_names(ids)) from None
@@ -206,7 +244,7 @@ class PowerService:
         starts = asyncio.Lock()
         next_start = loop.time()
 
-        async def one(item_id: int) -> bool:
+        async def one(item: OperationItem) -> bool:
             nonlocal next_start
             async with gate:
                 async with starts:  # consecutive starts are at least `stagger` apart
@@ -214,10 +252,10 @@ class PowerService:
                     if delay > 0:
                         await asyncio.sleep(delay)
                     next_start = loop.time() + stagger
-                return await self._run_item(op, item_id)
+                return await self._run_item(op, item)
 
         try:
-            oks = await asyncio.gather(*(one(item.id) for item in op.items))
+            oks = await asyncio.gather(*(one(item) for item in op.items))
         except Exception as exc:  # noqa: BLE001 - record, never lose an operation
             log.exception("operation crashed op=%s", op_id)
             await run_in_threadpool(self._finish, op_id, f"internal error: {type(exc).__name__}")
@@ -234,18 +272,21 @@ class PowerService:
 
     def _finish(self, op_id: str, error: str | None) -> None:
         with self.db.write() as s:
-            op = s.get_one(Operation, op_id)
-            op.status = (OpStatus.FAILED if error else OpStatus.SUCCEEDED).value
-            op.error = error
-            op.finished_at = utcnow()
-            for item in op.items:  # nothing may stay held
-                if item.active_machine_id is not None:
-                    item.active_machine_id = None
-                    if item.status in (OpStatus.QUEUED.value, OpStatus.RUNNING.value):
-                        item.status, item.error = OpStatus.FAILED.value, error or "not run"
+            s.execute(update(Operation).where(Operation.id == op_id)
+                      .values(status=(OpStatus.FAILED if error else OpStatus.SUCCEEDED).value, error=error,
+                              finished_at=utcnow())
+                      .execution_options(synchronize_session=False))
+            held = (OperationItem.operation_id == op_id, OperationItem.active_machine_id.is_not(None))
+            s.execute(update(OperationItem)  # nothing may stay held
+                      .where(*held, OperationItem.status.in_((OpStatus.QUEUED.value, OpStatus.RUNNING.value)))
+                      .values(status=OpStatus.FAILED.value, error=error or "not run", active_machine_id=None)
+                      .execution_options(synchronize_session=False))
+            s.execute(update(OperationItem).where(*held).values(active_machine_id=None)
+                      .execution_options(synchronize_session=False))
 
-    async def _run_item(self, op: Operation, item_id: int) -> bool:
-        endpoint, name = await run_in_threadpool(self._item_start, item_id, utcnow())
+    async def _run_item(self, op: Operation, item: OperationItem) -> bool:
+        """``item`` is the (detached) row loaded by ``_begin``; its state is written, not read."""
+        endpoint = await self._starts(_Start(op, item, utcnow()))
         try:
             if endpoint is None:
                 raise Invalid(message="machine has no BMC")
@@ -258,42 +299,68 @@ class PowerService:
                     uefi=bool(op.params.get("uefi", True)))
         except Exception as exc:  # noqa: BLE001 - an item fails, the operation goes on
             msg = str(exc) if isinstance(exc, BmcError | Invalid) else f"internal error: {type(exc).__name__}"
-            await run_in_threadpool(self._item_done, op, item_id, None, msg)
+            await self._dones(_Done(op, item, None, msg))
             return False
         error = None if result.ok else str(result.error)
-        await run_in_threadpool(self._item_done, op, item_id, result, error)
+        await self._dones(_Done(op, item, result, error))
         log.info("operation item done op=%s machine=%s bmc=%s ok=%s attempts=%d elapsed=%.2f",
-                 op.id, name, endpoint.key, result.ok, result.attempts, result.elapsed)
+                 op.id, item.machine_name, endpoint.key, result.ok, result.attempts, result.elapsed)
         return result.ok
 
-    def _item_start(self, item_id: int, now: datetime) -> tuple[BmcEndpoint | None, str]:
-        with self.db.write() as s:
-            item = s.get_one(OperationItem, item_id)
-            item.status = OpStatus.RUNNING.value
-            item.started_at = now
-            m = s.get(Machine, item.machine_id)
-            return (endpoint_of(m, self.secrets) if m else None), item.machine_name
+    # Item writes are a few statements per batch of machines (executemany), never ORM loads: a
+    # bulk operation makes two per machine, and per-machine ORM work cost more CPU than the BMC
+    # exchange itself.
 
-    def _item_done(self, op: Operation, item_id: int, result: BmcResult | None, error: str | None) -> None:
-        with self.db.write() as s:
-            item = s.get_one(OperationItem, item_id)
-            item.status = (OpStatus.FAILED if error else OpStatus.SUCCEEDED).value
-            item.error = error
-            item.result = _result(result) if result else {}
-            item.finished_at = utcnow()
-            item.active_machine_id = None
-            m = s.get(Machine, item.machine_id)
-            if m is None:
-                return
-            if result is not None and result.state != PowerState.unknown:
-                m.power_observed = result.state.value
-                m.power_observed_at = utcnow()
-            if not error and op.kind == "power":
-                m.power_desired = PowerAction(op.action).target.value
-            verb = "failed" if error else "succeeded"
-            inventory.record(s, actor=op.requested_by, kind=f"{op.kind}.{verb}", machine=m,
-                             message=f"{op.kind} {op.action} {verb}" + (f": {error}" if error else ""),
-                             data={"operation": op.id, **item.result})
+    def _items_start(self, s: Session, starts: list[_Start]) -> list[BmcEndpoint | None]:
+        t: Table = OperationItem.__table__  # type: ignore[assignment]
+        s.execute(t.update().where(t.c.id == bindparam("b_id"))
+                  .values(status=OpStatus.RUNNING.value, started_at=bindparam("b_at", type_=t.c.started_at.type)),
+                  [{"b_id": x.item.id, "b_at": x.now} for x in starts])
+        for x in starts:
+            enrollment.on_power_item_start(s, x.op, x.item)  # off/cycle/reset: the boot's token dies
+        ids = {x.item.machine_id for x in starts}
+        rows = {r.id: r for r in s.execute(select(Machine.id, *_BMC_COLUMNS).where(Machine.id.in_(ids)))}
+        return [endpoint_of(rows[x.item.machine_id], self.secrets) if x.item.machine_id in rows else None
+                for x in starts]
+
+    def _items_done(self, s: Session, dones: list[_Done]) -> list[None]:
+        now = utcnow()
+        items: Table = OperationItem.__table__  # type: ignore[assignment]
+        machines: Table = Machine.__table__  # type: ignore[assignment]
+        outcomes = [_result(x.result) if x.result else {} for x in dones]
+        s.execute(items.update().where(items.c.id == bindparam("b_id"))
+                  .values(status=bindparam("b_status"), error=bindparam("b_error", type_=items.c.error.type),
+                          result=bindparam("b_result", type_=items.c.result.type),
+                          finished_at=bindparam("b_at", type_=items.c.finished_at.type), active_machine_id=None),
+                  [{"b_id": x.item.id, "b_status": (OpStatus.FAILED if x.error else OpStatus.SUCCEEDED).value,
+                    "b_error": x.error, "b_result": out, "b_at": now} for x, out in zip(dones, outcomes, strict=True)])
+        changes = []
+        for x in dones:
+            observed = x.result.state.value if x.result and x.result.state != PowerState.unknown else None
+            desired = PowerAction(x.op.action).target.value if not x.error and x.op.kind == "power" else None
+            if observed or desired:
+                changes.append({"b_id": x.item.machine_id, "b_observed": observed,
+                                "b_observed_at": now if observed else None, "b_desired": desired})
+        if changes:  # NULL keeps the column; the revision moves as for any write to the machine
+            c = machines.c
+            s.execute(machines.update().where(c.id == bindparam("b_id")).values(
+                power_observed=func.coalesce(bindparam("b_observed", type_=c.power_observed.type), c.power_observed),
+                power_observed_at=func.coalesce(bindparam("b_observed_at", type_=c.power_observed_at.type),
+                                                c.power_observed_at),
+                power_desired=func.coalesce(bindparam("b_desired", type_=c.power_desired.type), c.power_desired),
+                revision=c.revision + 1), changes)
+        existing = set(s.scalars(select(Machine.id).where(Machine.id.in_({x.item.machine_id for x in dones}))))
+        events = []
+        for x, out in zip(dones, outcomes, strict=True):
+            if x.item.machine_id not in existing:  # deleted while the operation ran
+                continue
+            verb = "failed" if x.error else "succeeded"
+            events.append({"actor": x.op.requested_by, "kind": f"{x.op.kind}.{verb}", "machine_id": x.item.machine_id,
+                           "machine_name": x.item.machine_name, "created_at": now, "data": {"operation": x.op.id, **out},
+                           "message": f"{x.op.kind} {x.op.action} {verb}" + (f": {x.error}" if x.error else "")})
+        if events:
+            s.execute(insert(Event), events)
+        return [None] * len(dones)
 
     def reap_stale(self) -> int:
         """Fail items left queued/running by a replica that died (older than STALE_AFTER)."""
@@ -314,7 +381,7 @@ class PowerService:
         if target.endpoint is None:
             raise Invalid(message=f"machine {target.name} has no BMC")
         result = await self.controller.get_power_state(target.endpoint)
-        await run_in_threadpool(self._observe, target, result)
+        await self.writes(functools.partial(self._observe, target, result))
         return {"machine": target.name, "state": result.state.value,
                 "error": None if result.ok else str(result.error)}
 
@@ -323,33 +390,33 @@ class PowerService:
             m = inventory.get_machine(s, key)
             return Target(m.id, m.name, endpoint_of(m, self.secrets))
 
-    def _observe(self, target: Target, result: BmcResult) -> None:
+    def _observe(self, target: Target, result: BmcResult, s: Session) -> None:
         """Record one poll: out-of-band changes, failures, and maintenance after too many."""
-        with self.db.write() as s:
-            m = s.get(Machine, target.machine_id)
-            if m is None:
-                return
-            before = m.power_observed
-            m.power_observed_at = utcnow()
-            if result.ok:
-                m.power_observed = result.state.value
-                m.power_failures = 0
-                held = s.scalar(select(OperationItem.id).where(OperationItem.active_machine_id == m.id))
-                if before not in (PowerState.unknown.value, result.state.value) and held is None:
-                    inventory.record(s, actor="power-sync", kind="power.changed", machine=m,
-                                     message=f"power changed out of band: {before} -> {result.state.value}",
-                                     data={"from": before, "to": result.state.value})
-                return
-            m.power_observed = PowerState.unknown.value
-            m.power_failures += 1
-            inventory.record(s, actor="power-sync", kind="power.sync_failed", machine=m,
-                             message=f"power state read failed ({m.power_failures} in a row): {result.error}",
-                             data={"failures": m.power_failures})
-            if m.power_failures >= self.settings.power_sync_failures and m.phase != Phase.MAINTENANCE.value:
-                m.fault_reason = f"BMC unreachable: {m.power_failures} power-state reads failed; last: {result.error}"
-                inventory.record(s, actor="power-sync", kind="machine.maintenance", machine=m,
-                                 message=m.fault_reason, data={"from": m.phase})
-                m.phase = Phase.MAINTENANCE.value
+        m = s.get(Machine, target.machine_id, options=_MACHINE_ONLY)
+        if m is None:
+            return
+        before = m.power_observed
+        m.power_observed_at = utcnow()
+        if result.ok:
+            m.power_observed = result.state.value
+            m.power_failures = 0
+            enrollment.on_power_observed(s, m)  # seen off: its enrollment token dies
+            held = s.scalar(select(OperationItem.id).where(OperationItem.active_machine_id == m.id))
+            if before not in (PowerState.unknown.value, result.state.value) and held is None:
+                inventory.record(s, actor="power-sync", kind="power.changed", machine=m,
+                                 message=f"power changed out of band: {before} -> {result.state.value}",
+                                 data={"from": before, "to": result.state.value})
+            return
+        m.power_observed = PowerState.unknown.value
+        m.power_failures += 1
+        inventory.record(s, actor="power-sync", kind="power.sync_failed", machine=m,
+                         message=f"power state read failed ({m.power_failures} in a row): {result.error}",
+                         data={"failures": m.power_failures})
+        if m.power_failures >= self.settings.power_sync_failures and m.phase != Phase.MAINTENANCE.value:
+            m.fault_reason = f"BMC unreachable: {m.power_failures} power-state reads failed; last: {result.error}"
+            inventory.record(s, actor="power-sync", kind="machine.maintenance", machine=m,
+                             message=m.fault_reason, data={"from": m.phase})
+            m.phase = Phase.MAINTENANCE.value
 
     def _sync_targets(self) -> list[Target]:
         with self.db.read() as s:
@@ -369,7 +436,7 @@ class PowerService:
         async def poll(t: Target) -> None:
             assert t.endpoint is not None
             result = await self.controller.get_power_state(t.endpoint)
-            await run_in_threadpool(self._observe, t, result)
+            await self.writes(functools.partial(self._observe, t, result))
 
         await asyncio.gather(*(poll(t) for t in targets))
         return len(targets)

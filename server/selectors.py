@@ -62,6 +62,16 @@ def _tokenize(text: str) -> list[str]:
     return tokens
 
 
+def parse_param(text: str) -> tuple[Requirement, ...]:
+    """:func:`parse` for a selector given in a request: a bad one is a 422 naming the field."""
+    from server.errors import Invalid
+
+    try:
+        return parse(text)
+    except SelectorError as exc:
+        raise Invalid(message=f"invalid selector: {exc}", details={"field": "selector"}) from None
+
+
 def parse(text: str) -> tuple[Requirement, ...]:
     """Parse a selector; raise :class:`SelectorError` with the position of the problem."""
     if len(text) > 4096:

@@ -40,6 +40,10 @@ class ServerSettings(BaseSettings):
     migrate_on_start: bool = True
     """``bronze serve`` runs ``db upgrade`` before serving."""
     log_level: str = "info"
+    api_cache_mb: int = Field(default=64, ge=0, le=4096)
+    """Memory for cached GET responses of the inventory (0 turns the cache off). Entries are
+    validated on every request against change counters in the database, so replicas never serve
+    each other's stale data."""
     bmc_networks: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8"]
     )
@@ -58,7 +62,9 @@ class ServerSettings(BaseSettings):
     bmc_settle_timeout: float = Field(default=60.0, gt=0)
     """How long a power change may take to read back before the operation fails."""
     bmc_poll_interval: float = Field(default=1.0, gt=0)
-    """Seconds between read-backs while waiting for a power change to settle."""
+    """Longest gap between read-backs while a power change settles (the first is immediate)."""
+    bmc_session_idle: float = Field(default=20.0, ge=0)
+    """Seconds a BMC session (IPMI RMCP+, Redfish) is kept for the next operation; 0: none kept."""
 
     agent_api_enabled: bool = True
     """Serve the node agents' gRPC API (enrollment + mTLS sessions)."""
@@ -72,6 +78,27 @@ class ServerSettings(BaseSettings):
     """Names/IPs in the agent API's server certificate (comma list); default: ``agent_host``."""
     agent_heartbeat_interval: float = Field(default=30.0, gt=0)
     """Seconds between agent heartbeats; a session silent for three intervals is closed."""
+
+    boot_discovery: bool = True
+    """Unknown MACs that network-boot get the discovery profile (when it exists) and are recorded
+    as ``discovered`` machines; off: they get an ``exit`` script."""
+    boot_discovery_profile: str = "discovery"
+    """Name of the boot profile used for unknown and ``discovered`` machines."""
+    boot_discovery_rate: int = Field(default=30, ge=0)
+    """At most this many machines are recorded as discovered per minute (a flood of random MACs
+    gets ``exit`` scripts and writes nothing)."""
+    boot_discovery_max: int = Field(default=1000, ge=0)
+    """At most this many machines in phase ``discovered`` at once."""
+    boot_token_ttl: int = Field(default=1800, ge=60, le=86_400)
+    """Seconds an enrollment token rendered into an agent boot script stays valid."""
+    boot_asset_max_bytes: int = Field(default=4 << 30, ge=1)
+    """Largest boot asset accepted by upload."""
+    boot_timeline_per_mac: int = Field(default=200, ge=10)
+    """Netboot timeline events kept per MAC (oldest dropped first)."""
+    boot_timeline_days: float = Field(default=7.0, gt=0)
+    """Netboot timeline events older than this are dropped."""
+    boot_timeline_max_rows: int = Field(default=100_000, ge=100)
+    """Netboot timeline rows kept in total (oldest dropped first)."""
 
     @field_validator("admin_token", "secret_key", "database_url", mode="before")
     @classmethod

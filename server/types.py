@@ -33,10 +33,13 @@ class Role(StrEnum):
     """Machines, power, boot, config, upgrades."""
     ADMIN = "admin"
     """Everything, including token management."""
+    BOOT = "boot"
+    """Outside the nesting: only the boot plane's calls (``/api/v1/boot/decide`` and timeline
+    ingestion), for a remote ``bronze pxe``. Admin may make them too."""
 
     @property
     def rank(self) -> int:
-        return {"reader": 0, "operator": 1, "admin": 2}[self.value]
+        return {"boot": -1, "reader": 0, "operator": 1, "admin": 2}[self.value]
 
 
 class DesiredPower(StrEnum):

@@ -72,34 +72,38 @@ class AgentMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., result: _Optional[_Union[CommandResult, _Mapping]] = ..., chunk: _Optional[_Union[NodeOpChunk, _Mapping]] = ..., certificate_request: _Optional[_Union[CertificateRequest, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("agent_version", "boot_id", "config_version", "staged_config_version", "inventory", "machine_id")
+    __slots__ = ("agent_version", "boot_id", "config_version", "staged_config_version", "inventory", "machine_id", "reverted_config_version")
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
     STAGED_CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
     INVENTORY_FIELD_NUMBER: _ClassVar[int]
     MACHINE_ID_FIELD_NUMBER: _ClassVar[int]
+    REVERTED_CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
     agent_version: str
     boot_id: str
     config_version: str
     staged_config_version: str
     inventory: Inventory
     machine_id: str
-    def __init__(self, agent_version: _Optional[str] = ..., boot_id: _Optional[str] = ..., config_version: _Optional[str] = ..., staged_config_version: _Optional[str] = ..., inventory: _Optional[_Union[Inventory, _Mapping]] = ..., machine_id: _Optional[str] = ...) -> None: ...
+    reverted_config_version: str
+    def __init__(self, agent_version: _Optional[str] = ..., boot_id: _Optional[str] = ..., config_version: _Optional[str] = ..., staged_config_version: _Optional[str] = ..., inventory: _Optional[_Union[Inventory, _Mapping]] = ..., machine_id: _Optional[str] = ..., reverted_config_version: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
-    __slots__ = ("seq", "config_version", "uptime_seconds", "load1", "try_pending")
+    __slots__ = ("seq", "config_version", "uptime_seconds", "load1", "try_pending", "reverted_config_version")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
     UPTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
     LOAD1_FIELD_NUMBER: _ClassVar[int]
     TRY_PENDING_FIELD_NUMBER: _ClassVar[int]
+    REVERTED_CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
     seq: int
     config_version: str
     uptime_seconds: float
     load1: float
     try_pending: bool
-    def __init__(self, seq: _Optional[int] = ..., config_version: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., load1: _Optional[float] = ..., try_pending: _Optional[bool] = ...) -> None: ...
+    reverted_config_version: str
+    def __init__(self, seq: _Optional[int] = ..., config_version: _Optional[str] = ..., uptime_seconds: _Optional[float] = ..., load1: _Optional[float] = ..., try_pending: _Optional[bool] = ..., reverted_config_version: _Optional[str] = ...) -> None: ...
 
 class CommandResult(_message.Message):
     __slots__ = ("command_id", "ok", "error", "applied_version", "output", "rebooting")
@@ -138,7 +142,7 @@ class ServerMessage(_message.Message):
     def __init__(self, command: _Optional[_Union[Command, _Mapping]] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("id", "apply_config", "reboot", "confirm_config", "node_op", "renew_certificate", "new_certificate")
+    __slots__ = ("id", "apply_config", "reboot", "confirm_config", "node_op", "renew_certificate", "new_certificate", "cancel_node_op")
     ID_FIELD_NUMBER: _ClassVar[int]
     APPLY_CONFIG_FIELD_NUMBER: _ClassVar[int]
     REBOOT_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +150,7 @@ class Command(_message.Message):
     NODE_OP_FIELD_NUMBER: _ClassVar[int]
     RENEW_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     NEW_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_NODE_OP_FIELD_NUMBER: _ClassVar[int]
     id: str
     apply_config: ApplyConfig
     reboot: Reboot
@@ -153,7 +158,8 @@ class Command(_message.Message):
     node_op: NodeOp
     renew_certificate: RenewCertificate
     new_certificate: NewCertificate
-    def __init__(self, id: _Optional[str] = ..., apply_config: _Optional[_Union[ApplyConfig, _Mapping]] = ..., reboot: _Optional[_Union[Reboot, _Mapping]] = ..., confirm_config: _Optional[_Union[ConfirmConfig, _Mapping]] = ..., node_op: _Optional[_Union[NodeOp, _Mapping]] = ..., renew_certificate: _Optional[_Union[RenewCertificate, _Mapping]] = ..., new_certificate: _Optional[_Union[NewCertificate, _Mapping]] = ...) -> None: ...
+    cancel_node_op: CancelNodeOp
+    def __init__(self, id: _Optional[str] = ..., apply_config: _Optional[_Union[ApplyConfig, _Mapping]] = ..., reboot: _Optional[_Union[Reboot, _Mapping]] = ..., confirm_config: _Optional[_Union[ConfirmConfig, _Mapping]] = ..., node_op: _Optional[_Union[NodeOp, _Mapping]] = ..., renew_certificate: _Optional[_Union[RenewCertificate, _Mapping]] = ..., new_certificate: _Optional[_Union[NewCertificate, _Mapping]] = ..., cancel_node_op: _Optional[_Union[CancelNodeOp, _Mapping]] = ...) -> None: ...
 
 class ApplyConfig(_message.Message):
     __slots__ = ("version", "config_json", "mode", "try_timeout_seconds")
@@ -180,14 +186,22 @@ class ConfirmConfig(_message.Message):
     def __init__(self, version: _Optional[str] = ...) -> None: ...
 
 class NodeOp(_message.Message):
-    __slots__ = ("kind", "service", "tail_lines")
+    __slots__ = ("kind", "service", "tail_lines", "follow")
     KIND_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
     TAIL_LINES_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
     kind: NodeOpKind
     service: str
     tail_lines: int
-    def __init__(self, kind: _Optional[_Union[NodeOpKind, str]] = ..., service: _Optional[str] = ..., tail_lines: _Optional[int] = ...) -> None: ...
+    follow: bool
+    def __init__(self, kind: _Optional[_Union[NodeOpKind, str]] = ..., service: _Optional[str] = ..., tail_lines: _Optional[int] = ..., follow: _Optional[bool] = ...) -> None: ...
+
+class CancelNodeOp(_message.Message):
+    __slots__ = ("command_id",)
+    COMMAND_ID_FIELD_NUMBER: _ClassVar[int]
+    command_id: str
+    def __init__(self, command_id: _Optional[str] = ...) -> None: ...
 
 class RenewCertificate(_message.Message):
     __slots__ = ()

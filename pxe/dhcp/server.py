@@ -45,7 +45,6 @@ from pxe.dhcp.packet import (
     encode_tlv,
     parse,
 )
-from pxe.dhcp.sockets import resume as _resume
 from pxe.dhcp.sockets import udp_socket as _udp_socket
 from pxe.errors import MalformedPacket, PxeError
 
@@ -202,18 +201,10 @@ class DhcpServer:
         if len(self._tasks) >= self.max_inflight:
             self.stats.drop(Drop.OVERLOADED)
             return
-        # Eager start: run the handler now; most backends (tables, caches) answer without
-        # suspending, and then no task is created at all. Only a handler that really waits
-        # (an HTTP backend) continues in a task. (Python 3.12's eager tasks do the same.)
-        coro = self._handle(pkt, addr, port4011)
-        try:
-            waiting = coro.send(None)
-        except StopIteration:
-            return
-        except Exception:  # noqa: BLE001 - one request must never stop the server
-            log.exception("dhcp handler crashed mac=%s", pkt.mac)
-            return
-        task = asyncio.get_running_loop().create_task(_resume(coro, waiting))
+        # An ordinary Task per request: backends may use anything that needs a current task
+        # (httpx/anyio, asyncio.timeout). Stepping the coroutine by hand saved ~10 us per packet
+        # and broke exactly those backends.
+        task = asyncio.get_running_loop().create_task(self._guarded(pkt, addr, port4011))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -222,6 +213,12 @@ class DhcpServer:
             self.sink(TimelineEvent(kind=kind, mac=pkt.mac, detail=detail))
         except Exception:  # noqa: BLE001 - a sink must never take the server down
             log.exception("timeline sink failed")
+
+    async def _guarded(self, pkt: Packet, addr: tuple[str, int], port4011: bool) -> None:
+        try:
+            await self._handle(pkt, addr, port4011)
+        except Exception:  # noqa: BLE001 - one request must never stop the server
+            log.exception("dhcp handler crashed mac=%s", pkt.mac)
 
     async def _handle(self, pkt: Packet, addr: tuple[str, int], port4011: bool) -> None:
         mt = pkt.message_type

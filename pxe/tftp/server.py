@@ -13,10 +13,12 @@ Safety: only RRQ is served (WRQ -> error 2, nothing is written); names are confi
 and reaped after `timeout * (retries + 1)` of silence; a transfer that is never acknowledged
 costs at most 1 + retries transmissions of its first packet (or window).
 
-Speed (`session.Session`): each session has its own connected UDP socket, read with
-`loop.add_reader` (no protocol objects). Lock-step transfers read 16 KiB of blocks ahead with one
-`os.preadv` into slots behind prewritten headers and send one block per ACK; windows are read the
-same way and sent with UDP GSO (one `sendmsg` for up to 64 datagrams).
+Speed (`session.Session`): each session has its own connected UDP socket. Lock-step transfers
+(windowsize 1) run on a thread of their own, up to `max_threads` at once (`lockstep`: a blocking
+recv with SO_RCVTIMEO, 16 KiB of blocks read ahead with one `os.preadv`, one send per ACK); the
+others, and every windowed transfer, run on the event loop with `loop.add_reader` (no protocol
+objects): windows are read with one `os.preadv` into slots behind prewritten headers and sent
+with UDP GSO (one `sendmsg` for up to 64 datagrams).
 """
 
 from __future__ import annotations
@@ -77,6 +79,7 @@ class TftpServer:
         retries: int = 5,
         max_blksize: int = MAX_BLKSIZE,
         max_windowsize: int = 64,
+        max_threads: int = 64,
         interface: str | None = None,
     ) -> None:
         if address in ("0.0.0.0", ""):  # noqa: S104
@@ -86,6 +89,8 @@ class TftpServer:
         self.sink = sink
         self.max_sessions, self.timeout, self.retries = max_sessions, timeout, retries
         self.max_blksize, self.max_windowsize = max_blksize, max_windowsize
+        self.max_threads = max_threads
+        self.threads = 0  # lock-step sessions running on their own thread
         self.stats = TftpStats()
         self.gso = True  # cleared if the kernel refuses UDP_SEGMENT
         self.sessions: dict[tuple[str, int], Session] = {}
@@ -118,8 +123,11 @@ class TftpServer:
         )
 
     async def stop(self) -> None:
+        threads = [s.thread for s in self.sessions.values() if s.thread is not None]
         for s in list(self.sessions.values()):
             s.finish(False, "server stopping")
+        for t in threads:  # woken by finish(); they close their sockets and files on the way out
+            await asyncio.to_thread(t.join, 5.0)
         if self._sock is not None:
             self.loop.remove_reader(self._sock.fileno())
             self._sock.close()
@@ -232,4 +240,7 @@ class TftpServer:
             blksize=session.blksize,
             windowsize=session.window,
         )
-        session.start()
+        threaded = session.window == 1 and self.threads < self.max_threads
+        if threaded:
+            self.threads += 1
+        session.start(threaded)

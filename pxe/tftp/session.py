@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import errno
 import os
 import socket
 import struct
+import threading
 import time
 from typing import TYPE_CHECKING
 
 from pxe.backend import TimelineKind
+from pxe.tftp import lockstep
 from pxe.tftp.packets import _HDR, ACK, DATA, E_ILLEGAL_OP, ERROR, OACK, Request, error_packet
 
 if TYPE_CHECKING:
@@ -18,7 +22,7 @@ if TYPE_CHECKING:
 UDP_SEGMENT = 103  # linux/udp.h: UDP generic segmentation offload (Linux >= 4.18)
 GSO_MAX_BYTES = 65000  # one send() carries at most ~64 KiB ...
 GSO_MAX_SEGMENTS = 64  # ... and at most 64 datagrams
-READAHEAD_BYTES = 16384  # per lock-step session: 1,000 sessions cost at most ~16 MiB
+READAHEAD_BYTES = 65536  # per lock-step thread: `max_threads` (64) of them cost at most ~4 MiB
 
 
 class Session:
@@ -26,8 +30,10 @@ class Session:
 
     Block `i` (1-based) holds file bytes [(i-1)*blksize, i*blksize). `acked` is the highest block
     the client acknowledged (-1 while an OACK awaits its ACK 0), `sent` the highest block sent.
-    Windows of several blocks are read with one preadv into per-block slots behind prewritten
-    headers and, where the kernel allows, sent with one send() using UDP GSO (UDP_SEGMENT).
+    Lock-step transfers run on their own thread (`pxe.tftp.lockstep`) while the server has
+    threads to spare; the rest run on the event loop here. Windows of several blocks are read
+    with one preadv into per-block slots behind prewritten headers and, where the kernel allows,
+    sent with one send() using UDP GSO (UDP_SEGMENT).
     """
 
     __slots__ = (
@@ -46,9 +52,6 @@ class Session:
         "tries",
         "progress",
         "cmsg",
-        "ra_first",
-        "ra_count",
-        "ra_bytes",
         "seen",
         "timer",
         "buf",
@@ -59,6 +62,9 @@ class Session:
         "done",
         "gso",
         "stride",
+        "thread",
+        "lock",
+        "sent_bytes",
     )
 
     def __init__(
@@ -83,15 +89,13 @@ class Session:
         self.progress = 0  # bumped on every useful ACK; the timer compares it with `seen`
         self.seen = 0
         self.stride = 4 + bs
-        # Lock-step transfers read ahead READAHEAD_BYTES worth of blocks with one preadv and
-        # send them one per ACK; windows reuse the same slots.
-        nslots = max(self.window, READAHEAD_BYTES // self.stride, 1)
-        self.buf = bytearray(self.stride * nslots)
+        self.buf = bytearray()  # slots for the blocks in flight, sized by start()
         self.view = memoryview(self.buf)
-        self.slots = [self.view[k * self.stride + 4 : (k + 1) * self.stride] for k in range(nslots)]
-        self.ra_first = 0  # first block index held in the slots (lock-step read-ahead)
-        self.ra_count = 0  # how many blocks the slots hold; 0 = nothing valid
-        self.ra_bytes = 0  # file bytes in those slots
+        self.slots: list[memoryview] = []
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()  # lock-step thread: its socket's close vs our shutdown
+        self.sent_bytes = 0  # lock-step thread: file bytes sent, added to the stats at the end
+        self.timer: asyncio.TimerHandle | None = None
         self.gso = 0  # datagrams per GSO send; 0 = one send per block
         if self.window > 1 and 2 * self.stride <= GSO_MAX_BYTES and server.gso:
             self.gso = min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // self.stride)
@@ -110,12 +114,28 @@ class Session:
         if req.windowsize:
             opts += [b"windowsize", str(self.window).encode()]
         self.oack = _HDR.pack(OACK, 0)[:2] + b"\0".join(opts) + b"\0" if opts else None
-        loop = server.loop
-        self.timer = loop.call_later(self.timeout, self._on_timer)
-        loop.add_reader(sock.fileno(), self._on_readable)
 
     # -- sending -------------------------------------------------------------------------------
-    def start(self) -> None:
+    def start(self, threaded: bool) -> None:
+        """Starts sending: on a thread of its own (lock-step only), or on the event loop.
+
+        A lock-step thread reads READAHEAD_BYTES of blocks at once and sends them one per ACK;
+        on the loop a window's blocks are read at once.
+        """
+        nslots = max(1, READAHEAD_BYTES // self.stride) if threaded else self.window
+        self.buf = bytearray(self.stride * nslots)
+        self.view = memoryview(self.buf)
+        self.slots = [self.view[k * self.stride + 4 : (k + 1) * self.stride] for k in range(nslots)]
+        if threaded:
+            assert self.window == 1
+            self.thread = threading.Thread(
+                target=lockstep.run, args=(self,), name=f"tftp-{self.peer[0]}", daemon=True
+            )
+            self.thread.start()
+            return
+        loop = self.server.loop
+        self.timer = loop.call_later(self.timeout, self._on_timer)
+        loop.add_reader(self.sock.fileno(), self._on_readable)
         if self.oack is not None:
             self.acked = -1
             self._send(self.oack)
@@ -153,7 +173,6 @@ class Session:
         """Sends blocks acked+1 .. min(acked+window, last)."""
         first = self.acked + 1
         count = min(self.acked + self.window, self.last) - self.acked
-        self.ra_count = 0  # the slots are about to hold other blocks
         bs, stride, buf = self.blksize, self.stride, self.buf
         n = os.preadv(self.fd, self.slots[:count], (first - 1) * bs)
         for k in range(count):
@@ -186,7 +205,7 @@ class Session:
     # -- receiving -----------------------------------------------------------------------------
     def _on_readable(self) -> None:
         # One datagram per call: the selector is level-triggered and calls again while data
-        # waits, and not looping saves a BlockingIOError per packet on the lock-step hot path.
+        # waits, and not looping saves a BlockingIOError per packet.
         try:
             data = self.sock.recv(2048)
         except (BlockingIOError, InterruptedError):
@@ -205,43 +224,6 @@ class Session:
                 self._send(error_packet(E_ILLEGAL_OP, "unexpected opcode"))
             return
         block16 = (data[2] << 8) | data[3]
-        acked = self.acked
-        if (
-            self.window == 1
-            and acked >= 0
-            and self.sent == acked + 1
-            and (block16 == (acked + 1) & 0xFFFF)
-        ):
-            # lock-step fast path: the ACK of the block just sent; send the next one
-            acked += 1
-            self.acked = acked
-            self.progress += 1
-            if acked >= self.last:
-                self.finish(True, "complete")
-                return
-            i = acked + 1
-            bs = self.blksize
-            k = i - self.ra_first
-            if k >= self.ra_count:
-                count = min(len(self.slots), self.last - i + 1)
-                self.ra_bytes = os.preadv(self.fd, self.slots[:count], acked * bs)
-                self.ra_first, self.ra_count, k = i, count, 0
-            n = self.ra_bytes - k * bs
-            if n > bs:
-                n = bs
-            o = k * self.stride
-            buf = self.buf
-            buf[o], buf[o + 1], buf[o + 2], buf[o + 3] = 0, DATA, (i >> 8) & 0xFF, i & 0xFF
-            try:
-                self.sock.send(self.view[o : o + 4 + n])
-            except (BlockingIOError, InterruptedError):
-                return  # the timer resends
-            except OSError as exc:
-                self.finish(False, f"send failed: {exc.strerror}")
-                return
-            self.sent = i
-            self.server.stats.bytes_sent += n
-            return
         self._on_ack(block16)
 
     def _on_ack(self, block16: int) -> None:
@@ -280,17 +262,27 @@ class Session:
         self.timer = loop.call_later(self.timeout, self._on_timer)
 
     def finish(self, ok: bool, reason: str) -> None:
+        """Ends the session (on the event loop). A lock-step thread closes its own socket and
+        file; here it is only woken (server stopping) and its byte count is taken."""
         if self.done:
             return
         self.done = True
-        self.timer.cancel()
         srv = self.server
-        try:
-            srv.loop.remove_reader(self.sock.fileno())
-        except (ValueError, OSError):
-            pass
-        self.sock.close()
-        os.close(self.fd)
+        if self.thread is not None:
+            with self.lock, contextlib.suppress(OSError):
+                if self.sock.fileno() != -1:
+                    self.sock.shutdown(socket.SHUT_RDWR)  # wakes the thread's recv
+            srv.threads -= 1
+            srv.stats.bytes_sent += self.sent_bytes
+        else:
+            if self.timer is not None:
+                self.timer.cancel()
+            try:
+                srv.loop.remove_reader(self.sock.fileno())
+            except (ValueError, OSError):
+                pass
+            self.sock.close()
+            os.close(self.fd)
         srv.sessions.pop(self.peer, None)
         sent = self.size if ok else min(self.size, max(0, self.acked) * self.blksize)
         if ok:

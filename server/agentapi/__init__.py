@@ -23,6 +23,7 @@ from server.agentapi.store import (
 from server.agentapi.tokens import BootstrapTokens, EnrollmentDenied
 from server.agentapi.types import (
     AgentApiError,
+    AgentDisconnected,
     AgentNotConnected,
     ApplyMode,
     CommandTimeout,
@@ -33,6 +34,7 @@ from server.agentapi.types import (
 __all__ = [
     "AgentApiError",
     "AgentApiServer",
+    "AgentDisconnected",
     "AgentHello",
     "AgentMachine",
     "AgentNotConnected",

@@ -11,7 +11,16 @@ sending the machine's saved commands again, oldest first. The agent executes a c
 most once and applies a config version at most once, so resending is always safe: the result is
 "at least once", the effect "exactly once". A newer ``ApplyConfig`` supersedes an older pending
 one. Node ops (dmesg, logs, ...) are interactive and not saved: if the agent is not connected
-they fail at once.
+they fail at once; a followed log (``follow=True``) streams until the consumer stops iterating
+(the hub then sends ``CancelNodeOp`` so the agent stops reading) or the session ends (the
+consumer gets :class:`AgentDisconnected`).
+
+Several replicas. The saved commands are also how a command reaches an agent whose session
+another server replica holds: every ``poll_interval`` seconds the hub asks the store for commands
+saved recently (by any replica) and sends those it has not sent yet to the agents it holds.
+Node ops cannot take that route (they stream back to the caller): on a replica that does not
+hold the session they fail with :class:`AgentNotConnected`, and the REST layer tells the caller
+the session is held elsewhere.
 """
 
 from __future__ import annotations
@@ -21,7 +30,7 @@ import datetime as dt
 import logging
 import uuid
 from collections import Counter, OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +49,7 @@ from server.agentapi.types import (
     MODE_PB,
     OP_PB,
     AgentApiError,
+    AgentDisconnected,
     AgentNotConnected,
     ApplyMode,
     CommandTimeout,
@@ -62,6 +72,18 @@ class _Session:
     reader: asyncio.Task[None] | None = None
 
 
+@dataclass
+class _Stream:
+    """A node op's output on its way to the caller (bytes; None = done; an error = failed)."""
+
+    session: _Session
+    queue: asyncio.Queue[bytes | AgentApiError | None] = field(default_factory=asyncio.Queue)
+
+
+# How far back each poll looks for commands saved by other replicas (covers slow commits).
+POLL_LOOKBACK = dt.timedelta(seconds=60)
+
+
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -75,6 +97,7 @@ class SessionHub:
         heartbeat_interval: float = 30.0,
         hello_timeout: float = 30.0,
         seen_flush_interval: float = 5.0,
+        poll_interval: float = 1.0,
         now: Callable[[], dt.datetime] = _utcnow,
     ) -> None:
         self._store = store
@@ -82,14 +105,17 @@ class SessionHub:
         self.heartbeat_interval = heartbeat_interval
         self.hello_timeout = hello_timeout
         self.seen_flush_interval = seen_flush_interval
+        self.poll_interval = poll_interval
         self._now = now
         self._sessions: dict[str, _Session] = {}
         self._pending: dict[str, dict[str, PendingCommand]] = {}
         self._waiters: OrderedDict[str, asyncio.Future[CommandOutcome]] = OrderedDict()
-        self._streams: dict[str, asyncio.Queue[bytes | None]] = {}
+        self._streams: dict[str, _Stream] = {}
+        self._acked: OrderedDict[str, None] = OrderedDict()  # recently finished command ids
         self._applied: dict[str, str] = {}
         self._seen: dict[str, dt.datetime] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        self._poller: asyncio.Task[None] | None = None
         self._connected_event: dict[str, asyncio.Event] = {}
         # Monotonic counters for metrics: sessions, heartbeats, results, commands_sent.
         self.counters: Counter[str] = Counter()
@@ -97,14 +123,18 @@ class SessionHub:
     # -- lifecycle --------------------------------------------------------------------------------
 
     def start(self) -> None:
+        loop = asyncio.get_running_loop()
         if self._sweeper is None:
-            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop())
+            self._sweeper = loop.create_task(self._sweep_loop())
+        if self._poller is None and self.poll_interval > 0:
+            self._poller = loop.create_task(self._poll_loop())
 
     async def stop(self) -> None:
-        if self._sweeper:
-            self._sweeper.cancel()
-            await asyncio.gather(self._sweeper, return_exceptions=True)
-            self._sweeper = None
+        tasks = [t for t in (self._sweeper, self._poller) if t is not None]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._sweeper = self._poller = None
         for s in list(self._sessions.values()):
             self._close(s)
         await self._flush_seen()
@@ -119,6 +149,10 @@ class SessionHub:
 
     def applied_version(self, machine_id: str) -> str | None:
         return self._applied.get(machine_id)
+
+    def open_streams(self) -> int:
+        """Node ops whose output is still being relayed (followed logs included)."""
+        return len(self._streams)
 
     async def wait_connected(self, machine_id: str, timeout: float) -> None:
         if machine_id in self._sessions:
@@ -138,10 +172,10 @@ class SessionHub:
         try_timeout_seconds: int = 120,
     ) -> str:
         """Queue a config for the machine (sent now if connected, else on connect)."""
-        # A newer config supersedes an older one still pending.
-        for cid, pc in list(self._pending_for(machine_id).items()):
-            if pc.kind == "apply_config":
-                await self._drop_pending(machine_id, cid)
+        # A newer config supersedes an older one still pending (the store drops its row).
+        mine = self._pending_for(machine_id)
+        for cid in [cid for cid, pc in mine.items() if pc.kind == "apply_config"]:
+            del mine[cid]
         cmd = pb.Command(
             id=self._new_id(),
             apply_config=pb.ApplyConfig(
@@ -189,36 +223,56 @@ class SessionHub:
         service: str = "",
         tail_lines: int = 0,
         timeout: float = 30.0,
-    ) -> AsyncIterator[bytes]:
-        """Run a diagnostic on the node and yield its output as it arrives."""
-        if machine_id not in self._sessions:
+        follow: bool = False,
+    ) -> AsyncGenerator[bytes, None]:
+        """Run a diagnostic on the node and yield its output as it arrives.
+
+        ``timeout`` bounds the whole op; with ``follow`` (logs, dmesg) it bounds only the wait
+        for the first output, after which the stream lasts until the caller stops iterating
+        (the agent is told to stop) or the session ends (:class:`AgentDisconnected`)."""
+        session = self._sessions.get(machine_id)
+        if session is None:
             raise AgentNotConnected(machine_id)
         cmd = pb.Command(
             id=self._new_id(),
-            node_op=pb.NodeOp(kind=OP_PB[kind], service=service, tail_lines=tail_lines),
+            node_op=pb.NodeOp(
+                kind=OP_PB[kind], service=service, tail_lines=tail_lines, follow=follow
+            ),
         )
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-        self._streams[cmd.id] = queue
+        stream = _Stream(session)
+        self._streams[cmd.id] = stream
+        finished = False
         try:
             await self._submit(machine_id, cmd, persist=False)
             loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout
+            deadline: float | None = loop.time() + timeout
             while True:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
                     raise CommandTimeout(cmd.id)
                 try:
-                    chunk = await asyncio.wait_for(queue.get(), remaining)
+                    item = await asyncio.wait_for(stream.queue.get(), remaining)
                 except TimeoutError:
                     raise CommandTimeout(cmd.id) from None
-                if chunk is None:
+                if item is None:
+                    finished = True
                     break
-                yield chunk
+                if isinstance(item, AgentApiError):
+                    finished = True
+                    raise item
+                if follow:
+                    deadline = None
+                yield item
             outcome = self._waiters[cmd.id].result()
             if not outcome.ok:
                 raise AgentApiError(f"node op {kind} failed: {outcome.error}")
         finally:
             self._streams.pop(cmd.id, None)
+            if not finished and self._sessions.get(machine_id) is session:
+                # The caller went away (or timed out): release the agent's side too.
+                session.outbox.put_nowait(pb.ServerMessage(command=pb.Command(
+                    id=self._new_id(), cancel_node_op=pb.CancelNodeOp(command_id=cmd.id))))
+                log.info("node op cancelled machine=%s command=%s", machine_id, cmd.id)
 
     async def node_op(
         self,
@@ -254,6 +308,9 @@ class SessionHub:
 
     async def _drop_pending(self, machine_id: str, command_id: str) -> None:
         self._pending_for(machine_id).pop(command_id, None)
+        self._acked[command_id] = None
+        while len(self._acked) > 10_000:
+            self._acked.popitem(last=False)
         await self._store.delete_pending_command(machine_id, command_id)
 
     async def _submit(self, machine_id: str, cmd: pb.Command, *, persist: bool) -> None:
@@ -326,6 +383,9 @@ class SessionHub:
         finally:
             if session.reader is not None:
                 session.reader.cancel()
+            for st in self._streams.values():  # node ops in flight cannot finish now
+                if st.session is session:
+                    st.queue.put_nowait(AgentDisconnected(machine_id))
             if self._sessions.get(machine_id) is session:
                 del self._sessions[machine_id]
                 try:
@@ -375,11 +435,10 @@ class SessionHub:
                 self._waiters[p.command_id] = asyncio.get_running_loop().create_future()
             session.outbox.put_nowait(pb.ServerMessage(command=cmd))
         desired = await self._store.get_desired_config(mid)
-        if (
-            desired is not None
-            and desired.version not in (hello.config_version, hello.staged_config_version)
-            and not has_apply
-        ):
+        # Not the version in effect, staged, or a `try` the node reverted (an unconfirmed try
+        # must not become permanent because the agent reconnected).
+        settled = (hello.config_version, hello.staged_config_version, hello.reverted_config_version)
+        if desired is not None and desired.version not in settled and not has_apply:
             log.info("config drift machine=%s have=%s want=%s", mid, hello.config_version,
                      desired.version)
             await self.push_config(mid, desired.version, desired.config_json)
@@ -405,9 +464,9 @@ class SessionHub:
                 elif kind == "result":
                     await self._on_result(session, msg.result)
                 elif kind == "chunk":
-                    q = self._streams.get(msg.chunk.command_id)
-                    if q is not None:
-                        q.put_nowait(msg.chunk.data)
+                    st = self._streams.get(msg.chunk.command_id)
+                    if st is not None:
+                        st.queue.put_nowait(msg.chunk.data)
                 elif kind == "certificate_request":
                     await self._on_csr(session, msg.certificate_request.csr_pem)
                 elif kind == "hello":
@@ -437,11 +496,11 @@ class SessionHub:
         fut = self._waiters.get(r.command_id)
         if fut is not None and not fut.done():
             fut.set_result(outcome)
-        q = self._streams.get(r.command_id)
-        if q is not None:
+        st = self._streams.get(r.command_id)
+        if st is not None:
             if r.output:
-                q.put_nowait(bytes(r.output))
-            q.put_nowait(None)
+                st.queue.put_nowait(bytes(r.output))
+            st.queue.put_nowait(None)
         if not r.ok:
             log.warning("command failed machine=%s command=%s error=%s", mid, r.command_id,
                         r.error)
@@ -479,6 +538,50 @@ class SessionHub:
                 await self._flush_seen()
             except Exception:
                 log.exception("record_seen failed")
+
+    async def _poll_loop(self) -> None:
+        """Send commands other replicas saved for the agents this replica holds."""
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                await self.poll_pending()
+            except Exception:
+                log.exception("pending-command poll failed")
+
+    async def poll_pending(self) -> int:
+        """One poll (see the module docstring). Returns how many commands were sent."""
+        if not self._sessions:
+            return 0
+        rows = await self._store.list_pending_since(self._now() - POLL_LOOKBACK)
+        fresh = {
+            mid
+            for mid, cid in rows
+            if mid in self._sessions
+            and cid not in self._pending_for(mid)
+            and cid not in self._acked
+        }
+        sent = 0
+        for mid in sorted(fresh):
+            session = self._sessions.get(mid)
+            if session is None:
+                continue
+            mine = self._pending_for(mid)
+            for p in await self._store.list_pending_commands(mid):
+                if p.command_id in mine or p.command_id in self._acked:
+                    continue
+                cmd = pb.Command.FromString(p.payload)
+                if cmd.HasField("apply_config"):  # superseded by this one (store did the same)
+                    for cid in [c for c, pc in mine.items() if pc.kind == "apply_config"]:
+                        del mine[cid]
+                mine[p.command_id] = p
+                if p.command_id not in self._waiters:
+                    self._waiters[p.command_id] = asyncio.get_running_loop().create_future()
+                self.counters["commands_sent"] += 1
+                session.outbox.put_nowait(pb.ServerMessage(command=cmd))
+                sent += 1
+                log.info("command from another replica sent machine=%s command=%s kind=%s",
+                         mid, p.command_id, p.kind)
+        return sent
 
     async def _flush_seen(self) -> None:
         if self._seen:

@@ -106,10 +106,17 @@ class AgentStore(Protocol):
     async def get_desired_config(self, machine_id: str) -> DesiredConfig | None: ...
 
     # pending commands (persisted so a server restart or a cut loses none)
-    async def save_pending_command(self, machine_id: str, cmd: PendingCommand) -> None: ...
+    async def save_pending_command(self, machine_id: str, cmd: PendingCommand) -> None:
+        """Save ``cmd``; an ``apply_config`` replaces the machine's pending ``apply_config``."""
+        ...
     async def delete_pending_command(self, machine_id: str, command_id: str) -> None: ...
     async def list_pending_commands(self, machine_id: str) -> list[PendingCommand]:
         """Oldest first."""
+        ...
+
+    async def list_pending_since(self, since: dt.datetime) -> list[tuple[str, str]]:
+        """``(machine_id, command_id)`` of every pending command created at or after ``since``
+        (by any server replica): how a replica learns of commands for the agents it holds."""
         ...
 
 
@@ -169,10 +176,18 @@ class MemoryAgentStore:
         return self.desired.get(machine_id)
 
     async def save_pending_command(self, machine_id: str, cmd: PendingCommand) -> None:
-        self.pending.setdefault(machine_id, {})[cmd.command_id] = cmd
+        mine = self.pending.setdefault(machine_id, {})
+        if cmd.kind == "apply_config":
+            for cid in [c.command_id for c in mine.values() if c.kind == "apply_config"]:
+                del mine[cid]
+        mine[cmd.command_id] = cmd
 
     async def delete_pending_command(self, machine_id: str, command_id: str) -> None:
         self.pending.get(machine_id, {}).pop(command_id, None)
 
     async def list_pending_commands(self, machine_id: str) -> list[PendingCommand]:
         return sorted(self.pending.get(machine_id, {}).values(), key=lambda c: c.created_at)
+
+    async def list_pending_since(self, since: dt.datetime) -> list[tuple[str, str]]:
+        return [(mid, c.command_id) for mid, cmds in self.pending.items()
+                for c in cmds.values() if c.created_at >= since]

@@ -7,7 +7,8 @@ returns a random secret placed on the kernel command line (``bronze.token=...``)
 * **single-use**: :meth:`BootstrapTokens.redeem` compare-and-deletes it, so two racing enrollments
   with one token yield one certificate;
 * **bound to one machine and one boot**: it is stored under the machine id and a new boot (a new
-  ``issue``) replaces it; :meth:`BootstrapTokens.wipe` removes it on power-off or reprovision;
+  ``issue``) replaces it; it is wiped when that boot ends (power-off, cycle, reset) or the
+  machine is reprovisioned (``server/enrollment.py``, in the same transaction as the change);
 * **stored hashed** (SHA-256; the secret has 256 bits of entropy, so no slow KDF is needed) and
   compared in constant time (``hmac.compare_digest``).
 

@@ -69,6 +69,16 @@ class AgentNotConnected(AgentApiError):
         super().__init__(f"agent of machine {machine_id} is not connected")
 
 
+class AgentDisconnected(AgentNotConnected):
+    """The session ended while a node op was running (its output stops there). HTTP 502."""
+
+    http_status = 502
+
+    def __init__(self, machine_id: str) -> None:
+        self.machine_id = machine_id
+        AgentApiError.__init__(self, f"agent of machine {machine_id} disconnected")
+
+
 class CommandTimeout(AgentApiError):
     """No result arrived in time (transient). HTTP 504."""
 

@@ -6,19 +6,23 @@
   connect: the session compares versions).
 * ``/api/v1/machines/{key}/config`` (+ ``/config/dry-run``): the rendered config, provenance,
   desired and applied versions.
-* ``/api/v1/machines/{key}/enrollment-token``, ``/agent``, ``/reboot``, ``/node/{op}``.
+* ``/api/v1/machines/{key}/enrollment-token``, ``/agent``, ``/config/confirm``.
+
+Several replicas: a config push or confirm is saved as a pending command in the database and
+delivered by whichever replica holds the agent's session (its hub polls for commands saved by
+others), so these work on any replica. Reboot and node ops: :mod:`server.api.nodes`.
 """
 
 from __future__ import annotations
 
-import json
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
-from pydantic import Field
+from pydantic import BaseModel, Field
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -26,34 +30,40 @@ from starlette.concurrency import run_in_threadpool
 
 from server import inventory
 from server.agentapi import (
+    AgentApiError,
     AgentApiServer,
-    AgentNotConnected,
     ApplyMode,
     BootstrapTokens,
-    CommandTimeout,
-    NodeOpKind,
 )
 from server.agentstore import ENROLLMENT_PHASES, DbAgentStore, load_patches, render_for
+from server.api import nodes
 from server.api.deps import Context, context, operator, reader
+from server.api.nodes import agent_api, iso
 from server.api.schemas import Strict
 from server.auth import Principal
-from server.errors import ApiError, Conflict, Invalid, NotFound
+from server.errors import Conflict, Invalid, NotFound
 from server.machineconfig import ConfigError, Layer, diff
 from server.machineconfig.render import Rendered, needs_reboot, validate_patch
 from server.models import AgentPendingCommand, AgentState, ConfigPatch, Machine, utcnow
-from server.selectors import SelectorError, matches, parse
+from server.selectors import matches, parse, parse_param
 
 router = APIRouter(tags=["agents"])
 
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9._]*[a-z0-9])?$"
 
 
-class AgentUnavailable(ApiError):
-    status, code, template = 409, "agent_unavailable", "{message}"
+class ApplyParams(BaseModel):
+    """How agents apply the configs a change produces (query parameters)."""
+
+    mode: ApplyMode = ApplyMode.AUTO
+    """auto, no-reboot, staged or try."""
+    try_timeout_seconds: int = Field(default=120, ge=1, le=86_400)
+    """``try`` only: reverted after this unless ``POST .../config/confirm`` arrives."""
 
 
-class AgentTimeout(ApiError):
-    status, code, template = 504, "timeout", "{message}"
+class ConfirmIn(Strict):
+    version: str | None = Field(default=None, min_length=1, max_length=64)
+    """The tried version (default: the machine's desired version)."""
 
 
 class ConfigPatchIn(Strict):
@@ -87,13 +97,6 @@ class EnrollmentTokenIn(Strict):
 def _store(request: Request) -> DbAgentStore:
     store: DbAgentStore = request.app.state.agent_store
     return store
-
-
-def _api(request: Request) -> AgentApiServer:
-    api: AgentApiServer | None = request.app.state.agent_api
-    if api is None:
-        raise AgentUnavailable(message="the agent API is not running (disabled or failed to start)")
-    return api
 
 
 def _config_error(exc: ConfigError, machine: Machine | None = None) -> Invalid:
@@ -141,23 +144,50 @@ def _render_all(s: Session, machines: list[Machine]) -> list[tuple[str, Rendered
     return out
 
 
-async def _push(request: Request, rendered: list[tuple[str, Rendered | None]]) -> int:
-    """Record the desired versions and push them to the connected agents. Returns pushes sent."""
-    store = _store(request)
+def _agent_states(ctx: Context, ids: Sequence[str]) -> dict[str, tuple[bool, str | None]]:
+    """``machine id -> (connected to some replica, applied version)`` as the database knows."""
+    out: dict[str, tuple[bool, str | None]] = {}
+    with ctx.db.read() as s:
+        for i in range(0, len(ids), 1000):
+            rows = s.execute(
+                select(
+                    AgentState.machine_id, AgentState.connected, AgentState.applied_config_version
+                ).where(AgentState.machine_id.in_(ids[i : i + 1000]))
+            )
+            out.update({r[0]: (bool(r[1]), r[2]) for r in rows})
+    return out
 
-    await run_in_threadpool(
-        store.note_pushed_many, [(mid, r) for mid, r in rendered if r is not None]
-    )
+
+async def _push(
+    request: Request,
+    ctx: Context,
+    rendered: list[tuple[str, Rendered | None]],
+    apply: ApplyParams,
+) -> dict[str, int]:
+    """Record the desired versions and queue them for the agents. ``pushed``: sent now (session
+    on this replica); ``queued``: saved for an agent held by another replica (its hub sends it
+    within a second) or, for a mode other than ``auto``, for an agent not connected now (so it
+    gets the change in that mode when it connects, not as a plain drift correction)."""
+    todo = [(mid, r) for mid, r in rendered if r is not None]
+    await run_in_threadpool(_store(request).note_pushed_many, todo)
     api: AgentApiServer | None = request.app.state.agent_api
     if api is None:
-        return 0
-    sent = 0
-    for mid, r in rendered:
-        if r is None or not api.hub.is_connected(mid) or api.hub.applied_version(mid) == r.version:
+        return {"pushed": 0, "queued": 0}
+    states = await run_in_threadpool(_agent_states, ctx, [mid for mid, _ in todo])
+    counts = {"pushed": 0, "queued": 0}
+    for mid, r in todo:
+        connected, applied = states.get(mid, (False, None))
+        if applied == r.version:
             continue
-        await api.hub.push_config(mid, r.version, r.canonical_json, ApplyMode.AUTO)
-        sent += 1
-    return sent
+        here = api.hub.is_connected(mid)
+        if not (here or connected or apply.mode is not ApplyMode.AUTO):
+            continue  # gets it when it connects (the session compares versions)
+        await api.hub.push_config(
+            mid, r.version, r.canonical_json, apply.mode,
+            try_timeout_seconds=apply.try_timeout_seconds,
+        )
+        counts["pushed" if here else "queued"] += 1
+    return counts
 
 
 # -- config patches -------------------------------------------------------------------------------
@@ -178,7 +208,11 @@ async def create_config_patch(
     request: Request,
     ctx: Annotated[Context, Depends(context)],
     who: Annotated[Principal, Depends(operator)],
+    apply: Annotated[ApplyParams, Query()],
 ) -> dict[str, Any]:
+    """Add a patch; every affected machine is re-rendered (422 on the first invalid one) and the
+    new configs go to the agents in the apply ``mode`` given (query: ``mode``,
+    ``try_timeout_seconds``)."""
     if (body.scope is Layer.SELECTOR) != (body.selector is not None):
         raise Invalid(
             message="selector is required for scope selector and only there",
@@ -190,12 +224,7 @@ async def create_config_patch(
             details={"field": "machine"},
         )
     if body.selector is not None:
-        try:
-            parse(body.selector)
-        except SelectorError as exc:
-            raise Invalid(
-                message=f"invalid selector: {exc}", details={"field": "selector"}
-            ) from None
+        parse_param(body.selector)
     try:
         validate_patch(body.patch, body.name)
     except ConfigError as exc:
@@ -238,7 +267,8 @@ async def create_config_patch(
 
     view, rendered = await run_in_threadpool(write)
     view["machines"] = len(rendered)
-    view["pushed"] = await _push(request, rendered)
+    view["mode"] = apply.mode.value
+    view.update(await _push(request, ctx, rendered, apply))
     return view
 
 
@@ -248,6 +278,7 @@ async def delete_config_patch(
     request: Request,
     ctx: Annotated[Context, Depends(context)],
     who: Annotated[Principal, Depends(operator)],
+    apply: Annotated[ApplyParams, Query()],
 ) -> dict[str, Any]:
     def write() -> tuple[dict[str, Any], list[tuple[str, Rendered | None]]]:
         with ctx.db.write() as s:
@@ -274,7 +305,8 @@ async def delete_config_patch(
     view, rendered = await run_in_threadpool(write)
     view["machines"] = len(rendered)
     # A machine left without patches keeps its last config (it becomes unmanaged).
-    view["pushed"] = await _push(request, rendered)
+    view["mode"] = apply.mode.value
+    view.update(await _push(request, ctx, rendered, apply))
     return view
 
 
@@ -295,12 +327,7 @@ def _machine_config(
         proposed = None
         if extra is not None:
             if extra.selector is not None:
-                try:
-                    parse(extra.selector)
-                except SelectorError as exc:
-                    raise Invalid(
-                        message=f"invalid selector: {exc}", details={"field": "selector"}
-                    ) from None
+                parse_param(extra.selector)
             try:
                 validate_patch(extra.patch, extra.name)
             except ConfigError as exc:
@@ -448,10 +475,6 @@ async def issue_enrollment_token(
     return out
 
 
-def _iso(v: Any) -> str | None:
-    return inventory.as_utc(v).isoformat() if v is not None else None
-
-
 @router.get("/api/v1/machines/{key}/agent")
 def machine_agent(
     key: str,
@@ -471,13 +494,17 @@ def machine_agent(
             or 0
         )
         api: AgentApiServer | None = request.app.state.agent_api
-        connected = api.hub.is_connected(m.id) if api is not None else bool(st and st.connected)
+        here = api is not None and api.hub.is_connected(m.id)
+        connected = here or bool(st and st.connected)
+        # Which replica holds the session: node ops are served only there.
+        session = "this-replica" if here else "another-replica" if connected else None
         if st is None:
             return {
                 "machine_id": m.id,
                 "name": m.name,
                 "enrolled": False,
                 "connected": connected,
+                "session": session,
                 "pending_commands": pending,
             }
         return {
@@ -485,11 +512,12 @@ def machine_agent(
             "name": m.name,
             "enrolled": st.cert_serial is not None,
             "connected": connected,
+            "session": session,
             "agent_version": st.agent_version,
             "boot_id": st.boot_id,
-            "last_seen": _iso(st.last_seen),
-            "hello_at": _iso(st.hello_at),
-            "disconnected_at": _iso(st.disconnected_at),
+            "last_seen": iso(st.last_seen),
+            "hello_at": iso(st.hello_at),
+            "disconnected_at": iso(st.disconnected_at),
             "config": {
                 "desired_version": st.desired_config_version,
                 "applied_version": st.applied_config_version,
@@ -497,83 +525,58 @@ def machine_agent(
                 "in_sync": st.desired_config_version is None
                 or st.desired_config_version == st.applied_config_version,
             },
-            "certificate": {"serial": st.cert_serial, "not_after": _iso(st.cert_not_after)},
+            "certificate": {"serial": st.cert_serial, "not_after": iso(st.cert_not_after)},
             "last_command": None
             if st.last_command_id is None
             else {
                 "id": st.last_command_id,
                 "ok": st.last_command_ok,
                 "error": st.last_command_error,
-                "at": _iso(st.last_command_at),
+                "at": iso(st.last_command_at),
             },
             "pending_commands": pending,
         }
 
 
-def _machine_id(ctx: Context, key: str) -> str:
-    with ctx.db.read() as s:
-        return inventory.get_machine(s, key).id
-
-
-@router.post("/api/v1/machines/{key}/reboot", status_code=202)
-async def machine_reboot(
+@router.post("/api/v1/machines/{key}/config/confirm", status_code=202)
+async def machine_config_confirm(
     key: str,
     request: Request,
     ctx: Annotated[Context, Depends(context)],
     who: Annotated[Principal, Depends(operator)],
+    body: ConfirmIn | None = None,
 ) -> dict[str, Any]:
-    """Ask the agent to reboot (queued and kept until the agent confirms, even across restarts)."""
-    mid = await run_in_threadpool(_machine_id, ctx, key)
-    api = _api(request)
-    command_id = await api.hub.reboot(mid)
+    """Confirm a config applied in ``try`` mode before its timeout (else the node reverts it).
+    Queued like a reboot; when this replica holds the session the agent's answer is awaited
+    for up to 10 s and returned in ``result``."""
+    body = body or ConfirmIn()
+    m, r, _p, _st = await run_in_threadpool(_machine_config, ctx, key)
+    version = body.version or (r.version if r else None)
+    if version is None:
+        raise Invalid(message=f"machine {m.name} has no config to confirm",
+                      details={"field": "version"})
+    api = agent_api(request)
+    command_id = await api.hub.confirm_config(m.id, version)
 
     def audit() -> None:
         with ctx.db.write() as s:
             inventory.record(
-                s,
-                actor=who.actor,
-                kind="agent.reboot",
-                machine_id=mid,
-                message="reboot requested through the agent",
-                data={"command_id": command_id},
+                s, actor=who.actor, kind="agent.config.confirm", machine_id=m.id,
+                message=f"config {version} confirmed", data={"command_id": command_id},
             )
 
     await run_in_threadpool(audit)
-    return {"machine_id": mid, "command_id": command_id, "connected": api.hub.is_connected(mid)}
-
-
-@router.get("/api/v1/machines/{key}/node/{op}")
-async def machine_node_op(
-    key: str,
-    op: NodeOpKind,
-    request: Request,
-    ctx: Annotated[Context, Depends(context)],
-    _: Annotated[Principal, Depends(reader)],
-    service: Annotated[str, Query(max_length=128)] = "",
-    tail_lines: Annotated[int, Query(ge=0, le=100_000)] = 0,
-    timeout: Annotated[float, Query(gt=0, le=120)] = 30.0,
-) -> dict[str, Any]:
-    """A read-only diagnostic from the node (dmesg, logs, stats, ps, services)."""
-    mid = await run_in_threadpool(_machine_id, ctx, key)
-    api = _api(request)
-    try:
-        res = await api.hub.node_op(
-            mid, op, service=service, tail_lines=tail_lines, timeout=timeout
-        )
-    except AgentNotConnected as exc:
-        raise AgentUnavailable(message=str(exc)) from None
-    except CommandTimeout as exc:
-        raise AgentTimeout(message=str(exc)) from None
-    out: dict[str, Any] = {
-        "machine_id": mid,
-        "op": op.value,
-        "ok": res.ok,
-        "error": res.error or None,
-        "output": res.output.decode("utf-8", "replace"),
-    }
-    if op is NodeOpKind.STATS and res.ok:
+    out: dict[str, Any] = {"machine_id": m.id, "version": version, "command_id": command_id,
+                           "delivery": "queued", "result": None}
+    if api.hub.is_connected(m.id):
+        out["delivery"] = "sent"
         try:
-            out["data"] = json.loads(res.output)
-        except ValueError:
+            res = await api.hub.wait_result(command_id, 10)
+            out["result"] = {"ok": res.ok, "error": res.error or None,
+                             "applied_version": res.applied_version or None}
+        except AgentApiError:
             pass
     return out
+
+
+router.include_router(nodes.router)

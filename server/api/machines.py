@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import uuid
+from collections.abc import Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
+from starlette.concurrency import run_in_threadpool
 
-from server import inventory
-from server.api.deps import Context, context, operator, reader
+from server import enrollment, inventory
+from server.api.deps import Context, context, generations, operator, reader
 from server.api.events import event_out
 from server.api.schemas import (
     BmcIn,
@@ -25,11 +28,10 @@ from server.auth import Principal
 from server.errors import Conflict, Invalid
 from server.models import Machine, utcnow
 from server.power import checked_bmc_address
-from server.selectors import SelectorError, parse
+from server.selectors import parse_param
 from server.types import Phase
 
 router = APIRouter(prefix="/api/v1/machines", tags=["machines"])
-
 
 
 def machine_out(s: Session, m: Machine) -> dict[str, Any]:
@@ -50,17 +52,32 @@ def _apply_bmc(ctx: Context, m: Machine, bmc: BmcIn, changes: dict[str, Any]) ->
         changes["bmc.password"] = "(changed)"
     m.bmc_verify_tls = bmc.verify_tls
     m.bmc_ca_bundle = bmc.ca_bundle
-    changes["bmc"] = {"driver": m.bmc_driver, "address": m.bmc_address, "port": m.bmc_port,
-                      "verify_tls": m.bmc_verify_tls, "scheme": m.bmc_scheme}
+    changes["bmc"] = {
+        "driver": m.bmc_driver,
+        "address": m.bmc_address,
+        "port": m.bmc_port,
+        "verify_tls": m.bmc_verify_tls,
+        "scheme": m.bmc_scheme,
+    }
 
 
 def _audit_insecure(s: Session, who: Principal, m: Machine, bmc: BmcIn) -> None:
     if not bmc.verify_tls:
-        inventory.record(s, actor=who.actor, kind="machine.bmc.tls_insecure", machine=m,
-                         message="BMC TLS verification turned off")
+        inventory.record(
+            s,
+            actor=who.actor,
+            kind="machine.bmc.tls_insecure",
+            machine=m,
+            message="BMC TLS verification turned off",
+        )
     if bmc.scheme == "http":
-        inventory.record(s, actor=who.actor, kind="machine.bmc.plaintext", machine=m,
-                         message="BMC reached over plain HTTP: credentials travel unencrypted")
+        inventory.record(
+            s,
+            actor=who.actor,
+            kind="machine.bmc.plaintext",
+            machine=m,
+            message="BMC reached over plain HTTP: credentials travel unencrypted",
+        )
 
 
 @router.post("", status_code=201, response_model=MachineOut)
@@ -86,16 +103,21 @@ def create_machine(
                 nics=[],
                 label_rows=[],
             )
-            inventory.set_nics(m, [(n.mac, n.name) for n in body.nics])
+            inventory.set_nics(m, [n.spec for n in body.nics])
             inventory.set_labels(m, body.labels)
             changes: dict[str, Any] = {}
             if body.bmc:
                 _apply_bmc(ctx, m, body.bmc, changes)
             s.add(m)
             s.flush()
-            inventory.record(s, actor=who.actor, kind="machine.created", machine=m,
-                             message=f"machine {m.name} created",
-                             data={"macs": [n.mac for n in m.nics], "labels": body.labels})
+            inventory.record(
+                s,
+                actor=who.actor,
+                kind="machine.created",
+                machine=m,
+                message=f"machine {m.name} created",
+                data={"macs": [n.mac for n in m.nics], "labels": body.labels},
+            )
             if body.bmc:
                 _audit_insecure(s, who, m, body.bmc)
             return machine_out(s, m)
@@ -103,8 +125,33 @@ def create_machine(
         raise inventory.conflict_from(exc) from None
 
 
+async def _cached_json(
+    request: Request, ctx: Context, key: tuple[Any, ...], build: Callable[[], Any]
+) -> Response:
+    """Serve ``build()`` as JSON from the read cache when the inventory has not changed since it
+    was built (``server/readcache.py``), with an ETag so pollers can revalidate for free. A hit
+    runs on the event loop; only a miss goes to the thread pool (database reads, encoding)."""
+    gen = generations(request).inventory
+    entry = ctx.cache.get(key, gen)
+    if entry is None:
+
+        def encode() -> bytes:
+            return json.dumps(
+                build(), ensure_ascii=False, allow_nan=False, separators=(",", ":")
+            ).encode()
+
+        entry = ctx.cache.put(key, gen, await run_in_threadpool(encode))
+    headers = {"ETag": entry.etag, "Cache-Control": "private, no-cache"}
+    if entry.etag in (
+        t.strip().removeprefix("W/") for t in request.headers.get("if-none-match", "").split(",")
+    ):
+        return Response(status_code=304, headers=headers)
+    return Response(entry.body, media_type="application/json", headers=headers)
+
+
 @router.get("", response_model=MachinePage)
-def list_machines(
+async def list_machines(
+    request: Request,
     ctx: Annotated[Context, Depends(context)],
     _: Annotated[Principal, Depends(reader)],
     selector: Annotated[str | None, Query(max_length=4096)] = None,
@@ -112,26 +159,33 @@ def list_machines(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
     sort: Annotated[str, Query(max_length=64)] = "name",
-) -> dict[str, Any]:
-    try:
-        reqs = parse(selector) if selector else ()
-    except SelectorError as exc:
-        raise Invalid(message=f"invalid selector: {exc}", details={"field": "selector"}) from None
-    with ctx.db.read() as s:
-        page = inventory.list_machines(
-            s, selector=reqs, phase=phase and phase.value, limit=limit, cursor=cursor, sort=sort
-        )
+) -> Response:
+    reqs = parse_param(selector) if selector else ()
+
+    def build() -> dict[str, Any]:
+        with ctx.db.read() as s:
+            page = inventory.list_machines(
+                s, selector=reqs, phase=phase and phase.value, limit=limit, cursor=cursor, sort=sort
+            )
         return {"items": page.items, "next_cursor": page.next_cursor}
+
+    return await _cached_json(
+        request, ctx, ("machines", selector, phase, limit, cursor, sort), build
+    )
 
 
 @router.get("/{key}", response_model=MachineOut)
-def get_machine(
+async def get_machine(
     key: str,
+    request: Request,
     ctx: Annotated[Context, Depends(context)],
     _: Annotated[Principal, Depends(reader)],
-) -> dict[str, Any]:
-    with ctx.db.read() as s:
-        return inventory.machine_view(s, key)
+) -> Response:
+    def build() -> dict[str, Any]:
+        with ctx.db.read() as s:
+            return inventory.machine_view(s, key)
+
+    return await _cached_json(request, ctx, ("machine", key), build)
 
 
 @router.patch("/{key}", response_model=MachineOut)
@@ -146,8 +200,13 @@ def update_machine(
         with ctx.db.write() as s:
             m = inventory.get_machine(s, key)
             changes: dict[str, Any] = {}
-            for attr, col in (("name", "name"), ("uuid", "smbios_uuid"), ("serial", "serial"),
-                              ("hardware", "hardware"), ("fault_reason", "fault_reason")):
+            for attr, col in (
+                ("name", "name"),
+                ("uuid", "smbios_uuid"),
+                ("serial", "serial"),
+                ("hardware", "hardware"),
+                ("fault_reason", "fault_reason"),
+            ):
                 if attr in fields:
                     value = getattr(body, attr)
                     if attr == "name" and value is None:
@@ -158,6 +217,7 @@ def update_machine(
             if "phase" in fields and body.phase is not None and m.phase != body.phase.value:
                 changes["phase"] = {"from": m.phase, "to": body.phase.value}
                 m.phase = body.phase.value
+                enrollment.on_phase_change(s, m, who.actor)  # reprovision wipes its token
             if "power_desired" in fields:
                 new = body.power_desired and body.power_desired.value
                 if new != m.power_desired:
@@ -174,10 +234,10 @@ def update_machine(
                     changes["labels"] = labels
                     inventory.set_labels(m, labels)
             if body.nics is not None:
-                macs = [(n.mac, n.name) for n in body.nics]
-                if macs != [(n.mac, n.name) for n in m.nics]:
-                    inventory.set_nics(m, macs)
-                    changes["nics"] = [mac for mac, _ in macs]
+                specs = [n.spec for n in body.nics]
+                if specs != [(n.mac, n.name, n.ip) for n in m.nics]:
+                    inventory.set_nics(m, specs)
+                    changes["nics"] = [mac for mac, _, _ in specs]
             if "bmc" in fields:
                 if body.bmc is None:
                     if m.bmc_address is not None:
@@ -192,9 +252,14 @@ def update_machine(
             if changes:
                 m.updated_at = utcnow()
                 s.flush()
-                inventory.record(s, actor=who.actor, kind="machine.updated", machine=m,
-                                 message=f"machine {m.name} updated: {', '.join(sorted(changes))}",
-                                 data=changes)
+                inventory.record(
+                    s,
+                    actor=who.actor,
+                    kind="machine.updated",
+                    machine=m,
+                    message=f"machine {m.name} updated: {', '.join(sorted(changes))}",
+                    data=changes,
+                )
             return machine_out(s, m)
     except IntegrityError as exc:
         raise inventory.conflict_from(exc) from None
@@ -211,9 +276,14 @@ def delete_machine(
     try:
         with ctx.db.write() as s:
             m = inventory.get_machine(s, key)
-            inventory.record(s, actor=who.actor, kind="machine.deleted", machine=m,
-                             message=f"machine {m.name} deleted",
-                             data={"macs": [n.mac for n in m.nics]})
+            inventory.record(
+                s,
+                actor=who.actor,
+                kind="machine.deleted",
+                machine=m,
+                message=f"machine {m.name} deleted",
+                data={"macs": [n.mac for n in m.nics]},
+            )
             s.delete(m)
     except StaleDataError:
         raise Conflict(message="machine changed concurrently; retry") from None

@@ -15,10 +15,10 @@ from bmc import BootDevice, PowerAction
 from server.api.deps import Context, context, operator, reader
 from server.api.schemas import Strict
 from server.auth import Principal
-from server.errors import Invalid, NotFound
+from server.errors import NotFound
 from server.models import Operation
 from server.power import PowerService, operation_view
-from server.selectors import SelectorError, parse
+from server.selectors import parse_param
 
 router = APIRouter(tags=["power"])
 
@@ -93,10 +93,7 @@ async def bulk_power(
     ctx: Annotated[Context, Depends(context)], svc: Annotated[PowerService, Depends(power)],
     who: Annotated[Principal, Depends(operator)],
 ) -> dict[str, Any]:
-    try:
-        reqs = parse(body.selector)
-    except SelectorError as exc:
-        raise Invalid(message=f"invalid selector: {exc}", details={"field": "selector"}) from None
+    reqs = parse_param(body.selector)
     return await _submit(svc, ctx, kind="power", action=body.action.value, actor=who.actor, selector=reqs,
                          params={"selector": body.selector, "max_parallel": body.max_parallel,
                                  "stagger_ms": body.stagger_ms})

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import uuid as uuidlib
 from datetime import datetime
+from ipaddress import IPv4Address
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
 
 from bmc import DriverKind
 from server.types import DesiredPower, Phase, Role
@@ -32,10 +33,28 @@ Labels = Annotated[dict[str, str], AfterValidator(check_labels)]
 SmbiosUuid = Annotated[str, AfterValidator(_uuid)]
 
 
+def _host_address(ip: IPv4Address) -> IPv4Address:
+    if ip.is_multicast or ip.is_unspecified or ip.is_loopback or ip == IPv4Address("255.255.255.255"):
+        raise ValueError(f"{ip} cannot be a host's address")
+    return ip
+
+
+def _dotted_quad(value: object) -> object:
+    if not isinstance(value, str | IPv4Address):
+        raise ValueError("an IPv4 address is written as a dotted-quad string")
+    return value
+
+
+HostIPv4 = Annotated[IPv4Address, BeforeValidator(_dotted_quad), AfterValidator(_host_address)]
+
+
 def _unique_macs(nics: list[NicIn] | None) -> list[NicIn] | None:
     macs = [n.mac for n in nics or ()]
     if len(set(macs)) != len(macs):
         raise ValueError("the same MAC address is listed twice")
+    ips = [n.ip for n in nics or () if n.ip is not None]
+    if len(set(ips)) != len(ips):
+        raise ValueError("the same IP address is reserved for two NICs")
     return nics
 
 
@@ -46,6 +65,12 @@ class Strict(BaseModel):
 class NicIn(Strict):
     mac: Mac
     name: str | None = Field(default=None, max_length=32, pattern=r"^[A-Za-z0-9_.:-]+$")
+    ip: HostIPv4 | None = None
+    """Reserved address on the provisioning network: DHCP ``full`` mode always offers it to this MAC."""
+
+    @property
+    def spec(self) -> tuple[str, str | None, str | None]:
+        return self.mac, self.name, None if self.ip is None else str(self.ip)
 
 
 class BmcIn(Strict):
@@ -126,6 +151,7 @@ class MachineUpdate(Strict):
 class NicOut(BaseModel):
     mac: str
     name: str | None
+    ip: str | None
 
 
 class PowerOut(BaseModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import shutil
@@ -16,7 +17,13 @@ import pytest
 from agent.gen import agent_pb2 as pb
 from agent.gen import agent_pb2_grpc as pb_grpc
 from agent.identity import new_key_and_csr
-from server.agentapi import ApplyMode, NodeOpKind
+from server.agentapi import (
+    AgentApiError,
+    AgentDisconnected,
+    ApplyMode,
+    DesiredConfig,
+    NodeOpKind,
+)
 from server.machineconfig import Layer, Patch, render
 from server.pki import FleetCA
 
@@ -254,6 +261,16 @@ def test_try_mode_reverts_unless_confirmed(lab: Lab) -> None:
     eventually(lambda: (root / "etc/hostname").read_text() == "base\n", 10)
     eventually(lambda: lab.store.applied["m1"] == v1, 10)
 
+    # The reverted version is still the desired one: a reconnect must not push it for good.
+    lab.store.desired["m1"] = DesiredConfig(v2, d2)
+    lab.restart_api()
+    eventually(lambda: lab.api.hub.is_connected("m1"), 20)
+    hub = lab.api.hub
+    eventually(lambda: hub.counters["heartbeat"] >= 2, 10)
+    assert hub.counters["commands_sent"] == 0 and lab.store.pending.get("m1") == {}
+    assert (root / "etc/hostname").read_text() == "base\n"
+    del lab.store.desired["m1"]
+
     v3, d3 = _config("confirmed")
     cid = lab.lt.run(hub.push_config("m1", v3, d3, ApplyMode.TRY, try_timeout_seconds=2))
     assert lab.lt.run(hub.wait_result(cid, 10)).ok
@@ -360,3 +377,52 @@ def test_silent_session_is_closed_after_missed_heartbeats(lab: Lab) -> None:
     finally:
         hold.set()
         t.join(10)
+
+
+def test_followed_log_streams_appends_and_stops_when_the_caller_leaves(lab: Lab) -> None:
+    root, proc = lab.start_machine("m1")
+    hub = lab.api.hub
+    log = root / "var/log/bronze/chronyd.log"
+    got: list[bytes] = []
+
+    async def consume(tail_lines: int = 0) -> None:
+        async for chunk in hub.node_op_stream("m1", NodeOpKind.LOGS, service="chronyd",
+                                              follow=True, timeout=10, tail_lines=tail_lines):
+            got.append(chunk)
+
+    task = asyncio.run_coroutine_threadsafe(consume(tail_lines=1), lab.lt.loop)
+    last = log.read_bytes().splitlines(keepends=True)[-1]
+    eventually(lambda: b"".join(got) == last, 10)
+    with log.open("ab") as fh:
+        fh.write(b"appended one\n")
+    eventually(lambda: b"".join(got).endswith(b"appended one\n"), 10)
+    with log.open("ab") as fh:
+        fh.write(b"appended two\n")
+    eventually(lambda: b"".join(got).endswith(b"appended two\n"), 10)
+    assert hub.open_streams() == 1
+
+    # The caller leaves: the hub forgets the stream and tells the agent, which stops reading.
+    task.cancel()
+    eventually(lambda: hub.open_streams() == 0, 10)
+    agent_log = root.parent / "agent.log"
+    eventually(lambda: "node op cancelled" in agent_log.read_text(), 10)
+    assert hub.is_connected("m1")  # the session itself goes on
+    assert lab.lt.run(hub.node_op("m1", NodeOpKind.STATS)).ok
+
+    # Follow is only for logs and dmesg.
+    async def follow_ps() -> None:
+        async for _ in hub.node_op_stream("m1", NodeOpKind.PS, follow=True, timeout=10):
+            pass
+
+    with pytest.raises(AgentApiError, match="only possible for logs and dmesg"):
+        lab.lt.run(follow_ps())
+
+    # The agent goes away in the middle of a follow: the caller gets a clear error.
+    got.clear()
+    task = asyncio.run_coroutine_threadsafe(consume(), lab.lt.loop)
+    eventually(lambda: got, 10)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(5)
+    with pytest.raises(AgentDisconnected, match="m1 disconnected"):
+        task.result(20)
+    assert hub.open_streams() == 0

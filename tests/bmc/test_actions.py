@@ -211,8 +211,11 @@ def test_write_is_verified_by_polling_until_settled() -> None:
     ctl, bmc, clock, _ = make(settle=3.5)
     result = ctl.power_sync(EP, PowerAction.on)
     assert result.ok and result.state == PowerState.on and result.changed
-    assert result.polls == 5  # t=0 (off), 1, 2, 3 (off), ~4 (on)
-    assert bmc.calls == ["get", "on", "get", "get", "get", "get", "get"]
+    # read back at once, then half a poll_interval (1 s), then every poll_interval:
+    # t=0, .5, 1.5, 2.5 (off), ~3.55 (on; it settles 3.5 s after the command at ~0.02)
+    assert result.polls == 5
+    assert bmc.calls == ["get", "on"] + ["get"] * 5
+    assert clock.sleeps == [0.5, 1.0, 1.0, 1.0]
 
 
 def test_verify_timeout_reports_last_observed_state() -> None:
@@ -419,3 +422,104 @@ def test_netpolicy_is_enforced_before_any_call() -> None:
     result = ctl.power_sync(BmcEndpoint(DriverKind.ipmi, "169.254.169.254", 623), PowerAction.on)
     assert isinstance(result.error, BmcAddressRefused)
     assert built == [] and bmc.calls == []
+
+
+# -- sessions kept between operations -------------------------------------------------
+
+
+class ClosingDriver(FakeDriver):
+    closed: list[int] = []
+
+    def close(self) -> None:
+        self.closed.append(1)
+
+
+def make_closing(policy: PowerPolicy = POLICY, **bmc_kw: object
+                 ) -> tuple[BmcController, FakeBmc, FakeClock, list[int], list[int]]:
+    ctl, bmc, clock, built = make(policy, **bmc_kw)
+    closed: list[int] = []
+
+    def factory(ep: BmcEndpoint) -> FakeDriver:
+        built.append(1)
+        drv = ClosingDriver(bmc)
+        drv.closed = closed
+        return drv
+
+    ctl.factory = factory
+    return ctl, bmc, clock, built, closed
+
+
+def test_session_is_reused_by_the_next_operation_on_the_bmc() -> None:
+    ctl, bmc, clock, built, closed = make_closing()
+    assert ctl.power_sync(EP, PowerAction.on).ok
+    assert ctl.get_power_state_sync(EP).ok
+    assert ctl.set_boot_device_sync(EP, BootDevice.pxe).ok
+    assert len(built) == 1 and closed == [] and ctl.open_sessions() == 1
+
+
+def test_other_credentials_get_their_own_session() -> None:
+    ctl, bmc, clock, built, closed = make_closing()
+    ctl.get_power_state_sync(EP)
+    ctl.get_power_state_sync(BmcEndpoint(DriverKind.ipmi, "10.0.0.5", 623, "admin", "new-pw"))
+    assert len(built) == 2 and len(closed) == 1
+
+
+def test_dead_reused_session_is_reauthenticated_at_once() -> None:
+    ctl, bmc, clock, built, closed = make_closing()
+    ctl.get_power_state_sync(EP)
+    bmc.failures = [timeout()]  # e.g. the BMC restarted and forgot the session
+    result = ctl.get_power_state_sync(EP)
+    assert result.ok and result.attempts == 1
+    assert clock.sleeps == []  # no backoff: a fresh session is tried immediately
+    assert len(built) == 2 and len(closed) == 1
+
+
+def test_fresh_session_failure_still_goes_through_the_retry_policy() -> None:
+    ctl, bmc, clock, built, closed = make_closing()
+    ctl.get_power_state_sync(EP)
+    bmc.failures = [timeout(), timeout()]  # reused fails, the fresh one fails too
+    result = ctl.get_power_state_sync(EP)
+    assert result.ok and result.attempts == 2 and clock.sleeps == [1.0]
+
+
+def test_idle_sessions_are_closed_and_zero_idle_disables_reuse() -> None:
+    ctl, bmc, clock, built, closed = make_closing()
+    ctl.get_power_state_sync(EP)
+    assert ctl.reap_idle_sessions() == 0  # not idle long enough
+    clock.now += POLICY.session_idle
+    assert ctl.reap_idle_sessions() == 1 and closed == [1] and ctl.open_sessions() == 0
+    ctl.get_power_state_sync(EP)
+    assert len(built) == 2
+
+    no_reuse = PowerPolicy(**{**POLICY.__dict__, "session_idle": 0.0})
+    ctl, bmc, clock, built, closed = make_closing(no_reuse)
+    ctl.get_power_state_sync(EP)
+    ctl.get_power_state_sync(EP)
+    assert len(built) == 2 and len(closed) == 2 and ctl.open_sessions() == 0
+
+
+def test_close_closes_parked_sessions() -> None:
+    ctl, bmc, clock, built, closed = make_closing()
+    ctl.get_power_state_sync(EP)
+    ctl.close()
+    assert closed == [1] and ctl.open_sessions() == 0
+
+
+def test_expired_sessions_are_closed_in_parallel() -> None:
+    # Each close waits until all 8 are closing at once: one after the other would break the
+    # barrier (a polite IPMI close to a BMC that went away waits 1 s for an answer).
+    barrier = threading.Barrier(8, timeout=10)
+    met: list[int] = []
+
+    class SlowClose(FakeDriver):
+        def close(self) -> None:
+            barrier.wait()
+            met.append(1)
+
+    clock = FakeClock()
+    ctl = BmcController(lambda ep: SlowClose(FakeBmc(clock)), POLICY, clock, rng=lambda: 0.5)
+    eps = [BmcEndpoint(DriverKind.ipmi, f"10.0.0.{i}", 623, "admin", "pw") for i in range(8)]
+    for ep in eps:
+        assert ctl.get_power_state_sync(ep).ok
+    assert ctl.reap_idle_sessions(idle=0.0) == 8
+    assert len(met) == 8 and ctl.open_sessions() == 0

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import uvicorn
 
+from pxe import PxeSettings
 from server.app import create_app
 from server.settings import ServerSettings
 
@@ -38,14 +39,15 @@ class RunningServer:
 
 
 @contextmanager
-def run_server(data_dir: Path, database_url: str, **overrides: Any) -> Iterator[RunningServer]:
+def run_server(data_dir: Path, database_url: str, *, pxe_settings: PxeSettings | None = None,
+               **overrides: Any) -> Iterator[RunningServer]:
     port = free_port()
     # Power sync stays off unless a test turns it on: it would poll every stored BMC address.
     overrides.setdefault("power_sync_enabled", False)
     # So does the agent API: parallel tests would fight over its fixed ports.
     overrides.setdefault("agent_api_enabled", False)
     settings = ServerSettings(data_dir=data_dir, database_url=database_url, api_port=port, **overrides)
-    app = create_app(settings)
+    app = create_app(settings, pxe_settings=pxe_settings or PxeSettings(enabled=False))
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

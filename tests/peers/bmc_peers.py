@@ -36,6 +36,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 LOCAL = "127.0.0.1"
 ROOT = Path(__file__).resolve().parents[2]
@@ -288,10 +289,11 @@ set_working_mc 0x20
         "mc_enable 0x20\n")
     state = workdir / "simstate"
     state.mkdir(exist_ok=True)
-    proc = spawn(["ipmi_sim", "-c", str(workdir / "lan.conf"), "-f", str(workdir / "sim.emu"),
-                  "-s", str(state), "-n"], workdir)
+    argv = ["ipmi_sim", "-c", str(workdir / "lan.conf"), "-f", str(workdir / "sim.emu"),
+            "-s", str(state), "-n"]
+    proc = spawn(argv, workdir)
     peer = Peer("ipmi", "ipmi_sim", LOCAL, port, username, password, proc, workdir,
-                extra={"chassis": chassis})
+                extra={"chassis": chassis, "argv": argv, "env": {}})
     wait_until(lambda: udp_answers(LOCAL, port), "ipmi_sim", proc, workdir)
     return peer
 
@@ -315,21 +317,53 @@ def start_pyghmi(workdir: Path, username: str = "admin", password: str = "passwo
     workdir.mkdir(parents=True, exist_ok=True)
     ports = [free_port(socket.SOCK_DGRAM) for _ in range(count)]
     events = workdir / "events"
-    proc = spawn([PY, "-m", "tests.peers.bmc_peers", "pyghmi", "--user", username,
-                  "--ports", ",".join(map(str, ports)), "--settle", str(settle),
-                  "--events", str(events)], workdir,
-                 env={"BRONZE_SIM_PASSWORD": password, "PYTHONPATH": str(ROOT)})
+    argv = [PY, "-m", "tests.peers.bmc_peers", "pyghmi", "--user", username,
+            "--ports", ",".join(map(str, ports)), "--settle", str(settle), "--events", str(events)]
+    env = {"BRONZE_SIM_PASSWORD": password, "PYTHONPATH": str(ROOT)}
+    proc = spawn(argv, workdir, env=env)
     peer = Peer("ipmi", "pyghmi", LOCAL, ports[0], username, password, proc, workdir,
-                extra={"ports": ports, "events": events})
+                extra={"ports": ports, "events": events, "argv": argv, "env": env})
     wait_until(lambda: all(udp_answers(LOCAL, p) for p in ports), "pyghmi BMC", proc, workdir)
     return peer
+
+
+def restart_ipmi_peer(peer: Peer) -> None:
+    """Stop an IPMI peer and start it again on the same port(s): every session it held is
+    forgotten (a BMC reboot). The pyghmi sim starts powered off; ipmi_sim keeps its chassis
+    files."""
+    peer.stop()
+    peer.proc = spawn(list(peer.extra["argv"]), peer.workdir,  # type: ignore[call-overload]
+                      env=dict(peer.extra["env"]))  # type: ignore[call-overload]
+    ports = peer.extra.get("ports", [peer.port])
+    wait_until(lambda: all(udp_answers(LOCAL, p) for p in ports),  # type: ignore[attr-defined]
+               f"restarted {peer.name}", peer.proc, peer.workdir)
 
 
 def run_pyghmi_sim(ports: list[int], username: str, password: str, settle: float,
                    events: Path | None) -> None:
     """Serve simulated BMCs forever (the child process of :func:`start_pyghmi`)."""
-    from pyghmi.ipmi import bmc as ghmi_bmc
+    import select
 
+    from pyghmi.ipmi import bmc as ghmi_bmc
+    from pyghmi.ipmi.private import session as ghmi_session
+
+    # NOTE: pyghmi's io thread drains every socket with setblocking(0) + recvfrom, while the
+    # thread answering requests sends on the same sockets after setblocking(1). When the two
+    # interleave, the io thread blocks in recvfrom on a socket nobody talks to, and the whole
+    # process (100 BMCs in bench/power.py) stops answering until a packet happens to reach
+    # that one port (py-spy: io thread in _io_recvfrom, main thread in _io_wait). This made
+    # 1-13% of bench cycles fail with timeouts. Send without touching the blocking mode.
+    def _io_sendto(sock: socket.socket, packet: bytes, sockaddr: tuple[Any, ...]) -> None:
+        for _ in range(50):
+            try:
+                sock.sendto(packet, sockaddr)
+                return
+            except BlockingIOError:
+                select.select([], [sock], [], 0.1)
+            except OSError:
+                return
+
+    ghmi_session._io_sendto = _io_sendto
     lock = threading.Lock()
 
     class SimBmc(ghmi_bmc.Bmc):
@@ -345,6 +379,11 @@ def run_pyghmi_sim(ports: list[int], username: str, password: str, settle: float
             if events is not None:
                 with lock, open(events, "a") as fh:
                     fh.write(f"{self.port} {what}\n")
+
+        def sessionless_data(self, data, sockaddr):  # type: ignore[no-untyped-def]
+            if len(data) > 5 and data[4] == 6 and data[5] & 0x3F == 0x10:
+                self._event("session")  # RMCP+ Open Session Request: a new session
+            return super().sessionless_data(data, sockaddr)
 
         def _settle(self) -> None:
             if self.pending and time.monotonic() >= self.pending[1]:

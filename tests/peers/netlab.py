@@ -208,6 +208,7 @@ class Lab:
         uefi: bool = False,
         log: Path | None = None,
         workdir: Path | None = None,
+        memory_mb: int = 256,
     ) -> subprocess.Popen[bytes]:
         require_tools("qemu-system-x86_64")
         args = [
@@ -217,7 +218,7 @@ class Lab:
             "-machine",
             "q35",
             "-m",
-            "256",
+            str(memory_mb),
             "-nographic",
             "-no-reboot",
             "-boot",
@@ -289,6 +290,7 @@ class BootHttp:
         self.requests: list[tuple[str, dict[str, str]]] = []
         self._server: asyncio.base_events.Server | None = None
         self._clients: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._client, self.address, self.port)
@@ -296,8 +298,10 @@ class BootHttp:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in list(self._clients):
-            task.cancel()
+        # NOTE: closing the connections ends their handlers; cancelling them instead makes
+        # Python 3.11's StreamReaderProtocol log a CancelledError traceback per connection.
+        for writer in list(self._writers):
+            writer.close()
         await asyncio.gather(*self._clients, return_exceptions=True)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -307,6 +311,7 @@ class BootHttp:
         assert task is not None
         self._clients.add(task)
         task.add_done_callback(self._clients.discard)
+        self._writers.add(writer)
         try:
             while True:
                 head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
@@ -337,6 +342,7 @@ class BootHttp:
         ):
             pass
         finally:
+            self._writers.discard(writer)
             writer.close()
 
     def paths(self) -> list[str]:

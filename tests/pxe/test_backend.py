@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 from collections.abc import Iterator
@@ -11,7 +12,14 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from pxe.backend import BootDecision, BootQuery, HttpBackend, ListSink, StaticBackend
+from pxe.backend import (
+    BootDecision,
+    BootQuery,
+    CachedBackend,
+    HttpBackend,
+    ListSink,
+    StaticBackend,
+)
 from pxe.dhcp.decide import Mode
 from pxe.dhcp.packet import Arch, MessageType
 from pxe.errors import BackendError
@@ -184,3 +192,72 @@ def test_mac_correlator_fills_tftp_events() -> None:
     sink(TimelineEvent(TimelineKind.TFTP_START, client="10.0.0.6:2000"))
     sink(TimelineEvent(TimelineKind.TFTP_START, client="10.0.0.7:2000"))
     assert [e.mac for e in inner.events[2:]] == ["52:54:00:00:00:01", "52:54:00:00:00:02", None]
+
+
+# -- CachedBackend ---------------------------------------------------------------------------------
+class Slow(StaticBackend):
+    """Suspends until `release` is set (like a database thread or an HTTP call); can fail once."""
+
+    def __init__(self, fail_first: bool = False) -> None:
+        super().__init__(default=BootDecision(known=True, allow_boot=True))
+        self.release = asyncio.Event()
+        self.fail_first = fail_first
+
+    async def decide(self, query: BootQuery) -> BootDecision:
+        self.queries.append(query)
+        await self.release.wait()
+        if self.fail_first and len(self.queries) == 1:
+            raise BackendError("boot backend unreachable")
+        return self.default
+
+
+Q1 = BootQuery(mac="52:54:00:00:00:01", ipxe=True)
+Q2 = BootQuery(mac="52:54:00:00:00:02", ipxe=True)
+
+
+def test_cached_backend_reuses_an_answer_until_it_expires() -> None:
+    now = [100.0]
+    inner = StaticBackend({Q1.mac: BootDecision(known=True, allow_boot=True)})
+    cached = CachedBackend(inner, 5.0, clock=lambda: now[0])
+
+    async def main() -> list[BootDecision]:
+        got = [await cached.decide(Q1), await cached.decide(Q1), await cached.decide(Q2)]
+        now[0] += 4.9
+        got.append(await cached.decide(Q1))
+        now[0] += 0.2
+        got.append(await cached.decide(Q1))
+        return got
+
+    got = asyncio.run(main())
+    assert [d.known for d in got] == [True, True, False, True, True]
+    assert inner.queries == [Q1, Q2, Q1]  # asked again only after 5 s
+
+
+def test_cached_backend_shares_one_call_between_identical_queries() -> None:
+    inner = Slow()
+    cached = CachedBackend(inner, 5.0)
+
+    async def main() -> list[BootDecision]:
+        waiting = [asyncio.ensure_future(cached.decide(Q1)) for _ in range(10)]
+        await asyncio.sleep(0)
+        waiting[0].cancel()  # one asker giving up does not cancel the call the others wait for
+        inner.release.set()
+        return await asyncio.gather(*waiting[1:])
+
+    got = asyncio.run(main())
+    assert all(d.allow_boot for d in got) and len(got) == 9
+    assert inner.queries == [Q1]
+
+
+def test_cached_backend_does_not_keep_errors() -> None:
+    inner = Slow(fail_first=True)
+    inner.release.set()
+    cached = CachedBackend(inner, 5.0)
+
+    async def main() -> BootDecision:
+        with pytest.raises(BackendError):
+            await cached.decide(Q1)
+        return await cached.decide(Q1)
+
+    assert asyncio.run(main()).allow_boot
+    assert inner.queries == [Q1, Q1]

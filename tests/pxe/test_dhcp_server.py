@@ -320,6 +320,28 @@ class SlowBackend:
         return BootDecision(allow_boot=True)
 
 
+class TaskBoundBackend:
+    """Uses what needs a current asyncio Task (asyncio.timeout, like httpx/anyio inside)."""
+
+    async def decide(self, query):  # noqa: ANN001, ANN201
+        import asyncio
+
+        async with asyncio.timeout(5):
+            await asyncio.sleep(0)
+        return BootDecision(allow_boot=True)
+
+
+def test_backend_that_needs_a_current_task(loop, client, sink) -> None:  # noqa: ANN001
+    srv = start(loop, client, Mode.PROXY, TaskBoundBackend(), sink)  # type: ignore[arg-type]
+    try:
+        client.send(pxe_request(MAC, xid=3), srv.server_port)
+        offer = client.recv()
+        assert offer is not None and offer.xid == 3
+        assert srv.stats.dropped["backend_error"] == 0
+    finally:
+        loop.run(srv.stop())
+
+
 def test_backend_that_suspends(loop, client, sink) -> None:  # noqa: ANN001
     srv = start(loop, client, Mode.PROXY, SlowBackend(), sink)  # type: ignore[arg-type]
     try:

@@ -24,10 +24,19 @@ def sink() -> ListSink:
     return ListSink()
 
 
-@pytest.fixture
-def tftp(loop: LoopThread, tftp_root: Path, sink: ListSink) -> Iterator[TftpServer]:
+@pytest.fixture(params=[64, 0], ids=["threads", "loop_only"])
+def tftp(
+    loop: LoopThread, tftp_root: Path, sink: ListSink, request: pytest.FixtureRequest
+) -> Iterator[TftpServer]:
+    """Every test runs twice: lock-step transfers on their own threads, and all on the loop."""
     srv = TftpServer(
-        tftp_root, address="127.0.0.1", port=free_port(), sink=sink, timeout=0.3, retries=2
+        tftp_root,
+        address="127.0.0.1",
+        port=free_port(),
+        sink=sink,
+        timeout=0.3,
+        retries=2,
+        max_threads=request.param,
     )
     loop.run(srv.start())
     yield srv
@@ -333,6 +342,43 @@ def test_no_ack_bounded_retransmits(tftp: TftpServer, opts: tuple[bytes, ...]) -
         assert 1 <= packets <= 1 + tftp.retries
         assert tftp.sessions == {}
         assert tftp.stats.aborted == 1
+    finally:
+        c.close()
+
+
+def test_stray_packets_do_not_hold_a_session(tftp: TftpServer) -> None:
+    """A client that keeps sending stale ACKs still gets at most 1 + retries copies of a block,
+    and the session is reaped."""
+    c = Raw(tftp.bound_port)
+    try:
+        c.send(rrq(b"big.bin"))
+        got = c.recv()
+        assert got is not None and got[0][:4] == b"\x00\x03\x00\x01"
+        peer, packets = got[1], 1
+        deadline = time.monotonic() + tftp.timeout * (2 * tftp.retries + 4)
+        while time.monotonic() < deadline:
+            c.send(b"\x00\x04\x00\x00", peer)  # ACK 0: stale, every 0.1 s
+            if c.recv(0.1) is not None:
+                packets += 1
+        assert packets <= 1 + tftp.retries
+        eventually(lambda: tftp.sessions == {})
+        assert tftp.stats.aborted == 1
+    finally:
+        c.close()
+
+
+def test_stop_ends_running_transfers(loop: LoopThread, tftp: TftpServer, sink: ListSink) -> None:
+    c = Raw(tftp.bound_port)
+    try:
+        c.send(rrq(b"big.bin"))
+        assert c.recv() is not None
+        session = next(iter(tftp.sessions.values()))
+        loop.run(tftp.stop())
+        assert tftp.sessions == {}
+        assert session.thread is None or not session.thread.is_alive()
+        assert session.sock.fileno() == -1
+        aborted = [e for e in sink.events if e.kind is TimelineKind.TFTP_ABORTED]
+        assert [e.detail["reason"] for e in aborted] == ["server stopping"]
     finally:
         c.close()
 

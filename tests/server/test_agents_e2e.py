@@ -98,6 +98,7 @@ def test_enroll_inventory_config_patches_node_ops_reboot(
         "name": "node-a",
         "enrolled": False,
         "connected": False,
+        "session": None,
         "pending_commands": 0,
     }
 

@@ -21,7 +21,7 @@ def test_create_get_patch_delete(api: RunningServer) -> None:
                                              serial="SN1", labels={"rack": "r1"}))
     assert r.status_code == 201, r.text
     m = r.json()
-    assert m["nics"] == [{"mac": "aa:bb:cc:00:00:01", "name": None}]
+    assert m["nics"] == [{"mac": "aa:bb:cc:00:00:01", "name": None, "ip": None}]
     assert m["uuid"] == "4c4c4544-0000-1000-8000-000000000001"
     assert m["phase"] == "registered" and m["power"]["observed"] == "unknown"
     assert c.get(f"/api/v1/machines/{m['id']}").json()["name"] == "web-1"

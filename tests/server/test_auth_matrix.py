@@ -38,7 +38,26 @@ MATRIX: dict[tuple[str, str], str | None] = {
     ("GET", "/api/v1/machines/{key}/agent"): "reader",
     ("POST", "/api/v1/machines/{key}/reboot"): "operator",
     ("GET", "/api/v1/machines/{key}/node/{op}"): "reader",
+    ("POST", "/api/v1/machines/{key}/config/confirm"): "operator",
+    ("GET", "/api/v1/profiles"): "reader",
+    ("POST", "/api/v1/profiles"): "operator",
+    ("GET", "/api/v1/profiles/{name}"): "reader",
+    ("PUT", "/api/v1/profiles/{name}"): "operator",
+    ("DELETE", "/api/v1/profiles/{name}"): "operator",
+    ("GET", "/api/v1/assets"): "reader",
+    ("GET", "/api/v1/assets/{name}"): "reader",
+    ("PUT", "/api/v1/assets/{name}"): "operator",
+    ("DELETE", "/api/v1/assets/{name}"): "operator",
+    ("GET", "/boot.ipxe"): None,
+    ("GET", "/assets/{name}"): None,
+    ("HEAD", "/assets/{name}"): None,
+    ("GET", "/api/v1/boot/decide"): "boot",
+    ("POST", "/api/v1/boot/timeline"): "boot",
+    ("GET", "/api/v1/boot/timeline"): "reader",
+    ("GET", "/api/v1/machines/{key}/timeline"): "reader",
 }
+# "boot" is beside the nesting, not in it: only boot and admin tokens may call those endpoints,
+# and a boot token may call nothing else.
 # Allowed callers that may still get this status (the machine's agent is not connected here).
 ALLOWED_STATUS = {("GET", "/api/v1/machines/{key}/node/{op}"): 409}
 RANK = {None: -1, "reader": 0, "operator": 1, "admin": 2}
@@ -53,7 +72,29 @@ BODIES = {
     ("POST", "/api/v1/config-patches"): {"name": "p-new", "scope": "fleet",
                                          "patch": {"sysctls": {"a.b": "1"}}},
     ("POST", "/api/v1/machines/{key}/config/dry-run"): {"patch": {"hostname": "dry"}},
+    ("POST", "/api/v1/machines/{key}/config/confirm"): {"version": "0" * 32},
+    ("POST", "/api/v1/profiles"): {"name": "p-new", "kernel": "http://192.0.2.1/vmlinuz"},
+    ("PUT", "/api/v1/profiles/{name}"): {"kernel": "http://192.0.2.1/vmlinuz2"},
+    ("POST", "/api/v1/boot/timeline"): {"events": [{"kind": "DISCOVER", "mac": "02:00:00:00:09:01",
+                                                    "at": 1_800_000_000.0}]},
 }
+VICTIM_ASSET = b"victim asset"
+QUERIES = {
+    ("GET", "/boot.ipxe"): "?mac=02:00:00:00:0a:01",
+    ("GET", "/api/v1/boot/decide"): "?mac=02:00:00:00:0a:01",
+    ("GET", "/api/v1/boot/timeline"): "?mac=02:00:00:00:0a:01",
+    ("PUT", "/api/v1/assets/{name}"): "?sha256=" + __import__("hashlib").sha256(VICTIM_ASSET).hexdigest(),
+}
+
+
+def may_call(role: str | None, needed: str | None) -> bool:
+    if needed is None:
+        return True
+    if role is None:
+        return False
+    if needed == "boot":
+        return role in ("boot", "admin")
+    return role != "boot" and RANK[role] >= RANK[needed]
 
 
 def api_routes(app: object) -> set[tuple[str, str]]:
@@ -74,13 +115,13 @@ def test_matrix_covers_every_route(lab_api: RunningServer) -> None:
     assert api_routes(lab_api.app) == set(MATRIX)
 
 
-@pytest.mark.parametrize("caller", ["anonymous", "bad-token", "reader", "operator", "admin"])
+@pytest.mark.parametrize("caller", ["anonymous", "bad-token", "boot", "reader", "operator", "admin"])
 def test_every_endpoint_every_role(lab_api: RunningServer, caller: str) -> None:
     admin = lab_api.client()
     tokens = {"anonymous": "", "bad-token": "brz_" + "x" * 43, "admin": lab_api.admin_token}
-    for role in ("reader", "operator"):
+    for role in ("boot", "reader", "operator"):
         tokens[role] = admin.post("/api/v1/tokens", json={"name": f"t-{role}", "role": role}).json()["token"]
-    role = caller if caller in RANK else None
+    role = caller if caller in RANK or caller == "boot" else None
     c = lab_api.client(tokens[caller])
     closed = free_port()
     admin.post("/api/v1/machines", json={
@@ -94,6 +135,9 @@ def test_every_endpoint_every_role(lab_api: RunningServer, caller: str) -> None:
             "name": f"t{i}", "nics": [{"mac": f"02:00:00:00:09:{i:02x}"}], "labels": {"slot": f"s{i}"},
             "bmc": {"driver": "redfish", "scheme": "http", "address": f"127.0.0.1:{closed}"}})
         admin.post("/api/v1/tokens", json={"name": "victim", "role": "reader"})
+        admin.put("/api/v1/assets/victim", params={"sha256": QUERIES[("PUT", "/api/v1/assets/{name}")][8:]},
+                  content=VICTIM_ASSET)
+        admin.post("/api/v1/profiles", json={"name": "victim", "kernel": "http://192.0.2.1/k"})
         path = template.replace("{key}", f"t{i}").replace("{name}", "victim").replace(
             "{op_id}", op["id"]).replace("{op}", "stats")
         if "{patch_id}" in template:
@@ -104,8 +148,12 @@ def test_every_endpoint_every_role(lab_api: RunningServer, caller: str) -> None:
         payload = BODIES.get((method, template))
         if payload and "selector" in payload:
             payload = {**payload, "selector": f"slot=s{i}"}
-        r = c.request(method, path, json=payload)
-        allowed = needed is None or (role is not None and RANK[role] >= RANK[needed])
+        path += QUERIES.get((method, template), "")
+        if (method, template) == ("PUT", "/api/v1/assets/{name}"):
+            r = c.request(method, path, content=VICTIM_ASSET)
+        else:
+            r = c.request(method, path, json=payload)
+        allowed = may_call(role, needed)
         if allowed and r.status_code == ALLOWED_STATUS.get((method, template)):
             pass
         elif allowed:
@@ -120,6 +168,8 @@ def test_every_endpoint_every_role(lab_api: RunningServer, caller: str) -> None:
             admin.delete("/api/v1/machines/m-new")
         if method == "POST" and r.status_code == 201 and template.endswith("tokens"):
             admin.delete("/api/v1/tokens/t-new")
+        if method == "POST" and r.status_code == 201 and template.endswith("profiles"):
+            admin.delete("/api/v1/profiles/p-new")
 
 
 def test_revoked_token_stops_working_and_last_admin_is_kept(api_sqlite: RunningServer) -> None:

@@ -31,7 +31,13 @@ def test_machine_lifecycle_through_cli(api_sqlite: RunningServer, tmp_path: Path
             "--bmc-address", "10.0.0.5", "--bmc-username", "admin", "--bmc-password-file", str(pw))
     assert r.returncode == 0, r.stderr
     assert "node-1" in r.stdout and "aa:bb:cc:00:00:10" in r.stdout and "Cli-Canary-1" not in r.stdout
-    run(api_sqlite, tmp_path, "machines", "create", "node-2", "--mac", "02:00:00:00:00:11", "--label", "rack=r2")
+    r = run(api_sqlite, tmp_path, "machines", "create", "node-2", "--mac", "02:00:00:00:00:11@10.9.0.11",
+            "--mac", "02:00:00:00:00:12", "--label", "rack=r2", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    assert [(n["mac"], n["ip"]) for n in json.loads(r.stdout)["nics"]] == [
+        ("02:00:00:00:00:11", "10.9.0.11"), ("02:00:00:00:00:12", None)]
+    r = run(api_sqlite, tmp_path, "machines", "create", "node-3", "--mac", "02:00:00:00:00:13@10.9.0")
+    assert r.returncode != 0 and "ip" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
     r = run(api_sqlite, tmp_path, "machines", "list", "-l", "rack=r1", "-o", "json")
     assert r.returncode == 0, r.stderr

@@ -1,0 +1,218 @@
+"""Commands and diagnostics through a machine's agent: reboot and node ops over REST.
+
+* ``POST /api/v1/machines/{key}/reboot``: saved as a pending command (kept until the agent
+  confirms, even across restarts) and sent by whichever replica holds the session.
+* ``GET /api/v1/machines/{key}/node/{op}``: dmesg, logs, stats, ps, services. Node ops stream
+  back to the caller, so only the replica holding the agent's session serves them; elsewhere
+  they answer 409 ``agent_on_other_replica``.
+
+``?follow=true`` (logs, dmesg) streams **NDJSON** over a chunked HTTP response: one
+``{"data": "..."}`` line per chunk the agent sends, and a last ``{"error": {...}}`` line if the
+agent goes away. Plain HTTP rather than a WebSocket or SSE: the same bearer token and error
+format as every other endpoint, readable with curl and httpx, and one JSON object per line
+carries both data and a final error. When the client disconnects, Starlette cancels the
+response; the hub then sends ``CancelNodeOp`` so the agent stops reading the file.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+
+from server import inventory
+from server.agentapi import (
+    AgentApiError,
+    AgentApiServer,
+    AgentDisconnected,
+    AgentNotConnected,
+    CommandTimeout,
+    NodeOpKind,
+)
+from server.api.deps import Context, context, operator, reader
+from server.auth import Principal
+from server.errors import ApiError, Invalid
+from server.models import AgentState
+
+router = APIRouter(tags=["agents"])
+
+
+class AgentUnavailable(ApiError):
+    status, code, template = 409, "agent_unavailable", "{message}"
+
+
+class AgentTimeout(ApiError):
+    status, code, template = 504, "timeout", "{message}"
+
+
+class AgentOnOtherReplica(ApiError):
+    status, code, template = 409, "agent_on_other_replica", "{message}"
+
+
+class AgentGone(ApiError):
+    status, code, template = 502, "agent_disconnected", "{message}"
+
+
+def agent_api(request: Request) -> AgentApiServer:
+    api: AgentApiServer | None = request.app.state.agent_api
+    if api is None:
+        raise AgentUnavailable(message="the agent API is not running (disabled or failed to start)")
+    return api
+
+
+def iso(v: Any) -> str | None:
+    return inventory.as_utc(v).isoformat() if v is not None else None
+
+
+def _machine_id(ctx: Context, key: str) -> str:
+    with ctx.db.read() as s:
+        return inventory.get_machine(s, key).id
+
+
+def _session_elsewhere(ctx: Context, machine_id: str) -> str | None:
+    """When the database says the agent is connected (so: to another replica), a message."""
+    with ctx.db.read() as s:
+        st = s.get(AgentState, machine_id)
+        if st is None or not st.connected:
+            return None
+        return (
+            f"the agent of machine {machine_id} holds its session with another bronze replica "
+            f"(last seen {iso(st.last_seen) or 'unknown'}); node operations are served only by "
+            "that replica: retry (a load balancer may route you there) or call it directly"
+        )
+
+
+async def _live_session(request: Request, ctx: Context, machine_id: str) -> AgentApiServer:
+    """The agent API when this replica holds the machine's session; 409 saying why otherwise."""
+    api = agent_api(request)
+    if not api.hub.is_connected(machine_id):
+        elsewhere = await run_in_threadpool(_session_elsewhere, ctx, machine_id)
+        if elsewhere is not None:
+            raise AgentOnOtherReplica(message=elsewhere, details={"machine_id": machine_id})
+        raise AgentUnavailable(message=str(AgentNotConnected(machine_id)))
+    return api
+
+
+@router.post("/api/v1/machines/{key}/reboot", status_code=202)
+async def machine_reboot(
+    key: str,
+    request: Request,
+    ctx: Annotated[Context, Depends(context)],
+    who: Annotated[Principal, Depends(operator)],
+) -> dict[str, Any]:
+    """Ask the agent to reboot (queued and kept until the agent confirms, even across restarts)."""
+    mid = await run_in_threadpool(_machine_id, ctx, key)
+    api = agent_api(request)
+    here = api.hub.is_connected(mid)  # before: the agent may be gone (rebooting) right after
+    command_id = await api.hub.reboot(mid)
+
+    def audit() -> None:
+        with ctx.db.write() as s:
+            inventory.record(
+                s,
+                actor=who.actor,
+                kind="agent.reboot",
+                machine_id=mid,
+                message="reboot requested through the agent",
+                data={"command_id": command_id},
+            )
+
+    await run_in_threadpool(audit)
+    return {"machine_id": mid, "command_id": command_id, "connected": here,
+            "delivery": "sent" if here else "queued"}
+
+
+@router.get("/api/v1/machines/{key}/node/{op}")
+async def machine_node_op(
+    key: str,
+    op: NodeOpKind,
+    request: Request,
+    ctx: Annotated[Context, Depends(context)],
+    _: Annotated[Principal, Depends(reader)],
+    service: Annotated[str, Query(max_length=128)] = "",
+    tail_lines: Annotated[int, Query(ge=0, le=100_000)] = 0,
+    timeout: Annotated[float, Query(gt=0, le=120)] = 30.0,
+    follow: bool = False,
+) -> Any:
+    """A read-only diagnostic from the node (dmesg, logs, stats, ps, services). ``follow``
+    (logs, dmesg): an NDJSON stream of ``{"data": ...}`` lines until the client disconnects;
+    a last ``{"error": ...}`` line if the agent goes away."""
+    mid = await run_in_threadpool(_machine_id, ctx, key)
+    api = await _live_session(request, ctx, mid)
+    if follow:
+        if op not in (NodeOpKind.LOGS, NodeOpKind.DMESG):
+            raise Invalid(message="follow is only possible for logs and dmesg",
+                          details={"field": "follow"})
+        return await _follow(api, mid, op, service, tail_lines, timeout)
+    try:
+        res = await api.hub.node_op(
+            mid, op, service=service, tail_lines=tail_lines, timeout=timeout
+        )
+    except AgentDisconnected as exc:
+        raise AgentGone(message=str(exc)) from None
+    except AgentNotConnected as exc:
+        raise AgentUnavailable(message=str(exc)) from None
+    except CommandTimeout as exc:
+        raise AgentTimeout(message=str(exc)) from None
+    out: dict[str, Any] = {
+        "machine_id": mid,
+        "op": op.value,
+        "ok": res.ok,
+        "error": res.error or None,
+        "output": res.output.decode("utf-8", "replace"),
+    }
+    if op is NodeOpKind.STATS and res.ok:
+        try:
+            out["data"] = json.loads(res.output)
+        except ValueError:
+            pass
+    return out
+
+
+def _line(doc: dict[str, Any]) -> bytes:
+    return json.dumps(doc, separators=(",", ":")).encode() + b"\n"
+
+
+async def _follow(
+    api: AgentApiServer, mid: str, op: NodeOpKind, service: str, tail_lines: int, timeout: float
+) -> StreamingResponse:
+    """Start the follow and wait for its first chunk, so a refusal (no such log, invalid service,
+    no answer) is still a plain JSON error; then stream."""
+    stream = api.hub.node_op_stream(
+        mid, op, service=service, tail_lines=tail_lines, timeout=timeout, follow=True
+    )
+    try:
+        first = await anext(stream)
+    except StopAsyncIteration:
+        first = b""
+    except AgentDisconnected as exc:
+        raise AgentGone(message=str(exc)) from None
+    except AgentNotConnected as exc:
+        raise AgentUnavailable(message=str(exc)) from None
+    except CommandTimeout as exc:
+        raise AgentTimeout(message=str(exc)) from None
+    except AgentApiError as exc:  # the agent refused (e.g. no such log)
+        await stream.aclose()
+        raise Invalid(message=str(exc), details={"op": op.value, "service": service}) from None
+
+    async def body() -> AsyncIterator[bytes]:
+        # aclosing: when Starlette cancels us (client gone), the hub's stream is closed too,
+        # which sends CancelNodeOp to the agent.
+        async with aclosing(stream):
+            if first:
+                yield _line({"data": first.decode("utf-8", "replace")})
+            try:
+                async for chunk in stream:
+                    if chunk:
+                        yield _line({"data": chunk.decode("utf-8", "replace")})
+            except AgentApiError as exc:
+                code = "agent_disconnected" if isinstance(exc, AgentDisconnected) else "failed"
+                yield _line({"error": {"code": code, "message": str(exc), "details": None}})
+
+    return StreamingResponse(body(), media_type="application/x-ndjson",
+                             headers={"Cache-Control": "no-store"})

@@ -1,0 +1,324 @@
+"""``/api/v1/profiles`` (boot profiles) and ``/api/v1/assets`` (boot assets) for operators.
+
+Firmware-facing routes (``/boot.ipxe``, ``/assets/NAME``) are in ``server.api.boot``.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import Field
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from pxe import UnsafeValue
+from server import inventory
+from server.api.deps import Context, context, operator, reader
+from server.api.schemas import Strict
+from server.auth import Principal
+from server.boot import profiles
+from server.boot.assets import AssetError, AssetStore, check_name
+from server.errors import ApiError, Conflict, Invalid, NotFound
+from server.models import BootAsset, BootProfile, utcnow
+from server.selectors import SelectorError, parse
+
+router = APIRouter(tags=["boot"])
+
+NAME_PATTERN = r"^[a-z0-9]([-a-z0-9._]*[a-z0-9])?$"
+
+
+class TooLarge(ApiError):
+    status, code, template = 413, "too_large", "{message}"
+
+
+class ProfileBody(Strict):
+    selector: str = Field(default="", max_length=4096)
+    """Kubernetes label selector; empty matches every machine."""
+    kernel: str = Field(min_length=1, max_length=2048)
+    """Asset name or http(s):// / ${server}/ URL."""
+    initrds: list[str] = Field(default_factory=list, max_length=16)
+    args: list[str] = Field(default_factory=list, max_length=128)
+    """Kernel arguments, one per item (no spaces); may use ${mac} ${uuid} ${server} ${token}."""
+    agent: bool = False
+    """Append the agent's kernel args and a per-boot enrollment token."""
+
+
+class ProfileIn(ProfileBody):
+    name: str = Field(min_length=1, max_length=63, pattern=NAME_PATTERN)
+
+
+def profile_out(p: BootProfile) -> dict[str, Any]:
+    return {
+        "id": p.id,
+        "name": p.name,
+        "selector": p.selector,
+        "kernel": p.kernel,
+        "initrds": p.initrds,
+        "args": p.args,
+        "agent": p.agent,
+        "created_at": inventory.as_utc(p.created_at).isoformat(),
+        "updated_at": inventory.as_utc(p.updated_at).isoformat(),
+        "created_by": p.created_by,
+    }
+
+
+def _check(s: Session, name: str, body: ProfileBody) -> None:
+    """422 naming the failing field: selector, kernel, initrds[i], args[i], or a missing asset."""
+    try:
+        parse(body.selector)
+    except SelectorError as exc:
+        raise Invalid(message=f"selector: {exc}", details={"field": "selector"}) from None
+    for i, a in enumerate(body.args):
+        if len(a) > 1024:
+            raise Invalid(
+                message=f"args[{i}]: longer than 1024 characters",
+                details={"field": f"args[{i}]", "reason": "too long"},
+            )
+    try:
+        profiles.to_pxe(name, body.kernel, body.initrds, body.args)
+    except UnsafeValue as exc:
+        raise Invalid(
+            message=f"{exc.field}: {exc.reason}", details={"field": exc.field, "reason": exc.reason}
+        ) from None
+    refs = [("kernel", body.kernel)] + [(f"initrds[{i}]", r) for i, r in enumerate(body.initrds)]
+    for where, ref in refs:
+        asset = profiles.asset_name(ref)
+        if asset is not None and s.get(BootAsset, asset) is None:
+            raise Invalid(
+                message=f"{where}: asset {asset!r} not found (upload it first)",
+                details={"field": where, "reason": "asset not found"},
+            )
+
+
+def _get(s: Session, name: str) -> BootProfile:
+    p = s.scalar(select(BootProfile).where(BootProfile.name == name))
+    if p is None:
+        raise NotFound(kind="profile", key=name)
+    return p
+
+
+@router.get("/api/v1/profiles")
+def list_profiles(
+    ctx: Annotated[Context, Depends(context)], _: Annotated[Principal, Depends(reader)]
+) -> list[dict[str, Any]]:
+    with ctx.db.read() as s:
+        return [profile_out(p) for p in s.scalars(select(BootProfile).order_by(BootProfile.name))]
+
+
+@router.get("/api/v1/profiles/{name}")
+def get_profile(
+    name: str, ctx: Annotated[Context, Depends(context)], _: Annotated[Principal, Depends(reader)]
+) -> dict[str, Any]:
+    with ctx.db.read() as s:
+        return profile_out(_get(s, name))
+
+
+@router.post("/api/v1/profiles", status_code=201)
+def create_profile(
+    body: ProfileIn,
+    ctx: Annotated[Context, Depends(context)],
+    who: Annotated[Principal, Depends(operator)],
+) -> dict[str, Any]:
+    try:
+        with ctx.db.write() as s:
+            _check(s, body.name, body)
+            now = utcnow()
+            p = BootProfile(
+                id=str(uuid.uuid4()),
+                name=body.name,
+                selector=body.selector,
+                kernel=body.kernel,
+                initrds=body.initrds,
+                args=body.args,
+                agent=body.agent,
+                created_at=now,
+                updated_at=now,
+                created_by=who.actor,
+            )
+            s.add(p)
+            s.flush()
+            inventory.record(
+                s,
+                actor=who.actor,
+                kind="boot.profile.created",
+                message=f"boot profile {p.name} created",
+                data={"profile": p.name},
+            )
+            return profile_out(p)
+    except IntegrityError:
+        raise Conflict(message=f"profile {body.name!r} already exists") from None
+
+
+@router.put("/api/v1/profiles/{name}")
+def replace_profile(
+    name: str,
+    body: ProfileBody,
+    ctx: Annotated[Context, Depends(context)],
+    who: Annotated[Principal, Depends(operator)],
+) -> dict[str, Any]:
+    with ctx.db.write() as s:
+        p = _get(s, name)
+        _check(s, name, body)
+        p.selector, p.kernel, p.initrds, p.args = (
+            body.selector,
+            body.kernel,
+            body.initrds,
+            body.args,
+        )
+        p.agent, p.updated_at = body.agent, utcnow()
+        inventory.record(
+            s,
+            actor=who.actor,
+            kind="boot.profile.updated",
+            message=f"boot profile {name} updated",
+            data={"profile": name},
+        )
+        s.flush()
+        return profile_out(p)
+
+
+@router.delete("/api/v1/profiles/{name}")
+def delete_profile(
+    name: str,
+    ctx: Annotated[Context, Depends(context)],
+    who: Annotated[Principal, Depends(operator)],
+) -> dict[str, Any]:
+    with ctx.db.write() as s:
+        p = _get(s, name)
+        out = profile_out(p)
+        s.delete(p)
+        inventory.record(
+            s,
+            actor=who.actor,
+            kind="boot.profile.deleted",
+            message=f"boot profile {name} deleted",
+            data={"profile": name},
+        )
+        return out
+
+
+# -- assets ---------------------------------------------------------------------------------------
+
+
+def asset_out(a: BootAsset) -> dict[str, Any]:
+    return {
+        "name": a.name,
+        "size": a.size,
+        "sha256": a.sha256,
+        "url": f"/assets/{a.name}",
+        "created_at": inventory.as_utc(a.created_at).isoformat(),
+        "created_by": a.created_by,
+    }
+
+
+def _asset_name(name: str) -> str:
+    try:
+        return check_name(name)
+    except AssetError as exc:
+        raise Invalid(message=f"name: {exc.reason}", details={"field": "name"}) from None
+
+
+@router.get("/api/v1/assets")
+def list_assets(
+    ctx: Annotated[Context, Depends(context)], _: Annotated[Principal, Depends(reader)]
+) -> list[dict[str, Any]]:
+    with ctx.db.read() as s:
+        return [asset_out(a) for a in s.scalars(select(BootAsset).order_by(BootAsset.name))]
+
+
+@router.get("/api/v1/assets/{name}")
+def get_asset(
+    name: str, ctx: Annotated[Context, Depends(context)], _: Annotated[Principal, Depends(reader)]
+) -> dict[str, Any]:
+    with ctx.db.read() as s:
+        a = s.get(BootAsset, _asset_name(name))
+        if a is None:
+            raise NotFound(kind="asset", key=name)
+        return asset_out(a)
+
+
+@router.put("/api/v1/assets/{name}", status_code=201)
+async def upload_asset(
+    name: str,
+    request: Request,
+    ctx: Annotated[Context, Depends(context)],
+    who: Annotated[Principal, Depends(operator)],
+    sha256: Annotated[
+        str,
+        Query(
+            min_length=64,
+            max_length=64,
+            pattern=r"^[0-9a-f]{64}$",
+            description="SHA-256 of the body (hex); a mismatch keeps nothing",
+        ),
+    ],
+) -> dict[str, Any]:
+    """Upload (or replace) an asset: raw body, stated SHA-256 verified before it is kept."""
+    _asset_name(name)
+    store: AssetStore = request.app.state.assets
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > store.max_bytes:
+        raise TooLarge(message=f"asset larger than {store.max_bytes} bytes")
+    try:
+        size, digest = await store.save(name, request.stream(), sha256)
+    except AssetError as exc:
+        if "larger" in exc.reason:
+            raise TooLarge(message=exc.reason) from None
+        raise Invalid(message=f"sha256: {exc.reason}", details={"field": "sha256"}) from None
+
+    def record() -> dict[str, Any]:
+        with ctx.db.write() as s:
+            a = s.get(BootAsset, name)
+            if a is None:
+                a = BootAsset(name=name)
+                s.add(a)
+            a.size, a.sha256, a.created_at, a.created_by = size, digest, utcnow(), who.actor
+            inventory.record(
+                s,
+                actor=who.actor,
+                kind="boot.asset.uploaded",
+                message=f"boot asset {name} uploaded ({size} bytes)",
+                data={"asset": name, "size": size, "sha256": digest},
+            )
+            s.flush()
+            return asset_out(a)
+
+    return await run_in_threadpool(record)
+
+
+@router.delete("/api/v1/assets/{name}")
+def delete_asset(
+    name: str,
+    request: Request,
+    ctx: Annotated[Context, Depends(context)],
+    who: Annotated[Principal, Depends(operator)],
+) -> dict[str, Any]:
+    with ctx.db.write() as s:
+        a = s.get(BootAsset, _asset_name(name))
+        if a is None:
+            raise NotFound(kind="asset", key=name)
+        users = [
+            p.name
+            for p in s.scalars(select(BootProfile))
+            if name in profiles.asset_names(p.kernel, p.initrds)
+        ]
+        if users:
+            raise Conflict(
+                message=f"asset {name!r} is used by profile(s) {', '.join(sorted(users))}"
+            )
+        out = asset_out(a)
+        s.delete(a)
+        inventory.record(
+            s,
+            actor=who.actor,
+            kind="boot.asset.deleted",
+            message=f"boot asset {name} deleted",
+            data={"asset": name},
+        )
+    store: AssetStore = request.app.state.assets
+    store.delete(name)
+    return out

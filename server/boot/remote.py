@@ -1,0 +1,142 @@
+"""``bronze pxe --server URL``: the boot plane as its own process, next to a rack.
+
+DHCP and TFTP run here (``pxe.PxeService``); decisions come from the central server over HTTP
+(``pxe.HttpBackend`` -> ``GET /api/v1/boot/decide``), and every timeline event is batched and
+posted to ``POST /api/v1/boot/timeline`` by ``HttpTimelineSink``. Both use a token of role
+``boot``, read from ``--token-file`` or ``BRONZE_PXE_TOKEN``, never from argv.
+
+The sink never blocks the DHCP/TFTP loop: events go into a bounded buffer (overflow is dropped
+and counted); a task posts them every ``interval`` seconds. If the server is unreachable, the
+batch is kept (up to the buffer bound) and retried on the next tick.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import signal
+from typing import Any
+
+import httpx
+
+from pxe import (
+    HttpBackend,
+    PxeService,
+    PxeSettings,
+    TimelineEvent,
+)
+
+log = logging.getLogger(__name__)
+
+
+class HttpTimelineSink:
+    """A ``pxe.TimelineSink`` that posts batches to the central server."""
+
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        *,
+        limit: int = 10_000,
+        batch: int = 500,
+        interval: float = 0.5,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self._url = base_url.rstrip("/") + "/api/v1/boot/timeline"
+        self._headers = {"Authorization": f"Bearer {token}"}
+        self._client = client or httpx.AsyncClient(timeout=5.0, follow_redirects=False)
+        self._buf: collections.deque[dict[str, Any]] = collections.deque()
+        self.limit, self.batch, self.interval = limit, batch, interval
+        self._task: asyncio.Task[None] | None = None
+        self.dropped = 0
+        self.posted = 0
+
+    def __call__(self, event: TimelineEvent) -> None:
+        if event.mac is None:
+            return  # TFTP without a DHCP answer to explain it: nothing to attribute it to
+        if len(self._buf) >= self.limit:
+            self.dropped += 1
+            return
+        detail = {
+            k: v if isinstance(v, (int, float, str, bool)) or v is None else str(v)
+            for k, v in event.detail.items()
+        }
+        self._buf.append(
+            {
+                "kind": event.kind.value,
+                "mac": event.mac,
+                "client": event.client,
+                "detail": detail,
+                "at": event.at,
+            }
+        )
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            await self.flush()
+
+    async def flush(self) -> None:
+        while self._buf:
+            n = min(self.batch, len(self._buf))
+            events = [self._buf[i] for i in range(n)]
+            try:
+                resp = await self._client.post(
+                    self._url, json={"events": events}, headers=self._headers
+                )
+            except httpx.HTTPError as exc:
+                log.warning(
+                    "timeline post failed url=%s error=%s kept=%d",
+                    self._url,
+                    type(exc).__name__,
+                    len(self._buf),
+                )
+                return
+            if resp.status_code == 422:
+                log.error("timeline batch refused by the server (422); %d events dropped", n)
+            elif resp.status_code != 202:
+                log.warning(
+                    "timeline post answered HTTP %d; kept=%d", resp.status_code, len(self._buf)
+                )
+                return
+            for _ in range(n):
+                self._buf.popleft()
+            self.posted += n
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.flush(), 5)
+        await self._client.aclose()
+
+
+async def run(settings: PxeSettings, server_url: str, token: str) -> None:
+    """Serve until SIGINT/SIGTERM."""
+    sink = HttpTimelineSink(server_url, token)
+    service = PxeService(settings, HttpBackend(server_url, token), sink)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await sink.start()
+    try:
+        await service.start()
+        log.info(
+            "bronze pxe serving mode=%s address=%s interface=%s server=%s",
+            settings.mode.value,
+            settings.address,
+            settings.interface,
+            server_url,
+        )
+        await stop.wait()
+    finally:
+        await service.stop()
+        await sink.stop()

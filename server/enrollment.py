@@ -1,0 +1,60 @@
+"""When a machine's outstanding agent enrollment token must stop working.
+
+A bootstrap token (``server.agentapi.tokens``) is bound to one boot of one machine. Besides being
+consumed by ``Enroll``, it is wiped when that boot cannot be the one enrolling any more:
+
+* **power-off**: when a power operation that stops or restarts the machine (off, soft-off,
+  cycle, reset) starts on it (before the BMC is told, so a token the boot plane issues for the
+  *next* boot is never touched), and when power sync observes the machine off;
+* **reprovision**: when the machine's phase is set to ``provisioning`` or ``discovered``.
+
+Each function takes the caller's database session, so the wipe commits (or not) with the change
+that caused it, and records an ``agent.token.wiped`` event when a token was outstanding.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from sqlalchemy import delete
+from sqlalchemy.orm import Session
+
+from bmc import PowerState
+from server import inventory
+from server.models import AgentBootstrapToken, Machine, Operation, OperationItem
+from server.types import Phase
+
+log = logging.getLogger(__name__)
+
+POWER_DOWN_ACTIONS = frozenset({"off", "soft-off", "cycle", "reset"})
+REPROVISION_PHASES = frozenset({Phase.PROVISIONING.value, Phase.DISCOVERED.value})
+
+
+def wipe_token(s: Session, machine_id: str, *, reason: str, actor: str) -> bool:
+    """Delete the machine's outstanding enrollment token; True when there was one."""
+    res = s.execute(delete(AgentBootstrapToken).where(AgentBootstrapToken.machine_id == machine_id))
+    if not res.rowcount:  # type: ignore[attr-defined]
+        return False
+    inventory.record(s, actor=actor, kind="agent.token.wiped", machine_id=machine_id,
+                     message=f"agent enrollment token wiped: {reason}", data={"reason": reason})
+    log.info("enrollment token wiped machine=%s reason=%s", machine_id, reason)
+    return True
+
+
+def on_power_item_start(s: Session, op: Operation, item: OperationItem) -> None:
+    """``op`` is about to act on ``item``'s machine (``server.power``). ``op`` is passed in, not
+    loaded: loading it would load all its items (one per machine of a bulk operation)."""
+    if op.kind == "power" and op.action in POWER_DOWN_ACTIONS:
+        wipe_token(s, item.machine_id, reason=f"power {op.action}", actor=op.requested_by)
+
+
+def on_power_observed(s: Session, m: Machine) -> None:
+    """Power sync (or a live read) recorded ``m.power_observed`` (``server.power``)."""
+    if m.power_observed == PowerState.off.value:
+        wipe_token(s, m.id, reason="observed powered off", actor="power-sync")
+
+
+def on_phase_change(s: Session, m: Machine, actor: str) -> None:
+    """``m.phase`` was just changed by an operator (``server.api.machines``)."""
+    if m.phase in REPROVISION_PHASES:
+        wipe_token(s, m.id, reason=f"reprovision (phase {m.phase})", actor=actor)

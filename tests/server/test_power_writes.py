@@ -1,0 +1,88 @@
+"""The power runner's batched writes (items, machines, events) on SQLite and PostgreSQL.
+
+The BMCs are a fake driver at the ``DriverFactory`` seam: this is about what the runner writes,
+not about BMCs (those are tested against real peers in tests/bmc and tests/server/test_power_e2e).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+from sqlalchemy import select
+
+from bmc import BmcController, BmcEndpoint, BmcTimeoutError, PowerPolicy, PowerState
+from server import migrate
+from server.db import Database
+from server.models import Event, Machine, Operation, OperationItem, utcnow
+from server.power import PowerService
+from server.secretbox import SecretBox
+from server.settings import ServerSettings
+
+
+class Driver:
+    """Power is on after any command; BMC port 9 never answers."""
+
+    state: dict[int, PowerState] = {}
+
+    def __init__(self, ep: BmcEndpoint) -> None:
+        self.port = ep.port or 0
+
+    def get_power_state(self) -> PowerState:
+        if self.port == 9:
+            raise BmcTimeoutError(bmc="fake:9", seconds=0.0, detail="silent")
+        return self.state.get(self.port, PowerState.off)
+
+    def power_on(self) -> None:
+        self.state[self.port] = PowerState.on
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def service(db_url: str, tmp_path: Path) -> Iterator[PowerService]:
+    migrate.upgrade(db_url)
+    db = Database.connect(db_url)
+    box = SecretBox(Fernet.generate_key())
+    with db.write() as s:
+        for i in range(1, 41):
+            s.add(Machine(id=str(uuid.uuid4()), name=f"w{i:02d}", phase="ready", bmc_driver="ipmi",
+                          bmc_address="10.0.0.1", bmc_port=i, bmc_username="admin",
+                          bmc_password_enc=box.encrypt("pw"), power_observed="unknown", hardware={},
+                          created_at=utcnow(), updated_at=utcnow()))
+    policy = PowerPolicy(max_attempts=1, poll_interval=0.01, min_interval=0.0, settle_timeout=1.0)
+    ctl = BmcController(Driver, policy)  # type: ignore[arg-type]
+    svc = PowerService(ServerSettings(data_dir=tmp_path), db, box, controller=ctl)
+    yield svc
+    ctl.close()
+    db.dispose()
+
+
+def test_bulk_operation_records_items_machines_and_events(service: PowerService) -> None:
+    op_id = service.submit(kind="power", action="on", params={}, actor="tester", selector=())
+    asyncio.run(service.run(op_id))
+    with service.db.read() as s:
+        op = s.get_one(Operation, op_id)
+        rows = s.scalars(select(OperationItem).where(OperationItem.operation_id == op_id))
+        items = {i.machine_name: i for i in rows}
+        machines = {m.name: m for m in s.scalars(select(Machine))}
+        events = list(s.scalars(select(Event).where(Event.kind.like("power.%"))))
+    assert op.status == "failed" and op.error == "1 of 40 machines failed"
+    ok = [n for n in items if n != "w09"]
+    assert all(items[n].status == "succeeded" and items[n].result["state"] == "on" for n in ok)
+    assert all(items[n].started_at and items[n].finished_at for n in ok)
+    assert all(i.active_machine_id is None for i in items.values())
+    assert items["w09"].status == "failed" and "did not answer" in (items["w09"].error or "")
+    assert all(machines[n].power_observed == "on" and machines[n].power_desired == "on" for n in ok)
+    assert all(machines[n].revision == 2 for n in ok)  # one write, one revision
+    assert machines["w09"].power_observed == "unknown" and machines["w09"].power_desired is None
+    assert machines["w09"].revision == 1  # nothing learnt, nothing written
+    kinds = sorted((e.machine_name, e.kind) for e in events if e.kind != "power.requested")
+    assert kinds == sorted([(n, "power.succeeded") for n in ok] + [("w09", "power.failed")])
+    assert sum(1 for e in events if e.kind == "power.requested") == 40
+    assert service._starts.transactions < 40 and service._dones.transactions < 40  # batched
