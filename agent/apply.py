@@ -195,10 +195,13 @@ class ConfigApplier:
     def begin_try(
         self, version: str, cfg: dict[str, Any], timeout: float, previous: dict[str, Any] | None
     ) -> None:
-        """Apply now; remember ``previous`` (the confirmed config) to revert to."""
-        self.apply_live(version, cfg, "try")
+        """Apply now; remember ``previous`` (the confirmed config) to revert to.
+
+        The revert plan is saved first: an agent that dies halfway through the apply still
+        reverts at its next start instead of keeping an unconfirmed config for good."""
         self._save("try.json", {"version": version, "deadline": time.time() + timeout,
                                 "previous": previous})
+        self.apply_live(version, cfg, "try")
 
     def confirm(self, version: str) -> bool:
         trial = self.trial

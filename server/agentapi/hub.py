@@ -117,6 +117,7 @@ class SessionHub:
         self._sweeper: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
         self._connected_event: dict[str, asyncio.Event] = {}
+        self._bookkeeping: set[asyncio.Task[None]] = set()  # disconnects being saved
         # Monotonic counters for metrics: sessions, heartbeats, results, commands_sent.
         self.counters: Counter[str] = Counter()
 
@@ -138,6 +139,7 @@ class SessionHub:
         for s in list(self._sessions.values()):
             self._close(s)
         await self._flush_seen()
+        await asyncio.gather(*self._bookkeeping, return_exceptions=True)
 
     # -- queries ----------------------------------------------------------------------------------
 
@@ -388,11 +390,30 @@ class SessionHub:
                     st.queue.put_nowait(AgentDisconnected(machine_id))
             if self._sessions.get(machine_id) is session:
                 del self._sessions[machine_id]
-                try:
-                    await self._store.record_disconnected(machine_id, self._now())
-                except Exception:  # noqa: BLE001 - never let bookkeeping mask the stream's end
-                    log.exception("record_disconnected failed machine=%s", machine_id)
+                await self._record_disconnected(machine_id)
             log.info("session closed machine=%s peer=%s", machine_id, peer)
+
+    async def _record_disconnected(self, machine_id: str) -> None:
+        """Save that the session ended, even if gRPC cancels the stream's task meanwhile.
+
+        gRPC cancels a finished RPC's task; a write cut off there (or still queued for a worker
+        thread) would leave the machine "connected" in the database for good. The write runs in
+        a task of its own that the cancellation does not reach; :meth:`stop` waits for it."""
+        task = asyncio.get_running_loop().create_task(
+            self._store.record_disconnected(machine_id, self._now()))
+        self._bookkeeping.add(task)
+        task.add_done_callback(self._bookkeeping_done)
+        try:
+            await asyncio.shield(task)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - logged by _bookkeeping_done; never mask the stream's end
+            pass
+
+    def _bookkeeping_done(self, task: asyncio.Task[None]) -> None:
+        self._bookkeeping.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("record_disconnected failed", exc_info=task.exception())
 
     def _close(self, session: _Session) -> None:
         session.outbox.put_nowait(None)

@@ -71,6 +71,23 @@ def test_try_then_revert_and_staged_on_boot(applier):
     assert (applier.root / "var/lib/bronze/boot/kernel-args").read_text() == "quiet\n"
 
 
+def test_try_cut_off_halfway_is_reverted_at_next_start(applier, tmp_path):
+    applier.apply_live("v1", CFG, "auto")
+    # The second file of the trial cannot be written: the apply stops after the hostname.
+    (tmp_path / "outside").mkdir()
+    trial = {**CFG, "hostname": "n2",
+             "files": {"/etc/motd": {"content": "hello\n", "mode": 0o600},
+                       "/etc/zz/x": {"content": "x"}}}
+    os.symlink(tmp_path / "outside", applier.root / "etc/zz")
+    with pytest.raises(ApplyError):
+        applier.begin_try("v2", trial, 60, previous=applier.current)
+    assert (applier.root / "etc/hostname").read_text() == "n2\n"  # partly applied
+    assert applier.trial["version"] == "v2"  # but the revert plan was saved first
+    applier.on_boot()
+    assert (applier.root / "etc/hostname").read_text() == "n1\n"
+    assert applier.current_version == "v1" and applier.trial is None
+
+
 def test_reboot_needed():
     assert reboot_needed(CFG, {**CFG, "hostname": "x"}) == []
     assert reboot_needed(CFG, {**CFG, "kernel_args": ["a"]}) == ["kernel_args"]
