@@ -17,6 +17,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from server.agentapi.hub import SEEN_FLUSH_INTERVAL
 from server.agentapi.store import (
     AgentHello,
     AgentMachine,
@@ -46,6 +47,21 @@ ENROLLMENT_PHASES = frozenset(
     {Phase.DISCOVERED, Phase.REGISTERED, Phase.PROVISIONING, Phase.READY, Phase.UPGRADING}
 )
 SCOPE_ORDER = {Layer.FLEET.value: 0, Layer.SELECTOR.value: 1, Layer.MACHINE.value: 2}
+
+
+def session_claimed(
+    st: AgentState | None, heartbeat_interval: float, now: dt.datetime | None = None
+) -> bool:
+    """Whether the database says some replica holds the agent's session now.
+
+    A replica that dies cannot clear its ``connected`` flag, so the claim holds only while the
+    session's heartbeats keep reaching the database: a live session's ``last_seen`` is at most
+    one heartbeat plus one flush old; after three heartbeats and a flush the session is gone
+    (the hub closes a session silent that long)."""
+    if st is None or not st.connected or st.last_seen is None:
+        return False
+    limit = dt.timedelta(seconds=3 * heartbeat_interval + SEEN_FLUSH_INTERVAL)
+    return as_utc(st.last_seen) >= (now or utcnow()) - limit
 
 
 # -- rendering ------------------------------------------------------------------------------------

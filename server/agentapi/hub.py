@@ -84,6 +84,10 @@ class _Stream:
 POLL_LOOKBACK = dt.timedelta(seconds=60)
 
 
+SEEN_FLUSH_INTERVAL = 5.0
+"""Seconds between writes of the sessions' last-seen times (one batched statement)."""
+
+
 def _utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
@@ -96,7 +100,7 @@ class SessionHub:
         *,
         heartbeat_interval: float = 30.0,
         hello_timeout: float = 30.0,
-        seen_flush_interval: float = 5.0,
+        seen_flush_interval: float = SEEN_FLUSH_INTERVAL,
         poll_interval: float = 1.0,
         now: Callable[[], dt.datetime] = _utcnow,
     ) -> None:
@@ -403,12 +407,9 @@ class SessionHub:
             self._store.record_disconnected(machine_id, self._now()))
         self._bookkeeping.add(task)
         task.add_done_callback(self._bookkeeping_done)
-        try:
-            await asyncio.shield(task)
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # noqa: BLE001 - logged by _bookkeeping_done; never mask the stream's end
-            pass
+        # asyncio.wait neither cancels the task when we are cancelled nor raises its error
+        # (logged by _bookkeeping_done: bookkeeping must never mask the stream's end).
+        await asyncio.wait({task})
 
     def _bookkeeping_done(self, task: asyncio.Task[None]) -> None:
         self._bookkeeping.discard(task)

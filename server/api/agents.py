@@ -35,7 +35,13 @@ from server.agentapi import (
     ApplyMode,
     BootstrapTokens,
 )
-from server.agentstore import ENROLLMENT_PHASES, DbAgentStore, load_patches, render_for
+from server.agentstore import (
+    ENROLLMENT_PHASES,
+    DbAgentStore,
+    load_patches,
+    render_for,
+    session_claimed,
+)
 from server.api import nodes
 from server.api.deps import Context, context, operator, reader
 from server.api.nodes import agent_api, iso
@@ -147,14 +153,12 @@ def _render_all(s: Session, machines: list[Machine]) -> list[tuple[str, Rendered
 def _agent_states(ctx: Context, ids: Sequence[str]) -> dict[str, tuple[bool, str | None]]:
     """``machine id -> (connected to some replica, applied version)`` as the database knows."""
     out: dict[str, tuple[bool, str | None]] = {}
+    hb = ctx.settings.agent_heartbeat_interval
     with ctx.db.read() as s:
         for i in range(0, len(ids), 1000):
-            rows = s.execute(
-                select(
-                    AgentState.machine_id, AgentState.connected, AgentState.applied_config_version
-                ).where(AgentState.machine_id.in_(ids[i : i + 1000]))
-            )
-            out.update({r[0]: (bool(r[1]), r[2]) for r in rows})
+            rows = s.scalars(select(AgentState).where(AgentState.machine_id.in_(ids[i : i + 1000])))
+            out.update({st.machine_id: (session_claimed(st, hb), st.applied_config_version)
+                        for st in rows})
     return out
 
 
@@ -495,7 +499,7 @@ def machine_agent(
         )
         api: AgentApiServer | None = request.app.state.agent_api
         here = api is not None and api.hub.is_connected(m.id)
-        connected = here or bool(st and st.connected)
+        connected = here or session_claimed(st, ctx.settings.agent_heartbeat_interval)
         # Which replica holds the session: node ops are served only there.
         session = "this-replica" if here else "another-replica" if connected else None
         if st is None:

@@ -34,6 +34,7 @@ from server.agentapi import (
     CommandTimeout,
     NodeOpKind,
 )
+from server.agentstore import session_claimed
 from server.api.deps import Context, context, operator, reader
 from server.auth import Principal
 from server.errors import ApiError, Invalid
@@ -78,7 +79,7 @@ def _session_elsewhere(ctx: Context, machine_id: str) -> str | None:
     """When the database says the agent is connected (so: to another replica), a message."""
     with ctx.db.read() as s:
         st = s.get(AgentState, machine_id)
-        if st is None or not st.connected:
+        if not session_claimed(st, ctx.settings.agent_heartbeat_interval):
             return None
         return (
             f"the agent of machine {machine_id} holds its session with another bronze replica "

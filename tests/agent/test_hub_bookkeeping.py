@@ -38,7 +38,9 @@ class FakeContext:
         raise AssertionError(f"session aborted: {code} {details}")
 
 
-async def _agent(hello_sent: asyncio.Event, hang_up: asyncio.Event) -> AsyncIterator[pb.AgentMessage]:
+async def _agent(
+    hello_sent: asyncio.Event, hang_up: asyncio.Event
+) -> AsyncIterator[pb.AgentMessage]:
     yield pb.AgentMessage(hello=pb.Hello(machine_id="m1", boot_id="b1"))
     hello_sent.set()
     await hang_up.wait()  # then the stream ends: the agent went away

@@ -1,7 +1,7 @@
 """Two ``bronze serve`` processes on one PostgreSQL: the agent holds its session with replica A,
 operators talk to replica B. Config pushes, reboots and try-confirms requested on B reach the
 agent through the database (A's hub polls for commands saved by others); node ops on B answer a
-precise 409 naming the situation."""
+precise 409 naming the situation; when A crashes, its claim on the session lapses."""
 
 from __future__ import annotations
 
@@ -150,5 +150,15 @@ def test_changes_on_one_replica_reach_an_agent_held_by_another(
         assert r.status_code == 202 and r.json()["delivery"] == "queued"
         eventually(lambda: (s := ca.get("/api/v1/machines/n1/agent").json())["connected"]
                    and s["boot_id"] != boot and s["pending_commands"] == 0, 30)
+
+        # Replica A crashes: it cannot clear its claim on the session, so the claim lapses once
+        # the session's heartbeats stop reaching the database, and B stops pointing at A.
+        assert cb.get("/api/v1/machines/n1/agent").json()["session"] == "another-replica"
+        a.proc.kill()
+        a.proc.wait(5)
+        eventually(lambda: cb.get("/api/v1/machines/n1/agent").json()["connected"] is False, 30)
+        assert cb.get("/api/v1/machines/n1/agent").json()["session"] is None
+        r = cb.get("/api/v1/machines/n1/node/stats")
+        assert r.status_code == 409 and r.json()["error"]["code"] == "agent_unavailable", r.text
     finally:
         _stop(agent)
