@@ -25,7 +25,8 @@ operations with these rules:
   ``max_concurrency`` operations in flight overall.
 - **One session per BMC, reused.** A driver (an authenticated IPMI session, a Redfish
   connection) outlives its operation and serves the next one on the same BMC; sessions idle
-  for ``session_idle`` seconds are closed by a reaper thread. If the first call on a reused
+  for ``session_idle`` seconds are closed by a reaper thread, and at most ``max_sessions``
+  are kept (each holds a socket). If the first call on a reused
   session fails (BMC restarted, session expired), the session is dropped and the call is
   made again at once on a fresh one (re-authentication), before the retry policy counts
   it as an attempt.
@@ -110,6 +111,9 @@ class PowerPolicy:
     """Sessions kept between operations are closed after this many idle seconds (BMCs expire
     idle IPMI sessions after 30-60 s and have few session slots); 0 closes each session
     at the end of its operation."""
+    max_sessions: int = 4096
+    """At most this many sessions are kept between operations (each holds a socket); past it a
+    session is closed at the end of its operation, as with ``session_idle=0``."""
 
     def backoff(self, failures: int, rng: Callable[[], float]) -> float:
         """Delay after the ``failures``-th failure (1-based)."""
@@ -236,9 +240,7 @@ class _Operation:
         drv, self._driver = self._driver, None
         if drv is None:
             return
-        if self.ctl.policy.session_idle > 0:
-            self.slot.driver, self.slot.endpoint = drv, self.endpoint
-            self.slot.idle_since = self.clock.monotonic()
+        if self.ctl.park(self.slot, drv, self.endpoint):
             self.ctl._start_reaper()
         else:
             _close_quietly(drv)
@@ -397,7 +399,22 @@ class BmcController:
     def open_sessions(self) -> int:
         """Sessions parked between operations."""
         with self._slots_lock:
-            return sum(1 for s in self._slots.values() if s.driver is not None)
+            return self._parked()
+
+    def _parked(self) -> int:
+        return sum(1 for s in self._slots.values() if s.driver is not None)
+
+    def park(self, slot: _Slot, drv: PowerDriver, endpoint: BmcEndpoint) -> bool:
+        """Keep ``drv`` in ``slot`` for the next operation, unless reuse is off or
+        ``max_sessions`` are kept already (then the caller closes it)."""
+        if self.policy.session_idle <= 0:
+            return False
+        with self._slots_lock:  # parks are serialized, so the cap is exact
+            if self._parked() >= self.policy.max_sessions:
+                return False
+            slot.driver, slot.endpoint = drv, endpoint
+            slot.idle_since = self.clock.monotonic()
+        return True
 
     def _run(self, endpoint: BmcEndpoint, name: str, budget: float,
              body: Callable[[_Operation], BmcResult]) -> BmcResult:

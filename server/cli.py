@@ -91,11 +91,30 @@ def serve(
 
     settings = ServerSettings()
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    _raise_open_files_limit()
     application = create_app(settings, migrate_db=False if no_migrate else None)
     token_path = settings.data_dir / "admin.token"
     typer.echo(f"bronze: data in {settings.data_dir}; admin token file {token_path}", err=True)
     uvicorn.run(application, host=host or settings.api_host, port=port or settings.api_port,
                 log_level=settings.log_level, proxy_headers=False)
+
+
+def _raise_open_files_limit() -> None:
+    """Raise the soft open-files limit to the hard one, as Go programs do at start: each kept
+    BMC session, agent stream and TFTP transfer holds a descriptor, and the usual soft limit
+    (1024, systemd's default) is below a fleet's worth. Only the soft limit moves."""
+    import logging
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = 1 << 20 if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as exc:
+            logging.getLogger("bronze").warning("open-files limit stays %d: %s", soft, exc)
+            return
+        logging.getLogger("bronze").info("open-files limit raised from %d to %d", soft, target)
 
 
 @db_app.command("upgrade")

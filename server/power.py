@@ -173,6 +173,7 @@ class PowerService:
                                settle_timeout=settings.bmc_settle_timeout,
                                poll_interval=settings.bmc_poll_interval,
                                session_idle=settings.bmc_session_idle,
+                               max_sessions=settings.bmc_session_max,
                                deadline=settings.bmc_settle_timeout + 30),
             netpolicy=net_policy(settings))
         self.replica = uuid.uuid4().hex[:16]

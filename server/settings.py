@@ -9,10 +9,9 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-
-from pydantic import Field, SecretStr, field_validator
 from typing import Annotated
 
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
@@ -65,6 +64,9 @@ class ServerSettings(BaseSettings):
     """Longest gap between read-backs while a power change settles (the first is immediate)."""
     bmc_session_idle: float = Field(default=20.0, ge=0)
     """Seconds a BMC session (IPMI RMCP+, Redfish) is kept for the next operation; 0: none kept."""
+    bmc_session_max: int = Field(default=4096, ge=0)
+    """Most BMC sessions kept between operations (each holds a socket; `bronze serve` raises its
+    open-files limit to the hard limit at start)."""
 
     agent_api_enabled: bool = True
     """Serve the node agents' gRPC API (enrollment + mTLS sessions)."""

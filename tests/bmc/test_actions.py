@@ -498,6 +498,17 @@ def test_idle_sessions_are_closed_and_zero_idle_disables_reuse() -> None:
     assert len(built) == 2 and len(closed) == 2 and ctl.open_sessions() == 0
 
 
+def test_kept_sessions_are_capped() -> None:
+    capped = PowerPolicy(**{**POLICY.__dict__, "max_sessions": 2})
+    ctl, bmc, clock, built, closed = make_closing(capped)
+    eps = [BmcEndpoint(DriverKind.ipmi, f"10.0.0.{i}", 623, "admin", "pw") for i in range(3)]
+    for ep in eps:
+        assert ctl.get_power_state_sync(ep).ok
+    assert ctl.open_sessions() == 2 and len(closed) == 1  # the third closed when it ended
+    assert ctl.get_power_state_sync(eps[0]).ok
+    assert len(built) == 3  # the first two are still reused
+
+
 def test_close_closes_parked_sessions() -> None:
     ctl, bmc, clock, built, closed = make_closing()
     ctl.get_power_state_sync(EP)

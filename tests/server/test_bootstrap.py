@@ -4,6 +4,7 @@ and `bronze db upgrade` as real processes."""
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import stat
 import subprocess
@@ -78,7 +79,10 @@ def test_bronze_serve_with_no_config(tmp_path: Path) -> None:
     """The README's first command, minus the install: defaults only (data dir, SQLite, loopback)."""
     port = free_port()
     env = _env(tmp_path, BRONZE_API_PORT=str(port))
-    proc = subprocess.Popen([BRONZE, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    low = min(hard, 256)  # the usual soft limit (1024 under systemd) is far below a fleet
+    proc = subprocess.Popen([BRONZE, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard)))
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -96,6 +100,9 @@ def test_bronze_serve_with_no_config(tmp_path: Path) -> None:
         assert r.status_code == 200 and r.json() == {"items": [], "next_cursor": None}
         with open(f"/proc/{proc.pid}/cmdline", "rb") as fh:
             assert token.encode() not in fh.read()
+        # Every kept BMC session, agent stream and transfer holds a descriptor: serve raises
+        # its soft open-files limit to the hard one.
+        assert resource.prlimit(proc.pid, resource.RLIMIT_NOFILE) == (hard, hard) != (low, hard)
     finally:
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=20)
@@ -125,3 +132,10 @@ def test_settings_from_environment(monkeypatch: object) -> None:
 
     with pytest.raises(ValidationError):
         ServerSettings()
+
+
+def test_readme_documents_every_setting() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    missing = [f"BRONZE_{name.upper()}" for name in ServerSettings.model_fields
+               if f"`BRONZE_{name.upper()}`" not in readme]
+    assert missing == [], f"settings missing from the README's configuration reference: {missing}"
