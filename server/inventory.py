@@ -255,7 +255,8 @@ def _views(session: Session, rows: Sequence[Any]) -> list[dict[str, Any]]:
     return [_view(r, nics[r["id"]], labels[r["id"]]) for r in rows]
 
 
-def _iso(value: datetime | None) -> str | None:
+def iso(value: datetime | None) -> str | None:
+    """An instant as the API writes it everywhere: ISO 8601 in UTC with ``Z`` (pydantic's way)."""
     return None if value is None else as_utc(value).isoformat().replace("+00:00", "Z")
 
 
@@ -269,7 +270,7 @@ def _view(r: Any, nics: list[dict[str, Any]], labels: dict[str, str]) -> dict[st
         "labels": labels,
         "phase": r["phase"],
         "power": {"desired": r["power_desired"], "observed": r["power_observed"],
-                  "observed_at": _iso(r["power_observed_at"])},
+                  "observed_at": iso(r["power_observed_at"])},
         "fault_reason": r["fault_reason"],
         "bmc": None if r["bmc_address"] is None else {
             "driver": r["bmc_driver"],
@@ -282,8 +283,8 @@ def _view(r: Any, nics: list[dict[str, Any]], labels: dict[str, str]) -> dict[st
             "has_ca_bundle": r["bmc_ca_bundle"] is not None,
         },
         "hardware": r["hardware"],
-        "created_at": _iso(r["created_at"]),
-        "updated_at": _iso(r["updated_at"]),
+        "created_at": iso(r["created_at"]),
+        "updated_at": iso(r["updated_at"]),
         "revision": r["revision"],
     }
 

@@ -138,7 +138,7 @@ def _result(r: BmcResult) -> dict[str, Any]:
 
 
 def operation_view(op: Operation) -> dict[str, Any]:
-    iso = inventory.as_utc
+    iso = inventory.iso
     return {
         "id": op.id,
         "kind": op.kind,
@@ -147,13 +147,13 @@ def operation_view(op: Operation) -> dict[str, Any]:
         "status": op.status,
         "requested_by": op.requested_by,
         "created_at": iso(op.created_at),
-        "started_at": op.started_at and iso(op.started_at),
-        "finished_at": op.finished_at and iso(op.finished_at),
+        "started_at": iso(op.started_at),
+        "finished_at": iso(op.finished_at),
         "error": op.error,
         "items": [
             {"machine_id": i.machine_id, "machine": i.machine_name, "status": i.status, "result": i.result,
-             "error": i.error, "started_at": i.started_at and iso(i.started_at),
-             "finished_at": i.finished_at and iso(i.finished_at)}
+             "error": i.error, "started_at": iso(i.started_at),
+             "finished_at": iso(i.finished_at)}
             for i in op.items
         ],
     }

@@ -44,10 +44,11 @@ from server.agentstore import (
 )
 from server.api import nodes
 from server.api.deps import Context, context, operator, reader
-from server.api.nodes import agent_api, iso
+from server.api.nodes import agent_api
 from server.api.schemas import Strict
 from server.auth import Principal
 from server.errors import Conflict, Invalid, NotFound
+from server.inventory import iso
 from server.machineconfig import ConfigError, Layer, diff
 from server.machineconfig.render import Rendered, needs_reboot, validate_patch
 from server.models import AgentPendingCommand, AgentState, ConfigPatch, Machine, utcnow
@@ -122,7 +123,7 @@ def _patch_view(p: ConfigPatch) -> dict[str, Any]:
         "machine_id": p.machine_id,
         "priority": p.priority,
         "patch": p.body,
-        "created_at": inventory.as_utc(p.created_at).isoformat(),
+        "created_at": inventory.iso(p.created_at),
         "created_by": p.created_by,
     }
 
@@ -465,7 +466,7 @@ async def issue_enrollment_token(
         "name": m.name,
         "token": token,
         "boot_ref": body.boot_ref,
-        "expires_at": expires.isoformat(),
+        "expires_at": inventory.iso(expires),
     }
     api: AgentApiServer | None = request.app.state.agent_api
     if api is not None:

@@ -38,6 +38,7 @@ from server.agentstore import session_claimed
 from server.api.deps import Context, context, operator, reader
 from server.auth import Principal
 from server.errors import ApiError, Invalid
+from server.inventory import iso
 from server.models import AgentState
 
 router = APIRouter(tags=["agents"])
@@ -64,10 +65,6 @@ def agent_api(request: Request) -> AgentApiServer:
     if api is None:
         raise AgentUnavailable(message="the agent API is not running (disabled or failed to start)")
     return api
-
-
-def iso(v: Any) -> str | None:
-    return inventory.as_utc(v).isoformat() if v is not None else None
 
 
 def _machine_id(ctx: Context, key: str) -> str:

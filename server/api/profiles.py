@@ -60,8 +60,8 @@ def profile_out(p: BootProfile) -> dict[str, Any]:
         "initrds": p.initrds,
         "args": p.args,
         "agent": p.agent,
-        "created_at": inventory.as_utc(p.created_at).isoformat(),
-        "updated_at": inventory.as_utc(p.updated_at).isoformat(),
+        "created_at": inventory.iso(p.created_at),
+        "updated_at": inventory.iso(p.updated_at),
         "created_by": p.created_by,
     }
 
@@ -210,7 +210,7 @@ def asset_out(a: BootAsset) -> dict[str, Any]:
         "size": a.size,
         "sha256": a.sha256,
         "url": f"/assets/{a.name}",
-        "created_at": inventory.as_utc(a.created_at).isoformat(),
+        "created_at": inventory.iso(a.created_at),
         "created_by": a.created_by,
     }
 

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from pxe import TimelineEvent, TimelineKind
 from server.db import Database
-from server.inventory import as_utc
+from server.inventory import iso
 from server.models import BootTimelineEvent
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,7 @@ def read(s: Session, macs: Sequence[str], limit: int) -> list[dict[str, Any]]:
     return [
         {
             "id": e.id,
-            "at": as_utc(e.at).isoformat(),
+            "at": iso(e.at),
             "mac": e.mac,
             "kind": e.kind,
             "client": e.client,
