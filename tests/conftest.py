@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from server import migrate
+from server.db import Database
 from tests.peers.apiserver import RunningServer, run_server
 from tests.peers.database import fresh_database
 
@@ -34,3 +38,27 @@ def api(tmp_path: Path, db_url: str) -> Iterator[RunningServer]:
 def api_sqlite(tmp_path: Path, sqlite_url: str) -> Iterator[RunningServer]:
     with run_server(tmp_path / "data", sqlite_url) as srv:
         yield srv
+
+
+@pytest.fixture
+def db(db_url: str) -> Iterator[Database]:
+    """A migrated database (SQLite and PostgreSQL) without a server."""
+    migrate.upgrade(db_url)
+    database = Database.connect(db_url)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    """Processes a test starts (agents, ...): stopped with SIGTERM, then killed, at the end."""
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)

@@ -151,12 +151,8 @@ async def machine_node_op(
         res = await api.hub.node_op(
             mid, op, service=service, tail_lines=tail_lines, timeout=timeout
         )
-    except AgentDisconnected as exc:
-        raise AgentGone(message=str(exc)) from None
-    except AgentNotConnected as exc:
-        raise AgentUnavailable(message=str(exc)) from None
-    except CommandTimeout as exc:
-        raise AgentTimeout(message=str(exc)) from None
+    except (AgentDisconnected, AgentNotConnected, CommandTimeout) as exc:
+        raise _http_error(exc) from None
     out: dict[str, Any] = {
         "machine_id": mid,
         "op": op.value,
@@ -170,6 +166,15 @@ async def machine_node_op(
         except ValueError:
             pass
     return out
+
+
+def _http_error(exc: AgentDisconnected | AgentNotConnected | CommandTimeout) -> ApiError:
+    """The REST answer to a session problem: gone mid-operation, not connected, no answer."""
+    if isinstance(exc, AgentDisconnected):  # (a kind of AgentNotConnected: test it first)
+        return AgentGone(message=str(exc))
+    if isinstance(exc, AgentNotConnected):
+        return AgentUnavailable(message=str(exc))
+    return AgentTimeout(message=str(exc))
 
 
 def _line(doc: dict[str, Any]) -> bytes:
@@ -188,12 +193,8 @@ async def _follow(
         first = await anext(stream)
     except StopAsyncIteration:
         first = b""
-    except AgentDisconnected as exc:
-        raise AgentGone(message=str(exc)) from None
-    except AgentNotConnected as exc:
-        raise AgentUnavailable(message=str(exc)) from None
-    except CommandTimeout as exc:
-        raise AgentTimeout(message=str(exc)) from None
+    except (AgentDisconnected, AgentNotConnected, CommandTimeout) as exc:
+        raise _http_error(exc) from None
     except AgentApiError as exc:  # the agent refused (e.g. no such log)
         await stream.aclose()
         raise Invalid(message=str(exc), details={"op": op.value, "service": service}) from None

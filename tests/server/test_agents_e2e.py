@@ -35,20 +35,6 @@ def agent_api(tmp_path: Path, db_url: str) -> Iterator[RunningServer]:
         yield srv
 
 
-@pytest.fixture
-def agents() -> Iterator[list[subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    yield procs
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-
-
 def _boot(srv: RunningServer, tmp: Path, kernel_args: str, fixture: str = "dell-r650") -> Path:
     root = tmp / "node" / "root"
     shutil.copytree(FIXTURES / fixture, root, symlinks=True)
@@ -83,7 +69,7 @@ def _spawn(root: Path, procs: list[subprocess.Popen[bytes]]) -> subprocess.Popen
 
 def test_enroll_inventory_config_patches_node_ops_reboot(
     agent_api: RunningServer,
-    agents: list[subprocess.Popen[bytes]],
+    procs: list[subprocess.Popen[bytes]],
     tmp_path: Path,
 ) -> None:
     c = agent_api.client()
@@ -108,7 +94,7 @@ def test_enroll_inventory_config_patches_node_ops_reboot(
     body = tok.json()
     assert body["kernel_args"].startswith(f"bronze.machine={mid} bronze.token={body['token']} ")
     root = _boot(agent_api, tmp_path, body["kernel_args"])
-    proc = _spawn(root, agents)
+    proc = _spawn(root, procs)
 
     state = eventually(
         lambda: (s := c.get("/api/v1/machines/node-a/agent").json())["connected"] and s, 30

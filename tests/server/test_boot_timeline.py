@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from pxe import TimelineEvent, TimelineKind
 from server import migrate
@@ -17,14 +14,6 @@ from server.boot.timeline import Retention, Row, TimelineWriter, read
 from server.db import Database
 from tests.peers.apiserver import RunningServer
 from tests.peers.netlab import eventually, free_port
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    migrate.upgrade(db_url)
-    database = Database.connect(db_url)
-    yield database
-    database.dispose()
 
 
 def test_writer_queue_is_bounded_and_never_blocks(db: Database) -> None:

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Iterator
 
-import pytest
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from server import inventory, migrate
+from server import inventory
 from server.db import Database
 from server.groupcommit import GroupCommit, calls
 from server.models import Event, utcnow
@@ -24,14 +22,6 @@ def _event(n: int, s: Session) -> int:
 def _broken(s: Session) -> int:
     inventory.record(s, actor="test", kind="test.write", message="never committed")
     raise ValueError("this write is refused")
-
-
-@pytest.fixture
-def db(db_url: str) -> Iterator[Database]:
-    migrate.upgrade(db_url)
-    database = Database.connect(db_url)
-    yield database
-    database.dispose()
 
 
 def count(db: Database) -> int:

@@ -27,20 +27,6 @@ def srv(tmp_path: Path, db_url: str) -> Iterator[RunningServer]:
         yield s
 
 
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(10)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait(5)
-
-
 def start_node(srv: RunningServer, tmp: Path, name: str, mac: str,
                procs: list[subprocess.Popen[bytes]]) -> tuple[Path, subprocess.Popen[bytes]]:
     """Create the machine, issue its token over REST, boot a sandbox root, start its agent."""
