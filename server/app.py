@@ -19,10 +19,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from pxe import PxeService, PxeSettings
 from server import inventory, migrate
 from server.agentapi import BootstrapTokens, start_agent_api
 from server.agentstore import DbAgentStore
-from pxe import PxeService, PxeSettings
 from server.api import agents, boot, events, machines, power, profiles, tokens
 from server.api.deps import Context
 from server.auth import create_token, hash_token
@@ -171,6 +171,9 @@ def create_app(
                     log.error("boot plane (DHCP/TFTP) not started address=%s interface=%s error=%s",
                               pxe_settings.address, pxe_settings.interface, exc)
                     pxe_service = None
+                    app.state.health["boot_plane"] = f"failed: {exc}"
+                else:
+                    app.state.health["boot_plane"] = "ok"
             app.state.pxe = pxe_service
             if settings.agent_api_enabled:
                 try:
@@ -185,7 +188,9 @@ def create_app(
                     log.error("agent API not started host=%s ports=%d,%d error=%s",
                               settings.agent_host, settings.agent_enroll_port,
                               settings.agent_session_port, exc)
+                    app.state.health["agent_api"] = f"failed: {exc}"
                 else:
+                    app.state.health["agent_api"] = "ok"
                     app.state.agent_api = agent_api
                     app.state.agent_tokens = agent_api.tokens
             # What is alive now (modules, classes, schemas: ~160k objects) lives for good: keep it
@@ -217,9 +222,17 @@ def create_app(
     app.state.pxe = None  # the in-process PxeService when BRONZE_PXE_ENABLED
     install_error_handlers(app)
 
+    # What started: "ok", "disabled" or "failed: why" (set by the lifespan).
+    app.state.health = {"agent_api": "disabled", "boot_plane": "disabled"}
+
     @app.get("/healthz", tags=["health"])
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz() -> dict[str, Any]:
+        """Unauthenticated. ``degraded``: the REST API serves, but a plane that should run did
+        not start (its reason is here and in the log); 200 either way, so a load balancer keeps
+        the replica's REST API in rotation."""
+        parts: dict[str, str] = dict(app.state.health)
+        failed = any(v.startswith("failed") for v in parts.values())
+        return {"status": "degraded" if failed else "ok", "components": parts}
 
     for r in (machines.router, events.router, tokens.router, power.router, agents.router,
               profiles.router, boot.router):

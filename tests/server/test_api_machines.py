@@ -237,5 +237,6 @@ def test_unknown_route_and_method_are_json(api_sqlite: RunningServer) -> None:
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
     r = c.post("/api/v1/machines", content=b"{not json", headers={"content-type": "application/json"})
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid"
-    assert c.get("/healthz").json() == {"status": "ok"}
+    assert c.get("/healthz").json() == {
+        "status": "ok", "components": {"agent_api": "disabled", "boot_plane": "disabled"}}
     assert "/api/v1/machines" in c.get("/openapi.json").json()["paths"]

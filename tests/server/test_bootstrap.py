@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import socket
 import stat
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from sqlalchemy import create_engine, inspect
 
 from server.app import create_app
 from server.settings import ServerSettings
-from tests.peers.apiserver import free_port
+from tests.peers.apiserver import free_port, run_server
 
 BRONZE = str(Path(sys.executable).with_name("bronze"))
 
@@ -139,3 +140,23 @@ def test_readme_documents_every_setting() -> None:
     missing = [f"BRONZE_{name.upper()}" for name in ServerSettings.model_fields
                if f"`BRONZE_{name.upper()}`" not in readme]
     assert missing == [], f"settings missing from the README's configuration reference: {missing}"
+
+
+def test_healthz_says_which_plane_did_not_start(tmp_path: Path, sqlite_url: str) -> None:
+    """A taken agent port: the REST API still serves, /healthz says degraded and why."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with run_server(tmp_path / "data", sqlite_url, agent_api_enabled=True,
+                        agent_enroll_port=port, agent_session_port=0) as srv:
+            r = httpx.get(srv.url + "/healthz")
+            assert r.status_code == 200
+            body = r.json()
+            assert body["status"] == "degraded" and body["components"]["boot_plane"] == "disabled"
+            assert body["components"]["agent_api"].startswith("failed: ")
+            assert srv.client().get("/api/v1/machines").status_code == 200
+    with run_server(tmp_path / "data2", sqlite_url.replace(".db", "-2.db"), agent_api_enabled=True,
+                    agent_enroll_port=0, agent_session_port=0) as srv:
+        assert httpx.get(srv.url + "/healthz").json() == {
+            "status": "ok", "components": {"agent_api": "ok", "boot_plane": "disabled"}}
