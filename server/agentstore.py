@@ -113,8 +113,10 @@ def _retry(work: Callable[[], None]) -> None:
 class DbAgentStore:
     """:class:`~server.agentapi.store.AgentStore` on :class:`~server.db.Database`."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, replica_url: str | None = None) -> None:
         self.db = db
+        self.replica_url = replica_url
+        """This replica's REST URL, saved with each session it accepts (node ops go there)."""
 
     # machines
 
@@ -209,6 +211,7 @@ class DbAgentStore:
             st.staged_config_version = hello.staged_config_version or None
             self._set_applied(st, hello.config_version or None)
             st.connected = True
+            st.replica_url = self.replica_url
             if m.hardware != hello.inventory:
                 m.hardware = hello.inventory
                 m.updated_at = utcnow()

@@ -146,7 +146,7 @@ def create_app(
 
     power_service = PowerService(settings, db, ctx.secrets)
 
-    agent_store = DbAgentStore(db)
+    agent_store = DbAgentStore(db, settings.effective_advertise_url)
 
     pxe_settings = pxe_settings if pxe_settings is not None else PxeSettings()
     if pxe_settings.state_dir is None:  # full-mode leases survive a restart

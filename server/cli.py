@@ -89,13 +89,14 @@ def serve(
     from server.app import create_app
     from server.settings import ServerSettings
 
-    settings = ServerSettings()
+    flags = {"api_host": host, "api_port": port}
+    settings = ServerSettings(**{k: v for k, v in flags.items() if v is not None})
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     _raise_open_files_limit()
     application = create_app(settings, migrate_db=False if no_migrate else None)
     token_path = settings.data_dir / "admin.token"
     typer.echo(f"bronze: data in {settings.data_dir}; admin token file {token_path}", err=True)
-    uvicorn.run(application, host=host or settings.api_host, port=port or settings.api_port,
+    uvicorn.run(application, host=settings.api_host, port=settings.api_port,
                 log_level=settings.log_level, proxy_headers=False)
 
 

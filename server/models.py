@@ -241,6 +241,8 @@ class AgentState(Base):
     connected: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     last_seen: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     disconnected_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    replica_url: Mapped[str | None] = mapped_column(String(255))
+    """REST URL of the replica that holds (or last held) the session: node ops go there."""
     cert_serial: Mapped[str | None] = mapped_column(String(64))
     """Decimal: certificate serials are up to 159 bits."""
     cert_not_after: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

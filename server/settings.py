@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
@@ -31,6 +32,10 @@ class ServerSettings(BaseSettings):
     """SQLAlchemy URL; default ``sqlite:///<data_dir>/bronze.db``. PostgreSQL: ``postgresql+psycopg://...``."""
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8080, ge=1, le=65535)
+    api_advertise_url: str | None = None
+    """URL at which the other replicas reach this one's REST API: node operations on an agent
+    whose session this replica holds are forwarded here. Default ``http://API_HOST:API_PORT``
+    unless API_HOST is a wildcard address (then nothing is forwarded to this replica)."""
     admin_token: SecretStr | None = None
     """Seeds the first admin token (for automation); otherwise one is generated into ``<data_dir>/admin.token``."""
     secret_key: SecretStr | None = None
@@ -102,7 +107,7 @@ class ServerSettings(BaseSettings):
     boot_timeline_max_rows: int = Field(default=100_000, ge=100)
     """Netboot timeline rows kept in total (oldest dropped first)."""
 
-    @field_validator("admin_token", "secret_key", "database_url", mode="before")
+    @field_validator("admin_token", "secret_key", "database_url", "api_advertise_url", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -127,6 +132,29 @@ class ServerSettings(BaseSettings):
         for net in value:
             ipaddress.ip_network(net, strict=False)
         return value
+
+    @field_validator("api_advertise_url")
+    @classmethod
+    def _check_advertise_url(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        u = urlsplit(value)
+        if u.scheme not in ("http", "https") or not u.hostname or u.path not in ("", "/") \
+                or u.query or u.fragment or u.username or u.password:
+            raise ValueError("must be http(s)://host[:port], without path, query or credentials")
+        return value.rstrip("/")
+
+    @property
+    def effective_advertise_url(self) -> str | None:
+        if self.api_advertise_url:
+            return self.api_advertise_url
+        try:
+            if ipaddress.ip_address(self.api_host).is_unspecified:
+                return None
+        except ValueError:  # a host name
+            pass
+        host = f"[{self.api_host}]" if ":" in self.api_host else self.api_host
+        return f"http://{host}:{self.api_port}"
 
     @property
     def effective_agent_server_names(self) -> list[str]:

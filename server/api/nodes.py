@@ -3,8 +3,9 @@
 * ``POST /api/v1/machines/{key}/reboot``: saved as a pending command (kept until the agent
   confirms, even across restarts) and sent by whichever replica holds the session.
 * ``GET /api/v1/machines/{key}/node/{op}``: dmesg, logs, stats, ps, services. Node ops stream
-  back to the caller, so only the replica holding the agent's session serves them; elsewhere
-  they answer 409 ``agent_on_other_replica``.
+  back to the caller, so only the replica holding the agent's session serves them; another
+  replica forwards the request there (``BRONZE_API_ADVERTISE_URL``, saved with the session) and
+  relays the answer, or answers 409 ``agent_on_other_replica`` if it cannot.
 
 ``?follow=true`` (logs, dmesg) streams **NDJSON** over a chunked HTTP response: one
 ``{"data": "..."}`` line per chunk the agent sends, and a last ``{"error": {...}}`` line if the
@@ -21,6 +22,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Annotated, Any
 
+import httpx
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -72,28 +74,71 @@ def _machine_id(ctx: Context, key: str) -> str:
         return inventory.get_machine(s, key).id
 
 
-def _session_elsewhere(ctx: Context, machine_id: str) -> str | None:
-    """When the database says the agent is connected (so: to another replica), a message."""
+def _holder(ctx: Context, machine_id: str) -> tuple[str | None, str] | None:
+    """When the database says another replica holds the session: its REST URL (if it
+    advertises one) and a message for the caller."""
     with ctx.db.read() as s:
         st = s.get(AgentState, machine_id)
-        if not session_claimed(st, ctx.settings.agent_heartbeat_interval):
+        if st is None or not session_claimed(st, ctx.settings.agent_heartbeat_interval):
             return None
-        return (
+        return st.replica_url, (
             f"the agent of machine {machine_id} holds its session with another bronze replica "
-            f"(last seen {iso(st.last_seen) or 'unknown'}); node operations are served only by "
-            "that replica: retry (a load balancer may route you there) or call it directly"
+            f"(last seen {iso(st.last_seen) or 'unknown'})"
         )
 
 
-async def _live_session(request: Request, ctx: Context, machine_id: str) -> AgentApiServer:
-    """The agent API when this replica holds the machine's session; 409 saying why otherwise."""
-    api = agent_api(request)
-    if not api.hub.is_connected(machine_id):
-        elsewhere = await run_in_threadpool(_session_elsewhere, ctx, machine_id)
-        if elsewhere is not None:
-            raise AgentOnOtherReplica(message=elsewhere, details={"machine_id": machine_id})
-        raise AgentUnavailable(message=str(AgentNotConnected(machine_id)))
-    return api
+async def _live_session(request: Request, ctx: Context, machine_id: str) -> AgentApiServer | str:
+    """The agent API when this replica holds the machine's session; the URL of the replica that
+    holds it, to forward the request to; or a 409 saying why neither."""
+    api: AgentApiServer | None = request.app.state.agent_api
+    if api is not None and api.hub.is_connected(machine_id):
+        return api
+    holder = await run_in_threadpool(_holder, ctx, machine_id)
+    if holder is not None:
+        url, message = holder
+        if url and url != ctx.settings.effective_advertise_url and FORWARDED not in request.headers:
+            return url
+        raise AgentOnOtherReplica(
+            message=f"{message}; node operations are served only by that replica, which "
+                    "advertises no URL (BRONZE_API_ADVERTISE_URL): call it directly",
+            details={"machine_id": machine_id})
+    if api is None:
+        agent_api(request)  # raises: the agent API is not running here
+    raise AgentUnavailable(message=str(AgentNotConnected(machine_id)))
+
+
+FORWARDED = "x-bronze-forwarded"
+"""Set on a request one replica forwards to another: it is never forwarded again."""
+
+
+async def _forward(request: Request, base: str, machine_id: str) -> StreamingResponse:
+    """Relay the node op to the replica holding the session (the caller's token goes along and
+    is checked there again); its answer, streamed or not, comes back as it is."""
+    url = base + request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    headers = {FORWARDED: "1"}
+    if "authorization" in request.headers:
+        headers["authorization"] = request.headers["authorization"]
+    client = httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None))
+    try:
+        resp = await client.send(client.build_request("GET", url, headers=headers), stream=True)
+    except httpx.HTTPError as exc:
+        await client.aclose()
+        raise AgentOnOtherReplica(
+            message=f"the agent of machine {machine_id} holds its session with the replica at "
+                    f"{base}, which did not answer: {type(exc).__name__}",
+            details={"machine_id": machine_id}) from None
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            async for chunk in resp.aiter_raw():
+                yield chunk
+        finally:
+            await resp.aclose()
+            await client.aclose()
+
+    return StreamingResponse(body(), status_code=resp.status_code,
+                             media_type=resp.headers.get("content-type"),
+                             headers={"Cache-Control": "no-store", "X-Bronze-Replica": base})
 
 
 @router.post("/api/v1/machines/{key}/reboot", status_code=202)
@@ -142,6 +187,8 @@ async def machine_node_op(
     a last ``{"error": ...}`` line if the agent goes away."""
     mid = await run_in_threadpool(_machine_id, ctx, key)
     api = await _live_session(request, ctx, mid)
+    if isinstance(api, str):
+        return await _forward(request, api, mid)
     if follow:
         if op not in (NodeOpKind.LOGS, NodeOpKind.DMESG):
             raise Invalid(message="follow is only possible for logs and dmesg",

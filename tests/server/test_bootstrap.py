@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
+from pydantic import ValidationError
 from sqlalchemy import create_engine, inspect
 
 from server.app import create_app
@@ -128,9 +130,6 @@ def test_settings_from_environment(monkeypatch: object) -> None:
     s = ServerSettings()
     assert s.secret_key is None and s.bmc_networks == ["10.0.0.0/8", "127.0.0.0/8"] and s.api_port == 9090
     mp.setenv("BRONZE_BMC_NETWORKS", "not-a-cidr")
-    import pytest
-    from pydantic import ValidationError
-
     with pytest.raises(ValidationError):
         ServerSettings()
 
@@ -160,3 +159,14 @@ def test_healthz_says_which_plane_did_not_start(tmp_path: Path, sqlite_url: str)
                     agent_enroll_port=0, agent_session_port=0) as srv:
         assert httpx.get(srv.url + "/healthz").json() == {
             "status": "ok", "components": {"agent_api": "ok", "boot_plane": "disabled"}}
+
+
+def test_advertise_url_default_and_bad_values() -> None:
+    assert ServerSettings(api_port=9000).effective_advertise_url == "http://127.0.0.1:9000"
+    assert ServerSettings(api_host="::1").effective_advertise_url == "http://[::1]:8080"
+    assert ServerSettings(api_host="0.0.0.0").effective_advertise_url is None  # noqa: S104
+    given = ServerSettings(api_host="0.0.0.0", api_advertise_url="https://r1.example:8443/")  # noqa: S104
+    assert given.effective_advertise_url == "https://r1.example:8443"
+    for bad in ("ftp://r1", "http://r1/api", "http://u:p@r1", "r1:8080", "http://r1?x=1"):
+        with pytest.raises(ValidationError, match="api_advertise_url"):
+            ServerSettings(api_advertise_url=bad)

@@ -1,10 +1,12 @@
 """Two ``bronze serve`` processes on one PostgreSQL: the agent holds its session with replica A,
 operators talk to replica B. Config pushes, reboots and try-confirms requested on B reach the
-agent through the database (A's hub polls for commands saved by others); node ops on B answer a
-precise 409 naming the situation; when A crashes, its claim on the session lapses."""
+agent through the database (A's hub polls for commands saved by others); node ops on B are
+forwarded to A (or answer a precise 409 when A does not answer); when A crashes, its claim on the
+session lapses."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import sqlalchemy
 
 from tests.agent.conftest import AGENT_BIN, FIXTURES, eventually
 from tests.peers.apiserver import free_port
@@ -69,7 +72,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture
-def replicas(tmp_path: Path) -> Iterator[tuple[Replica, Replica, str]]:
+def replicas(tmp_path: Path) -> Iterator[tuple[Replica, Replica, str, str]]:
     """A and B share the database, the data dir (secret key, fleet CA) and an admin token."""
     token = "brz_" + secrets.token_urlsafe(32)
     with fresh_database("postgres", tmp_path) as url:
@@ -83,16 +86,16 @@ def replicas(tmp_path: Path) -> Iterator[tuple[Replica, Replica, str]]:
             started.append(a.proc)
             b = _start(tmp_path, "b", env, BRONZE_MIGRATE_ON_START="false")
             started.append(b.proc)
-            yield a, b, token
+            yield a, b, token, url
         finally:
             for p in started:
                 _stop(p)
 
 
 def test_changes_on_one_replica_reach_an_agent_held_by_another(
-    replicas: tuple[Replica, Replica, str], tmp_path: Path
+    replicas: tuple[Replica, Replica, str, str], tmp_path: Path
 ) -> None:
-    a, b, token = replicas
+    a, b, token, db_url = replicas
     ca = httpx.Client(base_url=a.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
     cb = httpx.Client(base_url=b.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
     r = ca.post("/api/v1/machines", json={"name": "n1", "nics": [{"mac": "02:00:00:00:40:01"}]})
@@ -125,13 +128,42 @@ def test_changes_on_one_replica_reach_an_agent_held_by_another(
         eventually(lambda: cb.get("/api/v1/machines/n1/config").json()["in_sync"], 20)
         assert "command from another replica sent" in a.log.read_text()
 
-        # Node ops stream back to the caller: only the replica holding the session serves them.
+        # Node ops stream back to the caller from the replica holding the session: B forwards
+        # them to A (the URL A saved with the session) and relays the answer, streams included.
         r = cb.get("/api/v1/machines/n1/node/stats")
-        assert r.status_code == 409, r.text
-        err = r.json()["error"]
-        assert err["code"] == "agent_on_other_replica" and err["details"] == {"machine_id": mid}
-        assert "another bronze replica" in err["message"]
+        assert r.status_code == 200 and r.json()["ok"] is True, r.text
+        assert r.headers["x-bronze-replica"] == a.url
         assert ca.get("/api/v1/machines/n1/node/stats").json()["ok"] is True
+        with cb.stream("GET", "/api/v1/machines/n1/node/logs",
+                       params={"follow": "true", "service": "chronyd", "tail_lines": 1}) as st:
+            assert st.status_code == 200 and st.headers["x-bronze-replica"] == a.url
+            lines = st.iter_lines()
+            assert "chronyd" in json.loads(next(lines))["data"]
+            with (root / "var/log/bronze/chronyd.log").open("a") as fh:
+                fh.write("through b\n")
+            assert json.loads(next(lines)) == {"data": "through b\n"}
+        # The caller's token is checked by both; a forwarded request is never forwarded again.
+        r = httpx.get(b.url + "/api/v1/machines/n1/node/stats",
+                      headers={"Authorization": "Bearer brz_wrong"})
+        assert r.status_code == 401
+        r = cb.get("/api/v1/machines/n1/node/stats", headers={"x-bronze-forwarded": "1"})
+        assert r.status_code == 409 and r.json()["error"]["code"] == "agent_on_other_replica"
+        # A holder that does not answer: a precise 409, not a hang or a 500.
+        engine = sqlalchemy.create_engine(db_url)
+        with engine.begin() as conn:
+            conn.execute(sqlalchemy.text("UPDATE agent_states SET replica_url = :u"),
+                         {"u": f"http://127.0.0.1:{free_port()}"})
+        try:
+            r = cb.get("/api/v1/machines/n1/node/stats")
+            assert r.status_code == 409, r.text
+            err = r.json()["error"]
+            assert err["code"] == "agent_on_other_replica" and err["details"] == {"machine_id": mid}
+            assert "did not answer: ConnectError" in err["message"]
+        finally:
+            with engine.begin() as conn:
+                conn.execute(sqlalchemy.text("UPDATE agent_states SET replica_url = :u"),
+                             {"u": a.url})
+            engine.dispose()
 
         # try on B, confirmed on B: both travel through the database.
         r = cb.post("/api/v1/config-patches", params={"mode": "try", "try_timeout_seconds": 60},
