@@ -159,6 +159,8 @@ class Operation(Base):
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     error: Mapped[str | None] = mapped_column(Text)
+    replica: Mapped[str | None] = mapped_column(String(32))
+    """The replica running it: if that replica's liveness lease lapses, its held items are freed."""
 
     items: Mapped[list[OperationItem]] = relationship(
         cascade="all, delete-orphan", lazy="selectin", order_by="OperationItem.id"

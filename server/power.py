@@ -3,7 +3,9 @@
 An operation is accepted with 202 and runs in the background on the replica that accepted it;
 its state lives in the database (``operations`` / ``operation_items``), so any replica answers
 ``GET /api/v1/operations/{id}``. A machine can be held by one operation at a time: the unique
-``active_machine_id`` column makes the second request fail with 409, on every replica.
+``active_machine_id`` column makes the second request fail with 409, on every replica. Each
+replica renews a liveness lease (``replica:<id>``); the operations of a replica whose lease
+lapsed (it died) are failed by the others, which frees their machines (:meth:`reap_abandoned`).
 
 Power sync polls every BMC once per interval (jittered), on the one replica holding the
 ``power-sync`` lease. A changed state that no operation caused is recorded as an out-of-band
@@ -23,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, Table, bindparam, func, insert, or_, select, update
+from sqlalchemy import Row, Table, and_, bindparam, delete, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, lazyload
 from starlette.concurrency import run_in_threadpool
@@ -45,7 +47,7 @@ from server import enrollment, groupcommit, inventory, leases
 from server.db import Database
 from server.errors import Conflict, Invalid
 from server.groupcommit import GroupCommit
-from server.models import Event, Machine, Operation, OperationItem, utcnow
+from server.models import Event, Lease, Machine, Operation, OperationItem, utcnow
 from server.secretbox import SecretBox
 from server.selectors import Requirement
 from server.settings import ServerSettings
@@ -54,9 +56,14 @@ from server.types import OpStatus, Phase
 log = logging.getLogger(__name__)
 
 SYNC_LEASE = "power-sync"
+REPLICA_LEASE = "replica:"
 _MACHINE_ONLY = (lazyload(Machine.nics), lazyload(Machine.label_rows))
 """Power writes touch a machine's row only: don't select its NICs and labels with it."""
 STALE_AFTER = timedelta(minutes=30)
+"""Operations from before migration 0008 (no replica recorded) held longer are abandoned."""
+REPLICA_TTL = 30.0
+"""Seconds a replica's liveness lease lasts; it is renewed every third of that. Another replica
+frees the machines held by operations of a replica whose lease lapsed."""
 
 
 def net_policy(settings: ServerSettings) -> NetPolicy:
@@ -183,6 +190,7 @@ class PowerService:
         self.writes = groupcommit.calls(db)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._sync_task: asyncio.Task[None] | None = None
+        self._alive_task: asyncio.Task[None] | None = None
 
     # --- submitting -------------------------------------------------------------------------------
 
@@ -209,7 +217,8 @@ class PowerService:
                                   details={"machines": no_bmc})
                 ids = [m.id for m in machines]
                 op = Operation(id=str(uuid.uuid4()), kind=kind, action=action, params=params,
-                               status=OpStatus.QUEUED.value, requested_by=actor, created_at=utcnow())
+                               status=OpStatus.QUEUED.value, requested_by=actor, created_at=utcnow(),
+                               replica=self.replica)
                 s.add(op)
                 s.flush()
                 s.execute(insert(OperationItem), [
@@ -363,17 +372,48 @@ class PowerService:
             s.execute(insert(Event), events)
         return [None] * len(dones)
 
-    def reap_stale(self) -> int:
-        """Fail items left queued/running by a replica that died (older than STALE_AFTER)."""
-        cutoff = utcnow() - STALE_AFTER
+    def reap_abandoned(self, *, own: bool = False) -> int:
+        """Fail what a replica that stopped left held, so its machines take new operations:
+        operations of replicas whose liveness lease lapsed (``own``: this replica's, at
+        shutdown), and those without a replica (before migration 0008) after STALE_AFTER.
+        Returns how many operations were ended."""
+        now = utcnow()
+        unfinished = Operation.status.in_((OpStatus.QUEUED.value, OpStatus.RUNNING.value))
+        if own:
+            whose = Operation.replica == self.replica
+        else:
+            live = select(Lease.holder).where(Lease.name.like(REPLICA_LEASE + "%"), Lease.expires_at > now)
+            whose = or_(and_(Operation.replica.is_not(None), Operation.replica.not_in(live)),
+                        and_(Operation.replica.is_(None), Operation.created_at < now - STALE_AFTER))
         with self.db.write() as s:
-            res = s.execute(
-                update(OperationItem)
-                .where(OperationItem.active_machine_id.is_not(None),
-                       OperationItem.operation_id.in_(select(Operation.id).where(Operation.created_at < cutoff)))
-                .values(active_machine_id=None, status=OpStatus.FAILED.value, error="abandoned: server stopped")
-            )
-            return int(res.rowcount or 0)  # type: ignore[attr-defined]
+            ops = list(s.execute(select(Operation.id, Operation.replica).where(unfinished, whose)))
+            for op_id, replica in ops:
+                why = "server stopped" if own else f"replica {replica or '?'} stopped"
+                s.execute(update(OperationItem)
+                          .where(OperationItem.operation_id == op_id, OperationItem.active_machine_id.is_not(None))
+                          .values(active_machine_id=None, status=OpStatus.FAILED.value, error=f"abandoned: {why}",
+                                  finished_at=now)
+                          .execution_options(synchronize_session=False))
+                s.execute(update(Operation).where(Operation.id == op_id)
+                          .values(status=OpStatus.FAILED.value, error=f"abandoned: {why}", finished_at=now)
+                          .execution_options(synchronize_session=False))
+            if not own:  # lapsed liveness leases have done their job
+                s.execute(delete(Lease).where(Lease.name.like(REPLICA_LEASE + "%"), Lease.expires_at <= now))
+        if ops:
+            log.warning("operations abandoned by a stopped replica failed: %s", ", ".join(o for o, _ in ops))
+        return len(ops)
+
+    def _renew_liveness(self) -> None:
+        leases.acquire(self.db, REPLICA_LEASE + self.replica, self.replica, REPLICA_TTL)
+
+    async def _alive_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REPLICA_TTL / 3)
+            try:
+                await run_in_threadpool(self._renew_liveness)
+                await run_in_threadpool(self.reap_abandoned)
+            except Exception:  # noqa: BLE001 - the loop must survive a database hiccup
+                log.exception("replica liveness renewal failed")
 
     # --- live read and sync -----------------------------------------------------------------------
 
@@ -451,14 +491,18 @@ class PowerService:
             await asyncio.sleep(self.settings.power_sync_interval * random.uniform(0.8, 1.2))  # noqa: S311
 
     async def startup(self) -> None:
-        await run_in_threadpool(self.reap_stale)
+        await run_in_threadpool(self._renew_liveness)  # before any operation can be accepted
+        await run_in_threadpool(self.reap_abandoned)
+        self._alive_task = asyncio.get_running_loop().create_task(self._alive_forever())
         if self.settings.power_sync_enabled:
             self._sync_task = asyncio.get_running_loop().create_task(self._sync_forever())
 
     async def shutdown(self) -> None:
-        if self._sync_task:
-            self._sync_task.cancel()
-        for task in list(self._tasks):
+        loops = [t for t in (self._sync_task, self._alive_task) if t]
+        for task in [*loops, *self._tasks]:
             task.cancel()
-        await asyncio.gather(*self._tasks, *(t for t in [self._sync_task] if t), return_exceptions=True)
+        await asyncio.gather(*self._tasks, *loops, return_exceptions=True)
+        # What was cut off is over: free its machines now, not when another replica notices.
+        await run_in_threadpool(self.reap_abandoned, own=True)
+        await run_in_threadpool(leases.release, self.db, REPLICA_LEASE + self.replica, self.replica)
         await run_in_threadpool(self.controller.close)

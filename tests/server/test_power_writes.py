@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,8 @@ from sqlalchemy import select
 from bmc import BmcController, BmcEndpoint, BmcTimeoutError, PowerPolicy, PowerState
 from server import migrate
 from server.db import Database
-from server.models import Event, Machine, Operation, OperationItem, utcnow
+from server.errors import Conflict
+from server.models import Event, Lease, Machine, Operation, OperationItem, utcnow
 from server.power import PowerService
 from server.secretbox import SecretBox
 from server.settings import ServerSettings
@@ -86,3 +88,56 @@ def test_bulk_operation_records_items_machines_and_events(service: PowerService)
     assert kinds == sorted([(n, "power.succeeded") for n in ok] + [("w09", "power.failed")])
     assert sum(1 for e in events if e.kind == "power.requested") == 40
     assert service._starts.transactions < 40 and service._dones.transactions < 40  # batched
+
+
+def _held(service: PowerService, op_id: str) -> tuple[str, list[str | None], str | None]:
+    with service.db.read() as s:
+        op = s.get_one(Operation, op_id)
+        held = [i.active_machine_id for i in
+                s.scalars(select(OperationItem).where(OperationItem.operation_id == op_id))]
+        return op.status, held, op.error
+
+
+def test_operations_of_a_stopped_replica_are_freed(service: PowerService) -> None:
+    """A replica that dies mid-operation cannot release its machines: once its liveness lease
+    lapses, any other replica fails what it held, so the machines take operations again."""
+    live, dead, legacy, old = (
+        service.submit(kind="power", action="on", params={}, actor="t", keys=[name])
+        for name in ("w01", "w02", "w03", "w04"))
+    now = utcnow()
+    with service.db.write() as s:
+        s.add(Lease(name="replica:alive", holder="alive", expires_at=now + timedelta(seconds=30)))
+        s.add(Lease(name="replica:gone", holder="gone", expires_at=now - timedelta(seconds=1)))
+        s.get_one(Operation, live).replica = "alive"
+        s.get_one(Operation, dead).replica = "gone"
+        s.get_one(Operation, legacy).replica = None  # from before migration 0008: time decides
+        s.get_one(Operation, old).replica = None
+        s.get_one(Operation, old).created_at = now - timedelta(hours=1)
+    with pytest.raises(Conflict):
+        service.submit(kind="power", action="on", params={}, actor="t", keys=["w02"])
+
+    assert service.reap_abandoned() == 2
+    assert _held(service, dead)[:2] == ("failed", [None])
+    assert _held(service, dead)[2] == "abandoned: replica gone stopped"
+    assert _held(service, old)[:2] == ("failed", [None])
+    assert _held(service, live)[0] == "queued" and _held(service, live)[1] != [None]
+    assert _held(service, legacy)[0] == "queued"
+    service.submit(kind="power", action="on", params={}, actor="t", keys=["w02"])  # free again
+    with service.db.read() as s:  # the lapsed lease is gone, the live one stays
+        assert {x.name for x in s.scalars(select(Lease))} == {"replica:alive"}
+
+
+def test_shutdown_ends_this_replicas_operations(service: PowerService) -> None:
+    async def main() -> tuple[str, str]:
+        await service.startup()
+        op_id = service.submit(kind="power", action="on", params={}, actor="t", keys=["w05"])
+        with service.db.read() as s:
+            leases = {x.name for x in s.scalars(select(Lease))}
+        await service.shutdown()  # before the operation ran
+        return op_id, next(iter(leases))
+
+    op_id, lease = asyncio.run(main())
+    assert lease == f"replica:{service.replica}"
+    assert _held(service, op_id) == ("failed", [None], "abandoned: server stopped")
+    with service.db.read() as s:
+        assert s.scalar(select(Lease).where(Lease.name == lease)) is None
