@@ -62,6 +62,8 @@ class TftpStats:
     ignored: int = 0
     bytes_sent: int = 0
     by_error: dict[int, int] = field(default_factory=dict)
+    peak_sessions: int = 0
+    """Most transfers in flight at once (never above ``max_sessions``)."""
 
 
 class TftpServer:
@@ -232,6 +234,7 @@ class TftpServer:
         session = Session(self, sock, fd, peer, name, st.st_size, req)
         self.sessions[peer] = session
         self.stats.started += 1
+        self.stats.peak_sessions = max(self.stats.peak_sessions, len(self.sessions))
         self.emit(
             TimelineKind.TFTP_START,
             peer,

@@ -389,7 +389,7 @@ def test_sessions_capped_and_reaped(loop: LoopThread, tftp_root: Path, sink: Lis
         address="127.0.0.1",
         port=free_port(),
         sink=sink,
-        timeout=0.2,
+        timeout=1.0,  # silent sessions are reaped after 2 s
         retries=1,
         max_sessions=1000,
     )
@@ -402,10 +402,12 @@ def test_sessions_capped_and_reaped(loop: LoopThread, tftp_root: Path, sink: Lis
             s.sendto(rrq(b"small.bin"), ("127.0.0.1", srv.bound_port))
             socks.append(s)
         eventually(lambda: srv.stats.requests >= 2000, timeout=10)
-        assert srv.stats.started <= 1000
-        assert len(srv.sessions) <= 1000
-        assert srv.stats.by_error.get(0, 0) >= 1000 - (2000 - srv.stats.requests)  # "busy"
-        eventually(lambda: srv.sessions == {}, timeout=5)
+        # The cap bounds transfers in flight at once: on a slow machine a few slots may free up
+        # (reaped) while the 2,000 requests still arrive, and serve later requests.
+        assert srv.stats.peak_sessions == 1000 and len(srv.sessions) <= 1000
+        assert srv.stats.started + srv.stats.by_error.get(0, 0) == 2000  # the rest: "busy"
+        assert srv.stats.by_error.get(0, 0) >= 2000 - 1000 - srv.stats.aborted
+        eventually(lambda: srv.sessions == {}, timeout=15)
         assert srv.stats.aborted == srv.stats.started
         assert_served(srv.bound_port, tftp_root)
     finally:
