@@ -50,18 +50,20 @@ SCOPE_ORDER = {Layer.FLEET.value: 0, Layer.SELECTOR.value: 1, Layer.MACHINE.valu
 
 
 def session_claimed(
-    st: AgentState | None, heartbeat_interval: float, now: dt.datetime | None = None
+    connected: bool | None, last_seen: dt.datetime | None, heartbeat_interval: float,
+    now: dt.datetime | None = None,
 ) -> bool:
-    """Whether the database says some replica holds the agent's session now.
+    """Whether the database (an agent state's ``connected`` and ``last_seen``) says some replica
+    holds the agent's session now.
 
     A replica that dies cannot clear its ``connected`` flag, so the claim holds only while the
     session's heartbeats keep reaching the database: a live session's ``last_seen`` is at most
     one heartbeat plus one flush old; after three heartbeats and a flush the session is gone
     (the hub closes a session silent that long)."""
-    if st is None or not st.connected or st.last_seen is None:
+    if not connected or last_seen is None:
         return False
     limit = dt.timedelta(seconds=3 * heartbeat_interval + SEEN_FLUSH_INTERVAL)
-    return as_utc(st.last_seen) >= (now or utcnow()) - limit
+    return as_utc(last_seen) >= (now or utcnow()) - limit
 
 
 # -- rendering ------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import uuid
 from collections import Counter, OrderedDict
@@ -406,15 +407,16 @@ class SessionHub:
         task = asyncio.get_running_loop().create_task(
             self._store.record_disconnected(machine_id, self._now()))
         self._bookkeeping.add(task)
-        task.add_done_callback(self._bookkeeping_done)
+        task.add_done_callback(functools.partial(self._bookkeeping_done, machine_id))
         # asyncio.wait neither cancels the task when we are cancelled nor raises its error
         # (logged by _bookkeeping_done: bookkeeping must never mask the stream's end).
         await asyncio.wait({task})
 
-    def _bookkeeping_done(self, task: asyncio.Task[None]) -> None:
+    def _bookkeeping_done(self, machine_id: str, task: asyncio.Task[None]) -> None:
         self._bookkeeping.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("record_disconnected failed", exc_info=task.exception())
+            log.error("record_disconnected failed machine=%s", machine_id,
+                      exc_info=task.exception())
 
     def _close(self, session: _Session) -> None:
         session.outbox.put_nowait(None)

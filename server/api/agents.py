@@ -157,9 +157,13 @@ def _agent_states(ctx: Context, ids: Sequence[str]) -> dict[str, tuple[bool, str
     hb = ctx.settings.agent_heartbeat_interval
     with ctx.db.read() as s:
         for i in range(0, len(ids), 1000):
-            rows = s.scalars(select(AgentState).where(AgentState.machine_id.in_(ids[i : i + 1000])))
-            out.update({st.machine_id: (session_claimed(st, hb), st.applied_config_version)
-                        for st in rows})
+            rows = s.execute(
+                select(AgentState.machine_id, AgentState.connected, AgentState.last_seen,
+                       AgentState.applied_config_version)
+                .where(AgentState.machine_id.in_(ids[i : i + 1000]))
+            )
+            out.update({r.machine_id: (session_claimed(r.connected, r.last_seen, hb),
+                                       r.applied_config_version) for r in rows})
     return out
 
 
@@ -500,7 +504,8 @@ def machine_agent(
         )
         api: AgentApiServer | None = request.app.state.agent_api
         here = api is not None and api.hub.is_connected(m.id)
-        connected = here or session_claimed(st, ctx.settings.agent_heartbeat_interval)
+        connected = here or (st is not None and session_claimed(
+            st.connected, st.last_seen, ctx.settings.agent_heartbeat_interval))
         # Which replica holds the session: node ops are served only there.
         session = "this-replica" if here else "another-replica" if connected else None
         if st is None:

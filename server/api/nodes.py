@@ -79,7 +79,8 @@ def _holder(ctx: Context, machine_id: str) -> tuple[str | None, str] | None:
     advertises one) and a message for the caller."""
     with ctx.db.read() as s:
         st = s.get(AgentState, machine_id)
-        if st is None or not session_claimed(st, ctx.settings.agent_heartbeat_interval):
+        hb = ctx.settings.agent_heartbeat_interval
+        if st is None or not session_claimed(st.connected, st.last_seen, hb):
             return None
         return st.replica_url, (
             f"the agent of machine {machine_id} holds its session with another bronze replica "
@@ -96,11 +97,17 @@ async def _live_session(request: Request, ctx: Context, machine_id: str) -> Agen
     holder = await run_in_threadpool(_holder, ctx, machine_id)
     if holder is not None:
         url, message = holder
-        if url and url != ctx.settings.effective_advertise_url and FORWARDED not in request.headers:
+        if not url:
+            why = "it advertises no URL (BRONZE_API_ADVERTISE_URL)"
+        elif url == ctx.settings.effective_advertise_url:
+            why = "its session with this replica is just ending"
+        elif FORWARDED in request.headers:
+            why = f"this request was already forwarded once (to {url})"
+        else:
             return url
         raise AgentOnOtherReplica(
-            message=f"{message}; node operations are served only by that replica, which "
-                    "advertises no URL (BRONZE_API_ADVERTISE_URL): call it directly",
+            message=f"{message}; node operations are served only by that replica and {why}: "
+                    "call it directly or retry",
             details={"machine_id": machine_id})
     if api is None:
         agent_api(request)  # raises: the agent API is not running here
