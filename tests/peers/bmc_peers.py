@@ -86,13 +86,13 @@ def spawn(argv: list[str], workdir: Path, env: dict[str, str] | None = None
                             env=full_env, start_new_session=True)
 
 
-def stop_process(proc: subprocess.Popen[bytes] | None) -> None:
-    """Stop one child we started, by its PID."""
+def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 5.0) -> None:
+    """Stop one child we started, by its PID: SIGTERM, then SIGKILL after ``grace`` seconds."""
     if proc is None or proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)
     try:
-        proc.wait(timeout=5)
+        proc.wait(timeout=grace)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(timeout=5)

@@ -10,7 +10,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -23,6 +22,7 @@ import sqlalchemy
 
 from tests.agent.conftest import AGENT_BIN, FIXTURES, eventually
 from tests.peers.apiserver import free_port
+from tests.peers.bmc_peers import stop_process
 from tests.peers.database import fresh_database
 from tests.server.test_cli import BRONZE
 
@@ -62,13 +62,7 @@ def _start(tmp: Path, name: str, env: dict[str, str], **extra: str) -> Replica:
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+    stop_process(proc, grace=15)
 
 
 @pytest.fixture
