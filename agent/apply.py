@@ -38,7 +38,7 @@ from typing import Any
 
 from agent.identity import write_file
 
-# Must match server.machineconfig.model.REBOOT_FIELDS (the agent does not import the server).
+# Must match server.config.model.REBOOT_FIELDS (the agent does not import the server).
 REBOOT_FIELDS = ("kernel_args", "install", "volumes")
 
 
@@ -146,8 +146,12 @@ class ConfigApplier:
         if doc is None:
             (self.state / name).unlink(missing_ok=True)
         else:
-            write_file(self.state / name, json.dumps(doc, sort_keys=True).encode(), 0o600,
-                       fsync=self._fsync)
+            write_file(
+                self.state / name,
+                json.dumps(doc, sort_keys=True).encode(),
+                0o600,
+                fsync=self._fsync,
+            )
 
     @property
     def current(self) -> dict[str, Any] | None:
@@ -199,8 +203,10 @@ class ConfigApplier:
 
         The revert plan is saved first: an agent that dies halfway through the apply still
         reverts at its next start instead of keeping an unconfirmed config for good."""
-        self._save("try.json", {"version": version, "deadline": time.time() + timeout,
-                                "previous": previous})
+        self._save(
+            "try.json",
+            {"version": version, "deadline": time.time() + timeout, "previous": previous},
+        )
         self.apply_live(version, cfg, "try")
 
     def confirm(self, version: str) -> bool:

@@ -205,8 +205,12 @@ class Agent:
             except EnrollDenied:
                 log.warning("enrollment denied machine=%s", self.o.machine_id)
             except grpc.aio.AioRpcError as exc:
-                log.info("session ended machine=%s code=%s details=%s", self.o.machine_id,
-                         exc.code().name, exc.details())
+                log.info(
+                    "session ended machine=%s code=%s details=%s",
+                    self.o.machine_id,
+                    exc.code().name,
+                    exc.details(),
+                )
             except (OSError, _DropSession) as exc:
                 log.info("session dropped machine=%s error=%s", self.o.machine_id, exc)
             if self._reboot_requested is not None:
@@ -388,9 +392,9 @@ class Agent:
         if force or self.creds.should_renew(dt.datetime.now(dt.UTC)):
             key_pem, csr_pem = new_key_and_csr(self.o.machine_id)
             self._pending_key = key_pem
-            self._send(pb.AgentMessage(
-                certificate_request=pb.CertificateRequest(csr_pem=csr_pem.decode())
-            ))
+            self._send(
+                pb.AgentMessage(certificate_request=pb.CertificateRequest(csr_pem=csr_pem.decode()))
+            )
             log.info("certificate renewal requested machine=%s", self.o.machine_id)
 
     def _install_certificate(self, nc: pb.NewCertificate) -> None:
@@ -422,8 +426,11 @@ class Agent:
             running = self._node_ops.get(cmd.cancel_node_op.command_id)
             if running is not None:
                 running.cancel()
-                log.info("node op cancelled machine=%s command=%s", self.o.machine_id,
-                         cmd.cancel_node_op.command_id)
+                log.info(
+                    "node op cancelled machine=%s command=%s",
+                    self.o.machine_id,
+                    cmd.cancel_node_op.command_id,
+                )
             return
         if op == "new_certificate":
             self._install_certificate(cmd.new_certificate)
@@ -443,12 +450,18 @@ class Agent:
             if ok and self._try_timer:
                 self._try_timer.cancel()
             result = pb.CommandResult(
-                command_id=cmd.id, ok=ok, applied_version=self.applier.current_version,
+                command_id=cmd.id,
+                ok=ok,
+                applied_version=self.applier.current_version,
                 error="" if ok else "no pending try with that version",
             )
         elif op == "reboot":
-            result = pb.CommandResult(command_id=cmd.id, ok=True, rebooting=True,
-                                      applied_version=self.applier.current_version)
+            result = pb.CommandResult(
+                command_id=cmd.id,
+                ok=True,
+                rebooting=True,
+                applied_version=self.applier.current_version,
+            )
             self._reboot_requested = cmd.reboot
         else:
             result = pb.CommandResult(command_id=cmd.id, ok=False, error=f"unsupported {op}")
@@ -464,8 +477,13 @@ class Agent:
         a = self.applier
 
         def res(ok: bool, error: str = "", rebooting: bool = False) -> pb.CommandResult:
-            return pb.CommandResult(command_id=command_id, ok=ok, error=error,
-                                    applied_version=a.current_version, rebooting=rebooting)
+            return pb.CommandResult(
+                command_id=command_id,
+                ok=ok,
+                error=error,
+                applied_version=a.current_version,
+                rebooting=rebooting,
+            )
 
         try:
             cfg = json.loads(ac.config_json)
@@ -488,8 +506,12 @@ class Agent:
             if mode == pb.APPLY_MODE_TRY:
                 if need:
                     return res(False, "try mode cannot change boot-time fields: " + ", ".join(need))
-                a.begin_try(version, cfg, float(ac.try_timeout_seconds or 120),
-                            previous=trial["previous"] if trial else a.current)
+                a.begin_try(
+                    version,
+                    cfg,
+                    float(ac.try_timeout_seconds or 120),
+                    previous=trial["previous"] if trial else a.current,
+                )
                 self._arm_try_timer()
                 return res(True)
             if trial is not None:  # a definitive apply supersedes a pending try
@@ -520,8 +542,12 @@ class Agent:
         trial = self.applier.trial
         if trial is not None and trial["version"] == version:
             now = self.applier.revert_try()
-            log.warning("try config not confirmed, reverted machine=%s from=%s to=%s",
-                        self.o.machine_id, version, now or "-")
+            log.warning(
+                "try config not confirmed, reverted machine=%s from=%s to=%s",
+                self.o.machine_id,
+                version,
+                now or "-",
+            )
             self._seq += 1
             self._send(self._heartbeat())  # tell the server at once
 
@@ -541,8 +567,11 @@ class Agent:
                 for part in nodeops.chunks(data):
                     chunk(part)
         except nodeops.NodeOpError as exc:
-            self._send(pb.AgentMessage(result=pb.CommandResult(
-                command_id=cmd.id, ok=False, error=str(exc))))
+            self._send(
+                pb.AgentMessage(
+                    result=pb.CommandResult(command_id=cmd.id, ok=False, error=str(exc))
+                )
+            )
             return
         self._send(pb.AgentMessage(result=pb.CommandResult(command_id=cmd.id, ok=True)))
 
@@ -551,17 +580,41 @@ def inventory_to_pb(inv: Inventory) -> pb.Inventory:
     s = inv.smbios
     return pb.Inventory(
         smbios=pb.Smbios(
-            uuid=s.uuid, serial=s.serial, vendor=s.vendor, product=s.product,
-            board_vendor=s.board_vendor, board_product=s.board_product,
+            uuid=s.uuid,
+            serial=s.serial,
+            vendor=s.vendor,
+            product=s.product,
+            board_vendor=s.board_vendor,
+            board_product=s.board_product,
             bios_version=s.bios_version,
         ),
-        cpus=[pb.Cpu(socket=c.socket, model=c.model, cores=c.cores, threads=c.threads, mhz=c.mhz)
-              for c in inv.cpus],
+        cpus=[
+            pb.Cpu(socket=c.socket, model=c.model, cores=c.cores, threads=c.threads, mhz=c.mhz)
+            for c in inv.cpus
+        ],
         memory_bytes=inv.memory_bytes,
-        disks=[pb.Disk(name=d.name, size_bytes=d.size_bytes, model=d.model, serial=d.serial,
-                       rotational=d.rotational, wwn=d.wwn, transport=d.transport)
-               for d in inv.disks],
-        nics=[pb.Nic(name=n.name, mac=n.mac, driver=n.driver, speed_mbps=n.speed_mbps,
-                     link_up=n.link_up, mtu=n.mtu) for n in inv.nics],
+        disks=[
+            pb.Disk(
+                name=d.name,
+                size_bytes=d.size_bytes,
+                model=d.model,
+                serial=d.serial,
+                rotational=d.rotational,
+                wwn=d.wwn,
+                transport=d.transport,
+            )
+            for d in inv.disks
+        ],
+        nics=[
+            pb.Nic(
+                name=n.name,
+                mac=n.mac,
+                driver=n.driver,
+                speed_mbps=n.speed_mbps,
+                link_up=n.link_up,
+                mtu=n.mtu,
+            )
+            for n in inv.nics
+        ],
         bmc_address=inv.bmc_address,
     )

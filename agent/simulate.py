@@ -73,8 +73,9 @@ async def simulate(
             f"bronze.server={server} bronze.enroll={enroll}\n"
         )
         write_file(root / "proc/cmdline", cmdline.encode(), 0o444, fsync=False)
-        write_file(root / "proc/sys/kernel/random/boot_id", f"{uuid.uuid4()}\n".encode(),
-                   fsync=False)
+        write_file(
+            root / "proc/sys/kernel/random/boot_id", f"{uuid.uuid4()}\n".encode(), fsync=False
+        )
         agents.append(
             Agent(
                 AgentOptions(

@@ -33,9 +33,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from server.agentapi import AgentApiServer, MemoryAgentStore  # noqa: E402
-from server.machineconfig import Layer, Patch, render  # noqa: E402
-from server.pki import FleetCA  # noqa: E402
+from server.agents import AgentApiServer, MemoryAgentStore  # noqa: E402
+from server.agents.pki import FleetCA  # noqa: E402
+from server.config import Layer, Patch, render  # noqa: E402
 
 CLK = os.sysconf("SC_CLK_TCK")
 
@@ -65,23 +65,32 @@ async def wait_until(pred, timeout: float, interval: float = 0.02) -> float:  # 
 
 
 def fleet_patch(generation: int) -> Patch:
-    return Patch("fleet", Layer.FLEET, {
-        "sysctls": {"vm.swappiness": str(generation), "net.core.somaxconn": "4096"},
-        "time": {"servers": ["ntp1.example.net", "ntp2.example.net"]},
-        "network": {"dns": {"nameservers": ["10.0.0.53"], "search": ["lab.example.net"]}},
-        "files": {"/etc/motd": {"content": f"bronze fleet generation {generation}\n"}},
-    })
+    return Patch(
+        "fleet",
+        Layer.FLEET,
+        {
+            "sysctls": {"vm.swappiness": str(generation), "net.core.somaxconn": "4096"},
+            "time": {"servers": ["ntp1.example.net", "ntp2.example.net"]},
+            "network": {"dns": {"nameservers": ["10.0.0.53"], "search": ["lab.example.net"]}},
+            "files": {"/etc/motd": {"content": f"bronze fleet generation {generation}\n"}},
+        },
+    )
 
 
 def machine_patch(mid: str, i: int) -> Patch:
-    return Patch(f"machine:{mid}", Layer.MACHINE, {
-        "hostname": mid,
-        "network": {"links": {"enp0s3": {"addresses": [f"10.{i // 250}.{i % 250}.10/16"]}}},
-    })
+    return Patch(
+        f"machine:{mid}",
+        Layer.MACHINE,
+        {
+            "hostname": mid,
+            "network": {"links": {"enp0s3": {"addresses": [f"10.{i // 250}.{i % 250}.10/16"]}}},
+        },
+    )
 
 
-async def rollout(api: AgentApiServer, store: MemoryAgentStore, ids: list[str], gen: int,
-                  timeout: float) -> tuple[float, float]:
+async def rollout(
+    api: AgentApiServer, store: MemoryAgentStore, ids: list[str], gen: int, timeout: float
+) -> tuple[float, float]:
     """Render + push generation ``gen`` to every machine; returns (push_s, total_s)."""
     t0 = time.perf_counter()
     fleet = fleet_patch(gen)
@@ -122,18 +131,38 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             tf = work / f"tokens-{p}.json"
             tf.write_text(json.dumps(chunk))
             log = open(work / f"sim-{p}.log", "wb")  # noqa: SIM115
-            procs.append(subprocess.Popen(
-                [str(agent_bin), "simulate", "--count", str(len(chunk)),
-                 "--root-template", str(template), "--work", str(work / f"sim-{p}"),
-                 "--server", f"127.0.0.1:{api.session_port}",
-                 "--enroll", f"127.0.0.1:{api.enroll_port}", "--ca", str(work / "ca.pem"),
-                 "--tokens", str(tf), "--heartbeat", str(args.heartbeat),
-                 "--ramp", str(args.ramp)],
-                stdout=log, stderr=subprocess.STDOUT,
-            ))
+            procs.append(
+                subprocess.Popen(
+                    [
+                        str(agent_bin),
+                        "simulate",
+                        "--count",
+                        str(len(chunk)),
+                        "--root-template",
+                        str(template),
+                        "--work",
+                        str(work / f"sim-{p}"),
+                        "--server",
+                        f"127.0.0.1:{api.session_port}",
+                        "--enroll",
+                        f"127.0.0.1:{api.enroll_port}",
+                        "--ca",
+                        str(work / "ca.pem"),
+                        "--tokens",
+                        str(tf),
+                        "--heartbeat",
+                        str(args.heartbeat),
+                        "--ramp",
+                        str(args.ramp),
+                    ],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+            )
             log.close()
-        connect_s = await wait_until(lambda: len(api.hub.connected()) == len(ids),
-                                     args.ramp + 300, 0.1)
+        connect_s = await wait_until(
+            lambda: len(api.hub.connected()) == len(ids), args.ramp + 300, 0.1
+        )
         connect_s = time.perf_counter() - t_start
 
         # Warm-up rollout (first apply writes every file), then the measured one.
@@ -158,8 +187,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         ports = (api.enroll_port, api.session_port)
         await api.stop(0)
         t0 = time.perf_counter()
-        api = AgentApiServer(store, ca, enroll_port=ports[0], session_port=ports[1],
-                             heartbeat_interval=args.heartbeat)
+        api = AgentApiServer(
+            store,
+            ca,
+            enroll_port=ports[0],
+            session_port=ports[1],
+            heartbeat_interval=args.heartbeat,
+        )
         await api.start()
         await wait_until(lambda: len(api.hub.connected()) == len(ids), 300, 0.05)
         reconnect_s = time.perf_counter() - t0

@@ -78,30 +78,51 @@ def _free_udp_ports(n: int) -> list[int]:
 
 
 @contextmanager
-def sim_fleet(processes: int = 10, per_process: int = 100, settle: float = 0.2,
-              username: str = "admin", password: str | None = None,
-              timeout: float = 60.0) -> Iterator[SimFleet]:
+def sim_fleet(
+    processes: int = 10,
+    per_process: int = 100,
+    settle: float = 0.2,
+    username: str = "admin",
+    password: str | None = None,
+    timeout: float = 60.0,
+) -> Iterator[SimFleet]:
     """Start ``processes`` x ``per_process`` simulated BMCs; stop them on exit."""
-    password = password if password is not None else os.environ.get(
-        "BRONZE_SIM_PASSWORD", "password")
+    password = (
+        password if password is not None else os.environ.get("BRONZE_SIM_PASSWORD", "password")
+    )
     env = dict(os.environ, BRONZE_SIM_PASSWORD=password, PYTHONPATH=str(ROOT))
     all_ports = _free_udp_ports(processes * per_process)
     fleet = SimFleet([], [])
     try:
         for i in range(processes):
-            ports = all_ports[i * per_process:(i + 1) * per_process]
+            ports = all_ports[i * per_process : (i + 1) * per_process]
             proc = subprocess.Popen(
-                [sys.executable, "-m", "tests.peers.bmc_peers", "pyghmi", "--user", username,
-                 "--ports", ",".join(map(str, ports)), "--settle", str(settle)],
-                cwd=ROOT, env=env, stdout=subprocess.PIPE, start_new_session=True)
+                [
+                    sys.executable,
+                    "-m",
+                    "tests.peers.bmc_peers",
+                    "pyghmi",
+                    "--user",
+                    username,
+                    "--ports",
+                    ",".join(map(str, ports)),
+                    "--settle",
+                    str(settle),
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=subprocess.PIPE,
+                start_new_session=True,
+            )
             fleet.procs.append(proc)
         deadline = time.monotonic() + timeout
         for proc in fleet.procs:
             assert proc.stdout is not None
             line = proc.stdout.readline()
             if not line or time.monotonic() > deadline:
-                raise RuntimeError(f"simulated BMC process {proc.pid} did not start "
-                                   f"(exit code {proc.poll()})")
+                raise RuntimeError(
+                    f"simulated BMC process {proc.pid} did not start (exit code {proc.poll()})"
+                )
             for port in json.loads(line)["ready"]:
                 fleet.endpoints.append(SimEndpoint("ipmi", LOCAL, port, username, password))
         yield fleet
@@ -118,10 +139,28 @@ def ipmitool_cycle_loop(endpoints: list[SimEndpoint], count: int) -> dict[str, f
     for ep in endpoints[:count]:
         t0 = time.monotonic()
         done = subprocess.run(
-            ["ipmitool", "-I", "lanplus", "-C", "3", "-E", "-H", ep.address, "-p", str(ep.port),
-             "-U", ep.username, "chassis", "power", "cycle"],
-            env=dict(os.environ, IPMI_PASSWORD=ep.password), check=False,
-            capture_output=True, timeout=30)
+            [
+                "ipmitool",
+                "-I",
+                "lanplus",
+                "-C",
+                "3",
+                "-E",
+                "-H",
+                ep.address,
+                "-p",
+                str(ep.port),
+                "-U",
+                ep.username,
+                "chassis",
+                "power",
+                "cycle",
+            ],
+            env=dict(os.environ, IPMI_PASSWORD=ep.password),
+            check=False,
+            capture_output=True,
+            timeout=30,
+        )
         failures += done.returncode != 0
         per_call.append(time.monotonic() - t0)
     total = time.monotonic() - start
@@ -130,8 +169,9 @@ def ipmitool_cycle_loop(endpoints: list[SimEndpoint], count: int) -> dict[str, f
     return stats
 
 
-def controller_cycle_loop(endpoints: list[SimEndpoint], count: int,
-                          verify: bool = True) -> dict[str, float]:
+def controller_cycle_loop(
+    endpoints: list[SimEndpoint], count: int, verify: bool = True
+) -> dict[str, float]:
     """The same loop through ``bmc.BmcController`` (pre-read + command + read-back)."""
     sys.path.insert(0, str(ROOT))
     from bmc import BmcController, BmcEndpoint, DriverKind, PowerAction, PowerPolicy
@@ -142,8 +182,7 @@ def controller_cycle_loop(endpoints: list[SimEndpoint], count: int,
     for ep in endpoints[:count]:
         t0 = time.monotonic()
         bep = BmcEndpoint(DriverKind.ipmi, ep.address, ep.port, ep.username, ep.password)
-        result = ctl.power_sync(bep, PowerAction.cycle,
-                                settle_timeout=10 if verify else 0.0)
+        result = ctl.power_sync(bep, PowerAction.cycle, settle_timeout=10 if verify else 0.0)
         if verify and not result.ok:
             raise RuntimeError(str(result.error))
         per_call.append(time.monotonic() - t0)
@@ -155,10 +194,14 @@ def controller_cycle_loop(endpoints: list[SimEndpoint], count: int,
 def _stats(name: str, per_call: list[float], total: float) -> dict[str, float]:
     ordered = sorted(per_call)
     n = len(ordered)
-    return {"name": name, "count": n, "total_s": round(total, 3),  # type: ignore[dict-item]
-            "per_call_mean_ms": round(1000 * total / max(n, 1), 2),
-            "per_call_p50_ms": round(1000 * ordered[n // 2], 2) if n else 0.0,
-            "per_call_max_ms": round(1000 * ordered[-1], 2) if n else 0.0}
+    return {
+        "name": name,
+        "count": n,
+        "total_s": round(total, 3),  # type: ignore[dict-item]
+        "per_call_mean_ms": round(1000 * total / max(n, 1), 2),
+        "per_call_p50_ms": round(1000 * ordered[n // 2], 2) if n else 0.0,
+        "per_call_max_ms": round(1000 * ordered[-1], 2) if n else 0.0,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -175,16 +218,24 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     with sim_fleet(args.processes, args.per_process, args.settle, args.user) as fleet:
         if args.cmd == "serve":
-            print(json.dumps({"pids": fleet.pids,
-                              "endpoints": [asdict(e) for e in fleet.endpoints]}), flush=True)
+            print(
+                json.dumps({"pids": fleet.pids, "endpoints": [asdict(e) for e in fleet.endpoints]}),
+                flush=True,
+            )
             stop = {signal.SIGINT, signal.SIGTERM}
             signal.pthread_sigmask(signal.SIG_BLOCK, stop)
             signal.sigwait(stop)  # then the fleet is stopped by PID on the way out
             return
-        results = [ipmitool_cycle_loop(fleet.endpoints, args.count),
-                   controller_cycle_loop(fleet.endpoints, args.count)]
-        print(json.dumps({"bmcs": len(fleet.endpoints), "settle_s": args.settle,
-                          "results": results}, indent=2))
+        results = [
+            ipmitool_cycle_loop(fleet.endpoints, args.count),
+            controller_cycle_loop(fleet.endpoints, args.count),
+        ]
+        print(
+            json.dumps(
+                {"bmcs": len(fleet.endpoints), "settle_s": args.settle, "results": results},
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -62,7 +62,7 @@ from pxe.backend import BootDecision, StaticBackend  # noqa: E402
 from pxe.dhcp.decide import Mode  # noqa: E402
 from pxe.ipxe import BootAction, BootProfile, RenderContext, render  # noqa: E402
 from pxe.service import PxeService, PxeSettings  # noqa: E402
-from server.auth import TOKEN_PREFIX  # noqa: E402
+from server.api.auth import TOKEN_PREFIX  # noqa: E402
 from tests.peers.netlab import (  # noqa: E402
     BootHttp,
     Lab,

@@ -53,7 +53,9 @@ def wait_op(c: httpx.Client, op: dict, timeout: float = 900) -> dict:
 
 
 def span(op: dict) -> float:
-    return (datetime.fromisoformat(op["finished_at"]) - datetime.fromisoformat(op["created_at"])).total_seconds()
+    return (
+        datetime.fromisoformat(op["finished_at"]) - datetime.fromisoformat(op["created_at"])
+    ).total_seconds()
 
 
 def main() -> None:
@@ -61,28 +63,50 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=10)
     ap.add_argument("--per-process", type=int, default=100)
     ap.add_argument("--concurrency", type=int, default=64)
-    ap.add_argument("--settle", type=float, default=0.2, help="simulated BMC power settle delay (s)")
+    ap.add_argument(
+        "--settle", type=float, default=0.2, help="simulated BMC power settle delay (s)"
+    )
     ap.add_argument("--ipmitool-count", type=int, default=50, help="0 skips the ipmitool loop")
-    ap.add_argument("--rounds", type=int, default=2,
-                    help="bulk cycles in a row; from the second on, BMC sessions are kept (reused)")
+    ap.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="bulk cycles in a row; from the second on, BMC sessions are kept (reused)",
+    )
     args = ap.parse_args()
     n = args.processes * args.per_process
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     password = "bench-pw-3e9a"  # noqa: S105 - simulated BMCs only
-    with tempfile.TemporaryDirectory() as tmp, sim_fleet(args.processes, args.per_process, args.settle,
-                                                          password=password) as fleet:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        sim_fleet(args.processes, args.per_process, args.settle, password=password) as fleet,
+    ):
         port = free_port()
         token = "brz_" + os.urandom(24).hex()
-        env = {**os.environ, "BRONZE_DATA_DIR": tmp, "BRONZE_API_PORT": str(port), "BRONZE_ADMIN_TOKEN": token,
-               "BRONZE_BMC_NETWORKS": "127.0.0.0/8", "BRONZE_POWER_SYNC_ENABLED": "false",
-               "BRONZE_BMC_MAX_CONCURRENCY": str(args.concurrency), "BRONZE_BMC_MIN_INTERVAL": "0",
-               "BRONZE_BMC_POLL_INTERVAL": "0.1", "BRONZE_BMC_SETTLE_TIMEOUT": "30",
-               "BRONZE_LOG_LEVEL": "warning"}
-        server = subprocess.Popen([str(Path(sys.executable).with_name("bronze")), "serve"], env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env = {
+            **os.environ,
+            "BRONZE_DATA_DIR": tmp,
+            "BRONZE_API_PORT": str(port),
+            "BRONZE_ADMIN_TOKEN": token,
+            "BRONZE_BMC_NETWORKS": "127.0.0.0/8",
+            "BRONZE_POWER_SYNC_ENABLED": "false",
+            "BRONZE_BMC_MAX_CONCURRENCY": str(args.concurrency),
+            "BRONZE_BMC_MIN_INTERVAL": "0",
+            "BRONZE_BMC_POLL_INTERVAL": "0.1",
+            "BRONZE_BMC_SETTLE_TIMEOUT": "30",
+            "BRONZE_LOG_LEVEL": "warning",
+        }
+        server = subprocess.Popen(
+            [str(Path(sys.executable).with_name("bronze")), "serve"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         base = f"http://127.0.0.1:{port}"
         try:
-            c = httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+            c = httpx.Client(
+                base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60
+            )
             deadline = time.monotonic() + 60
             while True:
                 try:
@@ -94,17 +118,31 @@ def main() -> None:
                     time.sleep(0.2)
             t0 = time.monotonic()
             for i, ep in enumerate(fleet.endpoints):
-                r = c.post("/api/v1/machines", json={
-                    "name": f"m{i:04d}", "nics": [{"mac": f"02:10:00:00:{i >> 8:02x}:{i & 255:02x}"}],
-                    "labels": {"bench": "power"},
-                    "bmc": {"driver": "ipmi", "address": f"{ep.address}:{ep.port}", "username": ep.username,
-                            "password": ep.password}})
+                r = c.post(
+                    "/api/v1/machines",
+                    json={
+                        "name": f"m{i:04d}",
+                        "nics": [{"mac": f"02:10:00:00:{i >> 8:02x}:{i & 255:02x}"}],
+                        "labels": {"bench": "power"},
+                        "bmc": {
+                            "driver": "ipmi",
+                            "address": f"{ep.address}:{ep.port}",
+                            "username": ep.username,
+                            "password": ep.password,
+                        },
+                    },
+                )
                 r.raise_for_status()
             print(f"registered {n} machines in {time.monotonic() - t0:.1f}s", file=sys.stderr)
 
             singles = []
             for i in range(10):
-                op = wait_op(c, c.post(f"/api/v1/machines/m{i * (n // 10):04d}/power", json={"action": "cycle"}).json())
+                op = wait_op(
+                    c,
+                    c.post(
+                        f"/api/v1/machines/m{i * (n // 10):04d}/power", json={"action": "cycle"}
+                    ).json(),
+                )
                 assert op["status"] == "succeeded", op
                 singles.append(span(op))
             slowest = max(singles)
@@ -112,39 +150,62 @@ def main() -> None:
 
             cpu_idle = proc_cpu(server.pid)
             idle = probe_latencies(base, token, n, 4.0)  # the same probe with no operation running
-            probe_ms = 1000 * (proc_cpu(server.pid) - cpu_idle) / max(len(idle), 1)  # server CPU per GET
-            rounds = [bulk_cycle(c, base, token, n, args.concurrency, server.pid, fleet.pids)
-                      for _ in range(args.rounds)]
+            probe_ms = (
+                1000 * (proc_cpu(server.pid) - cpu_idle) / max(len(idle), 1)
+            )  # server CPU per GET
+            rounds = [
+                bulk_cycle(c, base, token, n, args.concurrency, server.pid, fleet.pids)
+                for _ in range(args.rounds)
+            ]
         finally:
             server.terminate()
             server.wait(20)
 
         rusage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        seq = ipmitool_cycle_loop(fleet.endpoints, args.ipmitool_count) if args.ipmitool_count else None
+        seq = (
+            ipmitool_cycle_loop(fleet.endpoints, args.ipmitool_count)
+            if args.ipmitool_count
+            else None
+        )
         rusage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
         seq_scaled = seq["total_s"] / seq["count"] * n if seq else float("nan")
-        seq_cpu_ms = 1000 * (rusage1.ru_utime + rusage1.ru_stime - rusage0.ru_utime - rusage0.ru_stime) / max(
-            args.ipmitool_count, 1)
+        seq_cpu_ms = (
+            1000
+            * (rusage1.ru_utime + rusage1.ru_stime - rusage0.ru_utime - rusage0.ru_stime)
+            / max(args.ipmitool_count, 1)
+        )
 
-    print(f"\n{n} simulated IPMI BMCs (pyghmi, settle {args.settle}s), concurrency {args.concurrency}; "
-          f"load average before: {load_before}")
+    print(
+        f"\n{n} simulated IPMI BMCs (pyghmi, settle {args.settle}s), concurrency {args.concurrency}; "
+        f"load average before: {load_before}"
+    )
     print(f"{'what':<56}{'seconds':>9}{'ratio':>9}")
-    print(f"GET /machines/{{name}} with no operation running: p50 {pct(idle, 0.5):.1f} ms, "
-          f"p99 {pct(idle, 0.99):.1f} ms ({len(idle)} requests, {probe_ms:.1f} ms of server CPU each)")
+    print(
+        f"GET /machines/{{name}} with no operation running: p50 {pct(idle, 0.5):.1f} ms, "
+        f"p99 {pct(idle, 0.99):.1f} ms ({len(idle)} requests, {probe_ms:.1f} ms of server CPU each)"
+    )
     print(f"{'ideal: slowest single verified cycle x ceil(N/C)':<56}{ideal:>9.2f}")
-    print(f"{'  slowest / median single verified cycle':<56}{slowest:>9.2f}{sorted(singles)[5]:>9.2f}")
+    print(
+        f"{'  slowest / median single verified cycle':<56}{slowest:>9.2f}{sorted(singles)[5]:>9.2f}"
+    )
     seq_label = f"ipmitool sequential loop, {args.ipmitool_count} BMCs scaled to {n}"
     print(f"{seq_label:<56}{seq_scaled:>9.2f}")
     for k, r in enumerate(rounds):
         label = "bronze bulk cycle, verified, " + ("new sessions" if k == 0 else "sessions kept")
-        print(f"{label:<56}{r['span']:>9.2f}{r['span'] / ideal:>8.2f}x ideal, "
-              f"{seq_scaled / r['span']:.1f}x ipmitool")
-        print(f"  succeeded {r['ok']}/{n}; wall seen by the client {r['wall']:.2f} s; "
-              f"GET /machines/{{name}} p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms ({r['requests']} requests)")
+        print(
+            f"{label:<56}{r['span']:>9.2f}{r['span'] / ideal:>8.2f}x ideal, "
+            f"{seq_scaled / r['span']:.1f}x ipmitool"
+        )
+        print(
+            f"  succeeded {r['ok']}/{n}; wall seen by the client {r['wall']:.2f} s; "
+            f"GET /machines/{{name}} p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms ({r['requests']} requests)"
+        )
         own = r["cpu_server_ms"] - probe_ms * r["requests"] / n
-        print(f"  CPU per verified cycle: bronze {r['cpu_server_ms']:.2f} ms ({own:.2f} ms without serving the "
-              f"probe), simulators {r['cpu_sims_ms']:.2f} ms, whole machine {r['cpu_all_ms']:.2f} ms "
-              f"(2 cores: {r['busy']:.0%} busy)")
+        print(
+            f"  CPU per verified cycle: bronze {r['cpu_server_ms']:.2f} ms ({own:.2f} ms without serving the "
+            f"probe), simulators {r['cpu_sims_ms']:.2f} ms, whole machine {r['cpu_all_ms']:.2f} ms "
+            f"(2 cores: {r['busy']:.0%} busy)"
+        )
         for reason, count in sorted(r["reasons"].items(), key=lambda kv: -kv[1]):
             print(f"  failed x{count}: {reason}")
     if seq:
@@ -153,7 +214,9 @@ def main() -> None:
 
 def probe(base: str, token: str, n: int, latencies: list[float], stop: threading.Event) -> None:
     """GET /api/v1/machines/{name} of changing machines, 50 per second, until ``stop``."""
-    with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30) as pc:
+    with httpx.Client(
+        base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=30
+    ) as pc:
         i = 0
         while not stop.is_set():
             t = time.perf_counter()
@@ -194,8 +257,15 @@ def machine_cpu() -> tuple[float, float]:
     return (sum(values) - idle) / tick, sum(values) / tick
 
 
-def bulk_cycle(c: httpx.Client, base: str, token: str, n: int, concurrency: int, server_pid: int,
-               sim_pids: list[int]) -> dict[str, Any]:
+def bulk_cycle(
+    c: httpx.Client,
+    base: str,
+    token: str,
+    n: int,
+    concurrency: int,
+    server_pid: int,
+    sim_pids: list[int],
+) -> dict[str, Any]:
     """One verified bulk cycle of every machine while a probe times GET /machines/{name}."""
     latencies: list[float] = []
     stop = threading.Event()
@@ -203,8 +273,10 @@ def bulk_cycle(c: httpx.Client, base: str, token: str, n: int, concurrency: int,
     prober.start()
     cpu0 = proc_cpu(server_pid), sum(proc_cpu(p) for p in sim_pids), machine_cpu()
     t0 = time.monotonic()
-    op = c.post("/api/v1/power", json={"selector": "bench=power", "action": "cycle",
-                                       "max_parallel": concurrency}).json()
+    op = c.post(
+        "/api/v1/power",
+        json={"selector": "bench=power", "action": "cycle", "max_parallel": concurrency},
+    ).json()
     op = wait_op(c, op)
     wall = time.monotonic() - t0
     cpu1 = proc_cpu(server_pid), sum(proc_cpu(p) for p in sim_pids), machine_cpu()
@@ -218,12 +290,17 @@ def bulk_cycle(c: httpx.Client, base: str, token: str, n: int, concurrency: int,
             reasons[key] = reasons.get(key, 0) + 1
     busy = cpu1[2][0] - cpu0[2][0]
     return {
-        "span": span(op), "wall": wall, "reasons": reasons,
+        "span": span(op),
+        "wall": wall,
+        "reasons": reasons,
         "ok": sum(1 for i in op["items"] if i["status"] == "succeeded"),
-        "p50": pct(latencies, 0.5), "p99": pct(latencies, 0.99),
+        "p50": pct(latencies, 0.5),
+        "p99": pct(latencies, 0.99),
         "requests": len(latencies),
-        "cpu_server_ms": 1000 * (cpu1[0] - cpu0[0]) / n, "cpu_sims_ms": 1000 * (cpu1[1] - cpu0[1]) / n,
-        "cpu_all_ms": 1000 * busy / n, "busy": busy / max(cpu1[2][1] - cpu0[2][1], 1e-9),
+        "cpu_server_ms": 1000 * (cpu1[0] - cpu0[0]) / n,
+        "cpu_sims_ms": 1000 * (cpu1[1] - cpu0[1]) / n,
+        "cpu_all_ms": 1000 * busy / n,
+        "busy": busy / max(cpu1[2][1] - cpu0[2][1], 1e-9),
     }
 
 

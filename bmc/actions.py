@@ -172,8 +172,9 @@ def _close_quietly(drv: PowerDriver) -> None:
         pass
 
 
-def default_driver_factory(timeouts: DriverTimeouts | None = None,
-                           probe_timeout: float = 1.0) -> DriverFactory:
+def default_driver_factory(
+    timeouts: DriverTimeouts | None = None, probe_timeout: float = 1.0
+) -> DriverFactory:
     """Builds Redfish/IPMI drivers; ``auto`` endpoints are probed once per key."""
     resolved: dict[str, BmcEndpoint] = {}
     lock = threading.Lock()
@@ -203,8 +204,9 @@ def default_driver_factory(timeouts: DriverTimeouts | None = None,
 class _Operation:
     """One operation's bookkeeping: driver, attempts, deadline."""
 
-    def __init__(self, ctl: BmcController, endpoint: BmcEndpoint, slot: _Slot,
-                 deadline: float, name: str) -> None:
+    def __init__(
+        self, ctl: BmcController, endpoint: BmcEndpoint, slot: _Slot, deadline: float, name: str
+    ) -> None:
         self.ctl = ctl
         self.endpoint = endpoint
         self.slot = slot
@@ -263,8 +265,11 @@ class _Operation:
                     raise
                 # A session kept from an earlier operation may be dead (BMC restarted, session
                 # expired): authenticate again and repeat the call once, at once.
-                LOG.debug("bmc reused session failed bmc=%s error=%s; re-authenticating",
-                          self.endpoint.key, type(exc).__name__)
+                LOG.debug(
+                    "bmc reused session failed bmc=%s error=%s; re-authenticating",
+                    self.endpoint.key,
+                    type(exc).__name__,
+                )
                 self.drop_driver()
                 self.reauths += 1
                 return fn(self.driver())
@@ -273,8 +278,9 @@ class _Operation:
         except BmcError:
             raise
         except Exception as exc:
-            raise BmcProtocolError(bmc=self.endpoint.key,
-                                   detail=f"unexpected {type(exc).__name__}") from None
+            raise BmcProtocolError(
+                bmc=self.endpoint.key, detail=f"unexpected {type(exc).__name__}"
+            ) from None
         finally:
             self.slot.last_call = self.clock.monotonic()
 
@@ -291,21 +297,30 @@ class _Operation:
             except BmcTransientError as exc:
                 failures += 1
                 self.drop_driver()
-                LOG.debug("bmc transient bmc=%s op=%s attempt=%d error=%s",
-                          self.endpoint.key, self.name, self.attempts, exc)
+                LOG.debug(
+                    "bmc transient bmc=%s op=%s attempt=%d error=%s",
+                    self.endpoint.key,
+                    self.name,
+                    self.attempts,
+                    exc,
+                )
                 if failures >= policy.max_attempts:
                     raise
                 delay = policy.backoff(failures, self.ctl.rng)
                 now = self.clock.monotonic()
                 if now + delay >= self.deadline:
                     raise BmcDeadlineExceeded(
-                        bmc=self.endpoint.key, operation=self.name, attempts=self.attempts,
-                        seconds=now - self.start, last=str(exc),
+                        bmc=self.endpoint.key,
+                        operation=self.name,
+                        attempts=self.attempts,
+                        seconds=now - self.start,
+                        last=str(exc),
                     ) from None
                 self.clock.sleep(delay)
 
-    def wait_for(self, read: Callable[[PowerDriver], T], done: Callable[[T], bool],
-                 settle: float) -> tuple[T | None, bool]:
+    def wait_for(
+        self, read: Callable[[PowerDriver], T], done: Callable[[T], bool], settle: float
+    ) -> tuple[T | None, bool]:
         """Poll ``read`` until ``done`` or the settle time (within the deadline) passes."""
         policy = self.ctl.policy
         until = min(self.clock.monotonic() + settle, self.deadline)
@@ -333,9 +348,14 @@ class _Operation:
 class BmcController:
     """Runs power operations on BMCs with the policy above. Thread-safe."""
 
-    def __init__(self, factory: DriverFactory | None = None, policy: PowerPolicy | None = None,
-                 clock: Clock | None = None, rng: Callable[[], float] | None = None,
-                 netpolicy: NetPolicy | None = None) -> None:
+    def __init__(
+        self,
+        factory: DriverFactory | None = None,
+        policy: PowerPolicy | None = None,
+        clock: Clock | None = None,
+        rng: Callable[[], float] | None = None,
+        netpolicy: NetPolicy | None = None,
+    ) -> None:
         self.policy = policy or PowerPolicy()
         self.factory = factory or default_driver_factory()
         self.clock: Clock = clock or SystemClock()
@@ -359,8 +379,9 @@ class BmcController:
         with self._slots_lock:
             if self._reaper is not None or self._stop.is_set():
                 return
-            self._reaper = threading.Thread(target=self._reap_forever, name="bmc-session-reaper",
-                                            daemon=True)
+            self._reaper = threading.Thread(
+                target=self._reap_forever, name="bmc-session-reaper", daemon=True
+            )
             self._reaper.start()
 
     def _reap_forever(self) -> None:
@@ -389,8 +410,9 @@ class BmcController:
         if len(expired) > 1:
             # A polite close is one round trip (IPMI Close Session) that waits up to 1 s for a
             # BMC that went away: close many at once, not one after the other.
-            with concurrent.futures.ThreadPoolExecutor(min(len(expired), 64),
-                                                       thread_name_prefix="bmc-close") as pool:
+            with concurrent.futures.ThreadPoolExecutor(
+                min(len(expired), 64), thread_name_prefix="bmc-close"
+            ) as pool:
                 list(pool.map(_close_quietly, expired))
         elif expired:
             _close_quietly(expired[0])
@@ -416,8 +438,13 @@ class BmcController:
             slot.idle_since = self.clock.monotonic()
         return True
 
-    def _run(self, endpoint: BmcEndpoint, name: str, budget: float,
-             body: Callable[[_Operation], BmcResult]) -> BmcResult:
+    def _run(
+        self,
+        endpoint: BmcEndpoint,
+        name: str,
+        budget: float,
+        body: Callable[[_Operation], BmcResult],
+    ) -> BmcResult:
         start = self.clock.monotonic()
         slot = self._slot(endpoint.key)
         with slot.lock, self._global:
@@ -427,23 +454,41 @@ class BmcController:
                     check_address(endpoint.address, self.netpolicy)
                 result = body(op)
             except BmcError as exc:
-                result = BmcResult(endpoint.key, name, PowerState.unknown, op.attempts,
-                                   0.0, polls=op.polls, error=exc)
+                result = BmcResult(
+                    endpoint.key,
+                    name,
+                    PowerState.unknown,
+                    op.attempts,
+                    0.0,
+                    polls=op.polls,
+                    error=exc,
+                )
             finally:
                 op.close()
         elapsed = self.clock.monotonic() - start
         result = _with_elapsed(result, elapsed)
         level = logging.INFO if result.ok else logging.WARNING
-        LOG.log(level, "bmc op=%s bmc=%s driver=%s state=%s changed=%s attempts=%d polls=%d "
-                "elapsed=%.2f error=%s", name, endpoint.key, endpoint.driver.value,
-                result.state.value, result.changed, result.attempts, result.polls, elapsed,
-                result.error)
+        LOG.log(
+            level,
+            "bmc op=%s bmc=%s driver=%s state=%s changed=%s attempts=%d polls=%d "
+            "elapsed=%.2f error=%s",
+            name,
+            endpoint.key,
+            endpoint.driver.value,
+            result.state.value,
+            result.changed,
+            result.attempts,
+            result.polls,
+            elapsed,
+            result.error,
+        )
         return result
 
     # -- sync API -----------------------------------------------------------------------
 
-    def get_power_state_sync(self, endpoint: BmcEndpoint, *,
-                             deadline: float | None = None) -> BmcResult:
+    def get_power_state_sync(
+        self, endpoint: BmcEndpoint, *, deadline: float | None = None
+    ) -> BmcResult:
         """Read the power state; ``unknown`` (with ``error``) if the BMC cannot say."""
 
         def body(op: _Operation) -> BmcResult:
@@ -452,9 +497,14 @@ class BmcController:
 
         return self._run(endpoint, "get-power-state", deadline or self.policy.read_deadline, body)
 
-    def power_sync(self, endpoint: BmcEndpoint, action: PowerAction, *,
-                   deadline: float | None = None,
-                   settle_timeout: float | None = None) -> BmcResult:
+    def power_sync(
+        self,
+        endpoint: BmcEndpoint,
+        action: PowerAction,
+        *,
+        deadline: float | None = None,
+        settle_timeout: float | None = None,
+    ) -> BmcResult:
         """Carry out ``action`` and wait until the power state reads back as its target."""
         action = PowerAction(action)
         target = action.target
@@ -462,8 +512,10 @@ class BmcController:
 
         def body(op: _Operation) -> BmcResult:
             before = op.call(lambda d: d.get_power_state())
-            if action in (PowerAction.on, PowerAction.off, PowerAction.soft_off) \
-                    and before == target:
+            if (
+                action in (PowerAction.on, PowerAction.off, PowerAction.soft_off)
+                and before == target
+            ):
                 return BmcResult(endpoint.key, op.name, before, op.attempts, 0.0)
             command = _command_for(action, before)
             try:
@@ -478,52 +530,103 @@ class BmcController:
                     raise exc from None
                 if now != target:
                     raise
-                LOG.debug("bmc already in target bmc=%s action=%s error=%s",
-                          endpoint.key, action.value, exc)
+                LOG.debug(
+                    "bmc already in target bmc=%s action=%s error=%s",
+                    endpoint.key,
+                    action.value,
+                    exc,
+                )
                 return BmcResult(endpoint.key, op.name, now, op.attempts, 0.0)
-            state, settled = op.wait_for(lambda d: d.get_power_state(),
-                                         lambda s: s == target, settle)
+            state, settled = op.wait_for(
+                lambda d: d.get_power_state(), lambda s: s == target, settle
+            )
             final = state if state is not None else PowerState.unknown
-            error = None if settled else BmcVerifyTimeout(
-                bmc=endpoint.key, action=action.value, expected=target.value,
-                seconds=settle, observed=final.value)
-            return BmcResult(endpoint.key, op.name, final, op.attempts, 0.0, changed=True,
-                             polls=op.polls, error=error)
+            error = (
+                None
+                if settled
+                else BmcVerifyTimeout(
+                    bmc=endpoint.key,
+                    action=action.value,
+                    expected=target.value,
+                    seconds=settle,
+                    observed=final.value,
+                )
+            )
+            return BmcResult(
+                endpoint.key,
+                op.name,
+                final,
+                op.attempts,
+                0.0,
+                changed=True,
+                polls=op.polls,
+                error=error,
+            )
 
-        return self._run(endpoint, f"power-{action.value}", deadline or self.policy.deadline,
-                         body)
+        return self._run(endpoint, f"power-{action.value}", deadline or self.policy.deadline, body)
 
-    def set_boot_device_sync(self, endpoint: BmcEndpoint, device: BootDevice, *,
-                             persistent: bool = False, uefi: bool = True,
-                             deadline: float | None = None) -> BmcResult:
+    def set_boot_device_sync(
+        self,
+        endpoint: BmcEndpoint,
+        device: BootDevice,
+        *,
+        persistent: bool = False,
+        uefi: bool = True,
+        deadline: float | None = None,
+    ) -> BmcResult:
         """Set the boot override and read it back (the device must match)."""
         device = BootDevice(device)
 
         def body(op: _Operation) -> BmcResult:
             op.call(lambda d: d.set_boot_device(device, persistent, uefi))
-            boot, settled = op.wait_for(lambda d: d.get_boot_device(),
-                                        lambda b: b is not None and b.device == device,
-                                        min(self.policy.settle_timeout, 10.0))
-            error = None if settled else BmcVerifyTimeout(
-                bmc=endpoint.key, action=f"boot {device.value}", expected=device.value,
-                seconds=min(self.policy.settle_timeout, 10.0),
-                observed=str(boot.device if boot else None))
-            if boot is not None and (boot.persistent not in (None, persistent)
-                                     or boot.uefi not in (None, uefi)):
-                LOG.debug("bmc boot flags differ on read-back bmc=%s wanted=%s/%s read=%s/%s",
-                          endpoint.key, persistent, uefi, boot.persistent, boot.uefi)
-            return BmcResult(endpoint.key, op.name, PowerState.unknown, op.attempts, 0.0,
-                             changed=True, polls=op.polls, boot=boot, error=error)
+            boot, settled = op.wait_for(
+                lambda d: d.get_boot_device(),
+                lambda b: b is not None and b.device == device,
+                min(self.policy.settle_timeout, 10.0),
+            )
+            error = (
+                None
+                if settled
+                else BmcVerifyTimeout(
+                    bmc=endpoint.key,
+                    action=f"boot {device.value}",
+                    expected=device.value,
+                    seconds=min(self.policy.settle_timeout, 10.0),
+                    observed=str(boot.device if boot else None),
+                )
+            )
+            if boot is not None and (
+                boot.persistent not in (None, persistent) or boot.uefi not in (None, uefi)
+            ):
+                LOG.debug(
+                    "bmc boot flags differ on read-back bmc=%s wanted=%s/%s read=%s/%s",
+                    endpoint.key,
+                    persistent,
+                    uefi,
+                    boot.persistent,
+                    boot.uefi,
+                )
+            return BmcResult(
+                endpoint.key,
+                op.name,
+                PowerState.unknown,
+                op.attempts,
+                0.0,
+                changed=True,
+                polls=op.polls,
+                boot=boot,
+                error=error,
+            )
 
-        return self._run(endpoint, f"boot-{device.value}", deadline or self.policy.deadline,
-                         body)
+        return self._run(endpoint, f"boot-{device.value}", deadline or self.policy.deadline, body)
 
     # -- async API ----------------------------------------------------------------------
 
     def _executor_(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=self.policy.max_concurrency, thread_name_prefix="bmc")
+                max_workers=self.policy.max_concurrency, thread_name_prefix="bmc"
+            )
         return self._executor
 
     def _async_lock(self, key: str) -> asyncio.Lock:
@@ -534,32 +637,59 @@ class BmcController:
             self._async_locks[key] = entry
         return entry[1]
 
-    async def _in_thread(self, key: str, fn: Callable[..., BmcResult], *args: Any,
-                         **kwargs: Any) -> BmcResult:
+    async def _in_thread(
+        self, key: str, fn: Callable[..., BmcResult], *args: Any, **kwargs: Any
+    ) -> BmcResult:
         # The asyncio lock queues same-BMC callers on the loop, not in pool threads,
         # so one busy BMC cannot occupy the whole pool.
         async with self._async_lock(key):
             loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._executor_(),
-                                              functools.partial(fn, *args, **kwargs))
+            return await loop.run_in_executor(
+                self._executor_(), functools.partial(fn, *args, **kwargs)
+            )
 
-    async def get_power_state(self, endpoint: BmcEndpoint, *,
-                              deadline: float | None = None) -> BmcResult:
-        return await self._in_thread(endpoint.key, self.get_power_state_sync, endpoint,
-                                     deadline=deadline)
+    async def get_power_state(
+        self, endpoint: BmcEndpoint, *, deadline: float | None = None
+    ) -> BmcResult:
+        return await self._in_thread(
+            endpoint.key, self.get_power_state_sync, endpoint, deadline=deadline
+        )
 
-    async def power(self, endpoint: BmcEndpoint, action: PowerAction, *,
-                    deadline: float | None = None,
-                    settle_timeout: float | None = None) -> BmcResult:
-        return await self._in_thread(endpoint.key, self.power_sync, endpoint, action,
-                                     deadline=deadline, settle_timeout=settle_timeout)
+    async def power(
+        self,
+        endpoint: BmcEndpoint,
+        action: PowerAction,
+        *,
+        deadline: float | None = None,
+        settle_timeout: float | None = None,
+    ) -> BmcResult:
+        return await self._in_thread(
+            endpoint.key,
+            self.power_sync,
+            endpoint,
+            action,
+            deadline=deadline,
+            settle_timeout=settle_timeout,
+        )
 
-    async def set_boot_device(self, endpoint: BmcEndpoint, device: BootDevice, *,
-                              persistent: bool = False, uefi: bool = True,
-                              deadline: float | None = None) -> BmcResult:
-        return await self._in_thread(endpoint.key, self.set_boot_device_sync, endpoint,
-                                     device, persistent=persistent, uefi=uefi,
-                                     deadline=deadline)
+    async def set_boot_device(
+        self,
+        endpoint: BmcEndpoint,
+        device: BootDevice,
+        *,
+        persistent: bool = False,
+        uefi: bool = True,
+        deadline: float | None = None,
+    ) -> BmcResult:
+        return await self._in_thread(
+            endpoint.key,
+            self.set_boot_device_sync,
+            endpoint,
+            device,
+            persistent=persistent,
+            uefi=uefi,
+            deadline=deadline,
+        )
 
     def close(self) -> None:
         """Stop the thread pool (waits for running operations), then close every session."""

@@ -115,8 +115,9 @@ class BmcVerifyTimeout(BmcTransientError):
 
 
 class BmcDeadlineExceeded(BmcTransientError):
-    template = ("{operation} on BMC {bmc} gave up after {attempts} attempt(s) in "
-                "{seconds:.1f}s: {last}")
+    template = (
+        "{operation} on BMC {bmc} gave up after {attempts} attempt(s) in {seconds:.1f}s: {last}"
+    )
     http_status = 504
 
 

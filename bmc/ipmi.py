@@ -69,17 +69,25 @@ FROM_IPMI_BOOT: dict[IpmiBootDevice, BootDevice] = {v: k for k, v in BOOT_DEVICE
 BUSY_CODES = frozenset({0xC0, 0xC3, 0xCE, 0xFF})
 UNSUPPORTED_CODES = frozenset({0xC1, 0xC2, 0xC9, 0xCC, 0xD5, 0xD6})
 AUTH_CODES = frozenset({0xD4})
-AUTH_STATUS = frozenset({
-    ipmi_const.MSC_INVALID_ROLE, ipmi_const.MSC_UNAUTHORIZED_ROLE,
-    ipmi_const.MSC_UNAUTHORIZED_NAME, ipmi_const.MSC_INVALID_NAME_LENGTH,
-    ipmi_const.MSC_INVALID_INTEGRITY_CHECK_VALUE,
-})
-SUITE_STATUS = frozenset({
-    ipmi_const.MSC_INVALID_AUTHENTICATION_ALGORITHM, ipmi_const.MSC_INVALID_INTEGRITY_ALGORITHM,
-    ipmi_const.MSC_NO_MATCHING_AUTHENTICATION_PAYLOAD,
-    ipmi_const.MSC_NO_MATCHING_INTEGRITY_PAYLOAD,
-    ipmi_const.MSC_INVALID_CONFIDENTIALITY_ALGORITHM, ipmi_const.MSC_NO_CIPHER_SUITE_MATCH,
-})
+AUTH_STATUS = frozenset(
+    {
+        ipmi_const.MSC_INVALID_ROLE,
+        ipmi_const.MSC_UNAUTHORIZED_ROLE,
+        ipmi_const.MSC_UNAUTHORIZED_NAME,
+        ipmi_const.MSC_INVALID_NAME_LENGTH,
+        ipmi_const.MSC_INVALID_INTEGRITY_CHECK_VALUE,
+    }
+)
+SUITE_STATUS = frozenset(
+    {
+        ipmi_const.MSC_INVALID_AUTHENTICATION_ALGORITHM,
+        ipmi_const.MSC_INVALID_INTEGRITY_ALGORITHM,
+        ipmi_const.MSC_NO_MATCHING_AUTHENTICATION_PAYLOAD,
+        ipmi_const.MSC_NO_MATCHING_INTEGRITY_PAYLOAD,
+        ipmi_const.MSC_INVALID_CONFIDENTIALITY_ALGORITHM,
+        ipmi_const.MSC_NO_CIPHER_SUITE_MATCH,
+    }
+)
 
 # Which suite worked last time per BMC, so a fallback costs one extra round trip once.
 _suite_cache: dict[str, int] = {}
@@ -128,7 +136,8 @@ class IpmiDriver:
         # NOTE: python-ipmi's Session.__str__ prints the password, and its rmcp interface
         # logs "Close Session %s" % session at DEBUG. Hand it bytes that print as ***.
         conn.session.set_auth_type_user(
-            ep.username, _MaskedBytes(ep.password.get_secret_value().encode()))
+            ep.username, _MaskedBytes(ep.password.get_secret_value().encode())
+        )
         conn.session.set_priv_level("administrator")
         conn.target = pyipmi.Target(ipmb_address=0x20)
         iface.open()
@@ -151,8 +160,9 @@ class IpmiDriver:
         key = self.endpoint.key
         if ":" in self.endpoint.address:
             # python-ipmi's rmcp interface opens an AF_INET socket only.
-            raise BmcUnsupportedError(bmc=key, operation="IPMI over IPv6",
-                                      detail="python-ipmi speaks RMCP over IPv4 only")
+            raise BmcUnsupportedError(
+                bmc=key, operation="IPMI over IPv6", detail="python-ipmi speaks RMCP over IPv4 only"
+            )
         with _suite_lock:
             cached = _suite_cache.get(key)
         suites = (cached,) if cached else PREFERRED_CIPHER_SUITES
@@ -180,15 +190,18 @@ class IpmiDriver:
         with _suite_lock:
             _suite_cache.pop(key, None)
         raise BmcUnsupportedError(
-            bmc=key, operation="RMCP+ session",
+            bmc=key,
+            operation="RMCP+ session",
             detail=f"no cipher suite of {PREFERRED_CIPHER_SUITES} accepted ({last})",
         )
 
     def _translate(self, exc: BaseException, operation: str) -> BmcError:
         ep = self.endpoint
         detail = scrub(f"{type(exc).__name__}: {exc}", ep.password.get_secret_value())
-        if isinstance(exc, (TimeoutError, socket.timeout, ipmi_errors.RetryError,
-                            ipmi_errors.IpmiTimeoutError)):
+        if isinstance(
+            exc,
+            (TimeoutError, socket.timeout, ipmi_errors.RetryError, ipmi_errors.IpmiTimeoutError),
+        ):
             return BmcTimeoutError(bmc=ep.key, seconds=self.timeouts.connect, detail=detail)
         if isinstance(exc, ipmi_errors.AuthenticationError):
             return BmcAuthError(bmc=ep.key, user=ep.username, detail=detail)
@@ -259,15 +272,23 @@ class IpmiDriver:
         self._call("reset", lambda c: c.chassis_control_hard_reset())
 
     def set_boot_device(self, device: BootDevice, persistent: bool, uefi: bool) -> None:
-        self._call("set boot device", lambda c: c.set_boot_options(
-            BOOT_DEVICES[device], "efi" if uefi else "legacy", persistent))
+        self._call(
+            "set boot device",
+            lambda c: c.set_boot_options(
+                BOOT_DEVICES[device], "efi" if uefi else "legacy", persistent
+            ),
+        )
 
     def get_boot_device(self) -> BootSetting:
         def run(conn: Any) -> BootSetting:
             data = conn.get_system_boot_options(5)  # boot flags
             raw_device = (data[1] >> 2) & 0x0F
-            ipmi_device = {1: IpmiBootDevice.PXE, 2: IpmiBootDevice.DEFAULT_HDD,
-                           5: IpmiBootDevice.CD, 6: IpmiBootDevice.BIOS}.get(raw_device)
+            ipmi_device = {
+                1: IpmiBootDevice.PXE,
+                2: IpmiBootDevice.DEFAULT_HDD,
+                5: IpmiBootDevice.CD,
+                6: IpmiBootDevice.BIOS,
+            }.get(raw_device)
             return BootSetting(
                 device=FROM_IPMI_BOOT.get(ipmi_device) if ipmi_device else None,
                 persistent=bool(data[0] & 0x40),

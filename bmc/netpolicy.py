@@ -27,13 +27,16 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 Resolver = Callable[[str], Sequence[str]]
 
-DEFAULT_NETWORKS: tuple[str, ...] = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
-                                     "fd00::/8")
+DEFAULT_NETWORKS: tuple[str, ...] = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8")
 ALWAYS_REFUSED: tuple[str, ...] = (
-    "127.0.0.0/8", "::1/128",             # loopback
-    "169.254.0.0/16", "fe80::/10",        # link-local, incl. 169.254.169.254 metadata
-    "0.0.0.0/8", "::/128",                # unspecified
-    "224.0.0.0/4", "ff00::/8",            # multicast
+    "127.0.0.0/8",
+    "::1/128",  # loopback
+    "169.254.0.0/16",
+    "fe80::/10",  # link-local, incl. 169.254.169.254 metadata
+    "0.0.0.0/8",
+    "::/128",  # unspecified
+    "224.0.0.0/4",
+    "ff00::/8",  # multicast
     "255.255.255.255/32",
 )
 _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-.")
@@ -59,7 +62,8 @@ class NetPolicy:
         nets = tuple(ipaddress.ip_network(n, strict=False) for n in self.networks)
         allow = tuple(ipaddress.ip_network(n, strict=False) for n in self.allow)
         refused = tuple(ipaddress.ip_network(n) for n in ALWAYS_REFUSED) + tuple(
-            ipaddress.ip_network(n, strict=False) for n in self.own)
+            ipaddress.ip_network(n, strict=False) for n in self.own
+        )
         object.__setattr__(self, "_nets", nets)
         object.__setattr__(self, "_allow", allow)
         object.__setattr__(self, "_refused", refused)
@@ -83,9 +87,15 @@ def split_host_port(text: str) -> tuple[str, int | None]:
     raw = text
     if not text or text != text.strip() or any(c.isspace() for c in text):
         raise BmcAddressRefused(address=raw, reason="empty or contains whitespace")
-    for bad, what in (("://", "a scheme"), ("/", "a path"), ("@", "userinfo"),
-                      ("?", "a query"), ("#", "a fragment"), ("\\", "a backslash"),
-                      ("%", "a zone or escape")):
+    for bad, what in (
+        ("://", "a scheme"),
+        ("/", "a path"),
+        ("@", "userinfo"),
+        ("?", "a query"),
+        ("#", "a fragment"),
+        ("\\", "a backslash"),
+        ("%", "a zone or escape"),
+    ):
         if bad in text:
             raise BmcAddressRefused(address=raw, reason=f"contains {what}")
     port: int | None = None
@@ -93,7 +103,7 @@ def split_host_port(text: str) -> tuple[str, int | None]:
         end = text.find("]")
         if end < 0:
             raise BmcAddressRefused(address=raw, reason="unclosed '['")
-        host, rest = text[1:end], text[end + 1:]
+        host, rest = text[1:end], text[end + 1 :]
         if rest:
             if not rest.startswith(":"):
                 raise BmcAddressRefused(address=raw, reason="junk after ']'")
@@ -117,9 +127,12 @@ def split_host_port(text: str) -> tuple[str, int | None]:
     if not _is_ip(host):
         lowered = host.lower()
         labels = lowered.rstrip(".").split(".")
-        if (not set(lowered) <= _HOST_CHARS or any(not lb or len(lb) > 63 for lb in labels)
-                or any(lb.startswith("-") or lb.endswith("-") for lb in labels)
-                or len(lowered) > 253):
+        if (
+            not set(lowered) <= _HOST_CHARS
+            or any(not lb or len(lb) > 63 for lb in labels)
+            or any(lb.startswith("-") or lb.endswith("-") for lb in labels)
+            or len(lowered) > 253
+        ):
             raise BmcAddressRefused(address=raw, reason="not a valid host name")
         if labels[-1].isdigit():
             raise BmcAddressRefused(address=raw, reason="not a valid IPv4 address")
@@ -164,8 +177,9 @@ def check_ip(ip_text: str, policy: NetPolicy) -> str | None:
     return None
 
 
-def check_address(text: str, policy: NetPolicy | None = None,
-                  resolver: Resolver = system_resolver) -> CheckedAddress:
+def check_address(
+    text: str, policy: NetPolicy | None = None, resolver: Resolver = system_resolver
+) -> CheckedAddress:
     """Validate a BMC address; raise :class:`BmcAddressRefused` with the reason."""
     policy = policy or NetPolicy()
     host, port = split_host_port(text)

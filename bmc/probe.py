@@ -56,8 +56,12 @@ def _redfish(address: str, port: int | None, timeout: float) -> ProbeResult | No
         url = f"{scheme}://{host}:{p}/redfish/v1/"
         try:
             # verify=False: nothing secret is sent; trust_env=False: no proxies from env.
-            with httpx.Client(verify=False, trust_env=False, timeout=timeout,  # noqa: S501
-                              follow_redirects=False) as client:
+            with httpx.Client(
+                verify=False,
+                trust_env=False,
+                timeout=timeout,  # noqa: S501
+                follow_redirects=False,
+            ) as client:
                 resp = client.get(url, headers={"Accept": "application/json"})
         except httpx.HTTPError:
             continue

@@ -147,13 +147,30 @@ class _OneShotConnector(sushy_connector.Connector):
         self._session: requests.Session = GuardedSession()
         self._session.headers["Connection"] = "close"
 
-    def _op(self, method: str, path: str = "", data: Any = None, headers: Any = None,
-            blocking: bool = False, timeout: Any = None, server_side_retries_left: Any = None,
-            allow_reauth: bool = True, **kwargs: Any) -> Any:
+    def _op(
+        self,
+        method: str,
+        path: str = "",
+        data: Any = None,
+        headers: Any = None,
+        blocking: bool = False,
+        timeout: Any = None,
+        server_side_retries_left: Any = None,
+        allow_reauth: bool = True,
+        **kwargs: Any,
+    ) -> Any:
         # No 5xx replays inside sushy: the policy layer decides about retries.
-        return super()._op(method, path, data=data, headers=headers, blocking=blocking,
-                           timeout=timeout, server_side_retries_left=0,
-                           allow_reauth=allow_reauth, **kwargs)
+        return super()._op(
+            method,
+            path,
+            data=data,
+            headers=headers,
+            blocking=blocking,
+            timeout=timeout,
+            server_side_retries_left=0,
+            allow_reauth=allow_reauth,
+            **kwargs,
+        )
 
 
 class RedfishDriver:
@@ -201,8 +218,11 @@ class RedfishDriver:
             if isinstance(cause, req_exc.SSLError):
                 return BmcTlsError(bmc=ep.key, detail=detail)
             if isinstance(cause, req_exc.Timeout):
-                seconds = self.timeouts.read if isinstance(cause, req_exc.ReadTimeout) \
+                seconds = (
+                    self.timeouts.read
+                    if isinstance(cause, req_exc.ReadTimeout)
                     else self.timeouts.connect
+                )
                 return BmcTimeoutError(bmc=ep.key, seconds=seconds, detail=detail)
             return BmcConnectionError(bmc=ep.key, detail=detail)
         status = getattr(exc, "status_code", None)
@@ -234,8 +254,9 @@ class RedfishDriver:
             ep = self.endpoint
             conn = _OneShotConnector(self.base_url, self._verify(), self.timeouts)
             auth_key = f"{ep.username}@{ep.key}"
-            auth_cls = (sushy_auth.BasicAuth if auth_key in _basic_only
-                        else sushy_auth.SessionOrBasicAuth)
+            auth_cls = (
+                sushy_auth.BasicAuth if auth_key in _basic_only else sushy_auth.SessionOrBasicAuth
+            )
             auth = auth_cls(username=ep.username, password=ep.password.get_secret_value())
             self._root = sushy.Sushy(self.base_url, auth=auth, connector=conn)
             if auth_cls is sushy_auth.SessionOrBasicAuth and not auth.can_refresh_session():
@@ -258,7 +279,8 @@ class RedfishDriver:
                     system.reset_system(value)
                     return
             raise BmcUnsupportedError(
-                bmc=self.endpoint.key, operation=operation,
+                bmc=self.endpoint.key,
+                operation=operation,
                 detail=f"allowed ResetType values: {sorted(str(v) for v in allowed)}",
             )
 
@@ -285,17 +307,22 @@ class RedfishDriver:
             self._reset("power off", (res_cons.ResetType.FORCE_OFF,))
 
     def power_cycle(self) -> None:
-        self._reset("power cycle",
-                    (res_cons.ResetType.POWER_CYCLE, res_cons.ResetType.FORCE_RESTART))
+        self._reset(
+            "power cycle", (res_cons.ResetType.POWER_CYCLE, res_cons.ResetType.FORCE_RESTART)
+        )
 
     def reset(self) -> None:
         self._reset("reset", (res_cons.ResetType.FORCE_RESTART,))
 
     def set_boot_device(self, device: BootDevice, persistent: bool, uefi: bool) -> None:
-        enabled = (sys_cons.BootSourceOverrideEnabled.CONTINUOUS if persistent
-                   else sys_cons.BootSourceOverrideEnabled.ONCE)
-        mode = (sys_cons.BootSourceOverrideMode.UEFI if uefi
-                else sys_cons.BootSourceOverrideMode.LEGACY)
+        enabled = (
+            sys_cons.BootSourceOverrideEnabled.CONTINUOUS
+            if persistent
+            else sys_cons.BootSourceOverrideEnabled.ONCE
+        )
+        mode = (
+            sys_cons.BootSourceOverrideMode.UEFI if uefi else sys_cons.BootSourceOverrideMode.LEGACY
+        )
 
         def run() -> None:
             system = self._get_system()
@@ -312,7 +339,8 @@ class RedfishDriver:
             mode = getattr(boot, "mode", None)
             return BootSetting(
                 device=BOOT_DEVICES.get(getattr(boot, "target", None)),
-                persistent=None if enabled is None
+                persistent=None
+                if enabled is None
                 else enabled == sys_cons.BootSourceOverrideEnabled.CONTINUOUS,
                 uefi=None if mode is None else mode == sys_cons.BootSourceOverrideMode.UEFI,
             )
@@ -330,8 +358,11 @@ class RedfishDriver:
                     root._auth = None
                 root._conn.close()
             except Exception as exc:  # closing must never raise
-                LOG.debug("redfish close bmc=%s error=%s", self.endpoint.key,
-                          scrub(exc, self.endpoint.password.get_secret_value()))
+                LOG.debug(
+                    "redfish close bmc=%s error=%s",
+                    self.endpoint.key,
+                    scrub(exc, self.endpoint.password.get_secret_value()),
+                )
         if self._ca_path is not None:
             try:
                 os.unlink(self._ca_path)

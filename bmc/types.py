@@ -174,8 +174,11 @@ class BmcEndpoint:
         """``address:port``: the identity used for per-BMC serialization and logs."""
         port = self.port
         if port is None:
-            port = 80 if (self.driver == DriverKind.redfish and self.scheme == "http") \
+            port = (
+                80
+                if (self.driver == DriverKind.redfish and self.scheme == "http")
                 else DEFAULT_PORTS.get(self.driver, 0)
+            )
         host = f"[{self.address}]" if ":" in self.address else self.address
         return f"{host}:{port}"
 

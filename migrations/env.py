@@ -1,12 +1,12 @@
-"""Alembic environment: the target metadata is ``server.models.Base.metadata``; the URL comes
-from the Config (``sqlalchemy.url``) set by ``server.migrate``."""
+"""Alembic environment: the target metadata is ``server.inventory.models.Base.metadata``; the URL comes
+from the Config (``sqlalchemy.url``) set by ``server.inventory.migrate``."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from server.models import Base
+from server.inventory.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -20,21 +20,22 @@ from sqlalchemy.exc import IntegrityError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pxe import PxeService, PxeSettings
-from server import inventory, migrate
-from server.agentapi import BootstrapTokens, start_agent_api
-from server.agentstore import DbAgentStore
+from server.agents import BootstrapTokens, start_agent_api
+from server.agents.dbstore import DbAgentStore
 from server.api import agents, boot, events, machines, power, profiles, tokens
+from server.api.auth import create_token, hash_token
 from server.api.deps import Context
-from server.auth import create_token, hash_token
 from server.boot.assets import AssetStore
 from server.boot.service import BootPlane
 from server.boot.timeline import Retention, TimelineWriter
-from server.db import Database
 from server.errors import ApiError
-from server.models import ApiToken
-from server.power import PowerService
-from server.readcache import ReadCache
-from server.secretbox import SecretBox
+from server.inventory import machines as inventory
+from server.inventory import migrate
+from server.inventory.db import Database
+from server.inventory.models import ApiToken
+from server.inventory.readcache import ReadCache
+from server.inventory.secretbox import SecretBox
+from server.power.service import PowerService
 from server.settings import ServerSettings
 from server.types import Role
 
@@ -63,29 +64,50 @@ def ensure_admin_token(settings: ServerSettings, db: Database) -> Path | None:
         with db.write() as s:
             row = s.scalar(select(ApiToken).where(ApiToken.name == BOOTSTRAP_TOKEN_NAME))
             if seeded is not None:
-                if row is not None and row.token_hash == hash_token(seeded) and row.revoked_at is None:
+                if (
+                    row is not None
+                    and row.token_hash == hash_token(seeded)
+                    and row.revoked_at is None
+                ):
                     return None
                 if row is not None:
                     s.delete(row)
                     s.flush()
-                create_token(s, name=BOOTSTRAP_TOKEN_NAME, role=Role.ADMIN, created_by="env:BRONZE_ADMIN_TOKEN",
-                             token=seeded)
-                inventory.record(s, actor="system", kind="token.created",
-                                 message="admin token seeded from BRONZE_ADMIN_TOKEN",
-                                 data={"name": BOOTSTRAP_TOKEN_NAME, "role": "admin"})
+                create_token(
+                    s,
+                    name=BOOTSTRAP_TOKEN_NAME,
+                    role=Role.ADMIN,
+                    created_by="env:BRONZE_ADMIN_TOKEN",
+                    token=seeded,
+                )
+                inventory.record(
+                    s,
+                    actor="system",
+                    kind="token.created",
+                    message="admin token seeded from BRONZE_ADMIN_TOKEN",
+                    data={"name": BOOTSTRAP_TOKEN_NAME, "role": "admin"},
+                )
                 return None
             active_admin = s.scalar(
-                select(ApiToken.id).where(ApiToken.role == Role.ADMIN.value, ApiToken.revoked_at.is_(None))
+                select(ApiToken.id).where(
+                    ApiToken.role == Role.ADMIN.value, ApiToken.revoked_at.is_(None)
+                )
             )
             if active_admin is not None:
                 return None
             if row is not None:  # revoked bootstrap token: free the name
                 s.delete(row)
                 s.flush()
-            _, plaintext = create_token(s, name=BOOTSTRAP_TOKEN_NAME, role=Role.ADMIN, created_by="system")
-            inventory.record(s, actor="system", kind="token.created",
-                             message="admin token generated on first start",
-                             data={"name": BOOTSTRAP_TOKEN_NAME, "role": "admin"})
+            _, plaintext = create_token(
+                s, name=BOOTSTRAP_TOKEN_NAME, role=Role.ADMIN, created_by="system"
+            )
+            inventory.record(
+                s,
+                actor="system",
+                kind="token.created",
+                message="admin token generated on first start",
+                data={"name": BOOTSTRAP_TOKEN_NAME, "role": "admin"},
+            )
     except IntegrityError:
         return None  # another replica seeded it at the same moment
     path = settings.data_dir / "admin.token"
@@ -99,7 +121,9 @@ def ensure_admin_token(settings: ServerSettings, db: Database) -> Path | None:
 
 
 def _error(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message, "details": details}}, status_code=status)
+    return JSONResponse(
+        {"error": {"code": code, "message": message, "details": details}}, status_code=status
+    )
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -119,7 +143,9 @@ def install_error_handlers(app: FastAPI) -> None:
         ]
         first = details[0] if details else {"loc": [], "msg": "invalid request"}
         where = ".".join(str(p) for p in first["loc"] if p != "body")
-        return _error(422, "invalid", f"{where}: {first['msg']}" if where else first["msg"], details)
+        return _error(
+            422, "invalid", f"{where}: {first['msg']}" if where else first["msg"], details
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -128,20 +154,29 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error("unhandled error path=%s type=%s", request.url.path, type(exc).__name__, exc_info=exc)
+        log.error(
+            "unhandled error path=%s type=%s", request.url.path, type(exc).__name__, exc_info=exc
+        )
         return _error(500, "internal", "internal error")
 
 
 def create_app(
-    settings: ServerSettings, *, migrate_db: bool | None = None, pxe_settings: PxeSettings | None = None
+    settings: ServerSettings,
+    *,
+    migrate_db: bool | None = None,
+    pxe_settings: PxeSettings | None = None,
 ) -> FastAPI:
     prepare_data_dir(settings)
     url = settings.effective_database_url
     if settings.migrate_on_start if migrate_db is None else migrate_db:
         migrate.upgrade(url)
     db = Database.connect(url)
-    ctx = Context(settings=settings, db=db, secrets=load_secrets(settings),
-                  cache=ReadCache(settings.api_cache_mb << 20))
+    ctx = Context(
+        settings=settings,
+        db=db,
+        secrets=load_secrets(settings),
+        cache=ReadCache(settings.api_cache_mb << 20),
+    )
     ensure_admin_token(settings, db)
 
     power_service = PowerService(settings, db, ctx.secrets)
@@ -151,8 +186,14 @@ def create_app(
     pxe_settings = pxe_settings if pxe_settings is not None else PxeSettings()
     if pxe_settings.state_dir is None:  # full-mode leases survive a restart
         pxe_settings = pxe_settings.model_copy(update={"state_dir": settings.data_dir / "pxe"})
-    writer = TimelineWriter(db, Retention(settings.boot_timeline_per_mac, settings.boot_timeline_days,
-                                          settings.boot_timeline_max_rows))
+    writer = TimelineWriter(
+        db,
+        Retention(
+            settings.boot_timeline_per_mac,
+            settings.boot_timeline_days,
+            settings.boot_timeline_max_rows,
+        ),
+    )
     boot_plane = BootPlane(db, settings, pxe_settings.http_base_url, writer)
 
     @asynccontextmanager
@@ -168,8 +209,12 @@ def create_app(
                     await pxe_service.start()
                 except (OSError, ValueError) as exc:
                     # Like the agent API: the REST API stays up (degraded) and says why.
-                    log.error("boot plane (DHCP/TFTP) not started address=%s interface=%s error=%s",
-                              pxe_settings.address, pxe_settings.interface, exc)
+                    log.error(
+                        "boot plane (DHCP/TFTP) not started address=%s interface=%s error=%s",
+                        pxe_settings.address,
+                        pxe_settings.interface,
+                        exc,
+                    )
                     pxe_service = None
                     app.state.health["boot_plane"] = f"failed: {exc}"
                 else:
@@ -178,16 +223,23 @@ def create_app(
             if settings.agent_api_enabled:
                 try:
                     agent_api = await start_agent_api(
-                        agent_store, ca_dir=settings.data_dir / "pki", host=settings.agent_host,
+                        agent_store,
+                        ca_dir=settings.data_dir / "pki",
+                        host=settings.agent_host,
                         enroll_port=settings.agent_enroll_port,
                         session_port=settings.agent_session_port,
                         server_names=settings.effective_agent_server_names,
-                        heartbeat_interval=settings.agent_heartbeat_interval)
+                        heartbeat_interval=settings.agent_heartbeat_interval,
+                    )
                 except (OSError, RuntimeError) as exc:
                     # The REST API stays up (degraded); agent endpoints answer 409 until restart.
-                    log.error("agent API not started host=%s ports=%d,%d error=%s",
-                              settings.agent_host, settings.agent_enroll_port,
-                              settings.agent_session_port, exc)
+                    log.error(
+                        "agent API not started host=%s ports=%d,%d error=%s",
+                        settings.agent_host,
+                        settings.agent_enroll_port,
+                        settings.agent_session_port,
+                        exc,
+                    )
                     app.state.health["agent_api"] = f"failed: {exc}"
                 else:
                     app.state.health["agent_api"] = "ok"
@@ -210,8 +262,14 @@ def create_app(
             writer.stop()
             await db.aclose()
 
-    app = FastAPI(title="bronze", version="0.1.0", openapi_url="/openapi.json", docs_url="/docs",
-                  redoc_url=None, lifespan=lifespan)
+    app = FastAPI(
+        title="bronze",
+        version="0.1.0",
+        openapi_url="/openapi.json",
+        docs_url="/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
     app.state.ctx = ctx
     app.state.power = power_service
     app.state.agent_store = agent_store
@@ -234,7 +292,14 @@ def create_app(
         failed = any(v.startswith("failed") for v in parts.values())
         return {"status": "degraded" if failed else "ok", "components": parts}
 
-    for r in (machines.router, events.router, tokens.router, power.router, agents.router,
-              profiles.router, boot.router):
+    for r in (
+        machines.router,
+        events.router,
+        tokens.router,
+        power.router,
+        agents.router,
+        profiles.router,
+        boot.router,
+    ):
         app.include_router(r)
     return app

@@ -9,8 +9,8 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -107,7 +107,9 @@ class ServerSettings(BaseSettings):
     boot_timeline_max_rows: int = Field(default=100_000, ge=100)
     """Netboot timeline rows kept in total (oldest dropped first)."""
 
-    @field_validator("admin_token", "secret_key", "database_url", "api_advertise_url", mode="before")
+    @field_validator(
+        "admin_token", "secret_key", "database_url", "api_advertise_url", mode="before"
+    )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -139,8 +141,15 @@ class ServerSettings(BaseSettings):
         if value is None:
             return None
         u = urlsplit(value)
-        if u.scheme not in ("http", "https") or not u.hostname or u.path not in ("", "/") \
-                or u.query or u.fragment or u.username or u.password:
+        if (
+            u.scheme not in ("http", "https")
+            or not u.hostname
+            or u.path not in ("", "/")
+            or u.query
+            or u.fragment
+            or u.username
+            or u.password
+        ):
             raise ValueError("must be http(s)://host[:port], without path, query or credentials")
         return value.rstrip("/")
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from server import migrate
-from server.db import Database
+from server.inventory import migrate
+from server.inventory.db import Database
 from tests.peers.apiserver import RunningServer, run_server
 from tests.peers.bmc_peers import stop_process
 from tests.peers.database import fresh_database

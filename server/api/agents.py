@@ -28,14 +28,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from server import inventory
-from server.agentapi import (
+from server.agents import (
     AgentApiError,
     AgentApiServer,
     ApplyMode,
     BootstrapTokens,
 )
-from server.agentstore import (
+from server.agents.dbstore import (
     ENROLLMENT_PHASES,
     DbAgentStore,
     load_patches,
@@ -43,16 +42,17 @@ from server.agentstore import (
     session_claimed,
 )
 from server.api import nodes
+from server.api.auth import Principal
 from server.api.deps import Context, context, operator, reader
 from server.api.nodes import agent_api
 from server.api.schemas import Strict
-from server.auth import Principal
+from server.config import ConfigError, Layer, diff
+from server.config.render import Rendered, needs_reboot, validate_patch
 from server.errors import Conflict, Invalid, NotFound
-from server.inventory import iso
-from server.machineconfig import ConfigError, Layer, diff
-from server.machineconfig.render import Rendered, needs_reboot, validate_patch
-from server.models import AgentPendingCommand, AgentState, ConfigPatch, Machine, utcnow
-from server.selectors import matches, parse, parse_param
+from server.inventory import machines as inventory
+from server.inventory.machines import iso
+from server.inventory.models import AgentPendingCommand, AgentState, ConfigPatch, Machine, utcnow
+from server.inventory.selectors import matches, parse, parse_param
 
 router = APIRouter(tags=["agents"])
 
@@ -158,12 +158,22 @@ def _agent_states(ctx: Context, ids: Sequence[str]) -> dict[str, tuple[bool, str
     with ctx.db.read() as s:
         for i in range(0, len(ids), 1000):
             rows = s.execute(
-                select(AgentState.machine_id, AgentState.connected, AgentState.last_seen,
-                       AgentState.applied_config_version)
-                .where(AgentState.machine_id.in_(ids[i : i + 1000]))
+                select(
+                    AgentState.machine_id,
+                    AgentState.connected,
+                    AgentState.last_seen,
+                    AgentState.applied_config_version,
+                ).where(AgentState.machine_id.in_(ids[i : i + 1000]))
             )
-            out.update({r.machine_id: (session_claimed(r.connected, r.last_seen, hb),
-                                       r.applied_config_version) for r in rows})
+            out.update(
+                {
+                    r.machine_id: (
+                        session_claimed(r.connected, r.last_seen, hb),
+                        r.applied_config_version,
+                    )
+                    for r in rows
+                }
+            )
     return out
 
 
@@ -192,7 +202,10 @@ async def _push(
         if not (here or connected or apply.mode is not ApplyMode.AUTO):
             continue  # gets it when it connects (the session compares versions)
         await api.hub.push_config(
-            mid, r.version, r.canonical_json, apply.mode,
+            mid,
+            r.version,
+            r.canonical_json,
+            apply.mode,
             try_timeout_seconds=apply.try_timeout_seconds,
         )
         counts["pushed" if here else "queued"] += 1
@@ -504,8 +517,10 @@ def machine_agent(
         )
         api: AgentApiServer | None = request.app.state.agent_api
         here = api is not None and api.hub.is_connected(m.id)
-        connected = here or (st is not None and session_claimed(
-            st.connected, st.last_seen, ctx.settings.agent_heartbeat_interval))
+        connected = here or (
+            st is not None
+            and session_claimed(st.connected, st.last_seen, ctx.settings.agent_heartbeat_interval)
+        )
         # Which replica holds the session: node ops are served only there.
         session = "this-replica" if here else "another-replica" if connected else None
         if st is None:
@@ -563,27 +578,40 @@ async def machine_config_confirm(
     m, r, _p, _st = await run_in_threadpool(_machine_config, ctx, key)
     version = body.version or (r.version if r else None)
     if version is None:
-        raise Invalid(message=f"machine {m.name} has no config to confirm",
-                      details={"field": "version"})
+        raise Invalid(
+            message=f"machine {m.name} has no config to confirm", details={"field": "version"}
+        )
     api = agent_api(request)
     command_id = await api.hub.confirm_config(m.id, version)
 
     def audit() -> None:
         with ctx.db.write() as s:
             inventory.record(
-                s, actor=who.actor, kind="agent.config.confirm", machine_id=m.id,
-                message=f"config {version} confirmed", data={"command_id": command_id},
+                s,
+                actor=who.actor,
+                kind="agent.config.confirm",
+                machine_id=m.id,
+                message=f"config {version} confirmed",
+                data={"command_id": command_id},
             )
 
     await run_in_threadpool(audit)
-    out: dict[str, Any] = {"machine_id": m.id, "version": version, "command_id": command_id,
-                           "delivery": "queued", "result": None}
+    out: dict[str, Any] = {
+        "machine_id": m.id,
+        "version": version,
+        "command_id": command_id,
+        "delivery": "queued",
+        "result": None,
+    }
     if api.hub.is_connected(m.id):
         out["delivery"] = "sent"
         try:
             res = await api.hub.wait_result(command_id, 10)
-            out["result"] = {"ok": res.ok, "error": res.error or None,
-                             "applied_version": res.applied_version or None}
+            out["result"] = {
+                "ok": res.ok,
+                "error": res.error or None,
+                "applied_version": res.applied_version or None,
+            }
         except AgentApiError:
             pass
     return out

@@ -29,10 +29,9 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from pxe import Arch, TimelineKind
-from server import inventory
+from server.api.auth import Principal
 from server.api.deps import Context, boot, context, reader
 from server.api.schemas import Mac, Strict
-from server.auth import Principal
 from server.boot import timeline
 from server.boot.assets import (
     AssetError,
@@ -45,8 +44,9 @@ from server.boot.assets import (
 from server.boot.service import AgentEndpoints, BootPlane, UnsafeStoredProfile
 from server.boot.timeline import Row
 from server.errors import ApiError, Invalid, NotFound
-from server.models import BootAsset
-from server.validation import normalize_mac
+from server.inventory import machines as inventory
+from server.inventory.models import BootAsset
+from server.inventory.validation import normalize_mac
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["boot"])

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
-from server.auth import Principal, authenticate, hash_token
-from server.db import Database
+from server.api.auth import Principal, authenticate, hash_token
 from server.errors import Forbidden, Unauthenticated
-from server.readcache import Generations, ReadCache
-from server.secretbox import SecretBox
+from server.inventory.db import Database
+from server.inventory.readcache import Generations, ReadCache
+from server.inventory.secretbox import SecretBox
 from server.settings import ServerSettings
 from server.types import Role
 

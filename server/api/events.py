@@ -7,12 +7,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
-from server import inventory
+from server.api.auth import Principal
 from server.api.deps import Context, context, reader
 from server.api.schemas import EventPage
-from server.auth import Principal
 from server.errors import NotFound
-from server.models import Event
+from server.inventory import machines as inventory
+from server.inventory.models import Event
 
 router = APIRouter(prefix="/api/v1/events", tags=["events"])
 
@@ -35,7 +35,9 @@ def list_events(
     ctx: Annotated[Context, Depends(context)],
     _: Annotated[Principal, Depends(reader)],
     machine: Annotated[str | None, Query(max_length=63, description="machine id or name")] = None,
-    kind: Annotated[str | None, Query(max_length=64, description="kind or kind prefix, e.g. machine")] = None,
+    kind: Annotated[
+        str | None, Query(max_length=64, description="kind or kind prefix, e.g. machine")
+    ] = None,
     since: datetime | None = None,
     until: datetime | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,

@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 from starlette.concurrency import run_in_threadpool
 
-from server import enrollment, inventory
+from server.agents import token_wipe
+from server.api.auth import Principal
 from server.api.deps import Context, context, generations, operator, reader
 from server.api.events import event_out
 from server.api.schemas import (
@@ -24,11 +25,11 @@ from server.api.schemas import (
     MachinePage,
     MachineUpdate,
 )
-from server.auth import Principal
 from server.errors import Conflict, Invalid
-from server.models import Machine, utcnow
-from server.power import checked_bmc_address
-from server.selectors import parse_param
+from server.inventory import machines as inventory
+from server.inventory.models import Machine, utcnow
+from server.inventory.selectors import parse_param
+from server.power.service import checked_bmc_address
 from server.types import Phase
 
 router = APIRouter(prefix="/api/v1/machines", tags=["machines"])
@@ -129,7 +130,7 @@ async def _cached_json(
     request: Request, ctx: Context, key: tuple[Any, ...], build: Callable[[], Any]
 ) -> Response:
     """Serve ``build()`` as JSON from the read cache when the inventory has not changed since it
-    was built (``server/readcache.py``), with an ETag so pollers can revalidate for free. A hit
+    was built (``server/inventory/readcache.py``), with an ETag so pollers can revalidate for free. A hit
     runs on the event loop; only a miss goes to the thread pool (database reads, encoding)."""
     gen = generations(request).inventory
     entry = ctx.cache.get(key, gen)
@@ -217,7 +218,7 @@ def update_machine(
             if "phase" in fields and body.phase is not None and m.phase != body.phase.value:
                 changes["phase"] = {"from": m.phase, "to": body.phase.value}
                 m.phase = body.phase.value
-                enrollment.on_phase_change(s, m, who.actor)  # reprovision wipes its token
+                token_wipe.on_phase_change(s, m, who.actor)  # reprovision wipes its token
             if "power_desired" in fields:
                 new = body.power_desired and body.power_desired.value
                 if new != m.power_desired:

@@ -27,8 +27,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from server import inventory
-from server.agentapi import (
+from server.agents import (
     AgentApiError,
     AgentApiServer,
     AgentDisconnected,
@@ -36,12 +35,13 @@ from server.agentapi import (
     CommandTimeout,
     NodeOpKind,
 )
-from server.agentstore import session_claimed
+from server.agents.dbstore import session_claimed
+from server.api.auth import Principal
 from server.api.deps import Context, context, operator, reader
-from server.auth import Principal
 from server.errors import ApiError, Invalid
-from server.inventory import iso
-from server.models import AgentState
+from server.inventory import machines as inventory
+from server.inventory.machines import iso
+from server.inventory.models import AgentState
 
 router = APIRouter(tags=["agents"])
 
@@ -107,8 +107,9 @@ async def _live_session(request: Request, ctx: Context, machine_id: str) -> Agen
             return url
         raise AgentOnOtherReplica(
             message=f"{message}; node operations are served only by that replica and {why}: "
-                    "call it directly or retry",
-            details={"machine_id": machine_id})
+            "call it directly or retry",
+            details={"machine_id": machine_id},
+        )
     if api is None:
         agent_api(request)  # raises: the agent API is not running here
     raise AgentUnavailable(message=str(AgentNotConnected(machine_id)))
@@ -132,8 +133,9 @@ async def _forward(request: Request, base: str, machine_id: str) -> StreamingRes
         await client.aclose()
         raise AgentOnOtherReplica(
             message=f"the agent of machine {machine_id} holds its session with the replica at "
-                    f"{base}, which did not answer: {type(exc).__name__}",
-            details={"machine_id": machine_id}) from None
+            f"{base}, which did not answer: {type(exc).__name__}",
+            details={"machine_id": machine_id},
+        ) from None
 
     async def body() -> AsyncIterator[bytes]:
         try:
@@ -143,9 +145,12 @@ async def _forward(request: Request, base: str, machine_id: str) -> StreamingRes
             await resp.aclose()
             await client.aclose()
 
-    return StreamingResponse(body(), status_code=resp.status_code,
-                             media_type=resp.headers.get("content-type"),
-                             headers={"Cache-Control": "no-store", "X-Bronze-Replica": base})
+    return StreamingResponse(
+        body(),
+        status_code=resp.status_code,
+        media_type=resp.headers.get("content-type"),
+        headers={"Cache-Control": "no-store", "X-Bronze-Replica": base},
+    )
 
 
 @router.post("/api/v1/machines/{key}/reboot", status_code=202)
@@ -173,8 +178,12 @@ async def machine_reboot(
             )
 
     await run_in_threadpool(audit)
-    return {"machine_id": mid, "command_id": command_id, "connected": here,
-            "delivery": "sent" if here else "queued"}
+    return {
+        "machine_id": mid,
+        "command_id": command_id,
+        "connected": here,
+        "delivery": "sent" if here else "queued",
+    }
 
 
 @router.get("/api/v1/machines/{key}/node/{op}")
@@ -198,8 +207,9 @@ async def machine_node_op(
         return await _forward(request, api, mid)
     if follow:
         if op not in (NodeOpKind.LOGS, NodeOpKind.DMESG):
-            raise Invalid(message="follow is only possible for logs and dmesg",
-                          details={"field": "follow"})
+            raise Invalid(
+                message="follow is only possible for logs and dmesg", details={"field": "follow"}
+            )
         return await _follow(api, mid, op, service, tail_lines, timeout)
     try:
         res = await api.hub.node_op(
@@ -267,5 +277,6 @@ async def _follow(
                 code = "agent_disconnected" if isinstance(exc, AgentDisconnected) else "failed"
                 yield _line({"error": {"code": code, "message": str(exc), "details": None}})
 
-    return StreamingResponse(body(), media_type="application/x-ndjson",
-                             headers={"Cache-Control": "no-store"})
+    return StreamingResponse(
+        body(), media_type="application/x-ndjson", headers={"Cache-Control": "no-store"}
+    )

@@ -12,13 +12,13 @@ from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from bmc import BootDevice, PowerAction
+from server.api.auth import Principal
 from server.api.deps import Context, context, operator, reader
 from server.api.schemas import Strict
-from server.auth import Principal
 from server.errors import NotFound
-from server.models import Operation
-from server.power import PowerService, operation_view
-from server.selectors import parse_param
+from server.inventory.models import Operation
+from server.inventory.selectors import parse_param
+from server.power.service import PowerService, operation_view
 
 router = APIRouter(tags=["power"])
 
@@ -62,16 +62,22 @@ async def _submit(svc: PowerService, ctx: Context, **kw: Any) -> dict[str, Any]:
 
 @router.post("/api/v1/machines/{key}/power", status_code=202)
 async def machine_power(
-    key: str, body: PowerRequest,
-    ctx: Annotated[Context, Depends(context)], svc: Annotated[PowerService, Depends(power)],
+    key: str,
+    body: PowerRequest,
+    ctx: Annotated[Context, Depends(context)],
+    svc: Annotated[PowerService, Depends(power)],
     who: Annotated[Principal, Depends(operator)],
 ) -> dict[str, Any]:
-    return await _submit(svc, ctx, kind="power", action=body.action.value, params={}, actor=who.actor, keys=[key])
+    return await _submit(
+        svc, ctx, kind="power", action=body.action.value, params={}, actor=who.actor, keys=[key]
+    )
 
 
 @router.get("/api/v1/machines/{key}/power")
 async def machine_power_state(
-    key: str, svc: Annotated[PowerService, Depends(power)], _: Annotated[Principal, Depends(reader)],
+    key: str,
+    svc: Annotated[PowerService, Depends(power)],
+    _: Annotated[Principal, Depends(reader)],
 ) -> dict[str, Any]:
     """Read the power state from the BMC now (and record it)."""
     return await svc.read_power(key)
@@ -79,36 +85,59 @@ async def machine_power_state(
 
 @router.put("/api/v1/machines/{key}/boot-device", status_code=202)
 async def machine_boot_device(
-    key: str, body: BootDeviceRequest,
-    ctx: Annotated[Context, Depends(context)], svc: Annotated[PowerService, Depends(power)],
+    key: str,
+    body: BootDeviceRequest,
+    ctx: Annotated[Context, Depends(context)],
+    svc: Annotated[PowerService, Depends(power)],
     who: Annotated[Principal, Depends(operator)],
 ) -> dict[str, Any]:
-    return await _submit(svc, ctx, kind="boot-device", action=body.device.value,
-                         params={"persistent": body.persistent, "uefi": body.uefi}, actor=who.actor, keys=[key])
+    return await _submit(
+        svc,
+        ctx,
+        kind="boot-device",
+        action=body.device.value,
+        params={"persistent": body.persistent, "uefi": body.uefi},
+        actor=who.actor,
+        keys=[key],
+    )
 
 
 @router.post("/api/v1/power", status_code=202)
 async def bulk_power(
     body: BulkPowerRequest,
-    ctx: Annotated[Context, Depends(context)], svc: Annotated[PowerService, Depends(power)],
+    ctx: Annotated[Context, Depends(context)],
+    svc: Annotated[PowerService, Depends(power)],
     who: Annotated[Principal, Depends(operator)],
 ) -> dict[str, Any]:
     reqs = parse_param(body.selector)
-    return await _submit(svc, ctx, kind="power", action=body.action.value, actor=who.actor, selector=reqs,
-                         params={"selector": body.selector, "max_parallel": body.max_parallel,
-                                 "stagger_ms": body.stagger_ms})
+    return await _submit(
+        svc,
+        ctx,
+        kind="power",
+        action=body.action.value,
+        actor=who.actor,
+        selector=reqs,
+        params={
+            "selector": body.selector,
+            "max_parallel": body.max_parallel,
+            "stagger_ms": body.stagger_ms,
+        },
+    )
 
 
 @router.get("/api/v1/operations/{op_id}")
 def get_operation(
-    op_id: str, ctx: Annotated[Context, Depends(context)], _: Annotated[Principal, Depends(reader)],
+    op_id: str,
+    ctx: Annotated[Context, Depends(context)],
+    _: Annotated[Principal, Depends(reader)],
 ) -> dict[str, Any]:
     return _get_op(ctx, op_id)
 
 
 @router.get("/api/v1/operations")
 def list_operations(
-    ctx: Annotated[Context, Depends(context)], _: Annotated[Principal, Depends(reader)],
+    ctx: Annotated[Context, Depends(context)],
+    _: Annotated[Principal, Depends(reader)],
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[dict[str, Any]]:
     with ctx.db.read() as s:

@@ -16,15 +16,15 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from pxe import UnsafeValue
-from server import inventory
+from server.api.auth import Principal
 from server.api.deps import Context, context, operator, reader
 from server.api.schemas import Strict
-from server.auth import Principal
 from server.boot import profiles
 from server.boot.assets import AssetError, AssetStore, check_name
 from server.errors import ApiError, Conflict, Invalid, NotFound
-from server.models import BootAsset, BootProfile, utcnow
-from server.selectors import SelectorError, parse
+from server.inventory import machines as inventory
+from server.inventory.models import BootAsset, BootProfile, utcnow
+from server.inventory.selectors import SelectorError, parse
 
 router = APIRouter(tags=["boot"])
 

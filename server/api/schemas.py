@@ -7,17 +7,25 @@ from datetime import datetime
 from ipaddress import IPv4Address
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+)
 
 from bmc import DriverKind
-from server.types import DesiredPower, Phase, Role
-from server.validation import (
+from server.inventory.validation import (
     check_dns_label,
     check_label_key,
     check_label_value,
     check_labels,
     normalize_mac,
 )
+from server.types import DesiredPower, Phase, Role
 
 
 def _uuid(value: str) -> str:
@@ -34,7 +42,12 @@ SmbiosUuid = Annotated[str, AfterValidator(_uuid)]
 
 
 def _host_address(ip: IPv4Address) -> IPv4Address:
-    if ip.is_multicast or ip.is_unspecified or ip.is_loopback or ip == IPv4Address("255.255.255.255"):
+    if (
+        ip.is_multicast
+        or ip.is_unspecified
+        or ip.is_loopback
+        or ip == IPv4Address("255.255.255.255")
+    ):
         raise ValueError(f"{ip} cannot be a host's address")
     return ip
 

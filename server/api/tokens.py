@@ -8,12 +8,12 @@ from fastapi import APIRouter, Depends
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
-from server import inventory
+from server.api.auth import Principal, create_token
 from server.api.deps import Context, admin, context
 from server.api.schemas import TokenCreate, TokenCreated, TokenOut
-from server.auth import Principal, create_token
 from server.errors import Conflict, NotFound
-from server.models import ApiToken, utcnow
+from server.inventory import machines as inventory
+from server.inventory.models import ApiToken, utcnow
 from server.types import Role
 
 router = APIRouter(prefix="/api/v1/tokens", tags=["tokens"])
@@ -39,8 +39,13 @@ def create(
     try:
         with ctx.db.write() as s:
             row, plaintext = create_token(s, name=body.name, role=body.role, created_by=who.actor)
-            inventory.record(s, actor=who.actor, kind="token.created",
-                             message=f"token {row.name} ({row.role}) created", data={"name": row.name, "role": row.role})
+            inventory.record(
+                s,
+                actor=who.actor,
+                kind="token.created",
+                message=f"token {row.name} ({row.role}) created",
+                data={"name": row.name, "role": row.role},
+            )
             return {**token_out(row), "token": plaintext}
     except IntegrityError as exc:
         raise inventory.conflict_from(exc) from None
@@ -68,11 +73,19 @@ def revoke(
         if row.revoked_at is not None:
             raise Conflict(message=f"token {name!r} is already revoked")
         if row.role == Role.ADMIN.value:
-            admins = s.scalar(select(func.count()).select_from(ApiToken).where(
-                ApiToken.role == Role.ADMIN.value, ApiToken.revoked_at.is_(None)))
+            admins = s.scalar(
+                select(func.count())
+                .select_from(ApiToken)
+                .where(ApiToken.role == Role.ADMIN.value, ApiToken.revoked_at.is_(None))
+            )
             if admins == 1:
                 raise Conflict(message="refusing to revoke the last admin token")
         row.revoked_at = utcnow()
-        inventory.record(s, actor=who.actor, kind="token.revoked", message=f"token {name} revoked",
-                         data={"name": name})
+        inventory.record(
+            s,
+            actor=who.actor,
+            kind="token.revoked",
+            message=f"token {name} revoked",
+            data={"name": name},
+        )
         return token_out(row)

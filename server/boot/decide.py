@@ -16,9 +16,9 @@ maintenance, failed            ``exit``: nothing destructive        known, allow
 "Discovery on" means ``BRONZE_BOOT_DISCOVERY`` is true *and* the profile it names exists.
 Profile choice follows ``pxe.ipxe.select`` (matchbox groups): among the profiles whose label
 selector matches, the one with the most requirements wins, ties go to the smallest name. Our
-selectors are Kubernetes selectors (``server.selectors``: ``in``, ``notin``, ``!key`` ...), which
+selectors are Kubernetes selectors (``server.inventory.selectors``: ``in``, ``notin``, ``!key`` ...), which
 ``select`` cannot evaluate (it compares equality maps), so the match is evaluated here with
-``server.selectors.matches`` and the ranking is the same rule.
+``server.inventory.selectors.matches`` and the ranking is the same rule.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from pxe import BootAction, BootDecision
-from server.selectors import Requirement, matches
+from server.inventory.selectors import Requirement, matches
 from server.types import Phase
 
 

@@ -6,7 +6,7 @@
   profile choice, a per-boot enrollment token for agent profiles, ``pxe.ipxe.render``.
 
 Scripts carry no secret but that token (short-lived, single-use, stored hashed:
-``server.agentapi.tokens``). Nothing from the request reaches a script unvalidated: the MAC and
+``server.agents.tokens``). Nothing from the request reaches a script unvalidated: the MAC and
 UUID are parsed, profile values pass ``pxe.ipxe.BootProfile`` and the renderer refuses the rest.
 """
 
@@ -25,9 +25,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pxe import BootAction, BootDecision, BootQuery, RenderContext, UnsafeValue, render
-from server import inventory
-from server.agentapi import BootstrapTokens
-from server.agentstore import ENROLLMENT_PHASES
+from server.agents import BootstrapTokens
+from server.agents.dbstore import ENROLLMENT_PHASES
 from server.boot import profiles
 from server.boot.decide import (
     Candidate,
@@ -38,9 +37,10 @@ from server.boot.decide import (
     script_kind,
 )
 from server.boot.timeline import HttpKind, HttpSteps, Row, TimelineWriter
-from server.db import Database
-from server.models import BootProfile, Machine, MachineLabel, Nic, utcnow
-from server.selectors import SelectorError, parse
+from server.inventory import machines as inventory
+from server.inventory.db import Database
+from server.inventory.models import BootProfile, Machine, MachineLabel, Nic, utcnow
+from server.inventory.selectors import SelectorError, parse
 from server.settings import ServerSettings
 from server.types import Phase
 

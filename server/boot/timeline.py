@@ -28,9 +28,9 @@ from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from pxe import TimelineEvent, TimelineKind
-from server.db import Database
-from server.inventory import iso
-from server.models import BootTimelineEvent
+from server.inventory.db import Database
+from server.inventory.machines import iso
+from server.inventory.models import BootTimelineEvent
 
 log = logging.getLogger(__name__)
 

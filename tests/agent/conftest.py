@@ -19,8 +19,8 @@ from typing import Any, TypeVar
 
 import pytest
 
-from server.agentapi import AgentApiServer, MemoryAgentStore
-from server.pki import FleetCA
+from server.agents import AgentApiServer, MemoryAgentStore
+from server.agents.pki import FleetCA
 
 T = TypeVar("T")
 FIXTURES = Path(__file__).resolve().parents[2] / "agent" / "fixtures"
@@ -92,9 +92,21 @@ class Lab:
     def spawn_agent(self, root: Path, *extra: str) -> subprocess.Popen[bytes]:
         log = open(root.parent / "agent.log", "ab")  # noqa: SIM115 - closed with the process
         proc = subprocess.Popen(
-            [str(AGENT_BIN), "run", "--root", str(root), "--heartbeat", "0.5",
-             "--backoff-max", "0.5", "--no-fsync", *extra],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            [
+                str(AGENT_BIN),
+                "run",
+                "--root",
+                str(root),
+                "--heartbeat",
+                "0.5",
+                "--backoff-max",
+                "0.5",
+                "--no-fsync",
+                *extra,
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         log.close()
         self.procs.append(proc)
@@ -109,8 +121,9 @@ class Lab:
                 proc.kill()
                 proc.wait(5)
 
-    def start_machine(self, machine_id: str, fixture: str = "qemu-vm", *extra: str
-                      ) -> tuple[Path, subprocess.Popen[bytes]]:
+    def start_machine(
+        self, machine_id: str, fixture: str = "qemu-vm", *extra: str
+    ) -> tuple[Path, subprocess.Popen[bytes]]:
         self.store.add_machine(machine_id)
         root = self.machine_root(machine_id, fixture, self.issue_token(machine_id))
         proc = self.spawn_agent(root, *extra)
@@ -121,8 +134,13 @@ class Lab:
         """Stop the gRPC servers and start new ones (new hub) on the same ports and store."""
         old = self.api
         self.lt.run(old.stop(0))
-        self.api = AgentApiServer(self.store, self.ca, enroll_port=old.enroll_port,
-                                  session_port=old.session_port, heartbeat_interval=1.0)
+        self.api = AgentApiServer(
+            self.store,
+            self.ca,
+            enroll_port=old.enroll_port,
+            session_port=old.session_port,
+            heartbeat_interval=1.0,
+        )
         self.api.tokens = old.tokens
         self.lt.run(self.api.start())
 

@@ -11,9 +11,11 @@ CFG = {
     "hostname": "n1",
     "files": {"/etc/motd": {"content": "hello\n", "mode": 0o600}},
     "sysctls": {"vm.swappiness": "5"},
-    "network": {"links": {"eth0": {"mtu": 9000, "addresses": ["10.0.0.5/24"]}},
-                "routes": [{"to": "default", "via": "10.0.0.1", "link": "eth0"}],
-                "dns": {"nameservers": ["10.0.0.53"]}},
+    "network": {
+        "links": {"eth0": {"mtu": 9000, "addresses": ["10.0.0.5/24"]}},
+        "routes": [{"to": "default", "via": "10.0.0.1", "link": "eth0"}],
+        "dns": {"nameservers": ["10.0.0.53"]},
+    },
     "time": {"servers": ["ntp1"]},
 }
 
@@ -75,9 +77,14 @@ def test_try_cut_off_halfway_is_reverted_at_next_start(applier, tmp_path):
     applier.apply_live("v1", CFG, "auto")
     # The second file of the trial cannot be written: the apply stops after the hostname.
     (tmp_path / "outside").mkdir()
-    trial = {**CFG, "hostname": "n2",
-             "files": {"/etc/motd": {"content": "hello\n", "mode": 0o600},
-                       "/etc/zz/x": {"content": "x"}}}
+    trial = {
+        **CFG,
+        "hostname": "n2",
+        "files": {
+            "/etc/motd": {"content": "hello\n", "mode": 0o600},
+            "/etc/zz/x": {"content": "x"},
+        },
+    }
     os.symlink(tmp_path / "outside", applier.root / "etc/zz")
     with pytest.raises(ApplyError):
         applier.begin_try("v2", trial, 60, previous=applier.current)
@@ -95,7 +102,8 @@ def test_reboot_needed():
 
 
 def test_render_files_routes_without_link():
-    files = render_files({"network": {"routes": [{"to": "10.9.0.0/16", "via": "10.0.0.1"}]}},
-                         "/var/lib/bronze")
+    files = render_files(
+        {"network": {"routes": [{"to": "10.9.0.0/16", "via": "10.0.0.1"}]}}, "/var/lib/bronze"
+    )
     assert files["/etc/bronze/routes"].data == b"10.9.0.0/16 via 10.0.0.1 metric 1024\n"
     json.dumps({k: v.mode for k, v in files.items()})

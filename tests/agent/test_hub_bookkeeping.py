@@ -11,9 +11,9 @@ import datetime as dt
 from collections.abc import AsyncIterator
 
 from agent.gen import agent_pb2 as pb
-from server.agentapi import SessionHub
-from server.agentapi.store import MemoryAgentStore
-from server.pki import FleetCA
+from server.agents import SessionHub
+from server.agents.pki import FleetCA
+from server.agents.store import MemoryAgentStore
 
 
 class SlowDisconnectStore(MemoryAgentStore):
@@ -54,8 +54,9 @@ def test_disconnect_is_saved_even_if_the_stream_task_is_cancelled() -> None:
         hello_sent, hang_up = asyncio.Event(), asyncio.Event()
 
         async def serve() -> None:
-            async for _ in hub.run_session("m1", "peer", _agent(hello_sent, hang_up),
-                                           FakeContext()):  # type: ignore[arg-type]
+            async for _ in hub.run_session(
+                "m1", "peer", _agent(hello_sent, hang_up), FakeContext()
+            ):  # type: ignore[arg-type]
                 pass
 
         task = asyncio.create_task(serve())

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from server.machineconfig import (
+from server.config import (
     ConfigError,
     Layer,
     Patch,
@@ -37,26 +37,39 @@ RFC7386 = [
 ]
 
 
-@pytest.mark.parametrize(("target", "patch", "expected"), RFC7386,
-                         ids=[f"rfc7386-{i}" for i in range(len(RFC7386))])
+@pytest.mark.parametrize(
+    ("target", "patch", "expected"), RFC7386, ids=[f"rfc7386-{i}" for i in range(len(RFC7386))]
+)
 def test_merge_patch_rfc7386(target, patch, expected):
     before = json.dumps(target)
     assert merge_patch(target, patch) == expected
     assert json.dumps(target) == before  # target untouched
 
 
-FLEET = Patch("fleet-dns", Layer.FLEET, {
-    "network": {"dns": {"nameservers": ["10.0.0.53"]}},
-    "sysctls": {"vm.swappiness": "10", "net.core.somaxconn": "1024"},
-    "time": {"servers": ["ntp1.example.net"]},
-})
-RACK = Patch("rack-r1", Layer.SELECTOR, {"sysctls": {"vm.swappiness": "1"}},
-             selector=lambda labels: labels.get("rack") == "r1")
-M1 = Patch("machine-m1", Layer.MACHINE, {
-    "hostname": "m1",
-    "network": {"links": {"eth0": {"addresses": ["10.0.0.11/24"], "mtu": 9000}}},
-    "sysctls": {"net.core.somaxconn": None},
-})
+FLEET = Patch(
+    "fleet-dns",
+    Layer.FLEET,
+    {
+        "network": {"dns": {"nameservers": ["10.0.0.53"]}},
+        "sysctls": {"vm.swappiness": "10", "net.core.somaxconn": "1024"},
+        "time": {"servers": ["ntp1.example.net"]},
+    },
+)
+RACK = Patch(
+    "rack-r1",
+    Layer.SELECTOR,
+    {"sysctls": {"vm.swappiness": "1"}},
+    selector=lambda labels: labels.get("rack") == "r1",
+)
+M1 = Patch(
+    "machine-m1",
+    Layer.MACHINE,
+    {
+        "hostname": "m1",
+        "network": {"links": {"eth0": {"addresses": ["10.0.0.11/24"], "mtu": 9000}}},
+        "sysctls": {"net.core.somaxconn": None},
+    },
+)
 
 
 @pytest.mark.parametrize(
@@ -80,8 +93,12 @@ def test_layers_and_provenance(labels, swappiness, somaxconn_present):
 
 
 def test_string_selector_uses_server_selectors():
-    p = Patch("ssd", Layer.SELECTOR, {"kernel_args": ["nvme_core.io_timeout=255"]},
-              selector="disk in (nvme,ssd),!legacy")
+    p = Patch(
+        "ssd",
+        Layer.SELECTOR,
+        {"kernel_args": ["nvme_core.io_timeout=255"]},
+        selector="disk in (nvme,ssd),!legacy",
+    )
     assert render([p], {"disk": "nvme"}).config.kernel_args == ["nvme_core.io_timeout=255"]
     assert render([p], {"disk": "nvme", "legacy": "1"}).config.kernel_args == []
 
@@ -100,18 +117,29 @@ def test_version_is_deterministic_and_content_addressed():
 @pytest.mark.parametrize(
     ("body", "path"),
     [
-        pytest.param({"network": {"links": {"eth0": {"mtu": "big"}}}},
-                     "/network/links/eth0/mtu", id="mtu-type"),
-        pytest.param({"network": {"links": {"eth0": {"mtu": 100}}}},
-                     "/network/links/eth0/mtu", id="mtu-range"),
-        pytest.param({"network": {"links": {"eth0": {"addresses": ["10.0.0.300/24"]}}}},
-                     "/network/links/eth0/addresses", id="bad-address"),
-        pytest.param({"network": {"routes": [{"to": "default", "via": "x"}]}},
-                     "/network/routes/0/via", id="bad-gateway"),
+        pytest.param(
+            {"network": {"links": {"eth0": {"mtu": "big"}}}},
+            "/network/links/eth0/mtu",
+            id="mtu-type",
+        ),
+        pytest.param(
+            {"network": {"links": {"eth0": {"mtu": 100}}}},
+            "/network/links/eth0/mtu",
+            id="mtu-range",
+        ),
+        pytest.param(
+            {"network": {"links": {"eth0": {"addresses": ["10.0.0.300/24"]}}}},
+            "/network/links/eth0/addresses",
+            id="bad-address",
+        ),
+        pytest.param(
+            {"network": {"routes": [{"to": "default", "via": "x"}]}},
+            "/network/routes/0/via",
+            id="bad-gateway",
+        ),
         pytest.param({"hostname": "Bad_Host"}, "/hostname", id="hostname"),
         pytest.param({"files": {"/etc/../shadow": {"content": "x"}}}, "/files", id="dotdot"),
-        pytest.param({"files": {"/etc/x": {"mode": 0o17777}}}, "/files/~1etc~1x/mode",
-                     id="mode"),
+        pytest.param({"files": {"/etc/x": {"mode": 0o17777}}}, "/files/~1etc~1x/mode", id="mode"),
         pytest.param({"install": {"disk": "sda"}}, "/install/disk", id="install-disk"),
         pytest.param({"unknown": 1}, "/unknown", id="unknown-field"),
         pytest.param({"sysctls": {"bad name": "1"}}, "/sysctls", id="sysctl-name"),
@@ -126,8 +154,12 @@ def test_invalid_patch_refused_with_path(body, path):
 
 
 def test_render_error_names_the_patch_that_set_the_field():
-    bad = Patch("rack-typo", Layer.SELECTOR, {"network": {"links": {"eth0": {"mtu": "9k"}}}},
-                selector=lambda labels: True)
+    bad = Patch(
+        "rack-typo",
+        Layer.SELECTOR,
+        {"network": {"links": {"eth0": {"mtu": "9k"}}}},
+        selector=lambda labels: True,
+    )
     with pytest.raises(ConfigError) as ei:
         render([FLEET, bad])
     assert ei.value.path == "/network/links/eth0/mtu"
@@ -149,11 +181,14 @@ def test_patch_must_be_object():
         pytest.param({"a": 1}, {"a": 1}, [], id="same"),
         pytest.param({"a": 1}, {"a": 2}, [("replace", "/a")], id="replace"),
         pytest.param({}, {"a": {"b": 1}}, [("add", "/a")], id="add"),
-        pytest.param({"a": {"b": 1, "c": 2}}, {"a": {"b": 1}}, [("remove", "/a/c")],
-                     id="remove"),
+        pytest.param({"a": {"b": 1, "c": 2}}, {"a": {"b": 1}}, [("remove", "/a/c")], id="remove"),
         pytest.param({"l": [1]}, {"l": [1, 2]}, [("replace", "/l")], id="list-whole"),
-        pytest.param({"files": {"/a/b": 1}}, {"files": {"/a/b": 2}},
-                     [("replace", "/files/~1a~1b")], id="escaped"),
+        pytest.param(
+            {"files": {"/a/b": 1}},
+            {"files": {"/a/b": 2}},
+            [("replace", "/files/~1a~1b")],
+            id="escaped",
+        ),
     ],
 )
 def test_diff(old, new, expected):
@@ -165,8 +200,12 @@ def test_diff(old, new, expected):
     [
         pytest.param({"hostname": "a"}, {"hostname": "b"}, [], id="live"),
         pytest.param({}, {"kernel_args": ["quiet"]}, ["/kernel_args"], id="kargs"),
-        pytest.param({"install": {"disk": "/dev/sda"}}, {"install": {"disk": "/dev/sdb"}},
-                     ["/install/disk"], id="install"),
+        pytest.param(
+            {"install": {"disk": "/dev/sda"}},
+            {"install": {"disk": "/dev/sdb"}},
+            ["/install/disk"],
+            id="install",
+        ),
     ],
 )
 def test_needs_reboot(old, new, expected):
@@ -175,8 +214,16 @@ def test_needs_reboot(old, new, expected):
 
 def test_schema_has_the_document_fields():
     props = json_schema()["properties"]
-    for f in ("hostname", "network", "kernel_args", "sysctls", "files", "install", "volumes",
-              "time"):
+    for f in (
+        "hostname",
+        "network",
+        "kernel_args",
+        "sysctls",
+        "files",
+        "install",
+        "volumes",
+        "time",
+    ):
         assert f in props
 
 
@@ -184,8 +231,10 @@ def test_full_document_round_trips():
     body = {
         "hostname": "db-1.example.net",
         "network": {
-            "links": {"bond0": {"mtu": 9000, "addresses": ["10.1.0.5/24", "fd00::5/64"]},
-                      "eno1": {"mac": "AA:BB:CC:DD:EE:FF", "dhcp": True}},
+            "links": {
+                "bond0": {"mtu": 9000, "addresses": ["10.1.0.5/24", "fd00::5/64"]},
+                "eno1": {"mac": "AA:BB:CC:DD:EE:FF", "dhcp": True},
+            },
             "routes": [{"to": "default", "via": "10.1.0.1", "link": "bond0"}],
             "dns": {"nameservers": ["10.1.0.53"], "search": ["example.net"]},
         },

@@ -17,25 +17,30 @@ import pytest
 from agent.gen import agent_pb2 as pb
 from agent.gen import agent_pb2_grpc as pb_grpc
 from agent.identity import new_key_and_csr
-from server.agentapi import (
+from server.agents import (
     AgentApiError,
     AgentDisconnected,
     ApplyMode,
     DesiredConfig,
     NodeOpKind,
 )
-from server.machineconfig import Layer, Patch, render
-from server.pki import FleetCA
+from server.agents.pki import FleetCA
+from server.config import Layer, Patch, render
 
 from .conftest import AGENT_BIN, FIXTURES, Lab, eventually
 
 
 def _config(hostname: str, **extra: object) -> tuple[str, str]:
-    r = render([
-        Patch("fleet", Layer.FLEET, {"sysctls": {"vm.swappiness": "10"},
-                                     "time": {"servers": ["ntp.example.net"]}}),
-        Patch("m", Layer.MACHINE, {"hostname": hostname, **extra}),
-    ])
+    r = render(
+        [
+            Patch(
+                "fleet",
+                Layer.FLEET,
+                {"sysctls": {"vm.swappiness": "10"}, "time": {"servers": ["ntp.example.net"]}},
+            ),
+            Patch("m", Layer.MACHINE, {"hostname": hostname, **extra}),
+        ]
+    )
     return r.version, r.canonical_json
 
 
@@ -94,13 +99,16 @@ def _hello(machine_id: str = "") -> pb.AgentMessage:
     return pb.AgentMessage(hello=pb.Hello(agent_version="test", machine_id=machine_id))
 
 
-def _session_call(lab: Lab, creds: grpc.ChannelCredentials | None, hello: pb.AgentMessage,
-                  hold: threading.Event | None = None,
-                  metadata: tuple[tuple[str, str], ...] = ()) -> grpc.RpcError | None:
+def _session_call(
+    lab: Lab,
+    creds: grpc.ChannelCredentials | None,
+    hello: pb.AgentMessage,
+    hold: threading.Event | None = None,
+    metadata: tuple[tuple[str, str], ...] = (),
+) -> grpc.RpcError | None:
     target = lab.server
     opts = [("grpc.use_local_subchannel_pool", 1)]
-    ch = (grpc.secure_channel(target, creds, opts) if creds else
-          grpc.insecure_channel(target, opts))
+    ch = grpc.secure_channel(target, creds, opts) if creds else grpc.insecure_channel(target, opts)
 
     def requests():
         yield hello
@@ -134,8 +142,9 @@ def test_session_refuses_plaintext_missing_foreign_and_expired_certs(lab: Lab) -
         "no-client-cert": grpc.ssl_channel_credentials(lab.ca.cert_pem),
         "other-ca": _client_creds(lab, *_cert_for(FleetCA.create(), "m1")),
     }
-    past = FleetCA(lab.ca._key, lab.ca.cert,
-                   now=lambda: dt.datetime.now(dt.UTC) - dt.timedelta(days=2))
+    past = FleetCA(
+        lab.ca._key, lab.ca.cert, now=lambda: dt.datetime.now(dt.UTC) - dt.timedelta(days=2)
+    )
     cases["expired"] = _client_creds(lab, *_cert_for(past, "m1"))
     for name, creds in cases.items():
         err = _session_call(lab, creds, _hello())
@@ -158,8 +167,11 @@ def test_identity_comes_from_the_certificate(lab: Lab) -> None:
     version, doc = _config("for-b")
     lab.lt.run(lab.api.hub.push_config("b", version, doc))
     hold = threading.Event()
-    t = threading.Thread(target=_session_call, args=(lab, creds, _hello(), hold),
-                         kwargs={"metadata": (("x-machine-id", "b"),)})
+    t = threading.Thread(
+        target=_session_call,
+        args=(lab, creds, _hello(), hold),
+        kwargs={"metadata": (("x-machine-id", "b"),)},
+    )
     t.start()
     try:
         eventually(lambda: lab.api.hub.is_connected("a"))
@@ -287,13 +299,15 @@ def test_staged_no_reboot_and_auto_reboot(lab: Lab) -> None:
     v1, d1 = _config("k1", kernel_args=["quiet"])
 
     # no-reboot refuses a change that needs a reboot
-    out = lab.lt.run(hub.wait_result(lab.lt.run(
-        hub.push_config("m1", v1, d1, ApplyMode.NO_REBOOT)), 10))
+    out = lab.lt.run(
+        hub.wait_result(lab.lt.run(hub.push_config("m1", v1, d1, ApplyMode.NO_REBOOT)), 10)
+    )
     assert not out.ok and "kernel_args" in out.error
 
     # staged: accepted, not in effect until the next boot
-    out = lab.lt.run(hub.wait_result(lab.lt.run(
-        hub.push_config("m1", v1, d1, ApplyMode.STAGED)), 10))
+    out = lab.lt.run(
+        hub.wait_result(lab.lt.run(hub.push_config("m1", v1, d1, ApplyMode.STAGED)), 10)
+    )
     assert out.ok and out.applied_version != v1
     assert lab.store.hellos["m1"].boot_id == boot0
     lab.lt.run(hub.reboot("m1"))
@@ -340,10 +354,28 @@ def test_simulate_many_machines_each_with_own_connection_and_reboot(lab: Lab) ->
     (lab.tmp / "ca.pem").write_bytes(lab.ca.cert_pem)
     shutil.copytree(FIXTURES / "qemu-vm", lab.tmp / "tpl", symlinks=True)
     proc = subprocess.Popen(
-        [str(AGENT_BIN), "simulate", "--count", "3", "--root-template", str(lab.tmp / "tpl"),
-         "--work", str(lab.tmp / "sim"), "--server", lab.server, "--enroll", lab.enroll,
-         "--ca", str(lab.tmp / "ca.pem"), "--tokens", str(lab.tmp / "tokens.json"),
-         "--heartbeat", "0.5", "--ramp", "0.2"],
+        [
+            str(AGENT_BIN),
+            "simulate",
+            "--count",
+            "3",
+            "--root-template",
+            str(lab.tmp / "tpl"),
+            "--work",
+            str(lab.tmp / "sim"),
+            "--server",
+            lab.server,
+            "--enroll",
+            lab.enroll,
+            "--ca",
+            str(lab.tmp / "ca.pem"),
+            "--tokens",
+            str(lab.tmp / "tokens.json"),
+            "--heartbeat",
+            "0.5",
+            "--ramp",
+            "0.2",
+        ],
     )
     lab.procs.append(proc)
     eventually(lambda: all(lab.api.hub.is_connected(m) for m in ids), 30)
@@ -386,8 +418,9 @@ def test_followed_log_streams_appends_and_stops_when_the_caller_leaves(lab: Lab)
     got: list[bytes] = []
 
     async def consume(tail_lines: int = 0) -> None:
-        async for chunk in hub.node_op_stream("m1", NodeOpKind.LOGS, service="chronyd",
-                                              follow=True, timeout=10, tail_lines=tail_lines):
+        async for chunk in hub.node_op_stream(
+            "m1", NodeOpKind.LOGS, service="chronyd", follow=True, timeout=10, tail_lines=tail_lines
+        ):
             got.append(chunk)
 
     task = asyncio.run_coroutine_threadsafe(consume(tail_lines=1), lab.lt.loop)

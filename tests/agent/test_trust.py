@@ -9,9 +9,9 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.identity import new_key_and_csr
-from server.agentapi import BootstrapTokens, EnrollmentDenied, MemoryAgentStore
-from server.agentapi.tokens import DENIED_MESSAGE, hash_token
-from server.pki import FleetCA, PkiError
+from server.agents import BootstrapTokens, EnrollmentDenied, MemoryAgentStore
+from server.agents.pki import FleetCA, PkiError
+from server.agents.tokens import DENIED_MESSAGE, hash_token
 
 
 def test_ca_created_once_with_private_key_0600(tmp_path):
@@ -26,7 +26,7 @@ def test_ca_created_once_with_private_key_0600(tmp_path):
 
 def test_supplied_ca_must_match_its_key(tmp_path):
     a, b = FleetCA.create(), FleetCA.create()
-    from server.pki import key_to_pem
+    from server.agents.pki import key_to_pem
 
     with pytest.raises(PkiError):
         FleetCA.from_pem(key_to_pem(a._key), b.cert_pem)
@@ -98,8 +98,16 @@ def test_token_single_use_and_stored_hashed(tokens):
 
 @pytest.mark.parametrize(
     "case",
-    ["unknown-machine", "wrong-token", "other-machines-token", "expired", "wrong-phase",
-     "superseded-by-new-boot", "wiped", "empty"],
+    [
+        "unknown-machine",
+        "wrong-token",
+        "other-machines-token",
+        "expired",
+        "wrong-phase",
+        "superseded-by-new-boot",
+        "wiped",
+        "empty",
+    ],
 )
 def test_token_refusals_are_indistinguishable(tokens, case):
     store, clock, t = tokens
@@ -117,7 +125,8 @@ def test_token_refusals_are_indistinguishable(tokens, case):
     elif case == "wrong-phase":
         mid = "locked"
         store.tokens["locked"] = store.tokens["m1"].__class__(
-            "locked", hash_token("t"), "b", clock.t + dt.timedelta(minutes=5))
+            "locked", hash_token("t"), "b", clock.t + dt.timedelta(minutes=5)
+        )
         secret = "t"  # noqa: S105 - test token
     elif case == "superseded-by-new-boot":
         run(t.issue("m1", "boot-2"))
@@ -135,8 +144,9 @@ def test_concurrent_redeems_yield_one_success(tokens):
     secret = run(t.issue("m1", "b"))
 
     async def both():
-        return await asyncio.gather(t.redeem("m1", secret), t.redeem("m1", secret),
-                                    return_exceptions=True)
+        return await asyncio.gather(
+            t.redeem("m1", secret), t.redeem("m1", secret), return_exceptions=True
+        )
 
     results = run(both())
     assert sum(not isinstance(r, Exception) for r in results) == 1

@@ -14,9 +14,17 @@ from tests.peers import bmc_peers as peers
 PEERS = ("sushy", "sushy-tls", "ipmi_sim", "pyghmi")
 PASSWORD = "pa55-Word!"  # noqa: S105 - lab peers only
 
-FAST = PowerPolicy(max_attempts=3, backoff_initial=0.1, backoff_max=0.5, deadline=30,
-                   read_deadline=10, settle_timeout=15, poll_interval=0.2, min_interval=0.02,
-                   max_concurrency=8)
+FAST = PowerPolicy(
+    max_attempts=3,
+    backoff_initial=0.1,
+    backoff_max=0.5,
+    deadline=30,
+    read_deadline=10,
+    settle_timeout=15,
+    poll_interval=0.2,
+    min_interval=0.02,
+    max_concurrency=8,
+)
 
 
 def start_peer(name: str, workdir: Path, password: str = PASSWORD) -> peers.Peer:
@@ -34,9 +42,14 @@ def start_peer(name: str, workdir: Path, password: str = PASSWORD) -> peers.Peer
 def endpoint_for(peer: peers.Peer, password: str | None = None, **kw: object) -> BmcEndpoint:
     kind = DriverKind.redfish if peer.kind == "redfish" else DriverKind.ipmi
     args: dict[str, object] = dict(
-        driver=kind, address=peer.address, port=peer.port, username=peer.username,
-        password=peer.password if password is None else password, scheme=peer.scheme,
-        ca_bundle=peer.ca_pem)
+        driver=kind,
+        address=peer.address,
+        port=peer.port,
+        username=peer.username,
+        password=peer.password if password is None else password,
+        scheme=peer.scheme,
+        ca_bundle=peer.ca_pem,
+    )
     args.update(kw)
     return BmcEndpoint(**args)  # type: ignore[arg-type]
 

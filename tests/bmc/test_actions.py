@@ -111,13 +111,23 @@ class FakeDriver:
 
 
 EP = BmcEndpoint(DriverKind.ipmi, "10.0.0.5", 623, "admin", "pw")
-POLICY = PowerPolicy(max_attempts=4, backoff_initial=1.0, backoff_factor=2.0, backoff_max=5.0,
-                     jitter=0.0, deadline=100.0, read_deadline=50.0, settle_timeout=10.0,
-                     poll_interval=1.0, min_interval=0.0)
+POLICY = PowerPolicy(
+    max_attempts=4,
+    backoff_initial=1.0,
+    backoff_factor=2.0,
+    backoff_max=5.0,
+    jitter=0.0,
+    deadline=100.0,
+    read_deadline=50.0,
+    settle_timeout=10.0,
+    poll_interval=1.0,
+    min_interval=0.0,
+)
 
 
-def make(policy: PowerPolicy = POLICY, **bmc_kw: object) -> tuple[BmcController, FakeBmc,
-                                                                   FakeClock, list[int]]:
+def make(
+    policy: PowerPolicy = POLICY, **bmc_kw: object
+) -> tuple[BmcController, FakeBmc, FakeClock, list[int]]:
     clock = FakeClock()
     bmc = FakeBmc(clock, **bmc_kw)  # type: ignore[arg-type]
     built: list[int] = []
@@ -283,17 +293,22 @@ def test_bmc_refusing_a_same_state_command_is_success_if_state_matches() -> None
     bmc._tick = orig_tick  # type: ignore[method-assign]
 
 
-@pytest.mark.parametrize(("action", "before", "command"), [
-    (PowerAction.cycle, PowerState.on, "cycle"),
-    (PowerAction.cycle, PowerState.off, "on"),
-    (PowerAction.reset, PowerState.on, "reset"),
-    (PowerAction.reset, PowerState.off, "on"),
-    (PowerAction.off, PowerState.on, "off"),
-    (PowerAction.soft_off, PowerState.on, "soft-off"),
-    (PowerAction.on, PowerState.unknown, "on"),
-], ids=lambda v: str(v))
-def test_command_chosen_from_action_and_current_state(action: PowerAction, before: PowerState,
-                                                      command: str) -> None:
+@pytest.mark.parametrize(
+    ("action", "before", "command"),
+    [
+        (PowerAction.cycle, PowerState.on, "cycle"),
+        (PowerAction.cycle, PowerState.off, "on"),
+        (PowerAction.reset, PowerState.on, "reset"),
+        (PowerAction.reset, PowerState.off, "on"),
+        (PowerAction.off, PowerState.on, "off"),
+        (PowerAction.soft_off, PowerState.on, "soft-off"),
+        (PowerAction.on, PowerState.unknown, "on"),
+    ],
+    ids=lambda v: str(v),
+)
+def test_command_chosen_from_action_and_current_state(
+    action: PowerAction, before: PowerState, command: str
+) -> None:
     ctl, bmc, _, _ = make(state=before, settle=0.5)
     if before == PowerState.unknown:
         bmc.state = PowerState.unknown
@@ -357,8 +372,9 @@ class Tracker:
                 with tracker.lock:
                     tracker.active[ep.key] += 1
                     tracker.total += 1
-                    tracker.max_active[ep.key] = max(tracker.max_active[ep.key],
-                                                     tracker.active[ep.key])
+                    tracker.max_active[ep.key] = max(
+                        tracker.max_active[ep.key], tracker.active[ep.key]
+                    )
                     tracker.max_total = max(tracker.max_total, tracker.total)
                 time.sleep(tracker.hold)
                 with tracker.lock:
@@ -434,8 +450,9 @@ class ClosingDriver(FakeDriver):
         self.closed.append(1)
 
 
-def make_closing(policy: PowerPolicy = POLICY, **bmc_kw: object
-                 ) -> tuple[BmcController, FakeBmc, FakeClock, list[int], list[int]]:
+def make_closing(
+    policy: PowerPolicy = POLICY, **bmc_kw: object
+) -> tuple[BmcController, FakeBmc, FakeClock, list[int], list[int]]:
     ctl, bmc, clock, built = make(policy, **bmc_kw)
     closed: list[int] = []
 

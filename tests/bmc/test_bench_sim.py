@@ -32,5 +32,7 @@ def test_fleet_serves_distinct_bmcs_and_loops_time_them() -> None:
         assert ipmitool["count"] == bronze["count"] == 3
         assert ipmitool["total_s"] > 0 and bronze["total_s"] > 0
     for pid in pids:  # stopped by PID on exit
-        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(
-            f"/proc/{pid}/status").read_text().lower()
+        assert (
+            not Path(f"/proc/{pid}").exists()
+            or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+        )

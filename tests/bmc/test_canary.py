@@ -36,8 +36,9 @@ def all_cmdlines() -> list[bytes]:
     return out
 
 
-def test_canary_password_never_leaks(tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_canary_password_never_leaks(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     canary = f"CANARY-{uuid.uuid4().hex[:12]}"
     spawned: list[list[str]] = []
     real_popen = subprocess.Popen
@@ -85,16 +86,19 @@ def test_canary_password_never_leaks(tmp_path: Path, caplog: pytest.LogCaptureFi
                     seen_text += traceback.format_exception(r.error)
         # failing transports with the canary as password
         with peers.udp_black_hole() as port:
-            r = ctl.get_power_state_sync(BmcEndpoint(DriverKind.ipmi, "127.0.0.1", port,
-                                                     "admin", canary))
+            r = ctl.get_power_state_sync(
+                BmcEndpoint(DriverKind.ipmi, "127.0.0.1", port, "admin", canary)
+            )
             seen_text += [repr(r), str(r.error), *traceback.format_exception(r.error)]
         with peers.tcp_silent() as port:
-            r = ctl.get_power_state_sync(BmcEndpoint(DriverKind.redfish, "127.0.0.1", port,
-                                                     "admin", canary, scheme="http"))
+            r = ctl.get_power_state_sync(
+                BmcEndpoint(DriverKind.redfish, "127.0.0.1", port, "admin", canary, scheme="http")
+            )
             seen_text += [repr(r), str(r.error), *traceback.format_exception(r.error)]
         with peers.redirect_pair() as (src, _dst, _seen):
-            r = ctl.get_power_state_sync(BmcEndpoint(DriverKind.redfish, "127.0.0.1", src,
-                                                     "admin", canary, scheme="http"))
+            r = ctl.get_power_state_sync(
+                BmcEndpoint(DriverKind.redfish, "127.0.0.1", src, "admin", canary, scheme="http")
+            )
             seen_text += [repr(r), str(r.error), *traceback.format_exception(r.error)]
     finally:
         for p in running:

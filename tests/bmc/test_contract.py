@@ -36,8 +36,9 @@ def events(peer: Peer) -> list[str]:
     """What the peer's power program recorded (IPMI peers only)."""
     if peer.name == "pyghmi":
         path = peer.extra["events"]
-        return [ln.split(" ", 1)[1] for ln in path.read_text().splitlines()] \
-            if path.exists() else []  # type: ignore[union-attr]
+        return (
+            [ln.split(" ", 1)[1] for ln in path.read_text().splitlines()] if path.exists() else []
+        )  # type: ignore[union-attr]
     if peer.name == "ipmi_sim":
         calls = peer.extra["chassis"] / "calls"  # type: ignore[operator]
         return calls.read_text().splitlines() if calls.exists() else []
@@ -126,8 +127,9 @@ def _device_matches(peer: Peer, seen: object, device: BootDevice) -> bool:
 
 
 def test_boot_pxe_once(peer: Peer, controller: BmcController) -> None:
-    result = controller.set_boot_device_sync(endpoint_for(peer), BootDevice.pxe,
-                                             persistent=False, uefi=False)
+    result = controller.set_boot_device_sync(
+        endpoint_for(peer), BootDevice.pxe, persistent=False, uefi=False
+    )
     assert result.ok, result.error
     assert result.boot is not None and result.boot.device == BootDevice.pxe
     seen = reference_boot(peer)
@@ -139,8 +141,9 @@ def test_boot_pxe_once(peer: Peer, controller: BmcController) -> None:
 
 
 def test_boot_disk_persistent_uefi(peer: Peer, controller: BmcController) -> None:
-    result = controller.set_boot_device_sync(endpoint_for(peer), BootDevice.disk,
-                                             persistent=True, uefi=True)
+    result = controller.set_boot_device_sync(
+        endpoint_for(peer), BootDevice.disk, persistent=True, uefi=True
+    )
     assert result.ok, result.error
     seen = reference_boot(peer)
     assert _device_matches(peer, seen["device"], BootDevice.disk)
@@ -160,9 +163,12 @@ def test_out_of_band_change_is_read(peer: Peer, controller: BmcController) -> No
 
         verify: object = ssl.create_default_context(cadata=peer.ca_pem) if peer.ca_pem else True
         with httpx.Client(verify=verify, trust_env=False, timeout=5) as c:  # type: ignore[arg-type]
-            r = c.post(f"{peer.scheme}://{peer.address}:{peer.port}/redfish/v1/Systems/"
-                       f"{peers.SYSTEM_UUID}/Actions/ComputerSystem.Reset",
-                       json={"ResetType": "On"}, auth=auth)
+            r = c.post(
+                f"{peer.scheme}://{peer.address}:{peer.port}/redfish/v1/Systems/"
+                f"{peers.SYSTEM_UUID}/Actions/ComputerSystem.Reset",
+                json={"ResetType": "On"},
+                auth=auth,
+            )
             assert r.status_code in (200, 202, 204), r.text
     ep = endpoint_for(peer)
     eventually(lambda: controller.get_power_state_sync(ep).state == PowerState.on)

@@ -33,8 +33,9 @@ from tests.peers import bmc_peers as peers
 SHORT = DriverTimeouts(connect=0.5, read=0.5)
 
 
-def counting_controller(policy: PowerPolicy = FAST, timeouts: DriverTimeouts = SHORT
-                        ) -> tuple[BmcController, list[BmcEndpoint]]:
+def counting_controller(
+    policy: PowerPolicy = FAST, timeouts: DriverTimeouts = SHORT
+) -> tuple[BmcController, list[BmcEndpoint]]:
     """A controller whose factory records every driver it builds."""
     built: list[BmcEndpoint] = []
     inner = default_driver_factory(timeouts)
@@ -93,7 +94,8 @@ def test_connection_refused_is_transient() -> None:
     ctl, _ = counting_controller()
     port = peers.free_port()
     result = ctl.get_power_state_sync(
-        BmcEndpoint(DriverKind.redfish, "127.0.0.1", port, "a", "b", scheme="http"))
+        BmcEndpoint(DriverKind.redfish, "127.0.0.1", port, "a", "b", scheme="http")
+    )
     assert isinstance(result.error, BmcConnectionError)
     assert result.state == PowerState.unknown
 
@@ -116,8 +118,10 @@ def test_http_500_on_the_command_is_retried(sushy: peers.Peer) -> None:
     """The failures land on the POST of the reset action, not on a read."""
     ctl, _ = counting_controller(timeouts=DriverTimeouts(connect=1, read=5))
     upstream = f"http://127.0.0.1:{sushy.port}"
-    with peers.failing_proxy(upstream, failures=2, methods=("POST",),
-                             path_contains="Reset") as (port, log):
+    with peers.failing_proxy(upstream, failures=2, methods=("POST",), path_contains="Reset") as (
+        port,
+        log,
+    ):
         ep = BmcEndpoint(DriverKind.redfish, "127.0.0.1", port, scheme="http")
         result = ctl.power_sync(ep, PowerAction.on)
     assert result.ok, result.error
@@ -148,8 +152,9 @@ def test_wrong_credentials_are_fatal_and_not_retried(name: str, tmp_path: Path) 
 def test_redirect_to_another_origin_is_refused_without_leaking_credentials() -> None:
     ctl, built = counting_controller()
     with peers.redirect_pair() as (src, _dst, seen):
-        ep = BmcEndpoint(DriverKind.redfish, "127.0.0.1", src, "admin", "s3cret-redirect",
-                         scheme="http")
+        ep = BmcEndpoint(
+            DriverKind.redfish, "127.0.0.1", src, "admin", "s3cret-redirect", scheme="http"
+        )
         result = ctl.get_power_state_sync(ep)
     assert isinstance(result.error, BmcRedirectRefused), result.error
     assert result.attempts == 1 and len(built) == 1
@@ -176,9 +181,9 @@ def test_guarded_session_refuses_cross_origin_but_follows_same_origin() -> None:
         assert len(seen) == 1 and f"127.0.0.1:{dst}" in seen[0]["Host"]
 
 
-def test_tls_verifies_against_the_endpoint_ca(sushy_tls: peers.Peer,
-                                              monkeypatch: pytest.MonkeyPatch,
-                                              tmp_path: Path) -> None:
+def test_tls_verifies_against_the_endpoint_ca(
+    sushy_tls: peers.Peer, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     ctl, _ = counting_controller(timeouts=DriverTimeouts(connect=1, read=5))
     good = endpoint_for(sushy_tls)
     assert ctl.get_power_state_sync(good).ok
@@ -198,8 +203,9 @@ def test_tls_verifies_against_the_endpoint_ca(sushy_tls: peers.Peer,
     assert ctl.get_power_state_sync(insecure).ok
     # A CA bundle of another CA fails.
     _, _, other_ca = peers.make_tls(tmp_path)
-    assert isinstance(ctl.get_power_state_sync(
-        endpoint_for(sushy_tls, ca_bundle=other_ca)).error, BmcTlsError)
+    assert isinstance(
+        ctl.get_power_state_sync(endpoint_for(sushy_tls, ca_bundle=other_ca)).error, BmcTlsError
+    )
 
 
 def test_ca_bundle_temp_file_is_removed(sushy_tls: peers.Peer) -> None:
@@ -214,14 +220,19 @@ def test_ca_bundle_temp_file_is_removed(sushy_tls: peers.Peer) -> None:
 
 
 def test_probe_identifies_each_peer(tmp_path: Path) -> None:
-    for name, kind in (("sushy", DriverKind.redfish), ("sushy-tls", DriverKind.redfish),
-                       ("ipmi_sim", DriverKind.ipmi), ("pyghmi", DriverKind.ipmi)):
+    for name, kind in (
+        ("sushy", DriverKind.redfish),
+        ("sushy-tls", DriverKind.redfish),
+        ("ipmi_sim", DriverKind.ipmi),
+        ("pyghmi", DriverKind.ipmi),
+    ):
         peer = start_peer(name, tmp_path / name)
         try:
             assert probe(peer.address, peer.port, timeout=1.0) == kind, name
             ctl, _ = counting_controller(timeouts=DriverTimeouts(connect=1, read=5))
-            auto = endpoint_for(peer, driver=DriverKind.auto,
-                                scheme="https")  # probing finds http where it is
+            auto = endpoint_for(
+                peer, driver=DriverKind.auto, scheme="https"
+            )  # probing finds http where it is
             result = ctl.get_power_state_sync(auto)
             assert result.ok and result.state == PowerState.off, (name, result.error)
         finally:
@@ -253,7 +264,8 @@ def test_ipmi_15_only_bmc_is_refused() -> None:
     ctl, built = counting_controller()
     with peers.fake_ipmi_bmc(ipmi20=False) as (port, proposals):
         result = ctl.get_power_state_sync(
-            BmcEndpoint(DriverKind.ipmi, "127.0.0.1", port, "admin", "x"))
+            BmcEndpoint(DriverKind.ipmi, "127.0.0.1", port, "admin", "x")
+        )
     assert isinstance(result.error, BmcUnsupportedError), result.error
     assert "IPMI v2.0" in str(result.error)
     assert result.attempts == 1 and proposals == []  # no session was even proposed
@@ -263,7 +275,8 @@ def test_only_cipher_suites_17_and_3_are_ever_proposed() -> None:
     ctl, _ = counting_controller()
     with peers.fake_ipmi_bmc(ipmi20=True) as (port, proposals):
         result = ctl.get_power_state_sync(
-            BmcEndpoint(DriverKind.ipmi, "127.0.0.1", port, "admin", "x"))
+            BmcEndpoint(DriverKind.ipmi, "127.0.0.1", port, "admin", "x")
+        )
     assert isinstance(result.error, BmcUnsupportedError), result.error
     assert result.attempts == 1
     # suite 17: RAKP-HMAC-SHA256 (3), HMAC-SHA256-128 (4), AES-CBC-128 (1)

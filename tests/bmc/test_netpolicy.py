@@ -79,16 +79,16 @@ REFUSED = [
 ]
 
 
-@pytest.mark.parametrize(("text", "policy", "expected"), ACCEPTED,
-                         ids=[a[0] for a in ACCEPTED])
+@pytest.mark.parametrize(("text", "policy", "expected"), ACCEPTED, ids=[a[0] for a in ACCEPTED])
 def test_accepted(text: str, policy: NetPolicy, expected: tuple[str, int | None]) -> None:
     checked = check_address(text, policy, resolver)
     assert (checked.host, checked.port) == expected
     assert checked.addresses
 
 
-@pytest.mark.parametrize(("text", "policy", "reason"), REFUSED,
-                         ids=[r[0] or "empty" for r in REFUSED])
+@pytest.mark.parametrize(
+    ("text", "policy", "reason"), REFUSED, ids=[r[0] or "empty" for r in REFUSED]
+)
 def test_refused(text: str, policy: NetPolicy, reason: str) -> None:
     with pytest.raises(BmcAddressRefused) as info:
         check_address(text, policy, resolver)

@@ -24,8 +24,9 @@ def sessions(peer: peers.Peer) -> int:
     return sum(1 for line in lines if line == f"{peer.port} session")
 
 
-def test_ipmi_session_is_reused_across_operations(tmp_path: Path,
-                                                  controller: BmcController) -> None:
+def test_ipmi_session_is_reused_across_operations(
+    tmp_path: Path, controller: BmcController
+) -> None:
     peer = start_peer("pyghmi", tmp_path / "pyghmi")
     try:
         ep = endpoint_for(peer)
@@ -33,9 +34,11 @@ def test_ipmi_session_is_reused_across_operations(tmp_path: Path,
         # pyghmi answers suite 17 with suite-3 algorithms: two Open Session Requests, once
         opened = sessions(peer)
         assert opened in (1, 2)
-        results = [controller.set_boot_device_sync(ep, BootDevice.pxe),
-                   controller.get_power_state_sync(ep),
-                   controller.power_sync(ep, PowerAction.off)]
+        results = [
+            controller.set_boot_device_sync(ep, BootDevice.pxe),
+            controller.get_power_state_sync(ep),
+            controller.power_sync(ep, PowerAction.off),
+        ]
         assert [r.error for r in results] == [None] * 3
         assert sessions(peer) == opened  # three more operations, no new session
         assert controller.open_sessions() == 1
@@ -50,8 +53,9 @@ def test_ipmi_session_is_reused_across_operations(tmp_path: Path,
 
 
 @pytest.mark.parametrize("name", ["pyghmi", "ipmi_sim"])
-def test_bmc_restart_mid_session_forces_reauthentication(tmp_path: Path, controller: BmcController,
-                                                         name: str) -> None:
+def test_bmc_restart_mid_session_forces_reauthentication(
+    tmp_path: Path, controller: BmcController, name: str
+) -> None:
     peer = start_peer(name, tmp_path / name)
     try:
         ep = endpoint_for(peer)
@@ -70,8 +74,9 @@ def test_bmc_restart_mid_session_forces_reauthentication(tmp_path: Path, control
         peer.stop()
 
 
-def test_wrong_password_on_a_kept_session_is_still_fatal(tmp_path: Path,
-                                                         controller: BmcController) -> None:
+def test_wrong_password_on_a_kept_session_is_still_fatal(
+    tmp_path: Path, controller: BmcController
+) -> None:
     peer = start_peer("pyghmi", tmp_path / "pyghmi")
     try:
         assert controller.get_power_state_sync(endpoint_for(peer)).ok
@@ -82,8 +87,9 @@ def test_wrong_password_on_a_kept_session_is_still_fatal(tmp_path: Path,
         peer.stop()
 
 
-def test_redfish_connection_is_reused_across_operations(tmp_path: Path,
-                                                        controller: BmcController) -> None:
+def test_redfish_connection_is_reused_across_operations(
+    tmp_path: Path, controller: BmcController
+) -> None:
     peer = start_peer("sushy", tmp_path / "sushy")
     try:
         ep = endpoint_for(peer)

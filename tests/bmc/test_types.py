@@ -34,9 +34,12 @@ def test_every_member_has_a_docstring(enum: type) -> None:
 
 def test_action_targets() -> None:
     assert {a: a.target for a in PowerAction} == {
-        PowerAction.on: PowerState.on, PowerAction.off: PowerState.off,
-        PowerAction.soft_off: PowerState.off, PowerAction.cycle: PowerState.on,
-        PowerAction.reset: PowerState.on}
+        PowerAction.on: PowerState.on,
+        PowerAction.off: PowerState.off,
+        PowerAction.soft_off: PowerState.off,
+        PowerAction.cycle: PowerState.on,
+        PowerAction.reset: PowerState.on,
+    }
 
 
 def test_secret_never_prints() -> None:
@@ -52,8 +55,14 @@ def test_secret_never_prints() -> None:
 def test_endpoint_repr_hides_password_and_accepts_pydantic_secret() -> None:
     from pydantic import SecretStr
 
-    ep = BmcEndpoint(DriverKind.redfish, "10.0.0.5", 8443, "admin", SecretStr("hunter2"),
-                     ca_bundle="-----BEGIN CERTIFICATE-----")
+    ep = BmcEndpoint(
+        DriverKind.redfish,
+        "10.0.0.5",
+        8443,
+        "admin",
+        SecretStr("hunter2"),
+        ca_bundle="-----BEGIN CERTIFICATE-----",
+    )
     assert isinstance(ep.password, Secret)
     assert ep.password.get_secret_value() == "hunter2"
     for text in (repr(ep), str(ep), f"{ep}"):

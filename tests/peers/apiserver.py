@@ -39,14 +39,17 @@ class RunningServer:
 
 
 @contextmanager
-def run_server(data_dir: Path, database_url: str, *, pxe_settings: PxeSettings | None = None,
-               **overrides: Any) -> Iterator[RunningServer]:
+def run_server(
+    data_dir: Path, database_url: str, *, pxe_settings: PxeSettings | None = None, **overrides: Any
+) -> Iterator[RunningServer]:
     port = free_port()
     # Power sync stays off unless a test turns it on: it would poll every stored BMC address.
     overrides.setdefault("power_sync_enabled", False)
     # So does the agent API: parallel tests would fight over its fixed ports.
     overrides.setdefault("agent_api_enabled", False)
-    settings = ServerSettings(data_dir=data_dir, database_url=database_url, api_port=port, **overrides)
+    settings = ServerSettings(
+        data_dir=data_dir, database_url=database_url, api_port=port, **overrides
+    )
     app = create_app(settings, pxe_settings=pxe_settings or PxeSettings(enabled=False))
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
@@ -57,8 +60,11 @@ def run_server(data_dir: Path, database_url: str, *, pxe_settings: PxeSettings |
         if not thread.is_alive() or time.monotonic() > deadline:
             raise RuntimeError("uvicorn did not start")
         time.sleep(0.02)
-    token = (data_dir / "admin.token").read_text().strip() if settings.admin_token is None else \
-        settings.admin_token.get_secret_value()
+    token = (
+        (data_dir / "admin.token").read_text().strip()
+        if settings.admin_token is None
+        else settings.admin_token.get_secret_value()
+    )
     try:
         yield RunningServer(f"http://127.0.0.1:{port}", token, settings, app)
     finally:

@@ -77,13 +77,20 @@ class Peer:
         stop_process(self.proc)
 
 
-def spawn(argv: list[str], workdir: Path, env: dict[str, str] | None = None
-          ) -> subprocess.Popen[bytes]:
+def spawn(
+    argv: list[str], workdir: Path, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     log = open(workdir / "peer.log", "ab")  # noqa: SIM115 - owned by the child
     full_env = dict(os.environ)
     full_env.update(env or {})
-    return subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
-                            env=full_env, start_new_session=True)
+    return subprocess.Popen(
+        argv,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=workdir,
+        env=full_env,
+        start_new_session=True,
+    )
 
 
 def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 5.0) -> None:
@@ -98,8 +105,9 @@ def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 5.0) -> No
         proc.wait(timeout=5)
 
 
-def wait_until(check, what: str, proc: subprocess.Popen[bytes] | None, workdir: Path,
-               timeout: float = 20.0) -> None:
+def wait_until(
+    check, what: str, proc: subprocess.Popen[bytes] | None, workdir: Path, timeout: float = 20.0
+) -> None:
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
@@ -130,40 +138,67 @@ def make_tls(workdir: Path, host: str = LOCAL) -> tuple[Path, Path, str]:
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bronze test BMC CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
-          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
-          .not_valid_before(now - datetime.timedelta(minutes=5))
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True,
-                                       crl_sign=True, content_commitment=False,
-                                       key_encipherment=False, data_encipherment=False,
-                                       key_agreement=False, encipher_only=False,
-                                       decipher_only=False), critical=True)
-          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()),
-                         critical=False)
-          .sign(ca_key, hashes.SHA256()))
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     key = ec.generate_private_key(ec.SECP256R1())
-    cert = (x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
-            .issuer_name(ca_name).public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(
-                [x509.IPAddress(ipaddress.ip_address(host)), x509.DNSName("localhost")]),
-                critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]),
-                           critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
-                ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address(host)), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(
+            x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
     cert_path, key_path = workdir / "server.pem", workdir / "server.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
     key_path.chmod(0o600)
     return cert_path, key_path, ca.public_bytes(serialization.Encoding.PEM).decode()
 
@@ -184,8 +219,14 @@ sys.exit(main())
 """
 
 
-def start_sushy(workdir: Path, *, tls: bool = False, auth: tuple[str, str] | None = None,
-                delay: tuple[int, int] | None = (1, 1), power_state: str = "Off") -> Peer:
+def start_sushy(
+    workdir: Path,
+    *,
+    tls: bool = False,
+    auth: tuple[str, str] | None = None,
+    delay: tuple[int, int] | None = (1, 1),
+    power_state: str = "Off",
+) -> Peer:
     """sushy-emulator, fake driver, one system. ``delay=None``: stock 1-11 s settle."""
     workdir.mkdir(parents=True, exist_ok=True)
     state_dir = workdir / "state"
@@ -221,8 +262,18 @@ def start_sushy(workdir: Path, *, tls: bool = False, auth: tuple[str, str] | Non
         env = {"BRONZE_SUSHY_DELAY": f"{delay[0]},{delay[1]}"}
     proc = spawn(argv, workdir, env)
     scheme = "https" if tls else "http"
-    peer = Peer("redfish", "sushy-tls" if tls else "sushy", LOCAL, port, username, password,
-                proc, workdir, scheme=scheme, ca_pem=ca_pem)
+    peer = Peer(
+        "redfish",
+        "sushy-tls" if tls else "sushy",
+        LOCAL,
+        port,
+        username,
+        password,
+        proc,
+        workdir,
+        scheme=scheme,
+        ca_pem=ca_pem,
+    )
 
     def ready() -> bool:
         with socket.create_connection((LOCAL, port), timeout=0.5):
@@ -258,8 +309,12 @@ done
 """
 
 
-def start_ipmi_sim(workdir: Path, username: str = "admin", password: str = "password",  # noqa: S107
-                   power: int = 0) -> Peer:
+def start_ipmi_sim(
+    workdir: Path,
+    username: str = "admin",
+    password: str = "password",  # noqa: S107
+    power: int = 0,
+) -> Peer:
     workdir.mkdir(parents=True, exist_ok=True)
     chassis = workdir / "chassis"
     chassis.mkdir(exist_ok=True)
@@ -286,14 +341,32 @@ set_working_mc 0x20
     (workdir / "sim.emu").write_text(
         "mc_setbmc 0x20\n"
         "mc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\n"
-        "mc_enable 0x20\n")
+        "mc_enable 0x20\n"
+    )
     state = workdir / "simstate"
     state.mkdir(exist_ok=True)
-    argv = ["ipmi_sim", "-c", str(workdir / "lan.conf"), "-f", str(workdir / "sim.emu"),
-            "-s", str(state), "-n"]
+    argv = [
+        "ipmi_sim",
+        "-c",
+        str(workdir / "lan.conf"),
+        "-f",
+        str(workdir / "sim.emu"),
+        "-s",
+        str(state),
+        "-n",
+    ]
     proc = spawn(argv, workdir)
-    peer = Peer("ipmi", "ipmi_sim", LOCAL, port, username, password, proc, workdir,
-                extra={"chassis": chassis, "argv": argv, "env": {}})
+    peer = Peer(
+        "ipmi",
+        "ipmi_sim",
+        LOCAL,
+        port,
+        username,
+        password,
+        proc,
+        workdir,
+        extra={"chassis": chassis, "argv": argv, "env": {}},
+    )
     wait_until(lambda: udp_answers(LOCAL, port), "ipmi_sim", proc, workdir)
     return peer
 
@@ -311,18 +384,44 @@ def udp_answers(host: str, port: int, timeout: float = 0.3) -> bool:
 # -- pyghmi BMC -------------------------------------------------------------------------
 
 
-def start_pyghmi(workdir: Path, username: str = "admin", password: str = "password",  # noqa: S107
-                 count: int = 1, settle: float = 0.3) -> Peer:
+def start_pyghmi(
+    workdir: Path,
+    username: str = "admin",
+    password: str = "password",  # noqa: S107
+    count: int = 1,
+    settle: float = 0.3,
+) -> Peer:
     """``count`` pyghmi BMCs in one process on consecutive free ports (first in ``port``)."""
     workdir.mkdir(parents=True, exist_ok=True)
     ports = [free_port(socket.SOCK_DGRAM) for _ in range(count)]
     events = workdir / "events"
-    argv = [PY, "-m", "tests.peers.bmc_peers", "pyghmi", "--user", username,
-            "--ports", ",".join(map(str, ports)), "--settle", str(settle), "--events", str(events)]
+    argv = [
+        PY,
+        "-m",
+        "tests.peers.bmc_peers",
+        "pyghmi",
+        "--user",
+        username,
+        "--ports",
+        ",".join(map(str, ports)),
+        "--settle",
+        str(settle),
+        "--events",
+        str(events),
+    ]
     env = {"BRONZE_SIM_PASSWORD": password, "PYTHONPATH": str(ROOT)}
     proc = spawn(argv, workdir, env=env)
-    peer = Peer("ipmi", "pyghmi", LOCAL, ports[0], username, password, proc, workdir,
-                extra={"ports": ports, "events": events, "argv": argv, "env": env})
+    peer = Peer(
+        "ipmi",
+        "pyghmi",
+        LOCAL,
+        ports[0],
+        username,
+        password,
+        proc,
+        workdir,
+        extra={"ports": ports, "events": events, "argv": argv, "env": env},
+    )
     wait_until(lambda: all(udp_answers(LOCAL, p) for p in ports), "pyghmi BMC", proc, workdir)
     return peer
 
@@ -332,15 +431,23 @@ def restart_ipmi_peer(peer: Peer) -> None:
     forgotten (a BMC reboot). The pyghmi sim starts powered off; ipmi_sim keeps its chassis
     files."""
     peer.stop()
-    peer.proc = spawn(list(peer.extra["argv"]), peer.workdir,  # type: ignore[call-overload]
-                      env=dict(peer.extra["env"]))  # type: ignore[call-overload]
+    peer.proc = spawn(
+        list(peer.extra["argv"]),
+        peer.workdir,  # type: ignore[call-overload]
+        env=dict(peer.extra["env"]),
+    )  # type: ignore[call-overload]
     ports = peer.extra.get("ports", [peer.port])
-    wait_until(lambda: all(udp_answers(LOCAL, p) for p in ports),  # type: ignore[attr-defined]
-               f"restarted {peer.name}", peer.proc, peer.workdir)
+    wait_until(
+        lambda: all(udp_answers(LOCAL, p) for p in ports),  # type: ignore[attr-defined]
+        f"restarted {peer.name}",
+        peer.proc,
+        peer.workdir,
+    )
 
 
-def run_pyghmi_sim(ports: list[int], username: str, password: str, settle: float,
-                   events: Path | None) -> None:
+def run_pyghmi_sim(
+    ports: list[int], username: str, password: str, settle: float, events: Path | None
+) -> None:
     """Serve simulated BMCs forever (the child process of :func:`start_pyghmi`)."""
     import select
 
@@ -448,8 +555,25 @@ def run_pyghmi_sim(ports: list[int], username: str, password: str, settle: float
 
 def ipmitool(peer: Peer, *args: str, port: int | None = None, timeout: float = 20) -> str:
     """``ipmitool -I lanplus -C 3 -E``: the password travels in IPMI_PASSWORD, not argv."""
-    argv = ["ipmitool", "-I", "lanplus", "-C", "3", "-E", "-N", "1", "-R", "3",
-            "-H", peer.address, "-p", str(port or peer.port), "-U", peer.username, *args]
+    argv = [
+        "ipmitool",
+        "-I",
+        "lanplus",
+        "-C",
+        "3",
+        "-E",
+        "-N",
+        "1",
+        "-R",
+        "3",
+        "-H",
+        peer.address,
+        "-p",
+        str(port or peer.port),
+        "-U",
+        peer.username,
+        *args,
+    ]
     env = dict(os.environ, IPMI_PASSWORD=peer.password)
     out = subprocess.run(argv, capture_output=True, env=env, timeout=timeout, check=False)
     if out.returncode != 0:
@@ -485,12 +609,13 @@ def reference_boot(peer: Peer) -> dict[str, object]:
     """The boot override as an independent client sees it."""
     if peer.kind == "redfish":
         boot = redfish_get(peer)["Boot"]
-        return {"device": boot.get("BootSourceOverrideTarget"),
-                "persistent": boot.get("BootSourceOverrideEnabled") == "Continuous",
-                "uefi": boot.get("BootSourceOverrideMode") == "UEFI"}
+        return {
+            "device": boot.get("BootSourceOverrideTarget"),
+            "persistent": boot.get("BootSourceOverrideEnabled") == "Continuous",
+            "uefi": boot.get("BootSourceOverrideMode") == "UEFI",
+        }
     out = ipmitool(peer, "chassis", "bootparam", "get", "5")
-    return {"device": out, "persistent": "all future boots" in out,
-            "uefi": "BIOS EFI boot" in out}
+    return {"device": out, "persistent": "all future boots" in out, "uefi": "BIOS EFI boot" in out}
 
 
 # -- fault peers ------------------------------------------------------------------------
@@ -557,9 +682,13 @@ class _ThreadingServer(http.server.ThreadingHTTPServer):
 
 
 @contextlib.contextmanager
-def failing_proxy(upstream: str, failures: int, status: int = 500,
-                  methods: tuple[str, ...] = ("GET", "POST", "PATCH", "DELETE"),
-                  path_contains: str = "") -> Iterator[tuple[int, list[str]]]:
+def failing_proxy(
+    upstream: str,
+    failures: int,
+    status: int = 500,
+    methods: tuple[str, ...] = ("GET", "POST", "PATCH", "DELETE"),
+    path_contains: str = "",
+) -> Iterator[tuple[int, list[str]]]:
     """HTTP proxy to ``upstream`` (``http://host:port``) answering ``status`` to the first
     ``failures`` requests with a method in ``methods`` and a path containing
     ``path_contains``; yields (port, log of
@@ -576,8 +705,7 @@ def failing_proxy(upstream: str, failures: int, status: int = 500,
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else None
             with lock:
-                fail = (remaining[0] > 0 and self.command in methods
-                        and path_contains in self.path)
+                fail = remaining[0] > 0 and self.command in methods and path_contains in self.path
                 remaining[0] -= fail
             if fail:
                 log.append(f"{self.command} {self.path} {status}")
@@ -588,10 +716,14 @@ def failing_proxy(upstream: str, failures: int, status: int = 500,
                 self.end_headers()
                 self.wfile.write(payload)
                 return
-            headers = {k: v for k, v in self.headers.items()
-                       if k.lower() not in ("host", "connection", "content-length")}
+            headers = {
+                k: v
+                for k, v in self.headers.items()
+                if k.lower() not in ("host", "connection", "content-length")
+            }
             req = urllib.request.Request(  # noqa: S310 - upstream is a test URL
-                upstream + self.path, data=body, headers=headers, method=self.command)
+                upstream + self.path, data=body, headers=headers, method=self.command
+            )
             try:
                 with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
                     code, data, rheaders = resp.status, resp.read(), resp.headers
@@ -600,8 +732,13 @@ def failing_proxy(upstream: str, failures: int, status: int = 500,
             log.append(f"{self.command} {self.path} {code}")
             self.send_response(code)
             for k, v in rheaders.items():
-                if k.lower() not in ("transfer-encoding", "connection", "content-length",
-                                     "server", "date"):
+                if k.lower() not in (
+                    "transfer-encoding",
+                    "connection",
+                    "content-length",
+                    "server",
+                    "date",
+                ):
                     self.send_header(k, v)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
@@ -686,7 +823,7 @@ def fake_ipmi_bmc(ipmi20: bool) -> Iterator[tuple[int, list[tuple[int, int, int]
 
     def caps_reply(req: bytes) -> bytes:
         auth_type = req[4]
-        msg = req[14 + (16 if auth_type else 0):]
+        msg = req[14 + (16 if auth_type else 0) :]
         rq_seq_lun = msg[4]
         head = bytes([0x81, (0x07 << 2) | (rq_seq_lun & 3)])
         support = 0x14 | (0x80 if ipmi20 else 0)  # md5 + straight (+ IPMI 2.0 ext)
@@ -699,8 +836,9 @@ def fake_ipmi_bmc(ipmi20: bool) -> Iterator[tuple[int, list[tuple[int, int, int]
         payload = req[16:]
         proposals.append((payload[12] & 0x3F, payload[20] & 0x3F, payload[28] & 0x3F))
         body = bytes([payload[0], 0x11, 0, 0]) + payload[4:8]
-        return (bytes([6, 0, 0xFF, 7, 0x06, 0x11]) + bytes(8)
-                + len(body).to_bytes(2, "little") + body)
+        return (
+            bytes([6, 0, 0xFF, 7, 0x06, 0x11]) + bytes(8) + len(body).to_bytes(2, "little") + body
+        )
 
     def loop() -> None:
         while not stop.is_set():
@@ -737,8 +875,13 @@ def main(argv: list[str]) -> None:
     p.add_argument("--events", default=None)
     args = parser.parse_args(argv)
     password = os.environ.get("BRONZE_SIM_PASSWORD", "password")
-    run_pyghmi_sim([int(x) for x in args.ports.split(",")], args.user, password,
-                   args.settle, Path(args.events) if args.events else None)
+    run_pyghmi_sim(
+        [int(x) for x in args.ports.split(",")],
+        args.user,
+        password,
+        args.settle,
+        Path(args.events) if args.events else None,
+    )
 
 
 if __name__ == "__main__":

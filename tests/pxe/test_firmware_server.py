@@ -203,12 +203,16 @@ def test_uefi_boot_through_bronze_serve(lab: Lab, tmp_path: Path) -> None:
     bronze = Bronze(lab, tmp_path, pxe=True)
     kernel_image = EFI_KERNEL.read_bytes()
     try:
-        reserved = f"{lab.prefix}.42"  # outside the pool (.100-.150): full mode answers the reservation
+        reserved = (
+            f"{lab.prefix}.42"  # outside the pool (.100-.150): full mode answers the reservation
+        )
         bronze.seed(mac, kernel_image, ip=reserved)
         events = boot_until_initrd(lab, bronze, mac, tmp_path, uefi=True, timeout=150)
         k = kinds(events)
         assert k[:4] == ["DISCOVER", "OFFER", "REQUEST", "ACK"], k
-        assert {e["detail"]["yiaddr"] for e in events if e["kind"] in ("OFFER", "ACK")} == {reserved}, events
+        assert {e["detail"]["yiaddr"] for e in events if e["kind"] in ("OFFER", "ACK")} == {
+            reserved
+        }, events
         size = Path("/usr/lib/ipxe/snponly.efi").stat().st_size
         tftp = [e for e in events if e["kind"] == "TFTP_COMPLETE"]
         assert any(

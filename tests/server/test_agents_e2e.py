@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from server import migrate
-from server.agentapi import BootstrapToken, PendingCommand
-from server.agentstore import DbAgentStore
-from server.db import Database
+from server.agents import BootstrapToken, PendingCommand
+from server.agents.dbstore import DbAgentStore
+from server.inventory import migrate
+from server.inventory.db import Database
 from tests.agent.conftest import AGENT_BIN, FIXTURES, eventually
 from tests.peers.apiserver import RunningServer, run_server
 
@@ -254,7 +254,7 @@ def test_db_store_tokens_pending_and_phases(tmp_path: Path, db_url: str) -> None
     migrate.upgrade(db_url)
     db = Database.connect(db_url)
     store = DbAgentStore(db)
-    from server.models import Machine
+    from server.inventory.models import Machine
 
     with db.write() as s:
         s.add(

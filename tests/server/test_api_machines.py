@@ -17,8 +17,16 @@ def body(name: str, mac: str, **extra: Any) -> dict[str, Any]:
 
 def test_create_get_patch_delete(api: RunningServer) -> None:
     c = api.client()
-    r = c.post("/api/v1/machines", json=body("web-1", "AA-BB-CC-00-00-01", uuid="4C4C4544-0000-1000-8000-000000000001",
-                                             serial="SN1", labels={"rack": "r1"}))
+    r = c.post(
+        "/api/v1/machines",
+        json=body(
+            "web-1",
+            "AA-BB-CC-00-00-01",
+            uuid="4C4C4544-0000-1000-8000-000000000001",
+            serial="SN1",
+            labels={"rack": "r1"},
+        ),
+    )
     assert r.status_code == 201, r.text
     m = r.json()
     assert m["nics"] == [{"mac": "aa:bb:cc:00:00:01", "name": None, "ip": None}]
@@ -27,14 +35,19 @@ def test_create_get_patch_delete(api: RunningServer) -> None:
     assert c.get(f"/api/v1/machines/{m['id']}").json()["name"] == "web-1"
     assert c.get("/api/v1/machines/web-1").json()["id"] == m["id"]
 
-    r = c.patch("/api/v1/machines/web-1", json={"labels": {"rack": None, "role": "web"}, "phase": "maintenance"})
+    r = c.patch(
+        "/api/v1/machines/web-1",
+        json={"labels": {"rack": None, "role": "web"}, "phase": "maintenance"},
+    )
     assert r.status_code == 200, r.text
     assert r.json()["labels"] == {"role": "web"} and r.json()["phase"] == "maintenance"
     assert r.json()["revision"] == 2
 
     assert c.delete("/api/v1/machines/web-1").status_code == 204
     assert c.get("/api/v1/machines/web-1").status_code == 404
-    kinds = [e["kind"] for e in c.get("/api/v1/events", params={"machine": m["id"]}).json()["items"]]
+    kinds = [
+        e["kind"] for e in c.get("/api/v1/events", params={"machine": m["id"]}).json()["items"]
+    ]
     assert kinds == ["machine.deleted", "machine.updated", "machine.created"]
 
 
@@ -68,8 +81,10 @@ def test_concurrent_creates_with_one_mac(api: RunningServer) -> None:
             barrier.wait()
             results.append(c.post("/api/v1/machines", json=body(name, mac)).status_code)
 
-    threads = [threading.Thread(target=create, args=("x1", "02:00:00:00:00:01")),
-               threading.Thread(target=create, args=("x2", "02-00-00-00-00-01"))]
+    threads = [
+        threading.Thread(target=create, args=("x1", "02:00:00:00:00:01")),
+        threading.Thread(target=create, args=("x2", "02-00-00-00-00-01")),
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -91,10 +106,22 @@ def test_concurrent_creates_with_one_mac(api: RunningServer) -> None:
         (body("a", "aa:bb:cc:00:00:01", bmc={"address": "http://10.0.0.1/x"}), "bmc"),
         (body("a", "aa:bb:cc:00:00:01", unknown_field=1), "unknown_field"),
     ],
-    ids=["bad-mac", "bad-name", "bad-label-key", "bad-label-value", "no-nics", "duplicate-mac",
-         "bad-phase", "bad-uuid", "bmc-url", "unknown-field"],
+    ids=[
+        "bad-mac",
+        "bad-name",
+        "bad-label-key",
+        "bad-label-value",
+        "no-nics",
+        "duplicate-mac",
+        "bad-phase",
+        "bad-uuid",
+        "bmc-url",
+        "unknown-field",
+    ],
 )
-def test_invalid_input_is_422(api_sqlite: RunningServer, payload: dict[str, Any], field: str) -> None:
+def test_invalid_input_is_422(
+    api_sqlite: RunningServer, payload: dict[str, Any], field: str
+) -> None:
     r = api_sqlite.client().post("/api/v1/machines", json=payload)
     assert r.status_code == 422, r.text
     err = r.json()["error"]
@@ -104,9 +131,24 @@ def test_invalid_input_is_422(api_sqlite: RunningServer, payload: dict[str, Any]
 
 @pytest.mark.parametrize(
     "params",
-    [{"sort": "bmc_password_enc"}, {"sort": "bmc_password"}, {"selector": "rack in (a"},
-     {"limit": 0}, {"limit": 5000}, {"cursor": "!!!"}, {"phase": "nope"}],
-    ids=["sort-secret-column", "sort-unknown", "bad-selector", "limit-0", "limit-huge", "bad-cursor", "bad-phase"],
+    [
+        {"sort": "bmc_password_enc"},
+        {"sort": "bmc_password"},
+        {"selector": "rack in (a"},
+        {"limit": 0},
+        {"limit": 5000},
+        {"cursor": "!!!"},
+        {"phase": "nope"},
+    ],
+    ids=[
+        "sort-secret-column",
+        "sort-unknown",
+        "bad-selector",
+        "limit-0",
+        "limit-huge",
+        "bad-cursor",
+        "bad-phase",
+    ],
 )
 def test_invalid_list_queries(api_sqlite: RunningServer, params: dict[str, Any]) -> None:
     r = api_sqlite.client().get("/api/v1/machines", params=params)
@@ -119,7 +161,9 @@ def _seed(c: Any, n: int) -> None:
         labels = {"rack": f"r{i % 3}", "role": ["worker", "storage", "control"][i % 3]}
         if i % 5 == 0:
             labels["maintenance"] = ""
-        r = c.post("/api/v1/machines", json=body(f"m{i:03d}", f"02:00:00:00:01:{i:02x}", labels=labels))
+        r = c.post(
+            "/api/v1/machines", json=body(f"m{i:03d}", f"02:00:00:00:01:{i:02x}", labels=labels)
+        )
         assert r.status_code == 201
 
 
@@ -135,7 +179,9 @@ def test_selectors_and_phase(api: RunningServer) -> None:
 
     expected = [f"m{i:03d}" for i in range(30) if i % 3 == 0 and i % 5 != 0]
     assert names(selector="rack=r0,role in (worker,storage),!maintenance") == expected
-    assert names(selector="role notin (worker,storage)") == [f"m{i:03d}" for i in range(30) if i % 3 == 2]
+    assert names(selector="role notin (worker,storage)") == [
+        f"m{i:03d}" for i in range(30) if i % 3 == 2
+    ]
     assert names(selector="maintenance") == [f"m{i:03d}" for i in range(0, 30, 5)]
     assert names(selector="rack!=r0") == [f"m{i:03d}" for i in range(30) if i % 3 != 0]
     assert names(phase="ready") == ["m001"]
@@ -165,8 +211,14 @@ def test_cursor_pagination_visits_every_machine_once(api: RunningServer, sort: s
         assert seen == sorted(seen)
     if sort == "-name":
         assert seen == sorted(seen, reverse=True)
-    bad = c.get("/api/v1/machines", params={"limit": 5, "sort": "name" if sort != "name" else "-name",
-                                              "cursor": page_cursor(c, sort)})
+    bad = c.get(
+        "/api/v1/machines",
+        params={
+            "limit": 5,
+            "sort": "name" if sort != "name" else "-name",
+            "cursor": page_cursor(c, sort),
+        },
+    )
     assert bad.status_code == 422
 
 
@@ -179,38 +231,81 @@ def test_events_filters_and_pagination(api: RunningServer) -> None:
     _seed(c, 4)
     c.patch("/api/v1/machines/m001", json={"labels": {"x": "y"}})
     page = c.get("/api/v1/events", params={"kind": "machine", "limit": 3}).json()
-    assert [e["kind"] for e in page["items"]] == ["machine.updated", "machine.created", "machine.created"]
+    assert [e["kind"] for e in page["items"]] == [
+        "machine.updated",
+        "machine.created",
+        "machine.created",
+    ]
     ids = [e["id"] for e in page["items"]]
     assert ids == sorted(ids, reverse=True)
-    rest = c.get("/api/v1/events", params={"kind": "machine", "limit": 3, "cursor": page["next_cursor"]}).json()
-    assert [e["machine_name"] for e in rest["items"]] == ["m001", "m000"] and rest["next_cursor"] is None
-    assert [e["kind"] for e in c.get("/api/v1/events", params={"machine": "m001"}).json()["items"]] == [
-        "machine.updated", "machine.created"]
+    rest = c.get(
+        "/api/v1/events", params={"kind": "machine", "limit": 3, "cursor": page["next_cursor"]}
+    ).json()
+    assert [e["machine_name"] for e in rest["items"]] == ["m001", "m000"] and rest[
+        "next_cursor"
+    ] is None
+    assert [
+        e["kind"] for e in c.get("/api/v1/events", params={"machine": "m001"}).json()["items"]
+    ] == ["machine.updated", "machine.created"]
     newest = page["items"][0]["created_at"]
-    assert c.get("/api/v1/events", params={"since": newest, "kind": "machine.updated"}).json()["items"][0][
-        "machine_name"] == "m001"
+    assert (
+        c.get("/api/v1/events", params={"since": newest, "kind": "machine.updated"}).json()[
+            "items"
+        ][0]["machine_name"]
+        == "m001"
+    )
     assert c.get("/api/v1/events", params={"until": "2000-01-01T00:00:00Z"}).json()["items"] == []
-    assert c.get("/api/v1/machines/m001/events").json()["items"][0]["actor"] == "token:bootstrap-admin"
+    assert (
+        c.get("/api/v1/machines/m001/events").json()["items"][0]["actor"] == "token:bootstrap-admin"
+    )
 
 
 def test_bmc_password_is_write_only_and_encrypted(api: RunningServer) -> None:
     canary = "Canary-Pw-7f3e9a"
     c = api.client()
-    r = c.post("/api/v1/machines", json=body("b1", "02:00:00:00:02:01", bmc={
-        "driver": "redfish", "address": "10.1.2.3:8443", "username": "admin", "password": canary}))
+    r = c.post(
+        "/api/v1/machines",
+        json=body(
+            "b1",
+            "02:00:00:00:02:01",
+            bmc={
+                "driver": "redfish",
+                "address": "10.1.2.3:8443",
+                "username": "admin",
+                "password": canary,
+            },
+        ),
+    )
     assert r.status_code == 201, r.text
     assert canary not in r.text and r.json()["bmc"]["has_password"] is True
-    r = c.patch("/api/v1/machines/b1", json={"bmc": {"driver": "redfish", "address": "10.1.2.4",
-                                                      "username": "admin", "verify_tls": False}})
+    r = c.patch(
+        "/api/v1/machines/b1",
+        json={
+            "bmc": {
+                "driver": "redfish",
+                "address": "10.1.2.4",
+                "username": "admin",
+                "verify_tls": False,
+            }
+        },
+    )
     assert r.status_code == 200 and r.json()["bmc"]["has_password"] is True  # kept when not resent
-    for path in ("/api/v1/machines/b1", "/api/v1/machines", "/api/v1/events", "/api/v1/machines/b1/events"):
+    for path in (
+        "/api/v1/machines/b1",
+        "/api/v1/machines",
+        "/api/v1/events",
+        "/api/v1/machines/b1/events",
+    ):
         assert canary not in c.get(path).text
     kinds = [e["kind"] for e in c.get("/api/v1/events").json()["items"]]
     assert "machine.bmc.tls_insecure" in kinds
     engine = create_engine(api.settings.effective_database_url)
     with engine.connect() as conn:
-        dump = " ".join(str(row) for t in ("machines", "events", "nics", "machine_labels", "api_tokens")
-                        for row in conn.execute(text(f"SELECT * FROM {t}")))  # noqa: S608 - fixed names
+        dump = " ".join(
+            str(row)
+            for t in ("machines", "events", "nics", "machine_labels", "api_tokens")
+            for row in conn.execute(text(f"SELECT * FROM {t}"))
+        )  # noqa: S608 - fixed names
     engine.dispose()
     assert canary not in dump and "gAAAAA" in dump  # Fernet token stored
     raw = c.get("/api/v1/machines/b1").json()
@@ -235,8 +330,12 @@ def test_unknown_route_and_method_are_json(api_sqlite: RunningServer) -> None:
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
     r = c.put("/api/v1/machines")
     assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"
-    r = c.post("/api/v1/machines", content=b"{not json", headers={"content-type": "application/json"})
+    r = c.post(
+        "/api/v1/machines", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert r.status_code == 422 and r.json()["error"]["code"] == "invalid"
     assert c.get("/healthz").json() == {
-        "status": "ok", "components": {"agent_api": "disabled", "boot_plane": "disabled"}}
+        "status": "ok",
+        "components": {"agent_api": "disabled", "boot_plane": "disabled"},
+    }
     assert "/api/v1/machines" in c.get("/openapi.json").json()["paths"]

@@ -50,19 +50,38 @@ def test_every_timestamp_is_utc_with_z(srv: RunningServer, tmp_path: Path) -> No
     assert c.delete("/api/v1/tokens/ci").status_code == 200
     seed(c)
     profile(c, "workers", "lab=power")
-    r = c.post("/api/v1/config-patches",
-               json={"name": "base", "scope": "fleet", "patch": {"hostname": "x"}})
+    r = c.post(
+        "/api/v1/config-patches",
+        json={"name": "base", "scope": "fleet", "patch": {"hostname": "x"}},
+    )
     assert r.status_code == 201, r.text
-    r = c.post("/api/v1/boot/timeline", json={"events": [
-        {"kind": "DISCOVER", "mac": "02:00:00:00:51:01", "detail": {}, "at": time.time()}]})
+    r = c.post(
+        "/api/v1/boot/timeline",
+        json={
+            "events": [
+                {"kind": "DISCOVER", "mac": "02:00:00:00:51:01", "detail": {}, "at": time.time()}
+            ]
+        },
+    )
     assert r.status_code == 202, r.text
 
-    docs = {path: c.get(path).json() for path in (
-        "/api/v1/machines", "/api/v1/machines/n1", "/api/v1/events", "/api/v1/tokens",
-        "/api/v1/operations", f"/api/v1/operations/{op.json()['id']}", "/api/v1/profiles",
-        "/api/v1/assets", "/api/v1/config-patches")}
+    docs = {
+        path: c.get(path).json()
+        for path in (
+            "/api/v1/machines",
+            "/api/v1/machines/n1",
+            "/api/v1/events",
+            "/api/v1/tokens",
+            "/api/v1/operations",
+            f"/api/v1/operations/{op.json()['id']}",
+            "/api/v1/profiles",
+            "/api/v1/assets",
+            "/api/v1/config-patches",
+        )
+    }
     docs["timeline"] = eventually(  # the timeline is written in batches
-        lambda: (t := c.get("/api/v1/machines/n1/timeline").json())["items"] and t, 10)
+        lambda: (t := c.get("/api/v1/machines/n1/timeline").json())["items"] and t, 10
+    )
     seen = {path: instants(doc) for path, doc in docs.items()}
     assert all(seen.values()), {p: d for p, d in docs.items() if not seen[p]}  # each has times
     wrong = {p: [s for s in v if not s.endswith("Z")] for p, v in seen.items()}

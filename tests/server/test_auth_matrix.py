@@ -69,21 +69,26 @@ BODIES = {
     ("POST", "/api/v1/machines/{key}/power"): {"action": "on"},
     ("PUT", "/api/v1/machines/{key}/boot-device"): {"device": "pxe"},
     ("POST", "/api/v1/power"): {"selector": "slot={slot}", "action": "off"},
-    ("POST", "/api/v1/config-patches"): {"name": "p-new", "scope": "fleet",
-                                         "patch": {"sysctls": {"a.b": "1"}}},
+    ("POST", "/api/v1/config-patches"): {
+        "name": "p-new",
+        "scope": "fleet",
+        "patch": {"sysctls": {"a.b": "1"}},
+    },
     ("POST", "/api/v1/machines/{key}/config/dry-run"): {"patch": {"hostname": "dry"}},
     ("POST", "/api/v1/machines/{key}/config/confirm"): {"version": "0" * 32},
     ("POST", "/api/v1/profiles"): {"name": "p-new", "kernel": "http://192.0.2.1/vmlinuz"},
     ("PUT", "/api/v1/profiles/{name}"): {"kernel": "http://192.0.2.1/vmlinuz2"},
-    ("POST", "/api/v1/boot/timeline"): {"events": [{"kind": "DISCOVER", "mac": "02:00:00:00:09:01",
-                                                    "at": 1_800_000_000.0}]},
+    ("POST", "/api/v1/boot/timeline"): {
+        "events": [{"kind": "DISCOVER", "mac": "02:00:00:00:09:01", "at": 1_800_000_000.0}]
+    },
 }
 VICTIM_ASSET = b"victim asset"
 QUERIES = {
     ("GET", "/boot.ipxe"): "?mac=02:00:00:00:0a:01",
     ("GET", "/api/v1/boot/decide"): "?mac=02:00:00:00:0a:01",
     ("GET", "/api/v1/boot/timeline"): "?mac=02:00:00:00:0a:01",
-    ("PUT", "/api/v1/assets/{name}"): "?sha256=" + __import__("hashlib").sha256(VICTIM_ASSET).hexdigest(),
+    ("PUT", "/api/v1/assets/{name}"): "?sha256="
+    + __import__("hashlib").sha256(VICTIM_ASSET).hexdigest(),
 }
 
 
@@ -106,8 +111,14 @@ def api_routes(app: object) -> set[tuple[str, str]]:
 @pytest.fixture
 def lab_api(tmp_path: Path, sqlite_url: str) -> Iterator[RunningServer]:
     """BMC addresses may be on loopback here; every machine's BMC is a closed 127.0.0.1 port."""
-    with run_server(tmp_path / "data", sqlite_url, bmc_networks=["127.0.0.0/8"],
-                    agent_api_enabled=True, agent_enroll_port=0, agent_session_port=0) as srv:
+    with run_server(
+        tmp_path / "data",
+        sqlite_url,
+        bmc_networks=["127.0.0.0/8"],
+        agent_api_enabled=True,
+        agent_enroll_port=0,
+        agent_session_port=0,
+    ) as srv:
         yield srv
 
 
@@ -115,35 +126,64 @@ def test_matrix_covers_every_route(lab_api: RunningServer) -> None:
     assert api_routes(lab_api.app) == set(MATRIX)
 
 
-@pytest.mark.parametrize("caller", ["anonymous", "bad-token", "boot", "reader", "operator", "admin"])
+@pytest.mark.parametrize(
+    "caller", ["anonymous", "bad-token", "boot", "reader", "operator", "admin"]
+)
 def test_every_endpoint_every_role(lab_api: RunningServer, caller: str) -> None:
     admin = lab_api.client()
     tokens = {"anonymous": "", "bad-token": "brz_" + "x" * 43, "admin": lab_api.admin_token}
     for role in ("boot", "reader", "operator"):
-        tokens[role] = admin.post("/api/v1/tokens", json={"name": f"t-{role}", "role": role}).json()["token"]
+        tokens[role] = admin.post(
+            "/api/v1/tokens", json={"name": f"t-{role}", "role": role}
+        ).json()["token"]
     role = caller if caller in RANK or caller == "boot" else None
     c = lab_api.client(tokens[caller])
     closed = free_port()
-    admin.post("/api/v1/machines", json={
-        "name": "opm", "nics": [{"mac": "02:00:00:00:0a:01"}], "labels": {"slot": "opm"},
-        "bmc": {"driver": "redfish", "scheme": "http", "address": f"127.0.0.1:{closed}"}})
+    admin.post(
+        "/api/v1/machines",
+        json={
+            "name": "opm",
+            "nics": [{"mac": "02:00:00:00:0a:01"}],
+            "labels": {"slot": "opm"},
+            "bmc": {"driver": "redfish", "scheme": "http", "address": f"127.0.0.1:{closed}"},
+        },
+    )
     op = admin.post("/api/v1/power", json={"selector": "slot=opm", "action": "on"}).json()
     ordered = sorted(MATRIX.items(), key=lambda kv: kv[0][0] == "DELETE")
     for i, ((method, template), needed) in enumerate(ordered):
         # A fresh target per endpoint, so one call's running operation cannot make the next a 409.
-        admin.post("/api/v1/machines", json={
-            "name": f"t{i}", "nics": [{"mac": f"02:00:00:00:09:{i:02x}"}], "labels": {"slot": f"s{i}"},
-            "bmc": {"driver": "redfish", "scheme": "http", "address": f"127.0.0.1:{closed}"}})
+        admin.post(
+            "/api/v1/machines",
+            json={
+                "name": f"t{i}",
+                "nics": [{"mac": f"02:00:00:00:09:{i:02x}"}],
+                "labels": {"slot": f"s{i}"},
+                "bmc": {"driver": "redfish", "scheme": "http", "address": f"127.0.0.1:{closed}"},
+            },
+        )
         admin.post("/api/v1/tokens", json={"name": "victim", "role": "reader"})
-        admin.put("/api/v1/assets/victim", params={"sha256": QUERIES[("PUT", "/api/v1/assets/{name}")][8:]},
-                  content=VICTIM_ASSET)
+        admin.put(
+            "/api/v1/assets/victim",
+            params={"sha256": QUERIES[("PUT", "/api/v1/assets/{name}")][8:]},
+            content=VICTIM_ASSET,
+        )
         admin.post("/api/v1/profiles", json={"name": "victim", "kernel": "http://192.0.2.1/k"})
-        path = template.replace("{key}", f"t{i}").replace("{name}", "victim").replace(
-            "{op_id}", op["id"]).replace("{op}", "stats")
+        path = (
+            template.replace("{key}", f"t{i}")
+            .replace("{name}", "victim")
+            .replace("{op_id}", op["id"])
+            .replace("{op}", "stats")
+        )
         if "{patch_id}" in template:
-            patch = admin.post("/api/v1/config-patches", json={
-                "name": f"victim-{i}", "scope": "selector", "selector": f"slot=s{i}",
-                "patch": {"hostname": "victim"}}).json()
+            patch = admin.post(
+                "/api/v1/config-patches",
+                json={
+                    "name": f"victim-{i}",
+                    "scope": "selector",
+                    "selector": f"slot=s{i}",
+                    "patch": {"hostname": "victim"},
+                },
+            ).json()
             path = path.replace("{patch_id}", patch["id"])
         payload = BODIES.get((method, template))
         if payload and "selector" in payload:
@@ -183,6 +223,11 @@ def test_revoked_token_stops_working_and_last_admin_is_kept(api_sqlite: RunningS
     r = admin.delete("/api/v1/tokens/bootstrap-admin")
     assert r.status_code == 409 and "last admin" in r.json()["error"]["message"]
     assert admin.post("/api/v1/tokens", json={"name": "ci", "role": "reader"}).status_code == 409
-    for header in ("Bearer", "Basic abc", f"Token {api_sqlite.admin_token}", "Bearer " + "brz_" + "a" * 200):
+    for header in (
+        "Bearer",
+        "Basic abc",
+        f"Token {api_sqlite.admin_token}",
+        "Bearer " + "brz_" + "a" * 200,
+    ):
         r = api_sqlite.client("").get("/api/v1/machines", headers={"Authorization": header})
         assert r.status_code == 401, header

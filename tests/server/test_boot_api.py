@@ -21,9 +21,9 @@ import pytest
 from sqlalchemy import update
 
 from pxe import Arch, BootDecision, BootQuery, HttpBackend
-from server.agentapi import BootstrapTokens
+from server.agents import BootstrapTokens
 from server.boot.timeline import Retention, prune
-from server.models import BootProfile, Machine
+from server.inventory.models import BootProfile, Machine
 from tests.peers.apiserver import RunningServer, run_server
 from tests.peers.netlab import eventually
 
@@ -477,29 +477,62 @@ def test_decide_contract_with_http_backend(api: RunningServer) -> None:
 def test_reserved_nic_address_is_the_dhcp_answer(api: RunningServer) -> None:
     c = api.client()
     boot_token = c.post("/api/v1/tokens", json={"name": "rack1", "role": "boot"}).json()["token"]
-    r = c.post("/api/v1/machines", json={"name": "w1", "labels": {"role": "worker"}, "nics": [
-        {"mac": "52:54:00:00:05:01", "ip": "10.20.0.11"}, {"mac": "52:54:00:00:05:02"}]})
+    r = c.post(
+        "/api/v1/machines",
+        json={
+            "name": "w1",
+            "labels": {"role": "worker"},
+            "nics": [
+                {"mac": "52:54:00:00:05:01", "ip": "10.20.0.11"},
+                {"mac": "52:54:00:00:05:02"},
+            ],
+        },
+    )
     assert r.status_code == 201, r.text
-    assert r.json()["nics"] == [{"mac": "52:54:00:00:05:01", "name": None, "ip": "10.20.0.11"},
-                                {"mac": "52:54:00:00:05:02", "name": None, "ip": None}]
+    assert r.json()["nics"] == [
+        {"mac": "52:54:00:00:05:01", "name": None, "ip": "10.20.0.11"},
+        {"mac": "52:54:00:00:05:02", "name": None, "ip": None},
+    ]
     b = api.client(boot_token)
-    got = b.get("/api/v1/boot/decide", params={"mac": "52:54:00:00:05:01", "arch": "bios", "ipxe": "false"})
+    got = b.get(
+        "/api/v1/boot/decide", params={"mac": "52:54:00:00:05:01", "arch": "bios", "ipxe": "false"}
+    )
     assert got.status_code == 200 and got.json()["static_ip"] == "10.20.0.11", got.text
-    got = b.get("/api/v1/boot/decide", params={"mac": "52:54:00:00:05:02", "arch": "bios", "ipxe": "false"})
+    got = b.get(
+        "/api/v1/boot/decide", params={"mac": "52:54:00:00:05:02", "arch": "bios", "ipxe": "false"}
+    )
     assert got.json()["static_ip"] is None  # that NIC takes a pool address
     # One address, one NIC, across the fleet (409 naming the field) and within a body (422).
-    r = c.post("/api/v1/machines", json={"name": "w2", "nics": [{"mac": "52:54:00:00:05:03", "ip": "10.20.0.11"}]})
+    r = c.post(
+        "/api/v1/machines",
+        json={"name": "w2", "nics": [{"mac": "52:54:00:00:05:03", "ip": "10.20.0.11"}]},
+    )
     assert r.status_code == 409 and r.json()["error"]["details"] == {"field": "ip"}, r.text
-    r = c.post("/api/v1/machines", json={"name": "w2", "nics": [{"mac": "52:54:00:00:05:03", "ip": "10.20.0.12"},
-                                                               {"mac": "52:54:00:00:05:04", "ip": "10.20.0.12"}]})
+    r = c.post(
+        "/api/v1/machines",
+        json={
+            "name": "w2",
+            "nics": [
+                {"mac": "52:54:00:00:05:03", "ip": "10.20.0.12"},
+                {"mac": "52:54:00:00:05:04", "ip": "10.20.0.12"},
+            ],
+        },
+    )
     assert r.status_code == 422, r.text
     for bad in ("10.20.0", "224.0.0.1", "0.0.0.0", "127.0.0.1", "10.20.0.12\nX", 12):
-        r = c.post("/api/v1/machines", json={"name": "w3", "nics": [{"mac": "52:54:00:00:05:05", "ip": bad}]})
+        r = c.post(
+            "/api/v1/machines",
+            json={"name": "w3", "nics": [{"mac": "52:54:00:00:05:05", "ip": bad}]},
+        )
         assert r.status_code == 422 and r.json()["error"]["code"] == "invalid", (bad, r.text)
     # A reservation moves with a PATCH of the NIC list.
-    r = c.patch("/api/v1/machines/w1", json={"nics": [{"mac": "52:54:00:00:05:01", "ip": "10.20.0.21"}]})
+    r = c.patch(
+        "/api/v1/machines/w1", json={"nics": [{"mac": "52:54:00:00:05:01", "ip": "10.20.0.21"}]}
+    )
     assert r.status_code == 200 and r.json()["nics"][0]["ip"] == "10.20.0.21", r.text
-    got = b.get("/api/v1/boot/decide", params={"mac": "52:54:00:00:05:01", "arch": "bios", "ipxe": "false"})
+    got = b.get(
+        "/api/v1/boot/decide", params={"mac": "52:54:00:00:05:01", "arch": "bios", "ipxe": "false"}
+    )
     assert got.json()["static_ip"] == "10.20.0.21"
 
 

@@ -15,7 +15,7 @@ from server.boot.decide import (
     pick_profile,
     script_kind,
 )
-from server.selectors import parse
+from server.inventory.selectors import parse
 from server.types import Phase
 
 P = Phase

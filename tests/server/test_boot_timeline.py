@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 from pxe import TimelineEvent, TimelineKind
-from server import migrate
 from server.boot.remote import HttpTimelineSink
 from server.boot.timeline import Retention, Row, TimelineWriter, read
-from server.db import Database
+from server.inventory import migrate
+from server.inventory.db import Database
 from tests.peers.apiserver import RunningServer
 from tests.peers.netlab import eventually, free_port
 

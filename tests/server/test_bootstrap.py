@@ -34,12 +34,18 @@ def test_first_start_writes_secret_files_0600(tmp_path: Path) -> None:
     app = create_app(ServerSettings(data_dir=data))
     token = (data / "admin.token").read_text().strip()
     assert token.startswith("brz_")
-    assert mode(data / "admin.token") == 0o600 and mode(data / "secret.key") == 0o600 and mode(data) == 0o700
+    assert (
+        mode(data / "admin.token") == 0o600
+        and mode(data / "secret.key") == 0o600
+        and mode(data) == 0o700
+    )
     key = (data / "secret.key").read_bytes()
     app.state.ctx.db.dispose()
     # A second start keeps the key and does not mint another admin token.
     app = create_app(ServerSettings(data_dir=data))
-    assert (data / "admin.token").read_text().strip() == token and (data / "secret.key").read_bytes() == key
+    assert (data / "admin.token").read_text().strip() == token and (
+        data / "secret.key"
+    ).read_bytes() == key
     app.state.ctx.db.dispose()
 
 
@@ -50,13 +56,22 @@ def test_admin_token_seeded_from_env(tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
     with TestClient(app) as c:
-        assert c.get("/api/v1/tokens", headers={"Authorization": f"Bearer {seeded}"}).status_code == 200
+        assert (
+            c.get("/api/v1/tokens", headers={"Authorization": f"Bearer {seeded}"}).status_code
+            == 200
+        )
     app.state.ctx.db.dispose()
     rotated = "brz_" + "r" * 43
     app = create_app(ServerSettings(data_dir=tmp_path, admin_token=rotated))
     with TestClient(app) as c:
-        assert c.get("/api/v1/tokens", headers={"Authorization": f"Bearer {seeded}"}).status_code == 401
-        assert c.get("/api/v1/tokens", headers={"Authorization": f"Bearer {rotated}"}).status_code == 200
+        assert (
+            c.get("/api/v1/tokens", headers={"Authorization": f"Bearer {seeded}"}).status_code
+            == 401
+        )
+        assert (
+            c.get("/api/v1/tokens", headers={"Authorization": f"Bearer {rotated}"}).status_code
+            == 200
+        )
     app.state.ctx.db.dispose()
 
 
@@ -67,15 +82,29 @@ def _env(tmp_path: Path, **extra: str) -> dict[str, str]:
 
 
 def test_db_upgrade_command(db_url: str, tmp_path: Path) -> None:
-    r = subprocess.run([BRONZE, "db", "upgrade"], env=_env(tmp_path, BRONZE_DATABASE_URL=db_url),
-                       capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [BRONZE, "db", "upgrade"],
+        env=_env(tmp_path, BRONZE_DATABASE_URL=db_url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0, r.stderr
     engine = create_engine(db_url)
     assert "machines" in inspect(engine).get_table_names()
     engine.dispose()
-    r = subprocess.run([BRONZE, "db", "upgrade"], env=_env(tmp_path, BRONZE_DATABASE_URL="sqlite:////nonexistent/x/y.db"),
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1 and r.stderr.startswith("error: migration failed") and "Traceback" not in r.stderr
+    r = subprocess.run(
+        [BRONZE, "db", "upgrade"],
+        env=_env(tmp_path, BRONZE_DATABASE_URL="sqlite:////nonexistent/x/y.db"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (
+        r.returncode == 1
+        and r.stderr.startswith("error: migration failed")
+        and "Traceback" not in r.stderr
+    )
 
 
 def test_bronze_serve_with_no_config(tmp_path: Path) -> None:
@@ -84,8 +113,14 @@ def test_bronze_serve_with_no_config(tmp_path: Path) -> None:
     env = _env(tmp_path, BRONZE_API_PORT=str(port))
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     low = min(hard, 256)  # the usual soft limit (1024 under systemd) is far below a fleet
-    proc = subprocess.Popen([BRONZE, "serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard)))
+    proc = subprocess.Popen(
+        [BRONZE, "serve"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (low, hard)),
+    )
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -99,7 +134,9 @@ def test_bronze_serve_with_no_config(tmp_path: Path) -> None:
             time.sleep(0.1)
         token = (tmp_path / "data" / "admin.token").read_text().strip()
         assert (tmp_path / "data" / "bronze.db").exists()
-        r = httpx.get(f"http://127.0.0.1:{port}/api/v1/machines", headers={"Authorization": f"Bearer {token}"})
+        r = httpx.get(
+            f"http://127.0.0.1:{port}/api/v1/machines", headers={"Authorization": f"Bearer {token}"}
+        )
         assert r.status_code == 200 and r.json() == {"items": [], "next_cursor": None}
         with open(f"/proc/{proc.pid}/cmdline", "rb") as fh:
             assert token.encode() not in fh.read()
@@ -114,11 +151,21 @@ def test_bronze_serve_with_no_config(tmp_path: Path) -> None:
 
 def test_docker_compose_file_is_valid() -> None:
     root = Path(__file__).resolve().parents[2]
-    r = subprocess.run(["docker-compose", "-f", str(root / "docker-compose.yml"), "config", "-q"],
-                       capture_output=True, text=True, timeout=60, cwd=root)
+    r = subprocess.run(
+        ["docker-compose", "-f", str(root / "docker-compose.yml"), "config", "-q"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=root,
+    )
     assert r.returncode == 0, r.stderr
-    r = subprocess.run(["docker-compose", "-f", str(root / "docker-compose.yml"), "config", "--services"],
-                       capture_output=True, text=True, timeout=60, cwd=root)
+    r = subprocess.run(
+        ["docker-compose", "-f", str(root / "docker-compose.yml"), "config", "--services"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=root,
+    )
     assert {"postgres", "bronze"} <= set(r.stdout.split())
 
 
@@ -128,7 +175,11 @@ def test_settings_from_environment(monkeypatch: object) -> None:
     mp.setenv("BRONZE_BMC_NETWORKS", "10.0.0.0/8, 127.0.0.0/8")
     mp.setenv("BRONZE_API_PORT", "9090")
     s = ServerSettings()
-    assert s.secret_key is None and s.bmc_networks == ["10.0.0.0/8", "127.0.0.0/8"] and s.api_port == 9090
+    assert (
+        s.secret_key is None
+        and s.bmc_networks == ["10.0.0.0/8", "127.0.0.0/8"]
+        and s.api_port == 9090
+    )
     mp.setenv("BRONZE_BMC_NETWORKS", "not-a-cidr")
     with pytest.raises(ValidationError):
         ServerSettings()
@@ -136,8 +187,11 @@ def test_settings_from_environment(monkeypatch: object) -> None:
 
 def test_readme_documents_every_setting() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
-    missing = [f"BRONZE_{name.upper()}" for name in ServerSettings.model_fields
-               if f"`BRONZE_{name.upper()}`" not in readme]
+    missing = [
+        f"BRONZE_{name.upper()}"
+        for name in ServerSettings.model_fields
+        if f"`BRONZE_{name.upper()}`" not in readme
+    ]
     assert missing == [], f"settings missing from the README's configuration reference: {missing}"
 
 
@@ -147,18 +201,30 @@ def test_healthz_says_which_plane_did_not_start(tmp_path: Path, sqlite_url: str)
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        with run_server(tmp_path / "data", sqlite_url, agent_api_enabled=True,
-                        agent_enroll_port=port, agent_session_port=0) as srv:
+        with run_server(
+            tmp_path / "data",
+            sqlite_url,
+            agent_api_enabled=True,
+            agent_enroll_port=port,
+            agent_session_port=0,
+        ) as srv:
             r = httpx.get(srv.url + "/healthz")
             assert r.status_code == 200
             body = r.json()
             assert body["status"] == "degraded" and body["components"]["boot_plane"] == "disabled"
             assert body["components"]["agent_api"].startswith("failed: ")
             assert srv.client().get("/api/v1/machines").status_code == 200
-    with run_server(tmp_path / "data2", sqlite_url.replace(".db", "-2.db"), agent_api_enabled=True,
-                    agent_enroll_port=0, agent_session_port=0) as srv:
+    with run_server(
+        tmp_path / "data2",
+        sqlite_url.replace(".db", "-2.db"),
+        agent_api_enabled=True,
+        agent_enroll_port=0,
+        agent_session_port=0,
+    ) as srv:
         assert httpx.get(srv.url + "/healthz").json() == {
-            "status": "ok", "components": {"agent_api": "ok", "boot_plane": "disabled"}}
+            "status": "ok",
+            "components": {"agent_api": "ok", "boot_plane": "disabled"},
+        }
 
 
 def test_advertise_url_default_and_bad_values() -> None:

@@ -31,8 +31,15 @@ def bmc(tmp_path: Path) -> Iterator[peers.Peer]:
 
 
 def _server(tmp_path: Path, db_url: str, **kw: Any) -> Any:
-    return run_server(tmp_path / "data", db_url, agent_api_enabled=True, agent_enroll_port=0,
-                      agent_session_port=0, **FAST, **kw)
+    return run_server(
+        tmp_path / "data",
+        db_url,
+        agent_api_enabled=True,
+        agent_enroll_port=0,
+        agent_session_port=0,
+        **FAST,
+        **kw,
+    )
 
 
 def enroll(srv: RunningServer, machine_id: str, token: str) -> grpc.StatusCode:
@@ -43,8 +50,11 @@ def enroll(srv: RunningServer, machine_id: str, token: str) -> grpc.StatusCode:
     with grpc.secure_channel(f"127.0.0.1:{api.enroll_port}", creds) as ch:
         try:
             pb_grpc.EnrollmentStub(ch).Enroll(
-                pb.EnrollRequest(bootstrap_token=token, machine_id=machine_id,
-                                 csr_pem=csr.decode()), timeout=10)
+                pb.EnrollRequest(
+                    bootstrap_token=token, machine_id=machine_id, csr_pem=csr.decode()
+                ),
+                timeout=10,
+            )
         except grpc.RpcError as exc:
             return exc.code()  # type: ignore[no-any-return]
     return grpc.StatusCode.OK
@@ -67,13 +77,17 @@ def test_power_operations_and_reprovision_wipe_the_token(
     with _server(tmp_path, db_url) as srv:
         c = srv.client()
         mid = add_machine(c, "w1", "02:00:00:00:20:01", bmc)["id"]
-        assert wait_op(c, c.post("/api/v1/machines/w1/power", json={"action": "on"}).json())[
-            "status"] == "succeeded"
+        assert (
+            wait_op(c, c.post("/api/v1/machines/w1/power", json={"action": "on"}).json())["status"]
+            == "succeeded"
+        )
 
         # Powering on, or changing labels, leaves the token alone: it still enrolls (once).
         t = token(c, "w1")
-        assert wait_op(c, c.post("/api/v1/machines/w1/power", json={"action": "on"}).json())[
-            "status"] == "succeeded"
+        assert (
+            wait_op(c, c.post("/api/v1/machines/w1/power", json={"action": "on"}).json())["status"]
+            == "succeeded"
+        )
         assert c.patch("/api/v1/machines/w1", json={"labels": {"x": "y"}}).status_code == 200
         assert enroll(srv, mid, t) == grpc.StatusCode.OK
         assert enroll(srv, mid, t) == grpc.StatusCode.UNAUTHENTICATED  # used
@@ -97,8 +111,11 @@ def test_power_operations_and_reprovision_wipe_the_token(
             assert enroll(srv, mid, t) == grpc.StatusCode.UNAUTHENTICATED, phase
 
         assert wiped(c, "w1") == [
-            "reprovision (phase discovered)", "reprovision (phase provisioning)",
-            "power reset", "power cycle", "power off",
+            "reprovision (phase discovered)",
+            "reprovision (phase provisioning)",
+            "power reset",
+            "power cycle",
+            "power off",
         ]
 
 

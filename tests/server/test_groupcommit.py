@@ -1,4 +1,4 @@
-"""Group commit (server/groupcommit.py) on real SQLite and PostgreSQL databases."""
+"""Group commit (server/inventory/groupcommit.py) on real SQLite and PostgreSQL databases."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import functools
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
-from server import inventory
-from server.db import Database
-from server.groupcommit import GroupCommit, calls
-from server.models import Event, utcnow
+from server.inventory import machines as inventory
+from server.inventory.db import Database
+from server.inventory.groupcommit import GroupCommit, calls
+from server.inventory.models import Event, utcnow
 
 
 def _event(n: int, s: Session) -> int:
@@ -67,8 +67,19 @@ def test_batch_function_sees_every_queued_argument_once(db: Database) -> None:
 
     def write_many(s: Session, ns: list[int]) -> list[int]:
         sizes.append(len(ns))
-        s.execute(insert(Event), [{"actor": "test", "kind": "test.write", "message": f"write {n}",
-                                   "data": {}, "created_at": utcnow()} for n in ns])
+        s.execute(
+            insert(Event),
+            [
+                {
+                    "actor": "test",
+                    "kind": "test.write",
+                    "message": f"write {n}",
+                    "data": {},
+                    "created_at": utcnow(),
+                }
+                for n in ns
+            ],
+        )
         return [n * 2 for n in ns]
 
     writer: GroupCommit[int, int] = GroupCommit(db, write_many)

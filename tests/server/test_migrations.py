@@ -7,8 +7,8 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect
 
-from server import migrate
-from server.models import Base
+from server.inventory import migrate
+from server.inventory.models import Base
 
 
 def _diff(url: str) -> list:

@@ -22,13 +22,20 @@ from tests.server.test_cli import BRONZE, run
 
 @pytest.fixture
 def srv(tmp_path: Path, db_url: str) -> Iterator[RunningServer]:
-    with run_server(tmp_path / "data", db_url, agent_api_enabled=True, agent_enroll_port=0,
-                    agent_session_port=0, agent_heartbeat_interval=1.0) as s:
+    with run_server(
+        tmp_path / "data",
+        db_url,
+        agent_api_enabled=True,
+        agent_enroll_port=0,
+        agent_session_port=0,
+        agent_heartbeat_interval=1.0,
+    ) as s:
         yield s
 
 
-def start_node(srv: RunningServer, tmp: Path, name: str, mac: str,
-               procs: list[subprocess.Popen[bytes]]) -> tuple[Path, subprocess.Popen[bytes]]:
+def start_node(
+    srv: RunningServer, tmp: Path, name: str, mac: str, procs: list[subprocess.Popen[bytes]]
+) -> tuple[Path, subprocess.Popen[bytes]]:
     """Create the machine, issue its token over REST, boot a sandbox root, start its agent."""
     c = srv.client()
     r = c.post("/api/v1/machines", json={"name": name, "nics": [{"mac": mac}]})
@@ -41,9 +48,21 @@ def start_node(srv: RunningServer, tmp: Path, name: str, mac: str,
     (root / "proc/cmdline").write_text(f"console=ttyS0 {args}\n")
     with open(root.parent / "agent.log", "ab") as log:
         proc = subprocess.Popen(
-            [str(AGENT_BIN), "run", "--root", str(root), "--heartbeat", "0.5", "--backoff-max",
-             "0.5", "--no-fsync"],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            [
+                str(AGENT_BIN),
+                "run",
+                "--root",
+                str(root),
+                "--heartbeat",
+                "0.5",
+                "--backoff-max",
+                "0.5",
+                "--no-fsync",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     procs.append(proc)
     eventually(lambda: c.get(f"/api/v1/machines/{name}/agent").json()["connected"], 30)
     return root, proc
@@ -70,7 +89,8 @@ def test_bronze_node_ops_rbac_and_per_node_errors(
     assert r.returncode == 1
     assert r.stderr.strip().splitlines() == [
         "error: node-c: 409 agent_unavailable: agent of machine "
-        f"{c.get('/api/v1/machines/node-c').json()['id']} is not connected"]
+        f"{c.get('/api/v1/machines/node-c').json()['id']} is not connected"
+    ]
     assert r.stdout.count("chronyd") == 2 and "node-b" in r.stdout
 
     r = run(srv, tmp_path, "node", "node-a,node-b", "logs", "chronyd", "--tail", "2", token=reader)
@@ -90,8 +110,13 @@ def test_bronze_node_ops_rbac_and_per_node_errors(
     r = run(srv, tmp_path, "node", "node-a,node-nope", "reboot")
     assert r.returncode == 1 and "error: node-nope: 404 not_found" in r.stderr
     assert "node-a" in r.stdout and "sent" in r.stdout
-    eventually(lambda: (s := c.get("/api/v1/machines/node-a/agent").json())["connected"]
-               and s["boot_id"] != boot, 30)
+    eventually(
+        lambda: (
+            (s := c.get("/api/v1/machines/node-a/agent").json())["connected"]
+            and s["boot_id"] != boot
+        ),
+        30,
+    )
 
 
 def test_follow_streams_ndjson_and_releases_the_agent(
@@ -110,10 +135,14 @@ def test_follow_streams_ndjson_and_releases_the_agent(
     assert r.status_code == 422 and "No such file" in r.json()["error"]["message"]
 
     # REST: one NDJSON line per chunk; closing the connection releases both ends.
-    with httpx.Client(base_url=srv.url, headers=c.headers, timeout=30) as raw, raw.stream(
-        "GET", "/api/v1/machines/node-a/node/logs",
-        params={"follow": "true", "service": "chronyd", "tail_lines": 1},
-    ) as resp:
+    with (
+        httpx.Client(base_url=srv.url, headers=c.headers, timeout=30) as raw,
+        raw.stream(
+            "GET",
+            "/api/v1/machines/node-a/node/logs",
+            params={"follow": "true", "service": "chronyd", "tail_lines": 1},
+        ) as resp,
+    ):
         assert resp.status_code == 200
         assert resp.headers["content-type"] == "application/x-ndjson"
         lines = resp.iter_lines()
@@ -130,15 +159,22 @@ def test_follow_streams_ndjson_and_releases_the_agent(
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRONZE_")}
     tok = tmp_path / "cli.token"
     tok.write_text(srv.admin_token)
-    env.update({"BRONZE_URL": srv.url, "BRONZE_TOKEN_FILE": str(tok),
-                "BRONZE_CONFIG": str(tmp_path / "none.toml"), "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "BRONZE_URL": srv.url,
+            "BRONZE_TOKEN_FILE": str(tok),
+            "BRONZE_CONFIG": str(tmp_path / "none.toml"),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     argv = [BRONZE, "node", "node-a,node-b", "logs", "chronyd", "-f", "--tail", "1"]
-    cli = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                           text=True)
+    cli = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     try:
         seen: list[str] = []
-        reader = threading.Thread(target=lambda: seen.extend(iter(cli.stdout.readline, "")),  # type: ignore[union-attr]
-                                  daemon=True)
+        reader = threading.Thread(
+            target=lambda: seen.extend(iter(cli.stdout.readline, "")),  # type: ignore[union-attr]
+            daemon=True,
+        )
         reader.start()
         eventually(lambda: {ln.split(":")[0] for ln in seen} == {"node-a", "node-b"}, 20)
         with (root_b / "var/log/bronze/chronyd.log").open("a") as fh:
@@ -173,8 +209,11 @@ def test_apply_modes_and_confirm_through_rest(
         return c.get("/api/v1/machines/node-a/config").json()
 
     def patch(name: str, body: dict, **params: object) -> dict:
-        r = c.post("/api/v1/config-patches", params=params,
-                   json={"name": name, "scope": "machine", "machine": "node-a", "patch": body})
+        r = c.post(
+            "/api/v1/config-patches",
+            params=params,
+            json={"name": name, "scope": "machine", "machine": "node-a", "patch": body},
+        )
         assert r.status_code == 201, r.text
         return r.json()
 
@@ -203,13 +242,22 @@ def test_apply_modes_and_confirm_through_rest(
     # Confirmed: the node dropped its revert plan, so the timeout cannot undo it.
     assert not (root / "var/lib/bronze/try.json").exists()
     assert hostname.read_text() == "kept\n"
-    assert c.post("/api/v1/machines/node-a/config/confirm",
-                  json={"version": "f" * 32}).json()["result"]["ok"] is False
+    assert (
+        c.post("/api/v1/machines/node-a/config/confirm", json={"version": "f" * 32}).json()[
+            "result"
+        ]["ok"]
+        is False
+    )
 
     # no-reboot refuses a boot-time change; staged waits for the next boot.
     patch("kargs", {"kernel_args": ["quiet"]}, mode="no-reboot")
-    eventually(lambda: "reboot required to change: kernel_args" in str(
-        c.get("/api/v1/machines/node-a/agent").json()["last_command"]["error"]), 20)
+    eventually(
+        lambda: (
+            "reboot required to change: kernel_args"
+            in str(c.get("/api/v1/machines/node-a/agent").json()["last_command"]["error"])
+        ),
+        20,
+    )
     assert c.delete("/api/v1/config-patches/kargs").status_code == 200
     patch("later", {"sysctls": {"vm.swappiness": "7"}}, mode="staged")
     staged = root / "var/lib/bronze/staged.json"
@@ -223,12 +271,29 @@ def test_apply_modes_and_confirm_through_rest(
     r = patch("offline-try", {"hostname": "offline"}, mode="try", try_timeout_seconds=300)
     assert (r["pushed"], r["queued"]) == (0, 1)
     with open(root.parent / "agent.log", "ab") as log:
-        procs.append(subprocess.Popen(
-            [str(AGENT_BIN), "run", "--root", str(root), "--heartbeat", "0.5", "--backoff-max",
-             "0.5", "--no-fsync"], stdout=log, stderr=subprocess.STDOUT))
+        procs.append(
+            subprocess.Popen(
+                [
+                    str(AGENT_BIN),
+                    "run",
+                    "--root",
+                    str(root),
+                    "--heartbeat",
+                    "0.5",
+                    "--backoff-max",
+                    "0.5",
+                    "--no-fsync",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
     eventually(lambda: hostname.read_text() == "offline\n", 30)
     assert (root / "var/lib/bronze/try.json").exists()  # applied as a try, not for good
 
-    r = c.post("/api/v1/config-patches", params={"mode": "sometimes"},
-               json={"name": "x", "scope": "fleet", "patch": {}})
+    r = c.post(
+        "/api/v1/config-patches",
+        params={"mode": "sometimes"},
+        json={"name": "x", "scope": "fleet", "patch": {}},
+    )
     assert r.status_code == 422 and r.json()["error"]["details"][0]["loc"] == ["query", "mode"]

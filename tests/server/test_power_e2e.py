@@ -18,8 +18,12 @@ from tests.bmc.conftest import start_peer
 from tests.peers import bmc_peers as peers
 from tests.peers.apiserver import RunningServer, run_server
 
-FAST = dict(bmc_networks=["127.0.0.0/8"], bmc_settle_timeout=25.0, bmc_poll_interval=0.2,
-            bmc_min_interval=0.02)
+FAST = dict(
+    bmc_networks=["127.0.0.0/8"],
+    bmc_settle_timeout=25.0,
+    bmc_poll_interval=0.2,
+    bmc_min_interval=0.02,
+)
 
 
 @pytest.fixture
@@ -29,14 +33,28 @@ def lab(tmp_path: Path, sqlite_url: str) -> Iterator[RunningServer]:
 
 
 def bmc_body(peer: peers.Peer, password: str | None = None) -> dict[str, Any]:
-    return {"driver": "redfish" if peer.kind == "redfish" else "ipmi", "address": f"{peer.address}:{peer.port}",
-            "scheme": peer.scheme, "username": peer.username,
-            "password": peer.password if password is None else password, "ca_bundle": peer.ca_pem}
+    return {
+        "driver": "redfish" if peer.kind == "redfish" else "ipmi",
+        "address": f"{peer.address}:{peer.port}",
+        "scheme": peer.scheme,
+        "username": peer.username,
+        "password": peer.password if password is None else password,
+        "ca_bundle": peer.ca_pem,
+    }
 
 
-def add_machine(c: httpx.Client, name: str, mac: str, peer: peers.Peer, **kw: Any) -> dict[str, Any]:
-    r = c.post("/api/v1/machines", json={"name": name, "nics": [{"mac": mac}],
-                                         "bmc": bmc_body(peer, **kw), "labels": {"lab": "power"}})
+def add_machine(
+    c: httpx.Client, name: str, mac: str, peer: peers.Peer, **kw: Any
+) -> dict[str, Any]:
+    r = c.post(
+        "/api/v1/machines",
+        json={
+            "name": name,
+            "nics": [{"mac": mac}],
+            "bmc": bmc_body(peer, **kw),
+            "labels": {"lab": "power"},
+        },
+    )
     assert r.status_code == 201, r.text
     return r.json()
 
@@ -51,7 +69,9 @@ def wait_op(c: httpx.Client, op: dict[str, Any], timeout: float = 60) -> dict[st
 
 
 @pytest.mark.parametrize("peer_name", ["sushy", "sushy-tls", "ipmi_sim", "pyghmi"])
-def test_power_and_boot_device_through_api(lab: RunningServer, tmp_path: Path, peer_name: str) -> None:
+def test_power_and_boot_device_through_api(
+    lab: RunningServer, tmp_path: Path, peer_name: str
+) -> None:
     peer = start_peer(peer_name, tmp_path / peer_name)
     try:
         c = lab.client()
@@ -69,10 +89,19 @@ def test_power_and_boot_device_through_api(lab: RunningServer, tmp_path: Path, p
         assert op["status"] == "succeeded", op
         assert peers.reference_power(peer) == "off"
         m = c.get("/api/v1/machines/n1").json()
-        assert m["power"] == {"desired": "off", "observed": "off", "observed_at": m["power"]["observed_at"]}
+        assert m["power"] == {
+            "desired": "off",
+            "observed": "off",
+            "observed_at": m["power"]["observed_at"],
+        }
 
-        op = wait_op(c, c.put("/api/v1/machines/n1/boot-device",
-                              json={"device": "pxe", "persistent": False, "uefi": True}).json())
+        op = wait_op(
+            c,
+            c.put(
+                "/api/v1/machines/n1/boot-device",
+                json={"device": "pxe", "persistent": False, "uefi": True},
+            ).json(),
+        )
         assert op["status"] == "succeeded", op
         assert "pxe" in str(peers.reference_boot(peer)["device"]).lower()
 
@@ -90,8 +119,10 @@ def test_bulk_power_staggered_with_per_machine_results(lab: RunningServer, tmp_p
         c = lab.client()
         for i, p in enumerate(bmcs):
             add_machine(c, f"b{i}", f"02:00:00:00:11:{i:02x}", p)
-        r = c.post("/api/v1/power", json={"selector": "lab=power", "action": "cycle", "max_parallel": 2,
-                                          "stagger_ms": 300})
+        r = c.post(
+            "/api/v1/power",
+            json={"selector": "lab=power", "action": "cycle", "max_parallel": 2, "stagger_ms": 300},
+        )
         assert r.status_code == 202, r.text
         op = wait_op(c, r.json())
         assert op["status"] == "succeeded", op
@@ -128,33 +159,49 @@ def test_wrong_credentials_fail_without_retry(lab: RunningServer, tmp_path: Path
         peer.stop()
 
 
-@pytest.mark.parametrize("address,reason", [
-    ("169.254.169.254", "loopback, link-local"),
-    ("http://10.0.0.1", "scheme"),
-    ("admin:pw@10.0.0.1", "userinfo"),
-    ("8.8.8.8", "outside the management networks"),
-])
-def test_bmc_addresses_outside_policy_are_refused(tmp_path: Path, sqlite_url: str, address: str, reason: str) -> None:
+@pytest.mark.parametrize(
+    "address,reason",
+    [
+        ("169.254.169.254", "loopback, link-local"),
+        ("http://10.0.0.1", "scheme"),
+        ("admin:pw@10.0.0.1", "userinfo"),
+        ("8.8.8.8", "outside the management networks"),
+    ],
+)
+def test_bmc_addresses_outside_policy_are_refused(
+    tmp_path: Path, sqlite_url: str, address: str, reason: str
+) -> None:
     with run_server(tmp_path / "data", sqlite_url) as srv:  # default networks: private ranges only
         c = srv.client()
-        r = c.post("/api/v1/machines", json={"name": "x", "nics": [{"mac": "02:00:00:00:13:01"}],
-                                             "bmc": {"address": address}})
+        r = c.post(
+            "/api/v1/machines",
+            json={"name": "x", "nics": [{"mac": "02:00:00:00:13:01"}], "bmc": {"address": address}},
+        )
         assert r.status_code == 422 and reason in r.json()["error"]["message"], r.text
-        r = c.post("/api/v1/machines", json={"name": "x", "nics": [{"mac": "02:00:00:00:13:01"}],
-                                             "bmc": {"address": "127.0.0.1:623"}})
+        r = c.post(
+            "/api/v1/machines",
+            json={
+                "name": "x",
+                "nics": [{"mac": "02:00:00:00:13:01"}],
+                "bmc": {"address": "127.0.0.1:623"},
+            },
+        )
         assert r.status_code == 422  # loopback is refused unless listed
 
 
 def test_power_sync_out_of_band_then_maintenance(tmp_path: Path, sqlite_url: str) -> None:
     peer = peers.start_ipmi_sim(tmp_path / "sim")
     try:
-        with run_server(tmp_path / "data", sqlite_url, power_sync_enabled=True, power_sync_interval=0.5,
-                        **FAST) as srv:
+        with run_server(
+            tmp_path / "data", sqlite_url, power_sync_enabled=True, power_sync_interval=0.5, **FAST
+        ) as srv:
             c = srv.client()
             add_machine(c, "s1", "02:00:00:00:14:01", peer)
 
             def events(kind: str) -> list[dict[str, Any]]:
-                return c.get("/api/v1/events", params={"machine": "s1", "kind": kind}).json()["items"]
+                return c.get("/api/v1/events", params={"machine": "s1", "kind": kind}).json()[
+                    "items"
+                ]
 
             deadline = time.monotonic() + 30
             while c.get("/api/v1/machines/s1").json()["power"]["observed"] != "off":
@@ -171,7 +218,10 @@ def test_power_sync_out_of_band_then_maintenance(tmp_path: Path, sqlite_url: str
             while (m := c.get("/api/v1/machines/s1").json())["phase"] != "maintenance":
                 assert time.monotonic() < deadline, m
                 time.sleep(0.3)
-            assert m["power"]["observed"] == "unknown" and "3 power-state reads failed" in m["fault_reason"]
+            assert (
+                m["power"]["observed"] == "unknown"
+                and "3 power-state reads failed" in m["fault_reason"]
+            )
             assert len(events("power.sync_failed")) == 3
             n = len(events("power.sync_failed"))
             time.sleep(2)  # in maintenance the BMC is no longer polled
@@ -180,19 +230,32 @@ def test_power_sync_out_of_band_then_maintenance(tmp_path: Path, sqlite_url: str
         peer.stop()
 
 
-def test_canary_password_never_leaks(lab: RunningServer, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_canary_password_never_leaks(
+    lab: RunningServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     canary = "Canary-Pw-93f1c2"  # 16 bytes: the IPMI password limit of ipmi_sim
     caplog.set_level(logging.DEBUG)
     good = peers.start_ipmi_sim(tmp_path / "good", password=canary)
     bad = peers.start_ipmi_sim(tmp_path / "bad", password="other-pass")
     try:
         c = lab.client()
-        responses = [add_machine(c, "c1", "02:00:00:00:15:01", good, password=canary),
-                     add_machine(c, "c2", "02:00:00:00:15:02", bad, password=canary)]
-        ops = [wait_op(c, c.post(f"/api/v1/machines/{n}/power", json={"action": "on"}).json()) for n in ("c1", "c2")]
+        responses = [
+            add_machine(c, "c1", "02:00:00:00:15:01", good, password=canary),
+            add_machine(c, "c2", "02:00:00:00:15:02", bad, password=canary),
+        ]
+        ops = [
+            wait_op(c, c.post(f"/api/v1/machines/{n}/power", json={"action": "on"}).json())
+            for n in ("c1", "c2")
+        ]
         assert ops[0]["status"] == "succeeded" and ops[1]["status"] == "failed"
-        texts = [str(responses), str(ops), c.get("/api/v1/events").text, c.get("/api/v1/machines").text,
-                 c.get("/api/v1/operations").text, str(c.get("/api/v1/machines/c2/power").json())]
+        texts = [
+            str(responses),
+            str(ops),
+            c.get("/api/v1/events").text,
+            c.get("/api/v1/machines").text,
+            c.get("/api/v1/operations").text,
+            str(c.get("/api/v1/machines/c2/power").json()),
+        ]
         assert not any(canary in t for t in texts)
         assert canary not in caplog.text
         for rec in caplog.records:
@@ -226,7 +289,9 @@ def test_power_cli(lab: RunningServer, tmp_path: Path) -> None:
         assert "p1" in r.stdout and "succeeded" in r.stdout and peers.reference_power(peer) == "on"
         r = run(lab, tmp_path, "power", "status", "--selector", "lab=power", "-o", "json")
         assert r.returncode == 0 and '"state": "on"' in r.stdout
-        r = run(lab, tmp_path, "boot-device", "set", "p1", "--device", "pxe", "--once", "-o", "json")
+        r = run(
+            lab, tmp_path, "boot-device", "set", "p1", "--device", "pxe", "--once", "-o", "json"
+        )
         assert r.returncode == 0, r.stderr
         r = run(lab, tmp_path, "power", "off", "--selector", "lab=power", "--stagger-ms", "10")
         assert r.returncode == 0 and peers.reference_power(peer) == "off"

@@ -17,12 +17,12 @@ from cryptography.fernet import Fernet
 from sqlalchemy import select
 
 from bmc import BmcController, BmcEndpoint, BmcTimeoutError, PowerPolicy, PowerState
-from server import migrate
-from server.db import Database
 from server.errors import Conflict
-from server.models import Event, Lease, Machine, Operation, OperationItem, utcnow
-from server.power import PowerService
-from server.secretbox import SecretBox
+from server.inventory import migrate
+from server.inventory.db import Database
+from server.inventory.models import Event, Lease, Machine, Operation, OperationItem, utcnow
+from server.inventory.secretbox import SecretBox
+from server.power.service import PowerService
 from server.settings import ServerSettings
 
 
@@ -53,10 +53,22 @@ def service(db_url: str, tmp_path: Path) -> Iterator[PowerService]:
     box = SecretBox(Fernet.generate_key())
     with db.write() as s:
         for i in range(1, 41):
-            s.add(Machine(id=str(uuid.uuid4()), name=f"w{i:02d}", phase="ready", bmc_driver="ipmi",
-                          bmc_address="10.0.0.1", bmc_port=i, bmc_username="admin",
-                          bmc_password_enc=box.encrypt("pw"), power_observed="unknown", hardware={},
-                          created_at=utcnow(), updated_at=utcnow()))
+            s.add(
+                Machine(
+                    id=str(uuid.uuid4()),
+                    name=f"w{i:02d}",
+                    phase="ready",
+                    bmc_driver="ipmi",
+                    bmc_address="10.0.0.1",
+                    bmc_port=i,
+                    bmc_username="admin",
+                    bmc_password_enc=box.encrypt("pw"),
+                    power_observed="unknown",
+                    hardware={},
+                    created_at=utcnow(),
+                    updated_at=utcnow(),
+                )
+            )
     policy = PowerPolicy(max_attempts=1, poll_interval=0.01, min_interval=0.0, settle_timeout=1.0)
     ctl = BmcController(Driver, policy)  # type: ignore[arg-type]
     svc = PowerService(ServerSettings(data_dir=tmp_path), db, box, controller=ctl)
@@ -93,8 +105,10 @@ def test_bulk_operation_records_items_machines_and_events(service: PowerService)
 def _held(service: PowerService, op_id: str) -> tuple[str, list[str | None], str | None]:
     with service.db.read() as s:
         op = s.get_one(Operation, op_id)
-        held = [i.active_machine_id for i in
-                s.scalars(select(OperationItem).where(OperationItem.operation_id == op_id))]
+        held = [
+            i.active_machine_id
+            for i in s.scalars(select(OperationItem).where(OperationItem.operation_id == op_id))
+        ]
         return op.status, held, op.error
 
 
@@ -103,7 +117,8 @@ def test_operations_of_a_stopped_replica_are_freed(service: PowerService) -> Non
     lapses, any other replica fails what it held, so the machines take operations again."""
     live, dead, legacy, old = (
         service.submit(kind="power", action="on", params={}, actor="t", keys=[name])
-        for name in ("w01", "w02", "w03", "w04"))
+        for name in ("w01", "w02", "w03", "w04")
+    )
     now = utcnow()
     with service.db.write() as s:
         s.add(Lease(name="replica:alive", holder="alive", expires_at=now + timedelta(seconds=30)))

@@ -39,8 +39,13 @@ def _start(tmp: Path, name: str, env: dict[str, str], **extra: str) -> Replica:
     for attempt in range(3):
         port = free_port()
         log = tmp / f"{name}-{attempt}.log"
-        e = {**env, "BRONZE_API_PORT": str(port), "BRONZE_AGENT_ENROLL_PORT": str(free_port()),
-             "BRONZE_AGENT_SESSION_PORT": str(free_port()), **extra}
+        e = {
+            **env,
+            "BRONZE_API_PORT": str(port),
+            "BRONZE_AGENT_ENROLL_PORT": str(free_port()),
+            "BRONZE_AGENT_SESSION_PORT": str(free_port()),
+            **extra,
+        }
         with open(log, "ab") as fh:
             proc = subprocess.Popen([BRONZE, "serve"], env=e, stdout=fh, stderr=subprocess.STDOUT)
         rep = Replica(f"http://127.0.0.1:{port}", proc, log)
@@ -71,9 +76,16 @@ def replicas(tmp_path: Path) -> Iterator[tuple[Replica, Replica, str, str]]:
     token = "brz_" + secrets.token_urlsafe(32)
     with fresh_database("postgres", tmp_path) as url:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BRONZE_")}
-        env.update({"BRONZE_DATA_DIR": str(tmp_path / "data"), "BRONZE_DATABASE_URL": url,
-                    "BRONZE_ADMIN_TOKEN": token, "BRONZE_POWER_SYNC_ENABLED": "false",
-                    "BRONZE_AGENT_HEARTBEAT_INTERVAL": "1", "BRONZE_LOG_LEVEL": "info"})
+        env.update(
+            {
+                "BRONZE_DATA_DIR": str(tmp_path / "data"),
+                "BRONZE_DATABASE_URL": url,
+                "BRONZE_ADMIN_TOKEN": token,
+                "BRONZE_POWER_SYNC_ENABLED": "false",
+                "BRONZE_AGENT_HEARTBEAT_INTERVAL": "1",
+                "BRONZE_LOG_LEVEL": "info",
+            }
+        )
         started: list[subprocess.Popen[bytes]] = []
         try:
             a = _start(tmp_path, "a", env)
@@ -104,9 +116,21 @@ def test_changes_on_one_replica_reach_an_agent_held_by_another(
     (root / "proc/cmdline").write_text(f"console=ttyS0 {args}\n")
     with open(tmp_path / "agent.log", "ab") as fh:
         agent = subprocess.Popen(
-            [str(AGENT_BIN), "run", "--root", str(root), "--heartbeat", "0.5", "--backoff-max",
-             "0.5", "--no-fsync"], stdout=fh, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            [
+                str(AGENT_BIN),
+                "run",
+                "--root",
+                str(root),
+                "--heartbeat",
+                "0.5",
+                "--backoff-max",
+                "0.5",
+                "--no-fsync",
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
     try:
         eventually(lambda: ca.get("/api/v1/machines/n1/agent").json()["connected"], 30)
         assert ca.get("/api/v1/machines/n1/agent").json()["session"] == "this-replica"
@@ -114,8 +138,10 @@ def test_changes_on_one_replica_reach_an_agent_held_by_another(
         assert seen_by_b["connected"] is True and seen_by_b["session"] == "another-replica"
 
         # A config patch created on B: queued in the database, delivered by A, applied.
-        r = cb.post("/api/v1/config-patches",
-                    json={"name": "fleet", "scope": "fleet", "patch": {"hostname": "via-b"}})
+        r = cb.post(
+            "/api/v1/config-patches",
+            json={"name": "fleet", "scope": "fleet", "patch": {"hostname": "via-b"}},
+        )
         assert r.status_code == 201, r.text
         assert (r.json()["pushed"], r.json()["queued"]) == (0, 1)
         eventually(lambda: (root / "etc/hostname").read_text() == "via-b\n", 20)
@@ -128,8 +154,11 @@ def test_changes_on_one_replica_reach_an_agent_held_by_another(
         assert r.status_code == 200 and r.json()["ok"] is True, r.text
         assert r.headers["x-bronze-replica"] == a.url
         assert ca.get("/api/v1/machines/n1/node/stats").json()["ok"] is True
-        with cb.stream("GET", "/api/v1/machines/n1/node/logs",
-                       params={"follow": "true", "service": "chronyd", "tail_lines": 1}) as st:
+        with cb.stream(
+            "GET",
+            "/api/v1/machines/n1/node/logs",
+            params={"follow": "true", "service": "chronyd", "tail_lines": 1},
+        ) as st:
             assert st.status_code == 200 and st.headers["x-bronze-replica"] == a.url
             lines = st.iter_lines()
             assert "chronyd" in json.loads(next(lines))["data"]
@@ -137,16 +166,19 @@ def test_changes_on_one_replica_reach_an_agent_held_by_another(
                 fh.write("through b\n")
             assert json.loads(next(lines)) == {"data": "through b\n"}
         # The caller's token is checked by both; a forwarded request is never forwarded again.
-        r = httpx.get(b.url + "/api/v1/machines/n1/node/stats",
-                      headers={"Authorization": "Bearer brz_wrong"})
+        r = httpx.get(
+            b.url + "/api/v1/machines/n1/node/stats", headers={"Authorization": "Bearer brz_wrong"}
+        )
         assert r.status_code == 401
         r = cb.get("/api/v1/machines/n1/node/stats", headers={"x-bronze-forwarded": "1"})
         assert r.status_code == 409 and r.json()["error"]["code"] == "agent_on_other_replica"
         # A holder that does not answer: a precise 409, not a hang or a 500.
         engine = sqlalchemy.create_engine(db_url)
         with engine.begin() as conn:
-            conn.execute(sqlalchemy.text("UPDATE agent_states SET replica_url = :u"),
-                         {"u": f"http://127.0.0.1:{free_port()}"})
+            conn.execute(
+                sqlalchemy.text("UPDATE agent_states SET replica_url = :u"),
+                {"u": f"http://127.0.0.1:{free_port()}"},
+            )
         try:
             r = cb.get("/api/v1/machines/n1/node/stats")
             assert r.status_code == 409, r.text
@@ -155,14 +187,17 @@ def test_changes_on_one_replica_reach_an_agent_held_by_another(
             assert "did not answer: ConnectError" in err["message"]
         finally:
             with engine.begin() as conn:
-                conn.execute(sqlalchemy.text("UPDATE agent_states SET replica_url = :u"),
-                             {"u": a.url})
+                conn.execute(
+                    sqlalchemy.text("UPDATE agent_states SET replica_url = :u"), {"u": a.url}
+                )
             engine.dispose()
 
         # try on B, confirmed on B: both travel through the database.
-        r = cb.post("/api/v1/config-patches", params={"mode": "try", "try_timeout_seconds": 60},
-                    json={"name": "trial", "scope": "fleet", "priority": 1,
-                          "patch": {"hostname": "tried"}})
+        r = cb.post(
+            "/api/v1/config-patches",
+            params={"mode": "try", "try_timeout_seconds": 60},
+            json={"name": "trial", "scope": "fleet", "priority": 1, "patch": {"hostname": "tried"}},
+        )
         assert r.json()["queued"] == 1
         eventually(lambda: (root / "var/lib/bronze/try.json").exists(), 20)
         r = cb.post("/api/v1/machines/n1/config/confirm")
@@ -174,8 +209,14 @@ def test_changes_on_one_replica_reach_an_agent_held_by_another(
         boot = ca.get("/api/v1/machines/n1/agent").json()["boot_id"]
         r = cb.post("/api/v1/machines/n1/reboot")
         assert r.status_code == 202 and r.json()["delivery"] == "queued"
-        eventually(lambda: (s := ca.get("/api/v1/machines/n1/agent").json())["connected"]
-                   and s["boot_id"] != boot and s["pending_commands"] == 0, 30)
+        eventually(
+            lambda: (
+                (s := ca.get("/api/v1/machines/n1/agent").json())["connected"]
+                and s["boot_id"] != boot
+                and s["pending_commands"] == 0
+            ),
+            30,
+        )
 
         # Replica A crashes: it cannot clear its claim on the session, so the claim lapses once
         # the session's heartbeats stop reaching the database, and B stops pointing at A.

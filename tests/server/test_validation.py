@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from server.selectors import Op, Requirement, SelectorError, matches, parse
-from server.validation import check_dns_label, check_label_key, check_label_value, normalize_mac
+from server.inventory.selectors import Op, Requirement, SelectorError, matches, parse
+from server.inventory.validation import (
+    check_dns_label,
+    check_label_key,
+    check_label_value,
+    normalize_mac,
+)
 
 
 @pytest.mark.parametrize(
@@ -25,8 +30,16 @@ def test_mac_spellings_normalise(raw: str, expected: str) -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    ["", "aa:bb:cc:00:11", "aa:bb:cc:00:11:zz", "aa:bb-cc:00:11:22", "aabbcc0011223",
-     "00:00:00:00:00:00", "ff:ff:ff:ff:ff:ff", "aa:bb:cc:00:11:22;x"],
+    [
+        "",
+        "aa:bb:cc:00:11",
+        "aa:bb:cc:00:11:zz",
+        "aa:bb-cc:00:11:22",
+        "aabbcc0011223",
+        "00:00:00:00:00:00",
+        "ff:ff:ff:ff:ff:ff",
+        "aa:bb:cc:00:11:22;x",
+    ],
     ids=["empty", "short", "non-hex", "mixed-separators", "long", "zero", "broadcast", "suffix"],
 )
 def test_bad_macs_rejected(raw: str) -> None:
@@ -88,7 +101,18 @@ def test_bad_label_values(value: str) -> None:
         ("bronze.dev/pool=gpu", (Requirement("bronze.dev/pool", Op.EQ, ("gpu",)),)),
         ("rack=", (Requirement("rack", Op.EQ, ("",)),)),
     ],
-    ids=["eq", "eqeq", "ne", "in", "notin", "exists", "not-exists", "combined", "prefixed", "empty-value"],
+    ids=[
+        "eq",
+        "eqeq",
+        "ne",
+        "in",
+        "notin",
+        "exists",
+        "not-exists",
+        "combined",
+        "prefixed",
+        "empty-value",
+    ],
 )
 def test_selector_parse(text: str, expected: tuple[Requirement, ...]) -> None:
     assert parse(text) == expected
@@ -96,10 +120,32 @@ def test_selector_parse(text: str, expected: tuple[Requirement, ...]) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["rack=r1,", ",rack", "role in worker", "role in (a", "role in ()", "a=b=c", "rack r1",
-     "!", "a;b", "role in (a,,b)", "${x}=1"],
-    ids=["trailing-comma", "leading-comma", "in-no-paren", "unclosed", "empty-set", "double-eq",
-         "no-op", "bare-bang", "semicolon", "empty-member", "injection"],
+    [
+        "rack=r1,",
+        ",rack",
+        "role in worker",
+        "role in (a",
+        "role in ()",
+        "a=b=c",
+        "rack r1",
+        "!",
+        "a;b",
+        "role in (a,,b)",
+        "${x}=1",
+    ],
+    ids=[
+        "trailing-comma",
+        "leading-comma",
+        "in-no-paren",
+        "unclosed",
+        "empty-set",
+        "double-eq",
+        "no-op",
+        "bare-bang",
+        "semicolon",
+        "empty-member",
+        "injection",
+    ],
 )
 def test_selector_errors(text: str) -> None:
     with pytest.raises(SelectorError):

@@ -39,14 +39,15 @@ import grpc
 from google.protobuf import json_format
 
 from agent.gen import agent_pb2 as pb
-from server.agentapi.store import (
+from server.agents.pki import FleetCA, PkiError
+from server.agents.store import (
     AgentHello,
     AgentStore,
     CommandOutcome,
     IssuedCertificate,
     PendingCommand,
 )
-from server.agentapi.types import (
+from server.agents.types import (
     MODE_PB,
     OP_PB,
     AgentApiError,
@@ -57,7 +58,6 @@ from server.agentapi.types import (
     NodeOpKind,
     NodeOpResult,
 )
-from server.pki import FleetCA, PkiError
 
 log = logging.getLogger(__name__)
 
@@ -277,8 +277,13 @@ class SessionHub:
             self._streams.pop(cmd.id, None)
             if not finished and self._sessions.get(machine_id) is session:
                 # The caller went away (or timed out): release the agent's side too.
-                session.outbox.put_nowait(pb.ServerMessage(command=pb.Command(
-                    id=self._new_id(), cancel_node_op=pb.CancelNodeOp(command_id=cmd.id))))
+                session.outbox.put_nowait(
+                    pb.ServerMessage(
+                        command=pb.Command(
+                            id=self._new_id(), cancel_node_op=pb.CancelNodeOp(command_id=cmd.id)
+                        )
+                    )
+                )
                 log.info("node op cancelled machine=%s command=%s", machine_id, cmd.id)
 
     async def node_op(
@@ -357,7 +362,9 @@ class SessionHub:
         if hello.machine_id and hello.machine_id != machine_id:
             log.warning(
                 "session refused: claimed id differs from certificate cert=%s claimed=%s peer=%s",
-                machine_id, hello.machine_id, peer,
+                machine_id,
+                hello.machine_id,
+                peer,
             )
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, "identity mismatch")
         if await self._store.get_machine(machine_id) is None:
@@ -405,7 +412,8 @@ class SessionHub:
         thread) would leave the machine "connected" in the database for good. The write runs in
         a task of its own that the cancellation does not reach; :meth:`stop` waits for it."""
         task = asyncio.get_running_loop().create_task(
-            self._store.record_disconnected(machine_id, self._now()))
+            self._store.record_disconnected(machine_id, self._now())
+        )
         self._bookkeeping.add(task)
         task.add_done_callback(functools.partial(self._bookkeeping_done, machine_id))
         # asyncio.wait neither cancels the task when we are cancelled nor raises its error
@@ -415,8 +423,9 @@ class SessionHub:
     def _bookkeeping_done(self, machine_id: str, task: asyncio.Task[None]) -> None:
         self._bookkeeping.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("record_disconnected failed machine=%s", machine_id,
-                      exc_info=task.exception())
+            log.error(
+                "record_disconnected failed machine=%s", machine_id, exc_info=task.exception()
+            )
 
     def _close(self, session: _Session) -> None:
         session.outbox.put_nowait(None)
@@ -442,7 +451,10 @@ class SessionHub:
         await self._note_applied(mid, hello.config_version)
         log.info(
             "session open machine=%s peer=%s boot=%s config=%s",
-            mid, session.peer, hello.boot_id, hello.config_version or "-",
+            mid,
+            session.peer,
+            hello.boot_id,
+            hello.config_version or "-",
         )
 
     async def _send_backlog(self, session: _Session, hello: pb.Hello) -> None:
@@ -463,8 +475,12 @@ class SessionHub:
         # must not become permanent because the agent reconnected).
         settled = (hello.config_version, hello.staged_config_version, hello.reverted_config_version)
         if desired is not None and desired.version not in settled and not has_apply:
-            log.info("config drift machine=%s have=%s want=%s", mid, hello.config_version,
-                     desired.version)
+            log.info(
+                "config drift machine=%s have=%s want=%s",
+                mid,
+                hello.config_version,
+                desired.version,
+            )
             await self.push_config(mid, desired.version, desired.config_json)
 
     async def _note_applied(self, machine_id: str, version: str) -> None:
@@ -526,8 +542,7 @@ class SessionHub:
                 st.queue.put_nowait(bytes(r.output))
             st.queue.put_nowait(None)
         if not r.ok:
-            log.warning("command failed machine=%s command=%s error=%s", mid, r.command_id,
-                        r.error)
+            log.warning("command failed machine=%s command=%s error=%s", mid, r.command_id, r.error)
 
     async def _on_csr(self, session: _Session, csr_pem: str) -> None:
         mid = session.machine_id
@@ -603,8 +618,12 @@ class SessionHub:
                 self.counters["commands_sent"] += 1
                 session.outbox.put_nowait(pb.ServerMessage(command=cmd))
                 sent += 1
-                log.info("command from another replica sent machine=%s command=%s kind=%s",
-                         mid, p.command_id, p.kind)
+                log.info(
+                    "command from another replica sent machine=%s command=%s kind=%s",
+                    mid,
+                    p.command_id,
+                    p.kind,
+                )
         return sent
 
     async def _flush_seen(self) -> None:

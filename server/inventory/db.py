@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from server.readcache import AsyncPgCounters, Generations, read_generations, track_writes
+from server.inventory.readcache import AsyncPgCounters, Generations, read_generations, track_writes
 
 
 def _sqlite_engine(url: str, begin: str, pool_size: int = 10) -> Engine:
@@ -57,8 +57,14 @@ class Database:
     _write: sessionmaker[Session] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        self._pg_counters = None if self.is_sqlite else AsyncPgCounters(
-            make_url(self.url).set(drivername="postgresql").render_as_string(hide_password=False)
+        self._pg_counters = (
+            None
+            if self.is_sqlite
+            else AsyncPgCounters(
+                make_url(self.url)
+                .set(drivername="postgresql")
+                .render_as_string(hide_password=False)
+            )
         )
         self._read = sessionmaker(self.read_engine, expire_on_commit=False)
         self._write = sessionmaker(self.write_engine, expire_on_commit=False)

@@ -17,8 +17,8 @@ from typing import Annotated, Any
 
 import typer
 
-from server.cli import OutOpt, Output, TokenFileOpt, UrlOpt, client, show
-from server.client import Client, ClientError
+from server.cli.client import Client, ClientError
+from server.cli.main import OutOpt, Output, TokenFileOpt, UrlOpt, client, show
 
 
 class NodeOp(StrEnum):
@@ -37,10 +37,17 @@ STATS_COLUMNS = [
     ("MEM_TOTAL_MIB", lambda r: r["data"]["memory_total_bytes"] // 2**20),
     ("MEM_AVAIL_MIB", lambda r: r["data"]["memory_available_bytes"] // 2**20),
 ]
-SERVICE_COLUMNS = [("NODE", lambda r: r["node"]), ("SERVICE", lambda r: r["name"]),
-                   ("STATE", lambda r: r.get("state")), ("PID", lambda r: r.get("pid"))]
-REBOOT_COLUMNS = [("NODE", lambda r: r["node"]), ("COMMAND", lambda r: r["command_id"]),
-                  ("DELIVERY", lambda r: r["delivery"])]
+SERVICE_COLUMNS = [
+    ("NODE", lambda r: r["node"]),
+    ("SERVICE", lambda r: r["name"]),
+    ("STATE", lambda r: r.get("state")),
+    ("PID", lambda r: r.get("pid")),
+]
+REBOOT_COLUMNS = [
+    ("NODE", lambda r: r["node"]),
+    ("COMMAND", lambda r: r["command_id"]),
+    ("DELIVERY", lambda r: r["delivery"]),
+]
 
 
 def _err(node: str, message: str) -> None:
@@ -68,8 +75,9 @@ def _one(cl: Client, node: str, op: NodeOp, service: str, tail: int) -> dict[str
     return out
 
 
-def _follow(cl: Client, nodes: list[str], op: NodeOp, service: str, tail: int,
-            output: Output) -> bool:
+def _follow(
+    cl: Client, nodes: list[str], op: NodeOp, service: str, tail: int, output: Output
+) -> bool:
     """Stream every node's log until they all end (or Ctrl-C). Returns whether all went well."""
     params: dict[str, Any] = {"follow": "true", "tail_lines": tail}
     if service:
@@ -98,8 +106,12 @@ def _follow(cl: Client, nodes: list[str], op: NodeOp, service: str, tail: int,
         elif output is Output.json:
             typer.echo(json.dumps({"node": node, "data": doc["data"]}))
         else:
-            typer.echo(("".join(f"{node}: {ln}\n" for ln in doc["data"].splitlines()))
-                       if prefix else doc["data"], nl=False)
+            typer.echo(
+                ("".join(f"{node}: {ln}\n" for ln in doc["data"].splitlines()))
+                if prefix
+                else doc["data"],
+                nl=False,
+            )
     return ok
 
 
@@ -107,10 +119,13 @@ def node(
     names: Annotated[str, typer.Argument(help="NAME[,NAME...] (machine names or ids).")],
     op: Annotated[NodeOp, typer.Argument(help="reboot, dmesg, logs, stats, ps or services.")],
     service: Annotated[str, typer.Argument(help="logs: the service (default: syslog).")] = "",
-    follow: Annotated[bool, typer.Option("-f", "--follow", help="logs/dmesg: keep streaming.")]
-    = False,
+    follow: Annotated[
+        bool, typer.Option("-f", "--follow", help="logs/dmesg: keep streaming.")
+    ] = False,
     tail: Annotated[int, typer.Option("--tail", help="logs/dmesg: only the last N lines.")] = 0,
-    url: UrlOpt = None, token_file: TokenFileOpt = None, output: OutOpt = Output.table,
+    url: UrlOpt = None,
+    token_file: TokenFileOpt = None,
+    output: OutOpt = Output.table,
 ) -> None:
     """Node operations through the server: readers may read, operators may reboot."""
     nodes = [n.strip() for n in names.split(",") if n.strip()]

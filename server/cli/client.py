@@ -28,7 +28,9 @@ class ClientError(Exception):
 
 
 def _config_file() -> dict[str, Any]:
-    path = Path(os.environ.get("BRONZE_CONFIG") or Path.home() / ".config" / "bronze" / "config.toml")
+    path = Path(
+        os.environ.get("BRONZE_CONFIG") or Path.home() / ".config" / "bronze" / "config.toml"
+    )
     if not path.is_file():
         return {}
     try:
@@ -83,7 +85,9 @@ class Client:
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         try:
-            resp = httpx.request(method, self.url + path, headers=headers, timeout=self.timeout, **kwargs)
+            resp = httpx.request(
+                method, self.url + path, headers=headers, timeout=self.timeout, **kwargs
+            )
         except httpx.HTTPError as exc:
             raise ClientError(f"cannot reach {self.url}: {exc.__class__.__name__}: {exc}") from None
         if resp.status_code >= 400:
@@ -98,8 +102,9 @@ class Client:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         timeout = httpx.Timeout(self.timeout, read=None)
         try:
-            with httpx.stream("GET", self.url + path, params=params, headers=headers,
-                              timeout=timeout) as resp:
+            with httpx.stream(
+                "GET", self.url + path, params=params, headers=headers, timeout=timeout
+            ) as resp:
                 if resp.status_code >= 400:
                     resp.read()
                     raise ClientError(_error_line(resp))
@@ -109,7 +114,9 @@ class Client:
         except httpx.HTTPError as exc:
             raise ClientError(f"{self.url}: {exc.__class__.__name__}: {exc}") from None
 
-    def paginate(self, path: str, params: dict[str, Any], limit: int | None) -> list[dict[str, Any]]:
+    def paginate(
+        self, path: str, params: dict[str, Any], limit: int | None
+    ) -> list[dict[str, Any]]:
         items: list[dict[str, Any]] = []
         params = {k: v for k, v in params.items() if v is not None}
         while True:

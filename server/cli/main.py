@@ -13,10 +13,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from server.client import Client, ClientError, resolve
+from server.cli.client import Client, ClientError, resolve
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="bronze: bare-metal fleet manager")
-db_app = typer.Typer(no_args_is_help=True, help="Database schema (local, uses BRONZE_DATABASE_URL).")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="bronze: bare-metal fleet manager"
+)
+db_app = typer.Typer(
+    no_args_is_help=True, help="Database schema (local, uses BRONZE_DATABASE_URL)."
+)
 token_app = typer.Typer(no_args_is_help=True, help="API tokens (admin).")
 machines_app = typer.Typer(no_args_is_help=True, help="Machine inventory.")
 app.add_typer(db_app, name="db")
@@ -35,7 +39,8 @@ class Output(StrEnum):
 
 UrlOpt = Annotated[str | None, typer.Option("--url", help="API URL (or BRONZE_URL).")]
 TokenFileOpt = Annotated[
-    str | None, typer.Option("--token-file", help="File holding the API token (or BRONZE_TOKEN[_FILE]).")
+    str | None,
+    typer.Option("--token-file", help="File holding the API token (or BRONZE_TOKEN[_FILE])."),
 ]
 OutOpt = Annotated[Output, typer.Option("-o", "--output")]
 
@@ -79,7 +84,9 @@ def show(data: Any, output: Output, columns: list[tuple[str, Any]]) -> None:
 def serve(
     host: Annotated[str | None, typer.Option(help="Bind address (BRONZE_API_HOST).")] = None,
     port: Annotated[int | None, typer.Option(help="Port (BRONZE_API_PORT).")] = None,
-    no_migrate: Annotated[bool, typer.Option("--no-migrate", help="Do not run migrations on start.")] = False,
+    no_migrate: Annotated[
+        bool, typer.Option("--no-migrate", help="Do not run migrations on start.")
+    ] = False,
 ) -> None:
     """Run the central server (REST API; migrates the database first)."""
     import logging
@@ -91,13 +98,20 @@ def serve(
 
     flags = {"api_host": host, "api_port": port}
     settings = ServerSettings(**{k: v for k, v in flags.items() if v is not None})
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
     _raise_open_files_limit()
     application = create_app(settings, migrate_db=False if no_migrate else None)
     token_path = settings.data_dir / "admin.token"
     typer.echo(f"bronze: data in {settings.data_dir}; admin token file {token_path}", err=True)
-    uvicorn.run(application, host=settings.api_host, port=settings.api_port,
-                log_level=settings.log_level, proxy_headers=False)
+    uvicorn.run(
+        application,
+        host=settings.api_host,
+        port=settings.api_port,
+        log_level=settings.log_level,
+        proxy_headers=False,
+    )
 
 
 def _raise_open_files_limit() -> None:
@@ -121,8 +135,8 @@ def _raise_open_files_limit() -> None:
 @db_app.command("upgrade")
 def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
     """Apply migrations up to REVISION (default: head)."""
-    from server import migrate
     from server.app import prepare_data_dir
+    from server.inventory import migrate
     from server.settings import ServerSettings
 
     settings = ServerSettings()
@@ -137,7 +151,7 @@ def db_upgrade(revision: Annotated[str, typer.Argument()] = "head") -> None:
 @db_app.command("downgrade")
 def db_downgrade(revision: Annotated[str, typer.Argument()]) -> None:
     """Revert migrations down to REVISION (e.g. base)."""
-    from server import migrate
+    from server.inventory import migrate
     from server.settings import ServerSettings
 
     migrate.downgrade(ServerSettings().effective_database_url, revision)
@@ -146,18 +160,28 @@ def db_downgrade(revision: Annotated[str, typer.Argument()]) -> None:
 
 # --- tokens -----------------------------------------------------------------------------------------
 
-TOKEN_COLUMNS = [("NAME", lambda t: t["name"]), ("ROLE", lambda t: t["role"]),
-                 ("CREATED", lambda t: t["created_at"]), ("REVOKED", lambda t: t["revoked_at"])]
+TOKEN_COLUMNS = [
+    ("NAME", lambda t: t["name"]),
+    ("ROLE", lambda t: t["role"]),
+    ("CREATED", lambda t: t["created_at"]),
+    ("REVOKED", lambda t: t["revoked_at"]),
+]
 
 
 @token_app.command("create")
 def token_create(
     name: Annotated[str, typer.Option("--name")],
-    role: Annotated[str, typer.Option("--role", help="admin, operator, reader, or boot (bronze pxe)")],
-    url: UrlOpt = None, token_file: TokenFileOpt = None, output: OutOpt = Output.table,
+    role: Annotated[
+        str, typer.Option("--role", help="admin, operator, reader, or boot (bronze pxe)")
+    ],
+    url: UrlOpt = None,
+    token_file: TokenFileOpt = None,
+    output: OutOpt = Output.table,
 ) -> None:
     """Create a token and print it once (only its hash is stored)."""
-    data = call(client(url, token_file), "POST", "/api/v1/tokens", json={"name": name, "role": role})
+    data = call(
+        client(url, token_file), "POST", "/api/v1/tokens", json={"name": name, "role": role}
+    )
     if output is Output.json:
         show(data, output, [])
     else:
@@ -165,13 +189,16 @@ def token_create(
 
 
 @token_app.command("list")
-def token_list(url: UrlOpt = None, token_file: TokenFileOpt = None, output: OutOpt = Output.table) -> None:
+def token_list(
+    url: UrlOpt = None, token_file: TokenFileOpt = None, output: OutOpt = Output.table
+) -> None:
     show(call(client(url, token_file), "GET", "/api/v1/tokens"), output, TOKEN_COLUMNS)
 
 
 @token_app.command("revoke")
-def token_revoke(name: str, url: UrlOpt = None, token_file: TokenFileOpt = None,
-                 output: OutOpt = Output.table) -> None:
+def token_revoke(
+    name: str, url: UrlOpt = None, token_file: TokenFileOpt = None, output: OutOpt = Output.table
+) -> None:
     show(call(client(url, token_file), "DELETE", f"/api/v1/tokens/{name}"), output, TOKEN_COLUMNS)
 
 
@@ -185,9 +212,13 @@ MACHINE_COLUMNS = [
     ("LABELS", lambda m: ",".join(f"{k}={v}" for k, v in m["labels"].items())),
     ("BMC", lambda m: m["bmc"] and f"{m['bmc']['driver']}://{m['bmc']['address']}"),
 ]
-EVENT_COLUMNS = [("TIME", lambda e: e["created_at"]), ("MACHINE", lambda e: e["machine_name"]),
-                 ("KIND", lambda e: e["kind"]), ("ACTOR", lambda e: e["actor"]),
-                 ("MESSAGE", lambda e: e["message"])]
+EVENT_COLUMNS = [
+    ("TIME", lambda e: e["created_at"]),
+    ("MACHINE", lambda e: e["machine_name"]),
+    ("KIND", lambda e: e["kind"]),
+    ("ACTOR", lambda e: e["actor"]),
+    ("MESSAGE", lambda e: e["message"]),
+]
 
 
 def _labels(items: list[str]) -> dict[str, str]:
@@ -200,12 +231,21 @@ def _labels(items: list[str]) -> dict[str, str]:
     return labels
 
 
-def _bmc(driver: str | None, address: str | None, username: str | None,
-         password_file: str | None, insecure: bool) -> dict[str, Any] | None:
+def _bmc(
+    driver: str | None,
+    address: str | None,
+    username: str | None,
+    password_file: str | None,
+    insecure: bool,
+) -> dict[str, Any] | None:
     if address is None:
         return None
-    bmc: dict[str, Any] = {"driver": driver or "auto", "address": address, "username": username,
-                           "verify_tls": not insecure}
+    bmc: dict[str, Any] = {
+        "driver": driver or "auto",
+        "address": address,
+        "username": username,
+        "verify_tls": not insecure,
+    }
     password = os.environ.get("BRONZE_BMC_PASSWORD")
     if password_file:
         try:
@@ -226,11 +266,19 @@ def _nic(spec: str) -> dict[str, str]:
 
 @machines_app.command("list")
 def machines_list(
-    selector: Annotated[str | None, typer.Option("-l", "--selector", help="rack=r1,role in (a,b),!x")] = None,
+    selector: Annotated[
+        str | None, typer.Option("-l", "--selector", help="rack=r1,role in (a,b),!x")
+    ] = None,
     phase: Annotated[str | None, typer.Option("--phase")] = None,
-    sort: Annotated[str, typer.Option("--sort", help="name, created_at, updated_at, phase; '-' = desc")] = "name",
-    limit: Annotated[int | None, typer.Option("--limit", help="Stop after N machines (default: all).")] = None,
-    url: UrlOpt = None, token_file: TokenFileOpt = None, output: OutOpt = Output.table,
+    sort: Annotated[
+        str, typer.Option("--sort", help="name, created_at, updated_at, phase; '-' = desc")
+    ] = "name",
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="Stop after N machines (default: all).")
+    ] = None,
+    url: UrlOpt = None,
+    token_file: TokenFileOpt = None,
+    output: OutOpt = Output.table,
 ) -> None:
     cl = client(url, token_file)
     params = {"selector": selector, "phase": phase, "sort": sort, "limit": min(limit or 500, 500)}
@@ -242,27 +290,47 @@ def machines_list(
 
 
 @machines_app.command("show")
-def machines_show(name: str, url: UrlOpt = None, token_file: TokenFileOpt = None,
-                  output: OutOpt = Output.json) -> None:
+def machines_show(
+    name: str, url: UrlOpt = None, token_file: TokenFileOpt = None, output: OutOpt = Output.json
+) -> None:
     show(call(client(url, token_file), "GET", f"/api/v1/machines/{name}"), output, MACHINE_COLUMNS)
 
 
 @machines_app.command("create")
 def machines_create(
     name: str,
-    mac: Annotated[list[str], typer.Option("--mac", help="NIC as MAC or MAC@IP (reserved provisioning address); repeat for more.")],
+    mac: Annotated[
+        list[str],
+        typer.Option(
+            "--mac", help="NIC as MAC or MAC@IP (reserved provisioning address); repeat for more."
+        ),
+    ],
     uuid: Annotated[str | None, typer.Option("--uuid", help="SMBIOS UUID.")] = None,
     serial: Annotated[str | None, typer.Option("--serial")] = None,
     label: Annotated[list[str] | None, typer.Option("--label", help="KEY=VALUE (repeat).")] = None,
-    bmc_driver: Annotated[str | None, typer.Option("--bmc-driver", help="redfish, ipmi, auto")] = None,
+    bmc_driver: Annotated[
+        str | None, typer.Option("--bmc-driver", help="redfish, ipmi, auto")
+    ] = None,
     bmc_address: Annotated[str | None, typer.Option("--bmc-address", help="host[:port]")] = None,
     bmc_username: Annotated[str | None, typer.Option("--bmc-username")] = None,
-    bmc_password_file: Annotated[str | None, typer.Option(
-        "--bmc-password-file", help="File with the BMC password (or BRONZE_BMC_PASSWORD).")] = None,
-    bmc_insecure: Annotated[bool, typer.Option("--bmc-insecure", help="Do not verify BMC TLS (audited).")] = False,
-    url: UrlOpt = None, token_file: TokenFileOpt = None, output: OutOpt = Output.table,
+    bmc_password_file: Annotated[
+        str | None,
+        typer.Option(
+            "--bmc-password-file", help="File with the BMC password (or BRONZE_BMC_PASSWORD)."
+        ),
+    ] = None,
+    bmc_insecure: Annotated[
+        bool, typer.Option("--bmc-insecure", help="Do not verify BMC TLS (audited).")
+    ] = False,
+    url: UrlOpt = None,
+    token_file: TokenFileOpt = None,
+    output: OutOpt = Output.table,
 ) -> None:
-    body: dict[str, Any] = {"name": name, "nics": [_nic(m) for m in mac], "labels": _labels(label or [])}
+    body: dict[str, Any] = {
+        "name": name,
+        "nics": [_nic(m) for m in mac],
+        "labels": _labels(label or []),
+    }
     if uuid:
         body["uuid"] = uuid
     if serial:
@@ -270,23 +338,35 @@ def machines_create(
     bmc = _bmc(bmc_driver, bmc_address, bmc_username, bmc_password_file, bmc_insecure)
     if bmc:
         body["bmc"] = bmc
-    show(call(client(url, token_file), "POST", "/api/v1/machines", json=body), output, MACHINE_COLUMNS)
+    show(
+        call(client(url, token_file), "POST", "/api/v1/machines", json=body),
+        output,
+        MACHINE_COLUMNS,
+    )
 
 
 @machines_app.command("update")
 def machines_update(
     name: str,
-    label: Annotated[list[str] | None, typer.Option("--label", help="Set KEY=VALUE (repeat).")] = None,
-    remove_label: Annotated[list[str] | None, typer.Option("--remove-label", help="Remove KEY.")] = None,
+    label: Annotated[
+        list[str] | None, typer.Option("--label", help="Set KEY=VALUE (repeat).")
+    ] = None,
+    remove_label: Annotated[
+        list[str] | None, typer.Option("--remove-label", help="Remove KEY.")
+    ] = None,
     phase: Annotated[str | None, typer.Option("--phase")] = None,
     new_name: Annotated[str | None, typer.Option("--rename")] = None,
-    mac: Annotated[list[str] | None, typer.Option("--mac", help="Replace the NIC list (MAC or MAC@IP).")] = None,
+    mac: Annotated[
+        list[str] | None, typer.Option("--mac", help="Replace the NIC list (MAC or MAC@IP).")
+    ] = None,
     bmc_driver: Annotated[str | None, typer.Option("--bmc-driver")] = None,
     bmc_address: Annotated[str | None, typer.Option("--bmc-address")] = None,
     bmc_username: Annotated[str | None, typer.Option("--bmc-username")] = None,
     bmc_password_file: Annotated[str | None, typer.Option("--bmc-password-file")] = None,
     bmc_insecure: Annotated[bool, typer.Option("--bmc-insecure")] = False,
-    url: UrlOpt = None, token_file: TokenFileOpt = None, output: OutOpt = Output.table,
+    url: UrlOpt = None,
+    token_file: TokenFileOpt = None,
+    output: OutOpt = Output.table,
 ) -> None:
     body: dict[str, Any] = {}
     labels: dict[str, Any] = {**_labels(label or []), **{k: None for k in remove_label or []}}
@@ -303,7 +383,11 @@ def machines_update(
         body["bmc"] = bmc
     if not body:
         fail("nothing to update")
-    show(call(client(url, token_file), "PATCH", f"/api/v1/machines/{name}", json=body), output, MACHINE_COLUMNS)
+    show(
+        call(client(url, token_file), "PATCH", f"/api/v1/machines/{name}", json=body),
+        output,
+        MACHINE_COLUMNS,
+    )
 
 
 @machines_app.command("delete")
@@ -313,7 +397,9 @@ def machines_delete(name: str, url: UrlOpt = None, token_file: TokenFileOpt = No
 
 
 TIMELINE_COLUMNS = [
-    ("TIME", lambda e: e["at"]), ("MAC", lambda e: e["mac"]), ("STEP", lambda e: e["kind"]),
+    ("TIME", lambda e: e["at"]),
+    ("MAC", lambda e: e["mac"]),
+    ("STEP", lambda e: e["kind"]),
     ("CLIENT", lambda e: e["client"]),
     ("DETAIL", lambda e: " ".join(f"{k}={v}" for k, v in e["detail"].items() if v is not None)),
 ]
@@ -321,35 +407,49 @@ TIMELINE_COLUMNS = [
 
 @machines_app.command("timeline")
 def machines_timeline(
-    name: Annotated[str, typer.Argument(help="Machine name or id, or a MAC (also unknown machines).")],
+    name: Annotated[
+        str, typer.Argument(help="Machine name or id, or a MAC (also unknown machines).")
+    ],
     limit: Annotated[int, typer.Option("--limit")] = 200,
-    url: UrlOpt = None, token_file: TokenFileOpt = None, output: OutOpt = Output.table,
+    url: UrlOpt = None,
+    token_file: TokenFileOpt = None,
+    output: OutOpt = Output.table,
 ) -> None:
     """Network-boot steps (DHCP, TFTP, script, kernel, initrd), oldest first: where a boot stopped."""
-    from server.validation import normalize_mac
+    from server.inventory.validation import normalize_mac
 
     try:
         path, params = "/api/v1/boot/timeline", {"mac": normalize_mac(name), "limit": limit}
     except ValueError:
         path, params = f"/api/v1/machines/{name}/timeline", {"limit": limit}
-    show(call(client(url, token_file), "GET", path, params=params)["items"], output, TIMELINE_COLUMNS)
+    show(
+        call(client(url, token_file), "GET", path, params=params)["items"], output, TIMELINE_COLUMNS
+    )
 
 
 @machines_app.command("events")
 def machines_events(
     name: str,
     limit: Annotated[int, typer.Option("--limit")] = 50,
-    url: UrlOpt = None, token_file: TokenFileOpt = None, output: OutOpt = Output.table,
+    url: UrlOpt = None,
+    token_file: TokenFileOpt = None,
+    output: OutOpt = Output.table,
 ) -> None:
-    data = call(client(url, token_file), "GET", f"/api/v1/machines/{name}/events", params={"limit": limit})
+    data = call(
+        client(url, token_file), "GET", f"/api/v1/machines/{name}/events", params={"limit": limit}
+    )
     show(data["items"], output, EVENT_COLUMNS)
 
 
 # --- power ------------------------------------------------------------------------------------------
 
-OP_COLUMNS = [("MACHINE", lambda i: i["machine"]), ("STATUS", lambda i: i["status"]),
-              ("STATE", lambda i: i["result"].get("state")), ("ATTEMPTS", lambda i: i["result"].get("attempts")),
-              ("ERROR", lambda i: i["error"])]
+OP_COLUMNS = [
+    ("MACHINE", lambda i: i["machine"]),
+    ("STATUS", lambda i: i["status"]),
+    ("STATE", lambda i: i["result"].get("state")),
+    ("ATTEMPTS", lambda i: i["result"].get("attempts")),
+    ("ERROR", lambda i: i["error"]),
+]
 
 
 def _wait(cl: Client, op: dict[str, Any], timeout: float) -> dict[str, Any]:
@@ -375,12 +475,18 @@ def _report(ops: list[dict[str, Any]], output: Output) -> None:
 def power_cmd(
     action: Annotated[str, typer.Argument(help="on, off, soft-off, cycle, reset or status")],
     names: Annotated[list[str] | None, typer.Argument(help="Machine names or ids.")] = None,
-    selector: Annotated[str | None, typer.Option("-l", "--selector", help="Instead of names.")] = None,
+    selector: Annotated[
+        str | None, typer.Option("-l", "--selector", help="Instead of names.")
+    ] = None,
     max_parallel: Annotated[int, typer.Option("--max-parallel")] = 32,
-    stagger_ms: Annotated[int, typer.Option("--stagger-ms", help="Gap between machine starts.")] = 0,
+    stagger_ms: Annotated[
+        int, typer.Option("--stagger-ms", help="Gap between machine starts.")
+    ] = 0,
     wait: Annotated[bool, typer.Option("--wait/--no-wait")] = True,
     timeout: Annotated[float, typer.Option("--timeout")] = 600,
-    url: UrlOpt = None, token_file: TokenFileOpt = None, output: OutOpt = Output.table,
+    url: UrlOpt = None,
+    token_file: TokenFileOpt = None,
+    output: OutOpt = Output.table,
 ) -> None:
     """Power machines (verified by read-back) or read their state from the BMC."""
     if bool(names) == bool(selector):
@@ -389,20 +495,46 @@ def power_cmd(
     if action == "status":
         if selector:
             try:
-                names = [m["name"] for m in cl.paginate("/api/v1/machines", {"selector": selector, "limit": 500}, None)]
+                names = [
+                    m["name"]
+                    for m in cl.paginate(
+                        "/api/v1/machines", {"selector": selector, "limit": 500}, None
+                    )
+                ]
             except ClientError as exc:
                 fail(str(exc))
         rows = [call(cl, "GET", f"/api/v1/machines/{n}/power") for n in names or []]
-        show(rows, output, [("MACHINE", lambda r: r["machine"]), ("POWER", lambda r: r["state"]),
-                            ("ERROR", lambda r: r["error"])])
+        show(
+            rows,
+            output,
+            [
+                ("MACHINE", lambda r: r["machine"]),
+                ("POWER", lambda r: r["state"]),
+                ("ERROR", lambda r: r["error"]),
+            ],
+        )
         if any(r["error"] for r in rows):
             raise typer.Exit(1)
         return
     if selector:
-        ops = [call(cl, "POST", "/api/v1/power", json={"selector": selector, "action": action,
-                                                         "max_parallel": max_parallel, "stagger_ms": stagger_ms})]
+        ops = [
+            call(
+                cl,
+                "POST",
+                "/api/v1/power",
+                json={
+                    "selector": selector,
+                    "action": action,
+                    "max_parallel": max_parallel,
+                    "stagger_ms": stagger_ms,
+                },
+            )
+        ]
     else:
-        ops = [call(cl, "POST", f"/api/v1/machines/{n}/power", json={"action": action}) for n in names or []]
+        ops = [
+            call(cl, "POST", f"/api/v1/machines/{n}/power", json={"action": action})
+            for n in names or []
+        ]
     if wait:
         ops = [_wait(cl, op, timeout) for op in ops]
     _report(ops, output)
@@ -415,7 +547,9 @@ def boot_device_set(
     persistent: Annotated[bool, typer.Option("--persistent/--once")] = False,
     uefi: Annotated[bool, typer.Option("--uefi/--legacy")] = True,
     wait: Annotated[bool, typer.Option("--wait/--no-wait")] = True,
-    url: UrlOpt = None, token_file: TokenFileOpt = None, output: OutOpt = Output.table,
+    url: UrlOpt = None,
+    token_file: TokenFileOpt = None,
+    output: OutOpt = Output.table,
 ) -> None:
     """Set the next (or every) boot device."""
     cl = client(url, token_file)
@@ -428,10 +562,14 @@ def boot_device_set(
 
 @app.command("pxe")
 def pxe_cmd(
-    server: Annotated[str, typer.Option("--server", envvar="BRONZE_PXE_SERVER_URL",
-                                        help="Central bronze server URL.")],
-    token_file: Annotated[str | None, typer.Option(
-        "--token-file", help="File with a token of role boot (or BRONZE_PXE_TOKEN).")] = None,
+    server: Annotated[
+        str,
+        typer.Option("--server", envvar="BRONZE_PXE_SERVER_URL", help="Central bronze server URL."),
+    ],
+    token_file: Annotated[
+        str | None,
+        typer.Option("--token-file", help="File with a token of role boot (or BRONZE_PXE_TOKEN)."),
+    ] = None,
     token: Annotated[str | None, typer.Option("--token", hidden=True)] = None,
 ) -> None:
     """Run the boot plane (DHCP + TFTP) alone, asking SERVER what to boot (BRONZE_PXE_* settings)."""
@@ -442,8 +580,10 @@ def pxe_cmd(
     from server.boot import remote
 
     if token is not None:
-        fail("tokens are never taken from argv (other users can read it in ps); "
-             "use --token-file or BRONZE_PXE_TOKEN, and rotate the token you just passed")
+        fail(
+            "tokens are never taken from argv (other users can read it in ps); "
+            "use --token-file or BRONZE_PXE_TOKEN, and rotate the token you just passed"
+        )
     settings = PxeSettings(server_url=server)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     secret = settings.token.get_secret_value() if settings.token else None
@@ -461,8 +601,8 @@ def pxe_cmd(
         fail(f"cannot start the boot plane: {exc}")
 
 
-# `bronze node`: its own module (server/cli_node.py), which uses the helpers above.
-from server.cli_node import node as node_cmd  # noqa: E402
+# `bronze node`: its own module (server/cli/node.py), which uses the helpers above.
+from server.cli.node import node as node_cmd  # noqa: E402
 
 app.command("node")(node_cmd)
 

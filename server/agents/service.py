@@ -24,10 +24,10 @@ from cryptography import x509
 
 from agent.gen import agent_pb2 as pb
 from agent.gen import agent_pb2_grpc as pb_grpc
-from server.agentapi.hub import SessionHub
-from server.agentapi.store import AgentStore, IssuedCertificate
-from server.agentapi.tokens import DENIED_MESSAGE, BootstrapTokens, EnrollmentDenied
-from server.pki import FleetCA, PkiError
+from server.agents.hub import SessionHub
+from server.agents.pki import FleetCA, PkiError
+from server.agents.store import AgentStore, IssuedCertificate
+from server.agents.tokens import DENIED_MESSAGE, BootstrapTokens, EnrollmentDenied
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,9 @@ class AgentApiServer:
         self.hub.start()
         log.info(
             "agent api listening host=%s enroll_port=%d session_port=%d",
-            self.host, self.enroll_port, self.session_port,
+            self.host,
+            self.enroll_port,
+            self.session_port,
         )
 
     async def stop(self, grace: float | None = 1.0) -> None:

@@ -1,4 +1,4 @@
-"""The agent API's :class:`~server.agentapi.store.AgentStore` on the bronze database.
+"""The agent API's :class:`~server.agents.store.AgentStore` on the bronze database.
 
 Every method runs its (synchronous, short) transaction in a worker thread, so the gRPC event loop
 never blocks on the database. Config rendering lives here too (:func:`render_for`,
@@ -17,8 +17,8 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from server.agentapi.hub import SEEN_FLUSH_INTERVAL
-from server.agentapi.store import (
+from server.agents.hub import SEEN_FLUSH_INTERVAL
+from server.agents.store import (
     AgentHello,
     AgentMachine,
     BootstrapToken,
@@ -27,11 +27,11 @@ from server.agentapi.store import (
     IssuedCertificate,
     PendingCommand,
 )
-from server.db import Database
-from server.inventory import as_utc
-from server.machineconfig import ConfigError, Layer, Patch, render
-from server.machineconfig.render import Rendered
-from server.models import (
+from server.config import ConfigError, Layer, Patch, render
+from server.config.render import Rendered
+from server.inventory.db import Database
+from server.inventory.machines import as_utc
+from server.inventory.models import (
     AgentBootstrapToken,
     AgentPendingCommand,
     AgentState,
@@ -50,7 +50,9 @@ SCOPE_ORDER = {Layer.FLEET.value: 0, Layer.SELECTOR.value: 1, Layer.MACHINE.valu
 
 
 def session_claimed(
-    connected: bool | None, last_seen: dt.datetime | None, heartbeat_interval: float,
+    connected: bool | None,
+    last_seen: dt.datetime | None,
+    heartbeat_interval: float,
     now: dt.datetime | None = None,
 ) -> bool:
     """Whether the database (an agent state's ``connected`` and ``last_seen``) says some replica
@@ -113,7 +115,7 @@ def _retry(work: Callable[[], None]) -> None:
 
 
 class DbAgentStore:
-    """:class:`~server.agentapi.store.AgentStore` on :class:`~server.db.Database`."""
+    """:class:`~server.agents.store.AgentStore` on :class:`~server.inventory.db.Database`."""
 
     def __init__(self, db: Database, replica_url: str | None = None) -> None:
         self.db = db

@@ -28,7 +28,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from server.machineconfig.model import REBOOT_FIELDS, MachineConfig
+from server.config.model import REBOOT_FIELDS, MachineConfig
 
 Json = Any
 LabelMatcher = Callable[[Mapping[str, str]], bool]
@@ -68,7 +68,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Patch:
     """One named JSON merge patch in a layer. ``selector`` is for the SELECTOR layer: a callable
-    over labels, or a Kubernetes-syntax selector string parsed with :mod:`server.selectors`."""
+    over labels, or a Kubernetes-syntax selector string parsed with :mod:`server.inventory.selectors`."""
 
     name: str
     layer: Layer
@@ -82,7 +82,7 @@ class Patch:
             return False
         if callable(self.selector):
             return self.selector(labels)
-        from server import selectors  # the main engineer's Kubernetes selector parser
+        from server.inventory import selectors  # the main engineer's Kubernetes selector parser
 
         return selectors.matches(selectors.parse(self.selector), dict(labels))
 
@@ -119,7 +119,11 @@ def _drop_under(prov: dict[str, str], path: str) -> None:
 
 
 def merge_patch(
-    target: Json, patch: Json, *, source: str = "", provenance: dict[str, str] | None = None,
+    target: Json,
+    patch: Json,
+    *,
+    source: str = "",
+    provenance: dict[str, str] | None = None,
     _path: str = "",
 ) -> Json:
     """RFC 7386 MergePatch(target, patch), recording in ``provenance`` which ``source`` set each

@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
-from server.validation import check_label_key, check_label_value
+from server.inventory.validation import check_label_key, check_label_value
 
 
 class Op(StrEnum):
@@ -45,9 +45,7 @@ class SelectorError(ValueError):
     pass
 
 
-_TOKEN = re.compile(
-    r"\s*(?:(?P<paren>[(),])|(?P<op>==|!=|=|!)|(?P<word>[A-Za-z0-9_./-]+))\s*"
-)
+_TOKEN = re.compile(r"\s*(?:(?P<paren>[(),])|(?P<op>==|!=|=|!)|(?P<word>[A-Za-z0-9_./-]+))\s*")
 
 
 def _tokenize(text: str) -> list[str]:

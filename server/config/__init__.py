@@ -1,8 +1,8 @@
 """Machine config: the declarative document (:mod:`.model`) and its layered rendering
 (:mod:`.render`): JSON merge patches with provenance, validation with paths, diff, version."""
 
-from server.machineconfig.model import REBOOT_FIELDS, SCHEMA_VERSION, MachineConfig, json_schema
-from server.machineconfig.render import (
+from server.config.model import REBOOT_FIELDS, SCHEMA_VERSION, MachineConfig, json_schema
+from server.config.render import (
     Change,
     ConfigError,
     Layer,

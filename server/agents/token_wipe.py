@@ -1,6 +1,6 @@
 """When a machine's outstanding agent enrollment token must stop working.
 
-A bootstrap token (``server.agentapi.tokens``) is bound to one boot of one machine. Besides being
+A bootstrap token (``server.agents.tokens``) is bound to one boot of one machine. Besides being
 consumed by ``Enroll``, it is wiped when that boot cannot be the one enrolling any more:
 
 * **power-off**: when a power operation that stops or restarts the machine (off, soft-off,
@@ -20,8 +20,8 @@ from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from bmc import PowerState
-from server import inventory
-from server.models import AgentBootstrapToken, Machine, Operation, OperationItem
+from server.inventory import machines as inventory
+from server.inventory.models import AgentBootstrapToken, Machine, Operation, OperationItem
 from server.types import Phase
 
 log = logging.getLogger(__name__)
@@ -35,21 +35,27 @@ def wipe_token(s: Session, machine_id: str, *, reason: str, actor: str) -> bool:
     res = s.execute(delete(AgentBootstrapToken).where(AgentBootstrapToken.machine_id == machine_id))
     if not res.rowcount:  # type: ignore[attr-defined]
         return False
-    inventory.record(s, actor=actor, kind="agent.token.wiped", machine_id=machine_id,
-                     message=f"agent enrollment token wiped: {reason}", data={"reason": reason})
+    inventory.record(
+        s,
+        actor=actor,
+        kind="agent.token.wiped",
+        machine_id=machine_id,
+        message=f"agent enrollment token wiped: {reason}",
+        data={"reason": reason},
+    )
     log.info("enrollment token wiped machine=%s reason=%s", machine_id, reason)
     return True
 
 
 def on_power_item_start(s: Session, op: Operation, item: OperationItem) -> None:
-    """``op`` is about to act on ``item``'s machine (``server.power``). ``op`` is passed in, not
+    """``op`` is about to act on ``item``'s machine (``server.power.service``). ``op`` is passed in, not
     loaded: loading it would load all its items (one per machine of a bulk operation)."""
     if op.kind == "power" and op.action in POWER_DOWN_ACTIONS:
         wipe_token(s, item.machine_id, reason=f"power {op.action}", actor=op.requested_by)
 
 
 def on_power_observed(s: Session, m: Machine) -> None:
-    """Power sync (or a live read) recorded ``m.power_observed`` (``server.power``)."""
+    """Power sync (or a live read) recorded ``m.power_observed`` (``server.power.service``)."""
     if m.power_observed == PowerState.off.value:
         wipe_token(s, m.id, reason="observed powered off", actor="power-sync")
 

@@ -21,7 +21,9 @@ class SecretBox:
         try:
             self._fernet = Fernet(key)
         except (ValueError, TypeError):
-            raise SecretBoxError("secret key is not a valid Fernet key (32 url-safe base64 bytes)") from None
+            raise SecretBoxError(
+                "secret key is not a valid Fernet key (32 url-safe base64 bytes)"
+            ) from None
 
     @classmethod
     def from_file(cls, path: Path) -> SecretBox:

@@ -8,7 +8,7 @@ returns a random secret placed on the kernel command line (``bronze.token=...``)
   with one token yield one certificate;
 * **bound to one machine and one boot**: it is stored under the machine id and a new boot (a new
   ``issue``) replaces it; it is wiped when that boot ends (power-off, cycle, reset) or the
-  machine is reprovisioned (``server/enrollment.py``, in the same transaction as the change);
+  machine is reprovisioned (``server/agents/token_wipe.py``, in the same transaction as the change);
 * **stored hashed** (SHA-256; the secret has 256 bits of entropy, so no slow KDF is needed) and
   compared in constant time (``hmac.compare_digest``).
 
@@ -26,7 +26,7 @@ import logging
 import secrets
 from collections.abc import Callable
 
-from server.agentapi.store import AgentStore, BootstrapToken
+from server.agents.store import AgentStore, BootstrapToken
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Inventory operations on a SQLAlchemy session: machines, NICs, labels, and their events.
 
-Every change writes an :class:`~server.models.Event` in the same transaction, so the audit trail
+Every change writes an :class:`~server.inventory.models.Event` in the same transaction, so the audit trail
 and the inventory can never disagree. Callers (the REST layer, controllers) own the transaction.
 """
 
@@ -19,8 +19,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from server.errors import Conflict, Invalid, NotFound
-from server.models import Event, Machine, MachineLabel, Nic, utcnow
-from server.selectors import Op, Requirement
+from server.inventory.models import Event, Machine, MachineLabel, Nic, utcnow
+from server.inventory.selectors import Op, Requirement
 
 SORT_FIELDS = {
     "name": Machine.name,
@@ -86,7 +86,9 @@ def conflict_from(exc: IntegrityError) -> Conflict:
         ("uq_api_tokens_name", "name"),
     ):
         if needle in text:
-            return Conflict(message=f"a record with this {field} already exists", details={"field": field})
+            return Conflict(
+                message=f"a record with this {field} already exists", details={"field": field}
+            )
     return Conflict(message="conflicting record exists")
 
 
@@ -138,8 +140,13 @@ def selector_clause(reqs: Sequence[Requirement]) -> ColumnElement[bool]:
     clauses: list[ColumnElement[bool]] = []
     driver = next((r for r in reqs if r.op in (Op.EQ, Op.IN)), None)
     if driver is not None:
-        clauses.append(Machine.id.in_(select(MachineLabel.machine_id).where(
-            MachineLabel.key == driver.key, MachineLabel.value.in_(driver.values))))
+        clauses.append(
+            Machine.id.in_(
+                select(MachineLabel.machine_id).where(
+                    MachineLabel.key == driver.key, MachineLabel.value.in_(driver.values)
+                )
+            )
+        )
     for r in reqs:
         if r is driver:
             continue  # the IN sub-query above already says it
@@ -205,7 +212,9 @@ def list_machines(
     if cursor:
         c = _decode_cursor(cursor)
         if c.get("s") != sort or "v" not in c or "id" not in c:
-            raise Invalid(message="cursor does not belong to this sort order", details={"field": "cursor"})
+            raise Invalid(
+                message="cursor does not belong to this sort order", details={"field": "cursor"}
+            )
         value: Any = c["v"]
         if field in ("created_at", "updated_at"):
             try:
@@ -243,13 +252,16 @@ def _views(session: Session, rows: Sequence[Any]) -> list[dict[str, Any]]:
         return []
     nics: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
     for mid, mac, name, ip in session.execute(
-        select(Nic.machine_id, Nic.mac, Nic.name, Nic.ip).where(Nic.machine_id.in_(ids)).order_by(Nic.mac)
+        select(Nic.machine_id, Nic.mac, Nic.name, Nic.ip)
+        .where(Nic.machine_id.in_(ids))
+        .order_by(Nic.mac)
     ):
         nics[mid].append({"mac": mac, "name": name, "ip": ip})
     labels: dict[str, dict[str, str]] = {i: {} for i in ids}
     for mid, key, value in session.execute(
         select(MachineLabel.machine_id, MachineLabel.key, MachineLabel.value)
-        .where(MachineLabel.machine_id.in_(ids)).order_by(MachineLabel.key)
+        .where(MachineLabel.machine_id.in_(ids))
+        .order_by(MachineLabel.key)
     ):
         labels[mid][key] = value
     return [_view(r, nics[r["id"]], labels[r["id"]]) for r in rows]
@@ -269,10 +281,15 @@ def _view(r: Any, nics: list[dict[str, Any]], labels: dict[str, str]) -> dict[st
         "nics": nics,
         "labels": labels,
         "phase": r["phase"],
-        "power": {"desired": r["power_desired"], "observed": r["power_observed"],
-                  "observed_at": iso(r["power_observed_at"])},
+        "power": {
+            "desired": r["power_desired"],
+            "observed": r["power_observed"],
+            "observed_at": iso(r["power_observed_at"]),
+        },
         "fault_reason": r["fault_reason"],
-        "bmc": None if r["bmc_address"] is None else {
+        "bmc": None
+        if r["bmc_address"] is None
+        else {
             "driver": r["bmc_driver"],
             "scheme": r["bmc_scheme"],
             "address": r["bmc_address"],

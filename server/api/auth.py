@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from server.models import ApiToken, utcnow
+from server.inventory.models import ApiToken, utcnow
 from server.types import Role
 
 TOKEN_PREFIX = "brz_"
@@ -51,14 +51,18 @@ def authenticate(session: Session, token: str) -> Principal | None:
     if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
         return None
     row = session.scalar(
-        select(ApiToken).where(ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None))
+        select(ApiToken).where(
+            ApiToken.token_hash == hash_token(token), ApiToken.revoked_at.is_(None)
+        )
     )
     if row is None:
         return None
     return Principal(row.id, row.name, Role(row.role))
 
 
-def create_token(session: Session, *, name: str, role: Role, created_by: str, token: str | None = None) -> tuple[ApiToken, str]:
+def create_token(
+    session: Session, *, name: str, role: Role, created_by: str, token: str | None = None
+) -> tuple[ApiToken, str]:
     """Insert a token; returns the row and the plaintext (shown once, never stored)."""
     plaintext = token or new_token()
     row = ApiToken(

@@ -8,9 +8,9 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from server.db import Database
-from server.inventory import as_utc
-from server.models import Lease, utcnow
+from server.inventory.db import Database
+from server.inventory.machines import as_utc
+from server.inventory.models import Lease, utcnow
 
 
 def acquire(db: Database, name: str, holder: str, ttl: float) -> bool:

@@ -26,7 +26,7 @@ from typing import Any, Generic, TypeVar
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from server.db import Database
+from server.inventory.db import Database
 
 log = logging.getLogger(__name__)
 A = TypeVar("A")
@@ -36,8 +36,9 @@ R = TypeVar("R")
 class GroupCommit(Generic[A, R]):
     """Queues ``arg``s from one event loop and writes them in shared transactions."""
 
-    def __init__(self, db: Database, write_many: Callable[[Session, list[A]], list[R]],
-                 max_batch: int = 500) -> None:
+    def __init__(
+        self, db: Database, write_many: Callable[[Session, list[A]], list[R]], max_batch: int = 500
+    ) -> None:
         self.db = db
         self.write_many = write_many
         self.max_batch = max_batch
@@ -55,7 +56,7 @@ class GroupCommit(Generic[A, R]):
 
     async def _drain(self) -> None:
         while self._queue:
-            batch, self._queue = self._queue[:self.max_batch], self._queue[self.max_batch:]
+            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
             try:
                 outcomes = await run_in_threadpool(self._write, [arg for arg, _ in batch])
             except asyncio.CancelledError:  # shutting down: no caller may wait forever
@@ -79,8 +80,11 @@ class GroupCommit(Generic[A, R]):
         except Exception as exc:  # noqa: BLE001 - isolate the failing call below
             if len(args) == 1:
                 return [(False, exc)]
-            log.debug("group commit of %d writes failed (%s); writing them one by one",
-                      len(args), type(exc).__name__)
+            log.debug(
+                "group commit of %d writes failed (%s); writing them one by one",
+                len(args),
+                type(exc).__name__,
+            )
         outcomes: list[tuple[bool, Any]] = []
         for arg in args:
             try:

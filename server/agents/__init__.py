@@ -7,9 +7,9 @@
 * :mod:`.service` — the two gRPC servers; :func:`start_agent_api` for ``bronze serve``.
 """
 
-from server.agentapi.hub import SessionHub
-from server.agentapi.service import AgentApiServer, start_agent_api
-from server.agentapi.store import (
+from server.agents.hub import SessionHub
+from server.agents.service import AgentApiServer, start_agent_api
+from server.agents.store import (
     AgentHello,
     AgentMachine,
     AgentStore,
@@ -20,8 +20,8 @@ from server.agentapi.store import (
     MemoryAgentStore,
     PendingCommand,
 )
-from server.agentapi.tokens import BootstrapTokens, EnrollmentDenied
-from server.agentapi.types import (
+from server.agents.tokens import BootstrapTokens, EnrollmentDenied
+from server.agents.types import (
     AgentApiError,
     AgentDisconnected,
     AgentNotConnected,

@@ -98,17 +98,19 @@ class AgentStore(Protocol):
     async def record_seen(self, seen: Mapping[str, dt.datetime]) -> None:
         """Batched last-heartbeat times (called every few seconds, not per heartbeat)."""
         ...
+
     async def record_applied_config(self, machine_id: str, version: str) -> None: ...
     async def record_command_result(self, machine_id: str, outcome: CommandOutcome) -> None: ...
     async def record_disconnected(self, machine_id: str, at: dt.datetime) -> None: ...
 
-    # desired config (rendered by server.machineconfig; the store only returns it)
+    # desired config (rendered by server.config; the store only returns it)
     async def get_desired_config(self, machine_id: str) -> DesiredConfig | None: ...
 
     # pending commands (persisted so a server restart or a cut loses none)
     async def save_pending_command(self, machine_id: str, cmd: PendingCommand) -> None:
         """Save ``cmd``; an ``apply_config`` replaces the machine's pending ``apply_config``."""
         ...
+
     async def delete_pending_command(self, machine_id: str, command_id: str) -> None: ...
     async def list_pending_commands(self, machine_id: str) -> list[PendingCommand]:
         """Oldest first."""
@@ -189,5 +191,9 @@ class MemoryAgentStore:
         return sorted(self.pending.get(machine_id, {}).values(), key=lambda c: c.created_at)
 
     async def list_pending_since(self, since: dt.datetime) -> list[tuple[str, str]]:
-        return [(mid, c.command_id) for mid, cmds in self.pending.items()
-                for c in cmds.values() if c.created_at >= since]
+        return [
+            (mid, c.command_id)
+            for mid, cmds in self.pending.items()
+            for c in cmds.values()
+            if c.created_at >= since
+        ]

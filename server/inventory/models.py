@@ -66,8 +66,12 @@ class Machine(Base):
     power_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     """Consecutive failed power-state reads; 3 put the machine in maintenance."""
     hardware: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, index=True
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, index=True
+    )
     revision: Mapped[int] = mapped_column(Integer, default=1)
     """Optimistic-concurrency counter: a write based on a stale read fails instead of losing data."""
 
@@ -121,7 +125,9 @@ class Event(Base):
     __tablename__ = "events"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, index=True
+    )
     machine_id: Mapped[str | None] = mapped_column(String(36), index=True)
     """Not a foreign key: events outlive the machines they describe."""
     machine_name: Mapped[str | None] = mapped_column(String(63))
@@ -155,7 +161,9 @@ class Operation(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     status: Mapped[str] = mapped_column(String(16), index=True)
     requested_by: Mapped[str] = mapped_column(String(128))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, index=True
+    )
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     error: Mapped[str | None] = mapped_column(Text)
@@ -173,7 +181,9 @@ class OperationItem(Base):
     __tablename__ = "operation_items"
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    operation_id: Mapped[str] = mapped_column(ForeignKey("operations.id", ondelete="CASCADE"), index=True)
+    operation_id: Mapped[str] = mapped_column(
+        ForeignKey("operations.id", ondelete="CASCADE"), index=True
+    )
     machine_id: Mapped[str] = mapped_column(String(36), index=True)
     machine_name: Mapped[str] = mapped_column(String(63))
     active_machine_id: Mapped[str | None] = mapped_column(String(36), unique=True)
@@ -200,7 +210,7 @@ class Lease(Base):
 class Generation(Base):
     """A change counter per cached domain (``inventory``, ``tokens``), bumped as the last statement
     of every write transaction that touched the domain; read caches validate against it
-    (``server/readcache.py``)."""
+    (``server/inventory/readcache.py``)."""
 
     __tablename__ = "generations"
 

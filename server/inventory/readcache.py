@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import event, update
 from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 
-from server.models import ApiToken, Generation, Machine, MachineLabel, Nic
+from server.inventory.models import ApiToken, Generation, Machine, MachineLabel, Nic
 
 INVENTORY = "inventory"
 TOKENS = "tokens"
