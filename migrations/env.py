@@ -1,15 +1,15 @@
-"""Alembic environment: the target metadata is ``server.inventory.models.Base.metadata``; the URL comes
-from the Config (``sqlalchemy.url``) set by ``server.inventory.migrate``."""
+"""Alembic environment: the target metadata is ``server.inventory.schema.metadata`` (every
+table); the URL comes from the Config (``sqlalchemy.url``) set by ``server.inventory.migrate``."""
 
 from __future__ import annotations
 
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from server.inventory.models import Base
+from server.inventory.schema import metadata
 
 config = context.config
-target_metadata = Base.metadata
+target_metadata = metadata
 
 
 def run_migrations_online() -> None:

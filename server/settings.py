@@ -15,6 +15,8 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from agent.image_manifest import ManifestError, parse_key
+
 
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
@@ -107,6 +109,11 @@ class ServerSettings(BaseSettings):
     boot_timeline_max_rows: int = Field(default=100_000, ge=100)
     """Netboot timeline rows kept in total (oldest dropped first)."""
 
+    image_trusted_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Ed25519 public keys (``ed25519:BASE64``, comma list) that OS image signatures must verify
+    against. Set: a signature that does not verify is refused, and an unsigned image cannot be
+    named by a rollout, a profile or a machine config. Empty: signatures are optional."""
+
     @field_validator(
         "admin_token", "secret_key", "database_url", "api_advertise_url", mode="before"
     )
@@ -119,6 +126,23 @@ class ServerSettings(BaseSettings):
     def _split_networks(cls, value: object) -> object:
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("image_trusted_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("image_trusted_keys")
+    @classmethod
+    def _check_keys(cls, value: list[str]) -> list[str]:
+        for i, text in enumerate(value):
+            try:
+                parse_key(text)
+            except ManifestError as exc:
+                raise ValueError(f"key {i + 1}: {exc}") from None
         return value
 
     @field_validator("agent_server_names", mode="before")

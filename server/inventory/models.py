@@ -61,6 +61,9 @@ class Machine(Base):
     """Fernet token; the key lives outside the database."""
     bmc_verify_tls: Mapped[bool] = mapped_column(Boolean, default=True)
     bmc_ca_bundle: Mapped[str | None] = mapped_column(Text)
+    image: Mapped[str | None] = mapped_column(String(63), index=True)
+    """The OS image the machine runs (installed or netbooted), set when a provisioning or an
+    upgrade confirms it; an image named here cannot be deleted."""
     bmc_scheme: Mapped[str] = mapped_column(String(8), default="https", server_default="https")
     """Redfish only: ``http`` is an explicit, audited lab opt-out."""
     power_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
@@ -315,6 +318,8 @@ class BootProfile(Base):
     args: Mapped[list[str]] = mapped_column(JSON, default=list)
     agent: Mapped[bool] = mapped_column(Boolean, default=False)
     """Append the agent's kernel args (machine id, per-boot enrollment token, endpoints)."""
+    image: Mapped[str | None] = mapped_column(String(63), index=True)
+    """An OS image to boot instead of ``kernel``/``initrds`` (its default args come first)."""
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     created_by: Mapped[str] = mapped_column(String(128))
@@ -349,3 +354,23 @@ class BootTimelineEvent(Base):
     """Who reported it: ``server`` or the token name of a remote ``bronze pxe``."""
 
     __table_args__ = (Index("ix_boot_timeline_mac_id", "mac", "id"),)
+
+
+class Image(Base):
+    """A versioned OS image: kernel + initrds (boot assets) + default kernel args, with the
+    SHA-256 of each file frozen at creation (``agent.image_manifest``). Immutable but for its
+    signature; deleting one that a machine, profile or rollout names is refused."""
+
+    __tablename__ = "images"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    version: Mapped[str] = mapped_column(String(64))
+    manifest: Mapped[dict[str, Any]] = mapped_column(JSON)
+    """The manifest document (its canonical bytes are what a signature covers)."""
+    digest: Mapped[str] = mapped_column(String(64))
+    """SHA-256 of the canonical manifest."""
+    signature: Mapped[str | None] = mapped_column(Text)
+    signed_by: Mapped[str | None] = mapped_column(String(16))
+    """Key id of the trusted key the signature verified against."""
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(128))

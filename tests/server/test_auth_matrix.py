@@ -3,11 +3,14 @@ declare who may call them."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agent.image_manifest import ImageFile, Manifest, public_key_text, sign
 from tests.peers.apiserver import RunningServer, free_port, run_server
 
 # (method, path template) -> minimum role; None = unauthenticated.
@@ -48,6 +51,12 @@ MATRIX: dict[tuple[str, str], str | None] = {
     ("GET", "/api/v1/assets/{name}"): "reader",
     ("PUT", "/api/v1/assets/{name}"): "operator",
     ("DELETE", "/api/v1/assets/{name}"): "operator",
+    ("GET", "/api/v1/images"): "reader",
+    ("POST", "/api/v1/images"): "operator",
+    ("GET", "/api/v1/images/{name}"): "reader",
+    ("GET", "/api/v1/images/{name}/manifest"): "reader",
+    ("PUT", "/api/v1/images/{name}/signature"): "operator",
+    ("DELETE", "/api/v1/images/{name}"): "operator",
     ("GET", "/boot.ipxe"): None,
     ("GET", "/assets/{name}"): None,
     ("HEAD", "/assets/{name}"): None,
@@ -83,12 +92,17 @@ BODIES = {
     },
 }
 VICTIM_ASSET = b"victim asset"
+SIGNER = Ed25519PrivateKey.generate()
+VICTIM_IMAGE = Manifest(
+    "victim", "1", ImageFile("victim", hashlib.sha256(VICTIM_ASSET).hexdigest()), (), ()
+)
+BODIES[("POST", "/api/v1/images")] = {"name": "i-new", "version": "1", "kernel": "victim"}
+BODIES[("PUT", "/api/v1/images/{name}/signature")] = {"signature": sign(VICTIM_IMAGE, SIGNER)}
 QUERIES = {
     ("GET", "/boot.ipxe"): "?mac=02:00:00:00:0a:01",
     ("GET", "/api/v1/boot/decide"): "?mac=02:00:00:00:0a:01",
     ("GET", "/api/v1/boot/timeline"): "?mac=02:00:00:00:0a:01",
-    ("PUT", "/api/v1/assets/{name}"): "?sha256="
-    + __import__("hashlib").sha256(VICTIM_ASSET).hexdigest(),
+    ("PUT", "/api/v1/assets/{name}"): "?sha256=" + hashlib.sha256(VICTIM_ASSET).hexdigest(),
 }
 
 
@@ -118,6 +132,7 @@ def lab_api(tmp_path: Path, sqlite_url: str) -> Iterator[RunningServer]:
         agent_api_enabled=True,
         agent_enroll_port=0,
         agent_session_port=0,
+        image_trusted_keys=[public_key_text(SIGNER)],
     ) as srv:
         yield srv
 
@@ -168,6 +183,7 @@ def test_every_endpoint_every_role(lab_api: RunningServer, caller: str) -> None:
             content=VICTIM_ASSET,
         )
         admin.post("/api/v1/profiles", json={"name": "victim", "kernel": "http://192.0.2.1/k"})
+        admin.post("/api/v1/images", json={"name": "victim", "version": "1", "kernel": "victim"})
         path = (
             template.replace("{key}", f"t{i}")
             .replace("{name}", "victim")
@@ -210,6 +226,8 @@ def test_every_endpoint_every_role(lab_api: RunningServer, caller: str) -> None:
             admin.delete("/api/v1/tokens/t-new")
         if method == "POST" and r.status_code == 201 and template.endswith("profiles"):
             admin.delete("/api/v1/profiles/p-new")
+        if method == "POST" and r.status_code == 201 and template.endswith("images"):
+            admin.delete("/api/v1/images/i-new")
 
 
 def test_revoked_token_stops_working_and_last_admin_is_kept(api_sqlite: RunningServer) -> None:

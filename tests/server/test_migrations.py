@@ -8,14 +8,14 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect
 
 from server.inventory import migrate
-from server.inventory.models import Base
+from server.inventory.schema import metadata
 
 
 def _diff(url: str) -> list:
     engine = create_engine(url)
     with engine.connect() as conn:
         ctx = MigrationContext.configure(conn, opts={"compare_type": True})
-        diff = compare_metadata(ctx, Base.metadata)
+        diff = compare_metadata(ctx, metadata)
     engine.dispose()
     return diff
 
