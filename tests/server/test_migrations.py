@@ -41,9 +41,12 @@ def test_upgrade_downgrade_round_trip(db_url: str) -> None:
     assert _diff(db_url) == []
 
 
-def test_single_head_and_date_slug_names() -> None:
+def test_single_head_and_names_sort_in_revision_order() -> None:
+    """A directory listing reads as the upgrade path: ``NNNN_slug.py`` with NNNN the revision."""
     scripts = ScriptDirectory.from_config(migrate.alembic_config("sqlite://"))
     assert len(scripts.get_heads()) == 1
-    for rev in scripts.walk_revisions():
-        name = rev.path.rsplit("/", 1)[-1]
-        assert name[:4].isdigit() and name[4] == "_", name
+    chain = list(reversed(list(scripts.walk_revisions())))  # base first
+    names = [rev.path.rsplit("/", 1)[-1] for rev in chain]
+    for rev, name in zip(chain, names, strict=True):
+        assert name.startswith(f"{rev.revision}_"), name
+    assert names == sorted(names)

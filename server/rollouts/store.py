@@ -1,0 +1,248 @@
+"""Rollouts in the database: create (or plan without writing), read, pause/resume/abort.
+
+A rollout is written whole at creation: its spec, its batches, and one ``rollout_machines`` row
+per machine holding a *claim* on the machine (a unique column set to the machine id while the
+rollout is unfinished). Two rollouts over one machine are impossible on every replica: the
+second insert violates the unique index and answers 409 naming the rollout that holds it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from server.errors import Conflict, Invalid, NotFound
+from server.inventory import machines as inventory
+from server.inventory.models import Machine, MachineLabel, utcnow
+from server.inventory.selectors import Requirement
+from server.rollouts.decide import MachineState, RolloutStatus
+from server.rollouts.models import Rollout, RolloutMachine
+from server.rollouts.planner import (
+    Batch,
+    BatchKind,
+    BatchPolicy,
+    Candidate,
+    PlanError,
+    plan_batches,
+)
+from server.types import Phase
+
+
+def candidates(s: Session, reqs: Sequence[Requirement]) -> list[tuple[Machine, Candidate]]:
+    rows = list(s.scalars(select(Machine).where(inventory.selector_clause(reqs))))
+    labels: dict[str, dict[str, str]] = {m.id: {} for m in rows}
+    if rows:
+        for lab in s.scalars(select(MachineLabel).where(MachineLabel.machine_id.in_(labels))):
+            labels[lab.machine_id][lab.key] = lab.value
+    return [(m, Candidate(m.id, m.name, labels[m.id])) for m in rows]
+
+
+def plan(
+    s: Session, reqs: Sequence[Requirement], policy: BatchPolicy
+) -> tuple[list[Batch], dict[str, Machine]]:
+    """The batches for the selection, or 422 (empty selection, bad policy, machine not ready)."""
+    found = candidates(s, reqs)
+    if not found:
+        raise Invalid(message="selector: no machine matches", details={"field": "selector"})
+    not_ready = sorted(m.name for m, _ in found if m.phase != Phase.READY)
+    if not_ready:
+        raise Invalid(
+            message=f"only ready machines can be upgraded; not ready: {', '.join(not_ready[:20])}",
+            details={"field": "selector", "not_ready": not_ready},
+        )
+    try:
+        batches = plan_batches([c for _, c in found], policy)
+    except PlanError as exc:
+        raise Invalid(message=str(exc), details={"field": "plan"}) from None
+    return batches, {m.id: m for m, _ in found}
+
+
+def batches_doc(batches: Sequence[Batch]) -> list[dict[str, Any]]:
+    return [{**asdict(b), "kind": b.kind.value, "machines": list(b.machines)} for b in batches]
+
+
+def batches_from(doc: Sequence[dict[str, Any]]) -> list[Batch]:
+    return [Batch(d["index"], BatchKind(d["kind"]), d["domain"], tuple(d["machines"])) for d in doc]
+
+
+def create(
+    s: Session,
+    *,
+    kind: str,
+    image: str | None,
+    selector: str,
+    spec: dict[str, Any],
+    batches: Sequence[Batch],
+    machines: dict[str, Machine],
+    actor: str,
+) -> Rollout:
+    """Writes the rollout and claims its machines. 409 when a machine is claimed already; a
+    concurrent claim that wins the race surfaces as IntegrityError at flush (the caller maps it
+    through :func:`overlap` in a fresh session: this transaction is void)."""
+    taken = overlap(s, list(machines))
+    if taken is not None:
+        raise taken
+    now = utcnow()
+    r = Rollout(
+        id=str(uuid.uuid4()),
+        kind=kind,
+        status=RolloutStatus.RUNNING.value,
+        image=image,
+        selector=selector,
+        spec=spec,
+        batches=batches_doc(batches),
+        reason="",
+        created_at=now,
+        updated_at=now,
+        created_by=actor,
+    )
+    s.add(r)
+    for b in batches:
+        for mid in b.machines:
+            s.add(
+                RolloutMachine(
+                    rollout_id=r.id,
+                    machine_id=mid,
+                    machine_name=machines[mid].name,
+                    batch=b.index,
+                    state=MachineState.PENDING.value,
+                    step="",
+                    detail={},
+                    updated_at=now,
+                    claim=mid,
+                )
+            )
+    s.flush()
+    inventory.record(
+        s,
+        actor=actor,
+        kind=f"rollout.{kind}.created",
+        message=f"{kind} rollout {r.id} created: {sum(len(b.machines) for b in batches)} "
+        f"machine(s) in {len(batches)} batch(es)" + (f" to image {image}" if image else ""),
+        data={"rollout": r.id, "image": image, "selector": selector},
+    )
+    return r
+
+
+def overlap(s: Session, machine_ids: Sequence[str]) -> Conflict | None:
+    """409 naming the unfinished rollouts that hold any of ``machine_ids``, or None."""
+    held = s.execute(
+        select(RolloutMachine.rollout_id, RolloutMachine.machine_name).where(
+            RolloutMachine.claim.in_(machine_ids)
+        )
+    ).all()
+    by_rollout: dict[str, list[str]] = {}
+    for rid, name in held:
+        by_rollout.setdefault(rid, []).append(name)
+    if not by_rollout:
+        return None
+    who = "; ".join(f"{rid}: {', '.join(sorted(n)[:10])}" for rid, n in by_rollout.items())
+    return Conflict(
+        message=f"machines are already in a running rollout ({who})",
+        details={"rollouts": by_rollout},
+    )
+
+
+def get(s: Session, rollout_id: str) -> Rollout:
+    r = s.get(Rollout, rollout_id)
+    if r is None:
+        raise NotFound(kind="rollout", key=rollout_id)
+    return r
+
+
+def machine_rows(s: Session, rollout_id: str) -> list[RolloutMachine]:
+    return list(
+        s.scalars(
+            select(RolloutMachine)
+            .where(RolloutMachine.rollout_id == rollout_id)
+            .order_by(RolloutMachine.batch, RolloutMachine.machine_name)
+        )
+    )
+
+
+def view(s: Session, r: Rollout, waiting_for: str = "") -> dict[str, Any]:
+    rows = {m.machine_id: m for m in machine_rows(s, r.id)}
+    counts = {st.value: 0 for st in MachineState}
+    for m in rows.values():
+        counts[m.state] += 1
+    return {
+        "id": r.id,
+        "kind": r.kind,
+        "status": r.status,
+        "reason": r.reason,
+        "waiting_for": waiting_for,
+        "image": r.image,
+        "selector": r.selector,
+        "spec": r.spec,
+        "counts": counts,
+        "batches": [
+            {
+                **{k: b[k] for k in ("index", "kind", "domain")},
+                "machines": [_machine_view(rows[mid]) for mid in b["machines"] if mid in rows],
+            }
+            for b in r.batches
+        ],
+        "created_at": inventory.iso(r.created_at),
+        "updated_at": inventory.iso(r.updated_at),
+        "created_by": r.created_by,
+    }
+
+
+def _machine_view(m: RolloutMachine) -> dict[str, Any]:
+    return {
+        "id": m.machine_id,
+        "name": m.machine_name,
+        "state": m.state,
+        "step": m.step,
+        "error": m.error,
+        "updated_at": inventory.iso(m.updated_at),
+    }
+
+
+_CONTROL: dict[str, tuple[set[RolloutStatus], RolloutStatus]] = {
+    "pause": ({RolloutStatus.RUNNING}, RolloutStatus.PAUSED),
+    "resume": ({RolloutStatus.PAUSED}, RolloutStatus.RUNNING),
+    "abort": ({RolloutStatus.RUNNING, RolloutStatus.PAUSED}, RolloutStatus.ABORTING),
+}
+
+
+def control(s: Session, r: Rollout, verb: str, actor: str) -> Rollout:
+    """pause / resume / abort: 409 naming the status when the verb does not apply."""
+    allowed, target = _CONTROL[verb]
+    current = RolloutStatus(r.status)
+    if current is target:
+        return r  # idempotent: asking twice is not an error
+    if current not in allowed:
+        raise Conflict(
+            message=f"cannot {verb} a rollout that is {current.value}",
+            details={"status": current.value},
+        )
+    set_status(s, r, target, f"{verb} by {actor}", actor)
+    return r
+
+
+def set_status(s: Session, r: Rollout, status: RolloutStatus, reason: str, actor: str) -> None:
+    r.status, r.reason, r.updated_at = status.value, reason, utcnow()
+    if status.terminal:
+        for m in machine_rows(s, r.id):
+            m.claim = None
+    inventory.record(
+        s,
+        actor=actor,
+        kind=f"rollout.{status.value}",
+        message=f"rollout {r.id} {status.value}" + (f": {reason}" if reason else ""),
+        data={"rollout": r.id, "status": status.value, "reason": reason},
+    )
+
+
+def list_rollouts(s: Session, limit: int, before: datetime | None) -> list[Rollout]:
+    stmt = select(Rollout).order_by(Rollout.created_at.desc(), Rollout.id.desc()).limit(limit)
+    if before is not None:
+        stmt = stmt.where(Rollout.created_at < before)
+    return list(s.scalars(stmt))
