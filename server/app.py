@@ -22,7 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pxe import PxeService, PxeSettings
 from server.agents import BootstrapTokens, start_agent_api
 from server.agents.dbstore import DbAgentStore
-from server.api import agents, boot, events, images, machines, power, profiles, tokens
+from server.api import agents, boot, events, images, machines, power, profiles, tokens, upgrades
 from server.api.auth import create_token, hash_token
 from server.api.deps import Context
 from server.boot.assets import AssetStore
@@ -300,6 +300,7 @@ def create_app(
         agents.router,
         profiles.router,
         images.router,
+        upgrades.router,
         boot.router,
     ):
         app.include_router(r)

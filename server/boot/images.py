@@ -199,3 +199,15 @@ def delete(s: Session, name: str, actor: str) -> dict[str, Any]:
         s, actor=actor, kind="image.deleted", message=f"image {name} deleted", data={"image": name}
     )
     return out
+
+
+def get_for_use(s: Session, name: str, keys: Sequence[TrustedKey], field: str = "image") -> Image:
+    """The image a plan, profile or config names: 422 when missing or unsigned under keys."""
+    image = s.get(Image, name)
+    if image is None:
+        raise Invalid(
+            message=f"{field}: image {name!r} not found",
+            details={"field": field, "reason": "image not found"},
+        )
+    require_usable(image, keys, field=field)
+    return image

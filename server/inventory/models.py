@@ -265,6 +265,12 @@ class AgentState(Base):
     last_command_ok: Mapped[bool | None] = mapped_column(Boolean)
     last_command_error: Mapped[str | None] = mapped_column(Text)
     last_command_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    image_digest: Mapped[str | None] = mapped_column(String(64))
+    """Digest of the OS image manifest the machine booted (``Hello``)."""
+    slot: Mapped[str | None] = mapped_column(String(8))
+    """The boot slot it booted (``A``/``B``; empty when netbooted)."""
+    last_good_digest: Mapped[str | None] = mapped_column(String(64))
+    """The image its bootloader falls back to (the last one confirmed healthy)."""
 
 
 class AgentPendingCommand(Base):
