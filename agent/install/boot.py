@@ -69,7 +69,9 @@ def render_selection(envfile: str = "${prefix}/grubenv") -> str:
     chain = []
     for n in range(1, MAX_TRIES + 1):
         kw = "if" if n == 1 else "elif"
-        chain.append(f'    {kw} [ "${{try_count}}" = "{n}" ]; then set try_count="{n - 1}"; set tried=y')
+        chain.append(
+            f'    {kw} [ "${{try_count}}" = "{n}" ]; then set try_count="{n - 1}"; set tried=y'
+        )
     return "\n".join(
         [
             f'set envfile="{envfile}"',

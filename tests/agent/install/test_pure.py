@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from agent.install import grubenv
-from agent.install.boot import Slot, choose_boot, render_slot_cfg, KernelEntry
-from agent.install.layout import MiB, Firmware, LayoutError, PartLabel, plan_layout, render_sfdisk
+from agent.install.boot import KernelEntry, Slot, choose_boot, render_slot_cfg
+from agent.install.layout import Firmware, LayoutError, MiB, PartLabel, plan_layout, render_sfdisk
 
 GiB = 1024 * MiB
 
