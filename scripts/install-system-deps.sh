@@ -4,7 +4,9 @@
 set -euo pipefail
 PKGS=(qemu-system-x86 ipxe ipxe-qemu ovmf dnsmasq tftpd-hpa tftp-hpa ipmitool openipmi
       freeipmi-tools kea-admin busybox isc-dhcp-client docker-compose curl iproute2 procps
-      postgresql postgresql-client wrk gcc libc6-dev nginx-light)
+      postgresql postgresql-client wrk gcc libc6-dev nginx-light
+      grub-common grub2-common grub-pc-bin grub-efi-amd64-bin grub-emu fdisk gdisk e2fsprogs
+      dosfstools mtools udev)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
