@@ -72,7 +72,7 @@ class AgentMessage(_message.Message):
     def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., result: _Optional[_Union[CommandResult, _Mapping]] = ..., chunk: _Optional[_Union[NodeOpChunk, _Mapping]] = ..., certificate_request: _Optional[_Union[CertificateRequest, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("agent_version", "boot_id", "config_version", "staged_config_version", "inventory", "machine_id", "reverted_config_version")
+    __slots__ = ("agent_version", "boot_id", "config_version", "staged_config_version", "inventory", "machine_id", "reverted_config_version", "image_digest", "slot", "last_good_digest")
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     BOOT_ID_FIELD_NUMBER: _ClassVar[int]
     CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -80,6 +80,9 @@ class Hello(_message.Message):
     INVENTORY_FIELD_NUMBER: _ClassVar[int]
     MACHINE_ID_FIELD_NUMBER: _ClassVar[int]
     REVERTED_CONFIG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    LAST_GOOD_DIGEST_FIELD_NUMBER: _ClassVar[int]
     agent_version: str
     boot_id: str
     config_version: str
@@ -87,7 +90,10 @@ class Hello(_message.Message):
     inventory: Inventory
     machine_id: str
     reverted_config_version: str
-    def __init__(self, agent_version: _Optional[str] = ..., boot_id: _Optional[str] = ..., config_version: _Optional[str] = ..., staged_config_version: _Optional[str] = ..., inventory: _Optional[_Union[Inventory, _Mapping]] = ..., machine_id: _Optional[str] = ..., reverted_config_version: _Optional[str] = ...) -> None: ...
+    image_digest: str
+    slot: str
+    last_good_digest: str
+    def __init__(self, agent_version: _Optional[str] = ..., boot_id: _Optional[str] = ..., config_version: _Optional[str] = ..., staged_config_version: _Optional[str] = ..., inventory: _Optional[_Union[Inventory, _Mapping]] = ..., machine_id: _Optional[str] = ..., reverted_config_version: _Optional[str] = ..., image_digest: _Optional[str] = ..., slot: _Optional[str] = ..., last_good_digest: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("seq", "config_version", "uptime_seconds", "load1", "try_pending", "reverted_config_version")
@@ -142,7 +148,7 @@ class ServerMessage(_message.Message):
     def __init__(self, command: _Optional[_Union[Command, _Mapping]] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("id", "apply_config", "reboot", "confirm_config", "node_op", "renew_certificate", "new_certificate", "cancel_node_op")
+    __slots__ = ("id", "apply_config", "reboot", "confirm_config", "node_op", "renew_certificate", "new_certificate", "cancel_node_op", "upgrade", "mark_good")
     ID_FIELD_NUMBER: _ClassVar[int]
     APPLY_CONFIG_FIELD_NUMBER: _ClassVar[int]
     REBOOT_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +157,8 @@ class Command(_message.Message):
     RENEW_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     NEW_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     CANCEL_NODE_OP_FIELD_NUMBER: _ClassVar[int]
+    UPGRADE_FIELD_NUMBER: _ClassVar[int]
+    MARK_GOOD_FIELD_NUMBER: _ClassVar[int]
     id: str
     apply_config: ApplyConfig
     reboot: Reboot
@@ -159,7 +167,31 @@ class Command(_message.Message):
     renew_certificate: RenewCertificate
     new_certificate: NewCertificate
     cancel_node_op: CancelNodeOp
-    def __init__(self, id: _Optional[str] = ..., apply_config: _Optional[_Union[ApplyConfig, _Mapping]] = ..., reboot: _Optional[_Union[Reboot, _Mapping]] = ..., confirm_config: _Optional[_Union[ConfirmConfig, _Mapping]] = ..., node_op: _Optional[_Union[NodeOp, _Mapping]] = ..., renew_certificate: _Optional[_Union[RenewCertificate, _Mapping]] = ..., new_certificate: _Optional[_Union[NewCertificate, _Mapping]] = ..., cancel_node_op: _Optional[_Union[CancelNodeOp, _Mapping]] = ...) -> None: ...
+    upgrade: Upgrade
+    mark_good: MarkGood
+    def __init__(self, id: _Optional[str] = ..., apply_config: _Optional[_Union[ApplyConfig, _Mapping]] = ..., reboot: _Optional[_Union[Reboot, _Mapping]] = ..., confirm_config: _Optional[_Union[ConfirmConfig, _Mapping]] = ..., node_op: _Optional[_Union[NodeOp, _Mapping]] = ..., renew_certificate: _Optional[_Union[RenewCertificate, _Mapping]] = ..., new_certificate: _Optional[_Union[NewCertificate, _Mapping]] = ..., cancel_node_op: _Optional[_Union[CancelNodeOp, _Mapping]] = ..., upgrade: _Optional[_Union[Upgrade, _Mapping]] = ..., mark_good: _Optional[_Union[MarkGood, _Mapping]] = ...) -> None: ...
+
+class Upgrade(_message.Message):
+    __slots__ = ("manifest_json", "signature", "urls", "preserve", "tries", "confirm_timeout_seconds")
+    MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    URLS_FIELD_NUMBER: _ClassVar[int]
+    PRESERVE_FIELD_NUMBER: _ClassVar[int]
+    TRIES_FIELD_NUMBER: _ClassVar[int]
+    CONFIRM_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    manifest_json: str
+    signature: str
+    urls: _containers.RepeatedScalarFieldContainer[str]
+    preserve: bool
+    tries: int
+    confirm_timeout_seconds: int
+    def __init__(self, manifest_json: _Optional[str] = ..., signature: _Optional[str] = ..., urls: _Optional[_Iterable[str]] = ..., preserve: _Optional[bool] = ..., tries: _Optional[int] = ..., confirm_timeout_seconds: _Optional[int] = ...) -> None: ...
+
+class MarkGood(_message.Message):
+    __slots__ = ("image_digest",)
+    IMAGE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    image_digest: str
+    def __init__(self, image_digest: _Optional[str] = ...) -> None: ...
 
 class ApplyConfig(_message.Message):
     __slots__ = ("version", "config_json", "mode", "try_timeout_seconds")

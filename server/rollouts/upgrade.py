@@ -60,6 +60,8 @@ class Action(StrEnum):
     CALL_PRE_HOOK = "call-pre-hook"
     SEND_UPGRADE = "send-upgrade"
     SEND_MARK_GOOD = "send-mark-good"
+    SEND_REBOOT = "send-reboot"
+    """An ordinary reboot: an unconfirmed slot then falls back by boot counting."""
     CALL_POST_HOOK = "call-post-hook"
     POWER_CYCLE = "power-cycle"
     """Through the machine's BMC: the server is the watchdog."""

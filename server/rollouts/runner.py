@@ -1,0 +1,402 @@
+"""The rollout runner: one replica at a time (a database lease) walks every unfinished rollout.
+
+Each pass, in one write transaction per rollout:
+
+1. every active machine is observed (its agent's last report) and advanced one step
+   (``server.rollouts.upgrade.advance``);
+2. the rollout's next actions are decided (``server.rollouts.decide.next_actions``) and newly
+   started machines get their first step;
+3. commands for the agents (Upgrade, MarkGood, Reboot) are written to the agents' outbox
+   (``agent_pending_commands``) *in the same transaction* as the step that needs them: a command
+   exists exactly when its step is recorded, whatever crashes when. The session hub of whichever
+   replica holds the agent's session delivers it (it polls that table), and the agent journals
+   command ids, so a command is applied at most once.
+
+Side effects that cannot join the transaction (webhook calls, BMC power cycles) run after the
+commit. A hook that was being called when the server died is called again (hooks must be
+idempotent, as drain and uncordon are); a power cycle is requested once per machine and upgrade.
+
+After ``kill -9`` (or when another replica takes the lease) the next pass starts from the rows
+alone: machines in flight are re-probed through their agents' reports before anything is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+
+from agent.gen import agent_pb2 as pb
+from server.boot import images
+from server.inventory import machines as inventory
+from server.inventory import singleton_lease
+from server.inventory.db import Database
+from server.inventory.models import AgentPendingCommand, AgentState, Image, Machine, utcnow
+from server.inventory.secretbox import SecretBox
+from server.rollouts import store
+from server.rollouts.decide import Limits, MachineState, RolloutStatus, next_actions
+from server.rollouts.hooks import call_hook
+from server.rollouts.models import Rollout, RolloutMachine
+from server.rollouts.observe import healthy, observe
+from server.rollouts.planner import resolve_count
+from server.rollouts.upgrade import (
+    Action,
+    Hooks,
+    Progress,
+    Timeouts,
+    Transition,
+    UpgradeStep,
+    advance,
+    hook_done,
+    start,
+)
+from server.types import Phase
+
+log = logging.getLogger(__name__)
+
+LEASE = "rollouts"
+ACTOR = "rollouts"
+BOOT_TRIES = 1
+"""Boots of a new slot before the bootloader falls back: one, so the next reset after a failed
+first boot (the BMC's cycle, or the agent's own watchdog reboot) lands on the last good slot."""
+
+
+@dataclass
+class Effects:
+    """What to do after the transaction commits."""
+
+    hooks: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+    """(rollout id, machine id, before|after, hook spec)"""
+    cycles: list[str] = field(default_factory=list)
+    """Machine ids to power-cycle through their BMC."""
+
+
+@dataclass
+class RunnerConfig:
+    asset_base_url: str
+    """Where agents download image files (``<base>/assets/NAME``)."""
+    interval: float = 0.5
+    lease_ttl: float = 15.0
+    write_timeout: timedelta = timedelta(seconds=300)
+    recover_timeout: timedelta = timedelta(seconds=600)
+
+
+class RolloutRunner:
+    def __init__(
+        self,
+        db: Database,
+        replica: str,
+        config: RunnerConfig,
+        secrets: SecretBox,
+        power_cycle: Callable[[str], Awaitable[None]],
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.db, self.replica, self.config = db, replica, config
+        self.secrets, self.power_cycle, self.clock = secrets, power_cycle, clock
+        self._hooks_in_flight: set[tuple[str, str]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                held = await run_in_threadpool(
+                    singleton_lease.acquire, self.db, LEASE, self.replica, self.config.lease_ttl
+                )
+                if held:
+                    await self.tick()
+            except Exception:
+                log.exception("rollout pass failed")
+            try:
+                await asyncio.wait_for(stop.wait(), self.config.interval)
+            except TimeoutError:
+                pass
+        for t in list(self._tasks):
+            t.cancel()
+        await run_in_threadpool(singleton_lease.release, self.db, LEASE, self.replica)
+
+    async def tick(self) -> None:
+        """One pass over every unfinished rollout."""
+        ids = await run_in_threadpool(self._unfinished)
+        for rid in ids:
+            effects = await run_in_threadpool(self._pass, rid)
+            self._carry_out(effects)
+
+    def _unfinished(self) -> list[str]:
+        terminal = [s.value for s in RolloutStatus if s.terminal]
+        with self.db.read() as s:
+            return list(
+                s.scalars(
+                    select(Rollout.id)
+                    .where(Rollout.status.not_in(terminal))
+                    .order_by(Rollout.created_at)
+                )
+            )
+
+    # --- one rollout, one transaction ------------------------------------------------------------
+
+    def _pass(self, rollout_id: str) -> Effects:
+        effects = Effects()
+        now = self.clock()
+        with self.db.write() as s:
+            r = store.get(s, rollout_id)
+            rows = {m.machine_id: m for m in store.machine_rows(s, r.id)}
+            machines = {m.id: m for m in s.scalars(select(Machine).where(Machine.id.in_(rows)))}
+            states = {m.machine_id: s.get(AgentState, m.machine_id) for m in rows.values()}
+            spec = r.spec
+            t = _timeouts(spec, self.config)
+            hooks = Hooks(pre="before" in spec["hooks"], post="after" in spec["hooks"])
+            image = s.get(Image, r.image) if r.image else None
+            target = image.digest if image else ""
+            for row in rows.values():
+                if row.state != MachineState.ACTIVE:
+                    continue
+                p = _progress(row, now)
+                obs = observe(states.get(row.machine_id), row, p, target)
+                if (
+                    RolloutStatus(r.status) is RolloutStatus.ABORTING
+                    and spec["on_abort"] == "rollback"
+                ):
+                    tr = _abort_in_flight(p, now, t)
+                else:
+                    tr = advance(
+                        p, obs, now, t, hooks, machines[row.machine_id].bmc_driver is not None
+                    )
+                if tr is not None:
+                    self._apply(s, r, row, machines[row.machine_id], tr, image, effects)
+                elif p.step in (UpgradeStep.PRE_HOOK, UpgradeStep.POST_HOOK):
+                    self._want_hook(r, row, p.step, effects)
+            self._decide(s, r, rows, machines, states, now, t, hooks, image, effects)
+        return effects
+
+    def _decide(
+        self,
+        s: Session,
+        r: Rollout,
+        rows: dict[str, RolloutMachine],
+        machines: dict[str, Machine],
+        states: dict[str, AgentState | None],
+        now: datetime,
+        t: Timeouts,
+        hooks: Hooks,
+        image: Image | None,
+        effects: Effects,
+    ) -> None:
+        spec = r.spec
+        total = len(rows)
+        cap = spec.get("max_unavailable")
+        limits = Limits(
+            max_unavailable=resolve_count(cap, total, what="max_unavailable") if cap else total,
+            failure_budget=int(spec.get("failure_budget", 0)),
+        )
+        health = {mid: healthy(states.get(mid)) for mid in rows}
+        acts = next_actions(
+            RolloutStatus(r.status),
+            store.batches_from(r.batches),
+            {mid: MachineState(m.state) for mid, m in rows.items()},
+            limits,
+            health,
+        )
+        for mid in acts.skip:
+            row = rows[mid]
+            row.state, row.claim, row.updated_at = MachineState.SKIPPED.value, None, now
+        for mid in acts.start:
+            row, m = rows[mid], machines[mid]
+            st = states.get(mid)
+            row.detail = {
+                "from_boot_id": (st.boot_id if st else "") or "",
+                "from_digest": (st.image_digest if st else "") or "",
+                "target_digest": image.digest if image else "",
+                "cycled": False,
+            }
+            row.state = MachineState.ACTIVE.value
+            m.phase = Phase.UPGRADING.value
+            inventory.record(
+                s,
+                actor=ACTOR,
+                kind="rollout.machine.started",
+                message=f"upgrade of {m.name} to {r.image} started (rollout {r.id})",
+                machine=m,
+                data={"rollout": r.id, "image": r.image},
+            )
+            self._apply(s, r, row, m, start(hooks, now, t), image, effects)
+        if acts.status is not None:
+            store.set_status(s, r, acts.status, acts.reason, ACTOR)
+        elif acts.start or acts.skip:
+            r.updated_at = now
+
+    def _apply(
+        self,
+        s: Session,
+        r: Rollout,
+        row: RolloutMachine,
+        m: Machine,
+        tr: Transition,
+        image: Image | None,
+        effects: Effects,
+    ) -> None:
+        """Record the transition, write its command, queue its side effect."""
+        now = self.clock()
+        changed = tr.step.value != row.step or tr.state.value != row.state
+        row.step, row.state, row.updated_at = tr.step.value, tr.state.value, now
+        row.deadline = tr.deadline
+        row.detail = {**row.detail, "cycled": tr.cycled or row.detail.get("cycled", False)}
+        if tr.error:
+            row.error = tr.error
+        if tr.action is Action.SEND_UPGRADE and image is not None:
+            cmd_id = self._command(s, m.id, _upgrade_command(r, image, self.config))
+            row.detail = {**row.detail, "command_id": cmd_id}
+        elif tr.action is Action.SEND_MARK_GOOD and image is not None:
+            cmd = pb.Command(mark_good=pb.MarkGood(image_digest=image.digest))
+            row.detail = {**row.detail, "command_id": self._command(s, m.id, cmd)}
+        elif tr.action is Action.SEND_REBOOT:
+            row.detail = {
+                **row.detail,
+                "command_id": self._command(s, m.id, pb.Command(reboot=pb.Reboot())),
+            }
+        elif tr.action is Action.POWER_CYCLE:
+            effects.cycles.append(m.id)
+        elif tr.action in (Action.CALL_PRE_HOOK, Action.CALL_POST_HOOK):
+            self._want_hook(r, row, tr.step, effects)
+        if tr.state is MachineState.SUCCEEDED:
+            row.claim = None
+            m.phase, m.image, m.fault_reason = Phase.READY.value, r.image, None
+        elif tr.state is MachineState.FAILED:
+            row.claim = None
+            m.phase, m.fault_reason = Phase.FAILED.value, f"upgrade to {r.image}: {tr.error}"
+        if changed or tr.error:
+            active = tr.state is MachineState.ACTIVE
+            what = tr.step.value if active else tr.state.value
+            inventory.record(
+                s,
+                actor=ACTOR,
+                kind="rollout.machine.step" if active else f"rollout.machine.{tr.state.value}",
+                message=f"{m.name}: {what}" + (f": {tr.error}" if tr.error else ""),
+                machine=m,
+                data={"rollout": r.id, "step": tr.step.value, "state": tr.state.value},
+            )
+
+    @staticmethod
+    def _command(s: Session, machine_id: str, cmd: pb.Command) -> str:
+        cmd.id = str(uuid.uuid4())
+        kind = cmd.WhichOneof("op") or "unknown"
+        s.add(
+            AgentPendingCommand(
+                machine_id=machine_id,
+                command_id=cmd.id,
+                kind=kind,
+                payload=cmd.SerializeToString(),
+                created_at=utcnow(),
+            )
+        )
+        return cmd.id
+
+    # --- side effects after commit --------------------------------------------------------------
+
+    def _want_hook(
+        self, r: Rollout, row: RolloutMachine, step: UpgradeStep, effects: Effects
+    ) -> None:
+        key = (r.id, row.machine_id)
+        if key in self._hooks_in_flight:
+            return
+        when = "before" if step is UpgradeStep.PRE_HOOK else "after"
+        self._hooks_in_flight.add(key)
+        payload = {
+            "event": f"{when}-upgrade",
+            "rollout": r.id,
+            "machine": {"id": row.machine_id, "name": row.machine_name},
+            "image": r.image,
+        }
+        effects.hooks.append((r.id, row.machine_id, r.spec["hooks"][when], payload))
+
+    def _carry_out(self, effects: Effects) -> None:
+        for rid, mid, hook, payload in effects.hooks:
+            self._spawn(self._call_hook(rid, mid, hook, payload))
+        for mid in effects.cycles:
+            self._spawn(self.power_cycle(mid))
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _call_hook(
+        self, rid: str, mid: str, hook: dict[str, Any], payload: dict[str, Any]
+    ) -> None:
+        try:
+            ok, error = await call_hook(hook, payload, self.secrets)
+            await run_in_threadpool(self._hook_done, rid, mid, ok, error)
+        finally:
+            self._hooks_in_flight.discard((rid, mid))
+
+    def _hook_done(self, rid: str, mid: str, ok: bool, error: str) -> None:
+        effects = Effects()
+        with self.db.write() as s:
+            r = store.get(s, rid)
+            row = s.get(RolloutMachine, (rid, mid))
+            if row is None or row.state != MachineState.ACTIVE:
+                return
+            p = _progress(row, self.clock())
+            if p.step not in (UpgradeStep.PRE_HOOK, UpgradeStep.POST_HOOK):
+                return
+            image = s.get(Image, r.image) if r.image else None
+            m = s.get(Machine, mid)
+            assert m is not None
+            tr = hook_done(p, ok, error, self.clock(), _timeouts(r.spec, self.config))
+            self._apply(s, r, row, m, tr, image, effects)
+        self._carry_out(effects)
+
+
+def _timeouts(spec: dict[str, Any], config: RunnerConfig) -> Timeouts:
+    return Timeouts(
+        write=config.write_timeout,
+        health=timedelta(seconds=int(spec["health_timeout_seconds"])),
+        recover=config.recover_timeout,
+    )
+
+
+def _progress(row: RolloutMachine, now: datetime) -> Progress:
+    d = row.detail
+    return Progress(
+        step=UpgradeStep(row.step) if row.step else UpgradeStep.WRITING,
+        from_boot_id=d.get("from_boot_id", ""),
+        from_digest=d.get("from_digest", ""),
+        target_digest=d.get("target_digest", ""),
+        deadline=inventory.as_utc(row.deadline) if row.deadline else None,
+        cycled=bool(d.get("cycled", False)),
+    )
+
+
+def _abort_in_flight(p: Progress, now: datetime, t: Timeouts) -> Transition | None:
+    """``on_abort=rollback``: a machine not yet confirmed is rebooted into its last good slot."""
+    if p.step in (UpgradeStep.BOOTING, UpgradeStep.VERIFYING, UpgradeStep.CONFIRMING):
+        return Transition(
+            UpgradeStep.RECOVERING,
+            Action.SEND_REBOOT,
+            deadline=now + t.recover,
+            error="rollout aborted: rebooting into the last good slot",
+            cycled=p.cycled,
+        )
+    return None
+
+
+def _upgrade_command(r: Rollout, image: Image, config: RunnerConfig) -> pb.Command:
+    m = images.manifest_of(image)
+    base = config.asset_base_url.rstrip("/")
+    return pb.Command(
+        upgrade=pb.Upgrade(
+            manifest_json=m.canonical().decode(),
+            signature=image.signature or "",
+            urls=[f"{base}/assets/{f.file}" for f in m.files],
+            preserve=bool(r.spec["preserve"]),
+            tries=BOOT_TRIES,
+            confirm_timeout_seconds=int(r.spec["health_timeout_seconds"]),
+        )
+    )
