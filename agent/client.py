@@ -46,7 +46,10 @@ from agent.apply import ApplyError, ConfigApplier, reboot_needed
 from agent.gen import agent_pb2 as pb
 from agent.gen import agent_pb2_grpc as pb_grpc
 from agent.identity import Credentials, CredentialStore, new_key_and_csr, write_file
+from agent.image_manifest import TrustedKey
+from agent.install import grub_boot
 from agent.inventory import Inventory, collect
+from agent.upgrade import NodeSlots, UpgradeRefused, fetcher
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +96,12 @@ class AgentOptions:
     fault: str = ""  # "drop-before-result": drop the session once, after applying a config
     inventory: Inventory | None = None
     extra_channel_options: list[tuple[str, Any]] = field(default_factory=list)
+    trusted_keys: tuple[TrustedKey, ...] = ()
+    """Ed25519 keys OS images must be signed with (empty: the server's word is taken)."""
+    power_events: Path | None = None
+    """Simulated machines: a BMC simulator's event log; ``PORT cycle|reset`` lines for
+    ``bmc_port`` reset this machine as a real BMC would (tests of the server's watchdog)."""
+    bmc_port: int = 0
 
 
 class Journal:
@@ -152,6 +161,10 @@ class Agent:
         self._fault_used = False
         self._reboot_requested: pb.Reboot | None = None
         self._node_ops: dict[str, asyncio.Task[None]] = {}
+        self.slots = NodeSlots.detect(opts.root, opts.state_dir)
+        self._interrupt = asyncio.Event()
+        self._watchdog: asyncio.Task[None] | None = None
+        self._sim = ""
 
     # -- boot -------------------------------------------------------------------------------------
 
@@ -180,6 +193,35 @@ class Agent:
         self._boot_started = time.monotonic()
         self._inventory = None
         self._arm_try_timer()
+        self._boot_slots()
+
+    def _boot_slots(self) -> None:
+        """Installed machines: EPHEMERAL wipe if asked, the unconfirmed-boot watchdog, and the
+        simulated failure modes an image's kernel args may ask for (``bronze.sim=no-boot``:
+        the kernel never comes up; ``bronze.sim=unhealthy``: services never get healthy)."""
+        if self.slots is None:
+            return
+        deadline = self.slots.on_boot()
+        args = self.slots.booted_args()
+        self._sim = next((a.split("=", 1)[1] for a in args if a.startswith("bronze.sim=")), "")
+        if self._watchdog:
+            self._watchdog.cancel()
+            self._watchdog = None
+        if deadline is not None:
+            with contextlib.suppress(RuntimeError):
+                self._watchdog = asyncio.get_running_loop().create_task(self._watch(deadline))
+
+    async def _watch(self, deadline: float) -> None:
+        await asyncio.sleep(max(0.0, deadline - time.monotonic()))
+        log.warning(
+            "not marked good in time: rebooting into the last good slot machine=%s",
+            self.o.machine_id,
+        )
+        self._request_reboot()
+
+    def _request_reboot(self) -> None:
+        self._reboot_requested = self._reboot_requested or pb.Reboot()
+        self._interrupt.set()
 
     def _simulated_reboot(self, wipe_state: bool) -> None:
         log.info("rebooting (simulated) machine=%s", self.o.machine_id)
@@ -188,18 +230,36 @@ class Agent:
             self.applier.wipe()
             self.creds = None
         write_file(self.boot_id_path, (str(uuid.uuid4()) + "\n").encode(), fsync=self.o.fsync)
+        if self.slots is not None:  # the firmware runs GRUB: boot counting picks the slot
+            slot = grub_boot(self.slots.store.backend)
+            cmdline = self.o.root / "proc/cmdline"
+            words = [w for w in cmdline.read_text().split() if not w.startswith("bronze.slot=")]
+            write_file(
+                cmdline,
+                (" ".join([*words, f"bronze.slot={slot}"]) + "\n").encode(),
+                0o444,
+                fsync=False,
+            )
+            self.slots = NodeSlots.detect(self.o.root, self.o.state_dir)
         self._boot()
 
     # -- main loop --------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         self._boot()
+        events = None
+        if self.o.power_events is not None:
+            events = asyncio.get_running_loop().create_task(self._follow_power_events())
         attempt = 0
         while not stop.is_set():
             established = False
+            self._interrupt.clear()
             try:
-                self.creds = await self._ensure_credentials()
-                established = await self._session(stop)
+                if self._sim == "no-boot":  # a kernel that never comes up: only a reset helps
+                    await self._wait_interrupt(stop)
+                else:
+                    self.creds = await self._ensure_credentials()
+                    established = await self._session(stop)
             except AgentFatalError:
                 raise
             except EnrollDenied:
@@ -224,6 +284,34 @@ class Agent:
                 await asyncio.wait_for(stop.wait(), delay)
         if self._try_timer:
             self._try_timer.cancel()
+        for task in (self._watchdog, events):
+            if task is not None:
+                task.cancel()
+
+    async def _wait_interrupt(self, stop: asyncio.Event) -> None:
+        waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._interrupt.wait())}
+        _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for t in pending:
+            t.cancel()
+
+    async def _follow_power_events(self) -> None:
+        """Simulated machines wired to a simulated BMC: its reset is this machine's reset."""
+        assert self.o.power_events is not None
+        offset = self.o.power_events.stat().st_size if self.o.power_events.exists() else 0
+        while True:
+            await asyncio.sleep(0.2)
+            try:
+                with open(self.o.power_events, "rb") as fh:
+                    fh.seek(offset)
+                    data = fh.read()
+            except OSError:
+                continue
+            offset += len(data)
+            for line in data.decode(errors="replace").splitlines():
+                port, _, what = line.partition(" ")
+                if port == str(self.o.bmc_port) and what in ("cycle", "reset"):
+                    log.info("power %s from the BMC machine=%s", what, self.o.machine_id)
+                    self._request_reboot()
 
     # -- identity ---------------------------------------------------------------------------------
 
@@ -279,13 +367,25 @@ class Agent:
             hello=pb.Hello(
                 agent_version=AGENT_VERSION,
                 boot_id=self.boot_id(),
-                config_version=self.applier.current_version,
+                # A simulated unhealthy image reports no config: the server sees it not applied.
+                config_version="" if self._sim == "unhealthy" else self.applier.current_version,
                 staged_config_version=self.applier.staged_version,
                 reverted_config_version=self.applier.reverted_version,
                 inventory=inventory_to_pb(inv),
                 machine_id=self.o.machine_id,
+                **self._slot_fields(),
             )
         )
+
+    def _slot_fields(self) -> dict[str, str]:
+        if self.slots is None:
+            return {}
+        r = self.slots.report()
+        return {
+            "image_digest": r.image_digest,
+            "slot": r.slot,
+            "last_good_digest": r.last_good_digest,
+        }
 
     def _send(self, msg: pb.AgentMessage) -> None:
         if self._outq is not None:
@@ -314,6 +414,7 @@ class Agent:
         call = pb_grpc.AgentSessionStub(channel).Session(outgoing())
         hb: asyncio.Task[None] | None = None
         stopper = asyncio.get_running_loop().create_task(stop.wait())
+        waker = asyncio.get_running_loop().create_task(self._interrupt.wait())
         try:
             await call.initial_metadata()
             self._outq = outq
@@ -321,10 +422,12 @@ class Agent:
             reader = call.__aiter__()
             while True:
                 nxt = asyncio.ensure_future(reader.__anext__())
-                done, _ = await asyncio.wait({nxt, stopper}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {nxt, stopper, waker}, return_when=asyncio.FIRST_COMPLETED
+                )
                 if nxt not in done:
                     nxt.cancel()
-                    break  # stop requested
+                    break  # stop requested, or a reset (watchdog, BMC)
                 try:
                     msg = nxt.result()
                 except StopAsyncIteration:
@@ -346,6 +449,7 @@ class Agent:
                 task.cancel()
             self._node_ops.clear()
             stopper.cancel()
+            waker.cancel()
             if hb:
                 hb.cancel()
             outq.put_nowait(None)
@@ -455,6 +559,10 @@ class Agent:
                 applied_version=self.applier.current_version,
                 error="" if ok else "no pending try with that version",
             )
+        elif op == "upgrade":
+            result = await self._upgrade(cmd.id, cmd.upgrade)
+        elif op == "mark_good":
+            result = self._mark_good(cmd.id, cmd.mark_good)
         elif op == "reboot":
             result = pb.CommandResult(
                 command_id=cmd.id,
@@ -473,8 +581,36 @@ class Agent:
             raise _DropSession("fault injection: dropped before sending the result")
         self._send(pb.AgentMessage(result=result))
 
+    async def _upgrade(self, command_id: str, up: pb.Upgrade) -> pb.CommandResult:
+        if self.slots is None:
+            return pb.CommandResult(
+                command_id=command_id, ok=False, error="not installed: this machine has no slots"
+            )
+        try:
+            await asyncio.to_thread(self.slots.upgrade, up, self.o.trusted_keys, fetcher())
+        except UpgradeRefused as exc:
+            log.warning("upgrade refused machine=%s: %s", self.o.machine_id, exc)
+            return pb.CommandResult(command_id=command_id, ok=False, error=str(exc))
+        return pb.CommandResult(command_id=command_id, ok=True, rebooting=True)
+
+    def _mark_good(self, command_id: str, mg: pb.MarkGood) -> pb.CommandResult:
+        if self.slots is None:
+            return pb.CommandResult(command_id=command_id, ok=False, error="no slots")
+        try:
+            self.slots.mark_good(mg.image_digest)
+        except UpgradeRefused as exc:
+            return pb.CommandResult(command_id=command_id, ok=False, error=str(exc))
+        if self._watchdog:
+            self._watchdog.cancel()
+            self._watchdog = None
+        return pb.CommandResult(command_id=command_id, ok=True)
+
     def _apply(self, command_id: str, ac: pb.ApplyConfig) -> pb.CommandResult:
         a = self.applier
+        if self._sim == "unhealthy":
+            return pb.CommandResult(
+                command_id=command_id, ok=False, error="simulated: services failed to start"
+            )
 
         def res(ok: bool, error: str = "", rebooting: bool = False) -> pb.CommandResult:
             return pb.CommandResult(

@@ -69,6 +69,25 @@ class Manifest:
     def files(self) -> tuple[ImageFile, ...]:
         return (self.kernel, *self.initrds)
 
+    @classmethod
+    def from_canonical(cls, text: str) -> Manifest:
+        """Parse a canonical manifest; ManifestError unless ``text`` is exactly canonical (a
+        signature covers bytes, so a re-serialized variant must not pass as the signed one)."""
+        try:
+            doc = json.loads(text)
+            m = cls(
+                name=str(doc["name"]),
+                version=str(doc["version"]),
+                kernel=ImageFile(str(doc["kernel"]["file"]), str(doc["kernel"]["sha256"])),
+                initrds=tuple(ImageFile(str(f["file"]), str(f["sha256"])) for f in doc["initrds"]),
+                args=tuple(str(a) for a in doc["args"]),
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ManifestError(f"not an image manifest: {exc}") from None
+        if m.canonical() != text.encode():
+            raise ManifestError("the manifest is not in canonical form")
+        return m
+
 
 @dataclass(frozen=True)
 class TrustedKey:

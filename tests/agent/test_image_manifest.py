@@ -107,3 +107,12 @@ def test_check_file() -> None:
     check_file(M.kernel, "a" * 64)
     with pytest.raises(ManifestError, match="vmlinuz-1.2.0: sha256 ccc"):
         check_file(M.kernel, "c" * 64)
+
+
+def test_from_canonical_round_trips_and_refuses_variants() -> None:
+    text = M.canonical().decode()
+    assert Manifest.from_canonical(text) == M
+    with pytest.raises(ManifestError, match="not in canonical form"):
+        Manifest.from_canonical(json.dumps(json.loads(text), indent=1))
+    with pytest.raises(ManifestError, match="not an image manifest"):
+        Manifest.from_canonical('{"name": "x"}')

@@ -1,0 +1,182 @@
+"""The agent's side of upgrades: its install disk's A/B slots, seen through the session.
+
+* ``Upgrade`` (``upgrade()``): parse the canonical manifest, check the signature when the agent
+  has trusted keys (it refuses what the server should have refused), stream every file from the
+  server into the *inactive* slot while hashing (``agent.install``: the active slot is never
+  written; a failure leaves the machine as it was, nothing armed), arm the bootloader to try the
+  new slot (``tries`` boots, the current slot as fallback), record ``preserve``, then reboot.
+* ``MarkGood`` (``mark_good()``): the server found the machine healthy on the image it booted:
+  that slot becomes the default, the last good one.
+* Every boot (``on_boot()``): on the first boot of a new slot with ``preserve=false``, EPHEMERAL
+  is wiped, never earlier (the new slot is then known to boot). An unconfirmed boot arms the
+  agent's own watchdog: not marked good within ``confirm_timeout_seconds``, it reboots, and boot
+  counting returns to the last good slot (a machine without a BMC recovers too).
+
+A slot's manifest ``version`` is the image's digest (SHA-256 of its canonical manifest), so what
+the agent reports in ``Hello`` is exactly what the server planned.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import httpx
+
+from agent.gen import agent_pb2 as pb
+from agent.identity import write_file
+from agent.image_manifest import Manifest, ManifestError, TrustedKey, verify
+from agent.install import InstallError, SandboxBackend, SlotError, SlotStore, grub_boot
+from agent.install import Manifest as SlotManifest
+from agent.install.boot import Slot, slot_from_cmdline
+from agent.install.slots import SlotBackend
+
+log = logging.getLogger(__name__)
+
+WATCHDOG_FILE = "upgrade-watchdog.json"
+
+
+class UpgradeRefused(Exception):
+    """The upgrade was not applied; the message says why (sent back as the command's error)."""
+
+
+@dataclass(frozen=True)
+class SlotReport:
+    image_digest: str
+    slot: str
+    last_good_digest: str
+
+
+Source = Callable[[str], Callable[[], BinaryIO]]
+
+
+def fetcher(timeout: float = 60.0) -> Source:
+    """Each URL becomes a callable returning the file's body (``agent.install`` hashes what it
+    writes against the manifest, so a wrong or truncated body fails the slot write)."""
+
+    def source(url: str) -> Callable[[], BinaryIO]:
+        def open_stream() -> BinaryIO:
+            resp = httpx.get(url, timeout=timeout, follow_redirects=False)
+            if resp.status_code != 200:
+                raise InstallError(f"{url}: HTTP {resp.status_code}")
+            return io.BytesIO(resp.content)
+
+        return open_stream
+
+    return source
+
+
+class NodeSlots:
+    """The slots of an installed machine (or of a simulated one under ``--root``)."""
+
+    def __init__(self, backend: SlotBackend, booted: Slot, state_dir: Path) -> None:
+        self.store = SlotStore(backend, booted)
+        self.state_dir = state_dir
+
+    @classmethod
+    def detect(cls, root: Path, state_dir: Path) -> NodeSlots | None:
+        """A sandbox disk at ``ROOT/system`` (simulated machines); None when netbooted.
+
+        Real disks are found the same way once the OS image mounts STATE (``docs/install.md``);
+        until a machine is installed it has no slots and reports none."""
+        system = root / "system"
+        if not (system / "STATE" / "grub" / "grubenv").exists():
+            return None
+        backend = SandboxBackend(system)
+        booted = slot_from_cmdline(_read(root / "proc/cmdline")) or grub_boot(backend)
+        return cls(backend, booted, state_dir)
+
+    def report(self) -> SlotReport:
+        st = self.store.status()
+        return SlotReport(
+            image_digest=st.booted_version or "",
+            slot=st.booted.value,
+            last_good_digest=st.versions.get(st.last_good) or "",
+        )
+
+    def booted_args(self) -> tuple[str, ...]:
+        m = self.store.manifest(self.store.booted)
+        return m.kernel_args if m else ()
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def upgrade(
+        self,
+        cmd: pb.Upgrade,
+        keys: Sequence[TrustedKey],
+        source: Source,
+    ) -> str:
+        """Write and arm; returns the image digest. UpgradeRefused: nothing was armed."""
+        try:
+            manifest = Manifest.from_canonical(cmd.manifest_json)
+            if keys:
+                if not cmd.signature:
+                    raise UpgradeRefused("the image is unsigned and this agent has trusted keys")
+                verify(manifest, cmd.signature, keys)
+        except ManifestError as exc:
+            raise UpgradeRefused(str(exc)) from None
+        if len(cmd.urls) != len(manifest.files):
+            raise UpgradeRefused(f"{len(manifest.files)} files but {len(cmd.urls)} urls")
+        digest = manifest.digest()
+        if self.report().image_digest == digest:
+            raise UpgradeRefused(f"already running image {digest[:12]}")
+        files = {f.file: source(url) for f, url in zip(manifest.files, cmd.urls, strict=True)}
+        slot_manifest = SlotManifest(
+            version=digest,
+            kernel=manifest.kernel.file,
+            initrds=tuple(f.file for f in manifest.initrds),
+            kernel_args=manifest.args,
+            sha256={f.file: f.sha256 for f in manifest.files},
+        )
+        target = self.store.inactive()
+        try:
+            self.store.write_inactive(files, slot_manifest)
+            self.store.arm_try(target, tries=max(1, cmd.tries or 1), preserve=cmd.preserve)
+        except (InstallError, SlotError, OSError) as exc:
+            raise UpgradeRefused(f"writing slot {target} failed: {exc}") from None
+        write_file(
+            self.state_dir / WATCHDOG_FILE,
+            json.dumps({"digest": digest, "timeout": cmd.confirm_timeout_seconds}).encode(),
+        )
+        log.info("upgrade written slot=%s image=%s preserve=%s", target, digest[:12], cmd.preserve)
+        return digest
+
+    def mark_good(self, digest: str) -> None:
+        running = self.report().image_digest
+        if digest and digest != running:
+            raise UpgradeRefused(f"running image {running[:12]}, not {digest[:12]}")
+        try:
+            self.store.confirm_good()
+        except SlotError as exc:
+            raise UpgradeRefused(str(exc)) from None
+        (self.state_dir / WATCHDOG_FILE).unlink(missing_ok=True)
+
+    # -- boot ------------------------------------------------------------------------------------
+
+    def on_boot(self) -> float | None:
+        """Wipe EPHEMERAL if this first boot of a new slot asked for it; returns the watchdog
+        deadline (monotonic) when this boot is an unconfirmed try, else None."""
+        if self.store.wipe_ephemeral_if_requested():
+            log.info("EPHEMERAL wiped on the first boot of slot %s", self.store.booted)
+        st = self.store.status()
+        if st.last_good == st.booted:
+            (self.state_dir / WATCHDOG_FILE).unlink(missing_ok=True)
+            return None
+        try:
+            timeout = float(json.loads(_read(self.state_dir / WATCHDOG_FILE))["timeout"])
+        except (ValueError, KeyError, TypeError):
+            timeout = 600.0
+        return time.monotonic() + max(timeout, 1.0)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
