@@ -82,8 +82,12 @@ class Client:
     token: str | None
     timeout: float = 30.0
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+    def request(
+        self, method: str, path: str, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> Any:
+        headers = dict(headers or {})
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
         try:
             resp = httpx.request(
                 method, self.url + path, headers=headers, timeout=self.timeout, **kwargs
