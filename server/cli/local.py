@@ -11,7 +11,7 @@ timeline sink then backs off (see :mod:`server.boot.remote`).
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import httpx
 import typer
@@ -38,7 +38,7 @@ def serve(
     from server.app import create_app
     from server.settings import ServerSettings
 
-    flags = {"api_host": host, "api_port": port}
+    flags: dict[str, Any] = {"api_host": host, "api_port": port}
     settings = ServerSettings(**{k: v for k, v in flags.items() if v is not None})
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -136,7 +136,7 @@ def pxe_cmd(
     ] = None,
     token: Annotated[str | None, typer.Option("--token", hidden=True)] = None,
 ) -> None:
-    """Run the boot plane (DHCP + TFTP) alone, asking SERVER what to boot (BRONZE_PXE_* settings)."""
+    """Run the boot plane (DHCP + TFTP) alone, asking SERVER what to boot (BRONZE_PXE_*)."""
     import asyncio
     import logging
 

@@ -254,7 +254,7 @@ def machines_timeline(
     token_file: TokenFileOpt = None,
     output: OutOpt = Output.table,
 ) -> None:
-    """Network-boot steps (DHCP, TFTP, script, kernel, initrd), oldest first: where a boot stopped."""
+    """Network-boot steps (DHCP, TFTP, script, kernel, initrd), oldest first."""
     from server.inventory.validation import normalize_mac
 
     try:
