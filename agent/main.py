@@ -31,14 +31,12 @@ TOKEN_ENV = "BRONZE_AGENT_TOKEN"  # noqa: S105 - a variable name, not a secret
 """Environment variable with the bootstrap token (argv is visible to every user in ps)."""
 
 
-def bootstrap_token(
-    token_file: Path | None, env: dict[str, str], cmdline: str | None
-) -> str | None:
+def bootstrap_token(token_file: Path | None, env: dict[str, str], cmdline: str) -> str:
     """The bootstrap token: ``--token-file``, then ``BRONZE_AGENT_TOKEN``, then the kernel
     command line's ``bronze.token=`` (how a network boot passes it). Raises ``OSError`` when
     the file cannot be read."""
     if token_file is not None:
-        return token_file.read_text().strip() or None
+        return token_file.read_text().strip()
     return env.get(TOKEN_ENV, "").strip() or cmdline
 
 
