@@ -23,12 +23,22 @@ from server.cli.common import (
 
 app = typer.Typer(no_args_is_help=True, help="Machine inventory.")
 
+
+def bmc_label(bmc: dict[str, Any] | None) -> str | None:
+    """``driver://address[:port]`` (IPv6 in brackets), the whole endpoint in one cell."""
+    if not bmc:
+        return None
+    host = f"[{bmc['address']}]" if ":" in bmc["address"] else bmc["address"]
+    port = f":{bmc['port']}" if bmc.get("port") else ""
+    return f"{bmc['driver']}://{host}{port}"
+
+
 MACHINE_COLUMNS = [
     Col("NAME", lambda m: m["name"], key=True),
     Col("PHASE", lambda m: m["phase"]),
     Col("POWER", lambda m: m["power"]["observed"]),
     Col("MACS", lambda m: "\n".join(n["mac"] for n in m["nics"]), key=True),
-    Col("BMC", lambda m: m["bmc"] and f"{m['bmc']['driver']}://{m['bmc']['address']}", key=True),
+    Col("BMC", lambda m: bmc_label(m["bmc"]), key=True),
     Col("LABELS", lambda m: ",".join(f"{k}={v}" for k, v in m["labels"].items()), priority=1),
 ]
 EVENT_COLUMNS = [
