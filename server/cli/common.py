@@ -190,11 +190,6 @@ def show(data: Any, output: Output, cols: Sequence[Col]) -> None:
     render_table(data if isinstance(data, list) else [data], cols, out_console())
 
 
-def show_doc(data: Any, output: Output) -> None:
-    """A nested document (config, dry-run): JSON either way (tables do not fit trees)."""
-    emit_json(data)
-
-
 def read_secret_file(path: str) -> str:
     try:
         with open(path) as fh:

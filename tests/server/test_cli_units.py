@@ -134,3 +134,48 @@ def test_no_import_cycle_between_cli_modules() -> None:
         tree = ast.parse(module.read_text())
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         assert "server.cli.main" not in imported, module.name
+
+
+class _FakeOps:
+    """The REST seam: each GET of the operation answers the next status."""
+
+    def __init__(self, statuses: list[str]) -> None:
+        self.statuses = iter(statuses)
+
+    def request(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        status = next(self.statuses)
+        done = "succeeded" if status == "succeeded" else "running"
+        return {"id": "op-1", "action": "on", "status": status, "items": [{"status": done}]}
+
+
+@pytest.mark.parametrize(
+    ("output", "lines"),
+    [
+        (
+            "table",
+            [
+                "operation op-1 on: queued (0/1 machines done)",
+                "operation op-1 on: running (0/1 machines done)",
+                "operation op-1 on: succeeded (1/1 machines done)",
+            ],
+        ),
+        ("json", []),
+    ],
+    ids=["plain-lines-off-a-terminal", "json-prints-nothing"],
+)
+def test_wait_progress_without_a_terminal(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    output: str,
+    lines: list[str],
+) -> None:
+    from server.cli import progress
+    from server.cli.common import Output
+
+    monkeypatch.setattr(progress, "stderr_is_tty", lambda: False)
+    op = {"id": "op-1", "action": "on", "status": "queued", "items": [{"status": "queued"}]}
+    fake = _FakeOps(["running", "running", "succeeded"])
+    done = progress.wait_ops(fake, [op], 60, Output(output), sleep=lambda _s: None)  # type: ignore[arg-type]
+    assert done[0]["status"] == "succeeded"
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.splitlines() == lines
