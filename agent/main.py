@@ -3,7 +3,8 @@
 * ``bronze-agent run --root DIR``      — be the agent of the machine whose filesystem is at DIR
   (``/`` on a real node; a sandbox tree in tests). Boot parameters come from DIR/proc/cmdline
   (``bronze.machine``, ``bronze.token``, ``bronze.server``, ``bronze.enroll``, ``bronze.ca``);
-  flags override them.
+  flags override them. The bootstrap token never comes from argv: ``--token-file FILE`` or
+  ``BRONZE_AGENT_TOKEN`` override ``bronze.token=``.
 * ``bronze-agent simulate --count N --root-template DIR --work DIR --tokens FILE ...`` — N
   simulated machines in one process (see :mod:`agent.simulate`).
 * ``bronze-agent inventory --root DIR`` — print the inventory as JSON.
@@ -17,6 +18,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 from pathlib import Path
@@ -24,6 +26,18 @@ from pathlib import Path
 from agent.client import Agent, AgentFatalError, AgentOptions
 from agent.identity import read_boot_params
 from agent.inventory import collect
+
+TOKEN_ENV = "BRONZE_AGENT_TOKEN"  # noqa: S105 - a variable name, not a secret
+"""Environment variable with the bootstrap token (argv is visible to every user in ps)."""
+
+
+def bootstrap_token(token_file: Path | None, env: dict[str, str], cmdline: str) -> str:
+    """The bootstrap token: ``--token-file``, then ``BRONZE_AGENT_TOKEN``, then the kernel
+    command line's ``bronze.token=`` (how a network boot passes it). Raises ``OSError`` when
+    the file cannot be read."""
+    if token_file is not None:
+        return token_file.read_text().strip()
+    return env.get(TOKEN_ENV, "").strip() or cmdline
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,7 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--server", help="session endpoint HOST:PORT (bronze.server=)")
     run.add_argument("--enroll", help="enrollment endpoint HOST:PORT (bronze.enroll=)")
     run.add_argument("--machine", help="machine id (bronze.machine=)")
-    run.add_argument("--token", help="bootstrap token (bronze.token=)")
+    run.add_argument(
+        "--token-file",
+        type=Path,
+        help=f"file with the bootstrap token (else {TOKEN_ENV}, else bronze.token=)",
+    )
+    run.add_argument("--token", help=argparse.SUPPRESS)  # refused: argv is readable by all
     run.add_argument("--ca", type=Path, help="fleet CA PEM (default ROOT + bronze.ca=)")
     run.add_argument("--server-name", help="TLS name to verify instead of the dialled host")
     run.add_argument("--heartbeat", type=float, default=30.0, help="seconds between heartbeats")
@@ -70,8 +89,20 @@ async def _run_until_signal(coro_factory) -> None:  # type: ignore[no-untyped-de
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    if args.token is not None:
+        print(
+            "bronze-agent: tokens are never taken from argv (other users can read it in ps); "
+            f"use --token-file or {TOKEN_ENV}",
+            file=sys.stderr,
+        )
+        return 2
     root: Path = args.root
     bp = read_boot_params(root)
+    try:
+        token = bootstrap_token(args.token_file, dict(os.environ), bp.token)
+    except OSError as exc:
+        print(f"bronze-agent: cannot read {args.token_file}: {exc.strerror}", file=sys.stderr)
+        return 2
     ca_path = args.ca or (root / bp.ca_path.lstrip("/"))
     try:
         ca_pem = ca_path.read_bytes()
@@ -85,7 +116,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         root=root,
         state_dir=args.state or (root / "var/lib/bronze"),
         machine_id=args.machine or bp.machine_id,
-        token=args.token or bp.token,
+        token=token,
         server=server,
         enroll=args.enroll or bp.enroll,
         ca_pem=ca_pem,

@@ -62,6 +62,22 @@ class AgentGone(ApiError):
     status, code, template = 502, "agent_disconnected", "{message}"
 
 
+class AgentNeverConnected(ApiError):
+    """A command for a machine whose agent never enrolled nor said hello: queuing it would
+    answer "queued" for something no agent will ever receive."""
+
+    status, code = 409, "agent_never_connected"
+    template = (
+        "machine {machine} has never had a connected agent: nothing would deliver the {command}"
+    )
+
+
+def _ever_had_agent(ctx: Context, machine_id: str) -> bool:
+    with ctx.db.read() as s:
+        st = s.get(AgentState, machine_id)
+        return st is not None and (st.cert_serial is not None or st.hello_at is not None)
+
+
 def agent_api(request: Request) -> AgentApiServer:
     api: AgentApiServer | None = request.app.state.agent_api
     if api is None:
@@ -164,6 +180,8 @@ async def machine_reboot(
     mid = await run_in_threadpool(_machine_id, ctx, key)
     api = agent_api(request)
     here = api.hub.is_connected(mid)  # before: the agent may be gone (rebooting) right after
+    if not here and not await run_in_threadpool(_ever_had_agent, ctx, mid):
+        raise AgentNeverConnected(machine=key, command="reboot", details={"machine_id": mid})
     command_id = await api.hub.reboot(mid)
 
     def audit() -> None:

@@ -7,7 +7,9 @@ posted to ``POST /api/v1/boot/timeline`` by ``HttpTimelineSink``. Both use a tok
 
 The sink never blocks the DHCP/TFTP loop: events go into a bounded buffer (overflow is dropped
 and counted); a task posts them every ``interval`` seconds. If the server is unreachable, the
-batch is kept (up to the buffer bound) and retried on the next tick.
+batch is kept (up to the buffer bound) and retried later: after each failed post the wait
+doubles (``interval`` up to ``max_interval``, 60 s) and a success brings it back, so a wrong
+token or a server that is down costs one log line per minute, not two per second.
 """
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ from pxe import (
 log = logging.getLogger(__name__)
 
 
+def next_delay(current: float, ok: bool, base: float, cap: float) -> float:
+    """Pure: the wait before the next post: ``base`` after a success, doubled (up to ``cap``)
+    after a failure."""
+    return base if ok else min(cap, max(current, base) * 2)
+
+
 class HttpTimelineSink:
     """A ``pxe.TimelineSink`` that posts batches to the central server."""
 
@@ -42,6 +50,7 @@ class HttpTimelineSink:
         limit: int = 10_000,
         batch: int = 500,
         interval: float = 0.5,
+        max_interval: float = 60.0,
         client: httpx.AsyncClient | None = None,
     ) -> None:
         self._url = base_url.rstrip("/") + "/api/v1/boot/timeline"
@@ -49,6 +58,7 @@ class HttpTimelineSink:
         self._client = client or httpx.AsyncClient(timeout=5.0, follow_redirects=False)
         self._buf: collections.deque[dict[str, Any]] = collections.deque()
         self.limit, self.batch, self.interval = limit, batch, interval
+        self.max_interval, self.delay, self.failures = max_interval, interval, 0
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
         self.posted = 0
@@ -78,10 +88,13 @@ class HttpTimelineSink:
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.interval)
-            await self.flush()
+            await asyncio.sleep(self.delay)
+            ok = await self.flush()
+            self.failures = 0 if ok else self.failures + 1
+            self.delay = next_delay(self.delay, ok, self.interval, self.max_interval)
 
-    async def flush(self) -> None:
+    async def flush(self) -> bool:
+        """Post what is buffered; False when a post failed (the rest is kept)."""
         while self._buf:
             n = min(self.batch, len(self._buf))
             events = [self._buf[i] for i in range(n)]
@@ -96,17 +109,21 @@ class HttpTimelineSink:
                     type(exc).__name__,
                     len(self._buf),
                 )
-                return
+                return False
             if resp.status_code == 422:
                 log.error("timeline batch refused by the server (422); %d events dropped", n)
             elif resp.status_code != 202:
                 log.warning(
-                    "timeline post answered HTTP %d; kept=%d", resp.status_code, len(self._buf)
+                    "timeline post answered HTTP %d; kept=%d next_try_s=%g",
+                    resp.status_code,
+                    len(self._buf),
+                    next_delay(self.delay, False, self.interval, self.max_interval),
                 )
-                return
+                return False
             for _ in range(n):
                 self._buf.popleft()
             self.posted += n
+        return True
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -1,8 +1,10 @@
-"""A small REST client for the ``bronze`` CLI (and scripts): URL and token resolution, one error type.
+"""A small REST client for the ``bronze`` CLI (and scripts): URL and token resolution, one
+error type.
 
 Resolution order for the URL and token: command-line flags, then ``BRONZE_URL`` / ``BRONZE_TOKEN``
 (or ``BRONZE_TOKEN_FILE``), then the config file (``BRONZE_CONFIG`` or
-``~/.config/bronze/config.toml`` with ``url = "..."`` and ``token_file = "..."`` or ``token = "..."``),
+``~/.config/bronze/config.toml`` with ``url = "..."`` and ``token_file = "..."`` or
+``token = "..."``),
 then the local server's ``<data_dir>/admin.token`` when it is readable. Tokens are never taken
 from argv: the flag is ``--token-file``.
 """
@@ -82,8 +84,12 @@ class Client:
     token: str | None
     timeout: float = 30.0
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+    def request(
+        self, method: str, path: str, headers: dict[str, str] | None = None, **kwargs: Any
+    ) -> Any:
+        headers = dict(headers or {})
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
         try:
             resp = httpx.request(
                 method, self.url + path, headers=headers, timeout=self.timeout, **kwargs

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import typer
 
 from server.cli.client import Client, ClientError
-from server.cli.main import OutOpt, Output, TokenFileOpt, UrlOpt, client, show
+from server.cli.common import Col, OutOpt, Output, TokenFileOpt, UrlOpt, client, emit_json, show
 
 
 class NodeOp(StrEnum):
@@ -31,22 +31,23 @@ class NodeOp(StrEnum):
 
 
 STATS_COLUMNS = [
-    ("NODE", lambda r: r["node"]),
-    ("UPTIME_S", lambda r: round(r["data"]["uptime_seconds"])),
-    ("LOAD", lambda r: " ".join(f"{x:g}" for x in r["data"]["load"])),
-    ("MEM_TOTAL_MIB", lambda r: r["data"]["memory_total_bytes"] // 2**20),
-    ("MEM_AVAIL_MIB", lambda r: r["data"]["memory_available_bytes"] // 2**20),
+    Col("NODE", lambda r: r["node"], key=True),
+    Col("UPTIME_S", lambda r: round(r["data"]["uptime_seconds"])),
+    Col("LOAD", lambda r: " ".join(f"{x:g}" for x in r["data"]["load"])),
+    Col("MEM_TOTAL_MIB", lambda r: r["data"]["memory_total_bytes"] // 2**20),
+    Col("MEM_AVAIL_MIB", lambda r: r["data"]["memory_available_bytes"] // 2**20),
 ]
 SERVICE_COLUMNS = [
-    ("NODE", lambda r: r["node"]),
-    ("SERVICE", lambda r: r["name"]),
-    ("STATE", lambda r: r.get("state")),
-    ("PID", lambda r: r.get("pid")),
+    Col("NODE", lambda r: r["node"], key=True),
+    Col("SERVICE", lambda r: r["name"], key=True),
+    Col("STATE", lambda r: r.get("state")),
+    Col("PID", lambda r: r.get("pid")),
 ]
 REBOOT_COLUMNS = [
-    ("NODE", lambda r: r["node"]),
-    ("COMMAND", lambda r: r["command_id"]),
-    ("DELIVERY", lambda r: r["delivery"]),
+    Col("NODE", lambda r: r["node"], key=True),
+    Col("COMMAND", lambda r: r["command_id"], key=True),
+    Col("DELIVERY", lambda r: r["delivery"]),
+    Col("CONNECTED", lambda r: r.get("connected")),
 ]
 
 
@@ -62,7 +63,7 @@ def _print_text(node: str, text: str, prefix: bool) -> None:
 def _one(cl: Client, node: str, op: NodeOp, service: str, tail: int) -> dict[str, Any]:
     if op is NodeOp.reboot:
         r = cl.request("POST", f"/api/v1/machines/{node}/reboot")
-        return {"node": node, "command_id": r["command_id"], "delivery": r.get("delivery")}
+        return {"node": node, **r}
     params: dict[str, Any] = {"tail_lines": tail}
     if service:
         params["service"] = service
@@ -151,7 +152,7 @@ def node(
             failed = True
             _err(n, str(exc))
     if output is Output.json:
-        typer.echo(json.dumps(results, indent=2))
+        emit_json(results)
     elif op is NodeOp.reboot:
         show(results, output, REBOOT_COLUMNS)
     elif op is NodeOp.stats:

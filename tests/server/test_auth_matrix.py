@@ -68,7 +68,10 @@ MATRIX: dict[tuple[str, str], str | None] = {
 # "boot" is beside the nesting, not in it: only boot and admin tokens may call those endpoints,
 # and a boot token may call nothing else.
 # Allowed callers that may still get this status (the machine's agent is not connected here).
-ALLOWED_STATUS = {("GET", "/api/v1/machines/{key}/node/{op}"): 409}
+ALLOWED_STATUS = {
+    ("GET", "/api/v1/machines/{key}/node/{op}"): 409,
+    ("POST", "/api/v1/machines/{key}/reboot"): 409,  # agent_never_connected
+}
 RANK = {None: -1, "reader": 0, "operator": 1, "admin": 2}
 # A valid body/key per endpoint so an authorised call gets past validation.
 BODIES = {

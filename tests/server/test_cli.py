@@ -130,7 +130,7 @@ def test_cli_errors_are_one_line(api_sqlite: RunningServer, tmp_path: Path) -> N
         and r.stderr.count("\n") == 1
         and r.stderr.startswith("error: 422 invalid")
     )
-    r = run(api_sqlite, tmp_path, "machines", "list", token="brz_wrong")
+    r = run(api_sqlite, tmp_path, "machines", "list", token="brz_wrong")  # noqa: S106 - wrong on purpose
     assert r.returncode == 1 and "401 unauthenticated" in r.stderr and "Traceback" not in r.stderr
     r = run(
         api_sqlite, tmp_path, "machines", "list", extra_env={"BRONZE_URL": "http://127.0.0.1:1"}
