@@ -15,6 +15,8 @@ profiles, assets   /api/v1/profiles, /api/v1/assets
 config             /api/v1/config-patches, /api/v1/machines/{id}/config
 agent              /api/v1/machines/{id}/agent, /enrollment-token
 node               /api/v1/machines/{id}/reboot, /node/{op}
+images             /api/v1/images
+upgrade            /api/v1/upgrades
 =================  ==========================================================
 """
 
@@ -26,7 +28,19 @@ from typing import Annotated
 
 import typer
 
-from server.cli import agent, boot, config, events, local, machines, node, power, tokens
+from server.cli import (
+    agent,
+    boot,
+    config,
+    events,
+    images,
+    local,
+    machines,
+    node,
+    power,
+    tokens,
+    upgrades,
+)
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="bronze: bare-metal fleet manager"
@@ -71,6 +85,8 @@ app.add_typer(boot.profiles_app, name="profiles")
 app.add_typer(boot.assets_app, name="assets")
 app.add_typer(config.app, name="config")
 app.add_typer(agent.app, name="agent")
+app.add_typer(images.app, name="images")
+app.add_typer(upgrades.app, name="upgrade")
 app.command("node")(node.node)
 
 

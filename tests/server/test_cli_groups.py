@@ -51,6 +51,15 @@ RESOURCE_COMMANDS: dict[str, str | None] = {
     "/api/v1/machines/{key}/agent/revoke": "agent revoke",
     "/api/v1/machines/{key}/reboot": "node",
     "/api/v1/machines/{key}/node/{op}": "node",
+    "/api/v1/images": "images list",
+    "/api/v1/images/{name}": "images show",
+    "/api/v1/images/{name}/manifest": "images sign",
+    "/api/v1/images/{name}/signature": "images sign",
+    "/api/v1/upgrades": "upgrade start",
+    "/api/v1/upgrades/{rollout_id}": "upgrade status",
+    "/api/v1/upgrades/{rollout_id}/pause": "upgrade pause",
+    "/api/v1/upgrades/{rollout_id}/resume": "upgrade resume",
+    "/api/v1/upgrades/{rollout_id}/abort": "upgrade abort",
     "/api/v1/boot/decide": None,  # bronze pxe asks it (role boot)
     "/boot.ipxe": None,  # iPXE firmware fetches it
     "/assets/{name}": None,  # firmware downloads kernels here
