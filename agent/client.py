@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import functools
 import json
 import logging
@@ -40,6 +39,7 @@ from typing import Any
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
 
 from agent import nodeops
 from agent.apply import ApplyError, ConfigApplier, reboot_needed
@@ -47,6 +47,7 @@ from agent.gen import agent_pb2 as pb
 from agent.gen import agent_pb2_grpc as pb_grpc
 from agent.identity import Credentials, CredentialStore, new_key_and_csr, write_file
 from agent.inventory import Inventory, collect
+from agent.trouble import ServerClock, TroubleReporter
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,11 @@ class EnrollDenied(Exception):
     """The server refused the bootstrap token."""
 
 
+class EnrollPending(Exception):
+    """The token is good but the machine is not accepted yet (phase ``discovered``): no
+    certificate. Retried with backoff, with the same token."""
+
+
 class _DropSession(Exception):
     """Fault injection: end the session abruptly."""
 
@@ -93,6 +99,7 @@ class AgentOptions:
     fault: str = ""  # "drop-before-result": drop the session once, after applying a config
     inventory: Inventory | None = None
     extra_channel_options: list[tuple[str, Any]] = field(default_factory=list)
+    clock_offset: float = 0.0  # seconds added to the system clock (simulating a skewed clock)
 
 
 class Journal:
@@ -152,6 +159,10 @@ class Agent:
         self._fault_used = False
         self._reboot_requested: pb.Reboot | None = None
         self._node_ops: dict[str, asyncio.Task[None]] = {}
+        self.clock = ServerClock(opts.clock_offset)
+        self.trouble = TroubleReporter(
+            opts.enroll, opts.ca_pem, self.clock, self._channel_options()
+        )
 
     # -- boot -------------------------------------------------------------------------------------
 
@@ -204,6 +215,12 @@ class Agent:
                 raise
             except EnrollDenied:
                 log.warning("enrollment denied machine=%s", self.o.machine_id)
+                await self._report("enrollment denied")
+            except EnrollPending:
+                log.warning(
+                    "enrollment pending: machine %s not accepted by an operator yet; retrying",
+                    self.o.machine_id,
+                )
             except grpc.aio.AioRpcError as exc:
                 log.info(
                     "session ended machine=%s code=%s details=%s",
@@ -211,6 +228,8 @@ class Agent:
                     exc.code().name,
                     exc.details(),
                 )
+                if not established:
+                    await self._report(f"session failed: {exc.code().name}")
             except (OSError, _DropSession) as exc:
                 log.info("session dropped machine=%s error=%s", self.o.machine_id, exc)
             if self._reboot_requested is not None:
@@ -228,11 +247,21 @@ class Agent:
     # -- identity ---------------------------------------------------------------------------------
 
     async def _ensure_credentials(self) -> Credentials:
-        now = dt.datetime.now(dt.UTC)
+        """A certificate valid by the server's clock (as far as the agent knows it), else a new
+        one from enrollment; with no token, the certificate we have (the server's clock judges)."""
         creds = self.creds or self.creds_store.load()
-        if creds is not None and creds.valid(now):
+        if creds is not None and not creds.valid(self.clock.now()):
+            self.creds = creds
+            await self._report(f"certificate not valid by local clock {self.clock.local()}")
+        # Valid by the server's clock, or nothing better to try (no token): the server judges.
+        if creds is not None and (creds.valid(self.clock.now()) or not self.o.token):
             return creds
         return await self._enroll()
+
+    async def _report(self, problem: str) -> None:
+        creds = self.creds or self.creds_store.load()
+        if creds is not None:
+            await self.trouble.report(self.o.machine_id or _cn(creds), creds, problem)
 
     def _channel_options(self) -> list[tuple[str, Any]]:
         opts = list(CHANNEL_OPTIONS) + list(self.o.extra_channel_options)
@@ -257,12 +286,15 @@ class Agent:
                         bootstrap_token=self.o.token,
                         machine_id=self.o.machine_id,
                         csr_pem=csr_pem.decode(),
+                        inventory=inventory_to_pb(self._collect_inventory()),
                     ),
                     timeout=15,
                 )
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
                     raise EnrollDenied() from None
+                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    raise EnrollPending() from None
                 raise
         result = Credentials(key_pem, resp.cert_pem.encode(), resp.ca_pem.encode())
         self.creds_store.save(result)
@@ -271,10 +303,13 @@ class Agent:
 
     # -- session ----------------------------------------------------------------------------------
 
-    def _hello(self) -> pb.AgentMessage:
+    def _collect_inventory(self) -> Inventory:
         if self._inventory is None:
             self._inventory = self.o.inventory or collect(self.o.root)
-        inv = self._inventory
+        return self._inventory
+
+    def _hello(self) -> pb.AgentMessage:
+        inv = self._collect_inventory()
         return pb.AgentMessage(
             hello=pb.Hello(
                 agent_version=AGENT_VERSION,
@@ -389,7 +424,7 @@ class Agent:
     def _maybe_renew(self, force: bool = False) -> None:
         if self.creds is None or self._pending_key is not None:
             return
-        if force or self.creds.should_renew(dt.datetime.now(dt.UTC)):
+        if force or self.creds.should_renew(self.clock.now()):
             key_pem, csr_pem = new_key_and_csr(self.o.machine_id)
             self._pending_key = key_pem
             self._send(
@@ -574,6 +609,11 @@ class Agent:
             )
             return
         self._send(pb.AgentMessage(result=pb.CommandResult(command_id=cmd.id, ok=True)))
+
+
+def _cn(creds: Credentials) -> str:
+    attrs = creds.cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else ""
 
 
 def inventory_to_pb(inv: Inventory) -> pb.Inventory:
