@@ -128,7 +128,9 @@ class FleetCA:
     # -- creation / loading -----------------------------------------------------------------------
 
     @classmethod
-    def create(cls, name: str = "bronze fleet CA", **kw: object) -> FleetCA:
+    def create(
+        cls, name: str = "bronze fleet CA", *, lifetime: dt.timedelta = CA_LIFETIME, **kw: object
+    ) -> FleetCA:
         key = _new_key()
         now = _utcnow()
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
@@ -139,7 +141,7 @@ class FleetCA:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - DEFAULT_BACKDATE)
-            .not_valid_after(now + CA_LIFETIME)
+            .not_valid_after(now + lifetime)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
                 x509.KeyUsage(
