@@ -606,6 +606,10 @@ from server.cli.node import node as node_cmd  # noqa: E402
 
 app.command("node")(node_cmd)
 
+from server.cli.ca import ca_app  # noqa: E402
+
+app.add_typer(ca_app, name="ca")
+
 
 def main() -> None:  # pragma: no cover - console script shim
     sys.exit(app())
