@@ -162,11 +162,20 @@ def retire_previous_ca(directory: Path) -> bool:
     return True
 
 
+class PkiItem(StrEnum):
+    """A certificate the whole fleet depends on."""
+
+    FLEET_CA = "fleet CA"
+    """The signing fleet CA: every agent's trust and every client certificate hang on it."""
+    SERVER_CERT = "server certificate"
+    """The agent API's server certificate (both gRPC ports)."""
+
+
 @dataclass(frozen=True)
 class ExpiryWarning:
     """A certificate the fleet depends on that expires soon."""
 
-    what: str  # "fleet CA" | "server certificate"
+    what: PkiItem
     not_after: dt.datetime
 
     def message(self, now: dt.datetime) -> str:
@@ -181,7 +190,7 @@ def expiring(
     window: dt.timedelta = EXPIRY_WINDOW,
 ) -> list[ExpiryWarning]:
     """The signing CA and the server certificate when they expire within ``window``."""
-    found = [("fleet CA", ca_cert), ("server certificate", server_cert)]
+    found = [(PkiItem.FLEET_CA, ca_cert), (PkiItem.SERVER_CERT, server_cert)]
     return [
         ExpiryWarning(what, cert.not_valid_after_utc)
         for what, cert in found
@@ -217,5 +226,5 @@ def record_pki_expiry(db: Database, api: _ExpiryView) -> None:
                 actor="server",
                 kind="pki.expiring",
                 message=w.message(now),
-                data={"what": w.what, "not_after": w.not_after.isoformat()},
+                data={"what": w.what.value, "not_after": w.not_after.isoformat()},
             )
