@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import functools
 import json
 import logging
@@ -40,6 +39,7 @@ from typing import Any
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import NameOID
 
 from agent import nodeops
 from agent.apply import ApplyError, ConfigApplier, reboot_needed
@@ -49,6 +49,7 @@ from agent.identity import Credentials, CredentialStore, new_key_and_csr, write_
 from agent.image_manifest import TrustedKey
 from agent.install import grub_boot
 from agent.inventory import Inventory, collect
+from agent.trouble import ServerClock, TroubleReporter
 from agent.upgrade import NodeSlots, UpgradeRefused, fetcher
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,11 @@ class AgentFatalError(Exception):
 
 class EnrollDenied(Exception):
     """The server refused the bootstrap token."""
+
+
+class EnrollPending(Exception):
+    """The token is good but the machine is not accepted yet (phase ``discovered``): no
+    certificate. Retried with backoff, with the same token."""
 
 
 class _DropSession(Exception):
@@ -102,6 +108,7 @@ class AgentOptions:
     """Simulated machines: a BMC simulator's event log; ``PORT cycle|reset`` lines for
     ``bmc_port`` reset this machine as a real BMC would (tests of the server's watchdog)."""
     bmc_port: int = 0
+    clock_offset: float = 0.0  # seconds added to the system clock (simulating a skewed clock)
 
 
 class Journal:
@@ -165,6 +172,10 @@ class Agent:
         self._interrupt = asyncio.Event()
         self._watchdog: asyncio.Task[None] | None = None
         self._sim = ""
+        self.clock = ServerClock(opts.clock_offset)
+        self.trouble = TroubleReporter(
+            opts.enroll, opts.ca_pem, self.clock, self._channel_options()
+        )
 
     # -- boot -------------------------------------------------------------------------------------
 
@@ -264,6 +275,12 @@ class Agent:
                 raise
             except EnrollDenied:
                 log.warning("enrollment denied machine=%s", self.o.machine_id)
+                await self._report("enrollment denied")
+            except EnrollPending:
+                log.warning(
+                    "enrollment pending: machine %s not accepted by an operator yet; retrying",
+                    self.o.machine_id,
+                )
             except grpc.aio.AioRpcError as exc:
                 log.info(
                     "session ended machine=%s code=%s details=%s",
@@ -271,6 +288,8 @@ class Agent:
                     exc.code().name,
                     exc.details(),
                 )
+                if not established:
+                    await self._report(f"session failed: {exc.code().name}")
             except (OSError, _DropSession) as exc:
                 log.info("session dropped machine=%s error=%s", self.o.machine_id, exc)
             if self._reboot_requested is not None:
@@ -316,11 +335,21 @@ class Agent:
     # -- identity ---------------------------------------------------------------------------------
 
     async def _ensure_credentials(self) -> Credentials:
-        now = dt.datetime.now(dt.UTC)
+        """A certificate valid by the server's clock (as far as the agent knows it), else a new
+        one from enrollment; with no token, the certificate we have (the server's clock judges)."""
         creds = self.creds or self.creds_store.load()
-        if creds is not None and creds.valid(now):
+        if creds is not None and not creds.valid(self.clock.now()):
+            self.creds = creds
+            await self._report(f"certificate not valid by local clock {self.clock.local()}")
+        # Valid by the server's clock, or nothing better to try (no token): the server judges.
+        if creds is not None and (creds.valid(self.clock.now()) or not self.o.token):
             return creds
         return await self._enroll()
+
+    async def _report(self, problem: str) -> None:
+        creds = self.creds or self.creds_store.load()
+        if creds is not None:
+            await self.trouble.report(self.o.machine_id or _cn(creds), creds, problem)
 
     def _channel_options(self) -> list[tuple[str, Any]]:
         opts = list(CHANNEL_OPTIONS) + list(self.o.extra_channel_options)
@@ -345,12 +374,15 @@ class Agent:
                         bootstrap_token=self.o.token,
                         machine_id=self.o.machine_id,
                         csr_pem=csr_pem.decode(),
+                        inventory=inventory_to_pb(self._collect_inventory()),
                     ),
                     timeout=15,
                 )
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
                     raise EnrollDenied() from None
+                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                    raise EnrollPending() from None
                 raise
         result = Credentials(key_pem, resp.cert_pem.encode(), resp.ca_pem.encode())
         self.creds_store.save(result)
@@ -359,10 +391,13 @@ class Agent:
 
     # -- session ----------------------------------------------------------------------------------
 
-    def _hello(self) -> pb.AgentMessage:
+    def _collect_inventory(self) -> Inventory:
         if self._inventory is None:
             self._inventory = self.o.inventory or collect(self.o.root)
-        inv = self._inventory
+        return self._inventory
+
+    def _hello(self) -> pb.AgentMessage:
+        inv = self._collect_inventory()
         return pb.AgentMessage(
             hello=pb.Hello(
                 agent_version=AGENT_VERSION,
@@ -493,7 +528,7 @@ class Agent:
     def _maybe_renew(self, force: bool = False) -> None:
         if self.creds is None or self._pending_key is not None:
             return
-        if force or self.creds.should_renew(dt.datetime.now(dt.UTC)):
+        if force or self.creds.should_renew(self.clock.now()):
             key_pem, csr_pem = new_key_and_csr(self.o.machine_id)
             self._pending_key = key_pem
             self._send(
@@ -710,6 +745,11 @@ class Agent:
             )
             return
         self._send(pb.AgentMessage(result=pb.CommandResult(command_id=cmd.id, ok=True)))
+
+
+def _cn(creds: Credentials) -> str:
+    attrs = creds.cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(attrs[0].value) if attrs else ""
 
 
 def inventory_to_pb(inv: Inventory) -> pb.Inventory:

@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--backoff-max", type=float, default=30.0)
     run.add_argument("--no-fsync", action="store_true")
     run.add_argument("--fault", default="", help=argparse.SUPPRESS)
+    run.add_argument("--clock-offset", type=float, default=0.0, help=argparse.SUPPRESS)
 
     sim = sub.add_parser("simulate", help="simulate many machines in one process")
     sim.add_argument("--count", type=int, required=True)
@@ -125,6 +126,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         fsync=not args.no_fsync,
         server_name=args.server_name,
         fault=args.fault,
+        clock_offset=args.clock_offset,
     )
     agent = Agent(opts)
     try:

@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pxe import PxeService, PxeSettings
 from server.agents import BootstrapTokens, start_agent_api
 from server.agents.dbstore import DbAgentStore
+from server.agents.pki_files import pki_health, record_pki_expiry
 from server.api import agents, boot, events, images, machines, power, profiles, tokens, upgrades
 from server.api.auth import create_token, hash_token
 from server.api.deps import Context
@@ -245,6 +246,7 @@ def create_app(
                     app.state.health["agent_api"] = "ok"
                     app.state.agent_api = agent_api
                     app.state.agent_tokens = agent_api.tokens
+                    record_pki_expiry(db, agent_api)
             # What is alive now (modules, classes, schemas: ~160k objects) lives for good: keep it
             # out of the collector, whose full passes otherwise stopped every thread for 80-130 ms
             # during a 1,000-machine bulk power operation (bench/power.py: API p99 100 -> 25 ms).
@@ -286,10 +288,13 @@ def create_app(
     @app.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, Any]:
         """Unauthenticated. ``degraded``: the REST API serves, but a plane that should run did
-        not start (its reason is here and in the log); 200 either way, so a load balancer keeps
+        not start, or the fleet CA / agent server certificate expires within 30 days (component
+        ``pki``; the reason is here and in the log); 200 either way, so a load balancer keeps
         the replica's REST API in rotation."""
         parts: dict[str, str] = dict(app.state.health)
-        failed = any(v.startswith("failed") for v in parts.values())
+        if app.state.agent_api is not None:
+            parts["pki"] = pki_health(app.state.agent_api)
+        failed = any(v.startswith(("failed", "expiring")) for v in parts.values())
         return {"status": "degraded" if failed else "ok", "components": parts}
 
     for r in (

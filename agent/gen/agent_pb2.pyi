@@ -38,14 +38,38 @@ NODE_OP_PS: NodeOpKind
 NODE_OP_SERVICES: NodeOpKind
 
 class EnrollRequest(_message.Message):
-    __slots__ = ("bootstrap_token", "machine_id", "csr_pem")
+    __slots__ = ("bootstrap_token", "machine_id", "csr_pem", "inventory")
     BOOTSTRAP_TOKEN_FIELD_NUMBER: _ClassVar[int]
     MACHINE_ID_FIELD_NUMBER: _ClassVar[int]
     CSR_PEM_FIELD_NUMBER: _ClassVar[int]
+    INVENTORY_FIELD_NUMBER: _ClassVar[int]
     bootstrap_token: str
     machine_id: str
     csr_pem: str
-    def __init__(self, bootstrap_token: _Optional[str] = ..., machine_id: _Optional[str] = ..., csr_pem: _Optional[str] = ...) -> None: ...
+    inventory: Inventory
+    def __init__(self, bootstrap_token: _Optional[str] = ..., machine_id: _Optional[str] = ..., csr_pem: _Optional[str] = ..., inventory: _Optional[_Union[Inventory, _Mapping]] = ...) -> None: ...
+
+class TroubleReport(_message.Message):
+    __slots__ = ("machine_id", "cert_pem", "agent_time_ms", "problem", "signature")
+    MACHINE_ID_FIELD_NUMBER: _ClassVar[int]
+    CERT_PEM_FIELD_NUMBER: _ClassVar[int]
+    AGENT_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    machine_id: str
+    cert_pem: str
+    agent_time_ms: int
+    problem: str
+    signature: bytes
+    def __init__(self, machine_id: _Optional[str] = ..., cert_pem: _Optional[str] = ..., agent_time_ms: _Optional[int] = ..., problem: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class TroubleAck(_message.Message):
+    __slots__ = ("server_time_ms", "findings")
+    SERVER_TIME_MS_FIELD_NUMBER: _ClassVar[int]
+    FINDINGS_FIELD_NUMBER: _ClassVar[int]
+    server_time_ms: int
+    findings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, server_time_ms: _Optional[int] = ..., findings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class EnrollResponse(_message.Message):
     __slots__ = ("cert_pem", "ca_pem", "not_after")

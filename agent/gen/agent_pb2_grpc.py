@@ -41,13 +41,29 @@ class EnrollmentStub:
                 request_serializer=bronze_dot_agent_dot_v1_dot_agent__pb2.EnrollRequest.SerializeToString,
                 response_deserializer=bronze_dot_agent_dot_v1_dot_agent__pb2.EnrollResponse.FromString,
                 _registered_method=True)
+        self.ReportTrouble = channel.unary_unary(
+                '/bronze.agent.v1.Enrollment/ReportTrouble',
+                request_serializer=bronze_dot_agent_dot_v1_dot_agent__pb2.TroubleReport.SerializeToString,
+                response_deserializer=bronze_dot_agent_dot_v1_dot_agent__pb2.TroubleAck.FromString,
+                _registered_method=True)
 
 
 class EnrollmentServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Enroll(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """FAILED_PRECONDITION "pending acceptance": the token is good but the machine is still
+        `discovered`; the inventory sent was recorded, the token was not consumed. Retry later.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReportTrouble(self, request, context):
+        """An agent that cannot hold a session (or whose clock disagrees with its certificate) says
+        so, signed with its key; the server records what is wrong (clock skew, certificate expired
+        or not yet valid) on the machine and answers with its own time.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -59,6 +75,11 @@ def add_EnrollmentServicer_to_server(servicer, server):
                     servicer.Enroll,
                     request_deserializer=bronze_dot_agent_dot_v1_dot_agent__pb2.EnrollRequest.FromString,
                     response_serializer=bronze_dot_agent_dot_v1_dot_agent__pb2.EnrollResponse.SerializeToString,
+            ),
+            'ReportTrouble': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportTrouble,
+                    request_deserializer=bronze_dot_agent_dot_v1_dot_agent__pb2.TroubleReport.FromString,
+                    response_serializer=bronze_dot_agent_dot_v1_dot_agent__pb2.TroubleAck.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -88,6 +109,33 @@ class Enrollment:
             '/bronze.agent.v1.Enrollment/Enroll',
             bronze_dot_agent_dot_v1_dot_agent__pb2.EnrollRequest.SerializeToString,
             bronze_dot_agent_dot_v1_dot_agent__pb2.EnrollResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportTrouble(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/bronze.agent.v1.Enrollment/ReportTrouble',
+            bronze_dot_agent_dot_v1_dot_agent__pb2.TroubleReport.SerializeToString,
+            bronze_dot_agent_dot_v1_dot_agent__pb2.TroubleAck.FromString,
             options,
             channel_credentials,
             insecure,

@@ -31,6 +31,7 @@ from server.config import ConfigError, Layer, Patch, render
 from server.config.render import Rendered
 from server.inventory.db import Database
 from server.inventory.machines import as_utc
+from server.inventory.machines import record as record_event_row
 from server.inventory.models import (
     AgentBootstrapToken,
     AgentPendingCommand,
@@ -129,7 +130,7 @@ class DbAgentStore:
             phase = s.scalar(select(Machine.phase).where(Machine.id == machine_id))
         if phase is None:
             return None
-        return AgentMachine(machine_id, phase in ENROLLMENT_PHASES)
+        return AgentMachine(machine_id, phase in ENROLLMENT_PHASES, phase != Phase.DISCOVERED)
 
     async def get_machine(self, machine_id: str) -> AgentMachine | None:
         return await asyncio.to_thread(self._get_machine, machine_id)
@@ -192,6 +193,29 @@ class DbAgentStore:
                     setattr(st, k, v)
 
         _retry(work)
+
+    def _record_discovered_inventory(self, machine_id: str, inventory: dict[str, Any]) -> None:
+        with self.db.write() as s:
+            m = s.get(Machine, machine_id)
+            if m is not None and m.hardware != inventory:
+                m.hardware = inventory
+                m.updated_at = utcnow()
+
+    async def record_discovered_inventory(self, machine_id: str, inventory: dict[str, Any]) -> None:
+        await asyncio.to_thread(self._record_discovered_inventory, machine_id, inventory)
+
+    def _record_event(self, machine_id: str, kind: str, message: str, data: dict[str, Any]) -> None:
+        with self.db.write() as s:
+            if s.get(Machine, machine_id) is None:
+                return
+            record_event_row(
+                s, actor="agent-api", kind=kind, machine_id=machine_id, message=message, data=data
+            )
+
+    async def record_event(
+        self, machine_id: str, kind: str, message: str, data: dict[str, Any]
+    ) -> None:
+        await asyncio.to_thread(self._record_event, machine_id, kind, message, data)
 
     async def record_certificate(self, machine_id: str, cert: IssuedCertificate) -> None:
         await asyncio.to_thread(

@@ -8,8 +8,17 @@ over mutual TLS. The fleet CA signs
 * one **client certificate per machine** from a CSR the agent generated (its private key never
   leaves the machine). Its subject CN *is* the machine id — the only identity the session service
   believes (RFC 5280 §4.1.2.6). The certificate is short-lived (24 h by default) and renewed
-  over the session before it expires; NotBefore is backdated a few minutes so a machine whose
-  clock lags a little after boot still accepts it.
+  over the session before it expires.
+
+Every certificate's NotBefore is **backdated 24 hours** (:data:`DEFAULT_BACKDATE`): a machine
+whose clock lags (no RTC battery, NTP not yet synced after boot) must still accept the server's
+certificate and present its own. Backdating costs nothing: revocation is by serial and by the
+machine's phase, not by issue time.
+
+**Trust bundle.** :attr:`FleetCA.cert_pem` is what the fleet *trusts*: the signing CA's
+certificate, followed during a CA rotation by the previous CA's certificate
+(``server.agents.pki_files``). Agents receive the bundle at enrollment and renewal; the session
+port verifies client certificates against it, so a certificate from either CA works.
 
 On first start :meth:`FleetCA.load_or_create` creates the CA in a directory (key written with mode
 0600, never world- or group-readable); an operator may instead supply an existing CA key and cert.
@@ -27,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -35,8 +45,9 @@ log = logging.getLogger(__name__)
 
 CA_KEY_FILE = "ca.key"
 CA_CERT_FILE = "ca.crt"
+PREVIOUS_CA_CERT_FILE = "ca-previous.crt"
 DEFAULT_CLIENT_LIFETIME = dt.timedelta(hours=24)
-DEFAULT_BACKDATE = dt.timedelta(minutes=5)
+DEFAULT_BACKDATE = dt.timedelta(hours=24)
 CA_LIFETIME = dt.timedelta(days=3650)
 SERVER_LIFETIME = dt.timedelta(days=365)
 
@@ -104,9 +115,12 @@ class FleetCA:
         client_lifetime: dt.timedelta = DEFAULT_CLIENT_LIFETIME,
         backdate: dt.timedelta = DEFAULT_BACKDATE,
         now: Callable[[], dt.datetime] = _utcnow,
+        previous: Sequence[x509.Certificate] = (),
     ) -> None:
         self._key = key
         self.cert = cert
+        self.previous = tuple(previous)
+        """CA certificates still trusted but no longer signing (during a rotation)."""
         self.client_lifetime = client_lifetime
         self.backdate = backdate
         self._now = now
@@ -114,7 +128,9 @@ class FleetCA:
     # -- creation / loading -----------------------------------------------------------------------
 
     @classmethod
-    def create(cls, name: str = "bronze fleet CA", **kw: object) -> FleetCA:
+    def create(
+        cls, name: str = "bronze fleet CA", *, lifetime: dt.timedelta = CA_LIFETIME, **kw: object
+    ) -> FleetCA:
         key = _new_key()
         now = _utcnow()
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
@@ -125,7 +141,7 @@ class FleetCA:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - DEFAULT_BACKDATE)
-            .not_valid_after(now + CA_LIFETIME)
+            .not_valid_after(now + lifetime)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
                 x509.KeyUsage(
@@ -158,7 +174,8 @@ class FleetCA:
 
     @classmethod
     def load_or_create(cls, directory: Path, **kw: object) -> FleetCA:
-        """Load ``ca.key``/``ca.crt`` from ``directory``; create them (key mode 0600) if absent."""
+        """Load ``ca.key``/``ca.crt`` (and a rotation's ``ca-previous.crt``) from ``directory``;
+        create the CA (key mode 0600) if absent."""
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         key_path, cert_path = directory / CA_KEY_FILE, directory / CA_CERT_FILE
         if key_path.exists() and cert_path.exists():
@@ -166,16 +183,42 @@ class FleetCA:
             if mode & 0o077:
                 log.warning("ca key readable by others; tightening path=%s mode=%o", key_path, mode)
                 os.chmod(key_path, 0o600)
+            prev_path = directory / PREVIOUS_CA_CERT_FILE
+            if prev_path.exists():
+                kw = {**kw, "previous": x509.load_pem_x509_certificates(prev_path.read_bytes())}
             return cls.from_pem(key_path.read_bytes(), cert_path.read_bytes(), **kw)
         ca = cls.create(**kw)  # type: ignore[arg-type]
         write_private(key_path, key_to_pem(ca._key))
-        cert_path.write_bytes(ca.cert_pem)
+        cert_path.write_bytes(ca.signer_pem)
         log.info("created fleet CA dir=%s", directory)
         return ca
 
     @property
     def cert_pem(self) -> bytes:
+        """The trust bundle: the signing CA's certificate, then any previous CA still trusted."""
+        return b"".join(cert_to_pem(c) for c in self.trusted)
+
+    @property
+    def signer_pem(self) -> bytes:
+        """The signing CA's certificate alone."""
         return cert_to_pem(self.cert)
+
+    @property
+    def trusted(self) -> tuple[x509.Certificate, ...]:
+        return (self.cert, *self.previous)
+
+    def now(self) -> dt.datetime:
+        return self._now()
+
+    def issuer_of(self, cert: x509.Certificate) -> x509.Certificate | None:
+        """The trusted CA certificate that signed ``cert`` (validity dates not checked)."""
+        for ca in self.trusted:
+            try:
+                cert.verify_directly_issued_by(ca)
+            except (ValueError, TypeError, InvalidSignature):
+                continue
+            return ca
+        return None
 
     # -- issuing ----------------------------------------------------------------------------------
 

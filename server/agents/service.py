@@ -21,13 +21,23 @@ from pathlib import Path
 
 import grpc
 from cryptography import x509
+from google.protobuf import json_format
 
 from agent.gen import agent_pb2 as pb
 from agent.gen import agent_pb2_grpc as pb_grpc
 from server.agents.hub import SessionHub
 from server.agents.pki import FleetCA, PkiError
+from server.agents.pki_files import ExpiryWarning, expiring, load_or_issue_server_cert
 from server.agents.store import AgentStore, IssuedCertificate
 from server.agents.tokens import DENIED_MESSAGE, BootstrapTokens, EnrollmentDenied
+from server.agents.trouble import (
+    MAX_PROBLEM_CHARS,
+    ReportLimiter,
+    ReportRejected,
+    describe,
+    diagnose,
+    verify_report,
+)
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +59,23 @@ def peer_common_name(context: grpc.aio.ServicerContext) -> str | None:
     return values[0].decode()
 
 
+PENDING_MESSAGE = "pending acceptance"
+
+
 class EnrollmentService(pb_grpc.EnrollmentServicer):
+    """``Enroll`` and ``ReportTrouble``: the two calls a machine may make without a certificate.
+
+    ``Enroll`` verifies the token first (same work on every path, ``server.agents.tokens``).
+    A machine still ``discovered`` gets no certificate: its inventory is recorded, the token is
+    kept, and the answer is ``FAILED_PRECONDITION`` "pending acceptance" (the agent retries).
+    """
+
     def __init__(self, tokens: BootstrapTokens, ca: FleetCA, store: AgentStore) -> None:
         self._tokens = tokens
         self._ca = ca
         self._store = store
+        self._pending_seen: set[tuple[str, str]] = set()
+        self._reports = ReportLimiter()
 
     async def Enroll(  # noqa: N802 - gRPC method name
         self, request: pb.EnrollRequest, context: grpc.aio.ServicerContext
@@ -63,7 +85,11 @@ class EnrollmentService(pb_grpc.EnrollmentServicer):
         except ValueError:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed CSR")
         try:
-            await self._tokens.redeem(request.machine_id, request.bootstrap_token)
+            grant = await self._tokens.verify(request.machine_id, request.bootstrap_token)
+            if not grant.machine.accepted:
+                await self._pending(request, grant.token.boot_ref, context.peer())
+                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, PENDING_MESSAGE)
+            await self._tokens.consume(grant)
         except EnrollmentDenied:
             log.warning("enrollment denied peer=%s", context.peer())
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED_MESSAGE)
@@ -80,6 +106,73 @@ class EnrollmentService(pb_grpc.EnrollmentServicer):
             ca_pem=self._ca.cert_pem.decode(),
             not_after=int(issued.not_after.timestamp()),
         )
+
+    async def _pending(self, request: pb.EnrollRequest, boot_ref: str, peer: str) -> None:
+        """A discovered machine proved its token: keep what it reports, confer nothing."""
+        mid = request.machine_id
+        if request.HasField("inventory"):
+            inv = json_format.MessageToDict(request.inventory, preserving_proto_field_name=True)
+            await self._store.record_discovered_inventory(mid, inv)
+        if (mid, boot_ref) not in self._pending_seen:  # one event per boot, not per retry
+            if len(self._pending_seen) > 10_000:
+                self._pending_seen.clear()
+            self._pending_seen.add((mid, boot_ref))
+            await self._store.record_event(
+                mid,
+                "agent.enroll.pending",
+                "agent waiting for the machine to be accepted; no certificate issued",
+                {"boot_ref": boot_ref, "peer": peer},
+            )
+        log.info("enrollment pending acceptance machine=%s peer=%s", mid, peer)
+
+    async def ReportTrouble(  # noqa: N802 - gRPC method name
+        self, request: pb.TroubleReport, context: grpc.aio.ServicerContext
+    ) -> pb.TroubleAck:
+        problem = request.problem[:MAX_PROBLEM_CHARS]
+        try:
+            rep = verify_report(
+                self._ca,
+                request.machine_id,
+                request.cert_pem.encode(),
+                request.agent_time_ms,
+                request.problem,
+                request.signature,
+            )
+        except ReportRejected as exc:
+            log.warning("trouble report rejected peer=%s reason=%s", context.peer(), exc)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "report rejected")
+        now = self._ca.now()
+        nb, na = rep.cert.not_valid_before_utc, rep.cert.not_valid_after_utc
+        findings = diagnose(now, rep.agent_now, nb, na)
+        ack = pb.TroubleAck(server_time_ms=int(now.timestamp() * 1000), findings=findings)
+        if not findings:
+            log.info(
+                "agent trouble machine=%s peer=%s problem=%r",
+                rep.machine_id,
+                context.peer(),
+                problem,
+            )
+            return ack
+        text = describe(findings, rep.agent_now - now, nb, na)
+        log.warning(
+            "agent trouble machine=%s peer=%s serial=%x %s (agent says: %s)",
+            rep.machine_id,
+            context.peer(),
+            rep.cert.serial_number,
+            text,
+            problem,
+        )
+        if self._reports.allow(rep.machine_id, findings, now):
+            data = {
+                "findings": [str(f) for f in findings],
+                "skew_seconds": round((rep.agent_now - now).total_seconds(), 3),
+                "cert_not_before": nb.isoformat(),
+                "cert_not_after": na.isoformat(),
+                "peer": context.peer(),
+                "problem": problem,
+            }
+            await self._store.record_event(rep.machine_id, "agent.trouble", text, data)
+        return ack
 
 
 class SessionService(pb_grpc.AgentSessionServicer):
@@ -114,6 +207,9 @@ class AgentApiServer:
     server_names: Sequence[str] = ("127.0.0.1",)
     heartbeat_interval: float = 30.0
     token_ttl: dt.timedelta = dt.timedelta(minutes=30)
+    pki_dir: Path | None = None
+    """Where the server certificate is kept across restarts (``server.agents.pki_files``);
+    ``None``: a fresh one at every start (tests)."""
 
     def __post_init__(self) -> None:
         self.hub = SessionHub(self.store, self.ca, heartbeat_interval=self.heartbeat_interval)
@@ -121,7 +217,11 @@ class AgentApiServer:
         self._servers: list[grpc.aio.Server] = []
 
     async def start(self) -> None:
-        pair = self.ca.issue_server_cert(list(self.server_names))
+        if self.pki_dir is not None:
+            pair = load_or_issue_server_cert(self.ca, self.pki_dir, list(self.server_names))
+        else:
+            pair = self.ca.issue_server_cert(list(self.server_names))
+        self.server_cert = x509.load_pem_x509_certificate(pair.cert_pem)
         chain = [(pair.key_pem, pair.cert_pem)]
 
         enroll = grpc.aio.server(options=SERVER_OPTIONS)
@@ -150,6 +250,10 @@ class AgentApiServer:
             self.enroll_port,
             self.session_port,
         )
+
+    def expiring(self) -> list[ExpiryWarning]:
+        """The signing CA and the server certificate, when they expire within 30 days."""
+        return expiring(self.ca.cert, getattr(self, "server_cert", None), self.ca.now())
 
     async def stop(self, grace: float | None = 1.0) -> None:
         await self.hub.stop()
@@ -184,6 +288,7 @@ async def start_agent_api(
         session_port=session_port,
         server_names=server_names,
         heartbeat_interval=heartbeat_interval,
+        pki_dir=ca_dir,
     )
     await server.start()
     return server

@@ -25,6 +25,9 @@ class AgentMachine:
     enrollment_allowed: bool
     """True in the phases where a booting agent may enroll (e.g. provisioning, ready); the DB
     implementation derives it from the machine's phase."""
+    accepted: bool = True
+    """False while the machine is ``discovered`` (not accepted by an operator or a rule): its
+    agent may prove its token and report inventory, but gets no certificate."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,16 @@ class AgentStore(Protocol):
         ...
 
     # what the agent reports
+    async def record_discovered_inventory(self, machine_id: str, inventory: dict[str, Any]) -> None:
+        """Inventory sent by the agent of a machine not yet accepted (no session, no state)."""
+        ...
+
+    async def record_event(
+        self, machine_id: str, kind: str, message: str, data: dict[str, Any]
+    ) -> None:
+        """An event on the machine's timeline (actor ``agent-api``)."""
+        ...
+
     async def record_certificate(self, machine_id: str, cert: IssuedCertificate) -> None: ...
     async def record_hello(self, machine_id: str, hello: AgentHello) -> None: ...
     async def record_seen(self, seen: Mapping[str, dt.datetime]) -> None:
@@ -136,9 +149,21 @@ class MemoryAgentStore:
     desired: dict[str, DesiredConfig] = field(default_factory=dict)
     pending: dict[str, dict[str, PendingCommand]] = field(default_factory=dict)
     disconnected: dict[str, dt.datetime] = field(default_factory=dict)
+    discovered_inventory: dict[str, dict[str, Any]] = field(default_factory=dict)
+    events: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)
 
-    def add_machine(self, machine_id: str, *, enrollment_allowed: bool = True) -> None:
-        self.machines[machine_id] = AgentMachine(machine_id, enrollment_allowed)
+    def add_machine(
+        self, machine_id: str, *, enrollment_allowed: bool = True, accepted: bool = True
+    ) -> None:
+        self.machines[machine_id] = AgentMachine(machine_id, enrollment_allowed, accepted)
+
+    async def record_discovered_inventory(self, machine_id: str, inventory: dict[str, Any]) -> None:
+        self.discovered_inventory[machine_id] = inventory
+
+    async def record_event(
+        self, machine_id: str, kind: str, message: str, data: dict[str, Any]
+    ) -> None:
+        self.events.append((machine_id, kind, message, data))
 
     async def get_machine(self, machine_id: str) -> AgentMachine | None:
         return self.machines.get(machine_id)

@@ -48,8 +48,8 @@ def wipe_token(s: Session, machine_id: str, *, reason: str, actor: str) -> bool:
 
 
 def on_power_item_start(s: Session, op: Operation, item: OperationItem) -> None:
-    """``op`` is about to act on ``item``'s machine (``server.power.service``). ``op`` is passed in, not
-    loaded: loading it would load all its items (one per machine of a bulk operation)."""
+    """``op`` is about to act on ``item``'s machine (``server.power.service``). ``op`` is passed
+    in, not loaded: loading it would load all its items (one per machine of a bulk operation)."""
     if op.kind == "power" and op.action in POWER_DOWN_ACTIONS:
         wipe_token(s, item.machine_id, reason=f"power {op.action}", actor=op.requested_by)
 

@@ -14,7 +14,19 @@ returns a random secret placed on the kernel command line (``bronze.token=...``)
 
 Every failure — unknown machine, wrong/expired/used token, a phase where enrollment is not
 allowed — raises the same :class:`EnrollmentDenied` with the same message, so a caller learns
-nothing about which machines exist or which tokens were close.
+nothing about which machines exist or which tokens were close. Nor does the *time* it takes:
+:meth:`BootstrapTokens.verify` does the same work on every path — it always looks up the machine
+*and* its token (also for an unknown id), always hashes the presented token and always runs one
+constant-time comparison (against a dummy hash when there is nothing stored), and decides only
+after all of it.
+
+Verification and consumption are two steps: ``Enroll`` verifies, and consumes the token only
+when it will issue a certificate. A machine still in phase ``discovered`` (not accepted by an
+operator) keeps its token: its agent retries with the same token until the machine is accepted
+or the token expires (``docs/agent.md``, "Discovered machines").
+
+The boot plane calls :meth:`BootstrapTokens.issue_for_boot` (one token per rendered boot script)
+and :meth:`BootstrapTokens.wipe_for_boot` (that boot's script could not be served).
 """
 
 from __future__ import annotations
@@ -25,8 +37,9 @@ import hmac
 import logging
 import secrets
 from collections.abc import Callable
+from dataclasses import dataclass
 
-from server.agents.store import AgentStore, BootstrapToken
+from server.agents.store import AgentMachine, AgentStore, BootstrapToken
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +56,20 @@ class EnrollmentDenied(Exception):
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class TokenGrant:
+    """A verified, not yet consumed, bootstrap token and the machine it was issued for."""
+
+    machine: AgentMachine
+    token: BootstrapToken
+
+
+# What an absent token is compared with: the hash of a value no issued token can have.
+_NO_TOKEN_HASH = hash_token("\x00no-token")
+# Looked up instead of an empty machine id, so the empty id costs the same queries.
+_NO_MACHINE_ID = "\x00none"
 
 
 class BootstrapTokens:
@@ -66,23 +93,56 @@ class BootstrapTokens:
         log.info("bootstrap token issued machine=%s boot=%s", machine_id, boot_ref)
         return token
 
+    async def issue_for_boot(
+        self,
+        machine_id: str,
+        boot_ref: str,
+        client_ip: str | None = None,
+        ttl: dt.timedelta | None = None,
+    ) -> str:
+        """The token a boot script hands out: bound to ``machine_id`` and the boot ``boot_ref``
+        (the boot plane's id of this render); replaces the machine's earlier token. ``client_ip``
+        (the address that fetched the script) is logged, not enforced: an agent may enroll
+        from another address than its firmware fetched the script from."""
+        token = await self.issue(machine_id, boot_ref, ttl)
+        log.info("boot token bound machine=%s boot=%s client=%s", machine_id, boot_ref, client_ip)
+        return token
+
+    async def wipe_for_boot(self, machine_id: str, boot_ref: str) -> bool:
+        """Forget the machine's token only if it is still the one issued for ``boot_ref`` (a
+        later boot's token is left alone). True when one was deleted."""
+        stored = await self._store.get_bootstrap_token(machine_id)
+        if stored is None or stored.boot_ref != boot_ref:
+            return False
+        return await self._store.delete_bootstrap_token(machine_id, stored.token_hash)
+
     async def wipe(self, machine_id: str) -> None:
         """Forget the machine's token (power-off, reprovision, delete)."""
         await self._store.delete_bootstrap_token(machine_id)
 
-    async def redeem(self, machine_id: str, token: str) -> BootstrapToken:
-        """Consume ``token`` for ``machine_id`` or raise :class:`EnrollmentDenied`."""
+    async def verify(self, machine_id: str, token: str) -> TokenGrant:
+        """Check ``token`` for ``machine_id`` without consuming it, or raise
+        :class:`EnrollmentDenied`. Same work whatever the outcome (module docstring)."""
+        key = machine_id or _NO_MACHINE_ID
         presented = hash_token(token)
-        machine = await self._store.get_machine(machine_id) if machine_id else None
-        stored = await self._store.get_bootstrap_token(machine_id) if machine else None
-        # Compare even when there is nothing to compare with, so timing says little.
-        expected = stored.token_hash if stored else hash_token("\x00no-token")
+        machine = await self._store.get_machine(key)
+        stored = await self._store.get_bootstrap_token(key)
+        expected = stored.token_hash if stored is not None else _NO_TOKEN_HASH
         good = hmac.compare_digest(presented.encode(), expected.encode())
-        if not (machine and stored and good and machine.enrollment_allowed):
+        fresh = stored is not None and stored.expires_at > self._now()
+        if machine is None or stored is None or not (good and fresh and machine.enrollment_allowed):
             raise EnrollmentDenied()
-        if stored.expires_at <= self._now():
-            await self._store.delete_bootstrap_token(machine_id, stored.token_hash)
+        return TokenGrant(machine, stored)
+
+    async def consume(self, grant: TokenGrant) -> None:
+        """Delete the verified token (compare-and-delete): raises :class:`EnrollmentDenied` when
+        another enrollment consumed it first."""
+        t = grant.token
+        if not await self._store.delete_bootstrap_token(t.machine_id, t.token_hash):
             raise EnrollmentDenied()
-        if not await self._store.delete_bootstrap_token(machine_id, stored.token_hash):
-            raise EnrollmentDenied()  # lost a race with another enrollment: used once already
-        return stored
+
+    async def redeem(self, machine_id: str, token: str) -> BootstrapToken:
+        """Verify and consume ``token`` for ``machine_id`` or raise :class:`EnrollmentDenied`."""
+        grant = await self.verify(machine_id, token)
+        await self.consume(grant)
+        return grant.token

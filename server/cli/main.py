@@ -89,6 +89,10 @@ app.add_typer(images.app, name="images")
 app.add_typer(upgrades.app, name="upgrade")
 app.command("node")(node.node)
 
+from server.cli.ca import ca_app  # noqa: E402
+
+app.add_typer(ca_app, name="ca")
+
 
 def main() -> None:  # pragma: no cover - console script shim
     sys.exit(app())

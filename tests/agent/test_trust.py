@@ -52,7 +52,7 @@ def test_client_cert_identity_lifetime_backdate():
     issued = ca.sign_client_csr(csr, "m-42")
     cert = x509.load_pem_x509_certificate(issued.cert_pem)
     assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "m-42"
-    assert cert.not_valid_before_utc == now - dt.timedelta(minutes=5)
+    assert cert.not_valid_before_utc == now - dt.timedelta(hours=24)
     assert cert.not_valid_after_utc == now + dt.timedelta(hours=24)
     eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     assert list(eku) == [ExtendedKeyUsageOID.CLIENT_AUTH]
