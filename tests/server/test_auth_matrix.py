@@ -7,6 +7,7 @@ import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -57,6 +58,12 @@ MATRIX: dict[tuple[str, str], str | None] = {
     ("GET", "/api/v1/images/{name}/manifest"): "reader",
     ("PUT", "/api/v1/images/{name}/signature"): "operator",
     ("DELETE", "/api/v1/images/{name}"): "operator",
+    ("GET", "/api/v1/upgrades"): "reader",
+    ("POST", "/api/v1/upgrades"): "operator",
+    ("GET", "/api/v1/upgrades/{rollout_id}"): "reader",
+    ("POST", "/api/v1/upgrades/{rollout_id}/pause"): "operator",
+    ("POST", "/api/v1/upgrades/{rollout_id}/resume"): "operator",
+    ("POST", "/api/v1/upgrades/{rollout_id}/abort"): "operator",
     ("GET", "/boot.ipxe"): None,
     ("GET", "/assets/{name}"): None,
     ("HEAD", "/assets/{name}"): None,
@@ -99,6 +106,15 @@ SIGNER = Ed25519PrivateKey.generate()
 VICTIM_IMAGE = Manifest(
     "victim", "1", ImageFile("victim", hashlib.sha256(VICTIM_ASSET).hexdigest()), (), ()
 )
+# The per-endpoint machine t{i} is not ready, so an authorised plan is refused on content (422);
+# the {rollout_id} routes act on a real rollout made in setup.
+ALLOWED_STATUS[("POST", "/api/v1/upgrades")] = 422
+BODIES[("POST", "/api/v1/upgrades")] = {
+    "image": "victim",
+    "selector": "slot=x",
+    "preserve": True,
+    "health_timeout_seconds": 3600,
+}
 BODIES[("POST", "/api/v1/images")] = {"name": "i-new", "version": "1", "kernel": "victim"}
 BODIES[("PUT", "/api/v1/images/{name}/signature")] = {"signature": sign(VICTIM_IMAGE, SIGNER)}
 QUERIES = {
@@ -167,6 +183,7 @@ def test_every_endpoint_every_role(lab_api: RunningServer, caller: str) -> None:
         },
     )
     op = admin.post("/api/v1/power", json={"selector": "slot=opm", "action": "on"}).json()
+    rollout = _setup_rollout(admin)
     ordered = sorted(MATRIX.items(), key=lambda kv: kv[0][0] == "DELETE")
     for i, ((method, template), needed) in enumerate(ordered):
         # A fresh target per endpoint, so one call's running operation cannot make the next a 409.
@@ -192,6 +209,7 @@ def test_every_endpoint_every_role(lab_api: RunningServer, caller: str) -> None:
             .replace("{name}", "victim")
             .replace("{op_id}", op["id"])
             .replace("{op}", "stats")
+            .replace("{rollout_id}", rollout)
         )
         if "{patch_id}" in template:
             patch = admin.post(
@@ -231,6 +249,37 @@ def test_every_endpoint_every_role(lab_api: RunningServer, caller: str) -> None:
             admin.delete("/api/v1/profiles/p-new")
         if method == "POST" and r.status_code == 201 and template.endswith("images"):
             admin.delete("/api/v1/images/i-new")
+
+
+def _setup_rollout(admin: httpx.Client) -> str:
+    """A rollout over one ready machine (its agent never connects: it stays in flight)."""
+    admin.post(
+        "/api/v1/machines",
+        json={"name": "upm", "nics": [{"mac": "02:00:00:00:0b:01"}], "labels": {"slot": "upm"}},
+    )
+    for phase in ("provisioning", "ready"):
+        assert admin.patch("/api/v1/machines/upm", json={"phase": phase}).status_code == 200
+    admin.put(
+        "/api/v1/assets/victim",
+        params={"sha256": hashlib.sha256(VICTIM_ASSET).hexdigest()},
+        content=VICTIM_ASSET,
+    )
+    signed = Manifest("upimg", "1", VICTIM_IMAGE.kernel, (), ())
+    admin.post(
+        "/api/v1/images",
+        json={
+            "name": "upimg",
+            "version": "1",
+            "kernel": "victim",
+            "signature": sign(signed, SIGNER),
+        },
+    )
+    r = admin.post(
+        "/api/v1/upgrades",
+        json={"image": "upimg", "selector": "slot=upm", "preserve": True},
+    )
+    assert r.status_code == 201, r.text
+    return str(r.json()["id"])
 
 
 def test_revoked_token_stops_working_and_last_admin_is_kept(api_sqlite: RunningServer) -> None:
