@@ -5,6 +5,8 @@ FastAPI app with one error handler that renders every error as
 from __future__ import annotations
 
 import gc
+import hashlib
+import hmac
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -53,6 +55,17 @@ def load_secrets(settings: ServerSettings) -> SecretBox:
     if settings.secret_key is not None:
         return SecretBox(settings.secret_key.get_secret_value().encode())
     return SecretBox.from_file(settings.data_dir / "secret.key")
+
+
+def boot_token_key(settings: ServerSettings) -> bytes:
+    """The key enrollment tokens of ``/boot.ipxe`` are derived with (``server.agents.tokens``):
+    from the secret key, so replicas sharing it hand out the same token for one boot."""
+    if settings.secret_key is not None:
+        material = settings.secret_key.get_secret_value().encode()
+    else:
+        load_secrets(settings)  # creates the key file if missing
+        material = (settings.data_dir / "secret.key").read_bytes().strip()
+    return hmac.new(material, b"bronze boot token key", hashlib.sha256).digest()
 
 
 def ensure_admin_token(settings: ServerSettings, db: Database) -> Path | None:
@@ -194,7 +207,9 @@ def create_app(
             settings.boot_timeline_max_rows,
         ),
     )
-    boot_plane = BootPlane(db, settings, pxe_settings.http_base_url, writer)
+    boot_plane = BootPlane(
+        db, settings, pxe_settings.http_base_url, writer, boot_token_key(settings)
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -205,7 +220,7 @@ def create_app(
         try:
             if pxe_settings.enabled:
                 try:
-                    pxe_service = PxeService(pxe_settings, boot_plane, writer.sink)
+                    pxe_service = PxeService(pxe_settings, boot_plane, boot_plane.sink(writer.sink))
                     await pxe_service.start()
                 except (OSError, ValueError) as exc:
                     # Like the agent API: the REST API stays up (degraded) and says why.

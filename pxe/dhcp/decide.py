@@ -138,10 +138,13 @@ def screen(pkt: Packet, mode: Mode, *, port4011: bool = False) -> Drop | None:
 
 
 def script_url(cfg: BootConfig, pkt: Packet) -> str:
-    """The iPXE script URL; literal values we know, so no iPXE expansion is needed."""
+    """The iPXE script URL; literal values we know, so no iPXE expansion is needed. ``boot``
+    names this boot (the DHCP transaction id, the same in DISCOVER and REQUEST): the server binds
+    the enrollment token it hands out to it (docs/boot.md)."""
     q = f"mac={quote(pkt.mac)}&arch={pkt.arch.value}"
     if pkt.uuid:
         q += f"&uuid={pkt.uuid}"
+    q += f"&boot={pkt.xid:08x}"
     return f"{cfg.http_base_url.rstrip('/')}{cfg.script_path}?{q}"
 
 

@@ -27,7 +27,7 @@ from agent.gen import agent_pb2_grpc as pb_grpc
 from server.agents.hub import SessionHub
 from server.agents.pki import FleetCA, PkiError
 from server.agents.store import AgentStore, IssuedCertificate
-from server.agents.tokens import DENIED_MESSAGE, BootstrapTokens, EnrollmentDenied
+from server.agents.tokens import DENIED_MESSAGE, BootstrapTokens, EnrollmentDenied, peer_ip
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,9 @@ class EnrollmentService(pb_grpc.EnrollmentServicer):
         except ValueError:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed CSR")
         try:
-            await self._tokens.redeem(request.machine_id, request.bootstrap_token)
+            await self._tokens.redeem(
+                request.machine_id, request.bootstrap_token, peer=peer_ip(context.peer())
+            )
         except EnrollmentDenied:
             log.warning("enrollment denied peer=%s", context.peer())
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED_MESSAGE)
