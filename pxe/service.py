@@ -52,6 +52,12 @@ class PxeSettings(BaseSettings):
     tftp_max_sessions: int = Field(default=1000, ge=1)
     tftp_timeout: float = Field(default=1.0, gt=0)
     tftp_retries: int = Field(default=5, ge=0)
+    tftp_client_max_sessions: int = Field(default=8, ge=0)
+    """Transfers in flight at once per client address (0: only ``tftp_max_sessions``)."""
+    tftp_client_rate: float = Field(default=20.0, ge=0)
+    """Requests per second per client address on the TFTP port (0: unlimited)."""
+    tftp_client_burst: int = Field(default=40, ge=1)
+    """Requests a client address may send at once before ``tftp_client_rate`` applies."""
     decision_cache_seconds: float = Field(default=5.0, ge=0)
     bios_file: str = "undionly.kpxe"
     uefi_x64_file: Literal["snponly.efi", "ipxe.efi"] | str = "snponly.efi"
@@ -158,6 +164,9 @@ class PxeService:
                 max_sessions=s.tftp_max_sessions,
                 timeout=s.tftp_timeout,
                 retries=s.tftp_retries,
+                client_max_sessions=s.tftp_client_max_sessions,
+                client_rate=s.tftp_client_rate,
+                client_burst=s.tftp_client_burst,
                 interface=s.interface,
             )
 
