@@ -18,7 +18,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as SqlPoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pxe import PxeService, PxeSettings
@@ -164,6 +165,16 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error(exc.status_code, code, str(exc.detail))
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(SqlPoolTimeout)
+    async def _db_busy(request: Request, exc: Exception) -> JSONResponse:
+        # SQLite's single writer (or an exhausted pool) under a burst is a moment, not a bug:
+        # the client is told to come back (firmware and the CLI retry) instead of seeing a 500.
+        log.warning("database busy path=%s type=%s", request.url.path, type(exc).__name__)
+        resp = _error(503, "unavailable", "database busy, retry shortly")
+        resp.headers["Retry-After"] = "1"
+        return resp
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

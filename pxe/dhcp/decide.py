@@ -58,6 +58,12 @@ class Drop(StrEnum):
     """The backend failed; the firmware will retry."""
     OVERLOADED = "overloaded"
     """Too many requests in flight."""
+    UNKNOWN_RATE = "unknown_rate"
+    """A MAC the backend does not know, beyond the rate for unknown MACs (``admission``)."""
+    UNKNOWN_BUSY = "unknown_busy"
+    """A MAC the backend does not know while ``unknown_inflight`` of them are being decided."""
+    UNKNOWN_OFFERS = "unknown_offers"
+    """Full mode: ``unknown_offers`` pool offers to unknown MACs are already outstanding."""
 
 
 class ClientKind(StrEnum):

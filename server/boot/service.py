@@ -139,6 +139,9 @@ class BootPlane:
         # key) to hand out the same token again for one boot; a random one still binds tokens.
         self.token_key = token_key if token_key is not None else secrets.token_bytes(32)
         self._token_locks: dict[str, asyncio.Lock] = {}
+        # Discovery's rate, checked in memory first: a flood of unknown MACs must not turn into
+        # a write transaction each (SQLite has one writer; the REST API shares it).
+        self._disc_tokens, self._disc_at = float(settings.boot_discovery_rate), time.monotonic()
 
     # -- shared lookups ------------------------------------------------------------------------
 
@@ -164,6 +167,14 @@ class BootPlane:
     async def decide(self, query: BootQuery) -> BootDecision:
         """``pxe.BootBackend``."""
         return await asyncio.to_thread(self.decide_sync, query.mac) or BootDecision()
+
+    def _known_macs_sync(self) -> frozenset[str]:
+        with self.db.read() as s:
+            return frozenset(s.scalars(select(Nic.mac)))
+
+    async def known_macs(self) -> frozenset[str]:
+        """Every registered MAC (``pxe.dhcp.admission``: answered first during a flood)."""
+        return await asyncio.to_thread(self._known_macs_sync)
 
     # -- discovery -----------------------------------------------------------------------------
 
@@ -265,7 +276,10 @@ class BootPlane:
         m, discovery, rows = await asyncio.to_thread(self._load, mac)
         outcome: str | None = None
         if needs_discovery(_view(m), discovery):
-            m, outcome = await asyncio.to_thread(self._discover, mac, smbios_uuid)
+            if self._discovery_allowed():
+                m, outcome = await asyncio.to_thread(self._discover, mac, smbios_uuid)
+            else:
+                outcome = "discovery_rate_limited"
         query = ScriptQuery(mac, client_ip, arch, boot)
         plan = plan_script(
             query,
@@ -304,6 +318,19 @@ class BootPlane:
             initrds = [n for n in map(profiles.asset_name, profile.initrds) if n]
             self.steps.script_served(client_ip, mac, profiles.asset_name(profile.kernel), initrds)
         return Script(text, plan.action, plan.profile, m.name if m else None)
+
+    def _discovery_allowed(self) -> bool:
+        """A token bucket of ``boot_discovery_rate`` per minute (the database count still
+        decides; this only keeps a flood away from the writer). Runs on the event loop."""
+        rate = self.settings.boot_discovery_rate
+        now = time.monotonic()
+        tokens = min(float(rate), self._disc_tokens + (now - self._disc_at) * rate / 60.0)
+        self._disc_at = now
+        if tokens < 1.0:
+            self._disc_tokens = tokens
+            return False
+        self._disc_tokens = tokens - 1.0
+        return True
 
     def _token_lock(self, machine_id: str) -> asyncio.Lock:
         # Two fetches of one boot at once must not each issue (the second would revoke the first).
