@@ -16,14 +16,12 @@ become tasks, capped by `max_inflight`. Every drop has a counter (`Drop`).
 from __future__ import annotations
 
 import asyncio
-import collections
 import contextlib
 import functools
 import ipaddress
 import logging
 import socket
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 from pxe.backend import (
@@ -36,6 +34,7 @@ from pxe.backend import (
     known_macs,
 )
 from pxe.dhcp.admission import Admission, Traffic, UnknownOffers
+from pxe.dhcp.config import DhcpStats, FullModeConfig, lease_options
 from pxe.dhcp.decide import BootConfig, BootTarget, ClientKind, Drop, Mode, boot_target, screen
 from pxe.dhcp.leases import LeaseStore, ip_int
 from pxe.dhcp.packet import (
@@ -55,29 +54,6 @@ from pxe.errors import MalformedPacket, PxeError
 log = logging.getLogger(__name__)
 
 BROADCAST = "255.255.255.255"
-
-
-@dataclass
-class DhcpStats:
-    """Counters: everything received is either answered, dropped (by reason) or ignored."""
-
-    received: int = 0
-    answered: int = 0
-    dropped: collections.Counter[str] = field(default_factory=collections.Counter)
-    by_type: collections.Counter[str] = field(default_factory=collections.Counter)
-
-    def drop(self, reason: Drop) -> None:
-        self.dropped[reason.value] += 1
-
-
-@dataclass(frozen=True)
-class FullModeConfig:
-    """Network parameters handed out in `full` mode."""
-
-    subnet_mask: str = "255.255.255.0"
-    router: str | None = None
-    dns: tuple[str, ...] = ()
-    lease_seconds: int = 3600
 
 
 def _identity(endpoint: _Endpoint) -> _Endpoint:
@@ -138,7 +114,7 @@ class DhcpServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._flush: asyncio.TimerHandle | None = None
         self._server_id = ipaddress.IPv4Address(address).packed
-        self._lease_opts = self._build_lease_options()
+        self._lease_opts = lease_options(network)
         net = ipaddress.IPv4Network(f"{address}/{network.subnet_mask}", strict=False)
         self._net = (int(net.network_address), int(net.broadcast_address))
 
@@ -376,21 +352,6 @@ class DhcpServer:
 
     def _lease_options(self) -> dict[int, bytes]:
         return dict(self._lease_opts)
-
-    def _build_lease_options(self) -> dict[int, bytes]:
-        n = self.network
-        t = n.lease_seconds
-        opts: dict[int, bytes] = {
-            Opt.SUBNET_MASK: ipaddress.IPv4Address(n.subnet_mask).packed,
-            Opt.LEASE_TIME: t.to_bytes(4, "big"),
-            Opt.RENEWAL_T1: (t // 2).to_bytes(4, "big"),
-            Opt.REBINDING_T2: (t * 7 // 8).to_bytes(4, "big"),
-        }
-        if n.router:
-            opts[Opt.ROUTER] = ipaddress.IPv4Address(n.router).packed
-        if n.dns:
-            opts[Opt.DNS] = b"".join(ipaddress.IPv4Address(d).packed for d in n.dns)
-        return opts
 
     def _full(
         self, pkt: Packet, mt: MessageType, decision: BootDecision

@@ -139,9 +139,6 @@ class BootPlane:
         # key) to hand out the same token again for one boot; a random one still binds tokens.
         self.token_key = token_key if token_key is not None else secrets.token_bytes(32)
         self._token_locks: dict[str, asyncio.Lock] = {}
-        # Discovery's rate, checked in memory first: a flood of unknown MACs must not turn into
-        # a write transaction each (SQLite has one writer; the REST API shares it).
-        self._disc_tokens, self._disc_at = float(settings.boot_discovery_rate), time.monotonic()
 
     # -- shared lookups ------------------------------------------------------------------------
 
@@ -181,27 +178,23 @@ class BootPlane:
     def _discover(self, mac: str, smbios_uuid: str | None) -> tuple[MachineInfo | None, str]:
         """Record an unknown MAC as a discovered machine, within the rate limits.
         Returns (machine or None, reason)."""
-        st = self.settings
+        # The limits are checked in a read transaction first: a flood of unknown MACs must not
+        # turn into a write transaction each (SQLite has one writer; the REST API shares it).
+        with self.db.read() as s:
+            m = _machine_by_mac(s, mac)
+            if m is not None:
+                return m, "known"
+            limited = self._discovery_limited(s)
+        if limited is not None:
+            return None, limited
         try:
             with self.db.write() as s:
                 m = _machine_by_mac(s, mac)
                 if m is not None:
                     return m, "known"
-                since = utcnow() - timedelta(minutes=1)
-                discovered = Machine.phase == Phase.DISCOVERED.value
-                recent = (
-                    s.scalar(
-                        select(func.count())
-                        .select_from(Machine)
-                        .where(discovered, Machine.created_at >= since)
-                    )
-                    or 0
-                )
-                if recent >= st.boot_discovery_rate:
-                    return None, "discovery_rate_limited"
-                total = s.scalar(select(func.count()).select_from(Machine).where(discovered)) or 0
-                if total >= st.boot_discovery_max:
-                    return None, "discovery_limit_reached"
+                limited = self._discovery_limited(s)
+                if limited is not None:
+                    return None, limited
                 if smbios_uuid and s.scalar(
                     select(Machine.id).where(Machine.smbios_uuid == smbios_uuid)
                 ):
@@ -235,6 +228,26 @@ class BootPlane:
             with self.db.read() as s:
                 return _machine_by_mac(s, mac), "known"
         return info, "discovered"
+
+    def _discovery_limited(self, s: Session) -> str | None:
+        """Which discovery limit is reached, if any (counted in the database)."""
+        st = self.settings
+        since = utcnow() - timedelta(minutes=1)
+        discovered = Machine.phase == Phase.DISCOVERED.value
+        recent = (
+            s.scalar(
+                select(func.count())
+                .select_from(Machine)
+                .where(discovered, Machine.created_at >= since)
+            )
+            or 0
+        )
+        if recent >= st.boot_discovery_rate:
+            return "discovery_rate_limited"
+        total = s.scalar(select(func.count()).select_from(Machine).where(discovered)) or 0
+        if total >= st.boot_discovery_max:
+            return "discovery_limit_reached"
+        return None
 
     # -- /boot.ipxe ----------------------------------------------------------------------------
 
@@ -276,10 +289,7 @@ class BootPlane:
         m, discovery, rows = await asyncio.to_thread(self._load, mac)
         outcome: str | None = None
         if needs_discovery(_view(m), discovery):
-            if self._discovery_allowed():
-                m, outcome = await asyncio.to_thread(self._discover, mac, smbios_uuid)
-            else:
-                outcome = "discovery_rate_limited"
+            m, outcome = await asyncio.to_thread(self._discover, mac, smbios_uuid)
         query = ScriptQuery(mac, client_ip, arch, boot)
         plan = plan_script(
             query,
@@ -318,19 +328,6 @@ class BootPlane:
             initrds = [n for n in map(profiles.asset_name, profile.initrds) if n]
             self.steps.script_served(client_ip, mac, profiles.asset_name(profile.kernel), initrds)
         return Script(text, plan.action, plan.profile, m.name if m else None)
-
-    def _discovery_allowed(self) -> bool:
-        """A token bucket of ``boot_discovery_rate`` per minute (the database count still
-        decides; this only keeps a flood away from the writer). Runs on the event loop."""
-        rate = self.settings.boot_discovery_rate
-        now = time.monotonic()
-        tokens = min(float(rate), self._disc_tokens + (now - self._disc_at) * rate / 60.0)
-        self._disc_at = now
-        if tokens < 1.0:
-            self._disc_tokens = tokens
-            return False
-        self._disc_tokens = tokens - 1.0
-        return True
 
     def _token_lock(self, machine_id: str) -> asyncio.Lock:
         # Two fetches of one boot at once must not each issue (the second would revoke the first).
