@@ -107,6 +107,9 @@ class ScriptPlan:
     agent_args: bool
     """Append ``bronze.machine= bronze.token= bronze.server= bronze.enroll=``."""
     events: tuple[PlannedEvent, ...]
+    wait_for_boot: bool = False
+    """No token only because DHCP has not reported the boot the URL names (yet): the shell may
+    wait briefly for that report and plan again."""
 
 
 def needs_discovery(machine: MachineView | None, discovery: bool) -> bool:
@@ -175,11 +178,13 @@ def plan_script(
     if kind in (ScriptKind.DISCOVERY, ScriptKind.PROFILE) and profile is None:
         kind = ScriptKind.NONE
     token: TokenBinding | None = None
+    wait = False
     wants_token = profile is not None and (profile.agent or profile.uses_token)
     if wants_token and machine is not None and machine.phase in enrollment_phases:
         bound = token_binding(query, lease, machine.ip)
         if isinstance(bound, NoToken):
             reason = reason or bound.value
+            wait = query.boot is not None and (lease is None or lease.boot != query.boot)
         else:
             token = bound
     action = action_of(kind)
@@ -201,4 +206,5 @@ def plan_script(
         token=token,
         agent_args=token is not None and profile is not None and profile.agent,
         events=tuple(events),
+        wait_for_boot=wait,
     )

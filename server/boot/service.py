@@ -44,7 +44,9 @@ from server.boot.decide import Candidate, dhcp_decision
 from server.boot.plan import (
     MachineView,
     ProfileView,
+    ScriptPlan,
     ScriptQuery,
+    SeenLease,
     needs_discovery,
     plan_script,
 )
@@ -58,6 +60,9 @@ from server.settings import ServerSettings
 from server.types import Phase
 
 log = logging.getLogger(__name__)
+
+BOOT_WAIT_SECONDS = 2.0
+"""How long a script request naming a boot DHCP has not reported yet waits for that report."""
 
 
 @dataclass(frozen=True)
@@ -291,17 +296,12 @@ class BootPlane:
         if needs_discovery(_view(m), discovery):
             m, outcome = await asyncio.to_thread(self._discover, mac, smbios_uuid)
         query = ScriptQuery(mac, client_ip, arch, boot)
-        plan = plan_script(
-            query,
-            _view(m),
-            discovery,
-            outcome,
-            [ProfileView(p.name, p.agent, profiles.uses_token(p.args)) for p in rows],
-            _candidates(rows),
-            discovery_profile=self.settings.boot_discovery_profile,
-            enrollment_phases=ENROLLMENT_PHASES,
-            lease=self.seen.get(mac),
-        )
+        views = [ProfileView(p.name, p.agent, profiles.uses_token(p.args)) for p in rows]
+        lease = self.seen.get(mac)
+        plan = self._plan(query, m, discovery, outcome, views, rows, lease)
+        if plan.wait_for_boot:  # its DHCP ACK may still be on its way from a remote bronze pxe
+            lease = await self.seen.wait(mac, boot or "", BOOT_WAIT_SECONDS)
+            plan = self._plan(query, m, discovery, outcome, views, rows, lease)
         profile = next((p for p in rows if p.name == plan.profile), None)
         token: str | None = None
         extra: list[str] = []
@@ -328,6 +328,28 @@ class BootPlane:
             initrds = [n for n in map(profiles.asset_name, profile.initrds) if n]
             self.steps.script_served(client_ip, mac, profiles.asset_name(profile.kernel), initrds)
         return Script(text, plan.action, plan.profile, m.name if m else None)
+
+    def _plan(
+        self,
+        query: ScriptQuery,
+        m: MachineInfo | None,
+        discovery: bool,
+        outcome: str | None,
+        views: list[ProfileView],
+        rows: list[BootProfile],
+        lease: SeenLease | None,
+    ) -> ScriptPlan:
+        return plan_script(
+            query,
+            _view(m),
+            discovery,
+            outcome,
+            views,
+            _candidates(rows),
+            discovery_profile=self.settings.boot_discovery_profile,
+            enrollment_phases=ENROLLMENT_PHASES,
+            lease=lease,
+        )
 
     def _token_lock(self, machine_id: str) -> asyncio.Lock:
         # Two fetches of one boot at once must not each issue (the second would revoke the first).

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -461,6 +462,15 @@ def test_enrollment_token_only_for_the_address_dhcp_gave(api: RunningServer) -> 
     assert token_of(script(api, mac, boot="00002222").text) is None  # not the recorded boot
     assert token_of(script(api, mac, boot="00001111").text) == real  # still the same token
     assert script(api, mac, boot="xyz").status_code == 422
+    # A script request that arrives before DHCP's report of its boot (a remote bronze pxe posts
+    # it a moment later) waits for that report instead of going without a token.
+    plane = api.app.state.boot_plane
+    with ThreadPoolExecutor(1) as pool:
+        early = pool.submit(script, api, mac, boot="00003333")
+        eventually(lambda: mac in plane.seen._waiters)
+        dhcp_ack(boot, mac, "00003333")
+        fresh = token_of(early.result().text)
+    assert fresh is not None and fresh != real
     reasons = eventually(
         lambda: (
             {e["detail"].get("reason") for e in timeline(c, mac) if e["kind"] == "SCRIPT"}

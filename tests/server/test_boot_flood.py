@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import socket
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -102,3 +103,21 @@ def test_flood_of_random_macs(served: RunningServer) -> None:
         stop.set()
         flooder.join(timeout=60)
         known.close()
+
+
+def test_database_error_is_503_with_retry_after(api_sqlite: RunningServer, sqlite_url: str) -> None:
+    """A database error on a request path (here: a table gone from under the server, the same
+    ``OperationalError`` SQLite raises when busy) is a 503 with ``Retry-After``, never a 500,
+    and the server stays up."""
+    path = sqlite_url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE boot_profiles")
+    r = api_sqlite.client("").get("/boot.ipxe", params={"mac": "02:00:00:00:20:01"})
+    assert r.status_code == 503, r.text
+    assert r.headers["Retry-After"] == "1"
+    assert r.json()["error"] == {
+        "code": "unavailable",
+        "message": "database busy, retry shortly",
+        "details": None,
+    }
+    assert api_sqlite.client().get("/healthz").status_code == 200

@@ -194,6 +194,8 @@ def test_plan_script(
         lease=lease,
     )
     assert (plan.kind, plan.profile, plan.token, plan.agent_args) == (kind, profile, token, agent)
+    # only a boot DHCP has not reported yet is worth waiting for
+    assert plan.wait_for_boot is (why == "token_no_known_address" and query.boot is not None)
     script = plan.events[-1]
     assert script.kind is HttpKind.SCRIPT and script.detail.get("reason") == why
     assert script.detail["action"] == plan.action.value
@@ -248,7 +250,8 @@ URL = "http://10.0.0.1:8080/boot.ipxe?mac=52%3A54%3A00%3A00%3A00%3A01&arch=bios"
 LEASES = [
     ("full_ack", "ACK", {"yiaddr": IP, "file": URL + "&boot=00001234"}, SeenLease("00001234", IP)),
     ("proxy_ack", "ACK", {"yiaddr": ZERO, "file": URL + "&boot=ab"}, SeenLease("ab", None)),
-    ("offer", "OFFER", {"yiaddr": IP, "file": URL + "&boot=00001234"}, None),
+    ("full_offer", "OFFER", {"yiaddr": IP, "file": URL + "&boot=00001234"}, None),
+    ("proxy_offer", "OFFER", {"yiaddr": ZERO, "file": URL + "&boot=ab"}, SeenLease("ab", None)),
     ("first_stage", "ACK", {"yiaddr": IP, "file": "undionly.kpxe"}, None),
     ("bad_boot", "ACK", {"yiaddr": IP, "file": URL + "&boot=XYZ"}, None),
     ("two_boots", "ACK", {"yiaddr": IP, "file": URL + "&boot=1&boot=2"}, None),
