@@ -281,7 +281,8 @@ class DhcpServer:
             TimelineKind(kind.value),
             pkt,
             yiaddr=reply.yiaddr,
-            file=reply.file.decode(),
+            # option 67, not the 128-byte file field: a script URL may not fit the field
+            file=reply.options.get(Opt.BOOTFILE, reply.file).decode(),
             to=f"{dest[0]}:{dest[1]}",
         )
 

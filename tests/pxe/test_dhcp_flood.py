@@ -123,3 +123,21 @@ def test_known_macs_listed_before_any_decision(
         assert offer is not None and offer.message_type is MessageType.OFFER
     finally:
         loop.run(srv.stop())
+
+
+def test_events_carry_the_whole_script_url(
+    loop: LoopThread, client: Client, sink: ListSink
+) -> None:
+    """The boot plane binds tokens to the ``boot=`` of the URL it reads from ACK events; a URL
+    longer than the 128-byte file field (long host, uuid) must still reach it whole."""
+    srv = server(loop, client, sink, LeaseStore(None, ("127.0.9.1", "127.0.9.16")))
+    uuid = "8a3b4c5d-1e2f-4a5b-8c9d-0e1f2a3b4c5d"
+    srv.boot = BootConfig(server_ip="127.0.0.1", http_base_url="http://boot.example.invalid:8080")
+    try:
+        client.send(pxe_request(KNOWN, xid=0xABCD, ipxe=True, uuid=uuid), srv.server_port)
+        offer = reply_to(client, 0xABCD)
+        assert offer is not None and offer.file == b""  # too long for the field
+        files = eventually(lambda: [e.detail["file"] for e in sink.events if "file" in e.detail])
+        assert files[0].endswith(f"&uuid={uuid}&boot=0000abcd"), files
+    finally:
+        loop.run(srv.stop())
