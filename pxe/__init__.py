@@ -5,7 +5,7 @@ Public API (what `server` and `bronze pxe` use):
   BootBackend, BootQuery, BootDecision    - what pxe asks the control plane
   StaticBackend, HttpBackend              - two backends (CachedBackend wraps one; PxeService does)
   TimelineSink, TimelineEvent, TimelineKind
-  BootProfile, BootAction, RenderContext, render, Group, select   - iPXE scripts
+  BootProfile, BootAction, RenderContext, render   - iPXE scripts
 """
 
 from pxe.backend import (
@@ -24,7 +24,7 @@ from pxe.backend import (
 from pxe.dhcp.decide import Mode
 from pxe.dhcp.packet import Arch
 from pxe.errors import BackendError, MalformedPacket, PxeError, UnsafeValue
-from pxe.ipxe import BootAction, BootProfile, Group, RenderContext, render, select
+from pxe.ipxe import BootAction, BootProfile, RenderContext, render
 from pxe.service import PxeService, PxeSettings
 
 __all__ = [
@@ -36,7 +36,6 @@ __all__ = [
     "BootProfile",
     "BootQuery",
     "CachedBackend",
-    "Group",
     "HttpBackend",
     "ListSink",
     "MalformedPacket",
@@ -52,5 +51,4 @@ __all__ = [
     "UnsafeValue",
     "decision_from_json",
     "render",
-    "select",
 ]

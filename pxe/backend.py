@@ -65,7 +65,8 @@ class BootDecision:
 
 @runtime_checkable
 class BootBackend(Protocol):
-    """Decides what a machine may do when it network-boots."""
+    """Decides what a machine may do when it network-boots. A backend may also offer
+    ``async def known_macs(self) -> frozenset[str] | None`` (see ``known_macs``)."""
 
     async def decide(self, query: BootQuery) -> BootDecision: ...
 
@@ -135,6 +136,16 @@ class ListSink:
         return [e.kind for e in self.events if mac is None or e.mac == mac]
 
 
+async def known_macs(backend: object) -> frozenset[str] | None:
+    """``backend.known_macs()`` when the backend offers it: every MAC it would call known, so
+    the DHCP server can answer those first during a flood of unknown MACs. None: no list."""
+    lister = getattr(backend, "known_macs", None)
+    if lister is None:
+        return None
+    result: frozenset[str] | None = await lister()
+    return result
+
+
 class StaticBackend:
     """Answers from a fixed table of MAC -> decision; unknown MACs get `default`."""
 
@@ -150,6 +161,12 @@ class StaticBackend:
     async def decide(self, query: BootQuery) -> BootDecision:
         self.queries.append(query)
         return self.machines.get(query.mac, self.default)
+
+    async def known_macs(self) -> frozenset[str] | None:
+        """The table's known MACs (``pxe.dhcp.admission``); None when every MAC is known."""
+        if self.default.known:
+            return None
+        return frozenset(m for m, d in self.machines.items() if d.known)
 
 
 class HttpBackend:
@@ -226,6 +243,10 @@ class CachedBackend:
             task.add_done_callback(lambda t: t.cancelled() or t.exception())
             self._inflight[query] = task
         return await asyncio.shield(task)  # one caller giving up does not cancel the others
+
+    async def known_macs(self) -> frozenset[str] | None:
+        """The wrapped backend's list of known MACs, if it has one (``pxe.dhcp.admission``)."""
+        return await known_macs(self.backend)
 
     async def _ask(self, query: BootQuery) -> BootDecision:
         try:

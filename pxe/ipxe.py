@@ -7,16 +7,14 @@ every value is validated and refused (`UnsafeValue`) rather than escaped. The on
 allowed are the renderer's own: ``${mac}``, ``${uuid}``, ``${server}``, ``${token}``, which it
 replaces with validated values before the text leaves this module.
 
-Profiles are chosen the way matchbox chooses groups (``storage/storagepb/group.go``): a group
-matches when all its selectors equal the machine's labels; the group with the most selectors
-wins; ties go to the lexicographically smallest group name, so the choice is deterministic.
+Which profile a machine gets is the server's decision (``server.boot.decide.pick_profile``);
+this module only validates and renders.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 from pxe.errors import UnsafeValue
@@ -142,20 +140,3 @@ def render(action: BootAction, ctx: RenderContext, profile: BootProfile | None =
         lines.append(f"initrd --name {n} {ctx.expand(f'initrds[{i}]', url)}")
     lines.append("boot")
     return head + "\n".join(lines) + "\n"
-
-
-@dataclass(frozen=True)
-class Group:
-    """A profile bound to label selectors (all must match)."""
-
-    name: str
-    profile: str
-    selectors: Mapping[str, str] = field(default_factory=dict)
-
-
-def select(groups: Iterable[Group], labels: Mapping[str, str]) -> Group | None:
-    """The matching group with the most selectors; ties -> smallest name. None if none match."""
-    matching = [g for g in groups if all(labels.get(k) == v for k, v in g.selectors.items())]
-    if not matching:
-        return None
-    return min(matching, key=lambda g: (-len(g.selectors), g.name))

@@ -25,6 +25,7 @@ from pxe.backend import (
     TimelineSink,
     null_sink,
 )
+from pxe.dhcp.admission import Admission, UnknownOffers
 from pxe.dhcp.decide import BootConfig, BootFiles, Mode
 from pxe.dhcp.leases import LeaseStore
 from pxe.dhcp.server import DhcpServer, FullModeConfig
@@ -52,6 +53,24 @@ class PxeSettings(BaseSettings):
     tftp_max_sessions: int = Field(default=1000, ge=1)
     tftp_timeout: float = Field(default=1.0, gt=0)
     tftp_retries: int = Field(default=5, ge=0)
+    dhcp_unknown_rate: float = Field(default=50.0, ge=0)
+    """DHCP requests per second from MACs the backend does not know (0: unlimited)."""
+    dhcp_unknown_burst: int = Field(default=100, ge=1)
+    """Unknown-MAC requests admitted at once before ``dhcp_unknown_rate`` applies."""
+    dhcp_unknown_inflight: int = Field(default=32, ge=1)
+    """Unknown-MAC requests being decided at once (the rest of ``max_inflight`` is for known)."""
+    dhcp_unknown_offers: int = Field(default=64, ge=0)
+    """Full mode: pool offers to unknown MACs outstanding at once."""
+    dhcp_unknown_offer_seconds: float = Field(default=5.0, gt=0)
+    """Full mode: how long a pool offer to an unknown MAC holds its address (known: 30 s)."""
+    dhcp_known_refresh: float = Field(default=10.0, gt=0)
+    """Seconds between refreshes of the backend's list of known MACs."""
+    tftp_client_max_sessions: int = Field(default=8, ge=0)
+    """Transfers in flight at once per client address (0: only ``tftp_max_sessions``)."""
+    tftp_client_rate: float = Field(default=20.0, ge=0)
+    """Requests per second per client address on the TFTP port (0: unlimited)."""
+    tftp_client_burst: int = Field(default=40, ge=1)
+    """Requests a client address may send at once before ``tftp_client_rate`` applies."""
     decision_cache_seconds: float = Field(default=5.0, ge=0)
     bios_file: str = "undionly.kpxe"
     uefi_x64_file: Literal["snponly.efi", "ipxe.efi"] | str = "snponly.efi"
@@ -147,6 +166,13 @@ class PxeService:
             network=FullModeConfig(
                 subnet_mask=s.subnet_mask, router=s.router, lease_seconds=s.lease_seconds
             ),
+            admission=Admission(
+                unknown_rate=s.dhcp_unknown_rate,
+                unknown_burst=s.dhcp_unknown_burst,
+                unknown_inflight=s.dhcp_unknown_inflight,
+            ),
+            unknown_offers=UnknownOffers(s.dhcp_unknown_offers, s.dhcp_unknown_offer_seconds),
+            known_refresh=s.dhcp_known_refresh,
         )
         self.tftp: TftpServer | None = None
         if s.tftp_enabled:
@@ -158,6 +184,9 @@ class PxeService:
                 max_sessions=s.tftp_max_sessions,
                 timeout=s.tftp_timeout,
                 retries=s.tftp_retries,
+                client_max_sessions=s.tftp_client_max_sessions,
+                client_rate=s.tftp_client_rate,
+                client_burst=s.tftp_client_burst,
                 interface=s.interface,
             )
 

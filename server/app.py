@@ -5,6 +5,8 @@ FastAPI app with one error handler that renders every error as
 from __future__ import annotations
 
 import gc
+import hashlib
+import hmac
 import logging
 import os
 from collections.abc import AsyncIterator
@@ -16,7 +18,8 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as SqlPoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pxe import PxeService, PxeSettings
@@ -54,6 +57,17 @@ def load_secrets(settings: ServerSettings) -> SecretBox:
     if settings.secret_key is not None:
         return SecretBox(settings.secret_key.get_secret_value().encode())
     return SecretBox.from_file(settings.data_dir / "secret.key")
+
+
+def boot_token_key(settings: ServerSettings) -> bytes:
+    """The key enrollment tokens of ``/boot.ipxe`` are derived with (``server.agents.tokens``):
+    from the secret key, so replicas sharing it hand out the same token for one boot."""
+    if settings.secret_key is not None:
+        material = settings.secret_key.get_secret_value().encode()
+    else:
+        load_secrets(settings)  # creates the key file if missing
+        material = (settings.data_dir / "secret.key").read_bytes().strip()
+    return hmac.new(material, b"bronze boot token key", hashlib.sha256).digest()
 
 
 def ensure_admin_token(settings: ServerSettings, db: Database) -> Path | None:
@@ -153,6 +167,16 @@ def install_error_handlers(app: FastAPI) -> None:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
         return _error(exc.status_code, code, str(exc.detail))
 
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(SqlPoolTimeout)
+    async def _db_busy(request: Request, exc: Exception) -> JSONResponse:
+        # SQLite's single writer (or an exhausted pool) under a burst is a moment, not a bug:
+        # the client is told to come back (firmware and the CLI retry) instead of seeing a 500.
+        log.warning("database busy path=%s type=%s", request.url.path, type(exc).__name__)
+        resp = _error(503, "unavailable", "database busy, retry shortly")
+        resp.headers["Retry-After"] = "1"
+        return resp
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error(
@@ -195,7 +219,9 @@ def create_app(
             settings.boot_timeline_max_rows,
         ),
     )
-    boot_plane = BootPlane(db, settings, pxe_settings.http_base_url, writer)
+    boot_plane = BootPlane(
+        db, settings, pxe_settings.http_base_url, writer, boot_token_key(settings)
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -206,7 +232,7 @@ def create_app(
         try:
             if pxe_settings.enabled:
                 try:
-                    pxe_service = PxeService(pxe_settings, boot_plane, writer.sink)
+                    pxe_service = PxeService(pxe_settings, boot_plane, boot_plane.sink(writer.sink))
                     await pxe_service.start()
                 except (OSError, ValueError) as exc:
                     # Like the agent API: the REST API stays up (degraded) and says why.

@@ -58,6 +58,12 @@ class Drop(StrEnum):
     """The backend failed; the firmware will retry."""
     OVERLOADED = "overloaded"
     """Too many requests in flight."""
+    UNKNOWN_RATE = "unknown_rate"
+    """A MAC the backend does not know, beyond the rate for unknown MACs (``admission``)."""
+    UNKNOWN_BUSY = "unknown_busy"
+    """A MAC the backend does not know while ``unknown_inflight`` of them are being decided."""
+    UNKNOWN_OFFERS = "unknown_offers"
+    """Full mode: ``unknown_offers`` pool offers to unknown MACs are already outstanding."""
 
 
 class ClientKind(StrEnum):
@@ -138,10 +144,13 @@ def screen(pkt: Packet, mode: Mode, *, port4011: bool = False) -> Drop | None:
 
 
 def script_url(cfg: BootConfig, pkt: Packet) -> str:
-    """The iPXE script URL; literal values we know, so no iPXE expansion is needed."""
+    """The iPXE script URL; literal values we know, so no iPXE expansion is needed. ``boot``
+    names this boot (the DHCP transaction id, the same in DISCOVER and REQUEST): the server binds
+    the enrollment token it hands out to it (docs/boot.md)."""
     q = f"mac={quote(pkt.mac)}&arch={pkt.arch.value}"
     if pkt.uuid:
         q += f"&uuid={pkt.uuid}"
+    q += f"&boot={pkt.xid:08x}"
     return f"{cfg.http_base_url.rstrip('/')}{cfg.script_path}?{q}"
 
 

@@ -138,11 +138,16 @@ class LeaseStore:
         self.by_mac[lease.mac] = lease
         self.by_ip[lease.ip] = lease
 
-    def offer(self, mac: str, ip: str) -> None:
+    def holds(self, mac: str) -> bool:
+        """``mac`` has a bound, unexpired lease (a client we already serve)."""
+        cur = self.by_mac.get(mac)
+        return cur is not None and cur.bound and cur.expires > self.clock()
+
+    def offer(self, mac: str, ip: str, seconds: float = OFFER_SECONDS) -> None:
         cur = self.by_mac.get(mac)
         if cur is not None and cur.bound and cur.ip == ip and cur.expires > self.clock():
             return  # keep the bound lease as is
-        self._put(Lease(mac, ip, self.clock() + OFFER_SECONDS, False))
+        self._put(Lease(mac, ip, self.clock() + seconds, False))
 
     def bind(self, mac: str, ip: str, lease_seconds: float) -> Lease:
         lease = Lease(mac, ip, self.clock() + lease_seconds, True)

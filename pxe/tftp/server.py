@@ -10,7 +10,8 @@ from 65535 to 0, as tftpd-hpa and curl expect.
 
 Safety: only RRQ is served (WRQ -> error 2, nothing is written); names are confined to the root
 (`paths.resolve`); invalid option values are ignored (RFC 2347 allows it); sessions are capped
-and reaped after `timeout * (retries + 1)` of silence; a transfer that is never acknowledged
+in total and per client address, requests are rate-limited per address (`limits`), and sessions
+are reaped after `timeout * (retries + 1)` of silence; a transfer that is never acknowledged
 costs at most 1 + retries transmissions of its first packet (or window).
 
 Speed (`session.Session`): each session has its own connected UDP socket. Lock-step transfers
@@ -29,10 +30,12 @@ import logging
 import os
 import socket
 import stat
+import time
 from dataclasses import dataclass, field
 
 from pxe.backend import TimelineEvent, TimelineKind, TimelineSink, null_sink
 from pxe.errors import PxeError
+from pxe.tftp.limits import ClientLimits
 from pxe.tftp.packets import (
     E_ACCESS,
     E_ILLEGAL_OP,
@@ -64,6 +67,10 @@ class TftpStats:
     by_error: dict[int, int] = field(default_factory=dict)
     peak_sessions: int = 0
     """Most transfers in flight at once (never above ``max_sessions``)."""
+    rate_limited: int = 0
+    """Datagrams on the listening port dropped by the per-client rate limit."""
+    client_busy: int = 0
+    """Requests refused because their address had ``client_max_sessions`` transfers running."""
 
 
 class TftpServer:
@@ -83,6 +90,9 @@ class TftpServer:
         max_windowsize: int = 64,
         max_threads: int = 64,
         interface: str | None = None,
+        client_max_sessions: int = 8,
+        client_rate: float = 20.0,
+        client_burst: int = 40,
     ) -> None:
         if address in ("0.0.0.0", ""):  # noqa: S104
             raise PxeError("refusing to bind the wildcard address")
@@ -96,6 +106,7 @@ class TftpServer:
         self.stats = TftpStats()
         self.gso = True  # cleared if the kernel refuses UDP_SEGMENT
         self.sessions: dict[tuple[str, int], Session] = {}
+        self.limits = ClientLimits(client_max_sessions, client_rate, client_burst)
         self._sock: socket.socket | None = None
         self.loop: asyncio.AbstractEventLoop
 
@@ -168,8 +179,16 @@ class TftpServer:
             except OSError:
                 pass
 
+    def session_closed(self, peer: tuple[str, int]) -> None:
+        """Called by a session when it ends (``Session.finish``)."""
+        if self.sessions.pop(peer, None) is not None:
+            self.limits.closed(peer[0])
+
     def _on_request(self, data: bytes, peer: tuple[str, int]) -> None:
         self.stats.requests += 1
+        if self.limits.request(peer[0], time.monotonic()) is not None:
+            self.stats.rate_limited += 1
+            return  # silently: a reply to a flood (maybe spoofed) would amplify it
         if len(data) < 2 or data[0] != 0:
             self.stats.ignored += 1
             return  # garbage: silence
@@ -198,6 +217,10 @@ class TftpServer:
             return
         if len(self.sessions) >= self.max_sessions:
             self._reply_error(peer, E_UNDEFINED, "server busy")
+            return
+        if self.limits.may_open(peer[0]) is not None:
+            self.stats.client_busy += 1
+            self._reply_error(peer, E_UNDEFINED, "too many transfers from this client")
             return
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -233,6 +256,7 @@ class TftpServer:
         name = req.filename.decode("ascii")
         session = Session(self, sock, fd, peer, name, st.st_size, req)
         self.sessions[peer] = session
+        self.limits.opened(peer[0], time.monotonic())
         self.stats.started += 1
         self.stats.peak_sessions = max(self.stats.peak_sessions, len(self.sessions))
         self.emit(

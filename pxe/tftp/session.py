@@ -283,7 +283,7 @@ class Session:
                 pass
             self.sock.close()
             os.close(self.fd)
-        srv.sessions.pop(self.peer, None)
+        srv.session_closed(self.peer)
         sent = self.size if ok else min(self.size, max(0, self.acked) * self.blksize)
         if ok:
             srv.stats.completed += 1

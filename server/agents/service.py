@@ -29,7 +29,7 @@ from server.agents.hub import SessionHub
 from server.agents.pki import FleetCA, PkiError
 from server.agents.pki_files import ExpiryWarning, expiring, load_or_issue_server_cert
 from server.agents.store import AgentStore, IssuedCertificate
-from server.agents.tokens import DENIED_MESSAGE, BootstrapTokens, EnrollmentDenied
+from server.agents.tokens import DENIED_MESSAGE, BootstrapTokens, EnrollmentDenied, peer_ip
 from server.agents.trouble import (
     MAX_PROBLEM_CHARS,
     ReportLimiter,
@@ -85,7 +85,9 @@ class EnrollmentService(pb_grpc.EnrollmentServicer):
         except ValueError:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed CSR")
         try:
-            grant = await self._tokens.verify(request.machine_id, request.bootstrap_token)
+            grant = await self._tokens.verify(
+                request.machine_id, request.bootstrap_token, peer=peer_ip(context.peer())
+            )
             if not grant.machine.accepted:
                 await self._pending(request, grant.token.boot_ref, context.peer())
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, PENDING_MESSAGE)

@@ -7,7 +7,10 @@ returns a random secret placed on the kernel command line (``bronze.token=...``)
 * **single-use**: :meth:`BootstrapTokens.redeem` compare-and-deletes it, so two racing enrollments
   with one token yield one certificate;
 * **bound to one machine and one boot**: it is stored under the machine id and a new boot (a new
-  ``issue``) replaces it; it is wiped when that boot ends (power-off, cycle, reset) or the
+  ``issue``) replaces it; a token from ``/boot.ipxe`` (``issue_bound``) is also bound to the
+  address DHCP gave the machine and is redeemable only from that address (``redeem(peer=)``),
+  and a second fetch of the same boot's script gets the same token back; it is wiped when that
+  boot ends (power-off, cycle, reset) or the
   machine is reprovisioned (``server/agents/token_wipe.py``, in the same transaction as the change);
 * **stored hashed** (SHA-256; the secret has 256 bits of entropy, so no slow KDF is needed) and
   compared in constant time (``hmac.compare_digest``).
@@ -34,6 +37,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import ipaddress
 import logging
 import secrets
 from collections.abc import Callable
@@ -70,6 +74,44 @@ class TokenGrant:
 _NO_TOKEN_HASH = hash_token("\x00no-token")
 # Looked up instead of an empty machine id, so the empty id costs the same queries.
 _NO_MACHINE_ID = "\x00none"
+
+
+# -- tokens bound to one boot and one address (``/boot.ipxe``, docs/boot.md) --------------------
+# The boot_ref of such a token is ``BOOT@ADDRESS#NONCE``; the token is HMAC(key, machine, ref),
+# so the boot plane can hand the same token out again for the same boot without storing it.
+
+
+def bound_ref(boot: str, address: str, nonce: str) -> str:
+    return f"{boot}@{address}#{nonce}"
+
+
+def bound_address(boot_ref: str) -> str | None:
+    """The address a token is redeemable from, None for an unbound token (manual issue)."""
+    if "@" not in boot_ref or "#" not in boot_ref:
+        return None
+    return boot_ref.split("@", 1)[1].rsplit("#", 1)[0]
+
+
+def derive_token(key: bytes, machine_id: str, boot_ref: str) -> str:
+    mac = hmac.new(key, f"{machine_id}\x00{boot_ref}".encode(), hashlib.sha256)
+    return mac.hexdigest()
+
+
+def peer_ip(peer: str | None) -> str | None:
+    """The IP of a gRPC peer string (``ipv4:1.2.3.4:5``, ``ipv6:[::1]:5``), None if another kind."""
+    if not peer or ":" not in peer:
+        return None
+    family, rest = peer.split(":", 1)
+    if family not in ("ipv4", "ipv6"):
+        return None
+    host = rest.rsplit(":", 1)[0].replace("%5B", "[").replace("%5D", "]").strip("[]")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
 
 
 class BootstrapTokens:
@@ -116,13 +158,37 @@ class BootstrapTokens:
             return False
         return await self._store.delete_bootstrap_token(machine_id, stored.token_hash)
 
+    async def issue_bound(
+        self, machine_id: str, boot: str, address: str, ttl: dt.timedelta, key: bytes
+    ) -> str:
+        """The token of boot ``boot`` redeemable only from ``address``: the one already issued for
+        that boot and address while it is unused and unexpired, else a new one (which replaces
+        any other). Callers serialise calls per machine."""
+        stored = await self._store.get_bootstrap_token(machine_id)
+        prefix = f"{boot}@{address}#"
+        if stored is not None and stored.boot_ref.startswith(prefix):
+            token = derive_token(key, machine_id, stored.boot_ref)
+            if stored.expires_at > self._now() and hmac.compare_digest(
+                hash_token(token), stored.token_hash
+            ):
+                return token
+        ref = bound_ref(boot, address, secrets.token_hex(8))
+        token = derive_token(key, machine_id, ref)
+        expires = self._now() + ttl
+        await self._store.save_bootstrap_token(
+            BootstrapToken(machine_id, hash_token(token), ref, expires)
+        )
+        log.info("bootstrap token issued machine=%s boot=%s address=%s", machine_id, boot, address)
+        return token
+
     async def wipe(self, machine_id: str) -> None:
         """Forget the machine's token (power-off, reprovision, delete)."""
         await self._store.delete_bootstrap_token(machine_id)
 
-    async def verify(self, machine_id: str, token: str) -> TokenGrant:
+    async def verify(self, machine_id: str, token: str, peer: str | None = None) -> TokenGrant:
         """Check ``token`` for ``machine_id`` without consuming it, or raise
-        :class:`EnrollmentDenied`. Same work whatever the outcome (module docstring)."""
+        :class:`EnrollmentDenied`. Same work whatever the outcome (module docstring). A token
+        bound to an address (``issue_bound``) is good only from a ``peer`` with that IP."""
         key = machine_id or _NO_MACHINE_ID
         presented = hash_token(token)
         machine = await self._store.get_machine(key)
@@ -131,6 +197,10 @@ class BootstrapTokens:
         good = hmac.compare_digest(presented.encode(), expected.encode())
         fresh = stored is not None and stored.expires_at > self._now()
         if machine is None or stored is None or not (good and fresh and machine.enrollment_allowed):
+            raise EnrollmentDenied()
+        bound = bound_address(stored.boot_ref)
+        if bound is not None and bound != peer:
+            log.warning("bootstrap token presented from another address machine=%s", machine_id)
             raise EnrollmentDenied()
         return TokenGrant(machine, stored)
 
@@ -141,8 +211,8 @@ class BootstrapTokens:
         if not await self._store.delete_bootstrap_token(t.machine_id, t.token_hash):
             raise EnrollmentDenied()
 
-    async def redeem(self, machine_id: str, token: str) -> BootstrapToken:
+    async def redeem(self, machine_id: str, token: str, peer: str | None = None) -> BootstrapToken:
         """Verify and consume ``token`` for ``machine_id`` or raise :class:`EnrollmentDenied`."""
-        grant = await self.verify(machine_id, token)
+        grant = await self.verify(machine_id, token, peer)
         await self.consume(grant)
         return grant.token

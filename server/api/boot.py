@@ -2,7 +2,8 @@
 
 No authentication (firmware cannot send a bearer token):
 
-* ``GET /boot.ipxe?mac=..&uuid=..&arch=..``: the machine's iPXE script (``server.boot.service``);
+* ``GET /boot.ipxe?mac=..&uuid=..&arch=..&boot=..``: the machine's iPXE script
+  (``server.boot.service``);
 * ``GET|HEAD /assets/{name}``: boot assets, with single ``Range`` support (206/416).
 
 Role ``boot`` (a remote ``bronze pxe``; admin too): ``GET /api/v1/boot/decide`` (the
@@ -41,6 +42,7 @@ from server.boot.assets import (
     check_name,
     parse_range,
 )
+from server.boot.plan import BOOT_ID_RE
 from server.boot.service import AgentEndpoints, BootPlane, UnsafeStoredProfile
 from server.boot.timeline import Row
 from server.errors import ApiError, Invalid, NotFound
@@ -111,9 +113,14 @@ async def boot_script(
     mac: Annotated[str, Query(max_length=32)],
     uuid: Annotated[str | None, Query(max_length=36)] = None,
     arch: Annotated[str | None, Query(max_length=16)] = None,
+    boot: Annotated[str | None, Query(max_length=16)] = None,
 ) -> Response:
-    """The iPXE script for the machine with this MAC (firmware; no authentication)."""
+    """The iPXE script for the machine with this MAC (firmware; no authentication). ``boot``:
+    the DHCP transaction the URL came from; an enrollment token is handed out only for the boot
+    and to the address DHCP recorded for the MAC (docs/boot.md)."""
     m, u, a = _mac(mac), _uuid(uuid), _arch(arch)
+    if boot is not None and not BOOT_ID_RE.match(boot):
+        raise Invalid(message="boot: 1-16 lower-case hex digits", details={"field": "boot"})
     try:
         script = await _plane(request).script(
             m,
@@ -122,6 +129,7 @@ async def boot_script(
             client_ip=request.client.host if request.client else None,
             tokens=request.app.state.agent_tokens,
             agent=_agent_endpoints(request, ctx),
+            boot=boot,
         )
     except UnsafeStoredProfile as exc:
         raise UnsafeProfileError(
@@ -322,8 +330,11 @@ def ingest_timeline(
     body: TimelineBatch, request: Request, who: Annotated[Principal, Depends(boot)]
 ) -> dict[str, int]:
     """Events from a remote ``bronze pxe`` (batched; queued, written in the background)."""
-    writer = _plane(request).timeline
+    plane = _plane(request)
+    writer = plane.timeline
     now = time.time()
+    for e in body.events:
+        plane.observe(e.mac, e.kind, e.detail)
     accepted = sum(
         writer.submit(
             Row(

@@ -14,11 +14,10 @@ maintenance, failed            ``exit``: nothing destructive        known, allow
 =============================  ===================================  =============================
 
 "Discovery on" means ``BRONZE_BOOT_DISCOVERY`` is true *and* the profile it names exists.
-Profile choice follows ``pxe.ipxe.select`` (matchbox groups): among the profiles whose label
-selector matches, the one with the most requirements wins, ties go to the smallest name. Our
-selectors are Kubernetes selectors (``server.inventory.selectors``: ``in``, ``notin``, ``!key`` ...), which
-``select`` cannot evaluate (it compares equality maps), so the match is evaluated here with
-``server.inventory.selectors.matches`` and the ranking is the same rule.
+Profile choice (``pick_profile``) is matchbox's group rule (``storage/storagepb/group.go``) over
+our selectors: among the profiles whose Kubernetes label selector matches
+(``server.inventory.selectors.matches``: ``=``, ``in``, ``notin``, ``!key`` ...), the one with the
+most requirements wins; ties go to the smallest name. The discovery profile never takes part.
 """
 
 from __future__ import annotations

@@ -28,6 +28,7 @@ from pxe import (
     PxeService,
     PxeSettings,
     TimelineEvent,
+    TimelineKind,
 )
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class HttpTimelineSink:
         self._task: asyncio.Task[None] | None = None
         self.dropped = 0
         self.posted = 0
+        self._kick = asyncio.Event()
 
     def __call__(self, event: TimelineEvent) -> None:
         if event.mac is None:
@@ -82,13 +84,21 @@ class HttpTimelineSink:
                 "at": event.at,
             }
         )
+        if event.kind in (TimelineKind.ACK, TimelineKind.OFFER) and "boot=" in str(
+            detail.get("file", "")
+        ):
+            # The server binds the machine's enrollment token to this answer (docs/boot.md) and
+            # iPXE asks for its script right after it: post now, not at the next interval.
+            self._kick.set()
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
         while True:
-            await asyncio.sleep(self.delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), self.delay)
+            self._kick.clear()
             ok = await self.flush()
             self.failures = 0 if ok else self.failures + 1
             self.delay = next_delay(self.delay, ok, self.interval, self.max_interval)

@@ -2,8 +2,9 @@
 
 * ``decide()`` is the ``pxe.BootBackend`` of the in-process ``PxeService`` (and of
   ``GET /api/v1/boot/decide`` for a remote ``bronze pxe``);
-* ``script()`` renders ``GET /boot.ipxe``: machine lookup by MAC, discovery (rate-limited),
-  profile choice, a per-boot enrollment token for agent profiles, ``pxe.ipxe.render``.
+* ``script()`` renders ``GET /boot.ipxe``: the I/O around the pure ``server.boot.plan``
+  (machine lookup by MAC, discovery (rate-limited), the enrollment token bound to the boot and
+  address DHCP recorded in ``seen`` (fed by ``observe``/``sink``), ``pxe.ipxe.render``, timeline).
 
 Scripts carry no secret but that token (short-lived, single-use, stored hashed:
 ``server.agents.tokens``). Nothing from the request reaches a script unvalidated: the MAC and
@@ -17,26 +18,40 @@ import logging
 import secrets
 import time
 import uuid as uuidlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from pxe import BootAction, BootDecision, BootQuery, RenderContext, UnsafeValue, render
+from pxe import (
+    BootAction,
+    BootDecision,
+    BootQuery,
+    RenderContext,
+    TimelineEvent,
+    TimelineSink,
+    UnsafeValue,
+    render,
+)
 from server.agents import BootstrapTokens
 from server.agents.dbstore import ENROLLMENT_PHASES
 from server.boot import profiles
-from server.boot.decide import (
-    Candidate,
-    ScriptKind,
-    action_of,
-    dhcp_decision,
-    pick_profile,
-    script_kind,
+from server.boot.decide import Candidate, dhcp_decision
+from server.boot.plan import (
+    MachineView,
+    ProfileView,
+    ScriptPlan,
+    ScriptQuery,
+    SeenLease,
+    needs_discovery,
+    plan_script,
 )
-from server.boot.timeline import HttpKind, HttpSteps, Row, TimelineWriter
+from server.boot.seen import SeenLeases
+from server.boot.timeline import HttpSteps, Row, TimelineWriter
 from server.inventory import machines as inventory
 from server.inventory.db import Database
 from server.inventory.models import BootProfile, Machine, MachineLabel, Nic, utcnow
@@ -45,6 +60,9 @@ from server.settings import ServerSettings
 from server.types import Phase
 
 log = logging.getLogger(__name__)
+
+BOOT_WAIT_SECONDS = 2.0
+"""How long a script request naming a boot DHCP has not reported yet waits for that report."""
 
 
 @dataclass(frozen=True)
@@ -116,10 +134,16 @@ class BootPlane:
         settings: ServerSettings,
         base_url: str,
         timeline: TimelineWriter,
+        token_key: bytes | None = None,
     ) -> None:
         self.db, self.settings, self.base_url = db, settings, base_url.rstrip("/")
         self.timeline = timeline
         self.steps = HttpSteps()
+        self.seen = SeenLeases(ttl=float(settings.boot_token_ttl))
+        # Replicas sharing a database must share this key (app.py derives it from the secret
+        # key) to hand out the same token again for one boot; a random one still binds tokens.
+        self.token_key = token_key if token_key is not None else secrets.token_bytes(32)
+        self._token_locks: dict[str, asyncio.Lock] = {}
 
     # -- shared lookups ------------------------------------------------------------------------
 
@@ -146,32 +170,36 @@ class BootPlane:
         """``pxe.BootBackend``."""
         return await asyncio.to_thread(self.decide_sync, query.mac) or BootDecision()
 
+    def _known_macs_sync(self) -> frozenset[str]:
+        with self.db.read() as s:
+            return frozenset(s.scalars(select(Nic.mac)))
+
+    async def known_macs(self) -> frozenset[str]:
+        """Every registered MAC (``pxe.dhcp.admission``: answered first during a flood)."""
+        return await asyncio.to_thread(self._known_macs_sync)
+
     # -- discovery -----------------------------------------------------------------------------
 
     def _discover(self, mac: str, smbios_uuid: str | None) -> tuple[MachineInfo | None, str]:
         """Record an unknown MAC as a discovered machine, within the rate limits.
         Returns (machine or None, reason)."""
-        st = self.settings
+        # The limits are checked in a read transaction first: a flood of unknown MACs must not
+        # turn into a write transaction each (SQLite has one writer; the REST API shares it).
+        with self.db.read() as s:
+            m = _machine_by_mac(s, mac)
+            if m is not None:
+                return m, "known"
+            limited = self._discovery_limited(s)
+        if limited is not None:
+            return None, limited
         try:
             with self.db.write() as s:
                 m = _machine_by_mac(s, mac)
                 if m is not None:
                     return m, "known"
-                since = utcnow() - timedelta(minutes=1)
-                discovered = Machine.phase == Phase.DISCOVERED.value
-                recent = (
-                    s.scalar(
-                        select(func.count())
-                        .select_from(Machine)
-                        .where(discovered, Machine.created_at >= since)
-                    )
-                    or 0
-                )
-                if recent >= st.boot_discovery_rate:
-                    return None, "discovery_rate_limited"
-                total = s.scalar(select(func.count()).select_from(Machine).where(discovered)) or 0
-                if total >= st.boot_discovery_max:
-                    return None, "discovery_limit_reached"
+                limited = self._discovery_limited(s)
+                if limited is not None:
+                    return None, limited
                 if smbios_uuid and s.scalar(
                     select(Machine.id).where(Machine.smbios_uuid == smbios_uuid)
                 ):
@@ -206,6 +234,26 @@ class BootPlane:
                 return _machine_by_mac(s, mac), "known"
         return info, "discovered"
 
+    def _discovery_limited(self, s: Session) -> str | None:
+        """Which discovery limit is reached, if any (counted in the database)."""
+        st = self.settings
+        since = utcnow() - timedelta(minutes=1)
+        discovered = Machine.phase == Phase.DISCOVERED.value
+        recent = (
+            s.scalar(
+                select(func.count())
+                .select_from(Machine)
+                .where(discovered, Machine.created_at >= since)
+            )
+            or 0
+        )
+        if recent >= st.boot_discovery_rate:
+            return "discovery_rate_limited"
+        total = s.scalar(select(func.count()).select_from(Machine).where(discovered)) or 0
+        if total >= st.boot_discovery_max:
+            return "discovery_limit_reached"
+        return None
+
     # -- /boot.ipxe ----------------------------------------------------------------------------
 
     def _load(self, mac: str) -> tuple[MachineInfo | None, bool, list[BootProfile]]:
@@ -214,6 +262,21 @@ class BootPlane:
             rows = list(s.scalars(select(BootProfile)))
             s.expunge_all()
             return m, self._discovery_on(s), rows
+
+    def observe(self, mac: str | None, kind: str, detail: Mapping[str, Any]) -> None:
+        """A DHCP step (in-process sink or a remote ``bronze pxe``'s timeline): ACKs of script
+        URLs are remembered as the MAC's boot (``server.boot.seen``)."""
+        if mac is not None:
+            self.seen.observe(mac, kind, detail)
+
+    def sink(self, forward: TimelineSink) -> TimelineSink:
+        """A ``pxe.TimelineSink`` that observes each event, then hands it to ``forward``."""
+
+        def sink(event: TimelineEvent) -> None:
+            self.observe(event.mac, event.kind.value, event.detail)
+            forward(event)
+
+        return sink
 
     async def script(
         self,
@@ -224,67 +287,94 @@ class BootPlane:
         client_ip: str | None,
         tokens: BootstrapTokens,
         agent: AgentEndpoints | None,
+        boot: str | None = None,
     ) -> Script:
-        """The iPXE script for ``mac``; raises ``UnsafeStoredProfile``."""
+        """The iPXE script for ``mac`` (``server.boot.plan`` decides; this does the I/O);
+        raises ``UnsafeStoredProfile``."""
         m, discovery, rows = await asyncio.to_thread(self._load, mac)
-        kind = script_kind(m.phase if m else None, discovery)
-        reason: str | None = None
-        if m is None and kind is ScriptKind.DISCOVERY:
-            m, reason = await asyncio.to_thread(self._discover, mac, smbios_uuid)
-            if m is None:
-                kind = ScriptKind.NONE
-            elif reason == "discovered":
-                self.timeline.submit(
-                    Row(
-                        mac,
-                        HttpKind.DISCOVERED.value,
-                        time.time(),
-                        "server",
-                        client_ip,
-                        {"machine": m.name},
-                    )
-                )
-            else:  # a concurrent request created it meanwhile: decide again for its phase
-                kind = script_kind(m.phase, discovery)
-        by_name = {p.name: p for p in rows}
-        profile: BootProfile | None = None
-        if kind is ScriptKind.DISCOVERY:
-            profile = by_name.get(self.settings.boot_discovery_profile)
-        elif kind is ScriptKind.PROFILE and m is not None:
-            candidates = _candidates(rows)
-            chosen = pick_profile(
-                candidates, m.labels, exclude=self.settings.boot_discovery_profile
-            )
-            profile = by_name.get(chosen) if chosen else None
-            if profile is None:
-                reason = "no_profile_matches"
-        if kind in (ScriptKind.DISCOVERY, ScriptKind.PROFILE) and profile is None:
-            kind = ScriptKind.NONE
-        action = action_of(kind)
+        outcome: str | None = None
+        if needs_discovery(_view(m), discovery):
+            m, outcome = await asyncio.to_thread(self._discover, mac, smbios_uuid)
+        query = ScriptQuery(mac, client_ip, arch, boot)
+        views = [ProfileView(p.name, p.agent, profiles.uses_token(p.args)) for p in rows]
+        lease = self.seen.get(mac)
+        plan = self._plan(query, m, discovery, outcome, views, rows, lease)
+        if plan.wait_for_boot:  # its DHCP ACK may still be on its way from a remote bronze pxe
+            lease = await self.seen.wait(mac, boot or "", BOOT_WAIT_SECONDS)
+            plan = self._plan(query, m, discovery, outcome, views, rows, lease)
+        profile = next((p for p in rows if p.name == plan.profile), None)
         token: str | None = None
         extra: list[str] = []
-        if (
-            profile is not None
-            and m is not None
-            and (profile.agent or profiles.uses_token(profile.args))
-        ):
-            if m.phase in ENROLLMENT_PHASES:
-                boot_ref = f"pxe-{int(time.time())}-{secrets.token_hex(4)}"
-                ttl = timedelta(seconds=self.settings.boot_token_ttl)
-                token = await tokens.issue(m.id, boot_ref, ttl)
-                if profile.agent:
-                    extra = [f"bronze.machine={m.id}", f"bronze.token={token}"]
-                    if agent is not None:
-                        extra += [f"bronze.server={agent.session}", f"bronze.enroll={agent.enroll}"]
+        if plan.token is not None and m is not None:
+            ttl = timedelta(seconds=self.settings.boot_token_ttl)
+            async with self._token_lock(m.id):
+                token = await tokens.issue_bound(
+                    m.id, plan.token.boot, plan.token.address, ttl, self.token_key
+                )
+            if plan.agent_args:
+                extra = [f"bronze.machine={m.id}", f"bronze.token={token}"]
+                if agent is not None:
+                    extra += [f"bronze.server={agent.session}", f"bronze.enroll={agent.enroll}"]
+        try:
+            text = self._render(plan.action, mac, smbios_uuid, token, profile, extra)
+        except UnsafeStoredProfile:
+            if token is not None and m is not None:
+                await tokens.wipe(m.id)
+            raise
+        now = time.time()
+        for ev in plan.events:
+            self.timeline.submit(Row(mac, ev.kind.value, now, "server", client_ip, ev.detail))
+        if client_ip and profile is not None:
+            initrds = [n for n in map(profiles.asset_name, profile.initrds) if n]
+            self.steps.script_served(client_ip, mac, profiles.asset_name(profile.kernel), initrds)
+        return Script(text, plan.action, plan.profile, m.name if m else None)
+
+    def _plan(
+        self,
+        query: ScriptQuery,
+        m: MachineInfo | None,
+        discovery: bool,
+        outcome: str | None,
+        views: list[ProfileView],
+        rows: list[BootProfile],
+        lease: SeenLease | None,
+    ) -> ScriptPlan:
+        return plan_script(
+            query,
+            _view(m),
+            discovery,
+            outcome,
+            views,
+            _candidates(rows),
+            discovery_profile=self.settings.boot_discovery_profile,
+            enrollment_phases=ENROLLMENT_PHASES,
+            lease=lease,
+        )
+
+    def _token_lock(self, machine_id: str) -> asyncio.Lock:
+        # Two fetches of one boot at once must not each issue (the second would revoke the first).
+        lock = self._token_locks.get(machine_id)
+        if lock is None:
+            if len(self._token_locks) > 10_000:
+                self._token_locks = {k: v for k, v in self._token_locks.items() if v.locked()}
+            lock = self._token_locks[machine_id] = asyncio.Lock()
+        return lock
+
+    def _render(
+        self,
+        action: BootAction,
+        mac: str,
+        smbios_uuid: str | None,
+        token: str | None,
+        profile: BootProfile | None,
+        extra: list[str],
+    ) -> str:
         try:
             ctx = RenderContext(mac=mac, server=self.base_url, uuid=smbios_uuid, token=token)
-            if profile is not None:
-                pp = profiles.to_pxe(
-                    profile.name, profile.kernel, profile.initrds, profile.args, extra
-                )
-                text = render(action, ctx, pp)
-            else:
-                text = render(action, ctx)
+            if profile is None:
+                return render(action, ctx)
+            pp = profiles.to_pxe(profile.name, profile.kernel, profile.initrds, profile.args, extra)
+            return render(action, ctx, pp)
         except UnsafeValue as exc:
             name = profile.name if profile is not None else "-"
             log.error(
@@ -294,21 +384,8 @@ class BootPlane:
                 exc.reason,
                 mac,
             )
-            if token is not None and m is not None:
-                await tokens.wipe(m.id)
             raise UnsafeStoredProfile(name, exc.field) from None
-        detail: dict[str, object] = {"action": action.value, "arch": arch}
-        if profile is not None:
-            detail["profile"] = profile.name
-        if m is not None:
-            detail["phase"] = m.phase.value
-            detail["machine"] = m.name
-        if reason and reason not in ("known", "discovered"):
-            detail["reason"] = reason
-        self.timeline.submit(
-            Row(mac, HttpKind.SCRIPT.value, time.time(), "server", client_ip, detail)
-        )
-        if client_ip and profile is not None:
-            initrds = [n for n in map(profiles.asset_name, profile.initrds) if n]
-            self.steps.script_served(client_ip, mac, profiles.asset_name(profile.kernel), initrds)
-        return Script(text, action, profile.name if profile else None, m.name if m else None)
+
+
+def _view(m: MachineInfo | None) -> MachineView | None:
+    return None if m is None else MachineView(m.id, m.name, m.phase, m.labels, m.ip)

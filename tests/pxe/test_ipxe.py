@@ -1,4 +1,4 @@
-"""iPXE rendering, strict validation and matchbox-style selection, by table."""
+"""iPXE rendering and strict validation, by table (profile choice: test_boot_decide.py)."""
 # ruff: noqa: S106
 
 from __future__ import annotations
@@ -9,10 +9,8 @@ from pxe.errors import UnsafeValue
 from pxe.ipxe import (
     BootAction,
     BootProfile,
-    Group,
     RenderContext,
     render,
-    select,
     validate,
 )
 
@@ -110,34 +108,3 @@ CTX_BAD = {
 def test_context_refuses(kw: dict[str, str]) -> None:
     with pytest.raises(UnsafeValue):
         RenderContext(**kw)
-
-
-GROUPS = [
-    Group("default", "discovery"),
-    Group("rack-a", "agent", {"rack": "a"}),
-    Group("rack-a-gpu", "agent-gpu", {"rack": "a", "gpu": "yes"}),
-    Group("b-gpu", "gpu-b", {"gpu": "yes", "zone": "1"}),
-    Group("a-gpu", "gpu-a", {"gpu": "yes", "zone": "1"}),
-]
-
-
-@pytest.mark.parametrize(
-    ("labels", "want"),
-    [
-        ({}, "default"),
-        ({"rack": "b"}, "default"),
-        ({"rack": "a"}, "rack-a"),
-        ({"rack": "a", "gpu": "yes"}, "rack-a-gpu"),
-        ({"rack": "a", "gpu": "no"}, "rack-a"),
-        ({"gpu": "yes", "zone": "1"}, "a-gpu"),
-        ({"rack": "a", "gpu": "yes", "zone": "1"}, "a-gpu"),
-    ],
-    ids=["none", "other_rack", "rack", "most_specific", "partial", "tie_by_name", "tie_3_vs_2"],
-)
-def test_select(labels: dict[str, str], want: str) -> None:
-    g = select(GROUPS, labels)
-    assert g is not None and g.name == want
-
-
-def test_select_none() -> None:
-    assert select([Group("x", "p", {"a": "1"})], {}) is None

@@ -392,6 +392,8 @@ def test_sessions_capped_and_reaped(loop: LoopThread, tftp_root: Path, sink: Lis
         timeout=1.0,  # silent sessions are reaped after 2 s
         retries=1,
         max_sessions=1000,
+        client_max_sessions=0,  # the server-wide cap is under test here, not the per-client one
+        client_rate=0,
     )
     loop.run(srv.start())
     socks = []
@@ -435,3 +437,65 @@ def test_refuses_wildcard(tftp_root: Path) -> None:
 
     with pytest.raises(PxeError):
         TftpServer(tftp_root, address="0.0.0.0")  # noqa: S104
+
+
+def test_one_address_cannot_take_every_slot(
+    loop: LoopThread, tftp_root: Path, sink: ListSink
+) -> None:
+    """Issue 10.11: one address held every session and everyone else got "busy". It now holds
+    at most its per-client share, its excess requests are dropped unanswered, and a client from
+    another address (127.0.0.2) is served during the flood."""
+    srv = TftpServer(
+        tftp_root,
+        address="127.0.0.1",
+        port=free_port(),
+        sink=sink,
+        timeout=30.0,  # the flood's sessions stay for the whole test
+        retries=1,
+        max_sessions=20,
+        client_max_sessions=4,
+        client_rate=5.0,
+        client_burst=10,
+    )
+    loop.run(srv.start())
+    socks = []
+    try:
+        for _ in range(200):  # never acknowledged: each would hold a slot
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("127.0.0.1", 0))
+            s.sendto(rrq(b"small.bin"), ("127.0.0.1", srv.bound_port))
+            socks.append(s)
+        eventually(lambda: srv.stats.requests >= 200, timeout=10)
+        assert srv.limits.sessions("127.0.0.1") == 4 == len(srv.sessions)
+        assert srv.stats.rate_limited > 0 and srv.stats.client_busy > 0
+        assert srv.stats.by_error.get(0, 0) == srv.stats.client_busy  # no "server busy" at all
+        for _ in range(3):  # the flood goes on while another address fetches
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            s.bind(("127.0.0.1", 0))
+            s.sendto(rrq(b"small.bin"), ("127.0.0.1", srv.bound_port))
+            socks.append(s)
+        c = Raw(srv.bound_port)
+        c.sock.close()
+        c.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        c.sock.bind(("127.0.0.2", 0))
+        try:
+            c.send(rrq(b"small.bin"))
+            got = c.recv(timeout=5.0)
+            assert got is not None and got[0][:2] == b"\x00\x03", got  # DATA, not an error
+            data, peer = got
+            body = data[4:]
+            while len(data) - 4 == 512:
+                c.send(b"\x00\x04" + data[2:4], peer)
+                nxt = c.recv(timeout=5.0)
+                assert nxt is not None
+                data, peer = nxt
+                body += data[4:]
+            c.send(b"\x00\x04" + data[2:4], peer)
+        finally:
+            c.close()
+        assert body == (tftp_root / "small.bin").read_bytes()
+        assert srv.limits.sessions("127.0.0.1") == 4
+    finally:
+        for s in socks:
+            s.close()
+        loop.run(srv.stop())

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -361,12 +362,38 @@ def test_unsafe_value_in_database_is_refused_at_render(api: RunningServer) -> No
     assert c.get("/healthz").status_code == 200
 
 
+def dhcp_ack(c: httpx.Client, mac: str, boot: str, yiaddr: str = "127.0.0.1") -> None:
+    """What a remote ``bronze pxe`` reports when DHCP hands ``mac`` its script URL."""
+    file = f"http://127.0.0.1:8080/boot.ipxe?mac={mac}&arch=bios&boot={boot}"
+    event = {
+        "kind": "ACK",
+        "mac": mac,
+        "detail": {"yiaddr": yiaddr, "file": file},
+        "at": time.time(),
+    }
+    assert c.post("/api/v1/boot/timeline", json={"events": [event]}).status_code == 202
+
+
+def from_address(api: RunningServer, ip: str) -> httpx.Client:
+    """An unauthenticated client whose connections come from ``ip`` (127.0.0.x on loopback)."""
+    transport = httpx.HTTPTransport(local_address=ip)
+    return httpx.Client(base_url=api.url, transport=transport, timeout=30)
+
+
+def token_of(text: str) -> str | None:
+    words = [w.split("=", 1)[1] for w in text.split() if w.startswith("bronze.token=")]
+    assert len(words) <= 1
+    return words[0] if words else None
+
+
 def test_discovery_agent_profile_and_enrollment_token(api: RunningServer) -> None:
     c = api.client()
     seed(c)
     profile(c, "discovery", agent=True, args=["console=ttyS0", "bronze.server_http=${server}"])
+    boot = api.client(c.post("/api/v1/tokens", json={"name": "r", "role": "boot"}).json()["token"])
     mac, uuid = "52:54:00:00:03:01", "4c4c4544-0042-3510-8052-b4c04f4e3032"
-    r = script(api, mac, uuid=uuid.upper(), arch="uefi-x64")
+    dhcp_ack(boot, mac, "0000abcd")
+    r = script(api, mac, uuid=uuid.upper(), arch="uefi-x64", boot="0000abcd")
     assert r.status_code == 200, r.text
     listed = c.get("/api/v1/machines", params={"phase": "discovered"}).json()["items"]
     assert [(m["name"], m["uuid"], m["nics"][0]["mac"]) for m in listed] == [
@@ -379,28 +406,78 @@ def test_discovery_agent_profile_and_enrollment_token(api: RunningServer) -> Non
     assert args["bronze.server"].endswith(f":{api.settings.agent_session_port}")
     token = args["bronze.token"]
     assert token not in json.dumps(c.get(f"/api/v1/machines/{mid}").json())
-    # The token is a real single-use enrollment token of the agent plane; a new boot replaces it.
+    # A second fetch for the same boot gets the same token (it does not revoke the first).
+    assert token_of(script(api, mac, boot="0000abcd").text) == token
+    # A new boot (a new DHCP transaction) replaces it.
+    dhcp_ack(boot, mac, "0000abce")
+    second = token_of(script(api, mac, boot="0000abce").text)
+    assert second is not None and second != token
     tokens: BootstrapTokens = api.app.state.agent_tokens
-    second = dict(
-        w.split("=", 1) for w in script(api, mac).text.split() if w.startswith("bronze.token=")
-    )
-    assert second["bronze.token"] != token
     loop = asyncio.new_event_loop()
     try:
         with pytest.raises(Exception, match="enrollment denied"):
-            loop.run_until_complete(tokens.redeem(mid, token))  # superseded by the second boot
-        loop.run_until_complete(tokens.redeem(mid, second["bronze.token"]))
+            loop.run_until_complete(tokens.redeem(mid, token, peer="127.0.0.1"))  # superseded
         with pytest.raises(Exception, match="enrollment denied"):
-            loop.run_until_complete(tokens.redeem(mid, second["bronze.token"]))  # used once
+            loop.run_until_complete(tokens.redeem(mid, second, peer="127.0.0.2"))  # other address
+        loop.run_until_complete(tokens.redeem(mid, second, peer="127.0.0.1"))
+        with pytest.raises(Exception, match="enrollment denied"):
+            loop.run_until_complete(tokens.redeem(mid, second, peer="127.0.0.1"))  # used once
     finally:
         loop.close()
     steps = eventually(
-        lambda: [e["kind"] for e in timeline(c, mac)].count("SCRIPT") == 2 and timeline(c, mac)
+        lambda: [e["kind"] for e in timeline(c, mac)].count("SCRIPT") == 3 and timeline(c, mac)
     )
-    assert [e["kind"] for e in steps] == ["DISCOVERED", "SCRIPT", "SCRIPT"]
-    assert token not in json.dumps(steps)
+    assert [e["kind"] for e in steps if e["kind"] != "ACK"] == [
+        "DISCOVERED",
+        "SCRIPT",
+        "SCRIPT",
+        "SCRIPT",
+    ]
+    assert token not in json.dumps(steps) and second not in json.dumps(steps)
     events = c.get("/api/v1/events", params={"kind": "machine.discovered"}).json()["items"]
     assert len(events) == 1 and events[0]["actor"] == "boot:discovery"
+
+
+def test_enrollment_token_only_for_the_address_dhcp_gave(api: RunningServer) -> None:
+    """Issue 10.1: anyone on the boot network could fetch a machine's token (and each fetch
+    revoked the real machine's). Now another address gets the script without a token and the
+    real machine's token survives; without a DHCP record or reservation nobody gets one."""
+    c = api.client()
+    seed(c)
+    profile(c, "discovery", agent=True)
+    boot = api.client(c.post("/api/v1/tokens", json={"name": "r", "role": "boot"}).json()["token"])
+    mac = "52:54:00:00:03:02"
+    thief = from_address(api, "127.0.0.2")
+    r = thief.get("/boot.ipxe", params={"mac": mac})
+    assert r.status_code == 200 and "bronze.token=" not in r.text  # nothing recorded for the MAC
+    assert token_of(script(api, mac).text) is None  # nor for the right address
+    dhcp_ack(boot, mac, "00001111")
+    for params in ({"mac": mac}, {"mac": mac, "boot": "00001111"}):
+        r = thief.get("/boot.ipxe", params=params)
+        assert r.status_code == 200 and "bronze.token=" not in r.text
+        assert "kernel" in r.text  # the script itself is not secret
+    real = token_of(script(api, mac, boot="00001111").text)
+    assert real is not None
+    assert thief.get("/boot.ipxe", params={"mac": mac}).status_code == 200
+    assert token_of(script(api, mac, boot="00002222").text) is None  # not the recorded boot
+    assert token_of(script(api, mac, boot="00001111").text) == real  # still the same token
+    assert script(api, mac, boot="xyz").status_code == 422
+    # A script request that arrives before DHCP's report of its boot (a remote bronze pxe posts
+    # it a moment later) waits for that report instead of going without a token.
+    plane = api.app.state.boot_plane
+    with ThreadPoolExecutor(1) as pool:
+        early = pool.submit(script, api, mac, boot="00003333")
+        eventually(lambda: mac in plane.seen._waiters)
+        dhcp_ack(boot, mac, "00003333")
+        fresh = token_of(early.result().text)
+    assert fresh is not None and fresh != real
+    reasons = eventually(
+        lambda: (
+            {e["detail"].get("reason") for e in timeline(c, mac) if e["kind"] == "SCRIPT"}
+            >= {"token_address_mismatch", "token_no_known_address", "token_boot_mismatch"}
+        )
+    )
+    assert reasons
 
 
 def test_discovery_rate_limit_and_cap(tmp_path: Path, db_url: str) -> None:
