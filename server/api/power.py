@@ -17,9 +17,9 @@ from server.api.schemas import Strict
 from server.errors import NotFound
 from server.inventory.models import Operation
 from server.inventory.selectors import parse_param
-from server.power import operations
+from server.power import listing
 from server.power.kinds import OperationKind
-from server.power.operations import operation_view
+from server.power.listing import operation_view
 from server.power.service import PowerService
 
 router = APIRouter(tags=["power"])
@@ -151,5 +151,5 @@ def list_operations(
 ) -> dict[str, Any]:
     """Newest first, ``{items, next_cursor}`` like every list."""
     with ctx.db.read() as s:
-        page = operations.list_operations(s, limit=limit, cursor=cursor)
+        page = listing.list_operations(s, limit=limit, cursor=cursor)
         return {"items": page.items, "next_cursor": page.next_cursor}

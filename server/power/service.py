@@ -24,7 +24,8 @@ from server.inventory.secretbox import SecretBox
 from server.inventory.selectors import Requirement
 from server.power.addresses import checked_bmc_address, net_policy
 from server.power.kinds import OperationKind
-from server.power.operations import Operations, operation_view
+from server.power.listing import operation_view
+from server.power.operations import Operations
 from server.power.sync import PowerSync
 from server.power.writes import endpoint_of
 from server.settings import ServerSettings
