@@ -89,6 +89,7 @@ def main() -> None:
             "BRONZE_API_PORT": str(port),
             "BRONZE_ADMIN_TOKEN": token,
             "BRONZE_BMC_NETWORKS": "127.0.0.0/8",
+            "BRONZE_BMC_PORTS": "1-65535",  # the simulated BMCs listen on free ports
             "BRONZE_POWER_SYNC_ENABLED": "false",
             "BRONZE_BMC_MAX_CONCURRENCY": str(args.concurrency),
             "BRONZE_BMC_MIN_INTERVAL": "0",

@@ -59,6 +59,7 @@ from bmc.errors import (
     BmcTransientError,
     BmcVerifyTimeout,
 )
+from bmc.explain import describe
 from bmc.netpolicy import NetPolicy, check_address
 from bmc.types import BmcEndpoint, BootDevice, BootSetting, DriverKind, PowerAction, PowerState
 
@@ -138,6 +139,13 @@ class BmcResult:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def message(self) -> str | None:
+        """The error as an operator sentence (:func:`bmc.explain.describe`), or ``None``."""
+        if self.error is None:
+            return None
+        return describe(self.error, self.attempts, self.elapsed, self.bmc)
 
     def raise_for_error(self) -> BmcResult:
         if self.error is not None:
@@ -315,6 +323,7 @@ class _Operation:
                         attempts=self.attempts,
                         seconds=now - self.start,
                         last=str(exc),
+                        cause=exc,
                     ) from None
                 self.clock.sleep(delay)
 
@@ -451,7 +460,7 @@ class BmcController:
             op = _Operation(self, endpoint, slot, self.clock.monotonic() + budget, name)
             try:
                 if self.netpolicy is not None:
-                    check_address(endpoint.address, self.netpolicy)
+                    check_address(endpoint.address, self.netpolicy, port=endpoint.port)
                 result = body(op)
             except BmcError as exc:
                 result = BmcResult(
@@ -480,8 +489,10 @@ class BmcController:
             result.attempts,
             result.polls,
             elapsed,
-            result.error,
+            result.message,
         )
+        if result.error is not None:  # the library's own words, for whoever debugs the driver
+            LOG.debug("bmc op=%s bmc=%s detail=%s", name, endpoint.key, result.error)
         return result
 
     # -- sync API -----------------------------------------------------------------------

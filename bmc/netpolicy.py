@@ -11,6 +11,14 @@ networks and outside the always-refused ranges (loopback, link-local, unspecifie
 multicast, the API's own addresses), unless a network that contains it is listed
 explicitly in ``allow``.
 
+The port is checked too: ``127.0.0.1:22`` or a management host's SSH port is not a BMC, and
+bronze's own API port on a loopback address allowed for emulators would make bronze send
+Redfish requests (with credentials) to itself. A port must be inside ``ports`` (ranges; the
+server's default covers the standard BMC ports 80, 443, 623 and the emulators' usual ranges) and
+is never one of ``own_ports``, bronze's own listeners (API, agent enrollment and session), on
+any host: the policy cannot know every name the server answers to, and refusing a BMC on 7443
+costs less than one loop back into bronze.
+
 :func:`check_address` is a pure function of its inputs (the resolver is injected).
 """
 
@@ -40,6 +48,26 @@ ALWAYS_REFUSED: tuple[str, ...] = (
     "255.255.255.255/32",
 )
 _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-.")
+PortRange = tuple[int, int]
+DEFAULT_PORTS: tuple[str, ...] = ("80", "443", "623", "6230-6299", "8000-8999", "16000-16999")
+"""Standard BMC ports (Redfish 443/80, IPMI 623, 8443 and other vendor HTTPS ports in
+8000-8999) and the emulators' usual ones (VirtualBMC 6230+, sushy-emulator 8000)."""
+
+
+def parse_ports(items: Iterable[str]) -> tuple[PortRange, ...]:
+    """``["443", "8000-8999"]`` -> ``((443, 443), (8000, 8999))``; ValueError when malformed."""
+    out: list[PortRange] = []
+    for item in items:
+        text = item.strip()
+        lo_text, sep, hi_text = text.partition("-")
+        if not lo_text.isdigit() or (sep and not hi_text.isdigit()):
+            raise ValueError(f"{text!r} is not a port or a port range (443, 8000-8999)")
+        lo = int(lo_text)
+        hi = int(hi_text) if sep else lo
+        if not 1 <= lo <= hi <= 65535:
+            raise ValueError(f"{text!r} is not inside 1-65535 (low end first)")
+        out.append((lo, hi))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -48,12 +76,15 @@ class NetPolicy:
 
     ``networks``: management CIDRs a BMC address must fall in. ``allow``: CIDRs that
     override the always-refused list (e.g. ``127.0.0.1/32`` in a lab). ``own``: the
-    API's own addresses, refused unless inside ``allow``.
+    API's own addresses, refused unless inside ``allow``. ``ports``: the port ranges a BMC may
+    use (``None``: any). ``own_ports``: bronze's own listeners, ``{port: what}``, always refused.
     """
 
     networks: tuple[str, ...] = DEFAULT_NETWORKS
     allow: tuple[str, ...] = ()
     own: tuple[str, ...] = ()
+    ports: tuple[PortRange, ...] | None = None
+    own_ports: tuple[tuple[int, str], ...] = ()
     _nets: tuple[IPNetwork, ...] = field(init=False, repr=False, compare=False)
     _allow: tuple[IPNetwork, ...] = field(init=False, repr=False, compare=False)
     _refused: tuple[IPNetwork, ...] = field(init=False, repr=False, compare=False)
@@ -177,12 +208,28 @@ def check_ip(ip_text: str, policy: NetPolicy) -> str | None:
     return None
 
 
+def check_port(port: int, policy: NetPolicy) -> str | None:
+    """Why ``port`` is refused, or ``None`` if allowed."""
+    for own, what in policy.own_ports:
+        if port == own:
+            return f"port {port} is bronze's own {what}"
+    if policy.ports is not None and not any(lo <= port <= hi for lo, hi in policy.ports):
+        allowed = ",".join(str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in policy.ports)
+        return f"port {port} is not a BMC port (allowed: {allowed}; BRONZE_BMC_PORTS)"
+    return None
+
+
 def check_address(
-    text: str, policy: NetPolicy | None = None, resolver: Resolver = system_resolver
+    text: str,
+    policy: NetPolicy | None = None,
+    resolver: Resolver = system_resolver,
+    *,
+    port: int | None = None,
 ) -> CheckedAddress:
-    """Validate a BMC address; raise :class:`BmcAddressRefused` with the reason."""
+    """Validate a BMC address; raise :class:`BmcAddressRefused` with the reason. ``port`` is the
+    port used when ``text`` names none (the endpoint's port, or its driver's default)."""
     policy = policy or NetPolicy()
-    host, port = split_host_port(text)
+    host, named = split_host_port(text)
     if _is_ip(host):
         addresses: Sequence[str] = [host]
     else:
@@ -196,4 +243,9 @@ def check_address(
         reason = check_ip(ip, policy)
         if reason is not None:
             raise BmcAddressRefused(address=text, reason=reason)
-    return CheckedAddress(host=host, port=port, addresses=tuple(addresses))
+    effective = named if named is not None else port
+    if effective is not None:
+        why = check_port(effective, policy)
+        if why is not None:
+            raise BmcAddressRefused(address=text, reason=why)
+    return CheckedAddress(host=host, port=named, addresses=tuple(addresses))

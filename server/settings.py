@@ -39,9 +39,11 @@ class ServerSettings(BaseSettings):
     whose session this replica holds are forwarded here. Default ``http://API_HOST:API_PORT``
     unless API_HOST is a wildcard address (then nothing is forwarded to this replica)."""
     admin_token: SecretStr | None = None
-    """Seeds the first admin token (for automation); otherwise one is generated into ``<data_dir>/admin.token``."""
+    """Seeds the first admin token (for automation); otherwise one is generated into
+    ``<data_dir>/admin.token``."""
     secret_key: SecretStr | None = None
-    """Fernet key encrypting BMC passwords at rest; default: ``<data_dir>/secret.key`` (created, 0600).
+    """Fernet key encrypting BMC passwords at rest; default: ``<data_dir>/secret.key`` (created,
+    0600).
     Replicas sharing one database must share this key."""
     migrate_on_start: bool = True
     """``bronze serve`` runs ``db upgrade`` before serving."""
@@ -54,13 +56,19 @@ class ServerSettings(BaseSettings):
         default_factory=lambda: ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fd00::/8"]
     )
     """CIDRs BMC addresses must fall in. Loopback and link-local are refused unless listed here."""
+    bmc_ports: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["80", "443", "623", "6230-6299", "8000-8999", "16000-16999"]
+    )
+    """Ports and port ranges a BMC may use (``443,8000-8999``). bronze's own listeners (API,
+    agent enrollment and session ports) are refused whatever this says."""
 
     power_sync_enabled: bool = True
     """Run the power-sync loop (one replica at a time holds its lease)."""
     power_sync_interval: float = Field(default=60.0, gt=0)
     """Seconds between power-state polls of each BMC (each pass is jittered by +-20%)."""
     power_sync_failures: int = Field(default=3, ge=1)
-    """Consecutive failed polls after which a machine goes to ``maintenance`` with a fault reason."""
+    """Consecutive failed polls after which a machine goes to ``maintenance`` with a fault
+    reason."""
     bmc_max_concurrency: int = Field(default=64, ge=1, le=1024)
     """BMC operations in flight at once, across all machines."""
     bmc_min_interval: float = Field(default=0.2, ge=0)
@@ -121,7 +129,7 @@ class ServerSettings(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("bmc_networks", mode="before")
+    @field_validator("bmc_networks", "bmc_ports", mode="before")
     @classmethod
     def _split_networks(cls, value: object) -> object:
         if isinstance(value, str):
@@ -157,6 +165,14 @@ class ServerSettings(BaseSettings):
     def _check_networks(cls, value: list[str]) -> list[str]:
         for net in value:
             ipaddress.ip_network(net, strict=False)
+        return value
+
+    @field_validator("bmc_ports")
+    @classmethod
+    def _check_ports(cls, value: list[str]) -> list[str]:
+        from bmc.netpolicy import parse_ports
+
+        parse_ports(value)
         return value
 
     @field_validator("api_advertise_url")

@@ -29,7 +29,7 @@ from server.errors import Conflict, Invalid
 from server.inventory import machines as inventory
 from server.inventory.models import Machine, utcnow
 from server.inventory.selectors import parse_param
-from server.power.service import checked_bmc_address
+from server.power.addresses import checked_bmc_address
 from server.types import Phase
 
 router = APIRouter(prefix="/api/v1/machines", tags=["machines"])
@@ -42,7 +42,9 @@ def machine_out(s: Session, m: Machine) -> dict[str, Any]:
 
 
 def _apply_bmc(ctx: Context, m: Machine, bmc: BmcIn, changes: dict[str, Any]) -> None:
-    host, port = checked_bmc_address(ctx.settings, bmc.address, bmc.port)
+    host, port = checked_bmc_address(
+        ctx.settings, bmc.address, bmc.port, driver=bmc.driver, scheme=bmc.scheme
+    )
     m.bmc_driver = bmc.driver.value
     m.bmc_address = host
     m.bmc_port = port
@@ -96,7 +98,6 @@ def create_machine(
                 smbios_uuid=body.uuid,
                 serial=body.serial,
                 phase=body.phase.value,
-                power_desired=body.power_desired and body.power_desired.value,
                 power_observed="unknown",
                 hardware=body.hardware,
                 created_at=now,
@@ -130,8 +131,9 @@ async def _cached_json(
     request: Request, ctx: Context, key: tuple[Any, ...], build: Callable[[], Any]
 ) -> Response:
     """Serve ``build()`` as JSON from the read cache when the inventory has not changed since it
-    was built (``server/inventory/readcache.py``), with an ETag so pollers can revalidate for free. A hit
-    runs on the event loop; only a miss goes to the thread pool (database reads, encoding)."""
+    was built (``server/inventory/readcache.py``), with an ETag so pollers can revalidate for
+    free. A hit runs on the event loop; only a miss goes to the thread pool (database reads,
+    encoding)."""
     gen = generations(request).inventory
     entry = ctx.cache.get(key, gen)
     if entry is None:
@@ -219,11 +221,6 @@ def update_machine(
                 changes["phase"] = {"from": m.phase, "to": body.phase.value}
                 m.phase = body.phase.value
                 token_wipe.on_phase_change(s, m, who.actor)  # reprovision wipes its token
-            if "power_desired" in fields:
-                new = body.power_desired and body.power_desired.value
-                if new != m.power_desired:
-                    changes["power_desired"] = new
-                    m.power_desired = new
             if body.labels is not None:
                 labels = m.labels
                 for k, v in body.labels.items():

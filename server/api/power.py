@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import Field
-from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
 from bmc import BootDevice, PowerAction
@@ -18,7 +17,10 @@ from server.api.schemas import Strict
 from server.errors import NotFound
 from server.inventory.models import Operation
 from server.inventory.selectors import parse_param
-from server.power.service import PowerService, operation_view
+from server.power import listing
+from server.power.kinds import OperationKind
+from server.power.listing import operation_view
+from server.power.service import PowerService
 
 router = APIRouter(tags=["power"])
 
@@ -69,7 +71,13 @@ async def machine_power(
     who: Annotated[Principal, Depends(operator)],
 ) -> dict[str, Any]:
     return await _submit(
-        svc, ctx, kind="power", action=body.action.value, params={}, actor=who.actor, keys=[key]
+        svc,
+        ctx,
+        kind=OperationKind.POWER,
+        action=body.action.value,
+        params={},
+        actor=who.actor,
+        keys=[key],
     )
 
 
@@ -94,7 +102,7 @@ async def machine_boot_device(
     return await _submit(
         svc,
         ctx,
-        kind="boot-device",
+        kind=OperationKind.BOOT_DEVICE,
         action=body.device.value,
         params={"persistent": body.persistent, "uefi": body.uefi},
         actor=who.actor,
@@ -113,7 +121,7 @@ async def bulk_power(
     return await _submit(
         svc,
         ctx,
-        kind="power",
+        kind=OperationKind.POWER,
         action=body.action.value,
         actor=who.actor,
         selector=reqs,
@@ -139,7 +147,9 @@ def list_operations(
     ctx: Annotated[Context, Depends(context)],
     _: Annotated[Principal, Depends(reader)],
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-) -> list[dict[str, Any]]:
+    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+) -> dict[str, Any]:
+    """Newest first, ``{items, next_cursor}`` like every list."""
     with ctx.db.read() as s:
-        ops = s.scalars(select(Operation).order_by(Operation.created_at.desc()).limit(limit))
-        return [operation_view(op) for op in ops]
+        page = listing.list_operations(s, limit=limit, cursor=cursor)
+        return {"items": page.items, "next_cursor": page.next_cursor}

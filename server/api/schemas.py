@@ -25,7 +25,7 @@ from server.inventory.validation import (
     check_labels,
     normalize_mac,
 )
-from server.types import DesiredPower, Phase, Role
+from server.types import Phase, Role
 
 
 def _uuid(value: str) -> str:
@@ -79,7 +79,8 @@ class NicIn(Strict):
     mac: Mac
     name: str | None = Field(default=None, max_length=32, pattern=r"^[A-Za-z0-9_.:-]+$")
     ip: HostIPv4 | None = None
-    """Reserved address on the provisioning network: DHCP ``full`` mode always offers it to this MAC."""
+    """Reserved address on the provisioning network: DHCP ``full`` mode always offers it to this
+    MAC."""
 
     @property
     def spec(self) -> tuple[str, str | None, str | None]:
@@ -111,7 +112,8 @@ class BmcIn(Strict):
 
 class BmcOut(BaseModel):
     driver: str
-    scheme: str
+    scheme: str | None
+    """Redfish (and ``auto``) only; ``None`` for IPMI."""
     address: str
     port: int | None
     username: str | None
@@ -127,7 +129,6 @@ class MachineCreate(Strict):
     nics: list[NicIn] = Field(min_length=1, max_length=64)
     labels: Labels = Field(default_factory=dict, max_length=64)
     phase: Phase = Phase.REGISTERED
-    power_desired: DesiredPower | None = None
     bmc: BmcIn | None = None
     hardware: dict[str, Any] = Field(default_factory=dict)
 
@@ -144,7 +145,6 @@ class MachineUpdate(Strict):
     nics: list[NicIn] | None = Field(default=None, min_length=1, max_length=64)
     labels: dict[str, str | None] | None = None
     phase: Phase | None = None
-    power_desired: DesiredPower | None = None
     bmc: BmcIn | None = None
     hardware: dict[str, Any] | None = None
     fault_reason: str | None = Field(default=None, max_length=1024)
@@ -167,10 +167,25 @@ class NicOut(BaseModel):
     ip: str | None
 
 
+class PowerRequestOut(BaseModel):
+    """The operator's last power or boot-device request and how it ended."""
+
+    kind: str
+    action: str
+    at: datetime
+    operation_id: str
+    result: str
+    """``queued``, ``running``, ``succeeded`` or ``failed``."""
+    error: str | None
+
+
 class PowerOut(BaseModel):
-    desired: str | None
+    last_request: PowerRequestOut | None
     observed: str
+    """What the BMC last said; ``unknown`` when it could not be read (see ``error``)."""
     observed_at: datetime | None
+    error: str | None
+    """Why the last read or power operation could not see the state."""
 
 
 class MachineOut(BaseModel):

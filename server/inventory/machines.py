@@ -1,7 +1,8 @@
 """Inventory operations on a SQLAlchemy session: machines, NICs, labels, and their events.
 
-Every change writes an :class:`~server.inventory.models.Event` in the same transaction, so the audit trail
-and the inventory can never disagree. Callers (the REST layer, controllers) own the transaction.
+Every change writes an :class:`~server.inventory.models.Event` in the same transaction, so the
+audit trail and the inventory can never disagree. Callers (the REST layer, controllers) own the
+transaction.
 """
 
 from __future__ import annotations
@@ -282,16 +283,17 @@ def _view(r: Any, nics: list[dict[str, Any]], labels: dict[str, str]) -> dict[st
         "labels": labels,
         "phase": r["phase"],
         "power": {
-            "desired": r["power_desired"],
+            "last_request": r["power_request"],
             "observed": r["power_observed"],
             "observed_at": iso(r["power_observed_at"]),
+            "error": r["power_error"],
         },
         "fault_reason": r["fault_reason"],
         "bmc": None
         if r["bmc_address"] is None
         else {
             "driver": r["bmc_driver"],
-            "scheme": r["bmc_scheme"],
+            "scheme": None if r["bmc_driver"] == "ipmi" else r["bmc_scheme"],
             "address": r["bmc_address"],
             "port": r["bmc_port"],
             "username": r["bmc_username"],

@@ -49,9 +49,14 @@ class Machine(Base):
     smbios_uuid: Mapped[str | None] = mapped_column(String(36), unique=True)
     serial: Mapped[str | None] = mapped_column(String(128))
     phase: Mapped[str] = mapped_column(String(32), index=True)
-    power_desired: Mapped[str | None] = mapped_column(String(16))
     power_observed: Mapped[str] = mapped_column(String(16), default="unknown")
     power_observed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    power_error: Mapped[str | None] = mapped_column(Text)
+    """Why the last read or power operation could not see the state (``power_observed`` is then
+    ``unknown``); ``None`` after a good read."""
+    power_request: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """The operator's last power/boot-device request: kind, action, at, operation_id, result,
+    error (``server.power.writes``)."""
     fault_reason: Mapped[str | None] = mapped_column(Text)
     bmc_driver: Mapped[str | None] = mapped_column(String(16))
     bmc_address: Mapped[str | None] = mapped_column(String(255))
@@ -76,7 +81,8 @@ class Machine(Base):
         DateTime(timezone=True), default=utcnow, index=True
     )
     revision: Mapped[int] = mapped_column(Integer, default=1)
-    """Optimistic-concurrency counter: a write based on a stale read fails instead of losing data."""
+    """Optimistic-concurrency counter: a write based on a stale read fails instead of losing
+    data."""
 
     nics: Mapped[list[Nic]] = relationship(
         back_populates="machine", cascade="all, delete-orphan", lazy="selectin", order_by="Nic.mac"

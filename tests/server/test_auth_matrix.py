@@ -148,6 +148,7 @@ def lab_api(tmp_path: Path, sqlite_url: str) -> Iterator[RunningServer]:
         tmp_path / "data",
         sqlite_url,
         bmc_networks=["127.0.0.0/8"],
+        bmc_ports=["1-65535"],  # the closed port is a free (ephemeral) one
         agent_api_enabled=True,
         agent_enroll_port=0,
         agent_session_port=0,

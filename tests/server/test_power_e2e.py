@@ -20,6 +20,7 @@ from tests.peers.apiserver import RunningServer, run_server
 
 FAST = dict(
     bmc_networks=["127.0.0.0/8"],
+    bmc_ports=["1-65535"],  # the peers listen on free (ephemeral) ports
     bmc_settle_timeout=25.0,
     bmc_poll_interval=0.2,
     bmc_min_interval=0.02,
@@ -90,10 +91,19 @@ def test_power_and_boot_device_through_api(
         assert peers.reference_power(peer) == "off"
         m = c.get("/api/v1/machines/n1").json()
         assert m["power"] == {
-            "desired": "off",
+            "last_request": {
+                "kind": "power",
+                "action": "off",
+                "at": op["created_at"],
+                "operation_id": op["id"],
+                "result": "succeeded",
+                "error": None,
+            },
             "observed": "off",
             "observed_at": m["power"]["observed_at"],
+            "error": None,
         }
+        assert m["bmc"]["scheme"] == (None if peer.kind != "redfish" else peer.scheme)
 
         op = wait_op(
             c,
@@ -149,7 +159,7 @@ def test_wrong_credentials_fail_without_retry(lab: RunningServer, tmp_path: Path
     peer = peers.start_ipmi_sim(tmp_path / "sim")
     try:
         c = lab.client()
-        add_machine(c, "w1", "02:00:00:00:12:01", peer, password="not-the-password")
+        add_machine(c, "w1", "02:00:00:00:12:01", peer, password="not-the-password")  # noqa: S106
         op = wait_op(c, c.post("/api/v1/machines/w1/power", json={"action": "on"}).json())
         assert op["status"] == "failed"
         item = op["items"][0]
@@ -236,7 +246,7 @@ def test_canary_password_never_leaks(
     canary = "Canary-Pw-93f1c2"  # 16 bytes: the IPMI password limit of ipmi_sim
     caplog.set_level(logging.DEBUG)
     good = peers.start_ipmi_sim(tmp_path / "good", password=canary)
-    bad = peers.start_ipmi_sim(tmp_path / "bad", password="other-pass")
+    bad = peers.start_ipmi_sim(tmp_path / "bad", password="other-pass")  # noqa: S106
     try:
         c = lab.client()
         responses = [

@@ -7,6 +7,7 @@ not about BMCs (those are tested against real peers in tests/bmc and tests/serve
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -20,8 +21,10 @@ from bmc import BmcController, BmcEndpoint, BmcTimeoutError, PowerPolicy, PowerS
 from server.errors import Conflict
 from server.inventory import migrate
 from server.inventory.db import Database
+from server.inventory.machines import iso
 from server.inventory.models import Event, Lease, Machine, Operation, OperationItem, utcnow
 from server.inventory.secretbox import SecretBox
+from server.power.kinds import OperationKind
 from server.power.service import PowerService
 from server.settings import ServerSettings
 
@@ -78,7 +81,9 @@ def service(db_url: str, tmp_path: Path) -> Iterator[PowerService]:
 
 
 def test_bulk_operation_records_items_machines_and_events(service: PowerService) -> None:
-    op_id = service.submit(kind="power", action="on", params={}, actor="tester", selector=())
+    op_id = service.submit(
+        kind=OperationKind.POWER, action="on", params={}, actor="tester", selector=()
+    )
     asyncio.run(service.run(op_id))
     with service.db.read() as s:
         op = s.get_one(Operation, op_id)
@@ -87,19 +92,32 @@ def test_bulk_operation_records_items_machines_and_events(service: PowerService)
         machines = {m.name: m for m in s.scalars(select(Machine))}
         events = list(s.scalars(select(Event).where(Event.kind.like("power.%"))))
     assert op.status == "failed" and op.error == "1 of 40 machines failed"
+    at = iso(op.created_at)
     ok = [n for n in items if n != "w09"]
     assert all(items[n].status == "succeeded" and items[n].result["state"] == "on" for n in ok)
     assert all(items[n].started_at and items[n].finished_at for n in ok)
     assert all(i.active_machine_id is None for i in items.values())
-    assert items["w09"].status == "failed" and "did not answer" in (items["w09"].error or "")
-    assert all(machines[n].power_observed == "on" and machines[n].power_desired == "on" for n in ok)
-    assert all(machines[n].revision == 2 for n in ok)  # one write, one revision
-    assert machines["w09"].power_observed == "unknown" and machines["w09"].power_desired is None
-    assert machines["w09"].revision == 1  # nothing learnt, nothing written
+    assert items["w09"].status == "failed"
+    sentence = r"BMC 10\.0\.0\.1:9 did not answer \(1 try in [0-9.]+ s\)"
+    assert re.fullmatch(sentence, items["w09"].error or ""), items["w09"].error
+    assert all(machines[n].power_observed == "on" and machines[n].power_error is None for n in ok)
+    assert all(machines[n].revision == 3 for n in ok)  # request recorded, then its result
+    request = {"kind": "power", "action": "on", "operation_id": op_id, "error": None}
+    assert all(machines[n].power_request == request | {"result": "succeeded", "at": at} for n in ok)
+    failed = machines["w09"]
+    assert failed.power_observed == "unknown" and failed.power_observed_at is not None
+    assert failed.power_error == items["w09"].error
+    assert failed.power_request == request | {
+        "result": "failed",
+        "at": at,
+        "error": failed.power_error,
+    }
     kinds = sorted((e.machine_name, e.kind) for e in events if e.kind != "power.requested")
     assert kinds == sorted([(n, "power.succeeded") for n in ok] + [("w09", "power.failed")])
     assert sum(1 for e in events if e.kind == "power.requested") == 40
-    assert service._starts.transactions < 40 and service._dones.transactions < 40  # batched
+    assert (
+        service.operations.starts.transactions < 40 and service.operations.dones.transactions < 40
+    )  # batched
 
 
 def _held(service: PowerService, op_id: str) -> tuple[str, list[str | None], str | None]:
@@ -145,7 +163,9 @@ def test_operations_of_a_stopped_replica_are_freed(service: PowerService) -> Non
 def test_shutdown_ends_this_replicas_operations(service: PowerService) -> None:
     async def main() -> tuple[str, str]:
         await service.startup()
-        op_id = service.submit(kind="power", action="on", params={}, actor="t", keys=["w05"])
+        op_id = service.submit(
+            kind=OperationKind.POWER, action="on", params={}, actor="t", keys=["w05"]
+        )
         with service.db.read() as s:
             leases = {x.name for x in s.scalars(select(Lease))}
         await service.shutdown()  # before the operation ran

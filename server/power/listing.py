@@ -1,0 +1,68 @@
+"""Reading operations back: one operation's view, and the paginated list of operations."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import and_, or_, select
+from sqlalchemy.orm import Session
+
+from server.errors import Invalid
+from server.inventory import machines as inventory
+from server.inventory.models import Operation
+
+
+def operation_view(op: Operation) -> dict[str, Any]:
+    iso = inventory.iso
+    return {
+        "id": op.id,
+        "kind": op.kind,
+        "action": op.action,
+        "params": op.params,
+        "status": op.status,
+        "requested_by": op.requested_by,
+        "created_at": iso(op.created_at),
+        "started_at": iso(op.started_at),
+        "finished_at": iso(op.finished_at),
+        "error": op.error,
+        "items": [
+            {
+                "machine_id": i.machine_id,
+                "machine": i.machine_name,
+                "status": i.status,
+                "result": i.result,
+                "error": i.error,
+                "started_at": iso(i.started_at),
+                "finished_at": iso(i.finished_at),
+            }
+            for i in op.items
+        ],
+    }
+
+
+def list_operations(s: Session, *, limit: int, cursor: str | None = None) -> inventory.Page:
+    """Newest first (``created_at``, then ``id``), ``limit`` per page; the cursor names the last
+    operation of the previous page."""
+    stmt = select(Operation)
+    if cursor:
+        c = inventory._decode_cursor(cursor)
+        try:
+            at = datetime.fromisoformat(c["t"])
+            op_id = str(c["id"])
+        except (KeyError, TypeError, ValueError):
+            raise Invalid(message="invalid cursor", details={"field": "cursor"}) from None
+        stmt = stmt.where(
+            or_(
+                Operation.created_at < at,
+                and_(Operation.created_at == at, Operation.id < op_id),
+            )
+        )
+    order = (Operation.created_at.desc(), Operation.id.desc())
+    rows = list(s.scalars(stmt.order_by(*order).limit(limit + 1)))
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        last = rows[-1]
+        next_cursor = inventory._encode_cursor({"t": last.created_at.isoformat(), "id": last.id})
+    return inventory.Page([operation_view(op) for op in rows], next_cursor)
