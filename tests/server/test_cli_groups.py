@@ -111,7 +111,7 @@ def test_narrow_table_never_cuts_a_mac_or_address(
         "--bmc-driver",
         "redfish",
         "--bmc-address",
-        "10.200.200.200:65001",
+        "10.200.200.200:16623",
         *labels,
         "-o",
         "json",
@@ -120,7 +120,7 @@ def test_narrow_table_never_cuts_a_mac_or_address(
     r = run(api_sqlite, tmp_path, "machines", "list", extra_env={"COLUMNS": "80"})
     assert r.returncode == 0, r.stderr
     assert LONG_MAC in r.stdout and "02:00:00:aa:bb:02" in r.stdout
-    assert "10.200.200.200:65001" in r.stdout
+    assert "10.200.200.200:16623" in r.stdout
     assert "node-with-a-fairly-long-name-01" in r.stdout and "…" not in r.stdout
     assert "LABELS" in r.stderr  # dropped, and said so (on stderr: stdout stays the table)
     r = run(
@@ -183,7 +183,9 @@ def test_power_needs_machines_or_selector(api_sqlite: RunningServer, tmp_path: P
 
 @pytest.fixture
 def api_local_bmc(tmp_path: Path, sqlite_url: str) -> Iterator[RunningServer]:
-    with run_server(tmp_path / "data", sqlite_url, bmc_networks=["127.0.0.0/8"]) as srv:
+    with run_server(
+        tmp_path / "data", sqlite_url, bmc_networks=["127.0.0.0/8"], bmc_ports=["1-65535"]
+    ) as srv:
         yield srv
 
 
