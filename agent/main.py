@@ -25,6 +25,7 @@ from pathlib import Path
 
 from agent.client import Agent, AgentFatalError, AgentOptions
 from agent.identity import read_boot_params
+from agent.image_manifest import ManifestError, TrustedKey, parse_keys
 from agent.inventory import collect
 
 TOKEN_ENV = "BRONZE_AGENT_TOKEN"  # noqa: S105 - a variable name, not a secret
@@ -40,12 +41,9 @@ def bootstrap_token(token_file: Path | None, env: dict[str, str], cmdline: str) 
     return env.get(TOKEN_ENV, "").strip() or cmdline
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bronze-agent", description=__doc__.split("\n")[0])
-    p.add_argument("-v", "--verbose", action="count", default=0)
-    sub = p.add_subparsers(dest="cmd")
-
-    run = sub.add_parser("run", help="run the agent")
+def add_run_arguments(run: argparse.ArgumentParser) -> None:
+    """The options of ``bronze-agent run`` (also used by the test harness, which adds its
+    fault-injection flags: those are not part of the shipped command)."""
     run.add_argument("--root", type=Path, default=Path("/"))
     run.add_argument("--state", type=Path, help="state dir (default ROOT/var/lib/bronze)")
     run.add_argument("--server", help="session endpoint HOST:PORT (bronze.server=)")
@@ -62,8 +60,18 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--heartbeat", type=float, default=30.0, help="seconds between heartbeats")
     run.add_argument("--backoff-max", type=float, default=30.0)
     run.add_argument("--no-fsync", action="store_true")
-    run.add_argument("--fault", default="", help=argparse.SUPPRESS)
-    run.add_argument("--clock-offset", type=float, default=0.0, help=argparse.SUPPRESS)
+    run.add_argument(
+        "--trusted-keys",
+        type=Path,
+        help="file of Ed25519 keys (ed25519:BASE64, one a line) OS images must be signed with",
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bronze-agent", description=__doc__.split("\n")[0])
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    sub = p.add_subparsers(dest="cmd")
+    add_run_arguments(sub.add_parser("run", help="run the agent"))
 
     sim = sub.add_parser("simulate", help="simulate many machines in one process")
     sim.add_argument("--count", type=int, required=True)
@@ -89,7 +97,8 @@ async def _run_until_signal(coro_factory) -> None:  # type: ignore[no-untyped-de
     await coro_factory(stop)
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def run_options(args: argparse.Namespace) -> AgentOptions | int:
+    """AgentOptions from ``run``'s arguments, or an exit status after printing why not."""
     if args.token is not None:
         print(
             "bronze-agent: tokens are never taken from argv (other users can read it in ps); "
@@ -125,9 +134,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
         backoff_max=args.backoff_max,
         fsync=not args.no_fsync,
         server_name=args.server_name,
-        fault=args.fault,
-        clock_offset=args.clock_offset,
     )
+    try:
+        opts.trusted_keys = _trusted_keys(args.trusted_keys, root)
+    except (ManifestError, OSError) as exc:
+        print(f"bronze-agent: trusted keys: {exc}", file=sys.stderr)
+        return 2
+    return opts
+
+
+def _trusted_keys(path: Path | None, root: Path) -> tuple[TrustedKey, ...]:
+    """``--trusted-keys``, else ROOT/etc/bronze/image-keys when the OS image ships one."""
+    path = path or root / "etc/bronze/image-keys"
+    try:
+        return parse_keys(path.read_text().splitlines())
+    except FileNotFoundError:
+        return ()
+
+
+def run_agent(opts: AgentOptions) -> int:
     agent = Agent(opts)
     try:
         asyncio.run(_run_until_signal(agent.run))
@@ -173,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(collect(args.root).to_dict(), indent=2))
         return 0
     if args.cmd == "run":
-        return _cmd_run(args)
+        opts = run_options(args)
+        return opts if isinstance(opts, int) else run_agent(opts)
     _parser().print_help()
     return 2
 

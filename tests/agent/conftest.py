@@ -25,6 +25,7 @@ from server.agents.pki import FleetCA
 T = TypeVar("T")
 FIXTURES = Path(__file__).resolve().parents[2] / "agent" / "fixtures"
 AGENT_BIN = Path(sys.executable).with_name("bronze-agent")
+REPO = Path(__file__).resolve().parents[2]
 
 
 class LoopThread:
@@ -91,9 +92,12 @@ class Lab:
 
     def spawn_agent(self, root: Path, *extra: str) -> subprocess.Popen[bytes]:
         log = open(root.parent / "agent.log", "ab")  # noqa: SIM115 - closed with the process
+        # Fault-injection flags exist only in the test harness, not in the shipped command.
+        harness = any(a in ("--fault", "--clock-offset") for a in extra)
+        cmd = [sys.executable, "-m", "tests.peers.agent_harness"] if harness else [str(AGENT_BIN)]
         proc = subprocess.Popen(
             [
-                str(AGENT_BIN),
+                *cmd,
                 "run",
                 "--root",
                 str(root),
@@ -107,6 +111,7 @@ class Lab:
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            cwd=REPO,
         )
         log.close()
         self.procs.append(proc)

@@ -17,6 +17,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -148,10 +149,13 @@ def test_expired_certificate_and_clock_skew_reach_the_operator(
 
 
 def _spawn_agent(root: Path, procs: list[subprocess.Popen[bytes]], *extra: str) -> None:
-    argv = [str(AGENT_BIN), "run", "--root", str(root), "--heartbeat", "0.5"]
+    # --clock-offset exists only in the test harness, not in the shipped bronze-agent.
+    cmd = [sys.executable, "-m", "tests.peers.agent_harness"] if extra else [str(AGENT_BIN)]
+    argv = [*cmd, "run", "--root", str(root), "--heartbeat", "0.5"]
     argv += ["--backoff-max", "0.5", "--no-fsync", *extra]
     with (root.parent / "agent.log").open("ab") as log:
-        procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
+        repo = Path(__file__).resolve().parents[2]
+        procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=repo))
 
 
 def _server_cert(port: int) -> x509.Certificate:
