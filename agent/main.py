@@ -83,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--tokens", type=Path, required=True, help='JSON {"machine": "token"}')
     sim.add_argument("--heartbeat", type=float, default=30.0)
     sim.add_argument("--ramp", type=float, default=5.0, help="spread starts over this many s")
+    sim.add_argument("--installed", type=Path, help="image dir (manifest.json + files): slot A")
+    sim.add_argument("--power-events", type=Path, help="a simulated BMC's event log")
+    sim.add_argument("--bmc-ports", type=Path, help='JSON {"machine": BMC port}')
 
     inv = sub.add_parser("inventory", help="print this machine's inventory")
     inv.add_argument("--root", type=Path, default=Path("/"))
@@ -180,6 +183,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             heartbeat_interval=args.heartbeat,
             ramp_seconds=args.ramp,
             stop=stop,
+            installed=args.installed,
+            power_events=args.power_events,
+            bmc_ports=json.loads(args.bmc_ports.read_text()) if args.bmc_ports else None,
         )
 
     asyncio.run(_run_until_signal(go))

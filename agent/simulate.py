@@ -8,6 +8,14 @@ TCP+mTLS connection (``grpc.use_local_subchannel_pool``). A ``Reboot`` command w
 id and restarts that machine's session, as a real reboot would.
 
 Tokens come from ``--tokens FILE``: a JSON object ``{"machine-id": "token", ...}``.
+
+Installed machines (``--installed DIR``): each machine gets a sandbox install disk under
+``ROOT/system`` (``agent.install.SandboxBackend``: BOOT-A, BOOT-B, STATE, EPHEMERAL as
+directories, a real GRUB environment block) with the image of ``DIR/manifest.json`` (a canonical
+image manifest, ``agent.image_manifest``) and its files in slot A, so upgrades write real slots
+and reboots run the same boot-counting decision as GRUB. ``--power-events FILE --bmc-ports FILE``
+wire each machine to a simulated BMC: a ``PORT cycle|reset`` line in the BMC simulator's event
+log resets that machine.
 """
 
 from __future__ import annotations
@@ -24,6 +32,9 @@ from pathlib import Path
 
 from agent.client import Agent, AgentOptions
 from agent.identity import write_file
+from agent.image_manifest import Manifest
+from agent.install import Manifest as SlotManifest
+from agent.install import install_sandbox
 from agent.inventory import Inventory, Nic, collect
 
 log = logging.getLogger(__name__)
@@ -61,6 +72,9 @@ async def simulate(
     ramp_seconds: float,
     stop: asyncio.Event,
     fsync: bool = False,
+    installed: Path | None = None,
+    power_events: Path | None = None,
+    bmc_ports: dict[str, int] | None = None,
 ) -> list[Agent]:
     ids = sorted(tokens)[:count]
     base = collect(template)
@@ -76,6 +90,8 @@ async def simulate(
         write_file(
             root / "proc/sys/kernel/random/boot_id", f"{uuid.uuid4()}\n".encode(), fsync=False
         )
+        if installed is not None and not (root / "system").exists():
+            install_image(root / "system", installed)
         agents.append(
             Agent(
                 AgentOptions(
@@ -89,6 +105,8 @@ async def simulate(
                     heartbeat_interval=heartbeat_interval,
                     fsync=fsync,
                     inventory=machine_inventory(base, mid),
+                    power_events=power_events,
+                    bmc_port=(bmc_ports or {}).get(mid, 0),
                 )
             )
         )
@@ -101,6 +119,19 @@ async def simulate(
     log.warning("simulating %d machines", len(agents))
     await asyncio.gather(*tasks, return_exceptions=True)
     return agents
+
+
+def install_image(system: Path, image_dir: Path) -> None:
+    """A sandbox install disk with the image of ``image_dir`` in slot A (last good)."""
+    manifest = Manifest.from_canonical((image_dir / "manifest.json").read_text())
+    slot = SlotManifest(
+        version=manifest.digest(),
+        kernel=manifest.kernel.file,
+        initrds=tuple(f.file for f in manifest.initrds),
+        kernel_args=manifest.args,
+        sha256={f.file: f.sha256 for f in manifest.files},
+    )
+    install_sandbox(system, {f.file: image_dir / f.file for f in manifest.files}, slot)
 
 
 def load_tokens(path: Path) -> dict[str, str]:
