@@ -40,6 +40,7 @@ from server.inventory.models import ApiToken
 from server.inventory.readcache import ReadCache
 from server.inventory.secretbox import SecretBox
 from server.power.service import PowerService
+from server.rollouts.service import RolloutService
 from server.settings import ServerSettings
 from server.types import Role
 
@@ -223,9 +224,19 @@ def create_app(
         db, settings, pxe_settings.http_base_url, writer, boot_token_key(settings)
     )
 
+    # Agents fetch upgrade images from /assets/ on the boot plane's HTTP address (what their
+    # firmware used) unless this replica advertises a REST URL of its own.
+    asset_base = (
+        (pxe_settings.http_base_url if pxe_settings.enabled else None)
+        or settings.effective_advertise_url
+        or pxe_settings.http_base_url
+    )
+    rollouts = RolloutService(settings, db, ctx.secrets, power_service, asset_base)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await power_service.startup()
+        rollouts.start()
         writer.start()
         agent_api = None
         pxe_service = None
@@ -286,6 +297,7 @@ def create_app(
             if agent_api is not None:
                 await agent_api.stop()
             app.state.agent_api = None
+            await rollouts.stop()
             await power_service.shutdown()
             writer.stop()
             await db.aclose()

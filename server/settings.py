@@ -117,6 +117,8 @@ class ServerSettings(BaseSettings):
     boot_timeline_max_rows: int = Field(default=100_000, ge=100)
     """Netboot timeline rows kept in total (oldest dropped first)."""
 
+    rollout_interval: float = Field(default=0.5, gt=0, le=60)
+    """Seconds between two passes of the rollout runner over unfinished rollouts."""
     image_trusted_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Ed25519 public keys (``ed25519:BASE64``, comma list) that OS image signatures must verify
     against. Set: a signature that does not verify is refused, and an unsigned image cannot be

@@ -237,6 +237,9 @@ class DbAgentStore:
             st.hello_at = hello.at
             st.last_seen = hello.at
             st.staged_config_version = hello.staged_config_version or None
+            st.image_digest = hello.image_digest or None
+            st.slot = hello.slot or None
+            st.last_good_digest = hello.last_good_digest or None
             self._set_applied(st, hello.config_version or None)
             st.connected = True
             st.replica_url = self.replica_url

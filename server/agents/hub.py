@@ -446,6 +446,9 @@ class SessionHub:
                 hello.staged_config_version,
                 inventory,
                 self._now(),
+                hello.image_digest,
+                hello.slot,
+                hello.last_good_digest,
             ),
         )
         await self._note_applied(mid, hello.config_version)

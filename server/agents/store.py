@@ -48,6 +48,10 @@ class AgentHello:
     staged_config_version: str
     inventory: dict[str, Any]
     at: dt.datetime
+    image_digest: str = ""
+    """The OS image this boot runs (digest of its manifest), its slot, and the fallback image."""
+    slot: str = ""
+    last_good_digest: str = ""
 
 
 @dataclass(frozen=True)
