@@ -213,6 +213,7 @@ class Agent:
         if self.slots is None:
             return
         deadline = self.slots.on_boot()
+        self._record_boot()
         args = self.slots.booted_args()
         self._sim = next((a.split("=", 1)[1] for a in args if a.startswith("bronze.sim=")), "")
         if self._watchdog:
@@ -221,6 +222,21 @@ class Agent:
         if deadline is not None:
             with contextlib.suppress(RuntimeError):
                 self._watchdog = asyncio.get_running_loop().create_task(self._watch(deadline))
+
+    def _record_boot(self) -> None:
+        """``STATE_DIR/boots.json``: the last boots (boot id, slot, image), newest last."""
+        assert self.slots is not None
+        path = self.o.state_dir / "boots.json"
+        try:
+            boots = json.loads(path.read_text())
+        except (OSError, ValueError):
+            boots = []
+        bid = self.boot_id()
+        if boots and boots[-1].get("boot_id") == bid:
+            return  # the agent restarted, the machine did not
+        r = self.slots.report()
+        boots = [*boots, {"boot_id": bid, "slot": r.slot, "image": r.image_digest}][-100:]
+        write_file(path, json.dumps(boots).encode(), fsync=self.o.fsync)
 
     async def _watch(self, deadline: float) -> None:
         await asyncio.sleep(max(0.0, deadline - time.monotonic()))

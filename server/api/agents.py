@@ -551,6 +551,11 @@ def machine_agent(
                 or st.desired_config_version == st.applied_config_version,
             },
             "certificate": {"serial": st.cert_serial, "not_after": iso(st.cert_not_after)},
+            "os": {
+                "image_digest": st.image_digest,
+                "slot": st.slot,
+                "last_good_digest": st.last_good_digest,
+            },
             "last_command": None
             if st.last_command_id is None
             else {

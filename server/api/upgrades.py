@@ -131,6 +131,7 @@ def create_upgrade(
             image = images.get_for_use(s, body.image, trusted_keys(ctx.settings))
             batches, machines = store.plan(s, reqs, _policy(body))
             if dry_run:
+                response.status_code = 200
                 return {
                     "dry_run": True,
                     "image": image.name,

@@ -289,6 +289,7 @@ def _view(r: Any, nics: list[dict[str, Any]], labels: dict[str, str]) -> dict[st
             "error": r["power_error"],
         },
         "fault_reason": r["fault_reason"],
+        "image": r["image"],
         "bmc": None
         if r["bmc_address"] is None
         else {

@@ -268,6 +268,9 @@ class RolloutRunner:
         if tr.state is MachineState.SUCCEEDED:
             row.claim = None
             m.phase, m.image, m.fault_reason = Phase.READY.value, r.image, None
+            st = s.get(AgentState, m.id)
+            if st is not None and image is not None:  # confirmed: its fallback is now this image
+                st.last_good_digest = image.digest
         elif tr.state is MachineState.FAILED:
             row.claim = None
             m.phase, m.fault_reason = Phase.FAILED.value, f"upgrade to {r.image}: {tr.error}"

@@ -1,0 +1,177 @@
+"""A simulated fleet for rollout tests: a real ``bronze serve`` app (uvicorn, agent API on free
+ports, SQLite or PostgreSQL), images made through the REST API, and one ``bronze-agent simulate``
+process whose machines are installed (sandbox A/B disks) with the first image."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from tests.peers.apiserver import RunningServer
+
+FIXTURES = Path(__file__).resolve().parents[3] / "agent" / "fixtures"
+AGENT_BIN = Path(sys.executable).with_name("bronze-agent")
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T], timeout: float, what: str) -> T:
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what} (last: {last!r})")
+
+
+def make_image(
+    c: httpx.Client, name: str, version: str, args: list[str] | None = None
+) -> dict[str, Any]:
+    """Upload a kernel and an initrd for ``name`` and create the image."""
+    files = {
+        f"vmlinuz-{name}": f"kernel {name}\n".encode() * 100,
+        f"initrd-{name}": f"initrd {name}\n".encode() * 300,
+    }
+    for fname, data in files.items():
+        r = c.put(
+            f"/api/v1/assets/{fname}",
+            params={"sha256": hashlib.sha256(data).hexdigest()},
+            content=data,
+        )
+        assert r.status_code in (200, 201), r.text
+    body = {
+        "name": name,
+        "version": version,
+        "kernel": f"vmlinuz-{name}",
+        "initrds": [f"initrd-{name}"],
+        "args": args or [],
+    }
+    r = c.post("/api/v1/images", json=body)
+    assert r.status_code == 201, r.text
+    return {**r.json(), "files": files}
+
+
+def image_dir(c: httpx.Client, image: dict[str, Any], where: Path) -> Path:
+    """What ``bronze-agent simulate --installed`` installs: the canonical manifest + files."""
+    where.mkdir(parents=True, exist_ok=True)
+    canonical = c.get(f"/api/v1/images/{image['name']}/manifest").json()["canonical"]
+    (where / "manifest.json").write_text(canonical)
+    for fname, data in image["files"].items():
+        (where / fname).write_bytes(data)
+    return where
+
+
+@dataclass
+class Fleet:
+    srv: RunningServer
+    work: Path
+    names: list[str]
+    ids: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+
+    def root(self, name: str) -> Path:
+        return self.work / "machines" / self.ids[name] / "root"
+
+    def ephemeral(self, name: str) -> Path:
+        return self.root(name) / "system" / "EPHEMERAL"
+
+    def boots(self, name: str) -> list[dict[str, str]]:
+        path = self.root(name) / "var/lib/bronze/boots.json"
+        return list(json.loads(path.read_text())) if path.exists() else []
+
+    def agent(self, name: str) -> dict[str, Any]:
+        return dict(self.srv.client().get(f"/api/v1/machines/{name}/agent").json())
+
+
+def start_fleet(
+    srv: RunningServer,
+    work: Path,
+    count: int,
+    installed: Path,
+    labels: Callable[[int], dict[str, str]],
+    procs: list[subprocess.Popen[bytes]],
+    extra: list[str] | None = None,
+    bmc_ports: dict[str, int] | None = None,
+) -> Fleet:
+    c = srv.client()
+    names = [f"n{i:02}" for i in range(count)]
+    ids: dict[str, str] = {}
+    tokens: dict[str, str] = {}
+    kernel_args = ""
+    for i, name in enumerate(names):
+        body: dict[str, Any] = {
+            "name": name,
+            "nics": [{"mac": f"02:00:00:10:{i // 256:02x}:{i % 256:02x}"}],
+            "labels": labels(i),
+        }
+        if bmc_ports and name in bmc_ports:
+            body["bmc"] = {
+                "driver": "ipmi",
+                "address": f"127.0.0.1:{bmc_ports[name]}",
+                "username": "admin",
+                "password": "bmc-secret",
+            }
+        r = c.post("/api/v1/machines", json=body)
+        assert r.status_code == 201, r.text
+        ids[name] = r.json()["id"]
+        for phase in ("provisioning", "ready"):
+            assert c.patch(f"/api/v1/machines/{name}", json={"phase": phase}).status_code == 200
+        tok = c.post(f"/api/v1/machines/{name}/enrollment-token", json={"boot_ref": "sim"}).json()
+        tokens[ids[name]] = tok["token"]
+        kernel_args = tok["kernel_args"]
+    params = dict(w.split("=", 1) for w in kernel_args.split() if "=" in w)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "tokens.json").write_text(json.dumps(tokens))
+    (work / "ca.pem").write_bytes(srv.app.state.agent_api.ca.cert_pem)
+    argv = [
+        str(AGENT_BIN),
+        "simulate",
+        "--count",
+        str(count),
+        "--root-template",
+        str(FIXTURES / "qemu-vm"),
+        "--work",
+        str(work / "machines"),
+        "--server",
+        params["bronze.server"],
+        "--enroll",
+        params["bronze.enroll"],
+        "--ca",
+        str(work / "ca.pem"),
+        "--tokens",
+        str(work / "tokens.json"),
+        "--heartbeat",
+        "1",
+        "--ramp",
+        "1",
+        "--installed",
+        str(installed),
+        *(extra or []),
+    ]
+    if bmc_ports:
+        (work / "bmc-ports.json").write_text(json.dumps({ids[n]: p for n, p in bmc_ports.items()}))
+        argv += ["--bmc-ports", str(work / "bmc-ports.json")]
+    log = open(work / "agents.log", "ab")  # noqa: SIM115 - closed right after the fork
+    proc = subprocess.Popen(
+        argv, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
+    log.close()
+    procs.append(proc)
+    fleet = Fleet(srv, work, names, ids, proc)
+    wait_for(
+        lambda: all(fleet.agent(n)["connected"] for n in names),
+        60,
+        "every simulated agent connected",
+    )
+    return fleet
