@@ -73,6 +73,7 @@ async def simulate(
     stop: asyncio.Event,
     fsync: bool = False,
     installed: Path | None = None,
+    backoff_max: float = 30.0,
     power_events: Path | None = None,
     bmc_ports: dict[str, int] | None = None,
 ) -> list[Agent]:
@@ -103,6 +104,7 @@ async def simulate(
                     enroll=enroll,
                     ca_pem=ca_pem,
                     heartbeat_interval=heartbeat_interval,
+                    backoff_max=backoff_max,
                     fsync=fsync,
                     inventory=machine_inventory(base, mid),
                     power_events=power_events,

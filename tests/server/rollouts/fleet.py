@@ -17,8 +17,6 @@ from typing import Any, TypeVar
 
 import httpx
 
-from tests.peers.apiserver import RunningServer
-
 FIXTURES = Path(__file__).resolve().parents[3] / "agent" / "fixtures"
 AGENT_BIN = Path(sys.executable).with_name("bronze-agent")
 T = TypeVar("T")
@@ -74,7 +72,7 @@ def image_dir(c: httpx.Client, image: dict[str, Any], where: Path) -> Path:
 
 @dataclass
 class Fleet:
-    srv: RunningServer
+    api: Callable[[], httpx.Client]
     work: Path
     names: list[str]
     ids: dict[str, str]
@@ -91,11 +89,13 @@ class Fleet:
         return list(json.loads(path.read_text())) if path.exists() else []
 
     def agent(self, name: str) -> dict[str, Any]:
-        return dict(self.srv.client().get(f"/api/v1/machines/{name}/agent").json())
+        with self.api() as c:
+            return dict(c.get(f"/api/v1/machines/{name}/agent").json())
 
 
 def start_fleet(
-    srv: RunningServer,
+    api: Callable[[], httpx.Client],
+    ca_pem: bytes,
     work: Path,
     count: int,
     installed: Path,
@@ -104,7 +104,7 @@ def start_fleet(
     extra: list[str] | None = None,
     bmc_ports: dict[str, int] | None = None,
 ) -> Fleet:
-    c = srv.client()
+    c = api()
     names = [f"n{i:02}" for i in range(count)]
     ids: dict[str, str] = {}
     tokens: dict[str, str] = {}
@@ -133,7 +133,7 @@ def start_fleet(
     params = dict(w.split("=", 1) for w in kernel_args.split() if "=" in w)
     work.mkdir(parents=True, exist_ok=True)
     (work / "tokens.json").write_text(json.dumps(tokens))
-    (work / "ca.pem").write_bytes(srv.app.state.agent_api.ca.cert_pem)
+    (work / "ca.pem").write_bytes(ca_pem)
     argv = [
         str(AGENT_BIN),
         "simulate",
@@ -155,6 +155,8 @@ def start_fleet(
         "1",
         "--ramp",
         "1",
+        "--backoff-max",
+        "1",
         "--installed",
         str(installed),
         *(extra or []),
@@ -168,7 +170,7 @@ def start_fleet(
     )
     log.close()
     procs.append(proc)
-    fleet = Fleet(srv, work, names, ids, proc)
+    fleet = Fleet(api, work, names, ids, proc)
     wait_for(
         lambda: all(fleet.agent(n)["connected"] for n in names),
         60,

@@ -53,7 +53,8 @@ def test_rolling_upgrade_keeps_ephemeral(
     v1 = make_image(c, "os-1", "1.0")
     v2 = make_image(c, "os-2", "2.0")
     fleet = start_fleet(
-        srv,
+        srv.client,
+        srv.app.state.agent_api.ca.cert_pem,
         tmp_path / "fleet",
         20,
         image_dir(c, v1, tmp_path / "v1"),
@@ -124,7 +125,8 @@ def test_preserve_false_wipes_ephemeral_after_the_new_slot_boots(
     v1 = make_image(c, "os-1", "1.0")
     make_image(c, "os-2", "2.0")
     fleet = start_fleet(
-        srv,
+        srv.client,
+        srv.app.state.agent_api.ca.cert_pem,
         tmp_path / "fleet",
         2,
         image_dir(c, v1, tmp_path / "v1"),
@@ -151,7 +153,8 @@ def test_unhealthy_image_falls_back_and_halts_at_the_budget(
     v2 = make_image(c, "os-2", "2.0")
     bad = make_image(c, "os-bad", "3.0", ["bronze.sim=unhealthy"])
     fleet = start_fleet(
-        srv,
+        srv.client,
+        srv.app.state.agent_api.ca.cert_pem,
         tmp_path / "fleet",
         4,
         image_dir(c, v1, tmp_path / "v1"),
