@@ -18,8 +18,10 @@ from server.agents import BootstrapToken, PendingCommand
 from server.agents.dbstore import DbAgentStore
 from server.inventory import migrate
 from server.inventory.db import Database
-from tests.agent.conftest import AGENT_BIN, FIXTURES, eventually
 from tests.peers.apiserver import RunningServer, run_server
+from tests.support.paths import FIXTURES
+from tests.support.procs import AGENT_BIN
+from tests.support.wait import eventually
 
 
 @pytest.fixture

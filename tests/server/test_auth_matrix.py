@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.peers.apiserver import RunningServer, free_port, run_server
+from tests.peers.apiserver import RunningServer, run_server
+from tests.support.ports import free_port
 
 # (method, path template) -> minimum role; None = unauthenticated.
 MATRIX: dict[tuple[str, str], str | None] = {

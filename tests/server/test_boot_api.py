@@ -6,11 +6,9 @@ real pxe.HttpBackend, timeline ingestion and reads, and the CLI."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,24 +23,9 @@ from server.agents import BootstrapTokens
 from server.boot.timeline import Retention, prune
 from server.inventory.models import BootProfile, Machine
 from tests.peers.apiserver import RunningServer, run_server
-from tests.peers.netlab import eventually
-
-KERNEL = os.urandom(300_000)
-INITRD = os.urandom(70_001)
-BRONZE = str(Path(sys.executable).with_name("bronze"))
-
-
-def sha(b: bytes) -> str:
-    return hashlib.sha256(b).hexdigest()
-
-
-def upload(c: httpx.Client, name: str, body: bytes, digest: str | None = None) -> httpx.Response:
-    return c.put(f"/api/v1/assets/{name}", params={"sha256": digest or sha(body)}, content=body)
-
-
-def seed(c: httpx.Client) -> None:
-    assert upload(c, "vmlinuz", KERNEL).status_code == 201
-    assert upload(c, "initrd.img", INITRD).status_code == 201
+from tests.support.boot import KERNEL, profile, seed, sha, upload
+from tests.support.procs import BRONZE
+from tests.support.wait import eventually
 
 
 def timeline(c: httpx.Client, mac: str) -> list[dict[str, Any]]:
@@ -250,27 +233,6 @@ def test_asset_ranges(api: RunningServer) -> None:
 
 
 # -- /boot.ipxe ----------------------------------------------------------------------------------
-
-
-def profile(
-    c: httpx.Client,
-    name: str,
-    selector: str = "",
-    agent: bool = False,
-    args: list[str] | None = None,
-) -> None:
-    r = c.post(
-        "/api/v1/profiles",
-        json={
-            "name": name,
-            "selector": selector,
-            "kernel": "vmlinuz",
-            "initrds": ["initrd.img"],
-            "args": args if args is not None else ["console=ttyS0", f"bronze.profile={name}"],
-            "agent": agent,
-        },
-    )
-    assert r.status_code == 201, r.text
 
 
 def script(api: RunningServer, mac: str, **q: str) -> httpx.Response:
