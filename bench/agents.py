@@ -1,6 +1,6 @@
 """Agent fleet benchmark: N simulated agents, each on its own TCP+mTLS connection, one server.
 
-    .venv/bin/python bench/agents.py --count 2000 --procs 2 --heartbeat 30 --idle 30
+    .venv/bin/python -m bench.agents --count 2000 --procs 2 --heartbeat 30 --idle 30
 
 This process *is* the server (agent API + in-memory store); the agents run in ``--procs``
 ``bronze-agent simulate`` processes. It measures:
@@ -30,12 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from server.agents import AgentApiServer, MemoryAgentStore
+from server.agents.pki import FleetCA
+from server.config import Layer, Patch, render
 
-from server.agents import AgentApiServer, MemoryAgentStore  # noqa: E402
-from server.agents.pki import FleetCA  # noqa: E402
-from server.config import Layer, Patch, render  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 CLK = os.sysconf("SC_CLK_TCK")
 

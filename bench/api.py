@@ -4,10 +4,11 @@ Seeds 10,000 labelled machines, then measures with wrk (server pinned to CPU 0, 
   - GET /api/v1/machines?selector=...&limit=100   (filtered page)
   - GET /api/v1/machines/{name}                    (one machine; and a random one of the 10,000)
 on SQLite and on PostgreSQL, each with the read cache (default) and without it
-(BRONZE_API_CACHE_MB=0: every request reads the database), beside a bare FastAPI endpoint returning a JSON body of the same
-size (the framework ceiling). Targets: filtered-page p99 <= 50 ms; >= 50% of the ceiling's req/s.
+(BRONZE_API_CACHE_MB=0: every request reads the database), beside a bare FastAPI endpoint
+returning a JSON body of the same size (the framework ceiling). Targets: filtered-page p99 <= 50
+ms; >= 50% of the ceiling's req/s.
 
-    .venv/bin/python bench/api.py [--machines 10000] [--duration 10] [--connections 16]
+    .venv/bin/python -m bench.api [--machines 10000] [--duration 10] [--connections 16]
 """
 
 from __future__ import annotations
@@ -28,12 +29,11 @@ from pathlib import Path
 import httpx
 from sqlalchemy import create_engine, insert, text
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from server.inventory import migrate
+from server.inventory.models import Machine, MachineLabel, Nic
+from tests.support.ports import free_port
 
-from server.inventory import migrate  # noqa: E402
-from server.inventory.models import Machine, MachineLabel, Nic  # noqa: E402
-from tests.peers.apiserver import free_port  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 SELECTOR = "rack=r07,role in (worker,storage),!maintenance"
 PG = os.environ.get("BRONZE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -111,7 +111,8 @@ def wrk(
     if random_names:
         lua += (
             "request = function()\n"
-            f'  return wrk.format(nil, string.format("/api/v1/machines/node-%05d", math.random(0, {random_names - 1})))\n'
+            '  return wrk.format(nil, string.format("/api/v1/machines/node-%05d", '
+            f"math.random(0, {random_names - 1})))\n"
             "end\n"
         )
     script.write_text(lua)
@@ -306,7 +307,8 @@ def main() -> None:
 
     ceiling = {label: r["rps"] for name, _, label, r in rows if name == "bare FastAPI"}
     print(
-        f"\n{args.machines} machines, wrk -c{args.connections} {args.duration}s, server on CPU 0, wrk on CPU 1"
+        f"\n{args.machines} machines, wrk -c{args.connections} {args.duration}s, "
+        "server on CPU 0, wrk on CPU 1"
     )
     print(f"{'backend':<24}{'request':<34}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'% ceiling':>11}")
     for name, shown, label, r in rows:

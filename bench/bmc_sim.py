@@ -6,11 +6,12 @@ Starts N processes, each serving M pyghmi BMCs (``tests/peers/bmc_peers.py``'s
 reads that JSON. Also times a sequential ``ipmitool`` power-cycle loop (the reference a
 shell script would be) and the same loop through ``bmc.BmcController``.
 
-    python bench/bmc_sim.py serve --processes 10 --per-process 100 > endpoints.json
-    python bench/bmc_sim.py cycle-loop --per-process 20 --count 20
+    .venv/bin/python -m bench.bmc_sim serve --processes 10 --per-process 100 > endpoints.json
+    .venv/bin/python -m bench.bmc_sim cycle-loop --per-process 20 --count 20
 
 The password comes from ``BRONZE_SIM_PASSWORD`` (default ``password``) and reaches the
-children and ipmitool through the environment, never argv. Run from the repository root.
+children and ipmitool through the environment, never argv. Run from the repository root: the
+children are ``python -m tests.peers.bmc_peers`` started there.
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ def sim_fleet(
     password = (
         password if password is not None else os.environ.get("BRONZE_SIM_PASSWORD", "password")
     )
-    env = dict(os.environ, BRONZE_SIM_PASSWORD=password, PYTHONPATH=str(ROOT))
+    env = dict(os.environ, BRONZE_SIM_PASSWORD=password)
     all_ports = _free_udp_ports(processes * per_process)
     fleet = SimFleet([], [])
     try:
@@ -173,7 +174,6 @@ def controller_cycle_loop(
     endpoints: list[SimEndpoint], count: int, verify: bool = True
 ) -> dict[str, float]:
     """The same loop through ``bmc.BmcController`` (pre-read + command + read-back)."""
-    sys.path.insert(0, str(ROOT))
     from bmc import BmcController, BmcEndpoint, DriverKind, PowerAction, PowerPolicy
 
     ctl = BmcController(policy=PowerPolicy(poll_interval=0.1, min_interval=0.0))

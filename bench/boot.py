@@ -1,8 +1,8 @@
 """Boot benchmark: N QEMU VMs powered on at once, time until every one has loaded its iPXE script.
 
-    sudo .venv/bin/python bench/boot.py                  # 20 VMs, 2 rounds per side (~1 minute)
-    sudo .venv/bin/python bench/boot.py --vms 4 --rounds 1
-    sudo .venv/bin/python bench/boot.py --firmware uefi  # OVMF: TFTP in the path (~4 minutes)
+    sudo .venv/bin/python -m bench.boot                  # 20 VMs, 2 rounds per side (~1 minute)
+    sudo .venv/bin/python -m bench.boot --vms 4 --rounds 1
+    sudo .venv/bin/python -m bench.boot --firmware uefi  # OVMF: TFTP in the path (~4 minutes)
 
 Lab (`tests/peers/netlab.Lab`): a host blackhole route for 10.99.251.0/24 first, then one network
 namespace with a bridge at 10.99.251.1 and one tap per VM; every process runs inside it and is
@@ -47,7 +47,6 @@ import sqlite3
 import statistics
 import struct
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -55,15 +54,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from pxe.backend import BootDecision, StaticBackend  # noqa: E402
-from pxe.dhcp.decide import Mode  # noqa: E402
-from pxe.ipxe import BootAction, BootProfile, RenderContext, render  # noqa: E402
-from pxe.service import PxeService, PxeSettings  # noqa: E402
-from server.api.auth import TOKEN_PREFIX  # noqa: E402
-from tests.peers.netlab import (  # noqa: E402
+from pxe.backend import BootDecision, StaticBackend
+from pxe.dhcp.decide import Mode
+from pxe.ipxe import BootAction, BootProfile, RenderContext, render
+from pxe.service import PxeService, PxeSettings
+from server.api.auth import TOKEN_PREFIX
+from tests.peers.netlab import (
     BootHttp,
     Lab,
     LoopThread,
@@ -71,6 +67,8 @@ from tests.peers.netlab import (  # noqa: E402
     require_tools,
     setns,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
 
 T = TypeVar("T")
 SUBNET_INDEX = 251

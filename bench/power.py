@@ -13,7 +13,7 @@ verified cycle is read from /proc for the server, the simulators and the whole m
 users' work included: the load average before the run is printed).
 Targets: <= 1.25x ideal, >= 20x faster than the ipmitool loop, API p99 < 100 ms.
 
-    .venv/bin/python bench/power.py [--processes 10 --per-process 100 --concurrency 64]
+    .venv/bin/python -m bench.power [--processes 10 --per-process 100 --concurrency 64]
 """
 
 from __future__ import annotations
@@ -34,12 +34,10 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-# bench/ itself must not be on the path: bench/pxe.py would shadow the pxe package.
-sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
+from bench.bmc_sim import ipmitool_cycle_loop, sim_fleet
+from tests.support.ports import free_port
 
-from bench.bmc_sim import ipmitool_cycle_loop, sim_fleet  # noqa: E402
-from tests.peers.apiserver import free_port  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def wait_op(c: httpx.Client, op: dict, timeout: float = 900) -> dict:
@@ -177,7 +175,8 @@ def main() -> None:
         )
 
     print(
-        f"\n{n} simulated IPMI BMCs (pyghmi, settle {args.settle}s), concurrency {args.concurrency}; "
+        f"\n{n} simulated IPMI BMCs (pyghmi, settle {args.settle}s), "
+        f"concurrency {args.concurrency}; "
         f"load average before: {load_before}"
     )
     print(f"{'what':<56}{'seconds':>9}{'ratio':>9}")
@@ -199,11 +198,13 @@ def main() -> None:
         )
         print(
             f"  succeeded {r['ok']}/{n}; wall seen by the client {r['wall']:.2f} s; "
-            f"GET /machines/{{name}} p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms ({r['requests']} requests)"
+            f"GET /machines/{{name}} p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms "
+            f"({r['requests']} requests)"
         )
         own = r["cpu_server_ms"] - probe_ms * r["requests"] / n
         print(
-            f"  CPU per verified cycle: bronze {r['cpu_server_ms']:.2f} ms ({own:.2f} ms without serving the "
+            f"  CPU per verified cycle: bronze {r['cpu_server_ms']:.2f} ms "
+            f"({own:.2f} ms without serving the "
             f"probe), simulators {r['cpu_sims_ms']:.2f} ms, whole machine {r['cpu_all_ms']:.2f} ms "
             f"(2 cores: {r['busy']:.0%} busy)"
         )

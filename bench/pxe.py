@@ -1,7 +1,7 @@
 """Boot plane benchmark: bronze's DHCP and TFTP beside dnsmasq and tftpd-hpa, in one table.
 
-    sudo .venv/bin/python bench/pxe.py            # everything (~3 minutes)
-    sudo .venv/bin/python bench/pxe.py --only tftp
+    sudo .venv/bin/python -m bench.pxe            # everything (~3 minutes)
+    sudo .venv/bin/python -m bench.pxe --only tftp
 
 DHCP: a lab namespace (bridge at 10.99.N.1) and a client namespace (10.99.N.2, a veth on the
 bridge); perfdhcp runs in the client namespace as a relay (DISCOVER-OFFER-REQUEST-ACK) at
@@ -32,15 +32,15 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from pxe.backend import BootDecision, StaticBackend, null_sink
+from pxe.dhcp.decide import BootConfig, Mode
+from pxe.dhcp.leases import LeaseStore
+from pxe.dhcp.packet import Op, Opt, Packet, encode, parse
+from pxe.dhcp.server import DhcpServer
+from tests.peers.netlab import Lab, LoopThread, setns
+from tests.support.ports import free_udp_port as free_port
 
-from pxe.backend import BootDecision, StaticBackend, null_sink  # noqa: E402
-from pxe.dhcp.decide import BootConfig, Mode  # noqa: E402
-from pxe.dhcp.leases import LeaseStore  # noqa: E402
-from pxe.dhcp.packet import Op, Opt, Packet, encode, parse  # noqa: E402
-from pxe.dhcp.server import DhcpServer  # noqa: E402
-from tests.peers.netlab import Lab, LoopThread, free_port, setns  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 PY = sys.executable
 
@@ -325,11 +325,13 @@ def bench_tftp(root: Path, workdir: Path, reps: int) -> list[tuple[str, str, str
                 "-c",
                 "0",
                 PY,
-                str(Path(__file__).resolve()),
+                "-m",
+                "bench.pxe",
                 "--serve-tftp",
                 str(root),
                 str(ports["bronze"]),
-            ]
+            ],
+            cwd=ROOT,
         ),
         "tftpd-hpa": subprocess.Popen(
             [

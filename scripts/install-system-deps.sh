@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian packages bronze's test suite and benchmarks need (real peers: DHCP, TFTP,
-# IPMI, QEMU firmware, PostgreSQL tooling). Idempotent and quiet when everything is present.
+# IPMI, QEMU firmware, PostgreSQL tooling; curl and openssl for the README tour). Idempotent and
+# quiet when everything is present.
 set -euo pipefail
 PKGS=(qemu-system-x86 ipxe ipxe-qemu ovmf dnsmasq tftpd-hpa tftp-hpa ipmitool openipmi
       freeipmi-tools kea-admin busybox isc-dhcp-client docker-compose curl iproute2 procps
       postgresql postgresql-client wrk gcc libc6-dev nginx-light
       grub-common grub2-common grub-pc-bin grub-efi-amd64-bin grub-emu fdisk gdisk e2fsprogs
-      dosfstools mtools udev)
+      dosfstools mtools udev openssl)
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

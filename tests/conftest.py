@@ -1,4 +1,5 @@
-"""Shared fixtures. Peers live in tests/peers/; each area has its own folder."""
+"""Shared fixtures. Real peers live in tests/peers/, helpers in tests/support/; each area has its
+own folder. Test modules import from those two packages only, never from each other."""
 
 from __future__ import annotations
 
@@ -11,8 +12,14 @@ import pytest
 from server.inventory import migrate
 from server.inventory.db import Database
 from tests.peers.apiserver import RunningServer, run_server
-from tests.peers.bmc_peers import stop_process
 from tests.peers.database import fresh_database
+from tests.support.procs import reset_inherited_signals, stop_process
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Children must start with default signal dispositions however the suite was launched
+    # (a backgrounded shell or a CI runner may hand us SIGINT ignored): tests/support/procs.py.
+    reset_inherited_signals()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

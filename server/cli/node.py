@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import queue
+import signal
 import threading
 from enum import StrEnum
 from typing import Annotated, Any
@@ -116,6 +117,18 @@ def _follow(
     return ok
 
 
+def _take_sigint() -> None:
+    """Make Ctrl-C stop a follow, however this process was started.
+
+    An ignored SIGINT is inherited across exec (a command started from a backgrounded shell,
+    ``cmd &``, or by a CI runner gets it ignored), and Python then installs no
+    ``KeyboardInterrupt`` handler: ``-f`` would stream until killed. Following is interactive
+    and ends only by Ctrl-C, so it takes SIGINT back (exit code 130, as for a shell's Ctrl-C).
+    """
+    # NOTE: only the main thread may set handlers; the CLI's command runs there.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def node(
     names: Annotated[str, typer.Argument(help="NAME[,NAME...] (machine names or ids).")],
     op: Annotated[NodeOp, typer.Argument(help="reboot, dmesg, logs, stats, ps or services.")],
@@ -138,6 +151,7 @@ def node(
         raise typer.BadParameter("-f only goes with logs and dmesg")
     cl = client(url, token_file)
     if follow:
+        _take_sigint()
         try:
             ok = _follow(cl, nodes, op, service, tail, output)
         except KeyboardInterrupt:

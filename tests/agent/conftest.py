@@ -1,153 +1,16 @@
-"""Fixtures for the agent suite: a real grpc.aio agent API (real certificates) served from an
-event loop in a background thread, sandbox machine roots built from the fixture trees, and
-``bronze-agent`` processes started (and stopped, by pid) per test."""
+"""Fixtures for the agent suite: ``lab``, an agent API with sandbox machines
+(tests/support/agentlab.py), torn down after each test."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import threading
-import time
-from collections.abc import Callable, Coroutine, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
 
 from server.agents import AgentApiServer, MemoryAgentStore
 from server.agents.pki import FleetCA
-
-T = TypeVar("T")
-FIXTURES = Path(__file__).resolve().parents[2] / "agent" / "fixtures"
-AGENT_BIN = Path(sys.executable).with_name("bronze-agent")
-REPO = Path(__file__).resolve().parents[2]
-
-
-class LoopThread:
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-
-
-def eventually(check: Callable[[], T], timeout: float = 20.0, interval: float = 0.05) -> T:
-    """Poll ``check`` until it returns a truthy value (returned) or ``timeout`` passes."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            value = check()
-            if value:
-                return value
-        except (AssertionError, KeyError, LookupError) as exc:
-            last = exc
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s (last error: {last!r})")
-
-
-@dataclass
-class Lab:
-    tmp: Path
-    lt: LoopThread
-    store: MemoryAgentStore
-    ca: FleetCA
-    api: AgentApiServer
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    @property
-    def server(self) -> str:
-        return f"127.0.0.1:{self.api.session_port}"
-
-    @property
-    def enroll(self) -> str:
-        return f"127.0.0.1:{self.api.enroll_port}"
-
-    def issue_token(self, machine_id: str, boot_ref: str = "boot-1") -> str:
-        return self.lt.run(self.api.tokens.issue(machine_id, boot_ref))
-
-    def machine_root(self, machine_id: str, fixture: str = "qemu-vm", token: str = "") -> Path:
-        """A sandbox root for ``machine_id``: a copy of a fixture tree, the fleet CA baked in,
-        and the boot plane's kernel command line."""
-        root = self.tmp / machine_id / "root"
-        shutil.copytree(FIXTURES / fixture, root, symlinks=True)
-        (root / "etc/bronze").mkdir(parents=True, exist_ok=True)
-        (root / "etc/bronze/ca.pem").write_bytes(self.ca.cert_pem)
-        (root / "proc/cmdline").write_text(
-            f"console=ttyS0 bronze.machine={machine_id} bronze.token={token} "
-            f"bronze.server={self.server} bronze.enroll={self.enroll}\n"
-        )
-        return root
-
-    def spawn_agent(self, root: Path, *extra: str) -> subprocess.Popen[bytes]:
-        log = open(root.parent / "agent.log", "ab")  # noqa: SIM115 - closed with the process
-        # Fault-injection flags exist only in the test harness, not in the shipped command.
-        harness = any(a in ("--fault", "--clock-offset") for a in extra)
-        cmd = [sys.executable, "-m", "tests.peers.agent_harness"] if harness else [str(AGENT_BIN)]
-        proc = subprocess.Popen(
-            [
-                *cmd,
-                "run",
-                "--root",
-                str(root),
-                "--heartbeat",
-                "0.5",
-                "--backoff-max",
-                "0.5",
-                "--no-fsync",
-                *extra,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            cwd=REPO,
-        )
-        log.close()
-        self.procs.append(proc)
-        return proc
-
-    def stop_agent(self, proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-        if proc.poll() is None:
-            proc.send_signal(sig)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-
-    def start_machine(
-        self, machine_id: str, fixture: str = "qemu-vm", *extra: str
-    ) -> tuple[Path, subprocess.Popen[bytes]]:
-        self.store.add_machine(machine_id)
-        root = self.machine_root(machine_id, fixture, self.issue_token(machine_id))
-        proc = self.spawn_agent(root, *extra)
-        eventually(lambda: self.api.hub.is_connected(machine_id), 30)
-        return root, proc
-
-    def restart_api(self) -> None:
-        """Stop the gRPC servers and start new ones (new hub) on the same ports and store."""
-        old = self.api
-        self.lt.run(old.stop(0))
-        self.api = AgentApiServer(
-            self.store,
-            self.ca,
-            enroll_port=old.enroll_port,
-            session_port=old.session_port,
-            heartbeat_interval=1.0,
-        )
-        self.api.tokens = old.tokens
-        self.lt.run(self.api.start())
+from tests.support.agentlab import Lab, LoopThread
 
 
 @pytest.fixture

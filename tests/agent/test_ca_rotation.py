@@ -12,7 +12,8 @@ from cryptography import x509
 from server.agents import AgentApiServer
 from server.agents.pki import FleetCA, cert_to_pem
 from server.agents.pki_files import retire_previous_ca, rotate_ca
-from tests.agent.conftest import Lab, eventually
+from tests.support.agentlab import Lab
+from tests.support.wait import eventually
 
 
 def _restart(lab: Lab, ca: FleetCA, pki: Path) -> None:

@@ -26,8 +26,10 @@ from server.agents import (
 )
 from server.agents.pki import FleetCA
 from server.config import Layer, Patch, render
-
-from .conftest import AGENT_BIN, FIXTURES, Lab, eventually
+from tests.support.agentlab import Lab
+from tests.support.paths import FIXTURES
+from tests.support.procs import AGENT_BIN
+from tests.support.wait import eventually
 
 
 def _config(hostname: str, **extra: object) -> tuple[str, str]:

@@ -12,6 +12,7 @@ from agent.identity import new_key_and_csr
 from server.agents import BootstrapTokens, EnrollmentDenied, MemoryAgentStore
 from server.agents.pki import FleetCA, PkiError
 from server.agents.tokens import DENIED_MESSAGE, hash_token
+from tests.support.clock import FakeClock
 
 
 def test_ca_created_once_with_private_key_0600(tmp_path):
@@ -64,14 +65,6 @@ def test_malformed_csr_refused():
         FleetCA.create().sign_client_csr(b"not a csr", "m")
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.t = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
-
-    def __call__(self) -> dt.datetime:
-        return self.t
-
-
 def run(coro):
     return asyncio.run(coro)
 
@@ -82,7 +75,7 @@ def tokens():
     store.add_machine("m1")
     store.add_machine("m2")
     store.add_machine("locked", enrollment_allowed=False)
-    clock = Clock()
+    clock = FakeClock()
     return store, clock, BootstrapTokens(store, ttl=dt.timedelta(minutes=10), now=clock)
 
 

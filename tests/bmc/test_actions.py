@@ -27,19 +27,7 @@ from bmc import (
     PowerPolicy,
     PowerState,
 )
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def monotonic(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(round(seconds, 6))
-        self.now += seconds
+from tests.support.clock import FakeClock
 
 
 @dataclass

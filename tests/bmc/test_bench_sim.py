@@ -1,27 +1,16 @@
-"""bench/bmc_sim.py starts a fleet of simulated BMCs and times cycle loops."""
+"""bench/bmc_sim.py starts a fleet of simulated BMCs and times cycle loops (bench is a package run
+from the repository root, so the test imports it like any module)."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
+from bench import bmc_sim
 from tests.peers import bmc_peers as peers
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_bench():  # type: ignore[no-untyped-def]
-    spec = importlib.util.spec_from_file_location("bmc_sim", ROOT / "bench" / "bmc_sim.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bmc_sim"] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_fleet_serves_distinct_bmcs_and_loops_time_them() -> None:
-    sim = load_bench()
+    sim = bmc_sim
     with sim.sim_fleet(processes=2, per_process=3, settle=0.05) as fleet:
         ports = {e.port for e in fleet.endpoints}
         assert len(ports) == 6 and all(e.address == "127.0.0.1" for e in fleet.endpoints)

@@ -21,8 +21,8 @@ from bmc import (
     PowerAction,
 )
 from bmc.actions import default_driver_factory
-from tests.bmc.conftest import FAST, endpoint_for, start_peer
 from tests.peers import bmc_peers as peers
+from tests.support.bmc import FAST, endpoint_for, start_peer
 
 
 def all_cmdlines() -> list[bytes]:

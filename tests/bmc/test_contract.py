@@ -5,31 +5,19 @@ pyghmi. Each outcome is checked with an independent client (raw httpx GET for Re
 from __future__ import annotations
 
 import asyncio
-import time
 
 import httpx
 import pytest
 
 from bmc import BmcController, BootDevice, PowerAction, PowerState
-from tests.bmc.conftest import endpoint_for
 from tests.peers import bmc_peers as peers
 from tests.peers.bmc_peers import Peer, reference_boot, reference_power
+from tests.support.bmc import endpoint_for
+from tests.support.wait import eventually
 
 # What each peer records faithfully (emulator limits, not bronze's).
 RECORDS_PERSISTENT = {"sushy": False, "sushy-tls": False, "ipmi_sim": False, "pyghmi": True}
 RECORDS_UEFI = {"sushy": True, "sushy-tls": True, "ipmi_sim": False, "pyghmi": True}
-
-
-def eventually(check, timeout: float = 15.0, interval: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            assert check()
-            return
-        except AssertionError:
-            if time.monotonic() > deadline:
-                raise
-        time.sleep(interval)
 
 
 def events(peer: Peer) -> list[str]:

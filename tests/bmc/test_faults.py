@@ -27,8 +27,8 @@ from bmc import (
     probe,
 )
 from bmc.actions import default_driver_factory
-from tests.bmc.conftest import FAST, endpoint_for, start_peer
 from tests.peers import bmc_peers as peers
+from tests.support.bmc import FAST, endpoint_for, start_peer
 
 SHORT = DriverTimeouts(connect=0.5, read=0.5)
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from bmc import BmcController, BootDevice, PowerAction, PowerState
-from tests.bmc.conftest import PASSWORD, endpoint_for, start_peer
 from tests.peers import bmc_peers as peers
+from tests.support.bmc import PASSWORD, endpoint_for, start_peer
 
 
 def sessions(peer: peers.Peer) -> int:

@@ -26,7 +26,6 @@ import http.server
 import ipaddress
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -38,19 +37,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.support.ports import free_port
+from tests.support.procs import stop_process
+
 LOCAL = "127.0.0.1"
 ROOT = Path(__file__).resolve().parents[2]
 PY = sys.executable
 SYSTEM_UUID = "27946b59-9e44-4fa7-8e91-f3527a1ef094"
 
 
-# -- ports and processes ----------------------------------------------------------------
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((LOCAL, 0))
-        return int(s.getsockname()[1])
+# -- processes ----------------------------------------------------------------
 
 
 @dataclass
@@ -91,18 +87,6 @@ def spawn(
         env=full_env,
         start_new_session=True,
     )
-
-
-def stop_process(proc: subprocess.Popen[bytes] | None, grace: float = 5.0) -> None:
-    """Stop one child we started, by its PID: SIGTERM, then SIGKILL after ``grace`` seconds."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=5)
 
 
 def wait_until(

@@ -1,5 +1,7 @@
 """Real databases for tests: a fresh SQLite file, or a fresh database on the PostgreSQL server named
-by ``BRONZE_TEST_PG_URL`` (default: the local server on 127.0.0.1:5432, database ``test``).
+by ``BRONZE_TEST_PG_URL`` (default: the local server on 127.0.0.1:5432, database ``test``, as
+``postgres`` without a password; ``scripts/test.sh`` sets the URL for the ``bronze_test`` role that
+``scripts/ensure-postgres.sh`` creates, which works on a fresh Debian install).
 A PostgreSQL that cannot be reached fails the test loudly; it is never skipped."""
 
 from __future__ import annotations
@@ -27,9 +29,12 @@ def fresh_database(kind: str, tmp_path: Path) -> Iterator[str]:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:
+        where = make_url(PG_URL).render_as_string(hide_password=True)
         raise RuntimeError(
-            f"PostgreSQL at {make_url(PG_URL).render_as_string(hide_password=True)} is not usable: {exc}. "
-            "Start it with scripts/ensure-postgres.sh or set BRONZE_TEST_PG_URL."
+            f"PostgreSQL at {where} is not usable: {exc}. scripts/test.sh prepares the local "
+            "server (scripts/ensure-postgres.sh: role bronze_test, database test) and sets "
+            "BRONZE_TEST_PG_URL; or point BRONZE_TEST_PG_URL at a server where the role may "
+            "CREATE DATABASE."
         ) from exc
     try:
         yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)

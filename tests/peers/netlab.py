@@ -21,7 +21,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,28 +30,6 @@ CLONE_NEWNET = 0x40000000
 IPXE_ROMS = Path("/usr/lib/ipxe/qemu")
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
-
-
-def free_port(kind: int = socket.SOCK_DGRAM, host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-def eventually(check: Callable[[], T], timeout: float = 5.0, interval: float = 0.02) -> T:
-    """Polls `check` until it returns a truthy value (returned) or raises at the deadline."""
-    deadline = time.monotonic() + timeout
-    last: BaseException | None = None
-    while True:
-        try:
-            value = check()
-            if value:
-                return value
-        except AssertionError as exc:
-            last = exc
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not true within {timeout}s: {last or value!r}")
-        time.sleep(interval)
 
 
 def setns(name: str) -> None:

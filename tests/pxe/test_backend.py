@@ -24,8 +24,10 @@ from pxe.dhcp.decide import Mode
 from pxe.dhcp.packet import Arch, MessageType
 from pxe.errors import BackendError
 from pxe.service import PxeService, PxeSettings
-from tests.peers.netlab import LoopThread, eventually, free_port
-from tests.pxe.conftest import Client, pxe_request
+from tests.peers.netlab import LoopThread
+from tests.support.ports import free_udp_port as free_port
+from tests.support.pxe import Client, pxe_request
+from tests.support.wait import eventually
 
 TOKEN = "t0ken-for-tests"  # noqa: S105
 

@@ -15,7 +15,7 @@ from pxe.dhcp.decide import (
     screen,
 )
 from pxe.dhcp.packet import Op, Opt, Packet, encode, parse
-from tests.pxe.conftest import pxe_request
+from tests.support.pxe import pxe_request
 
 CFG = BootConfig(server_ip="10.0.0.1", http_base_url="http://10.0.0.1:8080")
 ARM = BootConfig(

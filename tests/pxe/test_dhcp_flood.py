@@ -14,8 +14,10 @@ from pxe.dhcp.decide import BootConfig, Mode
 from pxe.dhcp.leases import LeaseStore
 from pxe.dhcp.packet import MessageType, Opt, Packet
 from pxe.dhcp.server import DhcpServer, FullModeConfig
-from tests.peers.netlab import LoopThread, eventually, free_port
-from tests.pxe.conftest import Client, pxe_request
+from tests.peers.netlab import LoopThread
+from tests.support.ports import free_udp_port as free_port
+from tests.support.pxe import Client, pxe_request
+from tests.support.wait import eventually
 
 KNOWN = "52:54:00:cc:00:01"
 POOL_CLIENT = "52:54:00:cc:00:02"  # not in the backend: a pool machine with a bound lease

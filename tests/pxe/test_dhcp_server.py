@@ -19,8 +19,10 @@ from pxe.dhcp.decide import BootConfig, Mode
 from pxe.dhcp.leases import LeaseStore
 from pxe.dhcp.packet import HEADER, MessageType, Opt, parse
 from pxe.dhcp.server import DhcpServer, FullModeConfig
-from tests.peers.netlab import LoopThread, eventually, free_port
-from tests.pxe.conftest import Client, pxe_request
+from tests.peers.netlab import LoopThread
+from tests.support.ports import free_udp_port as free_port
+from tests.support.pxe import Client, pxe_request
+from tests.support.wait import eventually
 
 MAC = "52:54:00:aa:bb:01"
 BOOT = BootConfig(server_ip="127.0.0.1", http_base_url="http://127.0.0.1:8080")

@@ -25,9 +25,9 @@ from tests.peers.netlab import (
     Lab,
     LoopThread,
     RouterAdvertiser,
-    eventually,
     require_tools,
 )
+from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.netns, pytest.mark.qemu]
 KERNEL = os.urandom(64 * 1024)

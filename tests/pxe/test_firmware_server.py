@@ -22,7 +22,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.peers.netlab import Lab, LoopThread, RouterAdvertiser, eventually, require_tools
+from tests.peers.netlab import Lab, LoopThread, RouterAdvertiser, require_tools
+from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.netns, pytest.mark.qemu]
 BRONZE = str(Path(sys.executable).with_name("bronze"))

@@ -17,7 +17,7 @@ from pxe.dhcp.packet import (
     parse,
 )
 from pxe.errors import MalformedPacket
-from tests.pxe.conftest import pxe_request
+from tests.support.pxe import pxe_request
 
 UUID = "8a3b4c5d-1e2f-4a5b-8c9d-0e1f2a3b4c5d"
 

@@ -16,7 +16,9 @@ import tftpy
 
 from pxe.backend import ListSink, TimelineKind
 from pxe.tftp.server import TftpServer
-from tests.peers.netlab import LoopThread, eventually, free_port, require_tools
+from tests.peers.netlab import LoopThread, require_tools
+from tests.support.ports import free_udp_port as free_port
+from tests.support.wait import eventually
 
 
 @pytest.fixture

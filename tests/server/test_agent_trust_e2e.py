@@ -26,9 +26,11 @@ from cryptography import x509
 
 from agent.identity import Credentials, CredentialStore, new_key_and_csr
 from server.agents.pki import FleetCA, key_to_pem, write_private
-from tests.agent.conftest import AGENT_BIN, FIXTURES, eventually
 from tests.peers.apiserver import RunningServer, run_server
-from tests.server.test_agents_e2e import _spawn
+from tests.support.agentlab import spawn_agent
+from tests.support.paths import FIXTURES
+from tests.support.procs import AGENT_BIN
+from tests.support.wait import eventually
 
 AGENT_API = {
     "agent_api_enabled": True,
@@ -66,7 +68,7 @@ def test_discovered_machine_gets_no_certificate_until_accepted(
         tok = c.post("/api/v1/machines/stray/enrollment-token", json={"boot_ref": "boot-1"})
         assert tok.status_code == 201, tok.text
         root = _root(srv, tmp_path, "stray", tok.json()["kernel_args"])
-        _spawn(root, procs)
+        spawn_agent(root, procs)
 
         # It proves its token and reports inventory; it gets nothing back.
         eventually(lambda: _events(c, "stray", "agent.enroll.pending"), 30)

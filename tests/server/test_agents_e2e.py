@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
 import shutil
 import signal
 import subprocess
@@ -18,8 +17,10 @@ from server.agents import BootstrapToken, PendingCommand
 from server.agents.dbstore import DbAgentStore
 from server.inventory import migrate
 from server.inventory.db import Database
-from tests.agent.conftest import AGENT_BIN, FIXTURES, eventually
 from tests.peers.apiserver import RunningServer, run_server
+from tests.support.agentlab import spawn_agent
+from tests.support.paths import FIXTURES
+from tests.support.wait import eventually
 
 
 @pytest.fixture
@@ -42,29 +43,6 @@ def _boot(srv: RunningServer, tmp: Path, kernel_args: str, fixture: str = "dell-
     (root / "etc/bronze/ca.pem").write_bytes(srv.app.state.agent_api.ca.cert_pem)
     (root / "proc/cmdline").write_text(f"console=ttyS0 {kernel_args}\n")
     return root
-
-
-def _spawn(root: Path, procs: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
-    log = open(root.parent / "agent.log", "ab")  # noqa: SIM115 - closed right after the fork
-    proc = subprocess.Popen(
-        [
-            str(AGENT_BIN),
-            "run",
-            "--root",
-            str(root),
-            "--heartbeat",
-            "0.5",
-            "--backoff-max",
-            "0.5",
-            "--no-fsync",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    log.close()
-    procs.append(proc)
-    return proc
 
 
 def test_enroll_inventory_config_patches_node_ops_reboot(
@@ -94,7 +72,7 @@ def test_enroll_inventory_config_patches_node_ops_reboot(
     body = tok.json()
     assert body["kernel_args"].startswith(f"bronze.machine={mid} bronze.token={body['token']} ")
     root = _boot(agent_api, tmp_path, body["kernel_args"])
-    proc = _spawn(root, procs)
+    proc = spawn_agent(root, procs)
 
     state = eventually(
         lambda: (s := c.get("/api/v1/machines/node-a/agent").json())["connected"] and s, 30

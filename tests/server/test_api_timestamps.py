@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
-from tests.agent.conftest import eventually
 from tests.peers import bmc_peers as peers
 from tests.peers.apiserver import RunningServer, run_server
-from tests.server.test_boot_api import profile, seed
-from tests.server.test_power_e2e import FAST, add_machine, wait_op
+from tests.support.bmc import FAST_SERVER as FAST
+from tests.support.bmc import add_machine, wait_op
+from tests.support.boot import profile, seed
+from tests.support.wait import eventually
 
 INSTANT = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 

@@ -12,7 +12,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agent.image_manifest import ImageFile, Manifest, public_key_text, sign
-from tests.peers.apiserver import RunningServer, free_port, run_server
+from tests.peers.apiserver import RunningServer, run_server
+from tests.support.ports import free_port
 
 # (method, path template) -> minimum role; None = unauthenticated.
 MATRIX: dict[tuple[str, str], str | None] = {

@@ -6,11 +6,9 @@ real pxe.HttpBackend, timeline ingestion and reads, and the CLI."""
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
@@ -26,38 +24,9 @@ from server.agents import BootstrapTokens
 from server.boot.timeline import Retention, prune
 from server.inventory.models import BootProfile, Machine
 from tests.peers.apiserver import RunningServer, run_server
-from tests.peers.netlab import eventually
-
-KERNEL = os.urandom(300_000)
-INITRD = os.urandom(70_001)
-BRONZE = str(Path(sys.executable).with_name("bronze"))
-
-
-def sha(b: bytes) -> str:
-    return hashlib.sha256(b).hexdigest()
-
-
-def upload(c: httpx.Client, name: str, body: bytes, digest: str | None = None) -> httpx.Response:
-    return c.put(f"/api/v1/assets/{name}", params={"sha256": digest or sha(body)}, content=body)
-
-
-def seed(c: httpx.Client) -> None:
-    assert upload(c, "vmlinuz", KERNEL).status_code == 201
-    assert upload(c, "initrd.img", INITRD).status_code == 201
-
-
-def timeline(c: httpx.Client, mac: str) -> list[dict[str, Any]]:
-    r = c.get("/api/v1/boot/timeline", params={"mac": mac})
-    assert r.status_code == 200, r.text
-    return list(r.json()["items"])
-
-
-def machine(c: httpx.Client, name: str, mac: str, phase: str = "registered", **labels: str) -> None:
-    r = c.post("/api/v1/machines", json={"name": name, "nics": [{"mac": mac}], "labels": labels})
-    assert r.status_code == 201, r.text
-    if phase != "registered":
-        assert c.patch(f"/api/v1/machines/{name}", json={"phase": phase}).status_code == 200
-
+from tests.support.boot import KERNEL, machine, profile, seed, sha, timeline, upload
+from tests.support.procs import BRONZE
+from tests.support.wait import eventually
 
 # -- profiles ------------------------------------------------------------------------------------
 
@@ -251,27 +220,6 @@ def test_asset_ranges(api: RunningServer) -> None:
 
 
 # -- /boot.ipxe ----------------------------------------------------------------------------------
-
-
-def profile(
-    c: httpx.Client,
-    name: str,
-    selector: str = "",
-    agent: bool = False,
-    args: list[str] | None = None,
-) -> None:
-    r = c.post(
-        "/api/v1/profiles",
-        json={
-            "name": name,
-            "selector": selector,
-            "kernel": "vmlinuz",
-            "initrds": ["initrd.img"],
-            "args": args if args is not None else ["console=ttyS0", f"bronze.profile={name}"],
-            "agent": agent,
-        },
-    )
-    assert r.status_code == 201, r.text
 
 
 def script(api: RunningServer, mac: str, **q: str) -> httpx.Response:

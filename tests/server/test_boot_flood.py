@@ -20,9 +20,10 @@ import pytest
 
 from pxe import PxeSettings
 from tests.peers.apiserver import RunningServer, run_server
-from tests.peers.netlab import eventually, free_port
-from tests.pxe.conftest import pxe_request
-from tests.server.test_boot_api import machine, profile, seed, timeline
+from tests.support.boot import machine, profile, seed, timeline
+from tests.support.ports import free_udp_port as free_port
+from tests.support.pxe import pxe_request
+from tests.support.wait import eventually
 
 KNOWN = "52:54:00:dd:00:01"
 

@@ -13,7 +13,8 @@ from server.boot.timeline import Retention, Row, TimelineWriter, read
 from server.inventory import migrate
 from server.inventory.db import Database
 from tests.peers.apiserver import RunningServer
-from tests.peers.netlab import eventually, free_port
+from tests.support.ports import free_udp_port as free_port
+from tests.support.wait import eventually
 
 
 def test_writer_queue_is_bounded_and_never_blocks(db: Database) -> None:

@@ -20,7 +20,8 @@ from sqlalchemy import create_engine, inspect
 
 from server.app import create_app
 from server.settings import ServerSettings
-from tests.peers.apiserver import free_port, run_server
+from tests.peers.apiserver import run_server
+from tests.support.ports import free_port
 
 BRONZE = str(Path(sys.executable).with_name("bronze"))
 

@@ -5,34 +5,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 from tests.peers.apiserver import RunningServer
-
-BRONZE = str(Path(sys.executable).with_name("bronze"))
-
-
-def run(
-    api: RunningServer,
-    tmp_path: Path,
-    *args: str,
-    token: str | None = None,
-    extra_env: dict[str, str] | None = None,
-) -> subprocess.CompletedProcess[str]:
-    tok_file = tmp_path / "cli.token"
-    tok_file.write_text(token or api.admin_token)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BRONZE_")}
-    env.update(
-        {
-            "BRONZE_URL": api.url,
-            "BRONZE_TOKEN_FILE": str(tok_file),
-            "BRONZE_CONFIG": str(tmp_path / "none.toml"),
-            "COLUMNS": "200",
-            **(extra_env or {}),
-        }
-    )
-    return subprocess.run([BRONZE, *args], capture_output=True, text=True, env=env, timeout=60)
+from tests.support.cli import BRONZE, run
 
 
 def test_machine_lifecycle_through_cli(api_sqlite: RunningServer, tmp_path: Path) -> None:

@@ -18,10 +18,12 @@ import pytest
 
 from pxe import TimelineEvent, TimelineKind
 from server.boot.remote import HttpTimelineSink
-from tests.agent.conftest import AGENT_BIN, FIXTURES, eventually
 from tests.peers.apiserver import RunningServer, run_server
-from tests.peers.netlab import free_port
-from tests.server.test_cli import BRONZE, run
+from tests.support.cli import run
+from tests.support.paths import FIXTURES
+from tests.support.ports import free_udp_port as free_port
+from tests.support.procs import AGENT_BIN, BRONZE
+from tests.support.wait import eventually
 
 
 @pytest.fixture

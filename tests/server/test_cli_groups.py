@@ -19,7 +19,7 @@ import typer.main
 
 from server.cli.main import app
 from tests.peers.apiserver import RunningServer, run_server
-from tests.server.test_cli import run
+from tests.support.cli import run
 
 # Every REST path -> the CLI command that covers it. Paths the firmware, ``bronze pxe`` or a
 # probe call (never a person) map to None, with the reason.

@@ -15,10 +15,11 @@ import pytest
 from agent.gen import agent_pb2 as pb
 from agent.gen import agent_pb2_grpc as pb_grpc
 from agent.identity import new_key_and_csr
-from tests.agent.conftest import eventually
 from tests.peers import bmc_peers as peers
 from tests.peers.apiserver import RunningServer, run_server
-from tests.server.test_power_e2e import FAST, add_machine, wait_op
+from tests.support.bmc import FAST_SERVER as FAST
+from tests.support.bmc import add_machine, wait_op
+from tests.support.wait import eventually
 
 
 @pytest.fixture

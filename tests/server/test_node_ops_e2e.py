@@ -15,9 +15,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.agent.conftest import AGENT_BIN, FIXTURES, eventually
 from tests.peers.apiserver import RunningServer, run_server
-from tests.server.test_cli import BRONZE, run
+from tests.support.cli import BRONZE, run
+from tests.support.paths import FIXTURES
+from tests.support.procs import AGENT_BIN
+from tests.support.wait import eventually
 
 
 @pytest.fixture

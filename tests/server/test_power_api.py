@@ -13,7 +13,8 @@ import pytest
 
 from tests.peers import bmc_peers as peers
 from tests.peers.apiserver import RunningServer, run_server
-from tests.server.test_power_e2e import FAST, add_machine, wait_op
+from tests.support.bmc import FAST_SERVER as FAST
+from tests.support.bmc import add_machine, wait_op
 
 SENTENCE = re.compile(r"BMC 127\.0\.0\.1:(\d+) did not answer \((\d+) tries in [0-9.]+ s\)")
 

@@ -20,11 +20,11 @@ import httpx
 import pytest
 import sqlalchemy
 
-from tests.agent.conftest import AGENT_BIN, FIXTURES, eventually
-from tests.peers.apiserver import free_port
-from tests.peers.bmc_peers import stop_process
 from tests.peers.database import fresh_database
-from tests.server.test_cli import BRONZE
+from tests.support.paths import FIXTURES
+from tests.support.ports import free_port
+from tests.support.procs import AGENT_BIN, BRONZE, stop_process
+from tests.support.wait import eventually
 
 
 @dataclass

@@ -10,7 +10,7 @@ import pytest
 
 from agent.install import grubenv
 from agent.install.boot import Slot, choose_boot, render_grub_cfg, render_selection
-from tests.agent.install.conftest import CASE_IDS_EMU, CASES_EMU, need
+from tests.support.install import CASE_IDS_EMU, CASES_EMU, need
 
 
 def test_ours_read_by_grub_editenv(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ from agent.install.layout import PartLabel
 from agent.install.sandbox import install_sandbox
 from agent.install.slots import SlotBackend, SlotError, SlotStore, grub_boot, read_env
 from agent.install.tools import InstallError, mounted
-from tests.agent.install.conftest import make_image
+from tests.support.install import make_image
 
 
 @pytest.fixture(params=["sandbox", "block"])

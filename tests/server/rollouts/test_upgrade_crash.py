@@ -15,11 +15,10 @@ from typing import Any
 
 import httpx
 
-from tests.peers.apiserver import free_port
-from tests.peers.bmc_peers import stop_process
 from tests.peers.database import fresh_database
-from tests.server.rollouts.fleet import image_dir, make_image, start_fleet, wait_for
-from tests.server.test_cli import BRONZE
+from tests.support.fleet import image_dir, make_image, start_fleet, wait_for
+from tests.support.ports import free_port
+from tests.support.procs import BRONZE, stop_process
 
 TERMINAL = {"succeeded", "completed_with_failures", "failed", "aborted"}
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.peers.apiserver import RunningServer, run_server
-from tests.server.rollouts.fleet import Fleet, image_dir, make_image, start_fleet, wait_for
+from tests.support.fleet import Fleet, image_dir, make_image, start_fleet, wait_for
 
 TERMINAL = {"succeeded", "completed_with_failures", "failed", "aborted"}
 

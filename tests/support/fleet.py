@@ -136,6 +136,7 @@ def start_fleet(
     (work / "ca.pem").write_bytes(ca_pem)
     argv = [
         str(AGENT_BIN),
+        "-v",
         "simulate",
         "--count",
         str(count),
