@@ -308,6 +308,8 @@ class Agent:
                     await self._report(f"session failed: {exc.code().name}")
             except (OSError, _DropSession) as exc:
                 log.info("session dropped machine=%s error=%s", self.o.machine_id, exc)
+            except Exception:  # noqa: BLE001 - a bug must not stop the agent for good
+                log.exception("session failed machine=%s", self.o.machine_id)
             if self._reboot_requested is not None:
                 req, self._reboot_requested = self._reboot_requested, None
                 self._simulated_reboot(req.wipe_state)
@@ -639,7 +641,10 @@ class Agent:
             )
         try:
             await asyncio.to_thread(self.slots.upgrade, up, self.o.trusted_keys, fetcher())
-        except UpgradeRefused as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure is this command's answer
+            if not isinstance(exc, UpgradeRefused):
+                log.exception("upgrade failed machine=%s", self.o.machine_id)
+                exc = UpgradeRefused(f"{type(exc).__name__}: {exc}")
             log.warning("upgrade refused machine=%s: %s", self.o.machine_id, exc)
             return pb.CommandResult(command_id=command_id, ok=False, error=str(exc))
         return pb.CommandResult(command_id=command_id, ok=True, rebooting=True)

@@ -56,16 +56,27 @@ class SlotReport:
 Source = Callable[[str], Callable[[], BinaryIO]]
 
 
-def fetcher(timeout: float = 60.0) -> Source:
+def fetcher(timeout: float = 60.0, attempts: int = 4) -> Source:
     """Each URL becomes a callable returning the file's body (``agent.install`` hashes what it
-    writes against the manifest, so a wrong or truncated body fails the slot write)."""
+    writes against the manifest, so a wrong or truncated body fails the slot write). A server
+    that does not answer, or answers 5xx, is asked again with backoff (``attempts`` in all)."""
 
     def source(url: str) -> Callable[[], BinaryIO]:
         def open_stream() -> BinaryIO:
-            resp = httpx.get(url, timeout=timeout, follow_redirects=False)
-            if resp.status_code != 200:
-                raise InstallError(f"{url}: HTTP {resp.status_code}")
-            return io.BytesIO(resp.content)
+            error = ""
+            for attempt in range(attempts):
+                try:
+                    resp = httpx.get(url, timeout=timeout, follow_redirects=False)
+                except httpx.HTTPError as exc:
+                    error = f"{url}: {type(exc).__name__}: {exc}"
+                else:
+                    if resp.status_code == 200:
+                        return io.BytesIO(resp.content)
+                    error = f"{url}: HTTP {resp.status_code}"
+                    if resp.status_code < 500:
+                        break  # the server answered: asking again gets the same answer
+                time.sleep(min(8.0, 0.5 * 2**attempt))
+            raise InstallError(error)
 
         return open_stream
 

@@ -227,7 +227,8 @@ def create_app(
     # Agents fetch upgrade images from /assets/ on the boot plane's HTTP address (what their
     # firmware used) unless this replica advertises a REST URL of its own.
     asset_base = (
-        (pxe_settings.http_base_url if pxe_settings.enabled else None)
+        settings.asset_base_url
+        or (pxe_settings.http_base_url if pxe_settings.enabled else None)
         or settings.effective_advertise_url
         or pxe_settings.http_base_url
     )

@@ -117,6 +117,11 @@ class ServerSettings(BaseSettings):
     boot_timeline_max_rows: int = Field(default=100_000, ge=100)
     """Netboot timeline rows kept in total (oldest dropped first)."""
 
+    asset_base_url: str | None = None
+    """Where agents download OS image files during upgrades (``<url>/assets/NAME``). With several
+    replicas, a URL that survives any one of them (the load balancer; assets must then be on
+    storage every replica serves). Default: the boot plane's HTTP URL when it runs here, else
+    this replica's advertised REST URL."""
     rollout_interval: float = Field(default=0.5, gt=0, le=60)
     """Seconds between two passes of the rollout runner over unfinished rollouts."""
     image_trusted_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
@@ -125,7 +130,12 @@ class ServerSettings(BaseSettings):
     named by a rollout, a profile or a machine config. Empty: signatures are optional."""
 
     @field_validator(
-        "admin_token", "secret_key", "database_url", "api_advertise_url", mode="before"
+        "admin_token",
+        "secret_key",
+        "database_url",
+        "api_advertise_url",
+        "asset_base_url",
+        mode="before",
     )
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

@@ -8,7 +8,6 @@ import os
 import secrets
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -151,6 +150,9 @@ def test_lease_holder_dies_another_replica_finishes(
         env = base_env(tmp_path, url, token)
         env_a, env_b = with_ports(env), with_ports(env)
         env_b["BRONZE_MIGRATE_ON_START"] = "false"
+        # Agents fetch images behind the "load balancer": here B, which outlives A.
+        for e in (env_a, env_b):
+            e["BRONZE_ASSET_BASE_URL"] = f"http://127.0.0.1:{env_b['BRONZE_API_PORT']}"
         a = serve(env_a, tmp_path / "a.log")  # first up: it takes the rollout lease
         procs.append(a)
         b = serve(env_b, tmp_path / "b.log")
@@ -172,7 +174,6 @@ def test_lease_holder_dies_another_replica_finishes(
         )
         rid = upgrade(api_a())
         wait_for(lambda: in_batch(c, rid, 1), 120, "batch 2 in flight")
-        assert "rollouts" in _lease_holder_log(tmp_path / "a.log") or True
         a.send_signal(signal.SIGKILL)
         a.wait(10)
         result = finish(api_b, rid)
@@ -180,8 +181,3 @@ def test_lease_holder_dies_another_replica_finishes(
         check_each_upgraded_once(fleet, v2["digest"])
         for p in (b,):
             stop_process(p, grace=10)
-
-
-def _lease_holder_log(path: Path) -> str:
-    time.sleep(0)
-    return path.read_text()
