@@ -108,6 +108,8 @@ class AgentOptions:
     """Simulated machines: a BMC simulator's event log; ``PORT cycle|reset`` lines for
     ``bmc_port`` reset this machine as a real BMC would (tests of the server's watchdog)."""
     bmc_port: int = 0
+    reboot_seconds: float = 0.0
+    """Simulated machines: how long a reboot takes before the new boot starts."""
     clock_offset: float = 0.0  # seconds added to the system clock (simulating a skewed clock)
 
 
@@ -312,6 +314,8 @@ class Agent:
                 log.exception("session failed machine=%s", self.o.machine_id)
             if self._reboot_requested is not None:
                 req, self._reboot_requested = self._reboot_requested, None
+                if self.o.reboot_seconds:  # a simulated machine's firmware and kernel take time
+                    await asyncio.sleep(self.o.reboot_seconds)
                 self._simulated_reboot(req.wipe_state)
                 attempt = 0
                 continue

@@ -74,6 +74,7 @@ async def simulate(
     fsync: bool = False,
     installed: Path | None = None,
     backoff_max: float = 30.0,
+    reboot_seconds: float = 0.0,
     power_events: Path | None = None,
     bmc_ports: dict[str, int] | None = None,
 ) -> list[Agent]:
@@ -105,6 +106,7 @@ async def simulate(
                     ca_pem=ca_pem,
                     heartbeat_interval=heartbeat_interval,
                     backoff_max=backoff_max,
+                    reboot_seconds=reboot_seconds,
                     fsync=fsync,
                     inventory=machine_inventory(base, mid),
                     power_events=power_events,

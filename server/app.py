@@ -29,6 +29,7 @@ from server.agents.pki_files import pki_health, record_pki_expiry
 from server.api import agents, boot, events, images, machines, power, profiles, tokens, upgrades
 from server.api.auth import create_token, hash_token
 from server.api.deps import Context
+from server.api.docs import mount_docs
 from server.boot.assets import AssetStore
 from server.boot.service import BootPlane
 from server.boot.timeline import Retention, TimelineWriter
@@ -307,10 +308,11 @@ def create_app(
         title="bronze",
         version="0.1.0",
         openapi_url="/openapi.json",
-        docs_url="/docs",
+        docs_url=None,  # served from the package (server/api/docs.py), not a CDN
         redoc_url=None,
         lifespan=lifespan,
     )
+    mount_docs(app)
     app.state.ctx = ctx
     app.state.power = power_service
     app.state.agent_store = agent_store

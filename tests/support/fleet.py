@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,8 +16,9 @@ from typing import Any, TypeVar
 
 import httpx
 
-FIXTURES = Path(__file__).resolve().parents[3] / "agent" / "fixtures"
-AGENT_BIN = Path(sys.executable).with_name("bronze-agent")
+from tests.support.paths import FIXTURES
+from tests.support.procs import AGENT_BIN
+
 T = TypeVar("T")
 
 
