@@ -285,6 +285,7 @@ def create_app(
                     app.state.health["agent_api"] = "ok"
                     app.state.agent_api = agent_api
                     app.state.agent_tokens = agent_api.tokens
+                    rollouts.runner.deliver = agent_api.hub.poll_pending
                     record_pki_expiry(db, agent_api)
             # What is alive now (modules, classes, schemas: ~160k objects) lives for good: keep it
             # out of the collector, whose full passes otherwise stopped every thread for 80-130 ms

@@ -77,6 +77,8 @@ class Effects:
     """(rollout id, machine id, before|after, hook spec)"""
     cycles: list[str] = field(default_factory=list)
     """Machine ids to power-cycle through their BMC."""
+    commands: int = 0
+    """Agent commands written to the outbox (the local hub is told to deliver them now)."""
 
 
 @dataclass
@@ -98,9 +100,13 @@ class RolloutRunner:
         secrets: SecretBox,
         power_cycle: Callable[[str], Awaitable[None]],
         clock: Callable[[], datetime] = utcnow,
+        deliver: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.db, self.replica, self.config = db, replica, config
         self.secrets, self.power_cycle, self.clock = secrets, power_cycle, clock
+        self.deliver = deliver
+        """Asks this replica's session hub to send saved commands now (instead of at its next
+        poll); agents held by other replicas get theirs at those replicas' polls."""
         self._hooks_in_flight: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -128,6 +134,8 @@ class RolloutRunner:
         for rid in ids:
             effects = await run_in_threadpool(self._pass, rid)
             self._carry_out(effects)
+            if effects.commands and self.deliver is not None:
+                await self.deliver()
 
     def _unfinished(self) -> list[str]:
         terminal = [s.value for s in RolloutStatus if s.terminal]
@@ -251,16 +259,14 @@ class RolloutRunner:
         if tr.error:
             row.error = tr.error
         if tr.action is Action.SEND_UPGRADE and image is not None:
-            cmd_id = self._command(s, m.id, _upgrade_command(r, image, self.config))
+            cmd_id = self._command(s, m.id, _upgrade_command(r, image, self.config), effects)
             row.detail = {**row.detail, "command_id": cmd_id}
         elif tr.action is Action.SEND_MARK_GOOD and image is not None:
             cmd = pb.Command(mark_good=pb.MarkGood(image_digest=image.digest))
-            row.detail = {**row.detail, "command_id": self._command(s, m.id, cmd)}
+            row.detail = {**row.detail, "command_id": self._command(s, m.id, cmd, effects)}
         elif tr.action is Action.SEND_REBOOT:
-            row.detail = {
-                **row.detail,
-                "command_id": self._command(s, m.id, pb.Command(reboot=pb.Reboot())),
-            }
+            cmd = pb.Command(reboot=pb.Reboot())
+            row.detail = {**row.detail, "command_id": self._command(s, m.id, cmd, effects)}
         elif tr.action is Action.POWER_CYCLE:
             effects.cycles.append(m.id)
         elif tr.action in (Action.CALL_PRE_HOOK, Action.CALL_POST_HOOK):
@@ -286,8 +292,7 @@ class RolloutRunner:
                 data={"rollout": r.id, "step": tr.step.value, "state": tr.state.value},
             )
 
-    @staticmethod
-    def _command(s: Session, machine_id: str, cmd: pb.Command) -> str:
+    def _command(self, s: Session, machine_id: str, cmd: pb.Command, effects: Effects) -> str:
         cmd.id = str(uuid.uuid4())
         kind = cmd.WhichOneof("op") or "unknown"
         s.add(
@@ -299,6 +304,7 @@ class RolloutRunner:
                 created_at=utcnow(),
             )
         )
+        effects.commands += 1
         return cmd.id
 
     # --- side effects after commit --------------------------------------------------------------
