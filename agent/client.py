@@ -221,7 +221,7 @@ class Agent:
         if self._watchdog:
             self._watchdog.cancel()
             self._watchdog = None
-        if deadline is not None:
+        if deadline is not None and self._sim != "no-boot":  # no kernel, no agent watchdog
             with contextlib.suppress(RuntimeError):
                 self._watchdog = asyncio.get_running_loop().create_task(self._watch(deadline))
 
@@ -350,7 +350,7 @@ class Agent:
             offset += len(data)
             for line in data.decode(errors="replace").splitlines():
                 port, _, what = line.partition(" ")
-                if port == str(self.o.bmc_port) and what in ("cycle", "reset"):
+                if port == str(self.o.bmc_port) and what in ("cycle", "reset", "on"):
                     log.info("power %s from the BMC machine=%s", what, self.o.machine_id)
                     self._request_reboot()
 

@@ -85,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--ramp", type=float, default=5.0, help="spread starts over this many s")
     sim.add_argument("--backoff-max", type=float, default=30.0, help="reconnect backoff cap")
     sim.add_argument("--reboot-seconds", type=float, default=0.0, help="a reboot takes this")
+    sim.add_argument("--trusted-keys", type=Path, help="image signing keys every machine trusts")
     sim.add_argument("--installed", type=Path, help="image dir (manifest.json + files): slot A")
     sim.add_argument("--power-events", type=Path, help="a simulated BMC's event log")
     sim.add_argument("--bmc-ports", type=Path, help='JSON {"machine": BMC port}')
@@ -188,6 +189,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             installed=args.installed,
             backoff_max=args.backoff_max,
             reboot_seconds=args.reboot_seconds,
+            trusted_keys=_trusted_keys(args.trusted_keys, Path("/nonexistent")),
             power_events=args.power_events,
             bmc_ports=json.loads(args.bmc_ports.read_text()) if args.bmc_ports else None,
         )

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from agent.client import Agent, AgentOptions
 from agent.identity import write_file
-from agent.image_manifest import Manifest
+from agent.image_manifest import Manifest, TrustedKey
 from agent.install import Manifest as SlotManifest
 from agent.install import install_sandbox
 from agent.inventory import Inventory, Nic, collect
@@ -75,6 +75,7 @@ async def simulate(
     installed: Path | None = None,
     backoff_max: float = 30.0,
     reboot_seconds: float = 0.0,
+    trusted_keys: tuple[TrustedKey, ...] = (),
     power_events: Path | None = None,
     bmc_ports: dict[str, int] | None = None,
 ) -> list[Agent]:
@@ -107,6 +108,7 @@ async def simulate(
                     heartbeat_interval=heartbeat_interval,
                     backoff_max=backoff_max,
                     reboot_seconds=reboot_seconds,
+                    trusted_keys=trusted_keys,
                     fsync=fsync,
                     inventory=machine_inventory(base, mid),
                     power_events=power_events,

@@ -103,6 +103,7 @@ def start_fleet(
     procs: list[subprocess.Popen[bytes]],
     extra: list[str] | None = None,
     bmc_ports: dict[str, int] | None = None,
+    bmc_password: str = "password",  # noqa: S107 - the BMC simulators' default
 ) -> Fleet:
     c = api()
     names = [f"n{i:02}" for i in range(count)]
@@ -120,7 +121,7 @@ def start_fleet(
                 "driver": "ipmi",
                 "address": f"127.0.0.1:{bmc_ports[name]}",
                 "username": "admin",
-                "password": "bmc-secret",
+                "password": bmc_password,
             }
         r = c.post("/api/v1/machines", json=body)
         assert r.status_code == 201, r.text

@@ -116,6 +116,15 @@ def test_rolling_upgrade_keeps_ephemeral(
     kinds = [e["kind"] for e in events]
     assert kinds.count("rollout.machine.started") == 20
     assert kinds.count("rollout.machine.succeeded") == 20
+    # Never two racks at once: every machine of a rack finished before the next rack started.
+    rack = {n: f"r{int(n[1:]) % 5}" for n in fleet.names}
+    spans: dict[str, list[str]] = {}
+    for e in events:
+        if e["kind"] in ("rollout.machine.started", "rollout.machine.succeeded"):
+            spans.setdefault(rack[e["machine_name"]], []).append(e["created_at"])
+    order = sorted(spans, key=lambda r: min(spans[r]))
+    for earlier, later in zip(order, order[1:], strict=False):
+        assert max(spans[earlier]) <= min(spans[later]), (earlier, later, spans)
 
 
 def test_preserve_false_wipes_ephemeral_after_the_new_slot_boots(
