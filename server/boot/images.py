@@ -211,3 +211,10 @@ def get_for_use(s: Session, name: str, keys: Sequence[TrustedKey], field: str = 
         )
     require_usable(image, keys, field=field)
     return image
+
+
+def image_boot(image: Image, profile_args: Sequence[str]) -> tuple[str, list[str], list[str]]:
+    """What a profile naming ``image`` boots: its kernel and initrds (asset names), its default
+    kernel args followed by the profile's own."""
+    m = manifest_of(image)
+    return m.kernel.file, [f.file for f in m.initrds], [*m.args, *profile_args]

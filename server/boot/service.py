@@ -41,6 +41,7 @@ from server.agents import BootstrapTokens
 from server.agents.dbstore import ENROLLMENT_PHASES
 from server.boot import profiles
 from server.boot.decide import Candidate, dhcp_decision
+from server.boot.images import image_boot
 from server.boot.plan import (
     MachineView,
     ProfileView,
@@ -54,7 +55,7 @@ from server.boot.seen import SeenLeases
 from server.boot.timeline import HttpSteps, Row, TimelineWriter
 from server.inventory import machines as inventory
 from server.inventory.db import Database
-from server.inventory.models import BootProfile, Machine, MachineLabel, Nic, utcnow
+from server.inventory.models import BootProfile, Image, Machine, MachineLabel, Nic, utcnow
 from server.inventory.selectors import SelectorError, parse
 from server.settings import ServerSettings
 from server.types import Phase
@@ -260,7 +261,12 @@ class BootPlane:
         with self.db.read() as s:
             m = _machine_by_mac(s, mac)
             rows = list(s.scalars(select(BootProfile)))
+            named = {p.image for p in rows if p.image}
+            found = {i.name: i for i in s.scalars(select(Image).where(Image.name.in_(named)))}
             s.expunge_all()
+            for p in rows:  # detached copies: what an image-backed profile boots
+                if p.image is not None and p.image in found:
+                    p.kernel, p.initrds, p.args = image_boot(found[p.image], p.args)
             return m, self._discovery_on(s), rows
 
     def observe(self, mac: str | None, kind: str, detail: Mapping[str, Any]) -> None:
