@@ -114,7 +114,17 @@ def parse_row(ctx: Context, number: int, raw: dict[str, Any]) -> Row | list[RowE
     )
 
 
-def run_import(ctx: Context, body: ImportRequest, partial: bool, actor: str) -> dict[str, Any]:
+class _DryRun(Exception):
+    """Rolls a dry run's transaction back, carrying what it would have done."""
+
+    def __init__(self, result: dict[str, Any]) -> None:
+        super().__init__("dry run")
+        self.result = result
+
+
+def run_import(
+    ctx: Context, body: ImportRequest, partial: bool, actor: str, dry_run: bool = False
+) -> dict[str, Any]:
     numbers = body.rows or list(range(1, len(body.machines) + 1))
     if len(numbers) != len(body.machines) or len(set(numbers)) != len(numbers):
         raise Invalid(
@@ -133,7 +143,7 @@ def run_import(ctx: Context, body: ImportRequest, partial: bool, actor: str) -> 
             planned, conflicts = manifest_import.plan(s, rows)
             errors = sorted(errors + conflicts, key=lambda e: e.row)
             bad = {e.row for e in errors}
-            if bad and not partial:
+            if bad and not partial and not dry_run:
                 raise RowsInvalid(
                     count=len(bad),
                     total=len(numbers),
@@ -141,16 +151,22 @@ def run_import(ctx: Context, body: ImportRequest, partial: bool, actor: str) -> 
                     details={"errors": [e.view() for e in errors]},
                 )
             out = manifest_import.apply(s, planned, ctx.secrets, actor)
+            result = {
+                "written": bool(out.created or out.updated or out.accepted) and not dry_run,
+                "dry_run": dry_run,
+                "created": out.created,
+                "updated": out.updated,
+                "unchanged": out.unchanged,
+                "accepted": out.accepted,
+                "errors": [e.view() for e in errors],
+            }
+            if dry_run:
+                raise _DryRun(result)  # rolls the transaction back
+    except _DryRun as done:
+        return done.result
     except IntegrityError as exc:  # a concurrent write took a name or MAC: nothing written
         raise inventory.conflict_from(exc) from None
-    return {
-        "written": bool(out.created or out.updated or out.accepted),
-        "created": out.created,
-        "updated": out.updated,
-        "unchanged": out.unchanged,
-        "accepted": out.accepted,
-        "errors": [e.view() for e in errors],
-    }
+    return result
 
 
 @router.post("/api/v1/machines:import")
@@ -159,10 +175,12 @@ def import_machines(
     ctx: Annotated[Context, Depends(context)],
     who: Annotated[Principal, Depends(operator)],
     partial: Annotated[bool, Query()] = False,
+    dry_run: Annotated[bool, Query()] = False,
 ) -> dict[str, Any]:
     """All rows or nothing (422 ``invalid_rows`` listing each bad row), or with
-    ``partial=true`` the valid rows (200, the bad ones under ``errors``)."""
-    return run_import(ctx, body, partial, who.actor)
+    ``partial=true`` the valid rows (200, the bad ones under ``errors``). ``dry_run=true``
+    checks everything and says what would happen (200, ``errors`` listed), writing nothing."""
+    return run_import(ctx, body, partial, who.actor, dry_run)
 
 
 @router.post("/api/v1/machines/{key}/accept")

@@ -54,7 +54,9 @@ def _row_line(e: dict[str, Any]) -> str:
     return f"row {e['row']}{who}: {field}{e['message']}"
 
 
-def _post_import(url: str | None, token_file: str | None, body: Any, partial: bool) -> Any:
+def _post_import(
+    url: str | None, token_file: str | None, body: Any, partial: bool, dry_run: bool
+) -> Any:
     """POST the rows; a 422 ``invalid_rows`` answer is returned (its row errors are the point),
     any other failure ends the command."""
     cl = client(url, token_file)
@@ -62,7 +64,7 @@ def _post_import(url: str | None, token_file: str | None, body: Any, partial: bo
     try:
         resp = httpx.post(
             cl.url + "/api/v1/machines:import",
-            params={"partial": "true" if partial else "false"},
+            params={"partial": str(partial).lower(), "dry_run": str(dry_run).lower()},
             json=body,
             headers=headers,
             timeout=max(cl.timeout, 120.0),
@@ -86,6 +88,10 @@ def import_cmd(
     partial: Annotated[
         bool, typer.Option("--partial", help="Import the valid rows even if others are bad.")
     ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Check every row, say what would change, write nothing."),
+    ] = False,
     url: UrlOpt = None,
     token_file: TokenFileOpt = None,
     output: OutOpt = Output.table,
@@ -99,14 +105,15 @@ def import_cmd(
         {"row": r.number, "name": None, "field": None, "message": r.error} for r in rows if r.error
     ]
     good = [r for r in rows if r.error is None]
-    if local and not partial:
-        result: dict[str, Any] = {"written": False, "errors": local}
-    elif not good:
-        result = {"written": False, "errors": local}
-    else:
+    result: dict[str, Any] = {"written": False, "errors": []}
+    if good:
+        # With rows already bad here and no --partial, the server only checks the others
+        # (dry run), so that every bad row is reported at once and nothing is written.
         body = {"machines": [r.body for r in good], "rows": [r.number for r in good]}
-        result = _post_import(url, token_file, body, partial)
-        result["errors"] = sorted(local + result.get("errors", []), key=lambda e: e["row"])
+        result = _post_import(
+            url, token_file, body, partial, dry_run or bool(local and not partial)
+        )
+    result["errors"] = sorted(local + result.get("errors", []), key=lambda e: e["row"])
     if output is Output.json:
         emit_json(result)
     else:
@@ -118,10 +125,12 @@ def import_cmd(
 def _print_import(result: dict[str, Any], partial: bool) -> None:
     for e in result["errors"]:
         typer.echo(_row_line(e), err=True)
-    if not result.get("written") and result["errors"] and not partial:
+    if result["errors"] and not partial:
         typer.echo("nothing written (fix the rows above, or use --partial)", err=True)
+        return
     counts = {k: len(result.get(k) or []) for k in ("created", "updated", "unchanged", "accepted")}
-    typer.echo(", ".join(f"{n} {k}" for k, n in counts.items()))
+    prefix = "dry run, nothing written; would be: " if result.get("dry_run") else ""
+    typer.echo(prefix + ", ".join(f"{n} {k}" for k, n in counts.items()))
     for a in result.get("accepted") or []:
         typer.echo(f"accepted {a['discovered']} as {a['machine']} (rule {a['rule']})")
 

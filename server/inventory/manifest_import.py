@@ -115,9 +115,9 @@ class _Index:
         self.by_name = {
             m.name: m for m in s.scalars(select(Machine).where(Machine.name.in_(names)))
         }
-        self.mac_owner = dict(s.execute(select(Nic.mac, Nic.machine_id).where(Nic.mac.in_(macs))))
-        self.ip_owner = dict(s.execute(select(Nic.ip, Nic.machine_id).where(Nic.ip.in_(ips))))
-        self.uuid_owner = dict(
+        self.mac_owner = _pairs(s.execute(select(Nic.mac, Nic.machine_id).where(Nic.mac.in_(macs))))
+        self.ip_owner = _pairs(s.execute(select(Nic.ip, Nic.machine_id).where(Nic.ip.in_(ips))))
+        self.uuid_owner = _pairs(
             s.execute(select(Machine.smbios_uuid, Machine.id).where(Machine.smbios_uuid.in_(uuids)))
         )
         # Discovered machines are few (bounded by BRONZE_BOOT_DISCOVERY_MAX): read them all, so
@@ -128,7 +128,9 @@ class _Index:
         self.identities = {m.id: accept_rules.identity_of(m) for m in self.discovered}
         owners = set(self.mac_owner.values()) | set(self.ip_owner.values())
         owners |= set(self.uuid_owner.values())
-        self.names = dict(s.execute(select(Machine.id, Machine.name).where(Machine.id.in_(owners))))
+        self.names = _pairs(
+            s.execute(select(Machine.id, Machine.name).where(Machine.id.in_(owners)))
+        )
 
     def discovered_matches(self, row: Row) -> list[tuple[Machine, AcceptRule]]:
         ident = Identity(row.serial, row.uuid, frozenset(mac for mac, _, _ in row.nics))
@@ -382,3 +384,8 @@ def errors_by_row(errors: Sequence[RowError]) -> dict[int, list[RowError]]:
     for e in errors:
         out[e.row].append(e)
     return out
+
+
+def _pairs(result: Any) -> dict[Any, Any]:
+    """Two-column rows as a dict."""
+    return {a: b for a, b in result}

@@ -190,7 +190,7 @@ class InspectService:
             m = s.get(Machine, t.id)
             if m is None:
                 return {"machine": t.name, "ok": False, "error": "machine deleted meanwhile"}
-            owners = dict(
+            owners = _pairs(
                 s.execute(
                     select(Nic.mac, Machine.name)
                     .join(Machine, Machine.id == Nic.machine_id)
@@ -257,3 +257,8 @@ class InspectService:
             message=f"machine {m.name} inspected through its BMC: {', '.join(sorted(d.changes))}",
             data=d.changes,
         )
+
+
+def _pairs(result: Any) -> dict[Any, Any]:
+    """Two-column rows as a dict."""
+    return {a: b for a, b in result}
