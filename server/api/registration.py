@@ -186,11 +186,13 @@ def import_machines(
 @router.post("/api/v1/machines/{key}/accept")
 def accept_machine(
     key: str,
-    body: AcceptRequest,
     ctx: Annotated[Context, Depends(context)],
     who: Annotated[Principal, Depends(operator)],
+    body: AcceptRequest | None = None,
 ) -> dict[str, Any]:
-    """A discovered machine becomes ``registered``, renamed and labelled."""
+    """A discovered machine becomes ``registered``, renamed and labelled (no body: kept as
+    named)."""
+    body = body or AcceptRequest()
     try:
         with ctx.db.write() as s:
             m = inventory.get_machine(s, key)
