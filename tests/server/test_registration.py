@@ -259,5 +259,6 @@ def test_accept_rule_on_discovery(reg: RunningServer, tmp_path: Path) -> None:
     assert [n["mac"] for n in ms["node-9"]["nics"]] == ["52:54:00:99:00:01", "52:54:00:99:00:03"]
     ev = c.get("/api/v1/events", params={"kind": "machine.accepted"}).json()["items"]
     assert ev[0]["data"]["rule"] == "uuid" and ev[0]["machine_name"] == "node-9"
-    assert script(reg, "52:54:00:99:00:04", uuid="4c4c4544-0042-3510-8052-b4c04f4e3078")
+    r = script(reg, "52:54:00:99:00:04", uuid="4c4c4544-0042-3510-8052-b4c04f4e3078")
+    assert r.status_code == 200, r.text
     assert "discovered-525400990004" in machines(c)
