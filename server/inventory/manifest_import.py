@@ -25,7 +25,6 @@ against each other and against the inventory (:func:`plan`), then writes them (:
 from __future__ import annotations
 
 import uuid as uuidlib
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -377,13 +376,6 @@ def _update(s: Session, m: Machine, r: Row, secrets: SecretBox, actor: str) -> b
         data={**changes, "source": accept_rules.IMPORT_SOURCE},
     )
     return True
-
-
-def errors_by_row(errors: Sequence[RowError]) -> dict[int, list[RowError]]:
-    out: dict[int, list[RowError]] = defaultdict(list)
-    for e in errors:
-        out[e.row].append(e)
-    return out
 
 
 def _pairs(result: Any) -> dict[Any, Any]:
