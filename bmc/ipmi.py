@@ -30,6 +30,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import uuid as uuidlib
 from typing import Any
 
 import pyipmi
@@ -50,6 +51,7 @@ from bmc.errors import (
     BmcUnsupportedError,
     scrub,
 )
+from bmc.inspection import Inspection, canonical_uuid
 from bmc.types import BmcEndpoint, BootDevice, BootSetting, PowerState
 
 LOG = logging.getLogger(__name__)
@@ -298,6 +300,37 @@ class IpmiDriver:
         setting: BootSetting = self._call("get boot device", run)
         return setting
 
+    def inspect(self) -> Inspection:
+        """:class:`bmc.inspection.Inspector`: Get System GUID (else Get Device GUID) and the FRU
+        product area. A command the BMC does not implement is skipped, not an error."""
+
+        def run(conn: Any) -> Inspection:
+            sources = []
+            guid = _optional(lambda: _system_guid(conn))
+            if guid is not None:
+                sources.append("ipmi:system-guid")
+            device = _optional(lambda: conn.get_device_guid().device_guid_string)
+            if device is not None:
+                sources.append("ipmi:device-guid")
+            product = _optional(lambda: conn.get_fru_inventory().product_info_area)
+            fields: dict[str, str | None] = {}
+            if product is not None:
+                sources.append("ipmi:fru")
+                for name in ("manufacturer", "name", "serial_number"):
+                    value = getattr(product, name, None)
+                    fields[name] = None if value is None else (str(value).strip() or None)
+            return Inspection(
+                uuid=canonical_uuid(guid),
+                serial=fields.get("serial_number"),
+                manufacturer=fields.get("manufacturer"),
+                model=fields.get("name"),
+                bmc_guid=canonical_uuid(device),
+                source=",".join(sources),
+            )
+
+        result: Inspection = self._call("inspect", run)
+        return result
+
     def close(self) -> None:
         conn, self._ipmi = self._ipmi, None
         if conn is None:
@@ -312,3 +345,29 @@ class IpmiDriver:
                 conn.interface.close()
             except Exception:  # noqa: S110 - closing a UDP socket; nothing to report
                 pass
+
+
+def _system_guid(conn: Any) -> str:
+    """Get System GUID (App 37h): 16 bytes, SMBIOS byte order (the first three fields
+    little-endian, as ``uuid.UUID(bytes_le=...)`` reads them). python-ipmi has no message for
+    it, so it goes raw."""
+    rsp = bytes(conn.send_raw(0x00, 0x06, b"\x37"))
+    if len(rsp) < 17 or rsp[0] != 0:
+        raise ipmi_errors.CompletionCodeError(rsp[0] if rsp else 0xFF)
+    return str(uuidlib.UUID(bytes_le=rsp[1:17]))
+
+
+def _optional(read: Any) -> Any:
+    """A command the BMC does not implement (or answers oddly): None. Timeouts and
+    connection errors still end the inspection."""
+    try:
+        return read()
+    except (
+        ipmi_errors.CompletionCodeError,
+        ipmi_errors.NotSupportedError,
+        ipmi_errors.DecodingError,
+        ValueError,
+        IndexError,
+        TypeError,
+    ):
+        return None

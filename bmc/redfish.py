@@ -57,6 +57,7 @@ from bmc.errors import (
     BmcUnsupportedError,
     scrub,
 )
+from bmc.inspection import Inspection, canonical_mac, canonical_uuid
 from bmc.types import BmcEndpoint, BootDevice, BootSetting, PowerState
 
 LOG = logging.getLogger(__name__)
@@ -348,6 +349,39 @@ class RedfishDriver:
         setting: BootSetting = self._call("get boot device", run)
         return setting
 
+    def inspect(self) -> Inspection:
+        """:class:`bmc.inspection.Inspector`: the system's UUID, serial, NIC MACs
+        (``EthernetInterfaces``), CPUs and memory, without touching the host's power."""
+
+        def run() -> Inspection:
+            system = self._get_system()
+            system.refresh(force=True)
+            serial = system.serial_number or None
+            if not serial:
+                # NOTE: some BMCs (and sushy-emulator) put the serial on the Chassis only.
+                serial = _optional(lambda: next((c.serial_number for c in system.chassis), None))
+            macs = _optional(
+                lambda: [i.mac_address for i in system.ethernet_interfaces.get_members()]
+            )
+            cpus = _optional(lambda: system.processors.summary)
+            memory = _optional(lambda: system.memory_summary)
+            return Inspection(
+                uuid=canonical_uuid(system.uuid),
+                serial=serial or None,
+                manufacturer=system.manufacturer or None,
+                model=system.model or None,
+                macs=tuple(sorted({m for m in map(canonical_mac, macs or ()) if m})),
+                cpu_count=getattr(cpus, "count", None),
+                cpu_arch=None
+                if cpus is None or cpus.architecture is None
+                else str(cpus.architecture),
+                memory_gib=getattr(memory, "size_gib", None),
+                source="redfish",
+            )
+
+        result: Inspection = self._call("inspect", run)
+        return result
+
     def close(self) -> None:
         root, self._root, self._system = self._root, None, None
         if root is not None:
@@ -369,3 +403,19 @@ class RedfishDriver:
             except OSError:
                 pass
             self._ca_path = None
+
+
+def _optional(read: Any) -> Any:
+    """A property a BMC may not implement (no link, 404, malformed): None instead of an error.
+    Connection and auth errors still end the inspection."""
+    try:
+        return read()
+    except (
+        sushy_exc.MissingAttributeError,
+        sushy_exc.MalformedAttributeError,
+        sushy_exc.ResourceNotFoundError,
+        sushy_exc.UnknownDefaultError,
+        AttributeError,
+        StopIteration,
+    ):
+        return None

@@ -27,6 +27,7 @@ from server.agents import BootstrapTokens, start_agent_api
 from server.agents.dbstore import DbAgentStore
 from server.agents.pki_files import pki_health, record_pki_expiry
 from server.api import agents, boot, events, images, machines, power, profiles, tokens, upgrades
+from server.api import registration as registration_api
 from server.api.auth import create_token, hash_token
 from server.api.deps import Context
 from server.api.docs import mount_docs
@@ -340,6 +341,7 @@ def create_app(
         return {"status": "degraded" if failed else "ok", "components": parts}
 
     for r in (
+        registration_api.router,
         machines.router,
         events.router,
         tokens.router,

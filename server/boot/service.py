@@ -53,6 +53,7 @@ from server.boot.plan import (
 )
 from server.boot.seen import SeenLeases
 from server.boot.timeline import HttpSteps, Row, TimelineWriter
+from server.inventory import accept_rules
 from server.inventory import machines as inventory
 from server.inventory.db import Database
 from server.inventory.models import BootProfile, Image, Machine, MachineLabel, Nic, utcnow
@@ -201,6 +202,8 @@ class BootPlane:
                 limited = self._discovery_limited(s)
                 if limited is not None:
                     return None, limited
+                if accept_rules.adopt_mac(s, mac, smbios_uuid, "boot:discovery") is not None:
+                    return _machine_by_mac(s, mac), "known"  # an imported machine's UUID
                 if smbios_uuid and s.scalar(
                     select(Machine.id).where(Machine.smbios_uuid == smbios_uuid)
                 ):

@@ -6,7 +6,7 @@ to the REST API through :mod:`server.cli.client`, with the options and output of
 ``error: ...`` line on stderr and exit 1). Each REST resource has its group:
 
 =================  ==========================================================
-machines           /api/v1/machines (+ events, timeline)
+machines           /api/v1/machines (+ events, timeline, :import, inspect, accept)
 events             /api/v1/events
 token              /api/v1/tokens
 power, boot-device /api/v1/machines/{id}/power, /api/v1/power, /boot-device
@@ -38,6 +38,7 @@ from server.cli import (
     machines,
     node,
     power,
+    registration,
     tokens,
     upgrades,
 )
@@ -76,6 +77,9 @@ app.command("serve")(local.serve)
 app.add_typer(local.db_app, name="db")
 app.command("pxe")(local.pxe_cmd)
 app.add_typer(machines.app, name="machines")
+machines.app.command("import")(registration.import_cmd)
+machines.app.command("inspect")(registration.inspect_cmd)
+machines.app.command("accept")(registration.accept_cmd)
 app.add_typer(events.app, name="events")
 app.add_typer(tokens.app, name="token")
 app.command("power")(power.power_cmd)

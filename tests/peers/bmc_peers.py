@@ -476,6 +476,11 @@ def run_pyghmi_sim(
                 self._event("session")  # RMCP+ Open Session Request: a new session
             return super().sessionless_data(data, sockaddr)
 
+        def get_system_guid(self) -> Any:
+            import uuid as uuidlib
+
+            return uuidlib.UUID(SYSTEM_UUID)  # Get System GUID: the host's SMBIOS UUID
+
         def _settle(self) -> None:
             if self.pending and time.monotonic() >= self.pending[1]:
                 self.power, self.pending = self.pending[0], None

@@ -24,6 +24,10 @@ MATRIX: dict[tuple[str, str], str | None] = {
     ("PATCH", "/api/v1/machines/{key}"): "operator",
     ("DELETE", "/api/v1/machines/{key}"): "operator",
     ("GET", "/api/v1/machines/{key}/events"): "reader",
+    ("POST", "/api/v1/machines:import"): "operator",
+    ("POST", "/api/v1/machines/{key}/accept"): "operator",
+    ("POST", "/api/v1/machines/{key}/inspect"): "operator",
+    ("POST", "/api/v1/inspect"): "operator",
     ("GET", "/api/v1/events"): "reader",
     ("GET", "/api/v1/tokens"): "admin",
     ("POST", "/api/v1/tokens"): "admin",
@@ -118,6 +122,11 @@ BODIES[("POST", "/api/v1/upgrades")] = {
 }
 BODIES[("POST", "/api/v1/images")] = {"name": "i-new", "version": "1", "kernel": "victim"}
 BODIES[("PUT", "/api/v1/images/{name}/signature")] = {"signature": sign(VICTIM_IMAGE, SIGNER)}
+BODIES[("POST", "/api/v1/machines:import")] = {
+    "machines": [{"name": "imp-new", "nics": [{"mac": "02:00:00:00:fb:01"}]}]
+}
+BODIES[("POST", "/api/v1/inspect")] = {"selector": "slot={slot}"}
+ALLOWED_STATUS[("POST", "/api/v1/machines/{key}/accept")] = 409  # t{i} is not discovered
 QUERIES = {
     ("GET", "/boot.ipxe"): "?mac=02:00:00:00:0a:01",
     ("GET", "/api/v1/boot/decide"): "?mac=02:00:00:00:0a:01",
