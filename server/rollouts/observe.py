@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+from typing import Any
+
+from server.inventory import machines as inventory
 from server.inventory.models import AgentState
 from server.rollouts.models import RolloutMachine
-from server.rollouts.upgrade import Observation, Progress, UpgradeStep
+from server.rollouts.upgrade import Observation, Progress, Timeouts, UpgradeStep
 
 
 def observe(st: AgentState | None, row: RolloutMachine, p: Progress, target: str) -> Observation:
@@ -35,3 +39,22 @@ def config_applied(st: AgentState) -> bool:
 
 def healthy(st: AgentState | None) -> bool:
     return st is not None and bool(st.connected) and config_applied(st)
+
+
+def progress(row: RolloutMachine, now: datetime) -> Progress:
+    d = row.detail
+    return Progress(
+        step=UpgradeStep(row.step) if row.step else UpgradeStep.WRITING,
+        from_boot_id=d.get("from_boot_id", ""),
+        from_digest=d.get("from_digest", ""),
+        target_digest=d.get("target_digest", ""),
+        deadline=inventory.as_utc(row.deadline) if row.deadline else None,
+        cycled=bool(d.get("cycled", False)),
+    )
+
+
+def timeouts(spec: dict[str, Any], write: timedelta, recover: timedelta) -> Timeouts:
+    """The rollout's health timeout with the runner's write and recovery bounds."""
+    return Timeouts(
+        write=write, health=timedelta(seconds=int(spec["health_timeout_seconds"])), recover=recover
+    )

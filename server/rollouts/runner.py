@@ -30,30 +30,30 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session, noload
 from starlette.concurrency import run_in_threadpool
 
 from agent.gen import agent_pb2 as pb
-from server.boot import images
 from server.inventory import machines as inventory
 from server.inventory import singleton_lease
 from server.inventory.db import Database
 from server.inventory.models import AgentPendingCommand, AgentState, Image, Machine, utcnow
 from server.inventory.secretbox import SecretBox
 from server.rollouts import store
+from server.rollouts.commands import upgrade_command
 from server.rollouts.decide import Limits, MachineState, RolloutStatus, next_actions
 from server.rollouts.hooks import call_hook
 from server.rollouts.models import Rollout, RolloutMachine
-from server.rollouts.observe import healthy, observe
-from server.rollouts.planner import resolve_count
+from server.rollouts.observe import healthy, observe, progress, timeouts
+from server.rollouts.planner import BatchKind, resolve_count
 from server.rollouts.upgrade import (
     Action,
     Hooks,
-    Progress,
     Timeouts,
     Transition,
     UpgradeStep,
+    abort_in_flight,
     advance,
     hook_done,
     start,
@@ -64,9 +64,6 @@ log = logging.getLogger(__name__)
 
 LEASE = "rollouts"
 ACTOR = "rollouts"
-BOOT_TRIES = 1
-"""Boots of a new slot before the bootloader falls back: one, so the next reset after a failed
-first boot (the BMC's cycle, or the agent's own watchdog reboot) lands on the last good slot."""
 
 
 @dataclass
@@ -137,6 +134,9 @@ class RolloutRunner:
             if effects.commands and self.deliver is not None:
                 await self.deliver()
 
+    def _timeouts(self, spec: dict[str, Any]) -> Timeouts:
+        return timeouts(spec, self.config.write_timeout, self.config.recover_timeout)
+
     def _unfinished(self) -> list[str]:
         terminal = [s.value for s in RolloutStatus if s.terminal]
         with self.db.read() as s:
@@ -155,42 +155,95 @@ class RolloutRunner:
         now = self.clock()
         with self.db.write() as s:
             r = store.get(s, rollout_id)
-            rows = {m.machine_id: m for m in store.machine_rows(s, r.id)}
-            machines = {m.id: m for m in s.scalars(select(Machine).where(Machine.id.in_(rows)))}
-            states = {m.machine_id: s.get(AgentState, m.machine_id) for m in rows.values()}
+            states, rows, machines, agents = self._load(s, r)
             spec = r.spec
-            t = _timeouts(spec, self.config)
+            t = self._timeouts(spec)
             hooks = Hooks(pre="before" in spec["hooks"], post="after" in spec["hooks"])
             image = s.get(Image, r.image) if r.image else None
             target = image.digest if image else ""
+            rollback = (
+                RolloutStatus(r.status) is RolloutStatus.ABORTING and spec["on_abort"] == "rollback"
+            )
             for row in rows.values():
                 if row.state != MachineState.ACTIVE:
                     continue
-                p = _progress(row, now)
-                obs = observe(states.get(row.machine_id), row, p, target)
-                if (
-                    RolloutStatus(r.status) is RolloutStatus.ABORTING
-                    and spec["on_abort"] == "rollback"
-                ):
-                    tr = _abort_in_flight(p, now, t)
+                p = progress(row, now)
+                m = machines[row.machine_id]
+                if rollback:
+                    tr = abort_in_flight(p, now, t)
                 else:
-                    tr = advance(
-                        p, obs, now, t, hooks, machines[row.machine_id].bmc_driver is not None
-                    )
+                    obs = observe(agents.get(row.machine_id), row, p, target)
+                    tr = advance(p, obs, now, t, hooks, m.bmc_driver is not None)
                 if tr is not None:
-                    self._apply(s, r, row, machines[row.machine_id], tr, image, effects)
+                    self._apply(s, r, row, m, tr, image, effects)
+                    states[row.machine_id] = MachineState(row.state)
                 elif p.step in (UpgradeStep.PRE_HOOK, UpgradeStep.POST_HOOK):
                     self._want_hook(r, row, p.step, effects)
-            self._decide(s, r, rows, machines, states, now, t, hooks, image, effects)
+            self._decide(s, r, states, rows, machines, agents, now, t, hooks, image, effects)
         return effects
+
+    @staticmethod
+    def _load(
+        s: Session, r: Rollout
+    ) -> tuple[
+        dict[str, MachineState],
+        dict[str, RolloutMachine],
+        dict[str, Machine],
+        dict[str, AgentState],
+    ]:
+        """Every machine's state (one narrow query), and full rows only for the machines this
+        pass can touch: those in flight, the current batch, and the control plane. A pass over
+        a 1,000-machine rollout reads a batch's worth of objects, not the fleet's."""
+        light = s.execute(
+            select(RolloutMachine.machine_id, RolloutMachine.state).where(
+                RolloutMachine.rollout_id == r.id
+            )
+        ).all()
+        states = {mid: MachineState(st) for mid, st in light}
+        batches = store.batches_from(r.batches)
+        current = next(
+            (b for b in batches if not all(states[m].finished for m in b.machines)), None
+        )
+        relevant = {m for m, st in states.items() if st is MachineState.ACTIVE}
+        if current is not None:
+            relevant.update(current.machines)
+        relevant.update(m for b in batches if b.kind is BatchKind.CONTROL_PLANE for m in b.machines)
+        return (states, *RolloutRunner._rows(s, r, relevant))
+
+    @staticmethod
+    def _rows(
+        s: Session, r: Rollout, relevant: set[str]
+    ) -> tuple[dict[str, RolloutMachine], dict[str, Machine], dict[str, AgentState]]:
+        rows = {
+            m.machine_id: m
+            for m in s.scalars(
+                select(RolloutMachine).where(
+                    RolloutMachine.rollout_id == r.id, RolloutMachine.machine_id.in_(relevant)
+                )
+            )
+        }
+        machines = {
+            m.id: m
+            for m in s.scalars(
+                select(Machine)
+                .where(Machine.id.in_(relevant))
+                .options(noload(Machine.nics), noload(Machine.label_rows))
+            )
+        }
+        agents = {
+            a.machine_id: a
+            for a in s.scalars(select(AgentState).where(AgentState.machine_id.in_(relevant)))
+        }
+        return rows, machines, agents
 
     def _decide(
         self,
         s: Session,
         r: Rollout,
+        states: dict[str, MachineState],
         rows: dict[str, RolloutMachine],
         machines: dict[str, Machine],
-        states: dict[str, AgentState | None],
+        agents: dict[str, AgentState],
         now: datetime,
         t: Timeouts,
         hooks: Hooks,
@@ -198,26 +251,31 @@ class RolloutRunner:
         effects: Effects,
     ) -> None:
         spec = r.spec
-        total = len(rows)
+        total = len(states)
         cap = spec.get("max_unavailable")
         limits = Limits(
             max_unavailable=resolve_count(cap, total, what="max_unavailable") if cap else total,
             failure_budget=int(spec.get("failure_budget", 0)),
         )
-        health = {mid: healthy(states.get(mid)) for mid in rows}
+        health = {mid: healthy(agents.get(mid)) for mid in rows}
         acts = next_actions(
-            RolloutStatus(r.status),
-            store.batches_from(r.batches),
-            {mid: MachineState(m.state) for mid, m in rows.items()},
-            limits,
-            health,
+            RolloutStatus(r.status), store.batches_from(r.batches), states, limits, health
         )
-        for mid in acts.skip:
-            row = rows[mid]
-            row.state, row.claim, row.updated_at = MachineState.SKIPPED.value, None, now
+        if acts.skip:  # pending machines of later batches: not loaded, one statement
+            s.execute(
+                update(RolloutMachine)
+                .where(RolloutMachine.rollout_id == r.id, RolloutMachine.machine_id.in_(acts.skip))
+                .values(state=MachineState.SKIPPED.value, claim=None, updated_at=now)
+            )
+        missing = [mid for mid in acts.start if mid not in rows]
+        if missing:  # the batch that starts in the same pass as the previous one finished
+            more_rows, more_machines, more_agents = self._rows(s, r, set(missing))
+            rows.update(more_rows)
+            machines.update(more_machines)
+            agents.update(more_agents)
         for mid in acts.start:
             row, m = rows[mid], machines[mid]
-            st = states.get(mid)
+            st = agents.get(mid)
             row.detail = {
                 "from_boot_id": (st.boot_id if st else "") or "",
                 "from_digest": (st.image_digest if st else "") or "",
@@ -259,7 +317,9 @@ class RolloutRunner:
         if tr.error:
             row.error = tr.error
         if tr.action is Action.SEND_UPGRADE and image is not None:
-            cmd_id = self._command(s, m.id, _upgrade_command(r, image, self.config), effects)
+            cmd_id = self._command(
+                s, m.id, upgrade_command(r, image, self.config.asset_base_url), effects
+            )
             row.detail = {**row.detail, "command_id": cmd_id}
         elif tr.action is Action.SEND_MARK_GOOD and image is not None:
             cmd = pb.Command(mark_good=pb.MarkGood(image_digest=image.digest))
@@ -352,60 +412,18 @@ class RolloutRunner:
             row = s.get(RolloutMachine, (rid, mid))
             if row is None or row.state != MachineState.ACTIVE:
                 return
-            p = _progress(row, self.clock())
+            p = progress(row, self.clock())
             if p.step not in (UpgradeStep.PRE_HOOK, UpgradeStep.POST_HOOK):
                 return
             image = s.get(Image, r.image) if r.image else None
             m = s.get(Machine, mid)
             assert m is not None
-            tr = hook_done(p, ok, error, self.clock(), _timeouts(r.spec, self.config))
+            tr = hook_done(
+                p,
+                ok,
+                error,
+                self.clock(),
+                timeouts(r.spec, self.config.write_timeout, self.config.recover_timeout),
+            )
             self._apply(s, r, row, m, tr, image, effects)
         self._carry_out(effects)
-
-
-def _timeouts(spec: dict[str, Any], config: RunnerConfig) -> Timeouts:
-    return Timeouts(
-        write=config.write_timeout,
-        health=timedelta(seconds=int(spec["health_timeout_seconds"])),
-        recover=config.recover_timeout,
-    )
-
-
-def _progress(row: RolloutMachine, now: datetime) -> Progress:
-    d = row.detail
-    return Progress(
-        step=UpgradeStep(row.step) if row.step else UpgradeStep.WRITING,
-        from_boot_id=d.get("from_boot_id", ""),
-        from_digest=d.get("from_digest", ""),
-        target_digest=d.get("target_digest", ""),
-        deadline=inventory.as_utc(row.deadline) if row.deadline else None,
-        cycled=bool(d.get("cycled", False)),
-    )
-
-
-def _abort_in_flight(p: Progress, now: datetime, t: Timeouts) -> Transition | None:
-    """``on_abort=rollback``: a machine not yet confirmed is rebooted into its last good slot."""
-    if p.step in (UpgradeStep.BOOTING, UpgradeStep.VERIFYING, UpgradeStep.CONFIRMING):
-        return Transition(
-            UpgradeStep.RECOVERING,
-            Action.SEND_REBOOT,
-            deadline=now + t.recover,
-            error="rollout aborted: rebooting into the last good slot",
-            cycled=p.cycled,
-        )
-    return None
-
-
-def _upgrade_command(r: Rollout, image: Image, config: RunnerConfig) -> pb.Command:
-    m = images.manifest_of(image)
-    base = config.asset_base_url.rstrip("/")
-    return pb.Command(
-        upgrade=pb.Upgrade(
-            manifest_json=m.canonical().decode(),
-            signature=image.signature or "",
-            urls=[f"{base}/assets/{f.file}" for f in m.files],
-            preserve=bool(r.spec["preserve"]),
-            tries=BOOT_TRIES,
-            confirm_timeout_seconds=int(r.spec["health_timeout_seconds"]),
-        )
-    )

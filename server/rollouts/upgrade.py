@@ -219,3 +219,16 @@ def _recover(p: Progress, now: datetime, t: Timeouts, has_bmc: bool, why: str) -
 
 def _failed(step: UpgradeStep, why: str) -> Transition:
     return Transition(step, state=MachineState.FAILED, error=why)
+
+
+def abort_in_flight(p: Progress, now: datetime, t: Timeouts) -> Transition | None:
+    """``on_abort=rollback``: a machine not yet confirmed is rebooted into its last good slot."""
+    if p.step in (UpgradeStep.BOOTING, UpgradeStep.VERIFYING, UpgradeStep.CONFIRMING):
+        return Transition(
+            UpgradeStep.RECOVERING,
+            Action.SEND_REBOOT,
+            deadline=now + t.recover,
+            error="rollout aborted: rebooting into the last good slot",
+            cycled=p.cycled,
+        )
+    return None
