@@ -31,7 +31,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session, noload
+from sqlalchemy.orm import Session, lazyload
 from starlette.concurrency import run_in_threadpool
 
 from agent.gen import agent_pb2 as pb
@@ -227,7 +227,7 @@ class RolloutRunner:
             for m in s.scalars(
                 select(Machine)
                 .where(Machine.id.in_(relevant))
-                .options(noload(Machine.nics), noload(Machine.label_rows))
+                .options(lazyload(Machine.nics), lazyload(Machine.label_rows))
             )
         }
         agents = {
