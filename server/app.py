@@ -28,7 +28,7 @@ from server.api.deps import Context
 from server.boot.assets import AssetStore
 from server.boot.service import BootPlane
 from server.boot.timeline import Retention, TimelineWriter
-from server.errors import ApiError
+from server.errors import ApiError, from_framework
 from server.inventory import machines as inventory
 from server.inventory import migrate
 from server.inventory.db import Database
@@ -37,7 +37,7 @@ from server.inventory.readcache import ReadCache
 from server.inventory.secretbox import SecretBox
 from server.power.service import PowerService
 from server.settings import ServerSettings
-from server.types import Role
+from server.types import EventKind, Role
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def ensure_admin_token(settings: ServerSettings, db: Database) -> Path | None:
                 inventory.record(
                     s,
                     actor="system",
-                    kind="token.created",
+                    kind=EventKind.TOKEN_CREATED,
                     message="admin token seeded from BRONZE_ADMIN_TOKEN",
                     data={"name": BOOTSTRAP_TOKEN_NAME, "role": "admin"},
                 )
@@ -104,7 +104,7 @@ def ensure_admin_token(settings: ServerSettings, db: Database) -> Path | None:
             inventory.record(
                 s,
                 actor="system",
-                kind="token.created",
+                kind=EventKind.TOKEN_CREATED,
                 message="admin token generated on first start",
                 data={"name": BOOTSTRAP_TOKEN_NAME, "role": "admin"},
             )
@@ -120,44 +120,24 @@ def ensure_admin_token(settings: ServerSettings, db: Database) -> Path | None:
     return path
 
 
-def _error(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"code": code, "message": message, "details": details}}, status_code=status
-    )
+def install_error_handler(app: FastAPI) -> None:
+    """The one exception handler: every error, ours or the framework's, becomes an
+    :class:`ApiError` (:func:`server.errors.from_framework`) and is rendered from its class's
+    status and code. An unexpected exception is logged here and answered as a bare 500."""
 
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        err = from_framework(exc)
+        if not isinstance(exc, ApiError | RequestValidationError | StarletteHTTPException):
+            log.error(
+                "unhandled error path=%s type=%s",
+                request.url.path,
+                type(exc).__name__,
+                exc_info=exc,
+            )
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers or None)
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        resp = _error(exc.status, exc.code, exc.message, exc.details)
-        if headers:
-            resp.headers.update(headers)
-        return resp
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-            for e in exc.errors()
-        ]
-        first = details[0] if details else {"loc": [], "msg": "invalid request"}
-        where = ".".join(str(p) for p in first["loc"] if p != "body")
-        return _error(
-            422, "invalid", f"{where}: {first['msg']}" if where else first["msg"], details
-        )
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error(exc.status_code, code, str(exc.detail))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error(
-            "unhandled error path=%s type=%s", request.url.path, type(exc).__name__, exc_info=exc
-        )
-        return _error(500, "internal", "internal error")
+    for exc_type in (ApiError, RequestValidationError, StarletteHTTPException, Exception):
+        app.add_exception_handler(exc_type, handle)
 
 
 def create_app(
@@ -278,7 +258,7 @@ def create_app(
     app.state.boot_plane = boot_plane
     app.state.assets = AssetStore(settings.data_dir / "assets", settings.boot_asset_max_bytes)
     app.state.pxe = None  # the in-process PxeService when BRONZE_PXE_ENABLED
-    install_error_handlers(app)
+    install_error_handler(app)
 
     # What started: "ok", "disabled" or "failed: why" (set by the lifespan).
     app.state.health = {"agent_api": "disabled", "boot_plane": "disabled"}

@@ -19,7 +19,8 @@ class Phase(StrEnum):
     UPGRADING = "upgrading"
     """Part of a rolling upgrade right now."""
     MAINTENANCE = "maintenance"
-    """Taken out of automation by an operator or after repeated faults; nothing destructive happens."""
+    """Taken out of automation by an operator or after repeated faults; nothing destructive
+    happens."""
     FAILED = "failed"
     """Provisioning or upgrade failed; needs an operator."""
 
@@ -62,3 +63,75 @@ class OpStatus(StrEnum):
     """Done and verified by reading back."""
     FAILED = "failed"
     """Gave up; ``error`` says why."""
+
+
+class EventKind(StrEnum):
+    """What an audit event records (``events.kind``). Every event is written with one of these;
+    ``GET /api/v1/events?kind=`` takes one of them or an :class:`EventGroup`. The table in
+    docs/events.md is checked against this enum by tests/server/test_event_kinds.py."""
+
+    MACHINE_CREATED = "machine.created"
+    """An operator registered a machine (``POST /api/v1/machines``)."""
+    MACHINE_UPDATED = "machine.updated"
+    """A machine's fields changed; ``data`` has the changed fields (a phase change as from/to)."""
+    MACHINE_DELETED = "machine.deleted"
+    """A machine was deleted; ``data.macs`` lists its NICs."""
+    MACHINE_DISCOVERED = "machine.discovered"
+    """The boot plane saw an unknown MAC PXE-boot and recorded it as a discovered machine."""
+    MACHINE_MAINTENANCE = "machine.maintenance"
+    """Power sync put a machine into maintenance after repeated BMC faults."""
+    MACHINE_BMC_TLS_INSECURE = "machine.bmc.tls_insecure"
+    """A BMC was configured without TLS certificate verification."""
+    MACHINE_BMC_PLAINTEXT = "machine.bmc.plaintext"
+    """A BMC was configured over plain HTTP (credentials cross the network unencrypted)."""
+    POWER_CHANGED = "power.changed"
+    """Power sync observed a machine's power state change."""
+    POWER_SYNC_FAILED = "power.sync_failed"
+    """Power sync could not read a machine's power state from its BMC."""
+    TOKEN_CREATED = "token.created"  # noqa: S105 - an event name
+    """An API token was created (by an admin, seeded from ``BRONZE_ADMIN_TOKEN``, or generated)."""
+    TOKEN_REVOKED = "token.revoked"  # noqa: S105 - an event name
+    """An API token was revoked."""
+    AGENT_TOKEN_ISSUED = "agent.token.issued"  # noqa: S105 - an event name
+    """A one-time enrollment token was issued for a machine's agent."""
+    AGENT_TOKEN_WIPED = "agent.token.wiped"  # noqa: S105 - an event name
+    """A machine's enrollment token was wiped (power-off, reprovision, delete)."""
+    AGENT_REBOOT = "agent.reboot"
+    """An operator asked a machine's agent to reboot."""
+    AGENT_CONFIG_CONFIRM = "agent.config.confirm"
+    """An operator confirmed a config applied in ``try`` mode."""
+    CONFIG_PATCH_CREATED = "config.patch.created"
+    """A config patch was added (fleet, selector or machine layer)."""
+    CONFIG_PATCH_DELETED = "config.patch.deleted"
+    """A config patch was deleted."""
+    BOOT_PROFILE_CREATED = "boot.profile.created"
+    """A boot profile was created."""
+    BOOT_PROFILE_UPDATED = "boot.profile.updated"
+    """A boot profile was replaced."""
+    BOOT_PROFILE_DELETED = "boot.profile.deleted"
+    """A boot profile was deleted."""
+    BOOT_ASSET_UPLOADED = "boot.asset.uploaded"
+    """A boot asset (kernel, initrd) was uploaded and its SHA-256 verified."""
+    BOOT_ASSET_DELETED = "boot.asset.deleted"
+    """A boot asset was deleted."""
+
+    @property
+    def group(self) -> EventGroup:
+        return EventGroup(self.value.split(".", 1)[0])
+
+
+class EventGroup(StrEnum):
+    """The first part of an event kind: ``?kind=machine`` lists every ``machine.*`` event."""
+
+    MACHINE = "machine"
+    """Machine inventory: created, updated, deleted, discovered, maintenance, BMC warnings."""
+    POWER = "power"
+    """Observed power state and power sync failures."""
+    TOKEN = "token"  # noqa: S105 - an event name
+    """API tokens."""
+    AGENT = "agent"
+    """Machine agents: enrollment tokens, reboots, config confirmations."""
+    CONFIG = "config"
+    """Config patches."""
+    BOOT = "boot"
+    """Boot profiles and assets."""

@@ -53,6 +53,7 @@ from server.inventory import machines as inventory
 from server.inventory.machines import iso
 from server.inventory.models import AgentPendingCommand, AgentState, ConfigPatch, Machine, utcnow
 from server.inventory.selectors import matches, parse, parse_param
+from server.types import EventKind
 
 router = APIRouter(tags=["agents"])
 
@@ -273,7 +274,7 @@ async def create_config_patch(
                 inventory.record(
                     s,
                     actor=who.actor,
-                    kind="config.patch.created",
+                    kind=EventKind.CONFIG_PATCH_CREATED,
                     machine_id=machine_id,
                     message=f"config patch {p.name} ({p.scope}) created",
                     data={
@@ -317,7 +318,7 @@ async def delete_config_patch(
             inventory.record(
                 s,
                 actor=who.actor,
-                kind="config.patch.deleted",
+                kind=EventKind.CONFIG_PATCH_DELETED,
                 machine_id=p.machine_id,
                 message=f"config patch {p.name} ({p.scope}) deleted",
                 data={"patch": p.name, "scope": p.scope, "machines": len(rendered)},
@@ -471,7 +472,7 @@ async def issue_enrollment_token(
             inventory.record(
                 s,
                 actor=who.actor,
-                kind="agent.token.issued",
+                kind=EventKind.AGENT_TOKEN_ISSUED,
                 machine_id=m.id,
                 message="agent enrollment token issued",
                 data={"boot_ref": body.boot_ref, "ttl_seconds": body.ttl_seconds},
@@ -589,7 +590,7 @@ async def machine_config_confirm(
             inventory.record(
                 s,
                 actor=who.actor,
-                kind="agent.config.confirm",
+                kind=EventKind.AGENT_CONFIG_CONFIRM,
                 machine_id=m.id,
                 message=f"config {version} confirmed",
                 data={"command_id": command_id},

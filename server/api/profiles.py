@@ -21,18 +21,15 @@ from server.api.deps import Context, context, operator, reader
 from server.api.schemas import Strict
 from server.boot import profiles
 from server.boot.assets import AssetError, AssetStore, check_name
-from server.errors import ApiError, Conflict, Invalid, NotFound
+from server.errors import Conflict, Invalid, NotFound, TooLarge
 from server.inventory import machines as inventory
 from server.inventory.models import BootAsset, BootProfile, utcnow
 from server.inventory.selectors import SelectorError, parse
+from server.types import EventKind
 
 router = APIRouter(tags=["boot"])
 
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9._]*[a-z0-9])?$"
-
-
-class TooLarge(ApiError):
-    status, code, template = 413, "too_large", "{message}"
 
 
 class ProfileBody(Strict):
@@ -144,7 +141,7 @@ def create_profile(
             inventory.record(
                 s,
                 actor=who.actor,
-                kind="boot.profile.created",
+                kind=EventKind.BOOT_PROFILE_CREATED,
                 message=f"boot profile {p.name} created",
                 data={"profile": p.name},
             )
@@ -173,7 +170,7 @@ def replace_profile(
         inventory.record(
             s,
             actor=who.actor,
-            kind="boot.profile.updated",
+            kind=EventKind.BOOT_PROFILE_UPDATED,
             message=f"boot profile {name} updated",
             data={"profile": name},
         )
@@ -194,7 +191,7 @@ def delete_profile(
         inventory.record(
             s,
             actor=who.actor,
-            kind="boot.profile.deleted",
+            kind=EventKind.BOOT_PROFILE_DELETED,
             message=f"boot profile {name} deleted",
             data={"profile": name},
         )
@@ -280,7 +277,7 @@ async def upload_asset(
             inventory.record(
                 s,
                 actor=who.actor,
-                kind="boot.asset.uploaded",
+                kind=EventKind.BOOT_ASSET_UPLOADED,
                 message=f"boot asset {name} uploaded ({size} bytes)",
                 data={"asset": name, "size": size, "sha256": digest},
             )
@@ -315,7 +312,7 @@ def delete_asset(
         inventory.record(
             s,
             actor=who.actor,
-            kind="boot.asset.deleted",
+            kind=EventKind.BOOT_ASSET_DELETED,
             message=f"boot asset {name} deleted",
             data={"asset": name},
         )

@@ -50,9 +50,7 @@ _LAYER_ORDER = {Layer.FLEET: 0, Layer.SELECTOR: 1, Layer.MACHINE: 2}
 
 class ConfigError(ValueError):
     """A patch or rendered config is invalid. ``path`` is a JSON pointer (RFC 6901) to the field,
-    ``patch`` the patch that set it when known. HTTP status 422."""
-
-    http_status = 422
+    ``patch`` the patch that set it when known. The REST layer answers it as a 422 ``invalid``."""
 
     def __init__(self, path: str, message: str, patch: str | None = None) -> None:
         self.path = path

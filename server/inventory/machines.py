@@ -1,7 +1,8 @@
 """Inventory operations on a SQLAlchemy session: machines, NICs, labels, and their events.
 
-Every change writes an :class:`~server.inventory.models.Event` in the same transaction, so the audit trail
-and the inventory can never disagree. Callers (the REST layer, controllers) own the transaction.
+Every change writes an :class:`~server.inventory.models.Event` in the same transaction, so the audit
+trail and the inventory can never disagree. Callers (the REST layer, controllers) own the
+transaction.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from sqlalchemy.orm import Session
 from server.errors import Conflict, Invalid, NotFound
 from server.inventory.models import Event, Machine, MachineLabel, Nic, utcnow
 from server.inventory.selectors import Op, Requirement
+from server.types import EventGroup, EventKind
 
 SORT_FIELDS = {
     "name": Machine.name,
@@ -35,7 +37,7 @@ def record(
     session: Session,
     *,
     actor: str,
-    kind: str,
+    kind: EventKind,
     message: str,
     machine: Machine | None = None,
     machine_id: str | None = None,
@@ -43,7 +45,7 @@ def record(
 ) -> Event:
     ev = Event(
         actor=actor,
-        kind=kind,
+        kind=EventKind(kind).value,
         message=message,
         machine_id=machine.id if machine else machine_id,
         machine_name=machine.name if machine else None,
@@ -318,7 +320,7 @@ def list_events(
     session: Session,
     *,
     machine_id: str | None = None,
-    kind: str | None = None,
+    kind: EventKind | EventGroup | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
     limit: int = 100,
@@ -327,8 +329,10 @@ def list_events(
     stmt = select(Event)
     if machine_id:
         stmt = stmt.where(Event.machine_id == machine_id)
-    if kind:
-        stmt = stmt.where(or_(Event.kind == kind, Event.kind.startswith(kind + ".")))
+    if isinstance(kind, EventGroup):
+        stmt = stmt.where(Event.kind.startswith(kind.value + "."))
+    elif kind is not None:
+        stmt = stmt.where(Event.kind == kind.value)
     if since:
         stmt = stmt.where(Event.created_at >= since)
     if until:

@@ -53,7 +53,7 @@ from server.inventory.models import Event, Lease, Machine, Operation, OperationI
 from server.inventory.secretbox import SecretBox
 from server.inventory.selectors import Requirement
 from server.settings import ServerSettings
-from server.types import OpStatus, Phase
+from server.types import EventKind, OpStatus, Phase
 
 log = logging.getLogger(__name__)
 
@@ -667,7 +667,7 @@ class PowerService:
                 inventory.record(
                     s,
                     actor="power-sync",
-                    kind="power.changed",
+                    kind=EventKind.POWER_CHANGED,
                     machine=m,
                     message=f"power changed out of band: {before} -> {result.state.value}",
                     data={"from": before, "to": result.state.value},
@@ -678,7 +678,7 @@ class PowerService:
         inventory.record(
             s,
             actor="power-sync",
-            kind="power.sync_failed",
+            kind=EventKind.POWER_SYNC_FAILED,
             machine=m,
             message=f"power state read failed ({m.power_failures} in a row): {result.error}",
             data={"failures": m.power_failures},
@@ -691,7 +691,7 @@ class PowerService:
             inventory.record(
                 s,
                 actor="power-sync",
-                kind="machine.maintenance",
+                kind=EventKind.MACHINE_MAINTENANCE,
                 machine=m,
                 message=m.fault_reason,
                 data={"from": m.phase},
