@@ -65,7 +65,8 @@ class ServerSettings(BaseSettings):
     characters without spaces (``brz_``-prefixed or not, e.g. from a vault); otherwise one is
     generated into ``<data_dir>/admin.token``."""
     secret_key: SecretStr | None = None
-    """Fernet key encrypting BMC passwords at rest; default: ``<data_dir>/secret.key`` (created, 0600).
+    """Fernet key encrypting BMC passwords at rest; default: ``<data_dir>/secret.key`` (created,
+    0600).
     Replicas sharing one database must share this key."""
     migrate_on_start: bool = True
     """``bronze serve`` runs ``db upgrade`` before serving."""
@@ -84,7 +85,8 @@ class ServerSettings(BaseSettings):
     power_sync_interval: float = Field(default=60.0, gt=0)
     """Seconds between power-state polls of each BMC (each pass is jittered by +-20%)."""
     power_sync_failures: int = Field(default=3, ge=1)
-    """Consecutive failed polls after which a machine goes to ``maintenance`` with a fault reason."""
+    """Consecutive failed polls after which a machine goes to ``maintenance`` with a fault
+    reason."""
     bmc_max_concurrency: int = Field(default=64, ge=1, le=1024)
     """BMC operations in flight at once, across all machines."""
     bmc_min_interval: float = Field(default=0.2, ge=0)

@@ -22,7 +22,7 @@ from server.inventory.models import ApiToken, utcnow
 from server.settings import ADMIN_TOKEN_MAX, ADMIN_TOKEN_MIN
 from server.types import Role
 
-TOKEN_PREFIX = "brz_"
+TOKEN_PREFIX = "brz_"  # noqa: S105 - a prefix, not a secret
 
 
 @dataclass(frozen=True)

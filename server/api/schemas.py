@@ -79,7 +79,8 @@ class NicIn(Strict):
     mac: Mac
     name: str | None = Field(default=None, max_length=32, pattern=r"^[A-Za-z0-9_.:-]+$")
     ip: HostIPv4 | None = None
-    """Reserved address on the provisioning network: DHCP ``full`` mode always offers it to this MAC."""
+    """Reserved address on the provisioning network: DHCP ``full`` mode always offers it to this
+    MAC."""
 
     @property
     def spec(self) -> tuple[str, str | None, str | None]:

@@ -238,7 +238,7 @@ def test_advertise_url_default_and_bad_values() -> None:
             ServerSettings(api_advertise_url=bad)
 
 
-VAULT_TOKEN = "Zm9vYmFyLXZhdWx0LXNlY3JldC0xMjM0NTY3ODkw+/="  # 44 chars, no brz_ prefix
+VAULT_TOKEN = "Zm9vYmFyLXZhdWx0LXNlY3JldC0xMjM0NTY3ODkw+/="  # noqa: S105 - 44 chars, no brz_ prefix
 
 
 def test_admin_token_of_the_operators_choosing_is_accepted(tmp_path: Path, db_url: str) -> None:
@@ -287,7 +287,7 @@ def test_admin_token_problem(token: str, problem: str | None) -> None:
 
 
 def test_bronze_serve_refuses_a_short_admin_token(tmp_path: Path) -> None:
-    secret = "short-but-secret"
+    secret = "short-but-secret"  # noqa: S105 - a test value
     r = subprocess.run(
         [BRONZE, "serve"],
         env=_env(tmp_path, BRONZE_ADMIN_TOKEN=secret, BRONZE_API_PORT=str(free_port())),
