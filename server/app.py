@@ -7,22 +7,34 @@ from __future__ import annotations
 import gc
 import logging
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pxe import PxeService, PxeSettings
-from server.agents import BootstrapTokens, start_agent_api
+from server.agents import AgentApiServer, BootstrapTokens, start_agent_api
 from server.agents.dbstore import DbAgentStore
-from server.api import agents, boot, events, machines, power, profiles, tokens
+from server.api import (
+    agents,
+    assets,
+    boot,
+    config,
+    events,
+    machines,
+    power,
+    profiles,
+    tokens,
+)
 from server.api.auth import create_token, hash_token
 from server.api.deps import Context
 from server.boot.assets import AssetStore
@@ -41,7 +53,7 @@ from server.types import EventKind, Role
 
 log = logging.getLogger(__name__)
 
-BOOTSTRAP_TOKEN_NAME = "bootstrap-admin"
+BOOTSTRAP_TOKEN_NAME = "bootstrap-admin"  # noqa: S105 - a name, not a secret
 
 
 def prepare_data_dir(settings: ServerSettings) -> None:
@@ -59,57 +71,16 @@ def ensure_admin_token(settings: ServerSettings, db: Database) -> Path | None:
     """Seed the first admin token. With ``BRONZE_ADMIN_TOKEN`` that token is (re)installed under the
     name ``bootstrap-admin``; otherwise, when no active admin token exists, one is generated and
     written to ``<data_dir>/admin.token`` (0600). Returns the file path when one was written."""
-    seeded = settings.admin_token.get_secret_value() if settings.admin_token else None
     try:
         with db.write() as s:
-            row = s.scalar(select(ApiToken).where(ApiToken.name == BOOTSTRAP_TOKEN_NAME))
-            if seeded is not None:
-                if (
-                    row is not None
-                    and row.token_hash == hash_token(seeded)
-                    and row.revoked_at is None
-                ):
-                    return None
-                if row is not None:
-                    s.delete(row)
-                    s.flush()
-                create_token(
-                    s,
-                    name=BOOTSTRAP_TOKEN_NAME,
-                    role=Role.ADMIN,
-                    created_by="env:BRONZE_ADMIN_TOKEN",
-                    token=seeded,
-                )
-                inventory.record(
-                    s,
-                    actor="system",
-                    kind=EventKind.TOKEN_CREATED,
-                    message="admin token seeded from BRONZE_ADMIN_TOKEN",
-                    data={"name": BOOTSTRAP_TOKEN_NAME, "role": "admin"},
-                )
+            if settings.admin_token is not None:
+                _seed_admin_token(s, settings.admin_token.get_secret_value())
                 return None
-            active_admin = s.scalar(
-                select(ApiToken.id).where(
-                    ApiToken.role == Role.ADMIN.value, ApiToken.revoked_at.is_(None)
-                )
-            )
-            if active_admin is not None:
-                return None
-            if row is not None:  # revoked bootstrap token: free the name
-                s.delete(row)
-                s.flush()
-            _, plaintext = create_token(
-                s, name=BOOTSTRAP_TOKEN_NAME, role=Role.ADMIN, created_by="system"
-            )
-            inventory.record(
-                s,
-                actor="system",
-                kind=EventKind.TOKEN_CREATED,
-                message="admin token generated on first start",
-                data={"name": BOOTSTRAP_TOKEN_NAME, "role": "admin"},
-            )
+            plaintext = _generate_admin_token(s)
     except IntegrityError:
         return None  # another replica seeded it at the same moment
+    if plaintext is None:
+        return None
     path = settings.data_dir / "admin.token"
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -118,6 +89,52 @@ def ensure_admin_token(settings: ServerSettings, db: Database) -> Path | None:
     os.replace(tmp, path)
     log.info("admin token written path=%s", path)
     return path
+
+
+def _seed_admin_token(s: Session, seeded: str) -> None:
+    """Install ``seeded`` as ``bootstrap-admin`` unless it already is (a rotation replaces it)."""
+    row = s.scalar(select(ApiToken).where(ApiToken.name == BOOTSTRAP_TOKEN_NAME))
+    if row is not None and row.token_hash == hash_token(seeded) and row.revoked_at is None:
+        return
+    if row is not None:
+        s.delete(row)
+        s.flush()
+    create_token(
+        s,
+        name=BOOTSTRAP_TOKEN_NAME,
+        role=Role.ADMIN,
+        created_by="env:BRONZE_ADMIN_TOKEN",
+        token=seeded,
+    )
+    inventory.record(
+        s,
+        actor="system",
+        kind=EventKind.TOKEN_CREATED,
+        message="admin token seeded from BRONZE_ADMIN_TOKEN",
+        data={"name": BOOTSTRAP_TOKEN_NAME, "role": "admin"},
+    )
+
+
+def _generate_admin_token(s: Session) -> str | None:
+    """A new ``bootstrap-admin`` token when no active admin token exists (its plaintext)."""
+    active_admin = s.scalar(
+        select(ApiToken.id).where(ApiToken.role == Role.ADMIN.value, ApiToken.revoked_at.is_(None))
+    )
+    if active_admin is not None:
+        return None
+    row = s.scalar(select(ApiToken).where(ApiToken.name == BOOTSTRAP_TOKEN_NAME))
+    if row is not None:  # revoked bootstrap token: free the name
+        s.delete(row)
+        s.flush()
+    _, plaintext = create_token(s, name=BOOTSTRAP_TOKEN_NAME, role=Role.ADMIN, created_by="system")
+    inventory.record(
+        s,
+        actor="system",
+        kind=EventKind.TOKEN_CREATED,
+        message="admin token generated on first start",
+        data={"name": BOOTSTRAP_TOKEN_NAME, "role": "admin"},
+    )
+    return plaintext
 
 
 def install_error_handler(app: FastAPI) -> None:
@@ -140,12 +157,37 @@ def install_error_handler(app: FastAPI) -> None:
         app.add_exception_handler(exc_type, handle)
 
 
-def create_app(
-    settings: ServerSettings,
-    *,
-    migrate_db: bool | None = None,
-    pxe_settings: PxeSettings | None = None,
-) -> FastAPI:
+ROUTERS: tuple[APIRouter, ...] = (
+    machines.router,
+    events.router,
+    tokens.router,
+    power.router,
+    agents.router,
+    config.router,
+    profiles.router,
+    assets.router,
+    boot.router,
+)
+"""Every REST resource's router, in the order they appear in OpenAPI."""
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What the composition root builds before the app exists (the lifespan starts them)."""
+
+    settings: ServerSettings
+    ctx: Context
+    power: PowerService
+    agent_store: DbAgentStore
+    pxe_settings: PxeSettings
+    writer: TimelineWriter
+    boot_plane: BootPlane
+
+
+def build_parts(
+    settings: ServerSettings, migrate_db: bool | None, pxe_settings: PxeSettings | None
+) -> Parts:
+    """Data dir, migrations, database, admin token and the services that share them."""
     prepare_data_dir(settings)
     url = settings.effective_database_url
     if settings.migrate_on_start if migrate_db is None else migrate_db:
@@ -158,11 +200,6 @@ def create_app(
         cache=ReadCache(settings.api_cache_mb << 20),
     )
     ensure_admin_token(settings, db)
-
-    power_service = PowerService(settings, db, ctx.secrets)
-
-    agent_store = DbAgentStore(db, settings.effective_advertise_url)
-
     pxe_settings = pxe_settings if pxe_settings is not None else PxeSettings()
     if pxe_settings.state_dir is None:  # full-mode leases survive a restart
         pxe_settings = pxe_settings.model_copy(update={"state_dir": settings.data_dir / "pxe"})
@@ -174,57 +211,80 @@ def create_app(
             settings.boot_timeline_max_rows,
         ),
     )
-    boot_plane = BootPlane(db, settings, pxe_settings.http_base_url, writer)
+    return Parts(
+        settings=settings,
+        ctx=ctx,
+        power=PowerService(settings, db, ctx.secrets),
+        agent_store=DbAgentStore(db, settings.effective_advertise_url),
+        pxe_settings=pxe_settings,
+        writer=writer,
+        boot_plane=BootPlane(db, settings, pxe_settings.http_base_url, writer),
+    )
 
+
+async def start_boot_plane(app: FastAPI, parts: Parts) -> PxeService | None:
+    """The in-process DHCP/TFTP service when enabled. If it cannot start, the REST API stays up
+    (degraded) and /healthz and the log say why."""
+    cfg = parts.pxe_settings
+    if not cfg.enabled:
+        return None
+    try:
+        pxe_service = PxeService(cfg, parts.boot_plane, parts.writer.sink)
+        await pxe_service.start()
+    except (OSError, ValueError) as exc:
+        log.error(
+            "boot plane (DHCP/TFTP) not started address=%s interface=%s error=%s",
+            cfg.address,
+            cfg.interface,
+            exc,
+        )
+        app.state.health["boot_plane"] = f"failed: {exc}"
+        return None
+    app.state.health["boot_plane"] = "ok"
+    return pxe_service
+
+
+async def start_agents(app: FastAPI, parts: Parts) -> AgentApiServer | None:
+    """The agent gRPC API when enabled. If it cannot start, the REST API stays up (degraded);
+    agent endpoints answer 409 until restart."""
+    settings = parts.settings
+    if not settings.agent_api_enabled:
+        return None
+    try:
+        agent_api = await start_agent_api(
+            parts.agent_store,
+            ca_dir=settings.data_dir / "pki",
+            host=settings.agent_host,
+            enroll_port=settings.agent_enroll_port,
+            session_port=settings.agent_session_port,
+            server_names=settings.effective_agent_server_names,
+            heartbeat_interval=settings.agent_heartbeat_interval,
+        )
+    except (OSError, RuntimeError) as exc:
+        log.error(
+            "agent API not started host=%s ports=%d,%d error=%s",
+            settings.agent_host,
+            settings.agent_enroll_port,
+            settings.agent_session_port,
+            exc,
+        )
+        app.state.health["agent_api"] = f"failed: {exc}"
+        return None
+    app.state.health["agent_api"] = "ok"
+    app.state.agent_api = agent_api
+    app.state.agent_tokens = agent_api.tokens
+    return agent_api
+
+
+def lifespan_for(parts: Parts) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await power_service.startup()
-        writer.start()
-        agent_api = None
-        pxe_service = None
+        await parts.power.startup()
+        parts.writer.start()
+        agent_api = pxe_service = None
         try:
-            if pxe_settings.enabled:
-                try:
-                    pxe_service = PxeService(pxe_settings, boot_plane, writer.sink)
-                    await pxe_service.start()
-                except (OSError, ValueError) as exc:
-                    # Like the agent API: the REST API stays up (degraded) and says why.
-                    log.error(
-                        "boot plane (DHCP/TFTP) not started address=%s interface=%s error=%s",
-                        pxe_settings.address,
-                        pxe_settings.interface,
-                        exc,
-                    )
-                    pxe_service = None
-                    app.state.health["boot_plane"] = f"failed: {exc}"
-                else:
-                    app.state.health["boot_plane"] = "ok"
-            app.state.pxe = pxe_service
-            if settings.agent_api_enabled:
-                try:
-                    agent_api = await start_agent_api(
-                        agent_store,
-                        ca_dir=settings.data_dir / "pki",
-                        host=settings.agent_host,
-                        enroll_port=settings.agent_enroll_port,
-                        session_port=settings.agent_session_port,
-                        server_names=settings.effective_agent_server_names,
-                        heartbeat_interval=settings.agent_heartbeat_interval,
-                    )
-                except (OSError, RuntimeError) as exc:
-                    # The REST API stays up (degraded); agent endpoints answer 409 until restart.
-                    log.error(
-                        "agent API not started host=%s ports=%d,%d error=%s",
-                        settings.agent_host,
-                        settings.agent_enroll_port,
-                        settings.agent_session_port,
-                        exc,
-                    )
-                    app.state.health["agent_api"] = f"failed: {exc}"
-                else:
-                    app.state.health["agent_api"] = "ok"
-                    app.state.agent_api = agent_api
-                    app.state.agent_tokens = agent_api.tokens
+            app.state.pxe = pxe_service = await start_boot_plane(app, parts)
+            agent_api = await start_agents(app, parts)
             # What is alive now (modules, classes, schemas: ~160k objects) lives for good: keep it
             # out of the collector, whose full passes otherwise stopped every thread for 80-130 ms
             # during a 1,000-machine bulk power operation (bench/power.py: API p99 100 -> 25 ms).
@@ -238,48 +298,49 @@ def create_app(
             if agent_api is not None:
                 await agent_api.stop()
             app.state.agent_api = None
-            await power_service.shutdown()
-            writer.stop()
-            await db.aclose()
+            await parts.power.shutdown()
+            parts.writer.stop()
+            await parts.ctx.db.aclose()
 
+    return lifespan
+
+
+async def healthz(request: Request) -> dict[str, Any]:
+    """Unauthenticated. ``degraded``: the REST API serves, but a plane that should run did
+    not start (its reason is here and in the log); 200 either way, so a load balancer keeps
+    the replica's REST API in rotation."""
+    parts: dict[str, str] = dict(request.app.state.health)
+    failed = any(v.startswith("failed") for v in parts.values())
+    return {"status": "degraded" if failed else "ok", "components": parts}
+
+
+def create_app(
+    settings: ServerSettings,
+    *,
+    migrate_db: bool | None = None,
+    pxe_settings: PxeSettings | None = None,
+) -> FastAPI:
+    parts = build_parts(settings, migrate_db, pxe_settings)
     app = FastAPI(
         title="bronze",
         version="0.1.0",
         openapi_url="/openapi.json",
         docs_url="/docs",
         redoc_url=None,
-        lifespan=lifespan,
+        lifespan=lifespan_for(parts),
     )
-    app.state.ctx = ctx
-    app.state.power = power_service
-    app.state.agent_store = agent_store
+    app.state.ctx = parts.ctx
+    app.state.power = parts.power
+    app.state.agent_store = parts.agent_store
     app.state.agent_api = None  # set by the lifespan when BRONZE_AGENT_API_ENABLED
-    app.state.agent_tokens = BootstrapTokens(agent_store)
-    app.state.boot_plane = boot_plane
+    app.state.agent_tokens = BootstrapTokens(parts.agent_store)
+    app.state.boot_plane = parts.boot_plane
     app.state.assets = AssetStore(settings.data_dir / "assets", settings.boot_asset_max_bytes)
     app.state.pxe = None  # the in-process PxeService when BRONZE_PXE_ENABLED
-    install_error_handler(app)
-
     # What started: "ok", "disabled" or "failed: why" (set by the lifespan).
     app.state.health = {"agent_api": "disabled", "boot_plane": "disabled"}
-
-    @app.get("/healthz", tags=["health"])
-    async def healthz() -> dict[str, Any]:
-        """Unauthenticated. ``degraded``: the REST API serves, but a plane that should run did
-        not start (its reason is here and in the log); 200 either way, so a load balancer keeps
-        the replica's REST API in rotation."""
-        parts: dict[str, str] = dict(app.state.health)
-        failed = any(v.startswith("failed") for v in parts.values())
-        return {"status": "degraded" if failed else "ok", "components": parts}
-
-    for r in (
-        machines.router,
-        events.router,
-        tokens.router,
-        power.router,
-        agents.router,
-        profiles.router,
-        boot.router,
-    ):
-        app.include_router(r)
+    install_error_handler(app)
+    app.add_api_route("/healthz", healthz, methods=["GET"], tags=["health"])
+    for router in ROUTERS:
+        app.include_router(router)
     return app

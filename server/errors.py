@@ -13,6 +13,7 @@ too, pass through the one handler.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 
@@ -24,11 +25,11 @@ class ApiError(Exception):
     template: ClassVar[str] = "internal error"
 
     def __init__(
-        self, details: Any = None, *, headers: dict[str, str] | None = None, **fields: Any
+        self, details: Any = None, *, headers: Mapping[str, str] | None = None, **fields: Any
     ) -> None:
         self.fields = fields
         self.details = details
-        self.headers: dict[str, str] = dict(self.default_headers()) | (headers or {})
+        self.headers: dict[str, str] = self.default_headers() | dict(headers or {})
         super().__init__(self.message)
 
     @property
@@ -73,7 +74,7 @@ class HttpError(ApiError):
 
     code, template = "http_error", "{message}"
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
         self.status = status  # type: ignore[misc]
         super().__init__(headers=headers, message=message)
 

@@ -258,44 +258,50 @@ def machine_agent(
         )
         # Which replica holds the session: node ops are served only there.
         session = "this-replica" if here else "another-replica" if connected else None
-        if st is None:
-            return {
-                "machine_id": m.id,
-                "name": m.name,
-                "enrolled": False,
-                "connected": connected,
-                "session": session,
-                "pending_commands": pending,
-            }
+        return _agent_view(m, st, connected, session, pending)
+
+
+def _agent_view(
+    m: Machine, st: AgentState | None, connected: bool, session: str | None, pending: int
+) -> dict[str, Any]:
+    if st is None:
         return {
             "machine_id": m.id,
             "name": m.name,
-            "enrolled": st.cert_serial is not None,
+            "enrolled": False,
             "connected": connected,
             "session": session,
-            "agent_version": st.agent_version,
-            "boot_id": st.boot_id,
-            "last_seen": iso(st.last_seen),
-            "hello_at": iso(st.hello_at),
-            "disconnected_at": iso(st.disconnected_at),
-            "config": {
-                "desired_version": st.desired_config_version,
-                "applied_version": st.applied_config_version,
-                "staged_version": st.staged_config_version,
-                "in_sync": st.desired_config_version is None
-                or st.desired_config_version == st.applied_config_version,
-            },
-            "certificate": {"serial": st.cert_serial, "not_after": iso(st.cert_not_after)},
-            "last_command": None
-            if st.last_command_id is None
-            else {
-                "id": st.last_command_id,
-                "ok": st.last_command_ok,
-                "error": st.last_command_error,
-                "at": iso(st.last_command_at),
-            },
             "pending_commands": pending,
         }
+    return {
+        "machine_id": m.id,
+        "name": m.name,
+        "enrolled": st.cert_serial is not None,
+        "connected": connected,
+        "session": session,
+        "agent_version": st.agent_version,
+        "boot_id": st.boot_id,
+        "last_seen": iso(st.last_seen),
+        "hello_at": iso(st.hello_at),
+        "disconnected_at": iso(st.disconnected_at),
+        "config": {
+            "desired_version": st.desired_config_version,
+            "applied_version": st.applied_config_version,
+            "staged_version": st.staged_config_version,
+            "in_sync": st.desired_config_version is None
+            or st.desired_config_version == st.applied_config_version,
+        },
+        "certificate": {"serial": st.cert_serial, "not_after": iso(st.cert_not_after)},
+        "last_command": None
+        if st.last_command_id is None
+        else {
+            "id": st.last_command_id,
+            "ok": st.last_command_ok,
+            "error": st.last_command_error,
+            "at": iso(st.last_command_at),
+        },
+        "pending_commands": pending,
+    }
 
 
 @router.post("/api/v1/machines/{key}/config/confirm", status_code=202)

@@ -189,17 +189,9 @@ def list_config_patches(
         return [_patch_view(p) for p in load_patches(s)]
 
 
-@router.post("/api/v1/config-patches", status_code=201)
-async def create_config_patch(
-    body: ConfigPatchIn,
-    request: Request,
-    ctx: Annotated[Context, Depends(context)],
-    who: Annotated[Principal, Depends(operator)],
-    apply: Annotated[ApplyParams, Query()],
-) -> dict[str, Any]:
-    """Add a patch; every affected machine is re-rendered (422 on the first invalid one) and the
-    new configs go to the agents in the apply ``mode`` given (query: ``mode``,
-    ``try_timeout_seconds``)."""
+def _check_patch_in(body: ConfigPatchIn) -> None:
+    """422 naming the field: a selector or machine given for the wrong scope, a bad selector,
+    an invalid patch."""
     if (body.scope is Layer.SELECTOR) != (body.selector is not None):
         raise Invalid(
             message="selector is required for scope selector and only there",
@@ -216,6 +208,20 @@ async def create_config_patch(
         validate_patch(body.patch, body.name)
     except ConfigError as exc:
         raise config_error(exc) from None
+
+
+@router.post("/api/v1/config-patches", status_code=201)
+async def create_config_patch(
+    body: ConfigPatchIn,
+    request: Request,
+    ctx: Annotated[Context, Depends(context)],
+    who: Annotated[Principal, Depends(operator)],
+    apply: Annotated[ApplyParams, Query()],
+) -> dict[str, Any]:
+    """Add a patch; every affected machine is re-rendered (422 on the first invalid one) and the
+    new configs go to the agents in the apply ``mode`` given (query: ``mode``,
+    ``try_timeout_seconds``)."""
+    _check_patch_in(body)
 
     def write() -> tuple[dict[str, Any], list[tuple[str, Rendered | None]]]:
         try:
