@@ -169,7 +169,7 @@ def test_selector_matches(text: str, labels: dict[str, str], expected: bool) -> 
     assert matches(parse(text), labels) is expected
 
 
-# --- trailing newlines (issue 10.9): Python's `$` matches before a final "\n" ----------------------
+# --- trailing newlines (issue 10.9): Python's `$` matches before a final "\n" ------------------
 
 
 def _config(**doc: object) -> None:
