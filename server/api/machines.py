@@ -124,7 +124,25 @@ def create_machine(
                 _audit_insecure(s, who, m, body.bmc)
             return machine_out(s, m)
     except IntegrityError as exc:
-        raise inventory.conflict_from(exc) from None
+        raise _conflict(ctx, exc, _claims(body)) from None
+
+
+def _claims(body: MachineCreate | MachineUpdate) -> inventory.Claims:
+    specs = [n.spec for n in body.nics or ()]
+    return inventory.Claims(
+        name=body.name,
+        uuid=body.uuid,
+        macs=tuple(mac for mac, _, _ in specs),
+        ips=tuple(ip for _, _, ip in specs if ip is not None),
+    )
+
+
+def _conflict(
+    ctx: Context, exc: IntegrityError, claims: inventory.Claims, machine_id: str | None = None
+) -> Conflict:
+    """The 409 naming the field and the machine that already holds the value."""
+    with ctx.db.read() as s:
+        return inventory.machine_conflict(s, exc, claims, machine_id)
 
 
 async def _cached_json(
@@ -305,7 +323,7 @@ def update_machine(
                 )
             return machine_out(s, m)
     except IntegrityError as exc:
-        raise inventory.conflict_from(exc) from None
+        raise _conflict(ctx, exc, _claims(body), mid) from None
     except StaleDataError:
         raise Conflict(message="machine changed concurrently; retry") from None
 
