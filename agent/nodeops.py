@@ -94,7 +94,7 @@ def _log_path(op: pb.NodeOp) -> str:
     if op.kind == pb.NODE_OP_DMESG:
         return "var/log/dmesg"
     if op.service:
-        if not _SERVICE.match(op.service):
+        if not _SERVICE.fullmatch(op.service):
             raise NodeOpError(f"invalid service name {op.service!r}")
         return f"var/log/bronze/{op.service}.log"
     return "var/log/syslog"

@@ -36,7 +36,7 @@ _MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 def normalize_mac(mac: str) -> str:
     """Lower-case, colon-separated; raises ValueError for anything else."""
     m = mac.strip().lower().replace("-", ":")
-    if not _MAC_RE.match(m):
+    if not _MAC_RE.fullmatch(m):
         raise ValueError(f"not a MAC address: {mac!r}")
     return m
 

@@ -82,7 +82,7 @@ class BootProfile:
     args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not _NAME_RE.match(self.name):
+        if not _NAME_RE.fullmatch(self.name):
             raise UnsafeValue("name", self.name, "must match [A-Za-z0-9._-]{1,64}")
         validate("kernel", self.kernel)
         for i, url in enumerate(self.initrds):
@@ -101,13 +101,13 @@ class RenderContext:
     token: str | None = None
 
     def __post_init__(self) -> None:
-        if not _MAC_RE.match(self.mac):
+        if not _MAC_RE.fullmatch(self.mac):
             raise UnsafeValue("mac", self.mac, "not a lower-case colon MAC")
-        if not _SERVER_RE.match(self.server):
+        if not _SERVER_RE.fullmatch(self.server):
             raise UnsafeValue("server", self.server, "not a plain http(s) base URL")
-        if self.uuid is not None and not _UUID_RE.match(self.uuid):
+        if self.uuid is not None and not _UUID_RE.fullmatch(self.uuid):
             raise UnsafeValue("uuid", self.uuid, "not a UUID")
-        if self.token is not None and not _TOKEN_RE.match(self.token):
+        if self.token is not None and not _TOKEN_RE.fullmatch(self.token):
             raise UnsafeValue("token", self.token, "token characters outside [A-Za-z0-9._~+/=-]")
 
     def expand(self, field_name: str, value: str) -> str:

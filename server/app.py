@@ -9,24 +9,38 @@ import hashlib
 import hmac
 import logging
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as SqlPoolTimeout
+from sqlalchemy.orm import Session
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pxe import PxeService, PxeSettings
-from server.agents import BootstrapTokens, start_agent_api
+from server.agents import AgentApiServer, BootstrapTokens, start_agent_api
 from server.agents.dbstore import DbAgentStore
 from server.agents.pki_files import pki_health, record_pki_expiry
-from server.api import agents, boot, events, images, machines, power, profiles, tokens, upgrades
+from server.api import (
+    agents,
+    assets,
+    boot,
+    config,
+    events,
+    images,
+    machines,
+    power,
+    profiles,
+    tokens,
+    upgrades,
+)
 from server.api import registration as registration_api
 from server.api.auth import create_token, hash_token
 from server.api.deps import Context
@@ -34,7 +48,7 @@ from server.api.docs import mount_docs
 from server.boot.assets import AssetStore
 from server.boot.service import BootPlane
 from server.boot.timeline import Retention, TimelineWriter
-from server.errors import ApiError
+from server.errors import ApiError, ServiceBusy, from_framework
 from server.inventory import machines as inventory
 from server.inventory import migrate
 from server.inventory.db import Database
@@ -44,11 +58,11 @@ from server.inventory.secretbox import SecretBox
 from server.power.service import PowerService
 from server.rollouts.service import RolloutService
 from server.settings import ServerSettings
-from server.types import Role
+from server.types import EventKind, Role
 
 log = logging.getLogger(__name__)
 
-BOOTSTRAP_TOKEN_NAME = "bootstrap-admin"
+BOOTSTRAP_TOKEN_NAME = "bootstrap-admin"  # noqa: S105 - a name, not a secret
 
 
 def prepare_data_dir(settings: ServerSettings) -> None:
@@ -77,57 +91,16 @@ def ensure_admin_token(settings: ServerSettings, db: Database) -> Path | None:
     """Seed the first admin token. With ``BRONZE_ADMIN_TOKEN`` that token is (re)installed under the
     name ``bootstrap-admin``; otherwise, when no active admin token exists, one is generated and
     written to ``<data_dir>/admin.token`` (0600). Returns the file path when one was written."""
-    seeded = settings.admin_token.get_secret_value() if settings.admin_token else None
     try:
         with db.write() as s:
-            row = s.scalar(select(ApiToken).where(ApiToken.name == BOOTSTRAP_TOKEN_NAME))
-            if seeded is not None:
-                if (
-                    row is not None
-                    and row.token_hash == hash_token(seeded)
-                    and row.revoked_at is None
-                ):
-                    return None
-                if row is not None:
-                    s.delete(row)
-                    s.flush()
-                create_token(
-                    s,
-                    name=BOOTSTRAP_TOKEN_NAME,
-                    role=Role.ADMIN,
-                    created_by="env:BRONZE_ADMIN_TOKEN",
-                    token=seeded,
-                )
-                inventory.record(
-                    s,
-                    actor="system",
-                    kind="token.created",
-                    message="admin token seeded from BRONZE_ADMIN_TOKEN",
-                    data={"name": BOOTSTRAP_TOKEN_NAME, "role": "admin"},
-                )
+            if settings.admin_token is not None:
+                _seed_admin_token(s, settings.admin_token.get_secret_value())
                 return None
-            active_admin = s.scalar(
-                select(ApiToken.id).where(
-                    ApiToken.role == Role.ADMIN.value, ApiToken.revoked_at.is_(None)
-                )
-            )
-            if active_admin is not None:
-                return None
-            if row is not None:  # revoked bootstrap token: free the name
-                s.delete(row)
-                s.flush()
-            _, plaintext = create_token(
-                s, name=BOOTSTRAP_TOKEN_NAME, role=Role.ADMIN, created_by="system"
-            )
-            inventory.record(
-                s,
-                actor="system",
-                kind="token.created",
-                message="admin token generated on first start",
-                data={"name": BOOTSTRAP_TOKEN_NAME, "role": "admin"},
-            )
+            plaintext = _generate_admin_token(s)
     except IntegrityError:
         return None  # another replica seeded it at the same moment
+    if plaintext is None:
+        return None
     path = settings.data_dir / "admin.token"
     tmp = path.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -138,62 +111,116 @@ def ensure_admin_token(settings: ServerSettings, db: Database) -> Path | None:
     return path
 
 
-def _error(status: int, code: str, message: str, details: Any = None) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"code": code, "message": message, "details": details}}, status_code=status
+def _seed_admin_token(s: Session, seeded: str) -> None:
+    """Install ``seeded`` as ``bootstrap-admin`` unless it already is (a rotation replaces it)."""
+    row = s.scalar(select(ApiToken).where(ApiToken.name == BOOTSTRAP_TOKEN_NAME))
+    if row is not None and row.token_hash == hash_token(seeded) and row.revoked_at is None:
+        return
+    if row is not None:
+        s.delete(row)
+        s.flush()
+    create_token(
+        s,
+        name=BOOTSTRAP_TOKEN_NAME,
+        role=Role.ADMIN,
+        created_by="env:BRONZE_ADMIN_TOKEN",
+        token=seeded,
+    )
+    inventory.record(
+        s,
+        actor="system",
+        kind=EventKind.TOKEN_CREATED,
+        message="admin token seeded from BRONZE_ADMIN_TOKEN",
+        data={"name": BOOTSTRAP_TOKEN_NAME, "role": "admin"},
     )
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        resp = _error(exc.status, exc.code, exc.message, exc.details)
-        if headers:
-            resp.headers.update(headers)
-        return resp
+def _generate_admin_token(s: Session) -> str | None:
+    """A new ``bootstrap-admin`` token when no active admin token exists (its plaintext)."""
+    active_admin = s.scalar(
+        select(ApiToken.id).where(ApiToken.role == Role.ADMIN.value, ApiToken.revoked_at.is_(None))
+    )
+    if active_admin is not None:
+        return None
+    row = s.scalar(select(ApiToken).where(ApiToken.name == BOOTSTRAP_TOKEN_NAME))
+    if row is not None:  # revoked bootstrap token: free the name
+        s.delete(row)
+        s.flush()
+    _, plaintext = create_token(s, name=BOOTSTRAP_TOKEN_NAME, role=Role.ADMIN, created_by="system")
+    inventory.record(
+        s,
+        actor="system",
+        kind=EventKind.TOKEN_CREATED,
+        message="admin token generated on first start",
+        data={"name": BOOTSTRAP_TOKEN_NAME, "role": "admin"},
+    )
+    return plaintext
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [
-            {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")}
-            for e in exc.errors()
-        ]
-        first = details[0] if details else {"loc": [], "msg": "invalid request"}
-        where = ".".join(str(p) for p in first["loc"] if p != "body")
-        return _error(
-            422, "invalid", f"{where}: {first['msg']}" if where else first["msg"], details
-        )
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return _error(exc.status_code, code, str(exc.detail))
+def install_error_handler(app: FastAPI) -> None:
+    """The one exception handler: every error, ours or the framework's, becomes an
+    :class:`ApiError` (:func:`server.errors.from_framework`) and is rendered from its class's
+    status and code. An unexpected exception is logged here and answered as a bare 500."""
 
-    @app.exception_handler(OperationalError)
-    @app.exception_handler(SqlPoolTimeout)
-    async def _db_busy(request: Request, exc: Exception) -> JSONResponse:
+    async def handle(request: Request, exc: Exception) -> JSONResponse:
+        err = from_framework(exc)
+        if not isinstance(exc, ApiError | RequestValidationError | StarletteHTTPException):
+            log.error(
+                "unhandled error path=%s type=%s",
+                request.url.path,
+                type(exc).__name__,
+                exc_info=exc,
+            )
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers or None)
+
+    async def db_busy(request: Request, exc: Exception) -> JSONResponse:
         # SQLite's single writer (or an exhausted pool) under a burst is a moment, not a bug:
         # the client is told to come back (firmware and the CLI retry) instead of seeing a 500.
         log.warning("database busy path=%s type=%s", request.url.path, type(exc).__name__)
-        resp = _error(503, "unavailable", "database busy, retry shortly")
-        resp.headers["Retry-After"] = "1"
-        return resp
+        err = ServiceBusy()
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.error(
-            "unhandled error path=%s type=%s", request.url.path, type(exc).__name__, exc_info=exc
-        )
-        return _error(500, "internal", "internal error")
+    for exc_type in (ApiError, RequestValidationError, StarletteHTTPException, Exception):
+        app.add_exception_handler(exc_type, handle)
+    for busy in (OperationalError, SqlPoolTimeout):
+        app.add_exception_handler(busy, db_busy)
 
 
-def create_app(
-    settings: ServerSettings,
-    *,
-    migrate_db: bool | None = None,
-    pxe_settings: PxeSettings | None = None,
-) -> FastAPI:
+ROUTERS: tuple[APIRouter, ...] = (
+    registration_api.router,  # before machines: /machines:import must not match /machines/{key}
+    machines.router,
+    events.router,
+    tokens.router,
+    power.router,
+    agents.router,
+    config.router,
+    profiles.router,
+    assets.router,
+    images.router,
+    upgrades.router,
+    boot.router,
+)
+"""Every REST resource's router, in the order they appear in OpenAPI."""
+
+
+@dataclass(frozen=True)
+class Parts:
+    """What the composition root builds before the app exists (the lifespan starts them)."""
+
+    settings: ServerSettings
+    ctx: Context
+    power: PowerService
+    agent_store: DbAgentStore
+    pxe_settings: PxeSettings
+    writer: TimelineWriter
+    boot_plane: BootPlane
+    rollouts: RolloutService
+
+
+def build_parts(
+    settings: ServerSettings, migrate_db: bool | None, pxe_settings: PxeSettings | None
+) -> Parts:
+    """Data dir, migrations, database, admin token and the services that share them."""
     prepare_data_dir(settings)
     url = settings.effective_database_url
     if settings.migrate_on_start if migrate_db is None else migrate_db:
@@ -206,11 +233,6 @@ def create_app(
         cache=ReadCache(settings.api_cache_mb << 20),
     )
     ensure_admin_token(settings, db)
-
-    power_service = PowerService(settings, db, ctx.secrets)
-
-    agent_store = DbAgentStore(db, settings.effective_advertise_url)
-
     pxe_settings = pxe_settings if pxe_settings is not None else PxeSettings()
     if pxe_settings.state_dir is None:  # full-mode leases survive a restart
         pxe_settings = pxe_settings.model_copy(update={"state_dir": settings.data_dir / "pxe"})
@@ -222,72 +244,95 @@ def create_app(
             settings.boot_timeline_max_rows,
         ),
     )
-    boot_plane = BootPlane(
-        db, settings, pxe_settings.http_base_url, writer, boot_token_key(settings)
-    )
-
+    power = PowerService(settings, db, ctx.secrets)
     # Agents fetch upgrade images from /assets/ on the boot plane's HTTP address (what their
-    # firmware used) unless this replica advertises a REST URL of its own.
+    # firmware used) unless a load-balanced URL is set or this replica advertises its own.
     asset_base = (
         settings.asset_base_url
         or (pxe_settings.http_base_url if pxe_settings.enabled else None)
         or settings.effective_advertise_url
         or pxe_settings.http_base_url
     )
-    rollouts = RolloutService(settings, db, ctx.secrets, power_service, asset_base)
+    return Parts(
+        settings=settings,
+        ctx=ctx,
+        power=power,
+        agent_store=DbAgentStore(db, settings.effective_advertise_url),
+        pxe_settings=pxe_settings,
+        writer=writer,
+        boot_plane=BootPlane(
+            db, settings, pxe_settings.http_base_url, writer, boot_token_key(settings)
+        ),
+        rollouts=RolloutService(settings, db, ctx.secrets, power, asset_base),
+    )
 
+
+async def start_boot_plane(app: FastAPI, parts: Parts) -> PxeService | None:
+    """The in-process DHCP/TFTP service when enabled. If it cannot start, the REST API stays up
+    (degraded) and /healthz and the log say why."""
+    cfg = parts.pxe_settings
+    if not cfg.enabled:
+        return None
+    try:
+        pxe_service = PxeService(cfg, parts.boot_plane, parts.boot_plane.sink(parts.writer.sink))
+        await pxe_service.start()
+    except (OSError, ValueError) as exc:
+        log.error(
+            "boot plane (DHCP/TFTP) not started address=%s interface=%s error=%s",
+            cfg.address,
+            cfg.interface,
+            exc,
+        )
+        app.state.health["boot_plane"] = f"failed: {exc}"
+        return None
+    app.state.health["boot_plane"] = "ok"
+    return pxe_service
+
+
+async def start_agents(app: FastAPI, parts: Parts) -> AgentApiServer | None:
+    """The agent gRPC API when enabled. If it cannot start, the REST API stays up (degraded);
+    agent endpoints answer 409 until restart."""
+    settings = parts.settings
+    if not settings.agent_api_enabled:
+        return None
+    try:
+        agent_api = await start_agent_api(
+            parts.agent_store,
+            ca_dir=settings.data_dir / "pki",
+            host=settings.agent_host,
+            enroll_port=settings.agent_enroll_port,
+            session_port=settings.agent_session_port,
+            server_names=settings.effective_agent_server_names,
+            heartbeat_interval=settings.agent_heartbeat_interval,
+        )
+    except (OSError, RuntimeError) as exc:
+        log.error(
+            "agent API not started host=%s ports=%d,%d error=%s",
+            settings.agent_host,
+            settings.agent_enroll_port,
+            settings.agent_session_port,
+            exc,
+        )
+        app.state.health["agent_api"] = f"failed: {exc}"
+        return None
+    app.state.health["agent_api"] = "ok"
+    app.state.agent_api = agent_api
+    app.state.agent_tokens = agent_api.tokens
+    parts.rollouts.runner.deliver = agent_api.hub.poll_pending
+    record_pki_expiry(parts.ctx.db, agent_api)
+    return agent_api
+
+
+def lifespan_for(parts: Parts) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await power_service.startup()
-        rollouts.start()
-        writer.start()
-        agent_api = None
-        pxe_service = None
+        await parts.power.startup()
+        parts.rollouts.start()
+        parts.writer.start()
+        agent_api = pxe_service = None
         try:
-            if pxe_settings.enabled:
-                try:
-                    pxe_service = PxeService(pxe_settings, boot_plane, boot_plane.sink(writer.sink))
-                    await pxe_service.start()
-                except (OSError, ValueError) as exc:
-                    # Like the agent API: the REST API stays up (degraded) and says why.
-                    log.error(
-                        "boot plane (DHCP/TFTP) not started address=%s interface=%s error=%s",
-                        pxe_settings.address,
-                        pxe_settings.interface,
-                        exc,
-                    )
-                    pxe_service = None
-                    app.state.health["boot_plane"] = f"failed: {exc}"
-                else:
-                    app.state.health["boot_plane"] = "ok"
-            app.state.pxe = pxe_service
-            if settings.agent_api_enabled:
-                try:
-                    agent_api = await start_agent_api(
-                        agent_store,
-                        ca_dir=settings.data_dir / "pki",
-                        host=settings.agent_host,
-                        enroll_port=settings.agent_enroll_port,
-                        session_port=settings.agent_session_port,
-                        server_names=settings.effective_agent_server_names,
-                        heartbeat_interval=settings.agent_heartbeat_interval,
-                    )
-                except (OSError, RuntimeError) as exc:
-                    # The REST API stays up (degraded); agent endpoints answer 409 until restart.
-                    log.error(
-                        "agent API not started host=%s ports=%d,%d error=%s",
-                        settings.agent_host,
-                        settings.agent_enroll_port,
-                        settings.agent_session_port,
-                        exc,
-                    )
-                    app.state.health["agent_api"] = f"failed: {exc}"
-                else:
-                    app.state.health["agent_api"] = "ok"
-                    app.state.agent_api = agent_api
-                    app.state.agent_tokens = agent_api.tokens
-                    rollouts.runner.deliver = agent_api.hub.poll_pending
-                    record_pki_expiry(db, agent_api)
+            app.state.pxe = pxe_service = await start_boot_plane(app, parts)
+            agent_api = await start_agents(app, parts)
             # What is alive now (modules, classes, schemas: ~160k objects) lives for good: keep it
             # out of the collector, whose full passes otherwise stopped every thread for 80-130 ms
             # during a 1,000-machine bulk power operation (bench/power.py: API p99 100 -> 25 ms).
@@ -301,56 +346,54 @@ def create_app(
             if agent_api is not None:
                 await agent_api.stop()
             app.state.agent_api = None
-            await rollouts.stop()
-            await power_service.shutdown()
-            writer.stop()
-            await db.aclose()
+            await parts.rollouts.stop()
+            await parts.power.shutdown()
+            parts.writer.stop()
+            await parts.ctx.db.aclose()
 
+    return lifespan
+
+
+async def healthz(request: Request) -> dict[str, Any]:
+    """Unauthenticated. ``degraded``: the REST API serves, but a plane that should run did
+    not start, or the fleet CA / agent server certificate expires within 30 days (component
+    ``pki``; the reason is here and in the log); 200 either way, so a load balancer keeps
+    the replica's REST API in rotation."""
+    parts: dict[str, str] = dict(request.app.state.health)
+    if request.app.state.agent_api is not None:
+        parts["pki"] = pki_health(request.app.state.agent_api)
+    failed = any(v.startswith(("failed", "expiring")) for v in parts.values())
+    return {"status": "degraded" if failed else "ok", "components": parts}
+
+
+def create_app(
+    settings: ServerSettings,
+    *,
+    migrate_db: bool | None = None,
+    pxe_settings: PxeSettings | None = None,
+) -> FastAPI:
+    parts = build_parts(settings, migrate_db, pxe_settings)
     app = FastAPI(
         title="bronze",
         version="0.1.0",
         openapi_url="/openapi.json",
         docs_url=None,  # served from the package (server/api/docs.py), not a CDN
         redoc_url=None,
-        lifespan=lifespan,
+        lifespan=lifespan_for(parts),
     )
     mount_docs(app)
-    app.state.ctx = ctx
-    app.state.power = power_service
-    app.state.agent_store = agent_store
+    app.state.ctx = parts.ctx
+    app.state.power = parts.power
+    app.state.agent_store = parts.agent_store
     app.state.agent_api = None  # set by the lifespan when BRONZE_AGENT_API_ENABLED
-    app.state.agent_tokens = BootstrapTokens(agent_store)
-    app.state.boot_plane = boot_plane
+    app.state.agent_tokens = BootstrapTokens(parts.agent_store)
+    app.state.boot_plane = parts.boot_plane
     app.state.assets = AssetStore(settings.data_dir / "assets", settings.boot_asset_max_bytes)
     app.state.pxe = None  # the in-process PxeService when BRONZE_PXE_ENABLED
-    install_error_handlers(app)
-
     # What started: "ok", "disabled" or "failed: why" (set by the lifespan).
     app.state.health = {"agent_api": "disabled", "boot_plane": "disabled"}
-
-    @app.get("/healthz", tags=["health"])
-    async def healthz() -> dict[str, Any]:
-        """Unauthenticated. ``degraded``: the REST API serves, but a plane that should run did
-        not start, or the fleet CA / agent server certificate expires within 30 days (component
-        ``pki``; the reason is here and in the log); 200 either way, so a load balancer keeps
-        the replica's REST API in rotation."""
-        parts: dict[str, str] = dict(app.state.health)
-        if app.state.agent_api is not None:
-            parts["pki"] = pki_health(app.state.agent_api)
-        failed = any(v.startswith(("failed", "expiring")) for v in parts.values())
-        return {"status": "degraded" if failed else "ok", "components": parts}
-
-    for r in (
-        registration_api.router,
-        machines.router,
-        events.router,
-        tokens.router,
-        power.router,
-        agents.router,
-        profiles.router,
-        images.router,
-        upgrades.router,
-        boot.router,
-    ):
-        app.include_router(r)
+    install_error_handler(app)
+    app.add_api_route("/healthz", healthz, methods=["GET"], tags=["health"])
+    for router in ROUTERS:
+        app.include_router(router)
     return app

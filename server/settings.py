@@ -23,6 +23,30 @@ def default_data_dir() -> Path:
     return Path(base) / "bronze"
 
 
+ADMIN_TOKEN_MIN = 32
+"""Shortest ``BRONZE_ADMIN_TOKEN`` accepted: 32 characters of a random string is at least
+~190 bits from base64, ~128 from hex; shorter ones are refused rather than guessed at."""
+ADMIN_TOKEN_MAX = 128
+"""Longest bearer token the API looks up (longer ones are refused before any lookup)."""
+
+
+def admin_token_problem(token: str) -> str | None:
+    """Why ``token`` cannot be the seeded admin token, or None. Pure; never quotes the token."""
+    if len(token) < ADMIN_TOKEN_MIN:
+        return (
+            f"is {len(token)} characters long; it must have at least {ADMIN_TOKEN_MIN} "
+            "(a long random string, e.g. `openssl rand -hex 32`)"
+        )
+    if len(token) > ADMIN_TOKEN_MAX:
+        return f"is {len(token)} characters long; it must have at most {ADMIN_TOKEN_MAX}"
+    if not all(c.isascii() and c.isprintable() and not c.isspace() for c in token):
+        return (
+            "must be printable ASCII without spaces (it travels in an HTTP "
+            "`Authorization: Bearer` header)"
+        )
+    return None
+
+
 class ServerSettings(BaseSettings):
     """Every ``BRONZE_*`` setting of the central server (see README, "Configuration")."""
 
@@ -39,8 +63,9 @@ class ServerSettings(BaseSettings):
     whose session this replica holds are forwarded here. Default ``http://API_HOST:API_PORT``
     unless API_HOST is a wildcard address (then nothing is forwarded to this replica)."""
     admin_token: SecretStr | None = None
-    """Seeds the first admin token (for automation); otherwise one is generated into
-    ``<data_dir>/admin.token``."""
+    """Seeds the first admin token (for automation): any string of 32-128 printable ASCII
+    characters without spaces (``brz_``-prefixed or not, e.g. from a vault); otherwise one is
+    generated into ``<data_dir>/admin.token``."""
     secret_key: SecretStr | None = None
     """Fernet key encrypting BMC passwords at rest; default: ``<data_dir>/secret.key`` (created,
     0600).
@@ -140,6 +165,16 @@ class ServerSettings(BaseSettings):
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _strong_admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        # The message never contains the token (it is a secret; callers print this message).
+        if value is not None:
+            problem = admin_token_problem(value.get_secret_value())
+            if problem:
+                raise ValueError(f"BRONZE_ADMIN_TOKEN {problem}")
+        return value
 
     @field_validator("bmc_networks", "bmc_ports", mode="before")
     @classmethod

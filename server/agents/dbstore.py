@@ -40,7 +40,7 @@ from server.inventory.models import (
     Machine,
     utcnow,
 )
-from server.types import Phase
+from server.types import EventKind, Phase
 
 log = logging.getLogger(__name__)
 
@@ -204,7 +204,9 @@ class DbAgentStore:
     async def record_discovered_inventory(self, machine_id: str, inventory: dict[str, Any]) -> None:
         await asyncio.to_thread(self._record_discovered_inventory, machine_id, inventory)
 
-    def _record_event(self, machine_id: str, kind: str, message: str, data: dict[str, Any]) -> None:
+    def _record_event(
+        self, machine_id: str, kind: EventKind, message: str, data: dict[str, Any]
+    ) -> None:
         with self.db.write() as s:
             if s.get(Machine, machine_id) is None:
                 return
@@ -213,7 +215,7 @@ class DbAgentStore:
             )
 
     async def record_event(
-        self, machine_id: str, kind: str, message: str, data: dict[str, Any]
+        self, machine_id: str, kind: EventKind, message: str, data: dict[str, Any]
     ) -> None:
         await asyncio.to_thread(self._record_event, machine_id, kind, message, data)
 

@@ -53,6 +53,7 @@ from server.agents.pki import (
 )
 from server.inventory.db import Database
 from server.inventory.machines import record
+from server.types import EventKind
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +225,7 @@ def record_pki_expiry(db: Database, api: _ExpiryView) -> None:
             record(
                 s,
                 actor="server",
-                kind="pki.expiring",
+                kind=EventKind.PKI_EXPIRING,
                 message=w.message(now),
                 data={"what": w.what.value, "not_after": w.not_after.isoformat()},
             )

@@ -38,6 +38,7 @@ from server.agents.trouble import (
     diagnose,
     verify_report,
 )
+from server.types import EventKind
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ class EnrollmentService(pb_grpc.EnrollmentServicer):
             self._pending_seen.add((mid, boot_ref))
             await self._store.record_event(
                 mid,
-                "agent.enroll.pending",
+                EventKind.AGENT_ENROLL_PENDING,
                 "agent waiting for the machine to be accepted; no certificate issued",
                 {"boot_ref": boot_ref, "peer": peer},
             )
@@ -173,7 +174,7 @@ class EnrollmentService(pb_grpc.EnrollmentServicer):
                 "peer": context.peer(),
                 "problem": problem,
             }
-            await self._store.record_event(rep.machine_id, "agent.trouble", text, data)
+            await self._store.record_event(rep.machine_id, EventKind.AGENT_TROUBLE, text, data)
         return ack
 
 

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from server.types import EventKind
+
 
 @dataclass(frozen=True)
 class AgentMachine:
@@ -105,7 +107,7 @@ class AgentStore(Protocol):
         ...
 
     async def record_event(
-        self, machine_id: str, kind: str, message: str, data: dict[str, Any]
+        self, machine_id: str, kind: EventKind, message: str, data: dict[str, Any]
     ) -> None:
         """An event on the machine's timeline (actor ``agent-api``)."""
         ...
@@ -165,7 +167,7 @@ class MemoryAgentStore:
         self.discovered_inventory[machine_id] = inventory
 
     async def record_event(
-        self, machine_id: str, kind: str, message: str, data: dict[str, Any]
+        self, machine_id: str, kind: EventKind, message: str, data: dict[str, Any]
     ) -> None:
         self.events.append((machine_id, kind, message, data))
 

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from bmc import PowerState
 from server.inventory import machines as inventory
 from server.inventory.models import AgentBootstrapToken, Machine, Operation, OperationItem
-from server.types import Phase
+from server.types import EventKind, Phase
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def wipe_token(s: Session, machine_id: str, *, reason: str, actor: str) -> bool:
     inventory.record(
         s,
         actor=actor,
-        kind="agent.token.wiped",
+        kind=EventKind.AGENT_TOKEN_WIPED,
         machine_id=machine_id,
         message=f"agent enrollment token wiped: {reason}",
         data={"reason": reason},

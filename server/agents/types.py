@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from agent.gen import agent_pb2 as pb
+from server.errors import ApiError
 
 
 class ApplyMode(StrEnum):
@@ -53,39 +54,43 @@ OP_PB = {
 }
 
 
-class AgentApiError(Exception):
-    """Root error of the agent API."""
+class AgentApiError(ApiError):
+    """Root error of the agent API (an :class:`~server.errors.ApiError`: the REST layer lets it
+    through and the one handler answers with the class's status and code)."""
 
-    http_status = 500
+    status, code, template = 500, "agent_error", "{message}"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message=message)
 
 
 class AgentNotConnected(AgentApiError):
-    """The machine's agent has no session now (retry later). HTTP 409."""
+    """The machine's agent has no session now (retry later)."""
 
-    http_status = 409
+    status, code, template = (
+        409,
+        "agent_unavailable",
+        "agent of machine {machine_id} is not connected",
+    )
 
     def __init__(self, machine_id: str) -> None:
         self.machine_id = machine_id
-        super().__init__(f"agent of machine {machine_id} is not connected")
+        ApiError.__init__(self, machine_id=machine_id)
 
 
 class AgentDisconnected(AgentNotConnected):
-    """The session ended while a node op was running (its output stops there). HTTP 502."""
+    """The session ended while a node op was running (its output stops there)."""
 
-    http_status = 502
-
-    def __init__(self, machine_id: str) -> None:
-        self.machine_id = machine_id
-        AgentApiError.__init__(self, f"agent of machine {machine_id} disconnected")
+    status, code, template = 502, "agent_disconnected", "agent of machine {machine_id} disconnected"
 
 
 class CommandTimeout(AgentApiError):
-    """No result arrived in time (transient). HTTP 504."""
+    """No result arrived in time (transient)."""
 
-    http_status = 504
+    status, code, template = 504, "timeout", "no result for command {command_id} in time"
 
     def __init__(self, command_id: str) -> None:
-        super().__init__(f"no result for command {command_id} in time")
+        ApiError.__init__(self, command_id=command_id)
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,11 @@
 """Bearer-token authentication and role checks.
 
-Tokens are ``brz_`` + 43 url-safe characters (256 random bits). Only their SHA-256 is stored, so
-a database dump reveals no usable token; a high-entropy token needs no salt or slow KDF. The
-lookup is by hash (an index probe), so it leaks nothing through timing.
+Tokens bronze makes are ``brz_`` + 43 url-safe characters (256 random bits); a token seeded from
+``BRONZE_ADMIN_TOKEN`` may be any 32-128 character string the operator chose (settings refuse a
+shorter one at start). Only their SHA-256 is stored, so a database dump reveals no usable token;
+a high-entropy token needs no salt or slow KDF. The lookup is by hash (an index probe), so it
+leaks nothing through timing. Anything shorter than the shortest token that can exist, or longer
+than the longest, is refused without a lookup.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from server.inventory.models import ApiToken, utcnow
+from server.settings import ADMIN_TOKEN_MAX, ADMIN_TOKEN_MIN
 from server.types import Role
 
-TOKEN_PREFIX = "brz_"
+TOKEN_PREFIX = "brz_"  # noqa: S105 - a prefix, not a secret
 
 
 @dataclass(frozen=True)
@@ -48,7 +52,7 @@ def hash_token(token: str) -> str:
 
 
 def authenticate(session: Session, token: str) -> Principal | None:
-    if not token.startswith(TOKEN_PREFIX) or len(token) > 128:
+    if not ADMIN_TOKEN_MIN <= len(token) <= ADMIN_TOKEN_MAX:
         return None
     row = session.scalar(
         select(ApiToken).where(

@@ -24,7 +24,7 @@ from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import PlainTextResponse, Response
 from pydantic import Field, field_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
@@ -45,7 +45,7 @@ from server.boot.assets import (
 from server.boot.plan import BOOT_ID_RE
 from server.boot.service import AgentEndpoints, BootPlane, UnsafeStoredProfile
 from server.boot.timeline import Row
-from server.errors import ApiError, Invalid, NotFound
+from server.errors import Invalid, NotFound, RangeNotSatisfiable, UnsafeProfile
 from server.inventory import machines as inventory
 from server.inventory.models import BootAsset
 from server.inventory.validation import normalize_mac
@@ -57,10 +57,6 @@ CHUNK = 256 * 1024
 _UUID_RE = re.compile(
     r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 )
-
-
-class UnsafeProfileError(ApiError):
-    status, code, template = 500, "unsafe_profile", "{message}"
 
 
 def _plane(request: Request) -> BootPlane:
@@ -78,7 +74,7 @@ def _mac(value: str) -> str:
 def _uuid(value: str | None) -> str | None:
     if value is None or value == "":
         return None
-    if not _UUID_RE.match(value):
+    if not _UUID_RE.fullmatch(value):
         raise Invalid(message="uuid: not an SMBIOS UUID", details={"field": "uuid"})
     # NOTE: QEMU without -uuid, OVMF and many boards report a placeholder UUID (all zeros or all
     # ones); it identifies nothing, and recording it would collide between machines.
@@ -132,7 +128,7 @@ async def boot_script(
             boot=boot,
         )
     except UnsafeStoredProfile as exc:
-        raise UnsafeProfileError(
+        raise UnsafeProfile(
             message=str(exc), details={"profile": exc.profile, "field": exc.field}
         ) from None
     # The script may carry a one-time enrollment token: never cache it anywhere.
@@ -229,17 +225,7 @@ async def _serve(name: str, request: Request, ctx: Context) -> Response:
         rng = parse_range(request.headers.get("range"), size)
     except Unsatisfiable:
         os.close(fd)
-        return JSONResponse(
-            {
-                "error": {
-                    "code": "range_not_satisfiable",
-                    "message": f"range outside the asset ({size} bytes)",
-                    "details": None,
-                }
-            },
-            status_code=416,
-            headers={"Content-Range": f"bytes */{size}", "Accept-Ranges": "bytes"},
-        )
+        raise RangeNotSatisfiable(size=size) from None
     plane = _plane(request)
     ip = request.client.host if request.client else None
     head = request.method == "HEAD"

@@ -13,6 +13,7 @@ from server.api.schemas import EventPage
 from server.errors import NotFound
 from server.inventory import machines as inventory
 from server.inventory.models import Event
+from server.types import EventGroup, EventKind
 
 router = APIRouter(prefix="/api/v1/events", tags=["events"])
 
@@ -36,7 +37,8 @@ def list_events(
     _: Annotated[Principal, Depends(reader)],
     machine: Annotated[str | None, Query(max_length=63, description="machine id or name")] = None,
     kind: Annotated[
-        str | None, Query(max_length=64, description="kind or kind prefix, e.g. machine")
+        EventKind | EventGroup | None,
+        Query(description="an event kind (docs/events.md), or a group: every kind under it"),
     ] = None,
     since: datetime | None = None,
     until: datetime | None = None,

@@ -25,12 +25,13 @@ from server.api.schemas import (
     MachinePage,
     MachineUpdate,
 )
-from server.errors import Conflict, Invalid
+from server.errors import Conflict, Invalid, PhaseTransitionRefused
 from server.inventory import machines as inventory
+from server.inventory import phases
 from server.inventory.models import Machine, utcnow
 from server.inventory.selectors import parse_param
 from server.power.addresses import checked_bmc_address
-from server.types import Phase
+from server.types import EventGroup, EventKind, Phase
 
 router = APIRouter(prefix="/api/v1/machines", tags=["machines"])
 
@@ -69,7 +70,7 @@ def _audit_insecure(s: Session, who: Principal, m: Machine, bmc: BmcIn) -> None:
         inventory.record(
             s,
             actor=who.actor,
-            kind="machine.bmc.tls_insecure",
+            kind=EventKind.MACHINE_BMC_TLS_INSECURE,
             machine=m,
             message="BMC TLS verification turned off",
         )
@@ -77,7 +78,7 @@ def _audit_insecure(s: Session, who: Principal, m: Machine, bmc: BmcIn) -> None:
         inventory.record(
             s,
             actor=who.actor,
-            kind="machine.bmc.plaintext",
+            kind=EventKind.MACHINE_BMC_PLAINTEXT,
             machine=m,
             message="BMC reached over plain HTTP: credentials travel unencrypted",
         )
@@ -115,7 +116,7 @@ def create_machine(
             inventory.record(
                 s,
                 actor=who.actor,
-                kind="machine.created",
+                kind=EventKind.MACHINE_CREATED,
                 machine=m,
                 message=f"machine {m.name} created",
                 data={"macs": [n.mac for n in m.nics], "labels": body.labels},
@@ -124,7 +125,25 @@ def create_machine(
                 _audit_insecure(s, who, m, body.bmc)
             return machine_out(s, m)
     except IntegrityError as exc:
-        raise inventory.conflict_from(exc) from None
+        raise _conflict(ctx, exc, _claims(body)) from None
+
+
+def _claims(body: MachineCreate | MachineUpdate) -> inventory.Claims:
+    specs = [n.spec for n in body.nics or ()]
+    return inventory.Claims(
+        name=body.name,
+        uuid=body.uuid,
+        macs=tuple(mac for mac, _, _ in specs),
+        ips=tuple(ip for _, _, ip in specs if ip is not None),
+    )
+
+
+def _conflict(
+    ctx: Context, exc: IntegrityError, claims: inventory.Claims, machine_id: str | None = None
+) -> Conflict:
+    """The 409 naming the field and the machine that already holds the value."""
+    with ctx.db.read() as s:
+        return inventory.machine_conflict(s, exc, claims, machine_id)
 
 
 async def _cached_json(
@@ -191,6 +210,81 @@ async def get_machine(
     return await _cached_json(request, ctx, ("machine", key), build)
 
 
+def _check_transition(m: Machine, target: Phase) -> None:
+    """409 naming the allowed phases when the lifecycle has no edge ``m.phase -> target``."""
+    current = Phase(m.phase)
+    if not phases.may_transition(current, target):
+        allowed = [p.value for p in phases.allowed_targets(current)]
+        raise PhaseTransitionRefused(
+            {"field": "phase", "from": current.value, "to": target.value, "allowed": allowed},
+            machine=m.name,
+            current=current.value,
+            target=target.value,
+            allowed=", ".join(allowed),
+        )
+
+
+_SCALAR_FIELDS = (
+    ("name", "name"),
+    ("uuid", "smbios_uuid"),
+    ("serial", "serial"),
+    ("hardware", "hardware"),
+    ("fault_reason", "fault_reason"),
+)
+"""(request field, column) of the fields a PATCH replaces as a whole."""
+
+
+def _patch_scalars(m: Machine, body: MachineUpdate, changes: dict[str, Any]) -> None:
+    for attr, col in _SCALAR_FIELDS:
+        if attr in body.model_fields_set:
+            value = getattr(body, attr)
+            if attr == "name" and value is None:
+                raise Invalid(message="name cannot be removed", details={"field": "name"})
+            if getattr(m, col) != value:
+                setattr(m, col, value)
+                changes[attr] = "(updated)" if attr == "hardware" else value
+
+
+def _patch_labels_nics(m: Machine, body: MachineUpdate, changes: dict[str, Any]) -> None:
+    if body.labels is not None:
+        labels = m.labels
+        for k, v in body.labels.items():
+            if v is None:
+                labels.pop(k, None)
+            else:
+                labels[k] = v
+        if labels != m.labels:
+            changes["labels"] = labels
+            inventory.set_labels(m, labels)
+    if body.nics is not None:
+        specs = [n.spec for n in body.nics]
+        if specs != [(n.mac, n.name, n.ip) for n in m.nics]:
+            inventory.set_nics(m, specs)
+            changes["nics"] = [mac for mac, _, _ in specs]
+
+
+def _patch_bmc(
+    ctx: Context,
+    s: Session,
+    who: Principal,
+    m: Machine,
+    body: MachineUpdate,
+    changes: dict[str, Any],
+) -> None:
+    if "bmc" not in body.model_fields_set:
+        return
+    if body.bmc is None:
+        if m.bmc_address is not None:
+            m.bmc_driver = m.bmc_address = m.bmc_username = None
+            m.bmc_port = m.bmc_password_enc = m.bmc_ca_bundle = None
+            m.bmc_verify_tls = True
+            m.bmc_scheme = "https"
+            changes["bmc"] = None
+    else:  # a missing password keeps the stored one: it is write-only
+        _apply_bmc(ctx, m, body.bmc, changes)
+        _audit_insecure(s, who, m, body.bmc)
+
+
 @router.patch("/{key}", response_model=MachineOut)
 def update_machine(
     key: str,
@@ -198,69 +292,36 @@ def update_machine(
     ctx: Annotated[Context, Depends(context)],
     who: Annotated[Principal, Depends(operator)],
 ) -> dict[str, Any]:
-    fields = body.model_fields_set
+    """Change some fields; a phase change must follow the lifecycle (server/inventory/phases.py,
+    409 ``phase_transition`` with the allowed phases otherwise)."""
+    mid: str | None = None
     try:
         with ctx.db.write() as s:
             m = inventory.get_machine(s, key)
+            mid = m.id
             changes: dict[str, Any] = {}
-            for attr, col in (
-                ("name", "name"),
-                ("uuid", "smbios_uuid"),
-                ("serial", "serial"),
-                ("hardware", "hardware"),
-                ("fault_reason", "fault_reason"),
-            ):
-                if attr in fields:
-                    value = getattr(body, attr)
-                    if attr == "name" and value is None:
-                        raise Invalid(message="name cannot be removed", details={"field": "name"})
-                    if getattr(m, col) != value:
-                        setattr(m, col, value)
-                        changes[attr] = "(updated)" if attr == "hardware" else value
-            if "phase" in fields and body.phase is not None and m.phase != body.phase.value:
+            _patch_scalars(m, body, changes)
+            if body.phase is not None and m.phase != body.phase.value:
+                _check_transition(m, body.phase)
                 changes["phase"] = {"from": m.phase, "to": body.phase.value}
                 m.phase = body.phase.value
                 token_wipe.on_phase_change(s, m, who.actor)  # reprovision wipes its token
-            if body.labels is not None:
-                labels = m.labels
-                for k, v in body.labels.items():
-                    if v is None:
-                        labels.pop(k, None)
-                    else:
-                        labels[k] = v
-                if labels != m.labels:
-                    changes["labels"] = labels
-                    inventory.set_labels(m, labels)
-            if body.nics is not None:
-                specs = [n.spec for n in body.nics]
-                if specs != [(n.mac, n.name, n.ip) for n in m.nics]:
-                    inventory.set_nics(m, specs)
-                    changes["nics"] = [mac for mac, _, _ in specs]
-            if "bmc" in fields:
-                if body.bmc is None:
-                    if m.bmc_address is not None:
-                        m.bmc_driver = m.bmc_address = m.bmc_username = None
-                        m.bmc_port = m.bmc_password_enc = m.bmc_ca_bundle = None
-                        m.bmc_verify_tls = True
-                        m.bmc_scheme = "https"
-                        changes["bmc"] = None
-                else:  # a missing password keeps the stored one: it is write-only
-                    _apply_bmc(ctx, m, body.bmc, changes)
-                    _audit_insecure(s, who, m, body.bmc)
+            _patch_labels_nics(m, body, changes)
+            _patch_bmc(ctx, s, who, m, body, changes)
             if changes:
                 m.updated_at = utcnow()
                 s.flush()
                 inventory.record(
                     s,
                     actor=who.actor,
-                    kind="machine.updated",
+                    kind=EventKind.MACHINE_UPDATED,
                     machine=m,
                     message=f"machine {m.name} updated: {', '.join(sorted(changes))}",
                     data=changes,
                 )
             return machine_out(s, m)
     except IntegrityError as exc:
-        raise inventory.conflict_from(exc) from None
+        raise _conflict(ctx, exc, _claims(body), mid) from None
     except StaleDataError:
         raise Conflict(message="machine changed concurrently; retry") from None
 
@@ -277,7 +338,7 @@ def delete_machine(
             inventory.record(
                 s,
                 actor=who.actor,
-                kind="machine.deleted",
+                kind=EventKind.MACHINE_DELETED,
                 machine=m,
                 message=f"machine {m.name} deleted",
                 data={"macs": [n.mac for n in m.nics]},
@@ -293,10 +354,14 @@ def machine_events(
     key: str,
     ctx: Annotated[Context, Depends(context)],
     _: Annotated[Principal, Depends(reader)],
+    kind: Annotated[
+        EventKind | EventGroup | None,
+        Query(description="an event kind (docs/events.md), or a group: every kind under it"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> dict[str, Any]:
     with ctx.db.read() as s:
         m = inventory.get_machine(s, key)
-        page = inventory.list_events(s, machine_id=m.id, limit=limit, cursor=cursor)
+        page = inventory.list_events(s, machine_id=m.id, kind=kind, limit=limit, cursor=cursor)
         return {"items": [event_out(e) for e in page.items], "next_cursor": page.next_cursor}

@@ -38,38 +38,13 @@ from server.agents import (
 from server.agents.dbstore import session_claimed
 from server.api.auth import Principal
 from server.api.deps import Context, context, operator, reader
-from server.errors import ApiError, Invalid
+from server.errors import AgentNeverConnected, AgentOnOtherReplica, AgentUnavailable, Invalid
 from server.inventory import machines as inventory
 from server.inventory.machines import iso
 from server.inventory.models import AgentState
+from server.types import EventKind
 
 router = APIRouter(tags=["agents"])
-
-
-class AgentUnavailable(ApiError):
-    status, code, template = 409, "agent_unavailable", "{message}"
-
-
-class AgentTimeout(ApiError):
-    status, code, template = 504, "timeout", "{message}"
-
-
-class AgentOnOtherReplica(ApiError):
-    status, code, template = 409, "agent_on_other_replica", "{message}"
-
-
-class AgentGone(ApiError):
-    status, code, template = 502, "agent_disconnected", "{message}"
-
-
-class AgentNeverConnected(ApiError):
-    """A command for a machine whose agent never enrolled nor said hello: queuing it would
-    answer "queued" for something no agent will ever receive."""
-
-    status, code = 409, "agent_never_connected"
-    template = (
-        "machine {machine} has never had a connected agent: nothing would deliver the {command}"
-    )
 
 
 def _ever_had_agent(ctx: Context, machine_id: str) -> bool:
@@ -128,7 +103,7 @@ async def _live_session(request: Request, ctx: Context, machine_id: str) -> Agen
         )
     if api is None:
         agent_api(request)  # raises: the agent API is not running here
-    raise AgentUnavailable(message=str(AgentNotConnected(machine_id)))
+    raise AgentNotConnected(machine_id)
 
 
 FORWARDED = "x-bronze-forwarded"
@@ -189,7 +164,7 @@ async def machine_reboot(
             inventory.record(
                 s,
                 actor=who.actor,
-                kind="agent.reboot",
+                kind=EventKind.AGENT_REBOOT,
                 machine_id=mid,
                 message="reboot requested through the agent",
                 data={"command_id": command_id},
@@ -229,12 +204,7 @@ async def machine_node_op(
                 message="follow is only possible for logs and dmesg", details={"field": "follow"}
             )
         return await _follow(api, mid, op, service, tail_lines, timeout)
-    try:
-        res = await api.hub.node_op(
-            mid, op, service=service, tail_lines=tail_lines, timeout=timeout
-        )
-    except (AgentDisconnected, AgentNotConnected, CommandTimeout) as exc:
-        raise _http_error(exc) from None
+    res = await api.hub.node_op(mid, op, service=service, tail_lines=tail_lines, timeout=timeout)
     out: dict[str, Any] = {
         "machine_id": mid,
         "op": op.value,
@@ -248,15 +218,6 @@ async def machine_node_op(
         except ValueError:
             pass
     return out
-
-
-def _http_error(exc: AgentDisconnected | AgentNotConnected | CommandTimeout) -> ApiError:
-    """The REST answer to a session problem: gone mid-operation, not connected, no answer."""
-    if isinstance(exc, AgentDisconnected):  # (a kind of AgentNotConnected: test it first)
-        return AgentGone(message=str(exc))
-    if isinstance(exc, AgentNotConnected):
-        return AgentUnavailable(message=str(exc))
-    return AgentTimeout(message=str(exc))
 
 
 def _line(doc: dict[str, Any]) -> bytes:
@@ -275,8 +236,8 @@ async def _follow(
         first = await anext(stream)
     except StopAsyncIteration:
         first = b""
-    except (AgentDisconnected, AgentNotConnected, CommandTimeout) as exc:
-        raise _http_error(exc) from None
+    except (AgentNotConnected, CommandTimeout):
+        raise  # their own status: 409, 502 (disconnected), 504
     except AgentApiError as exc:  # the agent refused (e.g. no such log)
         await stream.aclose()
         raise Invalid(message=str(exc), details={"op": op.value, "service": service}) from None

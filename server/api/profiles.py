@@ -1,4 +1,4 @@
-"""``/api/v1/profiles`` (boot profiles) and ``/api/v1/assets`` (boot assets) for operators.
+"""``/api/v1/profiles``: boot profiles for operators (boot assets: :mod:`server.api.assets`).
 
 Firmware-facing routes (``/boot.ipxe``, ``/assets/NAME``) are in ``server.api.boot``.
 """
@@ -8,31 +8,26 @@ from __future__ import annotations
 import uuid
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends
 from pydantic import Field
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
-from starlette.concurrency import run_in_threadpool
 
 from pxe import UnsafeValue
 from server.api.auth import Principal
 from server.api.deps import Context, context, operator, reader
 from server.api.schemas import Strict
 from server.boot import profiles
-from server.boot.assets import AssetError, AssetStore, check_name
-from server.errors import ApiError, Conflict, Invalid, NotFound
+from server.errors import Conflict, Invalid, NotFound
 from server.inventory import machines as inventory
 from server.inventory.models import BootAsset, BootProfile, utcnow
 from server.inventory.selectors import SelectorError, parse
+from server.types import EventKind
 
 router = APIRouter(tags=["boot"])
 
 NAME_PATTERN = r"^[a-z0-9]([-a-z0-9._]*[a-z0-9])?$"
-
-
-class TooLarge(ApiError):
-    status, code, template = 413, "too_large", "{message}"
 
 
 class ProfileBody(Strict):
@@ -144,7 +139,7 @@ def create_profile(
             inventory.record(
                 s,
                 actor=who.actor,
-                kind="boot.profile.created",
+                kind=EventKind.BOOT_PROFILE_CREATED,
                 message=f"boot profile {p.name} created",
                 data={"profile": p.name},
             )
@@ -173,7 +168,7 @@ def replace_profile(
         inventory.record(
             s,
             actor=who.actor,
-            kind="boot.profile.updated",
+            kind=EventKind.BOOT_PROFILE_UPDATED,
             message=f"boot profile {name} updated",
             data={"profile": name},
         )
@@ -194,131 +189,8 @@ def delete_profile(
         inventory.record(
             s,
             actor=who.actor,
-            kind="boot.profile.deleted",
+            kind=EventKind.BOOT_PROFILE_DELETED,
             message=f"boot profile {name} deleted",
             data={"profile": name},
         )
         return out
-
-
-# -- assets ---------------------------------------------------------------------------------------
-
-
-def asset_out(a: BootAsset) -> dict[str, Any]:
-    return {
-        "name": a.name,
-        "size": a.size,
-        "sha256": a.sha256,
-        "url": f"/assets/{a.name}",
-        "created_at": inventory.iso(a.created_at),
-        "created_by": a.created_by,
-    }
-
-
-def _asset_name(name: str) -> str:
-    try:
-        return check_name(name)
-    except AssetError as exc:
-        raise Invalid(message=f"name: {exc.reason}", details={"field": "name"}) from None
-
-
-@router.get("/api/v1/assets")
-def list_assets(
-    ctx: Annotated[Context, Depends(context)], _: Annotated[Principal, Depends(reader)]
-) -> list[dict[str, Any]]:
-    with ctx.db.read() as s:
-        return [asset_out(a) for a in s.scalars(select(BootAsset).order_by(BootAsset.name))]
-
-
-@router.get("/api/v1/assets/{name}")
-def get_asset(
-    name: str, ctx: Annotated[Context, Depends(context)], _: Annotated[Principal, Depends(reader)]
-) -> dict[str, Any]:
-    with ctx.db.read() as s:
-        a = s.get(BootAsset, _asset_name(name))
-        if a is None:
-            raise NotFound(kind="asset", key=name)
-        return asset_out(a)
-
-
-@router.put("/api/v1/assets/{name}", status_code=201)
-async def upload_asset(
-    name: str,
-    request: Request,
-    ctx: Annotated[Context, Depends(context)],
-    who: Annotated[Principal, Depends(operator)],
-    sha256: Annotated[
-        str,
-        Query(
-            min_length=64,
-            max_length=64,
-            pattern=r"^[0-9a-f]{64}$",
-            description="SHA-256 of the body (hex); a mismatch keeps nothing",
-        ),
-    ],
-) -> dict[str, Any]:
-    """Upload (or replace) an asset: raw body, stated SHA-256 verified before it is kept."""
-    _asset_name(name)
-    store: AssetStore = request.app.state.assets
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > store.max_bytes:
-        raise TooLarge(message=f"asset larger than {store.max_bytes} bytes")
-    try:
-        size, digest = await store.save(name, request.stream(), sha256)
-    except AssetError as exc:
-        if "larger" in exc.reason:
-            raise TooLarge(message=exc.reason) from None
-        raise Invalid(message=f"sha256: {exc.reason}", details={"field": "sha256"}) from None
-
-    def record() -> dict[str, Any]:
-        with ctx.db.write() as s:
-            a = s.get(BootAsset, name)
-            if a is None:
-                a = BootAsset(name=name)
-                s.add(a)
-            a.size, a.sha256, a.created_at, a.created_by = size, digest, utcnow(), who.actor
-            inventory.record(
-                s,
-                actor=who.actor,
-                kind="boot.asset.uploaded",
-                message=f"boot asset {name} uploaded ({size} bytes)",
-                data={"asset": name, "size": size, "sha256": digest},
-            )
-            s.flush()
-            return asset_out(a)
-
-    return await run_in_threadpool(record)
-
-
-@router.delete("/api/v1/assets/{name}")
-def delete_asset(
-    name: str,
-    request: Request,
-    ctx: Annotated[Context, Depends(context)],
-    who: Annotated[Principal, Depends(operator)],
-) -> dict[str, Any]:
-    with ctx.db.write() as s:
-        a = s.get(BootAsset, _asset_name(name))
-        if a is None:
-            raise NotFound(kind="asset", key=name)
-        users = [
-            p.name
-            for p in s.scalars(select(BootProfile))
-            if name in profiles.asset_names(p.kernel, p.initrds)
-        ]
-        if users:
-            raise Conflict(
-                message=f"asset {name!r} is used by profile(s) {', '.join(sorted(users))}"
-            )
-        out = asset_out(a)
-        s.delete(a)
-        inventory.record(
-            s,
-            actor=who.actor,
-            kind="boot.asset.deleted",
-            message=f"boot asset {name} deleted",
-            data={"asset": name},
-        )
-    store: AssetStore = request.app.state.assets
-    store.delete(name)
-    return out

@@ -14,7 +14,7 @@ from server.api.schemas import TokenCreate, TokenCreated, TokenOut
 from server.errors import Conflict, NotFound
 from server.inventory import machines as inventory
 from server.inventory.models import ApiToken, utcnow
-from server.types import Role
+from server.types import EventKind, Role
 
 router = APIRouter(prefix="/api/v1/tokens", tags=["tokens"])
 
@@ -42,7 +42,7 @@ def create(
             inventory.record(
                 s,
                 actor=who.actor,
-                kind="token.created",
+                kind=EventKind.TOKEN_CREATED,
                 message=f"token {row.name} ({row.role}) created",
                 data={"name": row.name, "role": row.role},
             )
@@ -84,7 +84,7 @@ def revoke(
         inventory.record(
             s,
             actor=who.actor,
-            kind="token.revoked",
+            kind=EventKind.TOKEN_REVOKED,
             message=f"token {name} revoked",
             data={"name": name},
         )

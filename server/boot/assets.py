@@ -33,7 +33,7 @@ class AssetError(Exception):
 
 
 def check_name(name: str) -> str:
-    if not ASSET_NAME_RE.match(name) or ".." in name:
+    if not ASSET_NAME_RE.fullmatch(name) or ".." in name:
         raise AssetError(
             "asset names are 1-128 of [A-Za-z0-9._-], not starting with '.' or '-', without '..'"
         )
@@ -62,7 +62,7 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     """None: serve the whole file. Raises `Unsatisfiable` for 416."""
     if header is None:
         return None
-    m = _RANGE_RE.match(header.strip().replace(" ", ""))
+    m = _RANGE_RE.fullmatch(header.strip().replace(" ", ""))
     if m is None:
         return None  # another unit, several ranges, garbage: ignored
     first, last = m.group(1), m.group(2)
@@ -98,7 +98,7 @@ class AssetStore:
         import anyio
 
         target = self.path(name)
-        if not SHA256_RE.match(sha256):
+        if not SHA256_RE.fullmatch(sha256):
             raise AssetError("sha256 must be 64 lower-case hex digits")
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         tmp = self.root / f".upload-{secrets.token_hex(8)}"

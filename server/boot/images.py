@@ -32,6 +32,7 @@ from server.inventory import machines as inventory
 from server.inventory.models import BootAsset, BootProfile, Image, Machine, utcnow
 from server.rollouts.decide import RolloutStatus
 from server.rollouts.models import Rollout
+from server.types import EventKind
 
 _TERMINAL = [s.value for s in RolloutStatus if s.terminal]
 
@@ -132,7 +133,7 @@ def create(
     inventory.record(
         s,
         actor=actor,
-        kind="image.created",
+        kind=EventKind.IMAGE_CREATED,
         message=f"image {name} {version} created"
         + (f", signed by {signed_by}" if signed_by else ""),
         data={"image": name, "version": version, "digest": image.digest},
@@ -153,7 +154,7 @@ def attach_signature(
     inventory.record(
         s,
         actor=actor,
-        kind="image.signed",
+        kind=EventKind.IMAGE_SIGNED,
         message=f"image {image.name} signed by {image.signed_by}",
         data={"image": image.name, "key": image.signed_by},
     )
@@ -196,7 +197,11 @@ def delete(s: Session, name: str, actor: str) -> dict[str, Any]:
     out = view(image)
     s.delete(image)
     inventory.record(
-        s, actor=actor, kind="image.deleted", message=f"image {name} deleted", data={"image": name}
+        s,
+        actor=actor,
+        kind=EventKind.IMAGE_DELETED,
+        message=f"image {name} deleted",
+        data={"image": name},
     )
     return out
 

@@ -26,7 +26,7 @@ def resolve(field: str, ref: str) -> str:
     """An asset name becomes ``${server}/assets/NAME``; a URL stays as it is."""
     if is_url(ref):
         return ref
-    if ASSET_NAME_RE.match(ref) and ".." not in ref:
+    if ASSET_NAME_RE.fullmatch(ref) and ".." not in ref:
         return ASSET_PREFIX + ref
     raise UnsafeValue(field, ref, "neither an asset name nor an http(s):// or ${server}/ URL")
 

@@ -59,7 +59,7 @@ from server.inventory.db import Database
 from server.inventory.models import BootProfile, Image, Machine, MachineLabel, Nic, utcnow
 from server.inventory.selectors import SelectorError, parse
 from server.settings import ServerSettings
-from server.types import Phase
+from server.types import EventKind, Phase
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +227,7 @@ class BootPlane:
                 inventory.record(
                     s,
                     actor="boot:discovery",
-                    kind="machine.discovered",
+                    kind=EventKind.MACHINE_DISCOVERED,
                     machine=row,
                     message=f"machine {row.name} discovered by network boot",
                     data={"mac": mac, "uuid": smbios_uuid},

@@ -34,12 +34,18 @@ def serve(
     import logging
 
     import uvicorn
+    from pydantic import ValidationError
 
     from server.app import create_app
     from server.settings import ServerSettings
 
     flags: dict[str, Any] = {"api_host": host, "api_port": port}
-    settings = ServerSettings(**{k: v for k, v in flags.items() if v is not None})
+    try:
+        settings = ServerSettings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as exc:  # one line per setting, never the (possibly secret) value
+        for e in exc.errors():
+            typer.echo(f"error: {'.'.join(map(str, e['loc']))}: {e['msg']}", err=True)
+        raise typer.Exit(2) from None
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )

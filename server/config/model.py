@@ -104,7 +104,7 @@ class Network(_Doc):
     @classmethod
     def _names(cls, v: dict[str, Link]) -> dict[str, Link]:
         for name in v:
-            if not _IFNAME.match(name):
+            if not _IFNAME.fullmatch(name):
                 raise ValueError(f"invalid interface name {name!r}")
         return v
 
@@ -178,7 +178,7 @@ class MachineConfig(_Doc):
     @field_validator("hostname")
     @classmethod
     def _hostname(cls, v: str | None) -> str | None:
-        if v is not None and not _HOSTNAME.match(v):
+        if v is not None and not _HOSTNAME.fullmatch(v):
             raise ValueError("not an RFC 1123 host name (lower case letters, digits, '-', '.')")
         return v
 
@@ -186,7 +186,7 @@ class MachineConfig(_Doc):
     @classmethod
     def _kargs(cls, v: list[str]) -> list[str]:
         for a in v:
-            if not _KARG.match(a):
+            if not _KARG.fullmatch(a):
                 raise ValueError(f"kernel argument {a!r} contains blanks or quotes")
         return v
 
@@ -194,7 +194,7 @@ class MachineConfig(_Doc):
     @classmethod
     def _sysctls(cls, v: dict[str, str]) -> dict[str, str]:
         for k, val in v.items():
-            if not _SYSCTL.match(k):
+            if not _SYSCTL.fullmatch(k):
                 raise ValueError(f"invalid sysctl name {k!r}")
             if "\n" in val:
                 raise ValueError(f"sysctl {k!r} value contains a newline")
@@ -213,7 +213,7 @@ class MachineConfig(_Doc):
     @classmethod
     def _volnames(cls, v: dict[str, Volume]) -> dict[str, Volume]:
         for name in v:
-            if not _VOLNAME.match(name):
+            if not _VOLNAME.fullmatch(name):
                 raise ValueError(f"invalid volume name {name!r}")
         return v
 

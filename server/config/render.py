@@ -50,9 +50,7 @@ _LAYER_ORDER = {Layer.FLEET: 0, Layer.SELECTOR: 1, Layer.MACHINE: 2}
 
 class ConfigError(ValueError):
     """A patch or rendered config is invalid. ``path`` is a JSON pointer (RFC 6901) to the field,
-    ``patch`` the patch that set it when known. HTTP status 422."""
-
-    http_status = 422
+    ``patch`` the patch that set it when known. The REST layer answers it as a 422 ``invalid``."""
 
     def __init__(self, path: str, message: str, patch: str | None = None) -> None:
         self.path = path
@@ -68,7 +66,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True)
 class Patch:
     """One named JSON merge patch in a layer. ``selector`` is for the SELECTOR layer: a callable
-    over labels, or a Kubernetes-syntax selector string parsed with :mod:`server.inventory.selectors`."""
+    over labels, or a Kubernetes-syntax selector string (:mod:`server.inventory.selectors`)."""
 
     name: str
     layer: Layer

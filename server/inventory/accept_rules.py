@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 from server.errors import Conflict
 from server.inventory import machines as inventory
 from server.inventory.models import Event, Machine, Nic, utcnow
-from server.types import Phase
+from server.types import EventKind, Phase
 
 IMPORT_SOURCE = "import"
 """``data.source`` of the ``machine.created`` event an import writes: marks an imported machine."""
@@ -155,7 +155,7 @@ def detach(
     inventory.record(
         s,
         actor=actor,
-        kind="machine.deleted",
+        kind=EventKind.MACHINE_DELETED,
         machine=discovered,
         message=f"discovered machine {out.name} merged into {into_name} (rule {rule.value})",
         data={"macs": sorted(out.identity.macs), "merged_into": into_name},
@@ -187,7 +187,7 @@ def absorb(s: Session, d: Detached, into: Machine, rule: AcceptRule, actor: str)
     inventory.record(
         s,
         actor=actor,
-        kind="machine.accepted",
+        kind=EventKind.MACHINE_ACCEPTED,
         machine=into,
         message=f"discovered machine {d.name} accepted as {into.name} (rule {rule.value})",
         data=data,
@@ -225,7 +225,7 @@ def accept(
     inventory.record(
         s,
         actor=actor,
-        kind="machine.accepted",
+        kind=EventKind.MACHINE_ACCEPTED,
         machine=m,
         message=f"discovered machine {old} accepted as {m.name}",
         data=data,
@@ -258,7 +258,7 @@ def adopt_mac(s: Session, mac: str, smbios_uuid: str | None, actor: str) -> Mach
     inventory.record(
         s,
         actor=actor,
-        kind="machine.accepted",
+        kind=EventKind.MACHINE_ACCEPTED,
         machine=into,
         message=f"MAC {mac} discovered and accepted as {into.name} (rule {rule.value})",
         data={"rule": rule.value, "discovered": None, "gained": {"nics": [mac]}},

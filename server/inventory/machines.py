@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from server.errors import Conflict, Invalid, NotFound
 from server.inventory.models import Event, Machine, MachineLabel, Nic, utcnow
 from server.inventory.selectors import Op, Requirement
+from server.types import EventGroup, EventKind
 
 SORT_FIELDS = {
     "name": Machine.name,
@@ -36,7 +37,7 @@ def record(
     session: Session,
     *,
     actor: str,
-    kind: str,
+    kind: EventKind,
     message: str,
     machine: Machine | None = None,
     machine_id: str | None = None,
@@ -44,7 +45,7 @@ def record(
 ) -> Event:
     ev = Event(
         actor=actor,
-        kind=kind,
+        kind=EventKind(kind).value,
         message=message,
         machine_id=machine.id if machine else machine_id,
         machine_name=machine.name if machine else None,
@@ -91,6 +92,67 @@ def conflict_from(exc: IntegrityError) -> Conflict:
                 message=f"a record with this {field} already exists", details={"field": field}
             )
     return Conflict(message="conflicting record exists")
+
+
+@dataclass(frozen=True)
+class Claims:
+    """The unique values a machine write asks for (what another machine may already hold)."""
+
+    name: str | None = None
+    uuid: str | None = None
+    macs: tuple[str, ...] = ()
+    ips: tuple[str, ...] = ()
+
+
+def machine_conflict(
+    session: Session, exc: IntegrityError, claims: Claims, machine_id: str | None = None
+) -> Conflict:
+    """The 409 for a machine write that hit a unique constraint, naming the field, the value and
+    the machine that holds it (looked up in ``session``, a fresh one: the failed write's
+    transaction is gone). Falls back to :func:`conflict_from` when the holder is gone by now."""
+    base = conflict_from(exc)
+    field = base.details.get("field") if isinstance(base.details, dict) else None
+    hit = _holder(session, field, claims, machine_id) if field else None
+    if hit is None:
+        return base
+    value, holder_id, holder_name = hit
+    return Conflict(
+        message=f"{field} {value} already belongs to machine {holder_name} ({holder_id})",
+        details={
+            "field": field,
+            "value": value,
+            "machine": {"id": holder_id, "name": holder_name},
+        },
+    )
+
+
+def _holder(
+    session: Session, field: str, claims: Claims, machine_id: str | None
+) -> tuple[str, str, str] | None:
+    """(value, machine id, machine name) of another machine holding one of ``claims``."""
+    if field in ("name", "uuid"):
+        value = claims.name if field == "name" else claims.uuid
+        col = Machine.name if field == "name" else Machine.smbios_uuid
+        if value is None:
+            return None
+        stmt = select(col, Machine.id, Machine.name).where(col == value)
+    elif field in ("mac", "ip"):
+        values = claims.macs if field == "mac" else claims.ips
+        col = Nic.mac if field == "mac" else Nic.ip
+        if not values:
+            return None
+        stmt = (
+            select(col, Machine.id, Machine.name)
+            .join(Nic, Nic.machine_id == Machine.id)
+            .where(col.in_(values))
+            .order_by(col)
+        )
+    else:
+        return None
+    if machine_id is not None:
+        stmt = stmt.where(Machine.id != machine_id)
+    row = session.execute(stmt.limit(1)).first()
+    return None if row is None else (str(row[0]), row[1], row[2])
 
 
 def set_labels(machine: Machine, labels: dict[str, str]) -> None:
@@ -321,7 +383,7 @@ def list_events(
     session: Session,
     *,
     machine_id: str | None = None,
-    kind: str | None = None,
+    kind: EventKind | EventGroup | None = None,
     since: datetime | None = None,
     until: datetime | None = None,
     limit: int = 100,
@@ -330,8 +392,10 @@ def list_events(
     stmt = select(Event)
     if machine_id:
         stmt = stmt.where(Event.machine_id == machine_id)
-    if kind:
-        stmt = stmt.where(or_(Event.kind == kind, Event.kind.startswith(kind + ".")))
+    if isinstance(kind, EventGroup):
+        stmt = stmt.where(Event.kind.startswith(kind.value + "."))
+    elif kind is not None:
+        stmt = stmt.where(Event.kind == kind.value)
     if since:
         stmt = stmt.where(Event.created_at >= since)
     if until:

@@ -38,7 +38,7 @@ from server.inventory.accept_rules import AcceptRule, Identity
 from server.inventory.machines import NicSpec
 from server.inventory.models import Machine, Nic, utcnow
 from server.inventory.secretbox import SecretBox
-from server.types import Phase
+from server.types import EventKind, Phase
 
 
 @dataclass(frozen=True)
@@ -274,7 +274,7 @@ def _audit_bmc(s: Session, m: Machine, b: BmcSpec, actor: str) -> None:
         inventory.record(
             s,
             actor=actor,
-            kind="machine.bmc.tls_insecure",
+            kind=EventKind.MACHINE_BMC_TLS_INSECURE,
             machine=m,
             message="BMC TLS verification turned off",
         )
@@ -282,7 +282,7 @@ def _audit_bmc(s: Session, m: Machine, b: BmcSpec, actor: str) -> None:
         inventory.record(
             s,
             actor=actor,
-            kind="machine.bmc.plaintext",
+            kind=EventKind.MACHINE_BMC_PLAINTEXT,
             machine=m,
             message="BMC reached over plain HTTP: credentials travel unencrypted",
         )
@@ -314,7 +314,7 @@ def _create(s: Session, r: Row, secrets: SecretBox, actor: str) -> Machine:
     inventory.record(
         s,
         actor=actor,
-        kind="machine.created",
+        kind=EventKind.MACHINE_CREATED,
         machine=m,
         message=f"machine {m.name} created by import (row {r.number})",
         data={
@@ -369,7 +369,7 @@ def _update(s: Session, m: Machine, r: Row, secrets: SecretBox, actor: str) -> b
     inventory.record(
         s,
         actor=actor,
-        kind="machine.updated",
+        kind=EventKind.MACHINE_UPDATED,
         machine=m,
         message=f"machine {m.name} updated by import (row {r.number}): "
         + ", ".join(sorted(changes)),

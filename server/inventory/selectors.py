@@ -74,65 +74,84 @@ def parse(text: str) -> tuple[Requirement, ...]:
     """Parse a selector; raise :class:`SelectorError` with the position of the problem."""
     if len(text) > 4096:
         raise SelectorError("selector longer than 4096 characters")
-    tokens = _tokenize(text)
-    reqs: list[Requirement] = []
-    i = 0
+    return _Parser(_tokenize(text)).requirements()
 
-    def need(what: str) -> str:
-        nonlocal i
-        if i >= len(tokens):
+
+_PUNCTUATION = frozenset({"(", ")", ",", "=", "==", "!=", "!"})
+
+
+class _Parser:
+    """Recursive descent over the tokens: ``requirement (',' requirement)*``."""
+
+    def __init__(self, tokens: list[str]) -> None:
+        self.tokens = tokens
+        self.i = 0
+
+    def peek(self, default: str) -> str:
+        return self.tokens[self.i] if self.i < len(self.tokens) else default
+
+    def need(self, what: str) -> str:
+        if self.i >= len(self.tokens):
             raise SelectorError(f"selector ends where {what} was expected")
-        tok = tokens[i]
-        i += 1
+        tok = self.tokens[self.i]
+        self.i += 1
         return tok
 
+    @staticmethod
     def key(tok: str) -> str:
         try:
             return check_label_key(tok)
         except ValueError as exc:
             raise SelectorError(str(exc)) from None
 
+    @staticmethod
     def value(tok: str) -> str:
-        if tok in {"(", ")", ",", "=", "==", "!=", "!"}:
+        if tok in _PUNCTUATION:
             raise SelectorError(f"expected a value, found {tok!r}")
         try:
             return check_label_value(tok)
         except ValueError as exc:
             raise SelectorError(str(exc)) from None
 
-    while i < len(tokens):
-        tok = need("a requirement")
+    def requirements(self) -> tuple[Requirement, ...]:
+        reqs: list[Requirement] = []
+        while self.i < len(self.tokens):
+            reqs.append(self.requirement())
+            if self.i < len(self.tokens):
+                if self.tokens[self.i] != ",":
+                    raise SelectorError(f"expected ',' but found {self.tokens[self.i]!r}")
+                self.i += 1
+                if self.i == len(self.tokens):
+                    raise SelectorError("selector ends with ','")
+        return tuple(reqs)
+
+    def requirement(self) -> Requirement:
+        tok = self.need("a requirement")
         if tok == "!":
-            reqs.append(Requirement(key(need("a key")), Op.NOT_EXISTS))
-        else:
-            k = key(tok)
-            nxt = tokens[i] if i < len(tokens) else ","
-            if nxt == ",":
-                reqs.append(Requirement(k, Op.EXISTS))
-            elif nxt in ("=", "==", "!="):
-                i += 1
-                empty = i >= len(tokens) or tokens[i] == ","  # `key=` selects the empty value
-                val = "" if empty else value(need("a value"))
-                reqs.append(Requirement(k, Op.NE if nxt == "!=" else Op.EQ, (val,)))
-            elif nxt in ("in", "notin"):
-                i += 1
-                if need("'('") != "(":
-                    raise SelectorError(f"expected '(' after {nxt!r}")
-                vals = [value(need("a value"))]
-                while (sep := need("',' or ')'")) == ",":
-                    vals.append(value(need("a value")))
-                if sep != ")":
-                    raise SelectorError(f"expected ')' but found {sep!r}")
-                reqs.append(Requirement(k, Op.IN if nxt == "in" else Op.NOTIN, tuple(vals)))
-            else:
-                raise SelectorError(f"unexpected {nxt!r} after key {k!r}")
-        if i < len(tokens):
-            if tokens[i] != ",":
-                raise SelectorError(f"expected ',' but found {tokens[i]!r}")
-            i += 1
-            if i == len(tokens):
-                raise SelectorError("selector ends with ','")
-    return tuple(reqs)
+            return Requirement(self.key(self.need("a key")), Op.NOT_EXISTS)
+        k = self.key(tok)
+        nxt = self.peek(",")
+        if nxt == ",":
+            return Requirement(k, Op.EXISTS)
+        if nxt in ("=", "==", "!="):
+            self.i += 1
+            empty = self.peek(",") == ","  # `key=` selects the empty value
+            val = "" if empty else self.value(self.need("a value"))
+            return Requirement(k, Op.NE if nxt == "!=" else Op.EQ, (val,))
+        if nxt in ("in", "notin"):
+            self.i += 1
+            return Requirement(k, Op.IN if nxt == "in" else Op.NOTIN, self.value_set(nxt))
+        raise SelectorError(f"unexpected {nxt!r} after key {k!r}")
+
+    def value_set(self, op: str) -> tuple[str, ...]:
+        if self.need("'('") != "(":
+            raise SelectorError(f"expected '(' after {op!r}")
+        vals = [self.value(self.need("a value"))]
+        while (sep := self.need("',' or ')'")) == ",":
+            vals.append(self.value(self.need("a value")))
+        if sep != ")":
+            raise SelectorError(f"expected ')' but found {sep!r}")
+        return tuple(vals)
 
 
 def matches(requirements: tuple[Requirement, ...], labels: dict[str, str]) -> bool:

@@ -1,5 +1,6 @@
-"""Database leases: one replica at a time runs a singleton loop (power sync), the others take
-over when it stops renewing. ``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN IMMEDIATE`` on SQLite."""
+"""Database leases: one replica at a time runs a singleton loop (power sync, rollouts), the
+others take over when it stops renewing. ``SELECT ... FOR UPDATE`` on PostgreSQL, ``BEGIN
+IMMEDIATE`` on SQLite."""
 
 from __future__ import annotations
 

@@ -12,7 +12,8 @@ _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9]([A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?)?)$
 
 
 def normalize_mac(value: str) -> str:
-    """Accept ``aa:bb:..``, ``AA-BB-..``, ``aabb.ccdd.eeff`` and bare hex; return lower-case colon form."""
+    """Accept ``aa:bb:..``, ``AA-BB-..``, ``aabb.ccdd.eeff`` and bare hex; return lower-case
+    colon form."""
     if not isinstance(value, str):
         raise ValueError("MAC address must be a string")
     raw = value.strip().lower()
@@ -24,7 +25,7 @@ def normalize_mac(value: str) -> str:
         hexpart = raw
     else:
         raise ValueError(f"invalid MAC address {value!r}")
-    if not _HEX.match(hexpart):
+    if not _HEX.fullmatch(hexpart):
         raise ValueError(f"invalid MAC address {value!r}")
     if hexpart == "000000000000" or hexpart == "ffffffffffff":
         raise ValueError(f"invalid MAC address {value!r} (all zeros or broadcast)")
@@ -33,7 +34,7 @@ def normalize_mac(value: str) -> str:
 
 def check_dns_label(value: str) -> str:
     """RFC 1123 label: lower-case alphanumerics and '-', 1-63 chars, no leading/trailing '-'."""
-    if not isinstance(value, str) or not _DNS_LABEL.match(value):
+    if not isinstance(value, str) or not _DNS_LABEL.fullmatch(value):
         raise ValueError(
             f"invalid name {value!r}: must be a DNS label (a-z, 0-9, '-', 1-63 chars, "
             "starting and ending with an alphanumeric)"
@@ -44,9 +45,9 @@ def check_dns_label(value: str) -> str:
 def check_label_key(key: str) -> str:
     """Kubernetes label key: optional ``prefix/`` (DNS subdomain <= 253) + name (<= 63)."""
     prefix, _, name = key.rpartition("/")
-    if prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.match(prefix)):
+    if prefix and (len(prefix) > 253 or not _DNS_SUBDOMAIN.fullmatch(prefix)):
         raise ValueError(f"invalid label key {key!r}: bad prefix")
-    if not name or len(name) > 63 or not _LABEL_NAME.match(name):
+    if not name or len(name) > 63 or not _LABEL_NAME.fullmatch(name):
         raise ValueError(
             f"invalid label key {key!r}: name must be 1-63 chars of [A-Za-z0-9_.-], "
             "starting and ending with an alphanumeric"
@@ -55,8 +56,9 @@ def check_label_key(key: str) -> str:
 
 
 def check_label_value(value: str) -> str:
-    """Kubernetes label value: empty, or <= 63 chars of [A-Za-z0-9_.-] starting/ending alphanumeric."""
-    if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.match(value):
+    """Kubernetes label value: empty, or <= 63 chars of [A-Za-z0-9_.-] starting/ending
+    alphanumeric."""
+    if not isinstance(value, str) or len(value) > 63 or not _LABEL_VALUE.fullmatch(value):
         raise ValueError(f"invalid label value {value!r}")
     return value
 

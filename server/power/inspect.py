@@ -41,6 +41,7 @@ from server.inventory.selectors import Requirement
 from server.power.addresses import net_policy
 from server.power.writes import endpoint_of
 from server.settings import ServerSettings
+from server.types import EventKind
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ class InspectService:
                 inventory.record(
                     s,
                     actor=actor,
-                    kind="machine.inspect.conflict",
+                    kind=EventKind.MACHINE_INSPECT_CONFLICT,
                     machine=m,
                     message=f"inspection found {c['field']} {c['found']}, recorded {c['recorded']}",
                     data=c,
@@ -252,7 +253,7 @@ class InspectService:
         inventory.record(
             s,
             actor=actor,
-            kind="machine.inspected",
+            kind=EventKind.MACHINE_INSPECTED,
             machine=m,
             message=f"machine {m.name} inspected through its BMC: {', '.join(sorted(d.changes))}",
             data=d.changes,

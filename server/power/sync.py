@@ -32,7 +32,7 @@ from server.inventory.secretbox import SecretBox
 from server.power.observe import Before, Reading, observe
 from server.power.writes import endpoint_of
 from server.settings import ServerSettings
-from server.types import Phase
+from server.types import EventKind, Phase
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,9 @@ class PowerSync:
         if out.error is None:
             token_wipe.on_power_observed(s, m)  # seen off: its enrollment token dies
         for e in out.events:
-            inventory.record(s, actor=ACTOR, kind=e.kind, machine=m, message=e.message, data=e.data)
+            inventory.record(
+                s, actor=ACTOR, kind=EventKind(e.kind), machine=m, message=e.message, data=e.data
+            )
         if out.maintenance is not None:
             m.fault_reason = out.maintenance
             m.phase = Phase.MAINTENANCE.value

@@ -58,7 +58,7 @@ from server.rollouts.upgrade import (
     hook_done,
     start,
 )
-from server.types import Phase
+from server.types import EventKind, Phase
 
 log = logging.getLogger(__name__)
 
@@ -287,7 +287,7 @@ class RolloutRunner:
             inventory.record(
                 s,
                 actor=ACTOR,
-                kind="rollout.machine.started",
+                kind=EventKind.ROLLOUT_MACHINE_STARTED,
                 message=f"upgrade of {m.name} to {r.image} started (rollout {r.id})",
                 machine=m,
                 data={"rollout": r.id, "image": r.image},
@@ -346,7 +346,7 @@ class RolloutRunner:
             inventory.record(
                 s,
                 actor=ACTOR,
-                kind="rollout.machine.step" if active else f"rollout.machine.{tr.state.value}",
+                kind=EventKind(f"rollout.machine.{'step' if active else tr.state.value}"),
                 message=f"{m.name}: {what}" + (f": {tr.error}" if tr.error else ""),
                 machine=m,
                 data={"rollout": r.id, "step": tr.step.value, "state": tr.state.value},

@@ -31,7 +31,7 @@ from server.rollouts.planner import (
     PlanError,
     plan_batches,
 )
-from server.types import Phase
+from server.types import EventKind, Phase
 
 
 def candidates(s: Session, reqs: Sequence[Requirement]) -> list[tuple[Machine, Candidate]]:
@@ -122,7 +122,7 @@ def create(
     inventory.record(
         s,
         actor=actor,
-        kind=f"rollout.{kind}.created",
+        kind=EventKind(f"rollout.{kind}.created"),
         message=f"{kind} rollout {r.id} created: {sum(len(b.machines) for b in batches)} "
         f"machine(s) in {len(batches)} batch(es)" + (f" to image {image}" if image else ""),
         data={"rollout": r.id, "image": image, "selector": selector},
@@ -235,7 +235,7 @@ def set_status(s: Session, r: Rollout, status: RolloutStatus, reason: str, actor
     inventory.record(
         s,
         actor=actor,
-        kind=f"rollout.{status.value}",
+        kind=EventKind(f"rollout.{status.value}"),
         message=f"rollout {r.id} {status.value}" + (f": {reason}" if reason else ""),
         data={"rollout": r.id, "status": status.value, "reason": reason},
     )

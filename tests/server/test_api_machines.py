@@ -106,6 +106,9 @@ def test_concurrent_creates_with_one_mac(api: RunningServer) -> None:
         (body("a", "aa:bb:cc:00:00:01", uuid="not-a-uuid"), "uuid"),
         (body("a", "aa:bb:cc:00:00:01", bmc={"address": "http://10.0.0.1/x"}), "bmc"),
         (body("a", "aa:bb:cc:00:00:01", unknown_field=1), "unknown_field"),
+        (body("node-a\n", "aa:bb:cc:00:00:01"), "name"),
+        (body("a", "aa:bb:cc:00:00:01", labels={"rack\n": "v"}), "labels"),
+        (body("a", "aa:bb:cc:00:00:01", labels={"rack": "v1\n"}), "labels"),
     ],
     ids=[
         "bad-mac",
@@ -118,6 +121,9 @@ def test_concurrent_creates_with_one_mac(api: RunningServer) -> None:
         "bad-uuid",
         "bmc-url",
         "unknown-field",
+        "name-trailing-newline",
+        "label-key-trailing-newline",
+        "label-value-trailing-newline",
     ],
 )
 def test_invalid_input_is_422(

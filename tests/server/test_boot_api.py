@@ -156,6 +156,18 @@ HOSTILE_PATHS = [
 ]
 
 
+def test_asset_name_with_a_trailing_newline_is_422(api: RunningServer) -> None:
+    """Issue 10.9: ``vmlinuz\n`` passed the name check (``$`` matches before a final newline)."""
+    c = api.client()
+    r = c.put("/api/v1/assets/vmlinuz%0A", params={"sha256": sha(b"x")}, content=b"x")
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["details"] == {"field": "name"}
+    assert c.get("/api/v1/assets").json() == []
+    assert not any((api.settings.data_dir / "assets").glob("vmlinuz*"))
+    r = c.post("/api/v1/profiles", json={"name": "p", "kernel": "vmlinuz\n"})
+    assert r.status_code == 422, r.text
+
+
 def test_hostile_asset_names_refused(api: RunningServer) -> None:
     c = api.client()
     anon = api.client("")

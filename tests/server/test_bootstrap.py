@@ -237,3 +237,65 @@ def test_advertise_url_default_and_bad_values() -> None:
     for bad in ("ftp://r1", "http://r1/api", "http://u:p@r1", "r1:8080", "http://r1?x=1"):
         with pytest.raises(ValidationError, match="api_advertise_url"):
             ServerSettings(api_advertise_url=bad)
+
+
+VAULT_TOKEN = "Zm9vYmFyLXZhdWx0LXNlY3JldC0xMjM0NTY3ODkw+/="  # noqa: S105 - 44 chars, no brz_ prefix
+
+
+def test_admin_token_of_the_operators_choosing_is_accepted(tmp_path: Path, db_url: str) -> None:
+    """Issue 10.8: a BRONZE_ADMIN_TOKEN without the ``brz_`` prefix was stored and then refused
+    on every request."""
+    with run_server(tmp_path / "data", db_url, admin_token=VAULT_TOKEN) as srv:
+        c = srv.client()
+        r = c.get("/api/v1/tokens")
+        assert r.status_code == 200, r.text
+        assert [t["name"] for t in r.json()] == ["bootstrap-admin"]
+        # and it may do what an admin does: make a token, which then works too
+        r = c.post("/api/v1/tokens", json={"name": "ci", "role": "reader"})
+        assert r.status_code == 201, r.text
+        other = httpx.get(
+            f"{srv.url}/api/v1/machines",
+            headers={"Authorization": f"Bearer {r.json()['token']}"},
+        )
+        assert other.status_code == 200
+        bad = httpx.get(
+            f"{srv.url}/api/v1/tokens", headers={"Authorization": f"Bearer {VAULT_TOKEN[:-1]}x"}
+        )
+        assert bad.status_code == 401
+    assert not (tmp_path / "data" / "admin.token").exists()
+
+
+@pytest.mark.parametrize(
+    ("token", "problem"),
+    [
+        (VAULT_TOKEN, None),
+        ("brz_" + "a" * 43, None),
+        ("x" * 32, None),
+        ("x" * 31, "at least 32"),
+        ("x" * 129, "at most 128"),
+        ("x" * 20 + " " + "y" * 20, "printable ASCII without spaces"),
+        ("x" * 40 + "\n", "printable ASCII without spaces"),
+        ("é" * 40, "printable ASCII without spaces"),
+    ],
+    ids=["vault", "brz", "min", "short", "long", "space", "newline", "non-ascii"],
+)
+def test_admin_token_problem(token: str, problem: str | None) -> None:
+    from server.settings import admin_token_problem
+
+    got = admin_token_problem(token)
+    assert (got is None) if problem is None else (got is not None and problem in got)
+    assert got is None or token not in got
+
+
+def test_bronze_serve_refuses_a_short_admin_token(tmp_path: Path) -> None:
+    secret = "short-but-secret"  # noqa: S105 - a test value
+    r = subprocess.run(
+        [BRONZE, "serve"],
+        env=_env(tmp_path, BRONZE_ADMIN_TOKEN=secret, BRONZE_API_PORT=str(free_port())),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2, r.stderr
+    assert "BRONZE_ADMIN_TOKEN is 16 characters long; it must have at least 32" in r.stderr
+    assert secret not in r.stderr + r.stdout and "Traceback" not in r.stderr

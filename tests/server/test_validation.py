@@ -167,3 +167,76 @@ def test_selector_errors(text: str) -> None:
 )
 def test_selector_matches(text: str, labels: dict[str, str], expected: bool) -> None:
     assert matches(parse(text), labels) is expected
+
+
+# --- trailing newlines (issue 10.9): Python's `$` matches before a final "\n" ------------------
+
+
+def _config(**doc: object) -> None:
+    from server.config.model import MachineConfig
+
+    MachineConfig.model_validate(doc)
+
+
+def _ipxe_profile(name: str) -> None:
+    from pxe.ipxe import BootProfile
+
+    BootProfile(name=name, kernel="vmlinuz")
+
+
+def _ipxe_context(**kw: str) -> None:
+    from pxe.ipxe import RenderContext
+
+    RenderContext(**{"mac": "52:54:00:00:00:01", "server": "http://127.0.0.1:8080", **kw})
+
+
+def _asset(name: str) -> None:
+    from server.boot.assets import check_name
+
+    check_name(name)
+
+
+def _service(name: str) -> None:
+    from agent.gen import agent_pb2 as pb
+    from agent.nodeops import _log_path
+
+    _log_path(pb.NodeOp(kind=pb.NODE_OP_LOGS, service=name))
+
+
+def _pxe_mac(mac: str) -> None:
+    from pxe.ipxe import RenderContext
+
+    RenderContext(mac=mac, server="http://127.0.0.1:8080")
+
+
+NEWLINE_CASES = [
+    ("machine-name", check_dns_label, "node-a"),
+    ("label-key", check_label_key, "rack"),
+    ("label-key-prefix", lambda v: check_label_key(v + "/role"), "bronze.dev"),
+    ("label-value", check_label_value, "v1"),
+    ("asset-name", _asset, "vmlinuz"),
+    ("ipxe-profile-name", _ipxe_profile, "default"),
+    ("ipxe-mac", _pxe_mac, "52:54:00:00:00:01"),
+    ("ipxe-server", lambda v: _ipxe_context(server=v), "http://127.0.0.1:8080"),
+    ("ipxe-uuid", lambda v: _ipxe_context(uuid=v), "4c4c4544-0000-1000-8000-000000000001"),
+    ("ipxe-token", lambda v: _ipxe_context(token=v), "abc123"),
+    ("config-hostname", lambda v: _config(hostname=v), "node-a.example"),
+    ("config-ifname", lambda v: _config(network={"links": {v: {}}}), "eth0"),
+    ("config-sysctl", lambda v: _config(sysctls={v: "1"}), "net.ipv4.ip_forward"),
+    ("config-volume", lambda v: _config(volumes={v: {"disk": "/dev/sdb", "mount": "/d"}}), "data"),
+    ("node-service", _service, "kubelet"),
+]
+
+
+@pytest.mark.parametrize(
+    ("check", "good"), [c[1:] for c in NEWLINE_CASES], ids=[c[0] for c in NEWLINE_CASES]
+)
+def test_a_trailing_newline_is_refused(check: object, good: str) -> None:
+    from agent.nodeops import NodeOpError
+    from pxe.errors import UnsafeValue
+    from server.boot.assets import AssetError
+
+    assert callable(check)
+    check(good)  # the value itself is fine ...
+    with pytest.raises((ValueError, UnsafeValue, AssetError, NodeOpError)):  # ... this is not
+        check(good + "\n")
