@@ -56,8 +56,8 @@ def _redfish(address: str, port: int | None, timeout: float) -> ProbeResult | No
         url = f"{scheme}://{host}:{p}/redfish/v1/"
         try:
             # verify=False: nothing secret is sent; trust_env=False: no proxies from env.
-            with httpx.Client(  # noqa: S501 - a probe sends no credentials; it only reads the root
-                verify=False,
+            with httpx.Client(
+                verify=False,  # noqa: S501 - a probe sends no credentials; it reads the root
                 trust_env=False,
                 timeout=timeout,
                 follow_redirects=False,
