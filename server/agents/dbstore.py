@@ -17,7 +17,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from server.agents.hub import SEEN_FLUSH_INTERVAL
+from server.agents.liveness import SEEN_FLUSH_INTERVAL
 from server.agents.store import (
     AgentHello,
     AgentMachine,

@@ -379,7 +379,7 @@ def test_simulate_many_machines_each_with_own_connection_and_reboot(lab: Lab) ->
     )
     lab.procs.append(proc)
     eventually(lambda: all(lab.api.hub.is_connected(m) for m in ids), 30)
-    peers = {lab.api.hub._sessions[m].peer for m in ids}
+    peers = {lab.api.hub.registry.get(m).peer for m in ids}  # type: ignore[union-attr]
     assert len(peers) == 3  # one TCP connection (source port) per simulated machine
     assert len({lab.store.hellos[m].inventory["smbios"]["uuid"] for m in ids}) == 3
     version, doc = _config("sim")
