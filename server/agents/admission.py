@@ -6,7 +6,9 @@ machine id from its common name. Admission then requires, within ``hello_timeout
 * the first message is a ``Hello``;
 * ``Hello.machine_id``, if present, is the certificate's machine (otherwise
   ``PERMISSION_DENIED "identity mismatch"``);
-* the store knows the machine (otherwise ``PERMISSION_DENIED "unknown machine"``).
+* the store knows the machine (otherwise ``PERMISSION_DENIED "unknown machine"``);
+* the certificate is the machine's current one: not replaced by a later enrollment, not revoked
+  (otherwise ``PERMISSION_DENIED "certificate revoked"``; :mod:`.revocation`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ async def admit(
     context: grpc.aio.ServicerContext,
     *,
     hello_timeout: float,
+    cert_serial: int | None,
 ) -> pb.Hello:
     """The stream's Hello, once the session is admitted (else the RPC is aborted)."""
     try:
@@ -50,4 +53,12 @@ async def admit(
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, "identity mismatch")
     if await store.get_machine(machine_id) is None:
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, "unknown machine")
+    if cert_serial is not None and not await store.certificate_accepted(machine_id, cert_serial):
+        log.warning(
+            "session refused: certificate revoked machine=%s serial=%d peer=%s",
+            machine_id,
+            cert_serial,
+            peer,
+        )
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "certificate revoked")
     return hello

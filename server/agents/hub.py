@@ -24,10 +24,8 @@ import datetime as dt
 import logging
 from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from typing import Any
 
 import grpc
-from google.protobuf import json_format
 
 from agent.gen import agent_pb2 as pb
 from server.agents.admission import admit
@@ -36,13 +34,11 @@ from server.agents.liveness import SEEN_FLUSH_INTERVAL, Liveness, stale_sessions
 from server.agents.pki import FleetCA, PkiError
 from server.agents.registry import AgentSession, SessionRegistry
 from server.agents.relay import NodeOpRelay
-from server.agents.store import AgentHello, AgentStore, CommandOutcome, IssuedCertificate
+from server.agents.store import AgentStore, CommandOutcome, IssuedCertificate
 from server.agents.types import (
     MODE_PB,
-    AgentApiError,
     AgentNotConnected,
     ApplyMode,
-    CommandTimeout,
     NodeOpKind,
     NodeOpResult,
 )
@@ -199,17 +195,10 @@ class SessionHub:
         tail_lines: int = 0,
         timeout: float = 30.0,
     ) -> NodeOpResult:
-        chunks: list[bytes] = []
-        try:
-            async for c in self.node_op_stream(
-                machine_id, kind, service=service, tail_lines=tail_lines, timeout=timeout
-            ):
-                chunks.append(c)
-        except (AgentNotConnected, CommandTimeout):
-            raise
-        except AgentApiError as exc:
-            return NodeOpResult(False, str(exc), b"".join(chunks))
-        return NodeOpResult(True, "", b"".join(chunks))
+        """The whole output of a (not followed) node op; a failed op is ``ok=False``."""
+        return await self.relay.collect(
+            machine_id, kind, service=service, tail_lines=tail_lines, timeout=timeout
+        )
 
     async def poll_pending(self) -> int:
         """One cross-replica poll (:meth:`CommandLedger.poll`); how many commands were sent."""
@@ -232,18 +221,29 @@ class SessionHub:
         peer: str,
         request_iterator: AsyncIterator[pb.AgentMessage],
         context: grpc.aio.ServicerContext,
+        *,
+        cert_serial: int | None = None,
     ) -> AsyncIterator[pb.ServerMessage]:
-        """Drive one authenticated stream. ``machine_id`` comes from the peer certificate."""
+        """Drive one authenticated stream. ``machine_id`` comes from the peer certificate,
+        ``cert_serial`` is its serial (None only where no certificate exists: unit tests)."""
         it = request_iterator.__aiter__()
         hello = await admit(
-            self._store, machine_id, peer, it, context, hello_timeout=self.hello_timeout
+            self._store,
+            machine_id,
+            peer,
+            it,
+            context,
+            hello_timeout=self.hello_timeout,
+            cert_serial=cert_serial,
         )
         loop = asyncio.get_running_loop()
-        session = AgentSession(machine_id, peer, boot_id=hello.boot_id, last_seen=loop.time())
+        session = AgentSession(
+            machine_id, peer, cert_serial, boot_id=hello.boot_id, last_seen=loop.time()
+        )
         session.config_version = hello.config_version
         # Record what the agent said before the session becomes visible, so whoever sees
         # "connected" also sees its inventory.
-        await self._record_hello(session, hello)
+        await self.liveness.hello(session, hello)
         self.registry.add(session)
         self.counters["sessions"] += 1
         try:
@@ -262,31 +262,6 @@ class SessionHub:
             if self.registry.remove(session):
                 await self.liveness.record_disconnected(machine_id)
             log.info("session closed machine=%s peer=%s", machine_id, peer)
-
-    async def _record_hello(self, session: AgentSession, hello: pb.Hello) -> None:
-        mid = session.machine_id
-        inventory: dict[str, Any] = json_format.MessageToDict(
-            hello.inventory, preserving_proto_field_name=True
-        )
-        await self._store.record_hello(
-            mid,
-            AgentHello(
-                hello.agent_version,
-                hello.boot_id,
-                hello.config_version,
-                hello.staged_config_version,
-                inventory,
-                self._now(),
-            ),
-        )
-        await self.liveness.note_applied(mid, hello.config_version)
-        log.info(
-            "session open machine=%s peer=%s boot=%s config=%s",
-            mid,
-            session.peer,
-            hello.boot_id,
-            hello.config_version or "-",
-        )
 
     async def _send_backlog(self, session: AgentSession, hello: pb.Hello) -> None:
         """Resend every saved command, then push the desired config if the agent drifted."""
@@ -393,8 +368,24 @@ class SessionHub:
                 s.close()
             try:
                 await self.liveness.flush_seen()
+                await self.close_revoked()
             except Exception:
-                log.exception("record_seen failed")
+                log.exception("sweep failed")
+
+    async def close_revoked(self) -> int:
+        """Close the sessions whose certificate is no longer accepted (revoked, replaced by a
+        new enrollment, machine deleted) by any replica; returns how many."""
+        closed = 0
+        for s in await self.liveness.revoked(self.registry.sessions()):
+            if self.registry.get(s.machine_id) is s:
+                log.warning("session of a revoked certificate closed machine=%s", s.machine_id)
+                s.close()
+                closed += 1
+        return closed
+
+    def close_session(self, machine_id: str) -> bool:
+        """Close the machine's session here, if any (after its certificate was revoked)."""
+        return self.registry.close(machine_id)
 
     async def _poll_loop(self) -> None:
         """Send commands other replicas saved for the agents this replica holds."""

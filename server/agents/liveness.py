@@ -8,6 +8,9 @@ FIN; gRPC keepalives catch that too, but later). When a session ends, its discon
 a task of its own (:meth:`Liveness.record_disconnected`): gRPC cancels a finished RPC's task, and
 a write cut off there would leave the machine "connected" in the database for good.
 
+The sweep also closes sessions whose certificate was revoked meanwhile, on any replica
+(:meth:`Liveness.revoked`).
+
 The config version an agent reports (Hello, heartbeat, command result) is noted here too and
 written only when it changes.
 """
@@ -19,9 +22,13 @@ import datetime as dt
 import functools
 import logging
 from collections.abc import Callable, Sequence
+from typing import Any
 
+from google.protobuf import json_format
+
+from agent.gen import agent_pb2 as pb
 from server.agents.registry import AgentSession
-from server.agents.store import AgentStore
+from server.agents.store import AgentHello, AgentStore
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +54,32 @@ class Liveness:
         self._applied: dict[str, str] = {}
         self._bookkeeping: set[asyncio.Task[None]] = set()
 
+    async def hello(self, session: AgentSession, hello: pb.Hello) -> None:
+        """Record what the agent says in its Hello (inventory, versions, boot)."""
+        mid = session.machine_id
+        inventory: dict[str, Any] = json_format.MessageToDict(
+            hello.inventory, preserving_proto_field_name=True
+        )
+        await self._store.record_hello(
+            mid,
+            AgentHello(
+                hello.agent_version,
+                hello.boot_id,
+                hello.config_version,
+                hello.staged_config_version,
+                inventory,
+                self._now(),
+            ),
+        )
+        await self.note_applied(mid, hello.config_version)
+        log.info(
+            "session open machine=%s peer=%s boot=%s config=%s",
+            mid,
+            session.peer,
+            hello.boot_id,
+            hello.config_version or "-",
+        )
+
     def heard(self, session: AgentSession) -> None:
         """Any message from the agent: the session is alive."""
         session.last_seen = asyncio.get_running_loop().time()
@@ -62,6 +95,15 @@ class Liveness:
         if version and self._applied.get(machine_id) != version:
             self._applied[machine_id] = version
             await self._store.record_applied_config(machine_id, version)
+
+    async def revoked(self, sessions: Sequence[AgentSession]) -> list[AgentSession]:
+        """The sessions whose certificate the store no longer accepts (revoked, replaced by a
+        new enrollment, machine deleted: :mod:`server.agents.revocation`)."""
+        held = [s for s in sessions if s.cert_serial is not None]
+        if not held:
+            return []
+        accepted = await self._store.accepted_certificates([s.machine_id for s in held])
+        return [s for s in held if s.cert_serial not in accepted.get(s.machine_id, ())]
 
     async def flush_seen(self) -> None:
         if self._seen:

@@ -26,6 +26,7 @@ from server.agents.types import (
     AgentNotConnected,
     CommandTimeout,
     NodeOpKind,
+    NodeOpResult,
 )
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,28 @@ class NodeOpRelay:
                     )
                 )
                 log.info("node op cancelled machine=%s command=%s", machine_id, cmd.id)
+
+    async def collect(
+        self,
+        machine_id: str,
+        kind: NodeOpKind,
+        *,
+        service: str = "",
+        tail_lines: int = 0,
+        timeout: float = 30.0,
+    ) -> NodeOpResult:
+        """Run a node op to its end; not connected and timeouts raise, a failed op is a result."""
+        chunks: list[bytes] = []
+        try:
+            async for c in self.stream(
+                machine_id, kind, service=service, tail_lines=tail_lines, timeout=timeout
+            ):
+                chunks.append(c)
+        except (AgentNotConnected, CommandTimeout):
+            raise
+        except AgentApiError as exc:
+            return NodeOpResult(False, str(exc), b"".join(chunks))
+        return NodeOpResult(True, "", b"".join(chunks))
 
     @staticmethod
     async def _next(

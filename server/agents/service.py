@@ -49,6 +49,17 @@ def peer_common_name(context: grpc.aio.ServicerContext) -> str | None:
     return values[0].decode()
 
 
+def peer_serial(context: grpc.aio.ServicerContext) -> int | None:
+    """The serial of the verified client certificate (revocation is by serial)."""
+    values = context.auth_context().get("x509_pem_cert") or []
+    if len(values) != 1:
+        return None
+    try:
+        return x509.load_pem_x509_certificate(values[0]).serial_number
+    except ValueError:
+        return None
+
+
 class EnrollmentService(pb_grpc.EnrollmentServicer):
     def __init__(self, tokens: BootstrapTokens, ca: FleetCA, store: AgentStore) -> None:
         self._tokens = tokens
@@ -95,8 +106,12 @@ class SessionService(pb_grpc.AgentSessionServicer):
         if not machine_id:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "client certificate required")
             return
+        serial = peer_serial(context)
+        if serial is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "client certificate required")
+            return
         async for msg in self._hub.run_session(
-            machine_id, context.peer(), request_iterator, context
+            machine_id, context.peer(), request_iterator, context, cert_serial=serial
         ):
             yield msg
 

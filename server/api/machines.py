@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 from starlette.concurrency import run_in_threadpool
 
-from server.agents import token_wipe
+from server.agents import revocation, token_wipe
 from server.api.auth import Principal
 from server.api.deps import Context, context, generations, operator, reader
 from server.api.events import event_out
@@ -219,6 +219,7 @@ def update_machine(
                 changes["phase"] = {"from": m.phase, "to": body.phase.value}
                 m.phase = body.phase.value
                 token_wipe.on_phase_change(s, m, who.actor)  # reprovision wipes its token
+                revocation.on_phase_change(s, m, who.actor)  # ... and revokes its certificates
             if "power_desired" in fields:
                 new = body.power_desired and body.power_desired.value
                 if new != m.power_desired:
