@@ -17,7 +17,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from server.agents.hub import SEEN_FLUSH_INTERVAL
+from server.agents.liveness import SEEN_FLUSH_INTERVAL
 from server.agents.store import (
     AgentHello,
     AgentMachine,
@@ -26,6 +26,7 @@ from server.agents.store import (
     DesiredConfig,
     IssuedCertificate,
     PendingCommand,
+    certificate_accepted,
 )
 from server.config import ConfigError, Layer, Patch, render
 from server.config.render import Rendered
@@ -219,13 +220,57 @@ class DbAgentStore:
     ) -> None:
         await asyncio.to_thread(self._record_event, machine_id, kind, message, data)
 
-    async def record_certificate(self, machine_id: str, cert: IssuedCertificate) -> None:
-        await asyncio.to_thread(
-            self._write_state,
-            machine_id,
-            cert_serial=str(cert.serial),
-            cert_not_after=cert.not_after,
-        )
+    def _record_certificate(self, machine_id: str, cert: IssuedCertificate, renewal: bool) -> None:
+        with self.db.write() as s:
+            if s.get(Machine, machine_id) is None:
+                return
+            st = _state(s, machine_id)
+            # Enrollment revokes every earlier certificate; a renewal keeps the renewed-from
+            # one until the agent uses the new one (server.agents.revocation).
+            st.cert_previous_serial = st.cert_serial if renewal else None
+            st.cert_serial = str(cert.serial)
+            st.cert_not_after = cert.not_after
+
+    async def record_certificate(
+        self, machine_id: str, cert: IssuedCertificate, *, renewal: bool = False
+    ) -> None:
+        await asyncio.to_thread(_retry, lambda: self._record_certificate(machine_id, cert, renewal))
+
+    def _certificate_accepted(self, machine_id: str, serial: int) -> bool:
+        with self.db.read() as s:
+            row = s.execute(
+                select(AgentState.cert_serial, AgentState.cert_previous_serial).where(
+                    AgentState.machine_id == machine_id
+                )
+            ).first()
+        if row is None or not certificate_accepted(serial, row[0], row[1]):
+            return False
+        if row[1] is not None and str(serial) == row[0]:  # the renewed certificate is in use
+            with self.db.write() as s:
+                s.execute(
+                    update(AgentState)
+                    .where(AgentState.machine_id == machine_id, AgentState.cert_serial == row[0])
+                    .values(cert_previous_serial=None)
+                )
+        return True
+
+    async def certificate_accepted(self, machine_id: str, serial: int) -> bool:
+        return await asyncio.to_thread(self._certificate_accepted, machine_id, serial)
+
+    def _accepted_certificates(self, machine_ids: Sequence[str]) -> dict[str, set[int]]:
+        out: dict[str, set[int]] = {}
+        with self.db.read() as s:
+            for i in range(0, len(machine_ids), 1000):
+                rows = s.execute(
+                    select(Machine.id, AgentState.cert_serial, AgentState.cert_previous_serial)
+                    .outerjoin(AgentState, AgentState.machine_id == Machine.id)
+                    .where(Machine.id.in_(machine_ids[i : i + 1000]))
+                )
+                out.update({r[0]: {int(x) for x in (r[1], r[2]) if x} for r in rows})
+        return out
+
+    async def accepted_certificates(self, machine_ids: Sequence[str]) -> dict[str, set[int]]:
+        return await asyncio.to_thread(self._accepted_certificates, list(machine_ids))
 
     def _record_hello(self, machine_id: str, hello: AgentHello) -> None:
         with self.db.write() as s:

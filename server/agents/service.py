@@ -63,6 +63,17 @@ def peer_common_name(context: grpc.aio.ServicerContext) -> str | None:
 PENDING_MESSAGE = "pending acceptance"
 
 
+def peer_serial(context: grpc.aio.ServicerContext) -> int | None:
+    """The serial of the verified client certificate (revocation is by serial)."""
+    values = context.auth_context().get("x509_pem_cert") or []
+    if len(values) != 1:
+        return None
+    try:
+        return x509.load_pem_x509_certificate(values[0]).serial_number
+    except ValueError:
+        return None
+
+
 class EnrollmentService(pb_grpc.EnrollmentServicer):
     """``Enroll`` and ``ReportTrouble``: the two calls a machine may make without a certificate.
 
@@ -191,8 +202,12 @@ class SessionService(pb_grpc.AgentSessionServicer):
         if not machine_id:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "client certificate required")
             return
+        serial = peer_serial(context)
+        if serial is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "client certificate required")
+            return
         async for msg in self._hub.run_session(
-            machine_id, context.peer(), request_iterator, context
+            machine_id, context.peer(), request_iterator, context, cert_serial=serial
         ):
             yield msg
 

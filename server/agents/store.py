@@ -12,7 +12,7 @@ one machine (a command saved before it is sent survives a server restart).
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -88,6 +88,13 @@ class IssuedCertificate:
     not_after: dt.datetime
 
 
+def certificate_accepted(serial: int, current: str | None, previous: str | None) -> bool:
+    """Whether a client certificate with ``serial`` may open a session, given the machine's
+    recorded ``current`` serial and the ``previous`` one a renewal replaced (decimal strings;
+    see :mod:`server.agents.revocation`)."""
+    return str(serial) in {current, previous} - {None}
+
+
 @runtime_checkable
 class AgentStore(Protocol):
     # machines
@@ -112,7 +119,23 @@ class AgentStore(Protocol):
         """An event on the machine's timeline (actor ``agent-api``)."""
         ...
 
-    async def record_certificate(self, machine_id: str, cert: IssuedCertificate) -> None: ...
+    async def record_certificate(
+        self, machine_id: str, cert: IssuedCertificate, *, renewal: bool = False
+    ) -> None:
+        """``cert`` becomes the machine's accepted certificate. Enrollment (``renewal`` False)
+        revokes every earlier one; a renewal keeps the renewed-from one accepted until
+        :meth:`certificate_accepted` sees the new one."""
+        ...
+
+    async def certificate_accepted(self, machine_id: str, serial: int) -> bool:
+        """Whether a client certificate with ``serial`` may open the machine's session
+        (:mod:`server.agents.revocation`)."""
+        ...
+
+    async def accepted_certificates(self, machine_ids: Sequence[str]) -> dict[str, set[int]]:
+        """The serials each machine's sessions may use (a machine unknown now is left out)."""
+        ...
+
     async def record_hello(self, machine_id: str, hello: AgentHello) -> None: ...
     async def record_seen(self, seen: Mapping[str, dt.datetime]) -> None:
         """Batched last-heartbeat times (called every few seconds, not per heartbeat)."""
@@ -148,6 +171,8 @@ class MemoryAgentStore:
     machines: dict[str, AgentMachine] = field(default_factory=dict)
     tokens: dict[str, BootstrapToken] = field(default_factory=dict)
     certificates: dict[str, list[IssuedCertificate]] = field(default_factory=dict)
+    accepted: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
+    """machine -> (current serial, renewed-from serial), decimal strings."""
     hellos: dict[str, AgentHello] = field(default_factory=dict)
     seen: dict[str, dt.datetime] = field(default_factory=dict)
     applied: dict[str, str] = field(default_factory=dict)
@@ -187,8 +212,29 @@ class MemoryAgentStore:
         del self.tokens[machine_id]
         return True
 
-    async def record_certificate(self, machine_id: str, cert: IssuedCertificate) -> None:
+    async def record_certificate(
+        self, machine_id: str, cert: IssuedCertificate, *, renewal: bool = False
+    ) -> None:
         self.certificates.setdefault(machine_id, []).append(cert)
+        current = self.accepted.get(machine_id, (None, None))[0] if renewal else None
+        self.accepted[machine_id] = (str(cert.serial), current)
+
+    async def certificate_accepted(self, machine_id: str, serial: int) -> bool:
+        current, previous = self.accepted.get(machine_id, (None, None))
+        if str(serial) == current:
+            self.accepted[machine_id] = (current, None)
+        return certificate_accepted(serial, current, previous)
+
+    async def accepted_certificates(self, machine_ids: Sequence[str]) -> dict[str, set[int]]:
+        return {
+            mid: {int(x) for x in self.accepted.get(mid, ()) if x}
+            for mid in machine_ids
+            if mid in self.machines
+        }
+
+    def revoke(self, machine_id: str) -> None:
+        """Test helper: forget the machine's accepted certificates."""
+        self.accepted.pop(machine_id, None)
 
     async def record_hello(self, machine_id: str, hello: AgentHello) -> None:
         self.hellos[machine_id] = hello

@@ -24,6 +24,7 @@ from server.agents import (
     AgentApiError,
     AgentApiServer,
     BootstrapTokens,
+    revocation,
 )
 from server.agents.dbstore import (
     ENROLLMENT_PHASES,
@@ -31,6 +32,7 @@ from server.agents.dbstore import (
     render_for,
     session_claimed,
 )
+from server.agents.revocation import RevokeReason
 from server.api import nodes
 from server.api.auth import Principal
 from server.api.config import config_error
@@ -291,7 +293,12 @@ def _agent_view(
             "in_sync": st.desired_config_version is None
             or st.desired_config_version == st.applied_config_version,
         },
-        "certificate": {"serial": st.cert_serial, "not_after": iso(st.cert_not_after)},
+        "certificate": {
+            "serial": st.cert_serial,
+            "not_after": iso(st.cert_not_after),
+            "revoked_at": iso(st.cert_revoked_at),
+        },
+        "identity_conflict": st.identity_conflict,
         "os": {
             "image_digest": st.image_digest,
             "slot": st.slot,
@@ -307,6 +314,31 @@ def _agent_view(
         },
         "pending_commands": pending,
     }
+
+
+@router.post("/api/v1/machines/{key}/agent/revoke")
+async def revoke_agent_certificate(
+    key: str,
+    request: Request,
+    ctx: Annotated[Context, Depends(context)],
+    who: Annotated[Principal, Depends(operator)],
+) -> dict[str, Any]:
+    """Revoke the machine's agent client certificates (``agent.certificate.revoked``): they no
+    longer open sessions, a live session is closed (here at once, on another replica within its
+    sweep). The agent must enroll again with a new bootstrap token."""
+
+    def write() -> tuple[str, str, list[str]]:
+        with ctx.db.write() as s:
+            m = inventory.get_machine(s, key)
+            serials = revocation.revoke(
+                s, m.id, reason=RevokeReason.OPERATOR, actor=who.actor, always_record=True
+            )
+            return m.id, m.name, serials
+
+    mid, name, serials = await run_in_threadpool(write)
+    api: AgentApiServer | None = request.app.state.agent_api
+    closed = api is not None and api.hub.close_session(mid)
+    return {"machine_id": mid, "name": name, "revoked_serials": serials, "session_closed": closed}
 
 
 @router.post("/api/v1/machines/{key}/config/confirm", status_code=202)

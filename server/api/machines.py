@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.exc import StaleDataError
 from starlette.concurrency import run_in_threadpool
 
-from server.agents import token_wipe
+from server.agents import revocation, token_wipe
 from server.api.auth import Principal
 from server.api.deps import Context, context, generations, operator, reader
 from server.api.events import event_out
@@ -306,6 +306,7 @@ def update_machine(
                 changes["phase"] = {"from": m.phase, "to": body.phase.value}
                 m.phase = body.phase.value
                 token_wipe.on_phase_change(s, m, who.actor)  # reprovision wipes its token
+                revocation.on_phase_change(s, m, who.actor)  # ... and revokes its certificates
             _patch_labels_nics(m, body, changes)
             _patch_bmc(ctx, s, who, m, body, changes)
             if changes:

@@ -267,6 +267,12 @@ class AgentState(Base):
     cert_serial: Mapped[str | None] = mapped_column(String(64))
     """Decimal: certificate serials are up to 159 bits."""
     cert_not_after: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    cert_previous_serial: Mapped[str | None] = mapped_column(String(64))
+    """The certificate a renewal replaced: still opens sessions until the new one is used."""
+    cert_revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    """When the machine's certificates were last revoked (None: never, or enrolled since)."""
+    identity_conflict: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    """Set when an agent reported hardware identity other than the recorded one."""
     last_command_id: Mapped[str | None] = mapped_column(String(64))
     last_command_ok: Mapped[bool | None] = mapped_column(Boolean)
     last_command_error: Mapped[str | None] = mapped_column(Text)

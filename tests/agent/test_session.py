@@ -22,6 +22,7 @@ from server.agents import (
     AgentDisconnected,
     ApplyMode,
     DesiredConfig,
+    IssuedCertificate,
     NodeOpKind,
 )
 from server.agents.pki import FleetCA
@@ -137,6 +138,16 @@ def _cert_for(ca: FleetCA, machine_id: str, **kw) -> tuple[bytes, bytes]:
     return key, ca.sign_client_csr(csr, machine_id, **kw).cert_pem
 
 
+def _enrolled_cert(lab: Lab, machine_id: str) -> tuple[bytes, bytes]:
+    """A certificate from the fleet CA that the store recorded (as Enroll does): a certificate
+    the server never recorded is not current and opens no session."""
+    key, csr = new_key_and_csr(machine_id)
+    issued = lab.ca.sign_client_csr(csr, machine_id)
+    cert = IssuedCertificate(issued.serial, issued.not_after)
+    lab.lt.run(lab.store.record_certificate(machine_id, cert))
+    return key, issued.cert_pem
+
+
 def test_session_refuses_plaintext_missing_foreign_and_expired_certs(lab: Lab) -> None:
     lab.store.add_machine("m1")
     cases = {
@@ -160,7 +171,7 @@ def test_session_refuses_plaintext_missing_foreign_and_expired_certs(lab: Lab) -
 def test_identity_comes_from_the_certificate(lab: Lab) -> None:
     lab.store.add_machine("a")
     lab.store.add_machine("b")
-    creds = _client_creds(lab, *_cert_for(lab.ca, "a"))
+    creds = _client_creds(lab, *_enrolled_cert(lab, "a"))
     # A's certificate claiming to be B: refused.
     err = _session_call(lab, creds, _hello("b"))
     assert err is not None and err.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -381,7 +392,7 @@ def test_simulate_many_machines_each_with_own_connection_and_reboot(lab: Lab) ->
     )
     lab.procs.append(proc)
     eventually(lambda: all(lab.api.hub.is_connected(m) for m in ids), 30)
-    peers = {lab.api.hub._sessions[m].peer for m in ids}
+    peers = {lab.api.hub.registry.get(m).peer for m in ids}  # type: ignore[union-attr]
     assert len(peers) == 3  # one TCP connection (source port) per simulated machine
     assert len({lab.store.hellos[m].inventory["smbios"]["uuid"] for m in ids}) == 3
     version, doc = _config("sim")
@@ -400,7 +411,7 @@ def test_silent_session_is_closed_after_missed_heartbeats(lab: Lab) -> None:
     """A peer that keeps TCP open but stops heartbeating (hung agent) is dropped."""
     lab.store.add_machine("a")
     lab.api.hub.seen_flush_interval = 0.5  # sweep often (the sweeper reads it each round)
-    creds = _client_creds(lab, *_cert_for(lab.ca, "a"))
+    creds = _client_creds(lab, *_enrolled_cert(lab, "a"))
     hold = threading.Event()
     t = threading.Thread(target=_session_call, args=(lab, creds, _hello(), hold))
     t.start()

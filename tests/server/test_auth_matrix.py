@@ -45,6 +45,7 @@ MATRIX: dict[tuple[str, str], str | None] = {
     ("POST", "/api/v1/machines/{key}/config/dry-run"): "reader",
     ("POST", "/api/v1/machines/{key}/enrollment-token"): "operator",
     ("GET", "/api/v1/machines/{key}/agent"): "reader",
+    ("POST", "/api/v1/machines/{key}/agent/revoke"): "operator",
     ("POST", "/api/v1/machines/{key}/reboot"): "operator",
     ("GET", "/api/v1/machines/{key}/node/{op}"): "reader",
     ("POST", "/api/v1/machines/{key}/config/confirm"): "operator",
