@@ -122,6 +122,11 @@ class EventKind(StrEnum):
     """The BMC reported a value that differs from the recorded one (not overwritten)."""
     AGENT_ENROLL_PENDING = "agent.enroll.pending"
     """A discovered machine's agent asked to enroll; it gets nothing until accepted."""
+    AGENT_IDENTITY_MISMATCH = "agent.identity.mismatch"
+    """An agent reported an SMBIOS UUID or serial other than the recorded one (kept as is)."""
+    AGENT_CERTIFICATE_REVOKED = "agent.certificate.revoked"
+    """A machine's agent certificates were revoked (re-enrollment, reprovision, delete, or
+    ``POST .../agent/revoke``); its live sessions are closed."""
     AGENT_TROUBLE = "agent.trouble"
     """An agent reported a clock or certificate problem (clock skew, expired, not yet valid)."""
     PKI_EXPIRING = "pki.expiring"

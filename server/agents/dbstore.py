@@ -17,6 +17,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from server.agents import identity
 from server.agents.liveness import SEEN_FLUSH_INTERVAL
 from server.agents.store import (
     AgentHello,
@@ -290,9 +291,37 @@ class DbAgentStore:
             self._set_applied(st, hello.config_version or None)
             st.connected = True
             st.replica_url = self.replica_url
-            if m.hardware != hello.inventory:
+            self._check_identity(s, m, st, hello.inventory)
+            if st.identity_conflict is None and m.hardware != hello.inventory:
                 m.hardware = hello.inventory
                 m.updated_at = utcnow()
+
+    @staticmethod
+    def _check_identity(s: Session, m: Machine, st: AgentState, inventory: dict[str, Any]) -> None:
+        """A report whose SMBIOS UUID or serial differs from the record is an event and a
+        condition on the machine, never an overwrite (``server.agents.identity``)."""
+        recorded_hw = identity.reported(m.hardware or {})
+        recorded = {
+            "uuid": m.smbios_uuid or recorded_hw.get("uuid"),
+            "serial": m.serial or recorded_hw.get("serial"),
+        }
+        found = identity.conflicts(recorded, identity.reported(inventory))
+        if not found:
+            st.identity_conflict = None
+            return
+        if st.identity_conflict is not None and st.identity_conflict.get("fields") == found:
+            return  # already recorded and shown
+        st.identity_conflict = {"fields": found, "at": utcnow().isoformat()}
+        what = ", ".join(f"{f} {v['recorded']} -> {v['reported']}" for f, v in found.items())
+        record_event_row(
+            s,
+            actor="agent-api",
+            kind=EventKind.AGENT_IDENTITY_MISMATCH,
+            machine=m,
+            message=f"agent of {m.name} reports another hardware identity ({what}); "
+            "the record is kept",
+            data={"fields": found},
+        )
 
     async def record_hello(self, machine_id: str, hello: AgentHello) -> None:
         await asyncio.to_thread(_retry, lambda: self._record_hello(machine_id, hello))

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from server.agents.store import certificate_accepted
 from server.inventory import machines as inventory
 from server.inventory.models import AgentState, Machine, utcnow
-from server.types import Phase
+from server.types import EventKind, Phase
 
 __all__ = [
     "REPROVISION_PHASES",
@@ -71,7 +71,7 @@ def revoke(
         inventory.record(
             s,
             actor=actor,
-            kind="agent.certificate.revoked",
+            kind=EventKind.AGENT_CERTIFICATE_REVOKED,
             machine_id=machine_id,
             message=f"agent client certificate revoked: {reason}",
             data={"reason": reason.value, "serials": serials},
