@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 # Keepalives: find dead peers (a machine that lost power sends no FIN) within about a minute.
 SERVER_OPTIONS: list[tuple[str, int]] = [
+    # NOTE: grpcio binds with SO_REUSEPORT unless told not to: a second server on the same port
+    # would silently share the agents' connections (with another CA). A taken port must fail.
+    ("grpc.so_reuseport", 0),
     ("grpc.keepalive_time_ms", 60_000),
     ("grpc.keepalive_timeout_ms", 20_000),
     ("grpc.keepalive_permit_without_calls", 1),
@@ -246,17 +249,25 @@ class AgentApiServer:
         pb_grpc.add_EnrollmentServicer_to_server(
             EnrollmentService(self.tokens, self.ca, self.store), enroll
         )
-        self.enroll_port = enroll.add_secure_port(
-            f"{self.host}:{self.enroll_port}", grpc.ssl_server_credentials(chain)
+        self.enroll_port = _bound(
+            enroll.add_secure_port(
+                f"{self.host}:{self.enroll_port}", grpc.ssl_server_credentials(chain)
+            ),
+            self.host,
+            self.enroll_port,
         )
 
         session = grpc.aio.server(options=SERVER_OPTIONS)
         pb_grpc.add_AgentSessionServicer_to_server(SessionService(self.hub), session)
-        self.session_port = session.add_secure_port(
-            f"{self.host}:{self.session_port}",
-            grpc.ssl_server_credentials(
-                chain, root_certificates=self.ca.cert_pem, require_client_auth=True
+        self.session_port = _bound(
+            session.add_secure_port(
+                f"{self.host}:{self.session_port}",
+                grpc.ssl_server_credentials(
+                    chain, root_certificates=self.ca.cert_pem, require_client_auth=True
+                ),
             ),
+            self.host,
+            self.session_port,
         )
         await enroll.start()
         await session.start()
@@ -310,3 +321,10 @@ async def start_agent_api(
     )
     await server.start()
     return server
+
+
+def _bound(port: int, host: str, asked: int) -> int:
+    """grpcio answers a port it could not bind with 0 (older versions) or raises RuntimeError."""
+    if port == 0:
+        raise OSError(f"cannot listen on {host}:{asked}: address already in use")
+    return port
