@@ -13,4 +13,8 @@ if [ -z "${BRONZE_TEST_PG_URL:-}" ]; then
 fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+# Static checks first (seconds): lint, formatting and types, with the project's own configs.
+.venv/bin/python -m ruff check .
+.venv/bin/python -m ruff format --check .
+.venv/bin/python -m mypy
 exec .venv/bin/python -m pytest "$@"

@@ -1,4 +1,5 @@
-"""The models and the migrations agree, and upgrade/downgrade round-trips, on SQLite and PostgreSQL."""
+"""The models and the migrations agree, and upgrade/downgrade round-trips, on SQLite and
+PostgreSQL."""
 
 from __future__ import annotations
 
