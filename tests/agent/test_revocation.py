@@ -15,9 +15,8 @@ from agent.gen import agent_pb2_grpc as pb_grpc
 from agent.identity import new_key_and_csr
 from server.agents import IssuedCertificate, MemoryAgentStore
 from server.agents.store import certificate_accepted
-
-from .conftest import Lab, eventually
-from .test_session import _hello, _session_call
+from tests.support.agentlab import Lab, hello_message, session_call
+from tests.support.wait import eventually
 
 T = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
 
@@ -87,7 +86,7 @@ def test_old_certificate_refused_after_reenrollment(lab: Lab) -> None:
     assert lab.api.hub.registry.get("m1") is not old
     # The new certificate opens the session; the old agent's retries never displace it.
     hold = threading.Event()
-    t = threading.Thread(target=_session_call, args=(lab, creds, _hello(), hold))
+    t = threading.Thread(target=session_call, args=(lab, creds, hello_message(), hold))
     t.start()
     try:
         eventually(lambda: lab.api.hub.is_connected("m1"))

@@ -27,7 +27,7 @@ from server.agents import (
 )
 from server.agents.pki import FleetCA
 from server.config import Layer, Patch, render
-from tests.support.agentlab import Lab
+from tests.support.agentlab import Lab, hello_message, session_call
 from tests.support.paths import FIXTURES
 from tests.support.procs import AGENT_BIN
 from tests.support.wait import eventually
@@ -98,37 +98,6 @@ def test_enroll_hello_config_applied_node_ops(lab: Lab) -> None:
 # -- refusals ---------------------------------------------------------------------------------
 
 
-def _hello(machine_id: str = "") -> pb.AgentMessage:
-    return pb.AgentMessage(hello=pb.Hello(agent_version="test", machine_id=machine_id))
-
-
-def _session_call(
-    lab: Lab,
-    creds: grpc.ChannelCredentials | None,
-    hello: pb.AgentMessage,
-    hold: threading.Event | None = None,
-    metadata: tuple[tuple[str, str], ...] = (),
-) -> grpc.RpcError | None:
-    target = lab.server
-    opts = [("grpc.use_local_subchannel_pool", 1)]
-    ch = grpc.secure_channel(target, creds, opts) if creds else grpc.insecure_channel(target, opts)
-
-    def requests():
-        yield hello
-        if hold is not None:
-            hold.wait(20)
-
-    try:
-        stub = pb_grpc.AgentSessionStub(ch)
-        for _ in stub.Session(requests(), timeout=10, metadata=metadata):
-            pass
-        return None
-    except grpc.RpcError as exc:
-        return exc
-    finally:
-        ch.close()
-
-
 def _client_creds(lab: Lab, key_pem: bytes, cert_pem: bytes) -> grpc.ChannelCredentials:
     return grpc.ssl_channel_credentials(lab.ca.cert_pem, key_pem, cert_pem)
 
@@ -160,7 +129,7 @@ def test_session_refuses_plaintext_missing_foreign_and_expired_certs(lab: Lab) -
     )
     cases["expired"] = _client_creds(lab, *_cert_for(past, "m1"))
     for name, creds in cases.items():
-        err = _session_call(lab, creds, _hello())
+        err = session_call(lab, creds, hello_message())
         assert err is not None, name
         # NOTE: a refused TLS handshake surfaces as UNAVAILABLE in gRPC, not UNAUTHENTICATED.
         assert err.code() == grpc.StatusCode.UNAVAILABLE, (name, err)
@@ -173,7 +142,7 @@ def test_identity_comes_from_the_certificate(lab: Lab) -> None:
     lab.store.add_machine("b")
     creds = _client_creds(lab, *_enrolled_cert(lab, "a"))
     # A's certificate claiming to be B: refused.
-    err = _session_call(lab, creds, _hello("b"))
+    err = session_call(lab, creds, hello_message("b"))
     assert err is not None and err.code() == grpc.StatusCode.PERMISSION_DENIED
     assert "b" not in lab.store.hellos and "a" not in lab.store.hellos
     # Without a claim (or with metadata saying otherwise) the session is A's, never B's.
@@ -181,8 +150,8 @@ def test_identity_comes_from_the_certificate(lab: Lab) -> None:
     lab.lt.run(lab.api.hub.push_config("b", version, doc))
     hold = threading.Event()
     t = threading.Thread(
-        target=_session_call,
-        args=(lab, creds, _hello(), hold),
+        target=session_call,
+        args=(lab, creds, hello_message(), hold),
         kwargs={"metadata": (("x-machine-id", "b"),)},
     )
     t.start()
@@ -197,7 +166,7 @@ def test_identity_comes_from_the_certificate(lab: Lab) -> None:
 
 def test_unknown_machine_with_valid_cert_refused(lab: Lab) -> None:
     creds = _client_creds(lab, *_cert_for(lab.ca, "deleted-machine"))
-    err = _session_call(lab, creds, _hello())
+    err = session_call(lab, creds, hello_message())
     assert err is not None and err.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
@@ -228,7 +197,7 @@ def test_enrollment_token_reuse_expiry_and_unknown_all_same_error(lab: Lab) -> N
 def test_enrollment_port_does_not_serve_sessions(lab: Lab) -> None:
     with grpc.secure_channel(lab.enroll, grpc.ssl_channel_credentials(lab.ca.cert_pem)) as ch:
         with pytest.raises(grpc.RpcError) as ei:
-            for _ in pb_grpc.AgentSessionStub(ch).Session(iter([_hello()]), timeout=5):
+            for _ in pb_grpc.AgentSessionStub(ch).Session(iter([hello_message()]), timeout=5):
                 pass
     assert ei.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
@@ -413,7 +382,7 @@ def test_silent_session_is_closed_after_missed_heartbeats(lab: Lab) -> None:
     lab.api.hub.seen_flush_interval = 0.5  # sweep often (the sweeper reads it each round)
     creds = _client_creds(lab, *_enrolled_cert(lab, "a"))
     hold = threading.Event()
-    t = threading.Thread(target=_session_call, args=(lab, creds, _hello(), hold))
+    t = threading.Thread(target=session_call, args=(lab, creds, hello_message(), hold))
     t.start()
     try:
         eventually(lambda: lab.api.hub.is_connected("a"))

@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.agent.conftest import eventually
 from tests.peers.apiserver import RunningServer, run_server
-from tests.server.test_agents_e2e import _boot, _spawn
+from tests.support.agentlab import boot_root, spawn_agent
+from tests.support.wait import eventually
 
 
 @pytest.fixture
@@ -36,8 +36,8 @@ def _start_agent(
     """Enroll a real agent for ``name`` (fresh root under ``tmp``) and wait for its session."""
     tok = c.post(f"/api/v1/machines/{name}/enrollment-token", json={"boot_ref": tmp.name})
     assert tok.status_code == 201, tok.text
-    root = _boot(srv, tmp, tok.json()["kernel_args"])
-    _spawn(root, procs)
+    root = boot_root(srv, tmp, tok.json()["kernel_args"])
+    spawn_agent(root, procs)
     state = eventually(
         lambda: (s := c.get(f"/api/v1/machines/{name}/agent").json())["connected"] and s, 30
     )

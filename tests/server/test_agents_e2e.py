@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -18,8 +17,7 @@ from server.agents.dbstore import DbAgentStore
 from server.inventory import migrate
 from server.inventory.db import Database
 from tests.peers.apiserver import RunningServer, run_server
-from tests.support.agentlab import spawn_agent
-from tests.support.paths import FIXTURES
+from tests.support.agentlab import boot_root, spawn_agent
 from tests.support.wait import eventually
 
 
@@ -34,15 +32,6 @@ def agent_api(tmp_path: Path, db_url: str) -> Iterator[RunningServer]:
         agent_heartbeat_interval=1.0,
     ) as srv:
         yield srv
-
-
-def _boot(srv: RunningServer, tmp: Path, kernel_args: str, fixture: str = "dell-r650") -> Path:
-    root = tmp / "node" / "root"
-    shutil.copytree(FIXTURES / fixture, root, symlinks=True)
-    (root / "etc/bronze").mkdir(parents=True, exist_ok=True)
-    (root / "etc/bronze/ca.pem").write_bytes(srv.app.state.agent_api.ca.cert_pem)
-    (root / "proc/cmdline").write_text(f"console=ttyS0 {kernel_args}\n")
-    return root
 
 
 def test_enroll_inventory_config_patches_node_ops_reboot(
@@ -71,7 +60,7 @@ def test_enroll_inventory_config_patches_node_ops_reboot(
     assert tok.status_code == 201, tok.text
     body = tok.json()
     assert body["kernel_args"].startswith(f"bronze.machine={mid} bronze.token={body['token']} ")
-    root = _boot(agent_api, tmp_path, body["kernel_args"])
+    root = boot_root(agent_api, tmp_path, body["kernel_args"])
     proc = spawn_agent(root, procs)
 
     state = eventually(

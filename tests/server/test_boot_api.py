@@ -24,7 +24,7 @@ from server.agents import BootstrapTokens
 from server.boot.timeline import Retention, prune
 from server.inventory.models import BootProfile, Machine
 from tests.peers.apiserver import RunningServer, run_server
-from tests.support.boot import KERNEL, machine, profile, seed, sha, timeline, upload
+from tests.support.boot import KERNEL, machine, profile, script, seed, sha, timeline, upload
 from tests.support.procs import BRONZE
 from tests.support.wait import eventually
 
@@ -232,10 +232,6 @@ def test_asset_ranges(api: RunningServer) -> None:
 
 
 # -- /boot.ipxe ----------------------------------------------------------------------------------
-
-
-def script(api: RunningServer, mac: str, **q: str) -> httpx.Response:
-    return api.client("").get("/boot.ipxe", params={"mac": mac, **q})
 
 
 def test_boot_script_per_phase(api: RunningServer) -> None:

@@ -9,7 +9,7 @@ import pytest
 
 from tests.peers import bmc_peers as peers
 from tests.peers.apiserver import RunningServer
-from tests.server.test_power_e2e import FAST, add_machine, lab  # noqa: F401 - fixture
+from tests.support.bmc import add_machine
 
 SUSHY_MAC = "00:5c:52:31:3a:9c"  # the emulator's fake system NIC (bmc_peers.start_sushy)
 SUSHY_SERIAL = "437XR1138R2"  # sushy-emulator's Chassis SerialNumber (the system has none)

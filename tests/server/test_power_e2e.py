@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,12 +16,6 @@ from tests.peers import bmc_peers as peers
 from tests.peers.apiserver import RunningServer, run_server
 from tests.support.bmc import FAST_SERVER as FAST
 from tests.support.bmc import add_machine, start_peer, wait_op
-
-
-@pytest.fixture
-def lab(tmp_path: Path, sqlite_url: str) -> Iterator[RunningServer]:
-    with run_server(tmp_path / "data", sqlite_url, **FAST) as srv:
-        yield srv
 
 
 @pytest.mark.parametrize("peer_name", ["sushy", "sushy-tls", "ipmi_sim", "pyghmi"])

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from tests.peers.apiserver import RunningServer, run_server
-from tests.server.test_boot_api import profile, script, seed
-from tests.server.test_cli import run
+from tests.support.boot import profile, script, seed
+from tests.support.cli import run
 
 CANARY = "Rack-Canary-Pw-7731"
 ENV_CANARY = "Env-Canary-Pw-4409"

@@ -17,8 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
+
+from agent.gen import agent_pb2 as pb
+from agent.gen import agent_pb2_grpc as pb_grpc
 from server.agents import AgentApiServer, MemoryAgentStore
 from server.agents.pki import FleetCA
+from tests.peers.apiserver import RunningServer
 from tests.support.paths import FIXTURES, ROOT
 from tests.support.procs import AGENT_BIN
 from tests.support.wait import eventually
@@ -154,3 +159,43 @@ def spawn_agent(root: Path, procs: list[subprocess.Popen[bytes]]) -> subprocess.
     log.close()
     procs.append(proc)
     return proc
+
+
+def hello_message(machine_id: str = "") -> pb.AgentMessage:
+    return pb.AgentMessage(hello=pb.Hello(agent_version="test", machine_id=machine_id))
+
+
+def session_call(
+    lab: Lab,
+    creds: grpc.ChannelCredentials | None,
+    hello: pb.AgentMessage,
+    hold: threading.Event | None = None,
+    metadata: tuple[tuple[str, str], ...] = (),
+) -> grpc.RpcError | None:
+    target = lab.server
+    opts = [("grpc.use_local_subchannel_pool", 1)]
+    ch = grpc.secure_channel(target, creds, opts) if creds else grpc.insecure_channel(target, opts)
+
+    def requests():
+        yield hello
+        if hold is not None:
+            hold.wait(20)
+
+    try:
+        stub = pb_grpc.AgentSessionStub(ch)
+        for _ in stub.Session(requests(), timeout=10, metadata=metadata):
+            pass
+        return None
+    except grpc.RpcError as exc:
+        return exc
+    finally:
+        ch.close()
+
+
+def boot_root(srv: RunningServer, tmp: Path, kernel_args: str, fixture: str = "dell-r650") -> Path:
+    root = tmp / "node" / "root"
+    shutil.copytree(FIXTURES / fixture, root, symlinks=True)
+    (root / "etc/bronze").mkdir(parents=True, exist_ok=True)
+    (root / "etc/bronze/ca.pem").write_bytes(srv.app.state.agent_api.ca.cert_pem)
+    (root / "proc/cmdline").write_text(f"console=ttyS0 {kernel_args}\n")
+    return root

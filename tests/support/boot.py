@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 
+from tests.peers.apiserver import RunningServer
+
 KERNEL = os.urandom(300_000)
 INITRD = os.urandom(70_001)
 
@@ -62,3 +64,7 @@ def machine(c: httpx.Client, name: str, mac: str, phase: str = "registered", **l
     path = ["provisioning", "failed"] if phase == "failed" else [phase]
     for step in path if phase != "registered" else []:
         assert c.patch(f"/api/v1/machines/{name}", json={"phase": step}).status_code == 200
+
+
+def script(api: RunningServer, mac: str, **q: str) -> httpx.Response:
+    return api.client("").get("/boot.ipxe", params={"mac": mac, **q})
