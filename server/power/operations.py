@@ -36,7 +36,7 @@ from server.inventory.selectors import Requirement
 from server.power import writes
 from server.power.kinds import OperationKind
 from server.settings import ServerSettings
-from server.types import OpStatus
+from server.types import EventKind, OpStatus
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class Operations:
             [
                 {
                     "actor": actor,
-                    "kind": f"{op.kind}.requested",
+                    "kind": EventKind(f"{op.kind}.requested").value,
                     "machine_id": m.id,
                     "machine_name": m.name,
                     "message": f"{op.kind} {op.action} requested",

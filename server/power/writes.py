@@ -29,7 +29,7 @@ from server.inventory import machines as inventory
 from server.inventory.models import Event, Machine, Operation, OperationItem, utcnow
 from server.inventory.secretbox import SecretBox
 from server.power.kinds import OperationKind
-from server.types import OpStatus
+from server.types import EventKind, OpStatus
 
 BMC_COLUMNS = (
     Machine.bmc_driver,
@@ -208,7 +208,7 @@ def items_done(s: Session, dones: list[Done]) -> list[None]:
         events.append(
             {
                 "actor": x.op.requested_by,
-                "kind": f"{x.op.kind}.{verb}",
+                "kind": EventKind(f"{x.op.kind}.{verb}").value,
                 "machine_id": x.item.machine_id,
                 "machine_name": x.item.machine_name,
                 "created_at": now,

@@ -11,6 +11,7 @@ real certificates) and real ``bronze-agent`` processes.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import shutil
@@ -100,6 +101,9 @@ def _install_creds(srv: RunningServer, root: Path, machine_id: str, ca: FleetCA)
     CredentialStore(root / "var/lib/bronze", fsync=False).save(
         Credentials(key_pem, issued.cert_pem, trust)
     )
+    # As if it had enrolled: the machine's accepted certificate (sessions of others are refused).
+    store = srv.app.state.agent_store
+    asyncio.run(store.record_certificate(machine_id, issued))
 
 
 def _ca_at(srv: RunningServer, when: dt.datetime) -> FleetCA:

@@ -540,7 +540,9 @@ def test_reserved_nic_address_is_the_dhcp_answer(api: RunningServer) -> None:
         "/api/v1/machines",
         json={"name": "w2", "nics": [{"mac": "52:54:00:00:05:03", "ip": "10.20.0.11"}]},
     )
-    assert r.status_code == 409 and r.json()["error"]["details"] == {"field": "ip"}, r.text
+    assert r.status_code == 409, r.text
+    details = r.json()["error"]["details"]
+    assert details["field"] == "ip" and details["machine"]["name"] == "w1", details
     r = c.post(
         "/api/v1/machines",
         json={

@@ -224,7 +224,7 @@ def test_healthz_says_which_plane_did_not_start(tmp_path: Path, sqlite_url: str)
     ) as srv:
         assert httpx.get(srv.url + "/healthz").json() == {
             "status": "ok",
-            "components": {"agent_api": "ok", "boot_plane": "disabled"},
+            "components": {"agent_api": "ok", "boot_plane": "disabled", "pki": "ok"},
         }
 
 

@@ -12,21 +12,26 @@ from server.inventory import machines as inventory
 from server.inventory.db import Database
 from server.inventory.groupcommit import GroupCommit, calls
 from server.inventory.models import Event, utcnow
+from server.types import EventKind
 
 
 def _event(n: int, s: Session) -> int:
-    inventory.record(s, actor="test", kind="test.write", message=f"write {n}")
+    inventory.record(s, actor="test", kind=EventKind.MACHINE_UPDATED, message=f"write {n}")
     return n
 
 
 def _broken(s: Session) -> int:
-    inventory.record(s, actor="test", kind="test.write", message="never committed")
+    inventory.record(s, actor="test", kind=EventKind.MACHINE_UPDATED, message="never committed")
     raise ValueError("this write is refused")
 
 
 def count(db: Database) -> int:
     with db.read() as s:
-        query = select(func.count()).select_from(Event).where(Event.kind == "test.write")
+        query = (
+            select(func.count())
+            .select_from(Event)
+            .where(Event.kind == EventKind.MACHINE_UPDATED.value)
+        )
         return int(s.scalar(query) or 0)
 
 
@@ -72,7 +77,7 @@ def test_batch_function_sees_every_queued_argument_once(db: Database) -> None:
             [
                 {
                     "actor": "test",
-                    "kind": "test.write",
+                    "kind": EventKind.MACHINE_UPDATED.value,
                     "message": f"write {n}",
                     "data": {},
                     "created_at": utcnow(),

@@ -40,10 +40,19 @@ def test_power_and_boot_device_through_api(
         assert peers.reference_power(peer) == "off"
         m = c.get("/api/v1/machines/n1").json()
         assert m["power"] == {
-            "desired": "off",
+            "last_request": {
+                "kind": "power",
+                "action": "off",
+                "at": op["created_at"],
+                "operation_id": op["id"],
+                "result": "succeeded",
+                "error": None,
+            },
             "observed": "off",
             "observed_at": m["power"]["observed_at"],
+            "error": None,
         }
+        assert m["bmc"]["scheme"] == (None if peer.kind != "redfish" else peer.scheme)
 
         op = wait_op(
             c,
