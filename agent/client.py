@@ -15,46 +15,59 @@ Life of the agent (also what ``bronze-agent simulate`` runs for each simulated m
 4. **Reconnect.** When the stream ends or fails it dials again after a capped exponential backoff
    with full jitter (so thousands of agents do not reconnect in lock step after a server restart).
 
-Exactly-once effects over an at-least-once channel: the server resends every unacknowledged
-command on each new session, so the agent journals each command id with its result *before*
-sending the result, answers a known id from the journal without executing it again, and treats
-an already-applied config version as a no-op.
+Exactly-once effects over an at-least-once channel: every command's result is journaled
+(:class:`agent.commands.Journal`) before it is sent, and a resent command is answered from the
+journal.
+
+Where things are: this module holds the :class:`Agent` (its options, the run loop with its
+backoff, boot bookkeeping, enrollment and credentials);
+:mod:`agent.session` holds one session's stream (Hello, heartbeats, the read loop, certificate
+renewal) and :mod:`agent.commands` what each command does (config modes and the try timer,
+upgrade / mark-good, node ops).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import json
 import logging
 import random
 import time
 import uuid
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from agent import nodeops
-from agent.apply import ApplyError, ConfigApplier, reboot_needed
+from agent.apply import ConfigApplier
+from agent.commands import Commands, DropSession, Journal
 from agent.gen import agent_pb2 as pb
 from agent.gen import agent_pb2_grpc as pb_grpc
 from agent.identity import Credentials, CredentialStore, new_key_and_csr, write_file
 from agent.image_manifest import TrustedKey
 from agent.install import grub_boot
 from agent.inventory import Inventory, collect
+from agent.session import AGENT_VERSION, SessionLink, inventory_to_pb
 from agent.trouble import ServerClock, TroubleReporter
-from agent.upgrade import NodeSlots, UpgradeRefused, fetcher
+from agent.upgrade import NodeSlots
+
+__all__ = [
+    "AGENT_VERSION",
+    "CHANNEL_OPTIONS",
+    "Agent",
+    "AgentFatalError",
+    "AgentOptions",
+    "EnrollDenied",
+    "EnrollPending",
+    "Journal",
+    "backoff_delay",
+    "inventory_to_pb",
+]
 
 log = logging.getLogger(__name__)
-
-AGENT_VERSION = "0.1.0"
 
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     # NOTE: without this, every channel to one target in a process shares one TCP connection.
@@ -78,10 +91,6 @@ class EnrollDenied(Exception):
 class EnrollPending(Exception):
     """The token is good but the machine is not accepted yet (phase ``discovered``): no
     certificate. Retried with backoff, with the same token."""
-
-
-class _DropSession(Exception):
-    """Fault injection: end the session abruptly."""
 
 
 @dataclass
@@ -113,38 +122,6 @@ class AgentOptions:
     clock_offset: float = 0.0  # seconds added to the system clock (simulating a skewed clock)
 
 
-class Journal:
-    """Results of executed commands, by id (bounded), persisted in the state directory."""
-
-    LIMIT = 256
-
-    def __init__(self, path: Path, *, fsync: bool) -> None:
-        self._path = path
-        self._fsync = fsync
-        self._items: OrderedDict[str, dict[str, Any]] = OrderedDict()
-        try:
-            self._items.update(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            pass
-
-    def get(self, command_id: str) -> pb.CommandResult | None:
-        r = self._items.get(command_id)
-        if r is None:
-            return None
-        return pb.CommandResult(command_id=command_id, **r)
-
-    def put(self, result: pb.CommandResult) -> None:
-        self._items[result.command_id] = {
-            "ok": result.ok,
-            "error": result.error,
-            "applied_version": result.applied_version,
-            "rebooting": result.rebooting,
-        }
-        while len(self._items) > self.LIMIT:
-            self._items.popitem(last=False)
-        write_file(self._path, json.dumps(self._items).encode(), 0o600, fsync=self._fsync)
-
-
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
     """Full-jitter exponential backoff: uniform in [0, min(cap, base * 2**attempt)]."""
     return rng.uniform(0, min(cap, base * (2 ** min(attempt, 20))))
@@ -161,23 +138,20 @@ class Agent:
         self.creds: Credentials | None = None
         self.boots = 0
         self.sessions = 0
-        self._boot_started = time.monotonic()
+        self.boot_started = time.monotonic()
         self._inventory: Inventory | None = None
-        self._outq: asyncio.Queue[pb.AgentMessage | None] | None = None
-        self._seq = 0
-        self._pending_key: bytes | None = None
-        self._try_timer: asyncio.Task[None] | None = None
-        self._fault_used = False
-        self._reboot_requested: pb.Reboot | None = None
-        self._node_ops: dict[str, asyncio.Task[None]] = {}
+        self.reboot_requested: pb.Reboot | None = None
+        """Set by a command, the watchdog or the BMC: reboot when the session has ended."""
         self.slots = NodeSlots.detect(opts.root, opts.state_dir)
-        self._interrupt = asyncio.Event()
+        self.interrupt = asyncio.Event()
+        """A reset (watchdog, BMC): ends the current session at once."""
         self._watchdog: asyncio.Task[None] | None = None
-        self._sim = ""
+        self.sim = ""
+        """The simulated failure the booted image's kernel args ask for (``bronze.sim=``)."""
         self.clock = ServerClock(opts.clock_offset)
-        self.trouble = TroubleReporter(
-            opts.enroll, opts.ca_pem, self.clock, self._channel_options()
-        )
+        self.trouble = TroubleReporter(opts.enroll, opts.ca_pem, self.clock, self.channel_options())
+        self.link = SessionLink(self)
+        self.commands = Commands(self)
 
     # -- boot -------------------------------------------------------------------------------------
 
@@ -203,9 +177,9 @@ class Agent:
             self.applier.on_boot()
             write_file(last, bid.encode(), fsync=self.o.fsync)
         self.boots += 1
-        self._boot_started = time.monotonic()
+        self.boot_started = time.monotonic()
         self._inventory = None
-        self._arm_try_timer()
+        self.commands.arm_try_timer()
         self._boot_slots()
 
     def _boot_slots(self) -> None:
@@ -217,11 +191,9 @@ class Agent:
         deadline = self.slots.on_boot()
         self._record_boot()
         args = self.slots.booted_args()
-        self._sim = next((a.split("=", 1)[1] for a in args if a.startswith("bronze.sim=")), "")
-        if self._watchdog:
-            self._watchdog.cancel()
-            self._watchdog = None
-        if deadline is not None and self._sim != "no-boot":  # no kernel, no agent watchdog
+        self.sim = next((a.split("=", 1)[1] for a in args if a.startswith("bronze.sim=")), "")
+        self.cancel_watchdog()
+        if deadline is not None and self.sim != "no-boot":  # no kernel, no agent watchdog
             with contextlib.suppress(RuntimeError):
                 self._watchdog = asyncio.get_running_loop().create_task(self._watch(deadline))
 
@@ -240,6 +212,11 @@ class Agent:
         boots = [*boots, {"boot_id": bid, "slot": r.slot, "image": r.image_digest}][-100:]
         write_file(path, json.dumps(boots).encode(), fsync=self.o.fsync)
 
+    def cancel_watchdog(self) -> None:
+        if self._watchdog:
+            self._watchdog.cancel()
+            self._watchdog = None
+
     async def _watch(self, deadline: float) -> None:
         await asyncio.sleep(max(0.0, deadline - time.monotonic()))
         log.warning(
@@ -249,8 +226,8 @@ class Agent:
         self._request_reboot()
 
     def _request_reboot(self) -> None:
-        self._reboot_requested = self._reboot_requested or pb.Reboot()
-        self._interrupt.set()
+        self.reboot_requested = self.reboot_requested or pb.Reboot()
+        self.interrupt.set()
 
     def _simulated_reboot(self, wipe_state: bool) -> None:
         log.info("rebooting (simulated) machine=%s", self.o.machine_id)
@@ -282,13 +259,13 @@ class Agent:
         attempt = 0
         while not stop.is_set():
             established = False
-            self._interrupt.clear()
+            self.interrupt.clear()
             try:
-                if self._sim == "no-boot":  # a kernel that never comes up: only a reset helps
+                if self.sim == "no-boot":  # a kernel that never comes up: only a reset helps
                     await self._wait_interrupt(stop)
                 else:
                     self.creds = await self._ensure_credentials()
-                    established = await self._session(stop)
+                    established = await self.link.run(stop)
             except AgentFatalError:
                 raise
             except EnrollDenied:
@@ -308,12 +285,12 @@ class Agent:
                 )
                 if not established:
                     await self._report(f"session failed: {exc.code().name}")
-            except (OSError, _DropSession) as exc:
+            except (OSError, DropSession) as exc:
                 log.info("session dropped machine=%s error=%s", self.o.machine_id, exc)
             except Exception:  # noqa: BLE001 - a bug must not stop the agent for good
                 log.exception("session failed machine=%s", self.o.machine_id)
-            if self._reboot_requested is not None:
-                req, self._reboot_requested = self._reboot_requested, None
+            if self.reboot_requested is not None:
+                req, self.reboot_requested = self.reboot_requested, None
                 if self.o.reboot_seconds:  # a simulated machine's firmware and kernel take time
                     await asyncio.sleep(self.o.reboot_seconds)
                 self._simulated_reboot(req.wipe_state)
@@ -323,14 +300,13 @@ class Agent:
             delay = backoff_delay(attempt, self.o.backoff_base, self.o.backoff_max, self.rng)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), delay)
-        if self._try_timer:
-            self._try_timer.cancel()
+        self.commands.cancel_try_timer()
         for task in (self._watchdog, events):
             if task is not None:
                 task.cancel()
 
     async def _wait_interrupt(self, stop: asyncio.Event) -> None:
-        waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._interrupt.wait())}
+        waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self.interrupt.wait())}
         _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for t in pending:
             t.cancel()
@@ -373,7 +349,7 @@ class Agent:
         if creds is not None:
             await self.trouble.report(self.o.machine_id or _cn(creds), creds, problem)
 
-    def _channel_options(self) -> list[tuple[str, Any]]:
+    def channel_options(self) -> list[tuple[str, Any]]:
         opts = list(CHANNEL_OPTIONS) + list(self.o.extra_channel_options)
         if self.o.server_name:
             opts.append(("grpc.ssl_target_name_override", self.o.server_name))
@@ -387,7 +363,7 @@ class Agent:
         key_pem, csr_pem = new_key_and_csr(self.o.machine_id)
         creds = grpc.ssl_channel_credentials(root_certificates=self.o.ca_pem)
         async with grpc.aio.secure_channel(
-            self.o.enroll, creds, options=self._channel_options()
+            self.o.enroll, creds, options=self.channel_options()
         ) as channel:
             stub = pb_grpc.EnrollmentStub(channel)
             try:
@@ -396,7 +372,7 @@ class Agent:
                         bootstrap_token=self.o.token,
                         machine_id=self.o.machine_id,
                         csr_pem=csr_pem.decode(),
-                        inventory=inventory_to_pb(self._collect_inventory()),
+                        inventory=inventory_to_pb(self.collect_inventory()),
                     ),
                     timeout=15,
                 )
@@ -411,411 +387,12 @@ class Agent:
         log.info("enrolled machine=%s not_after=%s", self.o.machine_id, resp.not_after)
         return result
 
-    # -- session ----------------------------------------------------------------------------------
-
-    def _collect_inventory(self) -> Inventory:
+    def collect_inventory(self) -> Inventory:
         if self._inventory is None:
             self._inventory = self.o.inventory or collect(self.o.root)
         return self._inventory
-
-    def _hello(self) -> pb.AgentMessage:
-        inv = self._collect_inventory()
-        return pb.AgentMessage(
-            hello=pb.Hello(
-                agent_version=AGENT_VERSION,
-                boot_id=self.boot_id(),
-                # A simulated unhealthy image reports no config: the server sees it not applied.
-                config_version="" if self._sim == "unhealthy" else self.applier.current_version,
-                staged_config_version=self.applier.staged_version,
-                reverted_config_version=self.applier.reverted_version,
-                inventory=inventory_to_pb(inv),
-                machine_id=self.o.machine_id,
-                **self._slot_fields(),
-            )
-        )
-
-    def _slot_fields(self) -> dict[str, str]:
-        if self.slots is None:
-            return {}
-        r = self.slots.report()
-        return {
-            "image_digest": r.image_digest,
-            "slot": r.slot,
-            "last_good_digest": r.last_good_digest,
-        }
-
-    def _send(self, msg: pb.AgentMessage) -> None:
-        if self._outq is not None:
-            self._outq.put_nowait(msg)
-
-    async def _session(self, stop: asyncio.Event) -> bool:
-        """One session. Returns whether it was established (the server accepted Hello)."""
-        assert self.creds is not None
-        creds = grpc.ssl_channel_credentials(
-            root_certificates=self.creds.ca_pem,
-            private_key=self.creds.key_pem,
-            certificate_chain=self.creds.cert_pem,
-        )
-        outq: asyncio.Queue[pb.AgentMessage | None] = asyncio.Queue()
-        outq.put_nowait(self._hello())
-
-        async def outgoing():  # type: ignore[no-untyped-def]
-            while True:
-                m = await outq.get()
-                if m is None:
-                    return
-                yield m
-
-        established = False
-        channel = grpc.aio.secure_channel(self.o.server, creds, options=self._channel_options())
-        call = pb_grpc.AgentSessionStub(channel).Session(outgoing())
-        hb: asyncio.Task[None] | None = None
-        stopper = asyncio.get_running_loop().create_task(stop.wait())
-        waker = asyncio.get_running_loop().create_task(self._interrupt.wait())
-        try:
-            await call.initial_metadata()
-            self._outq = outq
-            hb = asyncio.get_running_loop().create_task(self._heartbeats())
-            reader = call.__aiter__()
-            while True:
-                nxt = asyncio.ensure_future(reader.__anext__())
-                done, _ = await asyncio.wait(
-                    {nxt, stopper, waker}, return_when=asyncio.FIRST_COMPLETED
-                )
-                if nxt not in done:
-                    nxt.cancel()
-                    break  # stop requested, or a reset (watchdog, BMC)
-                try:
-                    msg = nxt.result()
-                except StopAsyncIteration:
-                    break
-                if not established:
-                    established = True
-                    self.sessions += 1
-                if msg.HasField("command"):
-                    await self._handle(msg.command)
-                if self._reboot_requested is not None:
-                    outq.put_nowait(None)  # half-close after the result; wait for the server
-                    with contextlib.suppress(Exception):
-                        await asyncio.wait_for(self._drain(reader), 5)
-                    break
-            established = established or call.done()
-        finally:
-            self._outq = None
-            for task in self._node_ops.values():  # a follow ends with its session
-                task.cancel()
-            self._node_ops.clear()
-            stopper.cancel()
-            waker.cancel()
-            if hb:
-                hb.cancel()
-            outq.put_nowait(None)
-            call.cancel()
-            await channel.close(grace=None)
-        return established
-
-    @staticmethod
-    async def _drain(reader: Any) -> None:
-        async for _ in reader:
-            pass
-
-    async def _heartbeats(self) -> None:
-        i = self.o.heartbeat_interval
-        # First beat soon after connecting, spread over one interval.
-        await asyncio.sleep(self.rng.uniform(0, i))
-        while True:
-            self._seq += 1
-            self._send(self._heartbeat())
-            self._maybe_renew()
-            j = self.o.heartbeat_jitter
-            await asyncio.sleep(i * self.rng.uniform(1 - j, 1 + j))
-
-    def _heartbeat(self) -> pb.AgentMessage:
-        load1 = -1.0
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            load1 = float((self.o.root / "proc/loadavg").read_text().split()[0])
-        return pb.AgentMessage(
-            heartbeat=pb.Heartbeat(
-                seq=self._seq,
-                config_version=self.applier.current_version,
-                uptime_seconds=time.monotonic() - self._boot_started,
-                load1=load1,
-                try_pending=self.applier.trial is not None,
-                reverted_config_version=self.applier.reverted_version,
-            )
-        )
-
-    # -- certificate renewal ----------------------------------------------------------------------
-
-    def _maybe_renew(self, force: bool = False) -> None:
-        if self.creds is None or self._pending_key is not None:
-            return
-        if force or self.creds.should_renew(self.clock.now()):
-            key_pem, csr_pem = new_key_and_csr(self.o.machine_id)
-            self._pending_key = key_pem
-            self._send(
-                pb.AgentMessage(certificate_request=pb.CertificateRequest(csr_pem=csr_pem.decode()))
-            )
-            log.info("certificate renewal requested machine=%s", self.o.machine_id)
-
-    def _install_certificate(self, nc: pb.NewCertificate) -> None:
-        key_pem, self._pending_key = self._pending_key, None
-        if key_pem is None:
-            log.warning("unsolicited certificate ignored machine=%s", self.o.machine_id)
-            return
-        cert = x509.load_pem_x509_certificate(nc.cert_pem.encode())
-        key = serialization.load_pem_private_key(key_pem, password=None)
-        der, info = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        if cert.public_key().public_bytes(der, info) != key.public_key().public_bytes(der, info):
-            log.warning("renewed certificate does not match our key machine=%s", self.o.machine_id)
-            return
-        self.creds = Credentials(key_pem, nc.cert_pem.encode(), nc.ca_pem.encode())
-        self.creds_store.save(self.creds)
-        log.info("certificate renewed machine=%s not_after=%s", self.o.machine_id, nc.not_after)
-
-    # -- commands ---------------------------------------------------------------------------------
-
-    async def _handle(self, cmd: pb.Command) -> None:
-        op = cmd.WhichOneof("op")
-        if op == "node_op":
-            # Runs beside the command loop: a followed log must not hold up other commands.
-            task = asyncio.get_running_loop().create_task(self._node_op(cmd))
-            self._node_ops[cmd.id] = task
-            task.add_done_callback(functools.partial(self._node_op_done, cmd.id))
-            return
-        if op == "cancel_node_op":
-            running = self._node_ops.get(cmd.cancel_node_op.command_id)
-            if running is not None:
-                running.cancel()
-                log.info(
-                    "node op cancelled machine=%s command=%s",
-                    self.o.machine_id,
-                    cmd.cancel_node_op.command_id,
-                )
-            return
-        if op == "new_certificate":
-            self._install_certificate(cmd.new_certificate)
-            return
-        if op == "renew_certificate":
-            self._maybe_renew(force=True)
-            self._send(pb.AgentMessage(result=pb.CommandResult(command_id=cmd.id, ok=True)))
-            return
-        known = self.journal.get(cmd.id)
-        if known is not None:  # executed before; the result got lost: say it again
-            self._send(pb.AgentMessage(result=known))
-            return
-        if op == "apply_config":
-            result = self._apply(cmd.id, cmd.apply_config)
-        elif op == "confirm_config":
-            ok = self.applier.confirm(cmd.confirm_config.version)
-            if ok and self._try_timer:
-                self._try_timer.cancel()
-            result = pb.CommandResult(
-                command_id=cmd.id,
-                ok=ok,
-                applied_version=self.applier.current_version,
-                error="" if ok else "no pending try with that version",
-            )
-        elif op == "upgrade":
-            result = await self._upgrade(cmd.id, cmd.upgrade)
-        elif op == "mark_good":
-            result = self._mark_good(cmd.id, cmd.mark_good)
-        elif op == "reboot":
-            result = pb.CommandResult(
-                command_id=cmd.id,
-                ok=True,
-                rebooting=True,
-                applied_version=self.applier.current_version,
-            )
-            self._reboot_requested = cmd.reboot
-        else:
-            result = pb.CommandResult(command_id=cmd.id, ok=False, error=f"unsupported {op}")
-        self.journal.put(result)
-        if result.rebooting:
-            self._reboot_requested = self._reboot_requested or pb.Reboot()
-        if op == "apply_config" and self.o.fault == "drop-before-result" and not self._fault_used:
-            self._fault_used = True
-            raise _DropSession("fault injection: dropped before sending the result")
-        self._send(pb.AgentMessage(result=result))
-
-    async def _upgrade(self, command_id: str, up: pb.Upgrade) -> pb.CommandResult:
-        if self.slots is None:
-            return pb.CommandResult(
-                command_id=command_id, ok=False, error="not installed: this machine has no slots"
-            )
-        try:
-            await asyncio.to_thread(self.slots.upgrade, up, self.o.trusted_keys, fetcher())
-        except Exception as exc:  # noqa: BLE001 - any failure is this command's answer
-            if not isinstance(exc, UpgradeRefused):
-                log.exception("upgrade failed machine=%s", self.o.machine_id)
-                exc = UpgradeRefused(f"{type(exc).__name__}: {exc}")
-            log.warning("upgrade refused machine=%s: %s", self.o.machine_id, exc)
-            return pb.CommandResult(command_id=command_id, ok=False, error=str(exc))
-        return pb.CommandResult(command_id=command_id, ok=True, rebooting=True)
-
-    def _mark_good(self, command_id: str, mg: pb.MarkGood) -> pb.CommandResult:
-        if self.slots is None:
-            return pb.CommandResult(command_id=command_id, ok=False, error="no slots")
-        try:
-            self.slots.mark_good(mg.image_digest)
-        except UpgradeRefused as exc:
-            return pb.CommandResult(command_id=command_id, ok=False, error=str(exc))
-        if self._watchdog:
-            self._watchdog.cancel()
-            self._watchdog = None
-        return pb.CommandResult(command_id=command_id, ok=True)
-
-    def _apply(self, command_id: str, ac: pb.ApplyConfig) -> pb.CommandResult:
-        a = self.applier
-        if self._sim == "unhealthy":
-            return pb.CommandResult(
-                command_id=command_id, ok=False, error="simulated: services failed to start"
-            )
-
-        def res(ok: bool, error: str = "", rebooting: bool = False) -> pb.CommandResult:
-            return pb.CommandResult(
-                command_id=command_id,
-                ok=ok,
-                error=error,
-                applied_version=a.current_version,
-                rebooting=rebooting,
-            )
-
-        try:
-            cfg = json.loads(ac.config_json)
-            if not isinstance(cfg, dict):
-                raise ValueError("config is not an object")
-        except ValueError as exc:
-            return res(False, f"invalid config: {exc}")
-        version, mode = ac.version, ac.mode
-        trial = a.trial
-        try:
-            if mode == pb.APPLY_MODE_STAGED:
-                if version not in (a.staged_version, a.current_version):
-                    a.stage(version, cfg)
-                return res(True)
-            if version == a.current_version and (trial is None or mode == pb.APPLY_MODE_TRY):
-                return res(True)  # already in effect: no-op
-            need = reboot_needed((a.current or {}).get("config"), cfg)
-            if mode == pb.APPLY_MODE_NO_REBOOT and need:
-                return res(False, "reboot required to change: " + ", ".join(need))
-            if mode == pb.APPLY_MODE_TRY:
-                if need:
-                    return res(False, "try mode cannot change boot-time fields: " + ", ".join(need))
-                a.begin_try(
-                    version,
-                    cfg,
-                    float(ac.try_timeout_seconds or 120),
-                    previous=trial["previous"] if trial else a.current,
-                )
-                self._arm_try_timer()
-                return res(True)
-            if trial is not None:  # a definitive apply supersedes a pending try
-                a.confirm(trial["version"])
-            if need:  # AUTO: stage, then reboot into it
-                a.stage(version, cfg)
-                return res(True, rebooting=True)
-            a.apply_live(version, cfg, "no-reboot" if mode == pb.APPLY_MODE_NO_REBOOT else "auto")
-            return res(True)
-        except (ApplyError, OSError) as exc:
-            return res(False, f"apply failed: {exc}")
-
-    def _arm_try_timer(self) -> None:
-        if self._try_timer:
-            self._try_timer.cancel()
-            self._try_timer = None
-        trial = self.applier.trial
-        if trial is None:
-            return
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            return
-        self._try_timer = loop.create_task(self._try_expiry(trial["version"], trial["deadline"]))
-
-    async def _try_expiry(self, version: str, deadline: float) -> None:
-        await asyncio.sleep(max(0.0, deadline - time.time()))
-        trial = self.applier.trial
-        if trial is not None and trial["version"] == version:
-            now = self.applier.revert_try()
-            log.warning(
-                "try config not confirmed, reverted machine=%s from=%s to=%s",
-                self.o.machine_id,
-                version,
-                now or "-",
-            )
-            self._seq += 1
-            self._send(self._heartbeat())  # tell the server at once
-
-    def _node_op_done(self, command_id: str, _task: asyncio.Task[None]) -> None:
-        self._node_ops.pop(command_id, None)
-
-    async def _node_op(self, cmd: pb.Command) -> None:
-        def chunk(data: bytes) -> None:
-            self._send(pb.AgentMessage(chunk=pb.NodeOpChunk(command_id=cmd.id, data=data)))
-
-        try:
-            if cmd.node_op.follow:
-                async for data in nodeops.follow(self.o.root, cmd.node_op):
-                    chunk(data)
-            else:
-                data = await asyncio.to_thread(nodeops.run, self.o.root, cmd.node_op)
-                for part in nodeops.chunks(data):
-                    chunk(part)
-        except nodeops.NodeOpError as exc:
-            self._send(
-                pb.AgentMessage(
-                    result=pb.CommandResult(command_id=cmd.id, ok=False, error=str(exc))
-                )
-            )
-            return
-        self._send(pb.AgentMessage(result=pb.CommandResult(command_id=cmd.id, ok=True)))
 
 
 def _cn(creds: Credentials) -> str:
     attrs = creds.cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     return str(attrs[0].value) if attrs else ""
-
-
-def inventory_to_pb(inv: Inventory) -> pb.Inventory:
-    s = inv.smbios
-    return pb.Inventory(
-        smbios=pb.Smbios(
-            uuid=s.uuid,
-            serial=s.serial,
-            vendor=s.vendor,
-            product=s.product,
-            board_vendor=s.board_vendor,
-            board_product=s.board_product,
-            bios_version=s.bios_version,
-        ),
-        cpus=[
-            pb.Cpu(socket=c.socket, model=c.model, cores=c.cores, threads=c.threads, mhz=c.mhz)
-            for c in inv.cpus
-        ],
-        memory_bytes=inv.memory_bytes,
-        disks=[
-            pb.Disk(
-                name=d.name,
-                size_bytes=d.size_bytes,
-                model=d.model,
-                serial=d.serial,
-                rotational=d.rotational,
-                wwn=d.wwn,
-                transport=d.transport,
-            )
-            for d in inv.disks
-        ],
-        nics=[
-            pb.Nic(
-                name=n.name,
-                mac=n.mac,
-                driver=n.driver,
-                speed_mbps=n.speed_mbps,
-                link_up=n.link_up,
-                mtu=n.mtu,
-            )
-            for n in inv.nics
-        ],
-        bmc_address=inv.bmc_address,
-    )

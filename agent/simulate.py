@@ -59,6 +59,16 @@ def machine_inventory(base: Inventory, machine_id: str) -> Inventory:
     return dataclasses.replace(base, smbios=smbios, nics=tuple[Nic, ...](nics))
 
 
+def machine_root(template: Path, root: Path, boot_params: str) -> Path:
+    """A simulated machine's root, booted: kernel command line (with ``boot_params``) and a
+    fresh boot id."""
+    make_root(template, root)
+    cmdline = f"console=ttyS0 {boot_params}\n"
+    write_file(root / "proc/cmdline", cmdline.encode(), 0o444, fsync=False)
+    write_file(root / "proc/sys/kernel/random/boot_id", f"{uuid.uuid4()}\n".encode(), fsync=False)
+    return root
+
+
 async def simulate(
     *,
     count: int,
@@ -83,16 +93,8 @@ async def simulate(
     base = collect(template)
     agents = []
     for mid in ids:
-        root = work / mid / "root"
-        make_root(template, root)
-        cmdline = (
-            f"console=ttyS0 bronze.machine={mid} bronze.token={tokens[mid]} "
-            f"bronze.server={server} bronze.enroll={enroll}\n"
-        )
-        write_file(root / "proc/cmdline", cmdline.encode(), 0o444, fsync=False)
-        write_file(
-            root / "proc/sys/kernel/random/boot_id", f"{uuid.uuid4()}\n".encode(), fsync=False
-        )
+        boot = f"bronze.machine={mid} bronze.token={tokens[mid]} bronze.server={server}"
+        root = machine_root(template, work / mid / "root", f"{boot} bronze.enroll={enroll}")
         if installed is not None and not (root / "system").exists():
             install_image(root / "system", installed)
         agents.append(
