@@ -10,7 +10,8 @@ boot is chosen by PATCHing ``Boot.BootSourceOverrideTarget`` (``Pxe``, ``Hdd``..
 ``X-Auth-Token``) or HTTP Basic (DSP0266 section 13.3); sushy tries the former and
 falls back to the latter.
 
-Only this module imports sushy. It adds three guarantees sushy does not give:
+Only this module and its HTTP layer (:mod:`bmc.redfish_guard`) import sushy. They add three
+guarantees sushy does not give:
 
 - **TLS means what the endpoint says.** Verification is on by default, against the
   endpoint's own CA bundle if it has one (written to a private temp file, removed on
@@ -23,6 +24,10 @@ Only this module imports sushy. It adds three guarantees sushy does not give:
 - **One BMC call, no hidden retries.** sushy retries connection errors three times with
   2 s sleeps and 5xx GETs ten times; the connector here makes exactly one attempt so
   that retry policy stays in :mod:`bmc.actions`.
+
+This module holds the driver (:class:`RedfishDriver`) and the translation of sushy's vocabulary
+and errors into ours; the guarded HTTP session and the one-shot connector that give the last
+two guarantees are in :mod:`bmc.redfish_guard` (their names are importable from here too).
 """
 
 from __future__ import annotations
@@ -31,13 +36,10 @@ import logging
 import os
 import tempfile
 from typing import Any
-from urllib.parse import urljoin, urlsplit
 
-import requests
 import sushy
 from requests import exceptions as req_exc
 from sushy import auth as sushy_auth
-from sushy import connector as sushy_connector
 from sushy import exceptions as sushy_exc
 from sushy.resources import constants as res_cons
 from sushy.resources.system import constants as sys_cons
@@ -58,6 +60,9 @@ from bmc.errors import (
     scrub,
 )
 from bmc.inspection import Inspection, canonical_mac, canonical_uuid
+from bmc.redfish_guard import GuardedSession as GuardedSession
+from bmc.redfish_guard import OneShotConnector
+from bmc.redfish_guard import _RedirectRefused as _RedirectRefused
 from bmc.types import BmcEndpoint, BootDevice, BootSetting, PowerState
 
 LOG = logging.getLogger(__name__)
@@ -99,79 +104,6 @@ BUSY_STATUSES = frozenset({409, 429, 503})
 # BMCs (user@address:port) known to refuse Redfish sessions: go straight to Basic auth
 # instead of paying a SessionService GET + a failed POST (and sushy's warnings) per call.
 _basic_only: set[str] = set()
-
-
-class _RedirectRefused(Exception):
-    """Raised inside the HTTP session; not a requests error, so sushy lets it through."""
-
-    def __init__(self, target: str) -> None:
-        super().__init__(target)
-        self.target = target
-
-
-def _origin(url: str) -> tuple[str, str, int | None]:
-    parts = urlsplit(url)
-    default = {"https": 443, "http": 80}.get(parts.scheme)
-    return (parts.scheme, (parts.hostname or "").lower(), parts.port or default)
-
-
-class GuardedSession(requests.Session):
-    """A requests session that ignores the environment and stays on one origin."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.trust_env = False  # REQUESTS_CA_BUNDLE / *_PROXY / .netrc must not apply
-        self.max_redirects = 5
-
-    def get_redirect_target(self, resp: requests.Response) -> str | None:
-        target = super().get_redirect_target(resp)
-        if target is not None:
-            absolute = urljoin(resp.url, target)
-            if _origin(absolute) != _origin(resp.url):
-                raise _RedirectRefused(absolute)
-        return target
-
-
-class _OneShotConnector(sushy_connector.Connector):
-    """sushy's connector with one attempt per request and our guarded session."""
-
-    def __init__(self, url: str, verify: bool | str, timeouts: DriverTimeouts) -> None:
-        super().__init__(
-            url,
-            verify=verify,
-            server_side_retries=1,  # sushy: "retries or 3" -> one connection attempt
-            server_side_retries_delay=0,
-            default_request_timeout=timeouts.read,
-            connect_timeout=timeouts.connect,
-        )
-        self._session.close()
-        self._session: requests.Session = GuardedSession()
-        self._session.headers["Connection"] = "close"
-
-    def _op(
-        self,
-        method: str,
-        path: str = "",
-        data: Any = None,
-        headers: Any = None,
-        blocking: bool = False,
-        timeout: Any = None,
-        server_side_retries_left: Any = None,
-        allow_reauth: bool = True,
-        **kwargs: Any,
-    ) -> Any:
-        # No 5xx replays inside sushy: the policy layer decides about retries.
-        return super()._op(
-            method,
-            path,
-            data=data,
-            headers=headers,
-            blocking=blocking,
-            timeout=timeout,
-            server_side_retries_left=0,
-            allow_reauth=allow_reauth,
-            **kwargs,
-        )
 
 
 class RedfishDriver:
@@ -253,7 +185,7 @@ class RedfishDriver:
     def _get_system(self) -> Any:
         if self._system is None:
             ep = self.endpoint
-            conn = _OneShotConnector(self.base_url, self._verify(), self.timeouts)
+            conn = OneShotConnector(self.base_url, self._verify(), self.timeouts)
             auth_key = f"{ep.username}@{ep.key}"
             auth_cls = (
                 sushy_auth.BasicAuth if auth_key in _basic_only else sushy_auth.SessionOrBasicAuth

@@ -139,56 +139,13 @@ class PxeService:
             backend = HttpBackend(settings.server_url, settings.token.get_secret_value())
         sink = MacCorrelator(sink)
         self.settings, self.backend, self.sink = settings, backend, sink
-        s = settings
-        boot = BootConfig(
-            server_ip=s.address,
-            http_base_url=s.http_base_url,
-            files=BootFiles(
-                bios=s.bios_file, uefi_x64=s.uefi_x64_file, uefi_arm64=s.uefi_arm64_file
-            ),
-        )
-        pool = (s.pool_start, s.pool_end) if s.pool_start and s.pool_end else None
-        lease_file = s.state_dir / "leases.json" if s.state_dir else None
         asker: BootBackend = backend
-        if s.decision_cache_seconds > 0:
-            asker = CachedBackend(backend, s.decision_cache_seconds)
-        self.dhcp = DhcpServer(
-            mode=s.mode,
-            boot=boot,
-            backend=asker,
-            sink=sink,
-            address=s.address,
-            interface=s.interface,
-            server_port=s.dhcp_port,
-            client_port=s.dhcp_client_port,
-            pxe_port=s.proxy_port,
-            leases=LeaseStore(lease_file, pool),
-            network=FullModeConfig(
-                subnet_mask=s.subnet_mask, router=s.router, lease_seconds=s.lease_seconds
-            ),
-            admission=Admission(
-                unknown_rate=s.dhcp_unknown_rate,
-                unknown_burst=s.dhcp_unknown_burst,
-                unknown_inflight=s.dhcp_unknown_inflight,
-            ),
-            unknown_offers=UnknownOffers(s.dhcp_unknown_offers, s.dhcp_unknown_offer_seconds),
-            known_refresh=s.dhcp_known_refresh,
-        )
+        if settings.decision_cache_seconds > 0:
+            asker = CachedBackend(backend, settings.decision_cache_seconds)
+        self.dhcp = _dhcp_server(settings, asker, sink)
         self.tftp: TftpServer | None = None
-        if s.tftp_enabled:
-            self.tftp = TftpServer(
-                s.tftp_root,
-                address=s.address,
-                port=s.tftp_port,
-                sink=sink,
-                max_sessions=s.tftp_max_sessions,
-                timeout=s.tftp_timeout,
-                retries=s.tftp_retries,
-                client_max_sessions=s.tftp_client_max_sessions,
-                client_rate=s.tftp_client_rate,
-                client_burst=s.tftp_client_burst,
-                interface=s.interface,
-            )
+        if settings.tftp_enabled:
+            self.tftp = _tftp_server(settings, sink)
 
     async def start(self) -> None:
         if self.tftp is not None:
@@ -214,3 +171,53 @@ class PxeService:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def _dhcp_server(s: PxeSettings, backend: BootBackend, sink: TimelineSink) -> DhcpServer:
+    """The DHCP server the settings describe, asking ``backend``."""
+    boot = BootConfig(
+        server_ip=s.address,
+        http_base_url=s.http_base_url,
+        files=BootFiles(bios=s.bios_file, uefi_x64=s.uefi_x64_file, uefi_arm64=s.uefi_arm64_file),
+    )
+    pool = (s.pool_start, s.pool_end) if s.pool_start and s.pool_end else None
+    lease_file = s.state_dir / "leases.json" if s.state_dir else None
+    return DhcpServer(
+        mode=s.mode,
+        boot=boot,
+        backend=backend,
+        sink=sink,
+        address=s.address,
+        interface=s.interface,
+        server_port=s.dhcp_port,
+        client_port=s.dhcp_client_port,
+        pxe_port=s.proxy_port,
+        leases=LeaseStore(lease_file, pool),
+        network=FullModeConfig(
+            subnet_mask=s.subnet_mask, router=s.router, lease_seconds=s.lease_seconds
+        ),
+        admission=Admission(
+            unknown_rate=s.dhcp_unknown_rate,
+            unknown_burst=s.dhcp_unknown_burst,
+            unknown_inflight=s.dhcp_unknown_inflight,
+        ),
+        unknown_offers=UnknownOffers(s.dhcp_unknown_offers, s.dhcp_unknown_offer_seconds),
+        known_refresh=s.dhcp_known_refresh,
+    )
+
+
+def _tftp_server(s: PxeSettings, sink: TimelineSink) -> TftpServer:
+    """The TFTP server the settings describe."""
+    return TftpServer(
+        s.tftp_root,
+        address=s.address,
+        port=s.tftp_port,
+        sink=sink,
+        max_sessions=s.tftp_max_sessions,
+        timeout=s.tftp_timeout,
+        retries=s.tftp_retries,
+        client_max_sessions=s.tftp_client_max_sessions,
+        client_rate=s.tftp_client_rate,
+        client_burst=s.tftp_client_burst,
+        interface=s.interface,
+    )

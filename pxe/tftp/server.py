@@ -44,6 +44,7 @@ from pxe.tftp.packets import (
     MAX_BLKSIZE,
     RRQ,
     WRQ,
+    Request,
     error_packet,
     parse_rrq,
 )
@@ -189,20 +190,32 @@ class TftpServer:
         if self.limits.request(peer[0], time.monotonic()) is not None:
             self.stats.rate_limited += 1
             return  # silently: a reply to a flood (maybe spoofed) would amplify it
+        accepted = self._accept(data, peer)
+        if accepted is None:
+            return
+        req, path = accepted
+        opened = self._open(peer, path)
+        if opened is None:
+            return
+        fd, size, sock = opened
+        self._begin(peer, req, fd, size, sock)
+
+    def _accept(self, data: bytes, peer: tuple[str, int]) -> tuple[Request, str] | None:
+        """The read request and its confined path, or ``None`` (refused, ignored or busy)."""
         if len(data) < 2 or data[0] != 0:
             self.stats.ignored += 1
-            return  # garbage: silence
+            return None  # garbage: silence
         op = data[1]
         if op == WRQ:
             self._reply_error(peer, E_ACCESS, "this server is read-only")
             self.emit(TimelineKind.TFTP_REFUSED, peer, reason="write request")
-            return
+            return None
         if op != RRQ:
             self._reply_error(peer, E_ILLEGAL_OP, "illegal TFTP operation")
-            return
+            return None
         if peer in self.sessions:
             self.stats.ignored += 1  # a retransmitted RRQ: the session already answers
-            return
+            return None
         try:
             req = parse_rrq(data[2:], self.max_blksize, self.max_windowsize)
             path = resolve(self.root, req.filename)
@@ -214,47 +227,61 @@ class TftpServer:
                 file=data[2:66].split(b"\0", 1)[0].decode("ascii", "replace"),
                 reason=exc.message,
             )
-            return
+            return None
         if len(self.sessions) >= self.max_sessions:
             self._reply_error(peer, E_UNDEFINED, "server busy")
-            return
+            return None
         if self.limits.may_open(peer[0]) is not None:
             self.stats.client_busy += 1
             self._reply_error(peer, E_UNDEFINED, "too many transfers from this client")
-            return
+            return None
+        return req, path
+
+    def _open(self, peer: tuple[str, int], path: str) -> tuple[int, int, socket.socket] | None:
+        """The file (descriptor, size) and the transfer's own socket, or ``None`` (refused)."""
         try:
             fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError as exc:
             code = E_NOT_FOUND if exc.errno == errno.ENOENT else E_ACCESS
             self._reply_error(peer, code, "cannot open file")
-            return
+            return None
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise Refused(E_NOT_FOUND, "not a regular file")
-            sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            try:
-                if self.interface:
-                    sock.setsockopt(
-                        socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.interface.encode() + b"\0"
-                    )
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-                sock.bind((self.address, 0))
-                sock.connect(peer)
-                sock.setblocking(False)
-            except BaseException:
-                sock.close()
-                raise
+            sock = self._transfer_socket(peer)
         except Refused as exc:
             os.close(fd)
             self._reply_error(peer, exc.code, exc.message)
-            return
+            return None
         except OSError:
             os.close(fd)
             self._reply_error(peer, E_UNDEFINED, "no resources")
-            return
+            return None
+        return fd, st.st_size, sock
+
+    def _transfer_socket(self, peer: tuple[str, int]) -> socket.socket:
+        """A UDP socket on a new port (the transfer ID), connected to ``peer``."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            if self.interface:
+                sock.setsockopt(
+                    socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.interface.encode() + b"\0"
+                )
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+            sock.bind((self.address, 0))
+            sock.connect(peer)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _begin(
+        self, peer: tuple[str, int], req: Request, fd: int, size: int, sock: socket.socket
+    ) -> None:
         name = req.filename.decode("ascii")
-        session = Session(self, sock, fd, peer, name, st.st_size, req)
+        session = Session(self, sock, fd, peer, name, size, req)
         self.sessions[peer] = session
         self.limits.opened(peer[0], time.monotonic())
         self.stats.started += 1
@@ -263,7 +290,7 @@ class TftpServer:
             TimelineKind.TFTP_START,
             peer,
             file=name,
-            size=st.st_size,
+            size=size,
             blksize=session.blksize,
             windowsize=session.window,
         )

@@ -1,0 +1,220 @@
+"""One power operation's bookkeeping: paced calls, session reuse, retries, read-back polling.
+
+Part of the power policy (:mod:`bmc.actions`; Redfish DSP0266, IPMI 2.0). An
+:class:`Operation` is what a verified action sequence (:mod:`bmc.sequences`) talks to instead
+of the driver:
+
+- :meth:`Operation.once` makes one BMC call, at least ``min_interval`` after the last one to
+  the same BMC. If the first call on a session kept from an earlier operation fails (BMC
+  restarted, session expired), the session is dropped and the call is made again at once on a
+  fresh one (re-authentication), before the retry policy counts it as an attempt.
+- :meth:`Operation.call` retries transient errors only (:class:`~bmc.errors.BmcTransientError`)
+  with exponential backoff and jitter, at most ``max_attempts`` tries, never past the
+  operation's deadline. Fatal errors return at once.
+- :meth:`Operation.wait_for` reads back until the target is seen or the settle time (bounded by
+  the deadline) passes: first at once, then 1/2, 1, 1, ... ``poll_interval`` apart.
+
+The result of an operation is a :class:`BmcResult`; errors are carried in it, never raised.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeVar
+
+from bmc.driver import PowerDriver
+from bmc.errors import (
+    BmcDeadlineExceeded,
+    BmcError,
+    BmcFatalError,
+    BmcProtocolError,
+    BmcTransientError,
+)
+from bmc.explain import describe
+from bmc.pacing import Clock, Slot, close_quietly
+from bmc.types import BmcEndpoint, BootSetting, PowerState
+
+if TYPE_CHECKING:
+    from bmc.actions import BmcController
+
+# The policy logs under one name, as docs/power.md says ("logged at DEBUG by bmc.actions").
+LOG = logging.getLogger("bmc.actions")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class BmcResult:
+    """What an operation did. ``ok`` is ``error is None``."""
+
+    bmc: str
+    operation: str
+    state: PowerState
+    attempts: int
+    elapsed: float
+    changed: bool = False
+    polls: int = 0
+    boot: BootSetting | None = None
+    error: BmcError | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    @property
+    def message(self) -> str | None:
+        """The error as an operator sentence (:func:`bmc.explain.describe`), or ``None``."""
+        if self.error is None:
+            return None
+        return describe(self.error, self.attempts, self.elapsed, self.bmc)
+
+    def raise_for_error(self) -> BmcResult:
+        if self.error is not None:
+            raise self.error
+        return self
+
+
+class Operation:
+    """One operation's bookkeeping: driver, attempts, deadline."""
+
+    def __init__(
+        self, ctl: BmcController, endpoint: BmcEndpoint, slot: Slot, deadline: float, name: str
+    ) -> None:
+        self.ctl = ctl
+        self.endpoint = endpoint
+        self.slot = slot
+        self.deadline = deadline
+        self.name = name
+        self.attempts = 0
+        self.polls = 0
+        self.start = ctl.clock.monotonic()
+        self._driver: PowerDriver | None = None
+        self._reused = False
+        """The current driver came from the slot and has not answered in this operation yet."""
+        self.reauths = 0
+
+    @property
+    def clock(self) -> Clock:
+        return self.ctl.clock
+
+    def driver(self) -> PowerDriver:
+        if self._driver is None:
+            parked = self.slot.take(self.endpoint) if self.ctl.policy.session_idle > 0 else None
+            self._reused = parked is not None
+            self._driver = parked if parked is not None else self.ctl.factory(self.endpoint)
+        return self._driver
+
+    def drop_driver(self) -> None:
+        drv, self._driver = self._driver, None
+        self._reused = False
+        if drv is not None:
+            close_quietly(drv)
+
+    def close(self) -> None:
+        """End of the operation: park the session for the next one, or close it."""
+        drv, self._driver = self._driver, None
+        if drv is None:
+            return
+        if self.ctl.park(self.slot, drv, self.endpoint):
+            self.ctl._start_reaper()
+        else:
+            close_quietly(drv)
+
+    def _pace(self) -> None:
+        if self.slot.last_call is not None:
+            wait = self.slot.last_call + self.ctl.policy.min_interval - self.clock.monotonic()
+            if wait > 0:
+                self.clock.sleep(wait)
+
+    def once(self, fn: Callable[[PowerDriver], T]) -> T:
+        """One BMC call, paced; unknown exceptions become :class:`BmcProtocolError`."""
+        self._pace()
+        try:
+            driver = self.driver()
+            try:
+                return fn(driver)
+            except BmcError as exc:
+                if not self._reused:
+                    raise
+                # A session kept from an earlier operation may be dead (BMC restarted, session
+                # expired): authenticate again and repeat the call once, at once.
+                LOG.debug(
+                    "bmc reused session failed bmc=%s error=%s; re-authenticating",
+                    self.endpoint.key,
+                    type(exc).__name__,
+                )
+                self.drop_driver()
+                self.reauths += 1
+                return fn(self.driver())
+            finally:
+                self._reused = False
+        except BmcError:
+            raise
+        except Exception as exc:
+            raise BmcProtocolError(
+                bmc=self.endpoint.key, detail=f"unexpected {type(exc).__name__}"
+            ) from None
+        finally:
+            self.slot.last_call = self.clock.monotonic()
+
+    def call(self, fn: Callable[[PowerDriver], T]) -> T:
+        """``fn`` with retries for transient errors, within the deadline."""
+        policy = self.ctl.policy
+        failures = 0
+        while True:
+            self.attempts += 1
+            try:
+                return self.once(fn)
+            except BmcFatalError:
+                raise
+            except BmcTransientError as exc:
+                failures += 1
+                self.drop_driver()
+                LOG.debug(
+                    "bmc transient bmc=%s op=%s attempt=%d error=%s",
+                    self.endpoint.key,
+                    self.name,
+                    self.attempts,
+                    exc,
+                )
+                if failures >= policy.max_attempts:
+                    raise
+                delay = policy.backoff(failures, self.ctl.rng)
+                now = self.clock.monotonic()
+                if now + delay >= self.deadline:
+                    raise BmcDeadlineExceeded(
+                        bmc=self.endpoint.key,
+                        operation=self.name,
+                        attempts=self.attempts,
+                        seconds=now - self.start,
+                        last=str(exc),
+                        cause=exc,
+                    ) from None
+                self.clock.sleep(delay)
+
+    def wait_for(
+        self, read: Callable[[PowerDriver], T], done: Callable[[T], bool], settle: float
+    ) -> tuple[T | None, bool]:
+        """Poll ``read`` until ``done`` or the settle time (within the deadline) passes."""
+        policy = self.ctl.policy
+        until = min(self.clock.monotonic() + settle, self.deadline)
+        last: T | None = None
+        gap = policy.poll_interval / 2  # immediate read-back, then 1/2, 1, 1, ... apart
+        while True:
+            self.polls += 1
+            try:
+                last = self.once(read)
+            except BmcFatalError:
+                raise
+            except BmcTransientError as exc:
+                self.drop_driver()
+                LOG.debug("bmc verify read failed bmc=%s error=%s", self.endpoint.key, exc)
+                last = None
+            if last is not None and done(last):
+                return last, True
+            now = self.clock.monotonic()
+            if now >= until:
+                return last, False
+            self.clock.sleep(min(gap, until - now))
+            gap = min(gap * 2, policy.poll_interval)
