@@ -18,7 +18,6 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from server.agents import identity
-from server.agents.liveness import SEEN_FLUSH_INTERVAL
 from server.agents.store import (
     AgentHello,
     AgentMachine,
@@ -29,8 +28,9 @@ from server.agents.store import (
     PendingCommand,
     certificate_accepted,
 )
-from server.config import ConfigError, Layer, Patch, render
+from server.config import ConfigError
 from server.config.render import Rendered
+from server.config.stored import load_patches, render_for
 from server.inventory.db import Database
 from server.inventory.machines import as_utc
 from server.inventory.machines import record as record_event_row
@@ -38,7 +38,6 @@ from server.inventory.models import (
     AgentBootstrapToken,
     AgentPendingCommand,
     AgentState,
-    ConfigPatch,
     Machine,
     utcnow,
 )
@@ -49,56 +48,6 @@ log = logging.getLogger(__name__)
 ENROLLMENT_PHASES = frozenset(
     {Phase.DISCOVERED, Phase.REGISTERED, Phase.PROVISIONING, Phase.READY, Phase.UPGRADING}
 )
-SCOPE_ORDER = {Layer.FLEET.value: 0, Layer.SELECTOR.value: 1, Layer.MACHINE.value: 2}
-
-
-def session_claimed(
-    connected: bool | None,
-    last_seen: dt.datetime | None,
-    heartbeat_interval: float,
-    now: dt.datetime | None = None,
-) -> bool:
-    """Whether the database (an agent state's ``connected`` and ``last_seen``) says some replica
-    holds the agent's session now.
-
-    A replica that dies cannot clear its ``connected`` flag, so the claim holds only while the
-    session's heartbeats keep reaching the database: a live session's ``last_seen`` is at most
-    one heartbeat plus one flush old; after three heartbeats and a flush the session is gone
-    (the hub closes a session silent that long)."""
-    if not connected or last_seen is None:
-        return False
-    limit = dt.timedelta(seconds=3 * heartbeat_interval + SEEN_FLUSH_INTERVAL)
-    return as_utc(last_seen) >= (now or utcnow()) - limit
-
-
-# -- rendering ------------------------------------------------------------------------------------
-
-
-def load_patches(s: Session) -> list[ConfigPatch]:
-    """Every patch, in rendering order (scope, priority, creation)."""
-    rows = s.scalars(select(ConfigPatch)).all()
-    return sorted(
-        rows, key=lambda p: (SCOPE_ORDER[p.scope], p.priority, as_utc(p.created_at), p.name)
-    )
-
-
-def applicable(patches: Sequence[ConfigPatch], machine_id: str) -> list[Patch]:
-    """The patches as :class:`Patch` objects, machine patches of other machines left out."""
-    out = []
-    for p in patches:
-        if p.scope == Layer.MACHINE.value and p.machine_id != machine_id:
-            continue
-        out.append(Patch(p.name, Layer(p.scope), p.body, selector=p.selector))
-    return out
-
-
-def render_for(patches: Sequence[ConfigPatch], machine: Machine) -> Rendered | None:
-    """The machine's rendered config, or None when no patch applies to it (unmanaged).
-    Raises :class:`ConfigError` when the combination is invalid."""
-    mine = [p for p in applicable(patches, machine.id) if p.applies_to(machine.labels)]
-    if not mine:
-        return None
-    return render(mine, machine.labels)
 
 
 def _state(s: Session, machine_id: str) -> AgentState:
@@ -291,37 +240,10 @@ class DbAgentStore:
             self._set_applied(st, hello.config_version or None)
             st.connected = True
             st.replica_url = self.replica_url
-            self._check_identity(s, m, st, hello.inventory)
+            identity.check_hello(s, m, st, hello.inventory)
             if st.identity_conflict is None and m.hardware != hello.inventory:
                 m.hardware = hello.inventory
                 m.updated_at = utcnow()
-
-    @staticmethod
-    def _check_identity(s: Session, m: Machine, st: AgentState, inventory: dict[str, Any]) -> None:
-        """A report whose SMBIOS UUID or serial differs from the record is an event and a
-        condition on the machine, never an overwrite (``server.agents.identity``)."""
-        recorded_hw = identity.reported(m.hardware or {})
-        recorded = {
-            "uuid": m.smbios_uuid or recorded_hw.get("uuid"),
-            "serial": m.serial or recorded_hw.get("serial"),
-        }
-        found = identity.conflicts(recorded, identity.reported(inventory))
-        if not found:
-            st.identity_conflict = None
-            return
-        if st.identity_conflict is not None and st.identity_conflict.get("fields") == found:
-            return  # already recorded and shown
-        st.identity_conflict = {"fields": found, "at": utcnow().isoformat()}
-        what = ", ".join(f"{f} {v['recorded']} -> {v['reported']}" for f, v in found.items())
-        record_event_row(
-            s,
-            actor="agent-api",
-            kind=EventKind.AGENT_IDENTITY_MISMATCH,
-            machine=m,
-            message=f"agent of {m.name} reports another hardware identity ({what}); "
-            "the record is kept",
-            data={"fields": found},
-        )
 
     async def record_hello(self, machine_id: str, hello: AgentHello) -> None:
         await asyncio.to_thread(_retry, lambda: self._record_hello(machine_id, hello))

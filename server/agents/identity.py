@@ -13,6 +13,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from sqlalchemy.orm import Session
+
+from server.inventory.machines import record as record_event_row
+from server.inventory.models import AgentState, Machine, utcnow
+from server.types import EventKind
+
 FIELDS = ("uuid", "serial")
 
 
@@ -29,3 +35,29 @@ def conflicts(recorded: Mapping[str, str | None], report: Mapping[str, str]) -> 
         if old and new and old.lower() != new.lower():
             out[f] = {"recorded": old, "reported": new}
     return out
+
+
+def check_hello(s: Session, m: Machine, st: AgentState, inventory: dict[str, Any]) -> None:
+    """A report whose SMBIOS UUID or serial differs from the record is an event and a
+    condition on the machine, never an overwrite (``server.agents.identity``)."""
+    recorded_hw = reported(m.hardware or {})
+    recorded = {
+        "uuid": m.smbios_uuid or recorded_hw.get("uuid"),
+        "serial": m.serial or recorded_hw.get("serial"),
+    }
+    found = conflicts(recorded, reported(inventory))
+    if not found:
+        st.identity_conflict = None
+        return
+    if st.identity_conflict is not None and st.identity_conflict.get("fields") == found:
+        return  # already recorded and shown
+    st.identity_conflict = {"fields": found, "at": utcnow().isoformat()}
+    what = ", ".join(f"{f} {v['recorded']} -> {v['reported']}" for f, v in found.items())
+    record_event_row(
+        s,
+        actor="agent-api",
+        kind=EventKind.AGENT_IDENTITY_MISMATCH,
+        machine=m,
+        message=f"agent of {m.name} reports another hardware identity ({what}); the record is kept",
+        data={"fields": found},
+    )

@@ -29,6 +29,8 @@ from google.protobuf import json_format
 from agent.gen import agent_pb2 as pb
 from server.agents.registry import AgentSession
 from server.agents.store import AgentHello, AgentStore
+from server.inventory.machines import as_utc
+from server.inventory.models import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -138,3 +140,22 @@ class Liveness:
         """Write what is waiting: last-seen times and disconnects being saved."""
         await self.flush_seen()
         await asyncio.gather(*self._bookkeeping, return_exceptions=True)
+
+
+def session_claimed(
+    connected: bool | None,
+    last_seen: dt.datetime | None,
+    heartbeat_interval: float,
+    now: dt.datetime | None = None,
+) -> bool:
+    """Whether the database (an agent state's ``connected`` and ``last_seen``) says some replica
+    holds the agent's session now.
+
+    A replica that dies cannot clear its ``connected`` flag, so the claim holds only while the
+    session's heartbeats keep reaching the database: a live session's ``last_seen`` is at most
+    one heartbeat plus one flush old; after three heartbeats and a flush the session is gone
+    (the hub closes a session silent that long)."""
+    if not connected or last_seen is None:
+        return False
+    limit = dt.timedelta(seconds=3 * heartbeat_interval + SEEN_FLUSH_INTERVAL)
+    return as_utc(last_seen) >= (now or utcnow()) - limit

@@ -4,7 +4,7 @@ A machine has at most one session here. A new session for a machine replaces the
 agent reconnected before the old stream noticed it was dead); the old one is closed. Closing a
 session puts ``None`` in its outbox (the stream's writer returns, gRPC ends the RPC) and cancels
 its reader. Who holds a session on *another* replica is the database's business
-(:func:`server.agents.dbstore.session_claimed`), not this registry's.
+(:func:`server.agents.liveness.session_claimed`), not this registry's.
 """
 
 from __future__ import annotations

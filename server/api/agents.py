@@ -26,12 +26,8 @@ from server.agents import (
     BootstrapTokens,
     revocation,
 )
-from server.agents.dbstore import (
-    ENROLLMENT_PHASES,
-    load_patches,
-    render_for,
-    session_claimed,
-)
+from server.agents.dbstore import ENROLLMENT_PHASES
+from server.agents.liveness import session_claimed
 from server.agents.revocation import RevokeReason
 from server.api import nodes
 from server.api.auth import Principal
@@ -41,6 +37,7 @@ from server.api.nodes import agent_api
 from server.api.schemas import Strict
 from server.config import ConfigError, Layer, diff
 from server.config.render import Rendered, needs_reboot, validate_patch
+from server.config.stored import load_patches, render_for
 from server.errors import Conflict, Invalid
 from server.inventory import machines as inventory
 from server.inventory.machines import iso

@@ -25,12 +25,14 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from server.agents import AgentApiServer, ApplyMode
-from server.agents.dbstore import DbAgentStore, load_patches, render_for, session_claimed
+from server.agents.dbstore import DbAgentStore
+from server.agents.liveness import session_claimed
 from server.api.auth import Principal
 from server.api.deps import Context, context, operator, reader
 from server.api.schemas import Strict
 from server.config import ConfigError, Layer
 from server.config.render import Rendered, validate_patch
+from server.config.stored import load_patches, render_for
 from server.errors import Conflict, Invalid, NotFound
 from server.inventory import machines as inventory
 from server.inventory.models import AgentState, ConfigPatch, Machine, utcnow

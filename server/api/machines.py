@@ -26,8 +26,8 @@ from server.api.schemas import (
     MachineUpdate,
 )
 from server.errors import Conflict, Invalid, PhaseTransitionRefused
+from server.inventory import conflicts, phases
 from server.inventory import machines as inventory
-from server.inventory import phases
 from server.inventory.models import Machine, utcnow
 from server.inventory.selectors import parse_param
 from server.power.addresses import checked_bmc_address
@@ -128,9 +128,9 @@ def create_machine(
         raise _conflict(ctx, exc, _claims(body)) from None
 
 
-def _claims(body: MachineCreate | MachineUpdate) -> inventory.Claims:
+def _claims(body: MachineCreate | MachineUpdate) -> conflicts.Claims:
     specs = [n.spec for n in body.nics or ()]
-    return inventory.Claims(
+    return conflicts.Claims(
         name=body.name,
         uuid=body.uuid,
         macs=tuple(mac for mac, _, _ in specs),
@@ -139,11 +139,11 @@ def _claims(body: MachineCreate | MachineUpdate) -> inventory.Claims:
 
 
 def _conflict(
-    ctx: Context, exc: IntegrityError, claims: inventory.Claims, machine_id: str | None = None
+    ctx: Context, exc: IntegrityError, claims: conflicts.Claims, machine_id: str | None = None
 ) -> Conflict:
     """The 409 naming the field and the machine that already holds the value."""
     with ctx.db.read() as s:
-        return inventory.machine_conflict(s, exc, claims, machine_id)
+        return conflicts.machine_conflict(s, exc, claims, machine_id)
 
 
 async def _cached_json(

@@ -35,7 +35,7 @@ from server.agents import (
     CommandTimeout,
     NodeOpKind,
 )
-from server.agents.dbstore import session_claimed
+from server.agents.liveness import session_claimed
 from server.api.auth import Principal
 from server.api.deps import Context, context, operator, reader
 from server.errors import AgentNeverConnected, AgentOnOtherReplica, AgentUnavailable, Invalid

@@ -31,7 +31,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session, lazyload
+from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from agent.gen import agent_pb2 as pb
@@ -46,7 +46,7 @@ from server.rollouts.decide import Limits, MachineState, RolloutStatus, next_act
 from server.rollouts.hooks import call_hook
 from server.rollouts.models import Rollout, RolloutMachine
 from server.rollouts.observe import healthy, observe, progress, timeouts
-from server.rollouts.planner import BatchKind, resolve_count
+from server.rollouts.planner import resolve_count
 from server.rollouts.upgrade import (
     Action,
     Hooks,
@@ -155,7 +155,7 @@ class RolloutRunner:
         now = self.clock()
         with self.db.write() as s:
             r = store.get(s, rollout_id)
-            states, rows, machines, agents = self._load(s, r)
+            states, rows, machines, agents = store.load_pass(s, r)
             spec = r.spec
             t = self._timeouts(spec)
             hooks = Hooks(pre="before" in spec["hooks"], post="after" in spec["hooks"])
@@ -181,60 +181,6 @@ class RolloutRunner:
                     self._want_hook(r, row, p.step, effects)
             self._decide(s, r, states, rows, machines, agents, now, t, hooks, image, effects)
         return effects
-
-    @staticmethod
-    def _load(
-        s: Session, r: Rollout
-    ) -> tuple[
-        dict[str, MachineState],
-        dict[str, RolloutMachine],
-        dict[str, Machine],
-        dict[str, AgentState],
-    ]:
-        """Every machine's state (one narrow query), and full rows only for the machines this
-        pass can touch: those in flight, the current batch, and the control plane. A pass over
-        a 1,000-machine rollout reads a batch's worth of objects, not the fleet's."""
-        light = s.execute(
-            select(RolloutMachine.machine_id, RolloutMachine.state).where(
-                RolloutMachine.rollout_id == r.id
-            )
-        ).all()
-        states = {mid: MachineState(st) for mid, st in light}
-        batches = store.batches_from(r.batches)
-        current = next(
-            (b for b in batches if not all(states[m].finished for m in b.machines)), None
-        )
-        relevant = {m for m, st in states.items() if st is MachineState.ACTIVE}
-        if current is not None:
-            relevant.update(current.machines)
-        relevant.update(m for b in batches if b.kind is BatchKind.CONTROL_PLANE for m in b.machines)
-        return (states, *RolloutRunner._rows(s, r, relevant))
-
-    @staticmethod
-    def _rows(
-        s: Session, r: Rollout, relevant: set[str]
-    ) -> tuple[dict[str, RolloutMachine], dict[str, Machine], dict[str, AgentState]]:
-        rows = {
-            m.machine_id: m
-            for m in s.scalars(
-                select(RolloutMachine).where(
-                    RolloutMachine.rollout_id == r.id, RolloutMachine.machine_id.in_(relevant)
-                )
-            )
-        }
-        machines = {
-            m.id: m
-            for m in s.scalars(
-                select(Machine)
-                .where(Machine.id.in_(relevant))
-                .options(lazyload(Machine.nics), lazyload(Machine.label_rows))
-            )
-        }
-        agents = {
-            a.machine_id: a
-            for a in s.scalars(select(AgentState).where(AgentState.machine_id.in_(relevant)))
-        }
-        return rows, machines, agents
 
     def _decide(
         self,
@@ -269,34 +215,50 @@ class RolloutRunner:
             )
         missing = [mid for mid in acts.start if mid not in rows]
         if missing:  # the batch that starts in the same pass as the previous one finished
-            more_rows, more_machines, more_agents = self._rows(s, r, set(missing))
+            more_rows, more_machines, more_agents = store.load_rows(s, r, set(missing))
             rows.update(more_rows)
             machines.update(more_machines)
             agents.update(more_agents)
         for mid in acts.start:
-            row, m = rows[mid], machines[mid]
-            st = agents.get(mid)
-            row.detail = {
-                "from_boot_id": (st.boot_id if st else "") or "",
-                "from_digest": (st.image_digest if st else "") or "",
-                "target_digest": image.digest if image else "",
-                "cycled": False,
-            }
-            row.state = MachineState.ACTIVE.value
-            m.phase = Phase.UPGRADING.value
-            inventory.record(
-                s,
-                actor=ACTOR,
-                kind=EventKind.ROLLOUT_MACHINE_STARTED,
-                message=f"upgrade of {m.name} to {r.image} started (rollout {r.id})",
-                machine=m,
-                data={"rollout": r.id, "image": r.image},
+            self._start(
+                s, r, rows[mid], machines[mid], agents.get(mid), now, t, hooks, image, effects
             )
-            self._apply(s, r, row, m, start(hooks, now, t), image, effects)
         if acts.status is not None:
             store.set_status(s, r, acts.status, acts.reason, ACTOR)
         elif acts.start or acts.skip:
             r.updated_at = now
+
+    def _start(
+        self,
+        s: Session,
+        r: Rollout,
+        row: RolloutMachine,
+        m: Machine,
+        st: AgentState | None,
+        now: datetime,
+        t: Timeouts,
+        hooks: Hooks,
+        image: Image | None,
+        effects: Effects,
+    ) -> None:
+        """A machine starts: what it runs now is recorded (to re-probe it after a restart)."""
+        row.detail = {
+            "from_boot_id": (st.boot_id if st else "") or "",
+            "from_digest": (st.image_digest if st else "") or "",
+            "target_digest": image.digest if image else "",
+            "cycled": False,
+        }
+        row.state = MachineState.ACTIVE.value
+        m.phase = Phase.UPGRADING.value
+        inventory.record(
+            s,
+            actor=ACTOR,
+            kind=EventKind.ROLLOUT_MACHINE_STARTED,
+            message=f"upgrade of {m.name} to {r.image} started (rollout {r.id})",
+            machine=m,
+            data={"rollout": r.id, "image": r.image},
+        )
+        self._apply(s, r, row, m, start(hooks, now, t), image, effects)
 
     def _apply(
         self,

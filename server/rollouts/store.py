@@ -15,11 +15,11 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, lazyload
 
 from server.errors import Conflict, Invalid, NotFound
 from server.inventory import machines as inventory
-from server.inventory.models import Machine, MachineLabel, utcnow
+from server.inventory.models import AgentState, Machine, MachineLabel, utcnow
 from server.inventory.selectors import Requirement
 from server.rollouts.decide import MachineState, RolloutStatus
 from server.rollouts.models import Rollout, RolloutMachine
@@ -246,3 +246,55 @@ def list_rollouts(s: Session, limit: int, before: datetime | None) -> list[Rollo
     if before is not None:
         stmt = stmt.where(Rollout.created_at < before)
     return list(s.scalars(stmt))
+
+
+def load_pass(
+    s: Session, r: Rollout
+) -> tuple[
+    dict[str, MachineState],
+    dict[str, RolloutMachine],
+    dict[str, Machine],
+    dict[str, AgentState],
+]:
+    """Every machine's state (one narrow query), and full rows only for the machines this
+    pass can touch: those in flight, the current batch, and the control plane. A pass over
+    a 1,000-machine rollout reads a batch's worth of objects, not the fleet's."""
+    light = s.execute(
+        select(RolloutMachine.machine_id, RolloutMachine.state).where(
+            RolloutMachine.rollout_id == r.id
+        )
+    ).all()
+    states = {mid: MachineState(st) for mid, st in light}
+    batches = batches_from(r.batches)
+    current = next((b for b in batches if not all(states[m].finished for m in b.machines)), None)
+    relevant = {m for m, st in states.items() if st is MachineState.ACTIVE}
+    if current is not None:
+        relevant.update(current.machines)
+    relevant.update(m for b in batches if b.kind is BatchKind.CONTROL_PLANE for m in b.machines)
+    return (states, *load_rows(s, r, relevant))
+
+
+def load_rows(
+    s: Session, r: Rollout, relevant: set[str]
+) -> tuple[dict[str, RolloutMachine], dict[str, Machine], dict[str, AgentState]]:
+    rows = {
+        m.machine_id: m
+        for m in s.scalars(
+            select(RolloutMachine).where(
+                RolloutMachine.rollout_id == r.id, RolloutMachine.machine_id.in_(relevant)
+            )
+        )
+    }
+    machines = {
+        m.id: m
+        for m in s.scalars(
+            select(Machine)
+            .where(Machine.id.in_(relevant))
+            .options(lazyload(Machine.nics), lazyload(Machine.label_rows))
+        )
+    }
+    agents = {
+        a.machine_id: a
+        for a in s.scalars(select(AgentState).where(AgentState.machine_id.in_(relevant)))
+    }
+    return rows, machines, agents
