@@ -36,7 +36,7 @@ from agent.identity import write_file
 from agent.upgrade import UpgradeRefused, fetcher
 
 if TYPE_CHECKING:
-    from agent.client import Agent
+    from agent.runtime import Agent
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class Journal:
 
 
 class Commands:
-    """The command side of one :class:`~agent.client.Agent`: dispatch, the journal, the try
+    """The command side of one :class:`~agent.runtime.Agent`: dispatch, the journal, the try
     timer and the running node ops."""
 
     def __init__(self, agent: Agent) -> None:

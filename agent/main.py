@@ -23,10 +23,10 @@ import signal
 import sys
 from pathlib import Path
 
-from agent.client import Agent, AgentFatalError, AgentOptions
 from agent.identity import read_boot_params
 from agent.image_manifest import ManifestError, TrustedKey, parse_keys
 from agent.inventory import collect
+from agent.runtime import Agent, AgentFatalError, AgentOptions
 
 TOKEN_ENV = "BRONZE_AGENT_TOKEN"  # noqa: S105 - a variable name, not a secret
 """Environment variable with the bootstrap token (argv is visible to every user in ps)."""

@@ -39,7 +39,7 @@ from agent.identity import Credentials, new_key_and_csr
 from agent.inventory import Inventory
 
 if TYPE_CHECKING:
-    from agent.client import Agent
+    from agent.runtime import Agent
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ Outbox = asyncio.Queue[pb.AgentMessage | None]
 
 
 class SessionLink:
-    """The session side of one :class:`~agent.client.Agent`: the outgoing queue, heartbeats,
+    """The session side of one :class:`~agent.runtime.Agent`: the outgoing queue, heartbeats,
     the read loop and certificate renewal. One per agent, for all of its sessions (heartbeat
     sequence numbers keep counting across sessions)."""
 

@@ -1,6 +1,6 @@
 """Many simulated machines in one process: ``bronze-agent simulate``.
 
-Each simulated machine is a full :class:`~agent.client.Agent` with its own sandbox root (a copy
+Each simulated machine is a full :class:`~agent.runtime.Agent` with its own sandbox root (a copy
 of ``--root-template`` made of hard links, so it costs directory entries, not data: every write
 the agent does is a rename, which never touches the shared inodes), its own identity and
 bootstrap token (written into its ``/proc/cmdline``), its own key and certificate, and its own
@@ -30,12 +30,12 @@ import shutil
 import uuid
 from pathlib import Path
 
-from agent.client import Agent, AgentOptions
 from agent.identity import write_file
 from agent.image_manifest import Manifest, TrustedKey
 from agent.install import Manifest as SlotManifest
 from agent.install import install_sandbox
 from agent.inventory import Inventory, Nic, collect
+from agent.runtime import Agent, AgentOptions
 
 log = logging.getLogger(__name__)
 

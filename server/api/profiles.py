@@ -6,6 +6,7 @@ Firmware-facing routes (``/boot.ipxe``, ``/assets/NAME``) are in ``server.api.bo
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
@@ -14,11 +15,13 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from agent.image_manifest import TrustedKey
 from pxe import UnsafeValue
 from server.api.auth import Principal
 from server.api.deps import Context, context, operator, reader
+from server.api.images import trusted_keys
 from server.api.schemas import Strict
-from server.boot import profiles
+from server.boot import images, profiles
 from server.errors import Conflict, Invalid, NotFound
 from server.inventory import machines as inventory
 from server.inventory.models import BootAsset, BootProfile, utcnow
@@ -33,8 +36,11 @@ NAME_PATTERN = r"^[a-z0-9]([-a-z0-9._]*[a-z0-9])?$"
 class ProfileBody(Strict):
     selector: str = Field(default="", max_length=4096)
     """Kubernetes label selector; empty matches every machine."""
-    kernel: str = Field(min_length=1, max_length=2048)
-    """Asset name or http(s):// / ${server}/ URL."""
+    kernel: str | None = Field(default=None, min_length=1, max_length=2048)
+    """Asset name or http(s):// / ${server}/ URL; or name ``image`` instead."""
+    image: str | None = Field(default=None, min_length=1, max_length=63)
+    """An OS image (``/api/v1/images``) to boot: its kernel, initrds and default args (``args``
+    are appended). Exactly one of ``kernel`` and ``image``."""
     initrds: list[str] = Field(default_factory=list, max_length=16)
     args: list[str] = Field(default_factory=list, max_length=128)
     """Kernel arguments, one per item (no spaces); may use ${mac} ${uuid} ${server} ${token}."""
@@ -51,8 +57,9 @@ def profile_out(p: BootProfile) -> dict[str, Any]:
         "id": p.id,
         "name": p.name,
         "selector": p.selector,
-        "kernel": p.kernel,
-        "initrds": p.initrds,
+        "kernel": None if p.image else p.kernel,
+        "image": p.image,
+        "initrds": [] if p.image else p.initrds,
         "args": p.args,
         "agent": p.agent,
         "created_at": inventory.iso(p.created_at),
@@ -61,25 +68,43 @@ def profile_out(p: BootProfile) -> dict[str, Any]:
     }
 
 
-def _check(s: Session, name: str, body: ProfileBody) -> None:
-    """422 naming the failing field: selector, kernel, initrds[i], args[i], or a missing asset."""
+def _check(s: Session, name: str, body: ProfileBody, keys: Sequence[TrustedKey]) -> str:
+    """422 naming the failing field: selector, kernel, image, initrds[i], args[i], or a missing
+    asset. Returns the kernel to store (an image's own, for an image-backed profile)."""
+    if (body.kernel is None) == (body.image is None):
+        raise Invalid(message="give exactly one of kernel and image", details={"field": "kernel"})
+    if body.image is not None:
+        if body.initrds:
+            raise Invalid(message="initrds: an image brings its own", details={"field": "initrds"})
+        image = images.get_for_use(s, body.image, keys)
+        kernel, initrds, args = images.image_boot(image, body.args)
+        _check_boot(s, name, body.selector, kernel, initrds, args)
+        return kernel
+    assert body.kernel is not None
+    _check_boot(s, name, body.selector, body.kernel, body.initrds, body.args)
+    return body.kernel
+
+
+def _check_boot(
+    s: Session, name: str, selector: str, kernel: str, initrds: list[str], args: list[str]
+) -> None:
     try:
-        parse(body.selector)
+        parse(selector)
     except SelectorError as exc:
         raise Invalid(message=f"selector: {exc}", details={"field": "selector"}) from None
-    for i, a in enumerate(body.args):
+    for i, a in enumerate(args):
         if len(a) > 1024:
             raise Invalid(
                 message=f"args[{i}]: longer than 1024 characters",
                 details={"field": f"args[{i}]", "reason": "too long"},
             )
     try:
-        profiles.to_pxe(name, body.kernel, body.initrds, body.args)
+        profiles.to_pxe(name, kernel, initrds, args)
     except UnsafeValue as exc:
         raise Invalid(
             message=f"{exc.field}: {exc.reason}", details={"field": exc.field, "reason": exc.reason}
         ) from None
-    refs = [("kernel", body.kernel)] + [(f"initrds[{i}]", r) for i, r in enumerate(body.initrds)]
+    refs = [("kernel", kernel)] + [(f"initrds[{i}]", r) for i, r in enumerate(initrds)]
     for where, ref in refs:
         asset = profiles.asset_name(ref)
         if asset is not None and s.get(BootAsset, asset) is None:
@@ -120,13 +145,14 @@ def create_profile(
 ) -> dict[str, Any]:
     try:
         with ctx.db.write() as s:
-            _check(s, body.name, body)
+            kernel = _check(s, body.name, body, trusted_keys(ctx.settings))
             now = utcnow()
             p = BootProfile(
                 id=str(uuid.uuid4()),
                 name=body.name,
                 selector=body.selector,
-                kernel=body.kernel,
+                kernel=kernel,
+                image=body.image,
                 initrds=body.initrds,
                 args=body.args,
                 agent=body.agent,
@@ -157,10 +183,11 @@ def replace_profile(
 ) -> dict[str, Any]:
     with ctx.db.write() as s:
         p = _get(s, name)
-        _check(s, name, body)
-        p.selector, p.kernel, p.initrds, p.args = (
+        kernel = _check(s, name, body, trusted_keys(ctx.settings))
+        p.selector, p.kernel, p.image, p.initrds, p.args = (
             body.selector,
-            body.kernel,
+            kernel,
+            body.image,
             body.initrds,
             body.args,
         )

@@ -148,3 +148,51 @@ def test_image_in_use_cannot_be_deleted(api: RunningServer) -> None:
     assert c.delete("/api/v1/machines/m1").status_code == 204
     assert c.delete("/api/v1/images/os").status_code == 200
     assert c.get("/api/v1/images/os").status_code == 404
+
+
+def test_a_profile_can_boot_an_image(api_sqlite: RunningServer) -> None:
+    from tests.support.boot import machine, script
+
+    c = api_sqlite.client()
+    upload(c, "vmlinuz-os", b"kernel os")
+    upload(c, "initrd-os", b"initrd os")
+    r = c.post(
+        "/api/v1/images",
+        json={
+            "name": "os",
+            "version": "1",
+            "kernel": "vmlinuz-os",
+            "initrds": ["initrd-os"],
+            "args": ["console=ttyS0"],
+        },
+    )
+    assert r.status_code == 201, r.text
+    r = c.post("/api/v1/profiles", json={"name": "img", "image": "os", "args": ["quiet"]})
+    assert r.status_code == 201, r.text
+    assert r.json()["image"] == "os" and r.json()["kernel"] is None
+    machine(c, "n1", "52:54:00:00:0c:01", phase="provisioning")
+    text = script(api_sqlite, "52:54:00:00:0c:01", arch="bios").text
+    assert "/assets/vmlinuz-os console=ttyS0 quiet" in text, text
+    assert "/assets/initrd-os" in text
+    for body, field in (
+        ({"name": "x", "image": "os", "kernel": "vmlinuz-os"}, "exactly one"),
+        ({"name": "x"}, "exactly one"),
+        ({"name": "x", "image": "nope"}, "image 'nope' not found"),
+        ({"name": "x", "image": "os", "initrds": ["initrd-os"]}, "brings its own"),
+    ):
+        bad = c.post("/api/v1/profiles", json=body)
+        assert bad.status_code == 422 and field in bad.json()["error"]["message"], bad.text
+    held = c.delete("/api/v1/images/os")
+    assert held.status_code == 409 and held.json()["error"]["details"]["in_use"] == {
+        "profiles": ["img"]
+    }
+
+
+def test_an_unsigned_image_cannot_back_a_profile_under_trusted_keys(
+    signed_api: RunningServer,
+) -> None:
+    c = signed_api.client()
+    upload(c, "k", b"kernel")
+    c.post("/api/v1/images", json={"name": "u", "version": "1", "kernel": "k"})
+    r = c.post("/api/v1/profiles", json={"name": "p", "image": "u"})
+    assert r.status_code == 422 and "not signed by a trusted key" in r.text
