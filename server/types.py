@@ -68,7 +68,7 @@ class OpStatus(StrEnum):
 class EventKind(StrEnum):
     """What an audit event records (``events.kind``). Every event is written with one of these;
     ``GET /api/v1/events?kind=`` takes one of them or an :class:`EventGroup`. The table in
-    docs/events.md is checked against this enum by tests/server/test_event_kinds.py."""
+    docs/events.md is checked against this enum by tests/server/api/test_event_kinds.py."""
 
     MACHINE_CREATED = "machine.created"
     """An operator registered a machine (``POST /api/v1/machines``)."""

@@ -1,4 +1,4 @@
-"""Pure boot decisions, tested with tables (``tests/server/test_boot_decide.py``).
+"""Pure boot decisions, tested with tables (``tests/server/boot/test_boot_decide.py``).
 
 What a machine gets when its firmware asks (``GET /boot.ipxe``, or a DHCP query from ``pxe``):
 

@@ -4,7 +4,7 @@
 machine, the profiles and what DHCP told the boot plane about the MAC, runs discovery when
 ``needs_discovery`` says so, calls ``plan_script`` and then carries the plan out (issue the
 token, render, write the timeline events). Every decision sits here and is table-tested
-(``tests/server/test_boot_plan.py``):
+(``tests/server/boot/test_boot_plan.py``):
 
 * which script: ``server.boot.decide.script_kind`` by phase, the discovery profile or the most
   specific matching profile, ``exit`` when the profile it needs is missing;

@@ -160,7 +160,7 @@ def _spawn_agent(root: Path, procs: list[subprocess.Popen[bytes]], *extra: str) 
     argv = [*cmd, "run", "--root", str(root), "--heartbeat", "0.5"]
     argv += ["--backoff-max", "0.5", "--no-fsync", *extra]
     with (root.parent / "agent.log").open("ab") as log:
-        repo = Path(__file__).resolve().parents[2]
+        repo = Path(__file__).resolve().parents[3]
         procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=repo))
 
 

@@ -151,7 +151,7 @@ def test_bronze_serve_with_no_config(tmp_path: Path) -> None:
 
 
 def test_docker_compose_file_is_valid() -> None:
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     r = subprocess.run(
         ["docker-compose", "-f", str(root / "docker-compose.yml"), "config", "-q"],
         capture_output=True,
@@ -187,7 +187,7 @@ def test_settings_from_environment(monkeypatch: object) -> None:
 
 
 def test_readme_documents_every_setting() -> None:
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
     missing = [
         f"BRONZE_{name.upper()}"
         for name in ServerSettings.model_fields

@@ -1,7 +1,8 @@
 """The power runner's batched writes (items, machines, events) on SQLite and PostgreSQL.
 
 The BMCs are a fake driver at the ``DriverFactory`` seam: this is about what the runner writes,
-not about BMCs (those are tested against real peers in tests/bmc and tests/server/test_power_e2e).
+not about BMCs (those are tested against real peers in tests/bmc and
+tests/server/power/test_power_e2e).
 """
 
 from __future__ import annotations

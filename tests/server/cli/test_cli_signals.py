@@ -7,7 +7,7 @@ with default dispositions; in both it must stop on SIGINT with exit code 130.
 
 The API side is a stand-in HTTP server on 127.0.0.1 that streams one NDJSON line and then holds
 the stream open: the behaviour under test is the CLI process's, and a real followed node log
-needs an agent (tests/server/test_node_ops_e2e.py covers that path end to end).
+needs an agent (tests/server/agents/test_node_ops_e2e.py covers that path end to end).
 """
 
 from __future__ import annotations

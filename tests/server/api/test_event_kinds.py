@@ -13,7 +13,7 @@ import pytest
 from server.types import EventGroup, EventKind
 from tests.peers.apiserver import RunningServer
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DOC = ROOT / "docs" / "events.md"
 BEGIN, END = "<!-- event-kinds:begin -->", "<!-- event-kinds:end -->"
 
