@@ -9,7 +9,9 @@ import signal
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from server.agents import BootstrapToken, PendingCommand
@@ -34,38 +36,72 @@ def agent_api(tmp_path: Path, db_url: str) -> Iterator[RunningServer]:
         yield srv
 
 
-def test_enroll_inventory_config_patches_node_ops_reboot(
-    agent_api: RunningServer,
-    procs: list[subprocess.Popen[bytes]],
-    tmp_path: Path,
-) -> None:
-    c = agent_api.client()
+def _enrolled(
+    srv: RunningServer, procs: list[subprocess.Popen[bytes]], tmp: Path
+) -> tuple[Path, subprocess.Popen[bytes]]:
+    """node-a (rack r1), enrolled through a REST-issued token, its agent connected."""
+    c = srv.client()
     r = c.post(
         "/api/v1/machines",
         json={"name": "node-a", "nics": [{"mac": "02:00:00:00:01:01"}], "labels": {"rack": "r1"}},
     )
     assert r.status_code == 201, r.text
-    mid = r.json()["id"]
-    assert c.get("/api/v1/machines/node-a/agent").json() == {
+    tok = c.post("/api/v1/machines/node-a/enrollment-token", json={"boot_ref": "boot-1"})
+    assert tok.status_code == 201, tok.text
+    root = boot_root(srv, tmp, tok.json()["kernel_args"])
+    proc = spawn_agent(root, procs)
+    eventually(lambda: c.get("/api/v1/machines/node-a/agent").json()["connected"], 30)
+    return root, proc
+
+
+def _synced(c: httpx.Client) -> dict[str, Any]:
+    cfg = c.get("/api/v1/machines/node-a/config").json()
+    return dict(cfg) if cfg["in_sync"] else {}
+
+
+def _layered_patches(c: httpx.Client, root: Path) -> dict[str, Any]:
+    """A fleet patch, a selector patch on top, and node-a's own patch winning over both."""
+    fleet = {"sysctls": {"vm.swappiness": "10"}, "files": {"/etc/motd": {"content": "hi\n"}}}
+    r = c.post(
+        "/api/v1/config-patches", json={"name": "fleet-base", "scope": "fleet", "patch": fleet}
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["machines"] == 1 and r.json()["pushed"] == 1
+    rack = {"hostname": "rack-host", "sysctls": {"vm.swappiness": "20"}}
+    body = {"name": "rack-r1", "scope": "selector", "selector": "rack=r1", "patch": rack}
+    assert c.post("/api/v1/config-patches", json=body).status_code == 201
+    own = {
+        "name": "node-a-own",
+        "scope": "machine",
+        "machine": "node-a",
+        "patch": {"hostname": "node-a"},
+    }
+    assert c.post("/api/v1/config-patches", json=own).status_code == 201
+    cfg = eventually(
+        lambda: (x := _synced(c)) and x["config"].get("hostname") == "node-a" and x, 20
+    )
+    eventually(lambda: (root / "etc/hostname").read_text() == "node-a\n", 10)
+    return dict(cfg)
+
+
+def test_enrollment_reports_inventory(
+    agent_api: RunningServer, procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    c = agent_api.client()
+    c.post("/api/v1/machines", json={"name": "pre", "nics": [{"mac": "02:00:00:00:01:09"}]})
+    mid = c.get("/api/v1/machines/pre").json()["id"]
+    assert c.get("/api/v1/machines/pre/agent").json() == {
         "machine_id": mid,
-        "name": "node-a",
+        "name": "pre",
         "enrolled": False,
         "connected": False,
         "session": None,
         "pending_commands": 0,
     }
-
-    # Enrollment through a token issued over REST (the boot plane puts it on the kernel cmdline).
-    tok = c.post("/api/v1/machines/node-a/enrollment-token", json={"boot_ref": "boot-1"})
-    assert tok.status_code == 201, tok.text
-    body = tok.json()
-    assert body["kernel_args"].startswith(f"bronze.machine={mid} bronze.token={body['token']} ")
-    root = boot_root(agent_api, tmp_path, body["kernel_args"])
-    proc = spawn_agent(root, procs)
-
-    state = eventually(
-        lambda: (s := c.get("/api/v1/machines/node-a/agent").json())["connected"] and s, 30
-    )
+    tok = c.post("/api/v1/machines/pre/enrollment-token", json={"boot_ref": "b"}).json()
+    assert tok["kernel_args"].startswith(f"bronze.machine={mid} bronze.token={tok['token']} ")
+    _enrolled(agent_api, procs, tmp_path)
+    state = c.get("/api/v1/machines/node-a/agent").json()
     assert state["enrolled"] and state["certificate"]["serial"]
     assert state["boot_id"] and state["agent_version"]
     hw = c.get("/api/v1/machines/node-a").json()["hardware"]
@@ -73,75 +109,37 @@ def test_enroll_inventory_config_patches_node_ops_reboot(
     cfg = c.get("/api/v1/machines/node-a/config").json()
     assert cfg["managed"] is False and cfg["config"] is None
 
-    # A fleet patch: validated, rendered, pushed, applied, reported.
-    r = c.post(
-        "/api/v1/config-patches",
-        json={
-            "name": "fleet-base",
-            "scope": "fleet",
-            "patch": {
-                "sysctls": {"vm.swappiness": "10"},
-                "files": {"/etc/motd": {"content": "hi\n"}},
-            },
-        },
-    )
-    assert r.status_code == 201, r.text
-    assert r.json()["machines"] == 1 and r.json()["pushed"] == 1
 
-    def synced() -> dict:
-        cfg = c.get("/api/v1/machines/node-a/config").json()
-        return cfg if cfg["in_sync"] else {}
-
-    cfg = eventually(synced, 20)
+def test_layered_patches_are_applied_with_provenance(
+    agent_api: RunningServer, procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    c = agent_api.client()
+    root, _ = _enrolled(agent_api, procs, tmp_path)
+    cfg = _layered_patches(c, root)
     assert cfg["applied_version"] == cfg["desired_version"] == cfg["version"]
-    assert cfg["provenance"]["/sysctls/vm.swappiness"] == "fleet-base"
-    assert (root / "etc/motd").read_text() == "hi\n"
-    assert (root / "proc/sys/vm/swappiness").read_text() == "10\n"
-    eventually(lambda: c.get("/api/v1/machines/node-a/agent").json()["config"]["in_sync"], 10)
-
-    # A selector patch layered on top; the machine patch wins over both.
-    assert (
-        c.post(
-            "/api/v1/config-patches",
-            json={
-                "name": "rack-r1",
-                "scope": "selector",
-                "selector": "rack=r1",
-                "patch": {"hostname": "rack-host", "sysctls": {"vm.swappiness": "20"}},
-            },
-        ).status_code
-        == 201
-    )
-    assert (
-        c.post(
-            "/api/v1/config-patches",
-            json={
-                "name": "node-a-own",
-                "scope": "machine",
-                "machine": "node-a",
-                "patch": {"hostname": "node-a"},
-            },
-        ).status_code
-        == 201
-    )
-    cfg = eventually(lambda: (x := synced()) and x["config"].get("hostname") == "node-a" and x, 20)
     assert cfg["provenance"]["/hostname"] == "node-a-own"
     assert cfg["provenance"]["/sysctls/vm.swappiness"] == "rack-r1"
     assert cfg["patches"] == ["fleet-base", "node-a-own", "rack-r1"]
-    eventually(lambda: (root / "etc/hostname").read_text() == "node-a\n", 10)
+    assert (root / "etc/motd").read_text() == "hi\n"
+    assert (root / "proc/sys/vm/swappiness").read_text() == "20\n"
     assert c.get("/api/v1/machines/node-a/config", params={"diff": "applied"}).json()["diff"] == []
     listed = c.get("/api/v1/config-patches").json()
     assert [p["name"] for p in listed] == ["fleet-base", "rack-r1", "node-a-own"]
+    eventually(lambda: c.get("/api/v1/machines/node-a/agent").json()["config"]["in_sync"], 10)
+    # Deleting the machine patch pushes the rack hostname.
+    node_patch = next(p for p in listed if p["name"] == "node-a-own")
+    r = c.delete(f"/api/v1/config-patches/{node_patch['id']}")
+    assert r.status_code == 200 and r.json()["pushed"] == 1
+    eventually(lambda: (root / "etc/hostname").read_text() == "rack-host\n", 20)
+    assert c.delete(f"/api/v1/config-patches/{node_patch['id']}").status_code == 404
 
-    # Invalid patches: 422 with the JSON pointer of the failing field; nothing stored.
-    r = c.post(
-        "/api/v1/config-patches",
-        json={
-            "name": "bad",
-            "scope": "fleet",
-            "patch": {"network": {"links": {"eth0": {"mtu": "big"}}}},
-        },
-    )
+
+def test_invalid_patches_are_refused_with_the_path(agent_api: RunningServer) -> None:
+    c = agent_api.client()
+    good = {"name": "fleet-base", "scope": "fleet", "patch": {}}
+    assert c.post("/api/v1/config-patches", json=good).status_code == 201
+    bad_mtu = {"network": {"links": {"eth0": {"mtu": "big"}}}}
+    r = c.post("/api/v1/config-patches", json={"name": "bad", "scope": "fleet", "patch": bad_mtu})
     assert r.status_code == 422, r.text
     assert r.json()["error"]["details"]["path"] == "/network/links/eth0/mtu"
     r = c.post(
@@ -149,15 +147,16 @@ def test_enroll_inventory_config_patches_node_ops_reboot(
         json={"name": "bad", "scope": "selector", "selector": "rack in (", "patch": {}},
     )
     assert r.status_code == 422 and r.json()["error"]["details"] == {"field": "selector"}
-    assert (
-        c.post(
-            "/api/v1/config-patches", json={"name": "fleet-base", "scope": "fleet", "patch": {}}
-        ).status_code
-        == 409
-    )
-    assert len(c.get("/api/v1/config-patches").json()) == 3
+    assert c.post("/api/v1/config-patches", json=good).status_code == 409
+    assert len(c.get("/api/v1/config-patches").json()) == 1
 
-    # Dry run: what would change, and whether it needs a reboot.
+
+def test_dry_run_shows_changes_and_what_needs_a_reboot(
+    agent_api: RunningServer, procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    c = agent_api.client()
+    root, _ = _enrolled(agent_api, procs, tmp_path)
+    cfg = _layered_patches(c, root)
     r = c.post(
         "/api/v1/machines/node-a/config/dry-run",
         json={"patch": {"kernel_args": ["quiet"], "hostname": None}},
@@ -169,13 +168,18 @@ def test_enroll_inventory_config_patches_node_ops_reboot(
     assert dry["reboot_required"] == ["/kernel_args"]
     assert dry["current_version"] == cfg["version"] != dry["version"]
 
-    # Node ops through the hub.
+
+def test_node_ops_reboot_and_disconnect(
+    agent_api: RunningServer, procs: list[subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    c = agent_api.client()
+    root, proc = _enrolled(agent_api, procs, tmp_path)
+    _layered_patches(c, root)
     r = c.get("/api/v1/machines/node-a/node/stats")
     assert r.status_code == 200 and r.json()["data"]["memory_total_bytes"] > 0
     r = c.get("/api/v1/machines/node-a/node/logs", params={"service": "chronyd", "tail_lines": 3})
     assert r.json()["ok"] and r.json()["output"].count("\n") == 3
     assert c.get("/api/v1/machines/node-a/node/shell").status_code == 422
-
     # Reboot: a new boot id, the session comes back, still in sync.
     boot = c.get("/api/v1/machines/node-a/agent").json()["boot_id"]
     r = c.post("/api/v1/machines/node-a/reboot")
@@ -189,14 +193,6 @@ def test_enroll_inventory_config_patches_node_ops_reboot(
         30,
     )
     assert state["config"]["in_sync"]
-
-    # Deleting the machine patch pushes the rack hostname.
-    node_patch = next(p for p in listed if p["name"] == "node-a-own")
-    r = c.delete(f"/api/v1/config-patches/{node_patch['id']}")
-    assert r.status_code == 200 and r.json()["pushed"] == 1
-    eventually(lambda: (root / "etc/hostname").read_text() == "rack-host\n", 20)
-    assert c.delete(f"/api/v1/config-patches/{node_patch['id']}").status_code == 404
-
     # The agent goes away: noticed and reported.
     proc.send_signal(signal.SIGTERM)
     proc.wait(10)
