@@ -69,8 +69,27 @@ def test_conflicts(api: RunningServer, second: dict[str, Any]) -> None:
     assert c.post("/api/v1/machines", json=first).status_code == 201
     r = c.post("/api/v1/machines", json=second)
     assert r.status_code == 409, r.text
-    assert r.json()["error"]["code"] == "conflict"
+    err = r.json()["error"]
+    assert err["code"] == "conflict"
+    # The 409 says which field and which machine already holds the value.
+    assert err["details"]["machine"]["name"] == "a", err
+    assert err["details"]["field"] in ("mac", "name", "uuid"), err
+    assert "already belongs to machine a (" in err["message"], err
     assert len(c.get("/api/v1/machines").json()["items"]) == 1
+
+
+def test_patch_conflict_names_the_holder(api: RunningServer) -> None:
+    c = api.client()
+    assert c.post("/api/v1/machines", json=body("a", "aa:bb:cc:00:00:01")).status_code == 201
+    assert c.post("/api/v1/machines", json=body("b", "aa:bb:cc:00:00:02")).status_code == 201
+    r = c.patch("/api/v1/machines/b", json={"nics": [{"mac": "AA-BB-CC-00-00-01"}]})
+    assert r.status_code == 409, r.text
+    details = r.json()["error"]["details"]
+    assert details == {
+        "field": "mac",
+        "value": "aa:bb:cc:00:00:01",
+        "machine": {"id": details["machine"]["id"], "name": "a"},
+    }
 
 
 def test_concurrent_creates_with_one_mac(api: RunningServer) -> None:
