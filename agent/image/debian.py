@@ -15,6 +15,7 @@ modules.
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -69,9 +70,9 @@ def _deb822(text: str) -> list[dict[str, str]]:
 def _one_line(text: str) -> list[dict[str, str]]:
     out = []
     for line in text.splitlines():
-        words = line.split("#", 1)[0].split()
+        words = re.sub(r"\[[^]]*\]", " ", line.split("#", 1)[0]).split()  # drop [options]
         if words and words[0] == "deb":
-            words = [w for w in words[1:] if not w.startswith("[")]  # drop [options]
+            words = words[1:]
             if len(words) >= 3:
                 out.append(
                     {
