@@ -36,6 +36,9 @@ from agent.image.modules import (
 AGENT_DEPS: tuple[str, ...] = ("grpcio", "protobuf", "cryptography", "httpx")
 """The agent's runtime dependencies (what ``agent/`` imports); pip adds theirs."""
 
+NOT_AGENT: tuple[str, ...] = ("server", "pxe", "bmc", "migrations")
+"""Packages of the bronze wheel the agent never imports (the agent never imports server/)."""
+
 DEFAULT_ARGS: tuple[str, ...] = ("console=tty0", "console=ttyS0,115200n8")
 KERNEL_FILE = "vmlinuz"
 INITRD_FILE = "initrd.img"
@@ -122,6 +125,7 @@ def _base_root(inputs: BuildInputs, mirror: debian.Mirror, cache: Path, root: Pa
             shutil.rmtree(tmp, ignore_errors=True)
     root.mkdir(parents=True)
     subprocess.run(["tar", "--numeric-owner", "-xf", str(tar), "-C", str(root)], check=True)
+    debian.prune(root)
 
 
 def _add_modules(root: Path, moddir: Path, wanted: tuple[str, ...]) -> tuple[str, list[str]]:
@@ -153,14 +157,26 @@ def _install_agent(root: Path, wheels: list[Path], ca: Path) -> None:
         str(site),
         *map(str, wheels),
     )
-    shutil.rmtree(site / "bin", ignore_errors=True)
-    shutil.rmtree(site / "agent" / "fixtures", ignore_errors=True)  # test machine trees
+    for rel in ("bin", "agent/fixtures", *NOT_AGENT):  # scripts, test trees, server side
+        shutil.rmtree(site / rel, ignore_errors=True)
+    for record in site.glob("bronze-*.dist-info/RECORD"):
+        record.unlink()  # lists every file of the whole wheel; version() needs METADATA only
+    _strip(site)
     launcher = root / "usr/local/bin/bronze-agent"
     launcher.parent.mkdir(parents=True, exist_ok=True)
     launcher.write_text('#!/bin/sh\nexec python3 -m agent.main "$@"\n')
     launcher.chmod(0o755)
     (root / "etc/bronze").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(ca, root / "etc/bronze/ca.pem")
+
+
+def _strip(site: Path) -> None:
+    """Drop the symbol tables of the wheels' extension modules (cryptography's by ~3 MiB)."""
+    if shutil.which("strip") is None:
+        return
+    libs = [str(p) for p in site.rglob("*.so")]
+    if libs:
+        subprocess.run(["strip", "--strip-unneeded", *libs], check=False, capture_output=True)
 
 
 def _write_init(root: Path, kver: str, order: list[str]) -> None:

@@ -20,7 +20,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-BUILDER_VERSION = "1"
+BUILDER_VERSION = "2"
 """Bumped when the builder changes what it puts in an image for the same inputs."""
 
 
@@ -49,10 +49,8 @@ def cache_key(inputs: BuildInputs) -> str:
 
 
 def base_key(inputs: BuildInputs) -> str:
-    """The key of the Debian root alone (what ``debootstrap`` and the pruning produce)."""
-    doc = json.dumps(
-        [inputs.mirror, inputs.suite, list(inputs.packages), inputs.builder], separators=(",", ":")
-    )
+    """The key of the Debian root alone (what ``debootstrap`` produces; pruning comes after)."""
+    doc = json.dumps([inputs.mirror, inputs.suite, list(inputs.packages)], separators=(",", ":"))
     return hashlib.sha256(doc.encode()).hexdigest()
 
 

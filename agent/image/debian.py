@@ -35,7 +35,9 @@ PRUNE: tuple[str, ...] = (
     "usr/lib/python3.11/test", "usr/lib/python3.11/idlelib", "usr/lib/python3.11/tkinter",
     "usr/lib/python3.11/lib2to3", "usr/lib/python3.11/ensurepip", "usr/lib/python3.11/pydoc_data",
     "usr/lib/python3.11/unittest", "usr/lib/python3.11/config-3.11-x86_64-linux-gnu",
-    "usr/lib/x86_64-linux-gnu/gconv",
+    "usr/lib/x86_64-linux-gnu/gconv", "usr/share/zoneinfo", "var/lib/dpkg", "var/cache",
+    "usr/lib/x86_64-linux-gnu/perl-base", "usr/bin/perl", "usr/bin/perl5.36.0", "usr/lib/apt",
+    "usr/lib/python3.11/sqlite3", "usr/lib/python3.11/distutils", "usr/lib/python3.11/turtledemo",
 )  # fmt: skip
 """Paths (relative to the root) removed after ``debootstrap``."""
 
@@ -119,7 +121,8 @@ def _run(cmd: list[str], package: str, **kw: object) -> str:
 
 
 def debootstrap(root: Path, mirror: Mirror, packages: tuple[str, ...], debs: Path) -> None:
-    """A minimal Debian root at ``root`` (packages cached in ``debs``), then pruned."""
+    """A minimal Debian root at ``root`` (packages cached in ``debs``); :func:`prune` is a
+    separate step (the cached root is the unpruned one)."""
     debs.mkdir(parents=True, exist_ok=True)
     _run(
         [
@@ -128,14 +131,23 @@ def debootstrap(root: Path, mirror: Mirror, packages: tuple[str, ...], debs: Pat
         ],
         "debootstrap",
     )  # fmt: skip
-    prune(root)
 
 
 def prune(root: Path) -> None:
+    """Remove :data:`PRUNE`, apt's programs and libraries, and compiled Python caches (Python
+    recompiles into RAM what it imports)."""
     for rel in PRUNE:
-        shutil.rmtree(root / rel, ignore_errors=True)
-    for cache in root.joinpath("usr/lib/python3").rglob("__pycache__"):
-        shutil.rmtree(cache, ignore_errors=True)
+        path = root / rel
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    for pattern in ("usr/bin/apt*", "usr/lib/x86_64-linux-gnu/libapt-*"):
+        for path in root.glob(pattern):
+            path.unlink(missing_ok=True)
+    for top in ("usr/lib/python3", "usr/lib/python3.11", "usr/local/lib"):
+        for cache in list(root.joinpath(top).rglob("__pycache__")):
+            shutil.rmtree(cache, ignore_errors=True)
     (root / "var/log").mkdir(parents=True, exist_ok=True)
 
 

@@ -33,7 +33,7 @@ CHANGES = {
     "ca_sha256": "e" * 64,
     "args": ("console=tty0",),
     "compression": "xz",
-    "builder": "2",
+    "builder": "a-newer-builder",
 }
 
 
@@ -50,7 +50,7 @@ def test_any_change_new_key(field: str) -> None:
 
 @pytest.mark.parametrize(
     ("field", "same_base"),
-    [("mirror", False), ("suite", False), ("packages", False), ("builder", False),
+    [("mirror", False), ("suite", False), ("packages", False), ("builder", True),
      ("kernel_package", True), ("wheels", True), ("ca_sha256", True), ("args", True)],
     ids=lambda v: str(v),
 )  # fmt: skip
