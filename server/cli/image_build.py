@@ -20,8 +20,9 @@ from agent.image.cpio import Compression, CpioError
 from agent.image.debian import DebianError
 from agent.image.modules import ModuleError
 from server.cli import images
-from server.cli.boot import assets_upload
-from server.cli.common import OutOpt, Output, TokenFileOpt, UrlOpt, fail
+from server.cli.boot import _chunks
+from server.cli.client import Client
+from server.cli.common import OutOpt, Output, TokenFileOpt, UrlOpt, call, client, fail
 
 DEFAULT_CACHE = Path("/var/cache/bronze-image")
 
@@ -40,6 +41,19 @@ def summary(r: BuildResult) -> list[str]:
         lines.append(f"{path}  {_mib(r.sizes[path.name])}  sha256:{r.sha256[path.name]}")
     lines.append(f"total {_mib(sum(r.sizes.values()))}")
     return lines
+
+
+def upload_asset(cl: Client, path: Path, name: str, sha256: str) -> None:
+    """``PUT /api/v1/assets/{name}?sha256=``: the server re-hashes and refuses a mismatch."""
+    size = path.stat().st_size
+    call(
+        cl,
+        "PUT",
+        f"/api/v1/assets/{name}",
+        params={"sha256": sha256},
+        content=_chunks(path),
+        headers={"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+    )
 
 
 def build_cmd(
@@ -89,8 +103,11 @@ def build_cmd(
     version = result.key[:12]
     kernel_asset = f"{upload}-{version}-vmlinuz"
     initrd_asset = f"{upload}-{version}-initrd.img"
-    assets_upload(result.kernel, kernel_asset, url, token_file, Output.json)
-    assets_upload(result.initrd, initrd_asset, url, token_file, Output.json)
+    cl = client(url, token_file)
+    cl.timeout = max(cl.timeout, 300.0)  # a 30 MiB initramfs on a slow link
+    for path, asset in ((result.kernel, kernel_asset), (result.initrd, initrd_asset)):
+        upload_asset(cl, path, asset, result.sha256[path.name])
+        typer.echo(f"uploaded asset {asset}", err=True)
     images.create_image(
         upload, version, kernel_asset, [initrd_asset], list(result.args), url, token_file, output
     )
