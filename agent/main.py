@@ -9,7 +9,8 @@
   simulated machines in one process (see :mod:`agent.simulate`).
 * ``bronze-agent inventory --root DIR`` — print the inventory as JSON.
 
-Reboots are simulated (a new boot id, the session restarts); the agent never reboots the host.
+Reboots are simulated (a new boot id, the session restarts) unless ``--reboot-command CMD`` is
+given: then the agent runs CMD (the OS image's ``/init`` passes ``busybox reboot``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import asyncio
 import json
 import logging
 import os
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -60,6 +62,11 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument("--heartbeat", type=float, default=30.0, help="seconds between heartbeats")
     run.add_argument("--backoff-max", type=float, default=30.0)
     run.add_argument("--no-fsync", action="store_true")
+    run.add_argument(
+        "--reboot-command",
+        help="command that really reboots this machine (the OS image's /init passes "
+        "'busybox reboot'); without it reboots are simulated",
+    )
     run.add_argument(
         "--trusted-keys",
         type=Path,
@@ -140,6 +147,7 @@ def run_options(args: argparse.Namespace) -> AgentOptions | int:
         backoff_max=args.backoff_max,
         fsync=not args.no_fsync,
         server_name=args.server_name,
+        reboot_command=tuple(shlex.split(args.reboot_command or "")),
     )
     try:
         opts.trusted_keys = _trusted_keys(args.trusted_keys, root)

@@ -120,6 +120,10 @@ class AgentOptions:
     reboot_seconds: float = 0.0
     """Simulated machines: how long a reboot takes before the new boot starts."""
     clock_offset: float = 0.0  # seconds added to the system clock (simulating a skewed clock)
+    reboot_command: tuple[str, ...] = ()
+    """A real reboot: the command run when a reboot is due (the OS image passes ``busybox
+    reboot``, which asks its ``/init`` to stop the agent and reboot). Empty: reboots are
+    simulated (a new boot id, the session restarts), as for test and simulated machines."""
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -249,6 +253,25 @@ class Agent:
             self.slots = NodeSlots.detect(self.o.root, self.o.state_dir)
         self._boot()
 
+    async def _real_reboot(self, wipe_state: bool, stop: asyncio.Event) -> None:
+        """Run ``reboot_command``, then wait to be stopped (the machine is going down). A
+        command that fails is logged and the agent carries on (a new session)."""
+        log.info("rebooting machine=%s command=%s", self.o.machine_id, self.o.reboot_command)
+        if wipe_state:
+            self.creds_store.wipe()
+            self.applier.wipe()
+            self.creds = None
+        try:
+            proc = await asyncio.create_subprocess_exec(*self.o.reboot_command)
+            rc = await proc.wait()
+        except OSError as exc:
+            log.error("reboot command failed machine=%s error=%s", self.o.machine_id, exc)
+            return
+        if rc != 0:
+            log.error("reboot command exited with status %s machine=%s", rc, self.o.machine_id)
+            return
+        await stop.wait()
+
     # -- main loop --------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -291,6 +314,9 @@ class Agent:
                 log.exception("session failed machine=%s", self.o.machine_id)
             if self.reboot_requested is not None:
                 req, self.reboot_requested = self.reboot_requested, None
+                if self.o.reboot_command:
+                    await self._real_reboot(req.wipe_state, stop)
+                    continue
                 if self.o.reboot_seconds:  # a simulated machine's firmware and kernel take time
                     await asyncio.sleep(self.o.reboot_seconds)
                 self._simulated_reboot(req.wipe_state)

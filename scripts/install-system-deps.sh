@@ -7,7 +7,12 @@ PKGS=(qemu-system-x86 ipxe ipxe-qemu ovmf dnsmasq tftpd-hpa tftp-hpa ipmitool op
       freeipmi-tools kea-admin busybox isc-dhcp-client docker-compose curl iproute2 procps
       postgresql postgresql-client wrk gcc libc6-dev nginx-light
       grub-common grub2-common grub-pc-bin grub-efi-amd64-bin grub-emu fdisk gdisk e2fsprogs
-      dosfstools mtools udev openssl)
+      dosfstools mtools udev openssl
+      debootstrap cpio zstd xz-utils kmod binutils)
+# The image builder (`bronze images build`): debootstrap, cpio, zstd/xz, kmod (depmod), binutils
+# (strip). Debian's kernel and busybox-static go into the image's root, never onto this host
+# (busybox-static conflicts with the busybox package above): debootstrap --include and
+# apt-get download fetch them into the build cache.
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

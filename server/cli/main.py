@@ -15,7 +15,7 @@ profiles, assets   /api/v1/profiles, /api/v1/assets
 config             /api/v1/config-patches, /api/v1/machines/{id}/config
 agent              /api/v1/machines/{id}/agent, /enrollment-token
 node               /api/v1/machines/{id}/reboot, /node/{op}
-images             /api/v1/images
+images             /api/v1/images (+ ``images build``: the node OS image, agent.image)
 upgrade            /api/v1/upgrades
 =================  ==========================================================
 """
@@ -33,6 +33,7 @@ from server.cli import (
     boot,
     config,
     events,
+    image_build,
     images,
     local,
     machines,
@@ -90,6 +91,7 @@ app.add_typer(boot.assets_app, name="assets")
 app.add_typer(config.app, name="config")
 app.add_typer(agent.app, name="agent")
 app.add_typer(images.app, name="images")
+images.app.command("build")(image_build.build_cmd)
 app.add_typer(upgrades.app, name="upgrade")
 app.command("node")(node.node)
 
