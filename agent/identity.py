@@ -39,6 +39,9 @@ class BootParams:
     server: str = ""
     enroll: str = ""
     ca_path: str = DEFAULT_CA_PATH
+    image: str = ""
+    """``bronze.image=``: the digest of the OS image the boot plane served (netbooted machines;
+    an installed machine knows its image from its slot)."""
 
 
 def parse_cmdline(text: str) -> BootParams:
@@ -57,6 +60,7 @@ def parse_cmdline(text: str) -> BootParams:
         server=server,
         enroll=enroll,
         ca_path=kv.get("ca", DEFAULT_CA_PATH),
+        image=kv.get("image", ""),
     )
 
 

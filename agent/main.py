@@ -96,6 +96,10 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--installed", type=Path, help="image dir (manifest.json + files): slot A")
     sim.add_argument("--power-events", type=Path, help="a simulated BMC's event log")
     sim.add_argument("--bmc-ports", type=Path, help='JSON {"machine": BMC port}')
+    sim.add_argument(
+        "--netboot", help="diskless: every boot fetches URL/boot.ipxe and boots what it names"
+    )
+    sim.add_argument("--netboot-macs", type=Path, help='JSON {"machine": MAC} for --netboot')
 
     inv = sub.add_parser("inventory", help="print this machine's inventory")
     inv.add_argument("--root", type=Path, default=Path("/"))
@@ -200,6 +204,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             trusted_keys=_trusted_keys(args.trusted_keys, Path("/nonexistent")),
             power_events=args.power_events,
             bmc_ports=json.loads(args.bmc_ports.read_text()) if args.bmc_ports else None,
+            netboot_url=args.netboot or "",
+            netboot_macs=json.loads(args.netboot_macs.read_text()) if args.netboot_macs else None,
         )
 
     asyncio.run(_run_until_signal(go))

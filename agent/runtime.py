@@ -46,10 +46,17 @@ from agent.apply import ConfigApplier
 from agent.commands import Commands, DropSession, Journal
 from agent.gen import agent_pb2 as pb
 from agent.gen import agent_pb2_grpc as pb_grpc
-from agent.identity import Credentials, CredentialStore, new_key_and_csr, write_file
+from agent.identity import (
+    Credentials,
+    CredentialStore,
+    new_key_and_csr,
+    read_boot_params,
+    write_file,
+)
 from agent.image_manifest import TrustedKey
 from agent.install import grub_boot
 from agent.inventory import Inventory, collect
+from agent.netboot import fetch_script, kernel_args, next_cmdline
 from agent.session import AGENT_VERSION, SessionLink, inventory_to_pb
 from agent.trouble import ServerClock, TroubleReporter
 from agent.upgrade import NodeSlots
@@ -120,6 +127,10 @@ class AgentOptions:
     reboot_seconds: float = 0.0
     """Simulated machines: how long a reboot takes before the new boot starts."""
     clock_offset: float = 0.0  # seconds added to the system clock (simulating a skewed clock)
+    netboot_url: str = ""
+    """Simulated diskless machines: every boot fetches ``URL/boot.ipxe?mac=netboot_mac`` and
+    boots what it names (``agent.netboot``). Empty: the command line stays as it was."""
+    netboot_mac: str = ""
     reboot_command: tuple[str, ...] = ()
     """A real reboot: the command run when a reboot is due (the OS image passes ``busybox
     reboot``, which asks its ``/init`` to stop the agent and reboot). Empty: reboots are
@@ -152,6 +163,8 @@ class Agent:
         self._watchdog: asyncio.Task[None] | None = None
         self.sim = ""
         """The simulated failure the booted image's kernel args ask for (``bronze.sim=``)."""
+        self._netboot_sim = ""
+        """What the last netboot booted, as a ``sim`` value (``no-boot``: no kernel)."""
         self.clock = ServerClock(opts.clock_offset)
         self.trouble = TroubleReporter(opts.enroll, opts.ca_pem, self.clock, self.channel_options())
         self.link = SessionLink(self)
@@ -191,6 +204,9 @@ class Agent:
         simulated failure modes an image's kernel args may ask for (``bronze.sim=no-boot``:
         the kernel never comes up; ``bronze.sim=unhealthy``: services never get healthy)."""
         if self.slots is None:
+            self.sim = self._netboot_sim
+            if self.o.netboot_url and self.sim != "no-boot":
+                self._record_boot()
             return
         deadline = self.slots.on_boot()
         self._record_boot()
@@ -203,7 +219,6 @@ class Agent:
 
     def _record_boot(self) -> None:
         """``STATE_DIR/boots.json``: the last boots (boot id, slot, image), newest last."""
-        assert self.slots is not None
         path = self.o.state_dir / "boots.json"
         try:
             boots = json.loads(path.read_text())
@@ -212,8 +227,12 @@ class Agent:
         bid = self.boot_id()
         if boots and boots[-1].get("boot_id") == bid:
             return  # the agent restarted, the machine did not
-        r = self.slots.report()
-        boots = [*boots, {"boot_id": bid, "slot": r.slot, "image": r.image_digest}][-100:]
+        if self.slots is not None:
+            r = self.slots.report()
+            slot, image = r.slot, r.image_digest
+        else:  # netbooted: the image the boot plane served
+            slot, image = "", read_boot_params(self.o.root).image
+        boots = [*boots, {"boot_id": bid, "slot": slot, "image": image}][-100:]
         write_file(path, json.dumps(boots).encode(), fsync=self.o.fsync)
 
     def cancel_watchdog(self) -> None:
@@ -232,6 +251,24 @@ class Agent:
     def _request_reboot(self) -> None:
         self.reboot_requested = self.reboot_requested or pb.Reboot()
         self.interrupt.set()
+
+    async def _netboot(self) -> None:
+        """A simulated diskless machine's firmware: the boot script from the server decides what
+        boots (its kernel args become ``/proc/cmdline``)."""
+        if not self.o.netboot_url or self.slots is not None:
+            return
+        script = await fetch_script(self.o.netboot_url, self.o.netboot_mac)
+        args = kernel_args(script) if script is not None else None
+        if args is None:
+            log.warning("netboot: nothing to boot machine=%s", self.o.machine_id)
+            self._netboot_sim = "no-boot"
+            return
+        path = self.o.root / "proc/cmdline"
+        cmdline = next_cmdline(path.read_text() if path.exists() else "", args)
+        write_file(path, (cmdline + "\n").encode(), 0o444, fsync=False)
+        self._netboot_sim = next(
+            (a.split("=", 1)[1] for a in args if a.startswith("bronze.sim=")), ""
+        )
 
     def _simulated_reboot(self, wipe_state: bool) -> None:
         log.info("rebooting (simulated) machine=%s", self.o.machine_id)
@@ -275,6 +312,7 @@ class Agent:
     # -- main loop --------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
+        await self._netboot()
         self._boot()
         events = None
         if self.o.power_events is not None:
@@ -319,6 +357,7 @@ class Agent:
                     continue
                 if self.o.reboot_seconds:  # a simulated machine's firmware and kernel take time
                     await asyncio.sleep(self.o.reboot_seconds)
+                await self._netboot()
                 self._simulated_reboot(req.wipe_state)
                 attempt = 0
                 continue

@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import serialization
 
 from agent.gen import agent_pb2 as pb
 from agent.gen import agent_pb2_grpc as pb_grpc
-from agent.identity import Credentials, new_key_and_csr
+from agent.identity import Credentials, new_key_and_csr, read_boot_params
 from agent.inventory import Inventory
 
 if TYPE_CHECKING:
@@ -180,8 +180,9 @@ class SessionLink:
         )
 
     def _slot_fields(self) -> dict[str, str]:
-        if self.agent.slots is None:
-            return {}
+        if self.agent.slots is None:  # netbooted: the image the boot plane served, if any
+            image = read_boot_params(self.agent.o.root).image
+            return {"image_digest": image} if image else {}
         r = self.agent.slots.report()
         return {
             "image_digest": r.image_digest,

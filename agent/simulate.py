@@ -15,7 +15,8 @@ directories, a real GRUB environment block) with the image of ``DIR/manifest.jso
 image manifest, ``agent.image_manifest``) and its files in slot A, so upgrades write real slots
 and reboots run the same boot-counting decision as GRUB. ``--power-events FILE --bmc-ports FILE``
 wire each machine to a simulated BMC: a ``PORT cycle|reset`` line in the BMC simulator's event
-log resets that machine.
+log resets that machine. Diskless machines (``--netboot URL --netboot-macs FILE``) fetch their
+boot script from the server at every boot (``agent.netboot``) and run the image it serves.
 """
 
 from __future__ import annotations
@@ -88,6 +89,8 @@ async def simulate(
     trusted_keys: tuple[TrustedKey, ...] = (),
     power_events: Path | None = None,
     bmc_ports: dict[str, int] | None = None,
+    netboot_url: str = "",
+    netboot_macs: dict[str, str] | None = None,
 ) -> list[Agent]:
     ids = sorted(tokens)[:count]
     base = collect(template)
@@ -115,6 +118,8 @@ async def simulate(
                     inventory=machine_inventory(base, mid),
                     power_events=power_events,
                     bmc_port=(bmc_ports or {}).get(mid, 0),
+                    netboot_url=netboot_url,
+                    netboot_mac=(netboot_macs or {}).get(mid, ""),
                 )
             )
         )

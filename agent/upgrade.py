@@ -56,15 +56,18 @@ class SlotReport:
 Source = Callable[[str], Callable[[], BinaryIO]]
 
 
-def fetcher(timeout: float = 60.0, attempts: int = 4) -> Source:
+def fetcher(timeout: float = 60.0, patience: float = 90.0) -> Source:
     """Each URL becomes a callable returning the file's body (``agent.install`` hashes what it
     writes against the manifest, so a wrong or truncated body fails the slot write). A server
-    that does not answer, or answers 5xx, is asked again with backoff (``attempts`` in all)."""
+    that does not answer, or answers 5xx, is asked again with capped backoff for ``patience``
+    seconds: a server restarting (or a replica failing over) must not fail the upgrade, which the
+    server's own write deadline bounds anyway. A 4xx is final: asking again gets the same."""
 
     def source(url: str) -> Callable[[], BinaryIO]:
         def open_stream() -> BinaryIO:
-            error = ""
-            for attempt in range(attempts):
+            deadline = time.monotonic() + patience
+            attempt = 0
+            while True:
                 try:
                     resp = httpx.get(url, timeout=timeout, follow_redirects=False)
                 except httpx.HTTPError as exc:
@@ -74,9 +77,12 @@ def fetcher(timeout: float = 60.0, attempts: int = 4) -> Source:
                         return io.BytesIO(resp.content)
                     error = f"{url}: HTTP {resp.status_code}"
                     if resp.status_code < 500:
-                        break  # the server answered: asking again gets the same answer
-                time.sleep(min(8.0, 0.5 * 2**attempt))
-            raise InstallError(error)
+                        raise InstallError(error)
+                delay = min(5.0, 0.5 * 2**attempt)
+                if time.monotonic() + delay > deadline:
+                    raise InstallError(error)
+                time.sleep(delay)
+                attempt += 1
 
         return open_stream
 

@@ -29,7 +29,9 @@ from server.agents.dbstore import DbAgentStore
 from server.agents.liveness import session_claimed
 from server.api.auth import Principal
 from server.api.deps import Context, context, operator, reader
+from server.api.images import trusted_keys
 from server.api.schemas import Strict
+from server.boot import images
 from server.config import ConfigError, Layer
 from server.config.render import Rendered, validate_patch
 from server.config.stored import load_patches, render_for
@@ -212,6 +214,15 @@ def _check_patch_in(body: ConfigPatchIn) -> None:
         raise config_error(exc) from None
 
 
+def _check_image(s: Session, ctx: Context, patch: dict[str, Any]) -> None:
+    """``install.image`` must name an image that exists and, with trusted keys configured, is
+    signed (422 naming the field): the agent would refuse it anyway, after the fact."""
+    install = patch.get("install")
+    name = install.get("image") if isinstance(install, dict) else None
+    if isinstance(name, str):
+        images.get_for_use(s, name, trusted_keys(ctx.settings), field="patch.install.image")
+
+
 @router.post("/api/v1/config-patches", status_code=201)
 async def create_config_patch(
     body: ConfigPatchIn,
@@ -229,6 +240,7 @@ async def create_config_patch(
         try:
             with ctx.db.write() as s:
                 machine_id = inventory.get_machine(s, body.machine).id if body.machine else None
+                _check_image(s, ctx, body.patch)
                 p = ConfigPatch(
                     id=str(uuid.uuid4()),
                     name=body.name,

@@ -99,6 +99,7 @@ def create_machine(
                 smbios_uuid=body.uuid,
                 serial=body.serial,
                 phase=body.phase.value,
+                boot_from=body.boot_from,
                 power_observed="unknown",
                 hardware=body.hardware,
                 created_at=now,
@@ -230,6 +231,7 @@ _SCALAR_FIELDS = (
     ("serial", "serial"),
     ("hardware", "hardware"),
     ("fault_reason", "fault_reason"),
+    ("boot_from", "boot_from"),
 )
 """(request field, column) of the fields a PATCH replaces as a whole."""
 
@@ -238,8 +240,8 @@ def _patch_scalars(m: Machine, body: MachineUpdate, changes: dict[str, Any]) -> 
     for attr, col in _SCALAR_FIELDS:
         if attr in body.model_fields_set:
             value = getattr(body, attr)
-            if attr == "name" and value is None:
-                raise Invalid(message="name cannot be removed", details={"field": "name"})
+            if attr in ("name", "boot_from") and value is None:
+                raise Invalid(message=f"{attr} cannot be removed", details={"field": attr})
             if getattr(m, col) != value:
                 setattr(m, col, value)
                 changes[attr] = "(updated)" if attr == "hardware" else value

@@ -122,6 +122,9 @@ class BmcOut(BaseModel):
     has_ca_bundle: bool
 
 
+BootFrom = Literal["disk", "network"]
+
+
 class MachineCreate(Strict):
     name: DnsLabel
     uuid: SmbiosUuid | None = None
@@ -131,6 +134,9 @@ class MachineCreate(Strict):
     phase: Phase = Phase.REGISTERED
     bmc: BmcIn | None = None
     hardware: dict[str, Any] = Field(default_factory=dict)
+    boot_from: BootFrom = "disk"
+    """``disk``: boots its installed disk once ``ready``; ``network``: diskless, always netboots
+    its image (and is upgraded by switching the image its boot script serves)."""
 
     _unique_macs = field_validator("nics")(lambda v: _unique_macs(v))
 
@@ -148,6 +154,7 @@ class MachineUpdate(Strict):
     bmc: BmcIn | None = None
     hardware: dict[str, Any] | None = None
     fault_reason: str | None = Field(default=None, max_length=1024)
+    boot_from: BootFrom | None = None
 
     @field_validator("labels")
     @classmethod
@@ -200,6 +207,11 @@ class MachineOut(BaseModel):
     fault_reason: str | None
     bmc: BmcOut | None
     hardware: dict[str, Any]
+    image: str | None
+    """The OS image it runs, confirmed (its last good)."""
+    boot_from: str
+    trial_image: str | None
+    """A diskless machine's upgrade in flight: the image its boot script serves until confirmed."""
     created_at: datetime
     updated_at: datetime
     revision: int

@@ -10,6 +10,7 @@ unknown MAC, discovery off     ``exit`` (``BootAction.NONE``)       known=false,
 discovered                     the discovery profile (if on)        known, allow_boot (if on)
 registered, provisioning       its profile (most specific match)    known, allow_boot
 ready, upgrading               boot from disk                       known, allow_boot
+ready, upgrading (diskless)    its profile, serving its own image   known, allow_boot
 maintenance, failed            ``exit``: nothing destructive        known, allow_boot=false
 =============================  ===================================  =============================
 
@@ -48,14 +49,16 @@ PROFILE_PHASES = frozenset({Phase.REGISTERED, Phase.PROVISIONING})
 DISK_PHASES = frozenset({Phase.READY, Phase.UPGRADING})
 
 
-def script_kind(phase: Phase | None, discovery: bool) -> ScriptKind:
-    """The script for a machine in ``phase`` (None: unknown MAC)."""
+def script_kind(phase: Phase | None, discovery: bool, netboot: bool = False) -> ScriptKind:
+    """The script for a machine in ``phase`` (None: unknown MAC); ``netboot``: the machine is
+    diskless (``machines.boot_from = network``), so it boots its profile where others boot
+    their disk."""
     if phase is None or phase is Phase.DISCOVERED:
         return ScriptKind.DISCOVERY if discovery else ScriptKind.NONE
     if phase in PROFILE_PHASES:
         return ScriptKind.PROFILE
     if phase in DISK_PHASES:
-        return ScriptKind.DISK
+        return ScriptKind.PROFILE if netboot else ScriptKind.DISK
     return ScriptKind.NONE
 
 

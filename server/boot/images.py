@@ -17,7 +17,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from agent.image_manifest import (
@@ -173,7 +173,13 @@ def require_usable(image: Image, keys: Sequence[TrustedKey], *, field: str = "im
 def users(s: Session, name: str) -> dict[str, list[str]]:
     """Who names the image: machines, boot profiles, unfinished rollouts (first 10 of each)."""
     found = {
-        "machines": list(s.scalars(select(Machine.name).where(Machine.image == name).limit(10))),
+        "machines": list(
+            s.scalars(
+                select(Machine.name)
+                .where(or_(Machine.image == name, Machine.trial_image == name))
+                .limit(10)
+            )
+        ),
         "profiles": list(
             s.scalars(select(BootProfile.name).where(BootProfile.image == name).limit(10))
         ),

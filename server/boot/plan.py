@@ -42,6 +42,11 @@ class MachineView:
     labels: Mapping[str, str] = field(default_factory=dict)
     ip: str | None = None
     """The NIC's reserved address (``nics.ip``)."""
+    netboot: bool = False
+    """Diskless (``boot_from = network``): it boots its profile in every phase."""
+    image: str | None = None
+    """A diskless machine's own image: the one a netboot upgrade is trying, else its last good
+    (``machines.trial_image`` or ``machines.image``); it replaces the profile's."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,7 @@ class ProfileView:
     name: str
     agent: bool
     uses_token: bool
+    image: str | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +116,9 @@ class ScriptPlan:
     wait_for_boot: bool = False
     """No token only because DHCP has not reported the boot the URL names (yet): the shell may
     wait briefly for that report and plan again."""
+    image: str | None = None
+    """The OS image the script boots (the machine's own when diskless, else the profile's);
+    None: the profile's own kernel and initrds."""
 
 
 def needs_discovery(machine: MachineView | None, discovery: bool) -> bool:
@@ -167,7 +176,9 @@ def plan_script(
     (``discovered``, ``known``: another request created the machine meanwhile, or a limit:
     ``discovery_rate_limited`` / ``discovery_limit_reached``), None when it did not run."""
     events: list[PlannedEvent] = []
-    kind = script_kind(machine.phase if machine else None, discovery)
+    kind = script_kind(
+        machine.phase if machine else None, discovery, machine is not None and machine.netboot
+    )
     if outcome == "discovered" and machine is not None:
         events.append(PlannedEvent(HttpKind.DISCOVERED, {"machine": machine.name}))
     elif outcome is not None and machine is None:
@@ -188,9 +199,12 @@ def plan_script(
         else:
             token = bound
     action = action_of(kind)
+    image = served_image(machine, profile) if kind is not ScriptKind.NONE else None
     detail: dict[str, object] = {"action": action.value, "arch": query.arch}
     if profile is not None:
         detail["profile"] = profile.name
+    if image is not None:
+        detail["image"] = image
     if machine is not None:
         detail["phase"] = machine.phase.value
         detail["machine"] = machine.name
@@ -207,4 +221,15 @@ def plan_script(
         agent_args=token is not None and profile is not None and profile.agent,
         events=tuple(events),
         wait_for_boot=wait,
+        image=image,
     )
+
+
+def served_image(machine: MachineView | None, profile: ProfileView | None) -> str | None:
+    """A diskless machine boots its own image (the trial one while a netboot upgrade tries it,
+    else its last good); any other machine, or one without its own, the profile's."""
+    if profile is None:
+        return None
+    if machine is not None and machine.netboot and machine.image:
+        return machine.image
+    return profile.image

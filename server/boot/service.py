@@ -75,6 +75,10 @@ class MachineInfo:
     labels: dict[str, str] = field(default_factory=dict)
     ip: str | None = None
     """The address reserved for the NIC that asked (``nics.ip``)."""
+    netboot: bool = False
+    """Diskless (``machines.boot_from = network``)."""
+    image: str | None = None
+    """Its own image: ``trial_image`` while a netboot upgrade tries one, else ``image``."""
 
 
 @dataclass(frozen=True)
@@ -104,19 +108,26 @@ class UnsafeStoredProfile(Exception):
 def _machine_by_mac(s: Session, mac: str) -> MachineInfo | None:
     # Core rows, not ORM objects: this runs for every DHCP packet and script of a boot storm.
     row = s.execute(
-        select(Machine.id, Machine.name, Machine.phase, Nic.ip)
+        select(
+            Machine.id,
+            Machine.name,
+            Machine.phase,
+            Nic.ip,
+            Machine.boot_from,
+            func.coalesce(Machine.trial_image, Machine.image),
+        )
         .join(Nic, Nic.machine_id == Machine.id)
         .where(Nic.mac == mac)
     ).first()
     if row is None:
         return None
-    mid, name, phase, ip = row
+    mid, name, phase, ip, boot_from, image = row
     labels = dict(
         s.execute(
             select(MachineLabel.key, MachineLabel.value).where(MachineLabel.machine_id == mid)
         ).all()
     )
-    return MachineInfo(mid, name, Phase(phase), labels, ip)
+    return MachineInfo(mid, name, Phase(phase), labels, ip, boot_from == "network", image)
 
 
 def _candidates(rows: list[BootProfile]) -> list[Candidate]:
@@ -260,17 +271,18 @@ class BootPlane:
 
     # -- /boot.ipxe ----------------------------------------------------------------------------
 
-    def _load(self, mac: str) -> tuple[MachineInfo | None, bool, list[BootProfile]]:
+    def _load(
+        self, mac: str
+    ) -> tuple[MachineInfo | None, bool, list[BootProfile], dict[str, Image]]:
+        """The machine, whether discovery is on, the profiles (detached) and the images they or
+        the machine name."""
         with self.db.read() as s:
             m = _machine_by_mac(s, mac)
             rows = list(s.scalars(select(BootProfile)))
-            named = {p.image for p in rows if p.image}
+            named = {p.image for p in rows if p.image} | ({m.image} if m and m.image else set())
             found = {i.name: i for i in s.scalars(select(Image).where(Image.name.in_(named)))}
             s.expunge_all()
-            for p in rows:  # detached copies: what an image-backed profile boots
-                if p.image is not None and p.image in found:
-                    p.kernel, p.initrds, p.args = image_boot(found[p.image], p.args)
-            return m, self._discovery_on(s), rows
+            return m, self._discovery_on(s), rows, found
 
     def observe(self, mac: str | None, kind: str, detail: Mapping[str, Any]) -> None:
         """A DHCP step (in-process sink or a remote ``bronze pxe``'s timeline): ACKs of script
@@ -300,18 +312,20 @@ class BootPlane:
     ) -> Script:
         """The iPXE script for ``mac`` (``server.boot.plan`` decides; this does the I/O);
         raises ``UnsafeStoredProfile``."""
-        m, discovery, rows = await asyncio.to_thread(self._load, mac)
+        m, discovery, rows, images = await asyncio.to_thread(self._load, mac)
         outcome: str | None = None
         if needs_discovery(_view(m), discovery):
             m, outcome = await asyncio.to_thread(self._discover, mac, smbios_uuid)
         query = ScriptQuery(mac, client_ip, arch, boot)
-        views = [ProfileView(p.name, p.agent, profiles.uses_token(p.args)) for p in rows]
+        views = [ProfileView(p.name, p.agent, profiles.uses_token(p.args), p.image) for p in rows]
         lease = self.seen.get(mac)
         plan = self._plan(query, m, discovery, outcome, views, rows, lease)
         if plan.wait_for_boot:  # its DHCP ACK may still be on its way from a remote bronze pxe
             lease = await self.seen.wait(mac, boot or "", BOOT_WAIT_SECONDS)
             plan = self._plan(query, m, discovery, outcome, views, rows, lease)
         profile = next((p for p in rows if p.name == plan.profile), None)
+        if profile is not None and plan.image is not None:
+            profile = _booting(profile, images.get(plan.image))
         token: str | None = None
         extra: list[str] = []
         if plan.token is not None and m is not None:
@@ -397,4 +411,24 @@ class BootPlane:
 
 
 def _view(m: MachineInfo | None) -> MachineView | None:
-    return None if m is None else MachineView(m.id, m.name, m.phase, m.labels, m.ip)
+    if m is None:
+        return None
+    return MachineView(m.id, m.name, m.phase, m.labels, m.ip, m.netboot, m.image)
+
+
+def _booting(profile: BootProfile, image: Image | None) -> BootProfile:
+    """The (detached) profile as it boots ``image``: the image's kernel, initrds and default
+    args, then the profile's own args and ``bronze.image=DIGEST`` (what the agent reports it
+    booted). An image that vanished leaves the profile unchanged."""
+    if image is None:
+        return profile
+    kernel, initrds, args = image_boot(image, profile.args)
+    return BootProfile(
+        name=profile.name,
+        selector=profile.selector,
+        kernel=kernel,
+        initrds=initrds,
+        args=[*args, f"bronze.image={image.digest}"],
+        agent=profile.agent,
+        image=image.name,
+    )

@@ -104,6 +104,16 @@ def nic_of(spec: str) -> dict[str, str]:
     return {"mac": mac, "ip": ip} if sep else {"mac": mac}
 
 
+BootFromOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--boot-from",
+        help="disk (boots its installed disk once ready) or network (diskless: always netboots"
+        " its image).",
+    ),
+]
+
+
 @app.command("list")
 def machines_list(
     selector: Selector = None,
@@ -169,6 +179,7 @@ def machines_create(
     bmc_username: BmcUser = None,
     bmc_password_file: BmcPasswordFile = None,
     bmc_insecure: BmcInsecure = False,
+    boot_from: BootFromOpt = None,
     url: UrlOpt = None,
     token_file: TokenFileOpt = None,
     output: OutOpt = Output.table,
@@ -183,6 +194,8 @@ def machines_create(
         body["uuid"] = uuid
     if serial:
         body["serial"] = serial
+    if boot_from:
+        body["boot_from"] = boot_from
     bmc = bmc_of(bmc_driver, bmc_address, bmc_username, bmc_password_file, bmc_insecure)
     if bmc:
         body["bmc"] = bmc
@@ -212,11 +225,12 @@ def machines_update(
     bmc_username: BmcUser = None,
     bmc_password_file: BmcPasswordFile = None,
     bmc_insecure: BmcInsecure = False,
+    boot_from: BootFromOpt = None,
     url: UrlOpt = None,
     token_file: TokenFileOpt = None,
     output: OutOpt = Output.table,
 ) -> None:
-    """Change a machine's labels, phase, name, NICs or BMC."""
+    """Change a machine's labels, phase, name, NICs, BMC or how it boots."""
     body: dict[str, Any] = {}
     labels: dict[str, Any] = {**labels_of(label or []), **{k: None for k in remove_label or []}}
     if labels:
@@ -227,6 +241,8 @@ def machines_update(
         body["name"] = new_name
     if mac:
         body["nics"] = [nic_of(m) for m in mac]
+    if boot_from:
+        body["boot_from"] = boot_from
     bmc = bmc_of(bmc_driver, bmc_address, bmc_username, bmc_password_file, bmc_insecure)
     if bmc:
         body["bmc"] = bmc

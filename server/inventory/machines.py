@@ -291,6 +291,8 @@ def _view(r: Any, nics: list[dict[str, Any]], labels: dict[str, str]) -> dict[st
         },
         "fault_reason": r["fault_reason"],
         "image": r["image"],
+        "boot_from": r["boot_from"],
+        "trial_image": r["trial_image"],
         "bmc": None
         if r["bmc_address"] is None
         else {

@@ -68,7 +68,15 @@ class Machine(Base):
     bmc_ca_bundle: Mapped[str | None] = mapped_column(Text)
     image: Mapped[str | None] = mapped_column(String(63), index=True)
     """The OS image the machine runs (installed or netbooted), set when a provisioning or an
-    upgrade confirms it; an image named here cannot be deleted."""
+    upgrade confirms it; an image named here cannot be deleted. For a machine that boots from
+    the network this is its *last good* image: what its boot script serves."""
+    boot_from: Mapped[str] = mapped_column(String(8), default="disk", server_default="disk")
+    """``disk``: once ``ready`` it boots its installed disk; ``network``: diskless, its boot
+    script serves its image in every phase (``server.boot.decide``)."""
+    trial_image: Mapped[str | None] = mapped_column(String(63), index=True)
+    """A netbooted machine's upgrade in flight: the image its boot script serves instead of
+    ``image`` until the rollout confirms it healthy (then it becomes ``image``) or rolls it
+    back (cleared). Kept on the server: a diskless machine has no boot counter of its own."""
     bmc_scheme: Mapped[str] = mapped_column(String(8), default="https", server_default="https")
     """Redfish only: ``http`` is an explicit, audited lab opt-out."""
     power_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")

@@ -50,6 +50,7 @@ def progress(row: RolloutMachine, now: datetime) -> Progress:
         target_digest=d.get("target_digest", ""),
         deadline=inventory.as_utc(row.deadline) if row.deadline else None,
         cycled=bool(d.get("cycled", False)),
+        netboot=d.get("mode") == "netboot",
     )
 
 

@@ -50,6 +50,7 @@ from server.rollouts.planner import resolve_count
 from server.rollouts.upgrade import (
     Action,
     Hooks,
+    Serve,
     Timeouts,
     Transition,
     UpgradeStep,
@@ -242,11 +243,13 @@ class RolloutRunner:
         effects: Effects,
     ) -> None:
         """A machine starts: what it runs now is recorded (to re-probe it after a restart)."""
+        netboot = m.boot_from == "network"
         row.detail = {
             "from_boot_id": (st.boot_id if st else "") or "",
             "from_digest": (st.image_digest if st else "") or "",
             "target_digest": image.digest if image else "",
             "cycled": False,
+            "mode": "netboot" if netboot else "disk",
         }
         row.state = MachineState.ACTIVE.value
         m.phase = Phase.UPGRADING.value
@@ -258,7 +261,7 @@ class RolloutRunner:
             machine=m,
             data={"rollout": r.id, "image": r.image},
         )
-        self._apply(s, r, row, m, start(hooks, now, t), image, effects)
+        self._apply(s, r, row, m, start(hooks, now, t, netboot), image, effects)
 
     def _apply(
         self,
@@ -278,6 +281,7 @@ class RolloutRunner:
         row.detail = {**row.detail, "cycled": tr.cycled or row.detail.get("cycled", False)}
         if tr.error:
             row.error = tr.error
+        self._serve(m, r, tr.serve)
         if tr.action is Action.SEND_UPGRADE and image is not None:
             cmd_id = self._command(
                 s, m.id, upgrade_command(r, image, self.config.asset_base_url), effects
@@ -301,6 +305,8 @@ class RolloutRunner:
                 st.last_good_digest = image.digest
         elif tr.state is MachineState.FAILED:
             row.claim = None
+            if row.detail.get("mode") == "netboot":  # a failed trial is never served again
+                m.trial_image = None
             m.phase, m.fault_reason = Phase.FAILED.value, f"upgrade to {r.image}: {tr.error}"
         if changed or tr.error:
             active = tr.state is MachineState.ACTIVE
@@ -313,6 +319,17 @@ class RolloutRunner:
                 machine=m,
                 data={"rollout": r.id, "step": tr.step.value, "state": tr.state.value},
             )
+
+    @staticmethod
+    def _serve(m: Machine, r: Rollout, serve: Serve) -> None:
+        """Diskless machines: what their boot script serves from now on (the boot plane reads
+        ``trial_image`` first, then ``image``), written in the transition's transaction."""
+        if serve is Serve.TRIAL:
+            m.trial_image = r.image
+        elif serve is Serve.CONFIRM:
+            m.image, m.trial_image = r.image, None
+        elif serve is Serve.LAST_GOOD:
+            m.trial_image = None
 
     def _command(self, s: Session, machine_id: str, cmd: pb.Command, effects: Effects) -> str:
         cmd.id = str(uuid.uuid4())

@@ -22,6 +22,12 @@ Steps (each persisted before its action is taken, so a restarted server re-probe
 * ``confirming``: the mark-good command is saved and sent; its acknowledgement ends the upgrade.
 * ``recovering``: the deadline passed. With a BMC the machine is power-cycled once; either way it
   must come back on its last good image, which ends it as failed with the reason.
+
+Diskless machines (``boot_from = network``) have no slots: what they boot is what their boot
+script serves. For them the server keeps the A/B rule itself (``Transition.serve``): starting
+serves the new image as a *trial* and reboots the machine (``writing`` is skipped: nothing is
+written); healthy on it confirms it (the machine's image, its last good, becomes the new one);
+recovery serves the last good image again before the reboot or the BMC power cycle.
 """
 
 from __future__ import annotations
@@ -80,6 +86,8 @@ class Progress:
     deadline: datetime | None = None
     cycled: bool = False
     """The watchdog already power-cycled it (once per upgrade)."""
+    netboot: bool = False
+    """Diskless: upgraded by switching the image its boot script serves."""
 
 
 @dataclass(frozen=True)
@@ -113,6 +121,19 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class Serve(StrEnum):
+    """Diskless machines: what their boot script serves from this transition on."""
+
+    UNCHANGED = ""
+    TRIAL = "trial"
+    """The new image, on trial (``machines.trial_image``)."""
+    CONFIRM = "confirm"
+    """The new image, confirmed: it becomes the machine's image (its last good)."""
+    LAST_GOOD = "last-good"
+    """The last good image again (the trial is dropped)."""
+
+
+@dataclass(frozen=True)
 class Transition:
     step: UpgradeStep
     action: Action = Action.NONE
@@ -120,11 +141,20 @@ class Transition:
     deadline: datetime | None = None
     error: str = ""
     cycled: bool = False
+    serve: Serve = Serve.UNCHANGED
 
 
-def start(hooks: Hooks, now: datetime, t: Timeouts) -> Transition:
+def start(hooks: Hooks, now: datetime, t: Timeouts, netboot: bool = False) -> Transition:
     if hooks.pre:
         return Transition(UpgradeStep.PRE_HOOK, Action.CALL_PRE_HOOK, deadline=now + t.write)
+    return _first_step(now, t, netboot)
+
+
+def _first_step(now: datetime, t: Timeouts, netboot: bool) -> Transition:
+    if netboot:  # nothing to write: serve the new image and reboot into it
+        return Transition(
+            UpgradeStep.BOOTING, Action.SEND_REBOOT, deadline=now + t.health, serve=Serve.TRIAL
+        )
     return Transition(UpgradeStep.WRITING, Action.SEND_UPGRADE, deadline=now + t.write)
 
 
@@ -155,6 +185,12 @@ def advance(
         if rebooted and obs.image_digest == p.from_digest:
             return _failed(step, "the machine fell back to its last good image")
         if obs.connected and obs.image_digest == p.target_digest and obs.config_healthy:
+            if p.netboot:  # the server holds the last good: confirming is recording it
+                if hooks.post:
+                    return Transition(
+                        UpgradeStep.POST_HOOK, Action.CALL_POST_HOOK, serve=Serve.CONFIRM
+                    )
+                return Transition(step, state=MachineState.SUCCEEDED, serve=Serve.CONFIRM)
             return Transition(UpgradeStep.CONFIRMING, Action.SEND_MARK_GOOD, deadline=now + t.write)
         if late:
             return _recover(p, now, t, has_bmc, "not healthy on the new image in time")
@@ -185,7 +221,7 @@ def hook_done(p: Progress, ok: bool, error: str, now: datetime, t: Timeouts) -> 
     if p.step is UpgradeStep.PRE_HOOK:
         if not ok:
             return _failed(p.step, f"pre-upgrade hook failed: {error}")
-        return Transition(UpgradeStep.WRITING, Action.SEND_UPGRADE, deadline=now + t.write)
+        return _first_step(now, t, p.netboot)
     if not ok:
         return _failed(p.step, f"post-upgrade hook failed: {error} (the machine is upgraded)")
     return Transition(p.step, state=MachineState.SUCCEEDED)
@@ -201,6 +237,8 @@ def _booted(p: Progress, obs: Observation, now: datetime, t: Timeouts, has_bmc: 
 
 
 def _recover(p: Progress, now: datetime, t: Timeouts, has_bmc: bool, why: str) -> Transition:
+    if p.netboot:
+        return _recover_netboot(p, now, t, has_bmc, why)
     if has_bmc and not p.cycled:
         return Transition(
             UpgradeStep.RECOVERING,
@@ -217,6 +255,25 @@ def _recover(p: Progress, now: datetime, t: Timeouts, has_bmc: bool, why: str) -
     )
 
 
+def _recover_netboot(
+    p: Progress, now: datetime, t: Timeouts, has_bmc: bool, why: str
+) -> Transition:
+    """The boot script serves the last good image again, then the machine is reset: through its
+    BMC (once), else asked to reboot by its agent (if the agent is up at all)."""
+    if has_bmc and not p.cycled:
+        action, how, cycled = Action.POWER_CYCLE, "power-cycling through the BMC", True
+    else:
+        action, how, cycled = Action.SEND_REBOOT, "asking its agent to reboot", p.cycled
+    return Transition(
+        UpgradeStep.RECOVERING,
+        action,
+        deadline=now + t.recover,
+        error=f"{why}; serving its last good image again and {how}",
+        cycled=cycled,
+        serve=Serve.LAST_GOOD,
+    )
+
+
 def _failed(step: UpgradeStep, why: str) -> Transition:
     return Transition(step, state=MachineState.FAILED, error=why)
 
@@ -228,7 +285,9 @@ def abort_in_flight(p: Progress, now: datetime, t: Timeouts) -> Transition | Non
             UpgradeStep.RECOVERING,
             Action.SEND_REBOOT,
             deadline=now + t.recover,
-            error="rollout aborted: rebooting into the last good slot",
+            error="rollout aborted: rebooting into the last good "
+            + ("image" if p.netboot else "slot"),
             cycled=p.cycled,
+            serve=Serve.LAST_GOOD if p.netboot else Serve.UNCHANGED,
         )
     return None

@@ -1,6 +1,7 @@
 """A simulated fleet for rollout tests: a real ``bronze serve`` app (uvicorn, agent API on free
 ports, SQLite or PostgreSQL), images made through the REST API, and one ``bronze-agent simulate``
-process whose machines are installed (sandbox A/B disks) with the first image."""
+process whose machines are installed (sandbox A/B disks) with the first image, or diskless
+(``netboot``: each boot fetches its script from the server's ``/boot.ipxe``)."""
 
 from __future__ import annotations
 
@@ -98,10 +99,11 @@ def start_fleet(
     ca_pem: bytes,
     work: Path,
     count: int,
-    installed: Path,
+    installed: Path | None,
     labels: Callable[[int], dict[str, str]],
     procs: list[subprocess.Popen[bytes]],
     extra: list[str] | None = None,
+    netboot: str = "",
     bmc_ports: dict[str, int] | None = None,
     bmc_password: str = "password",  # noqa: S107 - the BMC simulators' default
 ) -> Fleet:
@@ -110,11 +112,14 @@ def start_fleet(
     ids: dict[str, str] = {}
     tokens: dict[str, str] = {}
     kernel_args = ""
+    macs: dict[str, str] = {}
     for i, name in enumerate(names):
+        mac = f"02:00:00:10:{i // 256:02x}:{i % 256:02x}"
         body: dict[str, Any] = {
             "name": name,
-            "nics": [{"mac": f"02:00:00:10:{i // 256:02x}:{i % 256:02x}"}],
+            "nics": [{"mac": mac}],
             "labels": labels(i),
+            "boot_from": "network" if netboot else "disk",
         }
         if bmc_ports and name in bmc_ports:
             body["bmc"] = {
@@ -126,6 +131,7 @@ def start_fleet(
         r = c.post("/api/v1/machines", json=body)
         assert r.status_code == 201, r.text
         ids[name] = r.json()["id"]
+        macs[ids[name]] = mac
         for phase in ("provisioning", "ready"):
             assert c.patch(f"/api/v1/machines/{name}", json={"phase": phase}).status_code == 200
         tok = c.post(f"/api/v1/machines/{name}/enrollment-token", json={"boot_ref": "sim"}).json()
@@ -159,10 +165,13 @@ def start_fleet(
         "1",
         "--backoff-max",
         "1",
-        "--installed",
-        str(installed),
         *(extra or []),
     ]
+    if installed is not None:
+        argv += ["--installed", str(installed)]
+    if netboot:
+        (work / "macs.json").write_text(json.dumps(macs))
+        argv += ["--netboot", netboot, "--netboot-macs", str(work / "macs.json")]
     if bmc_ports:
         (work / "bmc-ports.json").write_text(json.dumps({ids[n]: p for n, p in bmc_ports.items()}))
         argv += ["--bmc-ports", str(work / "bmc-ports.json")]

@@ -200,3 +200,19 @@ def test_resolve_refuses(ref: str) -> None:
     with pytest.raises(UnsafeValue) as exc:
         profiles.resolve("kernel", ref)
     assert exc.value.field == "kernel"
+
+
+@pytest.mark.parametrize(
+    ("phase", "kind"),
+    [
+        (P.REGISTERED, ScriptKind.PROFILE),
+        (P.READY, ScriptKind.PROFILE),
+        (P.UPGRADING, ScriptKind.PROFILE),
+        (P.MAINTENANCE, ScriptKind.NONE),
+        (P.FAILED, ScriptKind.NONE),
+    ],
+    ids=lambda v: str(v),
+)
+def test_script_kind_diskless(phase: Phase, kind: ScriptKind) -> None:
+    """A diskless machine boots its profile where others boot their disk, nothing more."""
+    assert script_kind(phase, False, netboot=True) is kind

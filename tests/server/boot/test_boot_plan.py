@@ -263,3 +263,58 @@ LEASES = [
 )
 def test_lease_of(kind: str, detail: dict[str, str], want: SeenLease | None) -> None:
     assert lease_of(kind, detail) == want
+
+
+IMAGED = [
+    ProfileView("workers", agent=True, uses_token=False, image="os-1"),
+    ProfileView("plain", agent=True, uses_token=False),
+]
+IMAGED_CANDIDATES = [Candidate("workers", parse("role=worker")), Candidate("plain", parse(""))]
+
+
+@pytest.mark.parametrize(
+    ("machine", "kind", "image"),
+    [
+        (m(Phase.READY, IP, role="worker"), ScriptKind.DISK, None),
+        (
+            MachineView("id-1", "n1", Phase.READY, {"role": "worker"}, IP, True),
+            ScriptKind.PROFILE,
+            "os-1",
+        ),
+        (
+            MachineView("id-1", "n1", Phase.UPGRADING, {"role": "worker"}, IP, True, "os-2"),
+            ScriptKind.PROFILE,
+            "os-2",
+        ),
+        (MachineView("id-1", "n1", Phase.READY, {}, IP, True, "os-2"), ScriptKind.PROFILE, "os-2"),
+        (MachineView("id-1", "n1", Phase.READY, {}, IP, True), ScriptKind.PROFILE, None),
+        (m(Phase.REGISTERED, IP, role="worker"), ScriptKind.PROFILE, "os-1"),
+        (MachineView("id-1", "n1", Phase.FAILED, {}, IP, True, "os-2"), ScriptKind.NONE, None),
+    ],
+    ids=[
+        "disk machine ready: its disk",
+        "diskless ready: the profile's image",
+        "diskless upgrading: its own (trial) image over the profile's",
+        "diskless with its own image, plain profile",
+        "diskless, no image anywhere: the profile's kernel",
+        "disk machine registered: the profile's image (installer)",
+        "diskless failed: nothing",
+    ],
+)
+def test_served_image(machine: MachineView, kind: ScriptKind, image: str | None) -> None:
+    plan = plan_script(
+        Q,
+        machine,
+        False,
+        None,
+        IMAGED,
+        IMAGED_CANDIDATES,
+        discovery_profile="discovery",
+        enrollment_phases=ENROLLMENT_PHASES,
+        lease=LEASE,
+    )
+    assert (plan.kind, plan.image) == (kind, image)
+    script = next(e for e in plan.events if e.kind is HttpKind.SCRIPT)
+    assert script.detail.get("image") == image
+    if kind is ScriptKind.PROFILE:  # diskless machines in ready/upgrading still enroll each boot
+        assert plan.token == TokenBinding("00001234", IP)

@@ -196,3 +196,25 @@ def test_an_unsigned_image_cannot_back_a_profile_under_trusted_keys(
     c.post("/api/v1/images", json={"name": "u", "version": "1", "kernel": "k"})
     r = c.post("/api/v1/profiles", json={"name": "p", "image": "u"})
     assert r.status_code == 422 and "not signed by a trusted key" in r.text
+
+
+def test_a_machine_config_naming_an_unsigned_or_missing_image_is_refused(
+    signed_api: RunningServer,
+) -> None:
+    """``install.image`` in a config patch: 422 naming the field when the image is unsigned
+    under trusted keys or missing; a signed one is taken."""
+    c = signed_api.client()
+    upload(c, "k", b"kernel")
+    assert c.post("/api/v1/images", json={"name": "u", "version": "1", "kernel": "k"}).is_success
+    patch = {"name": "inst", "scope": "fleet", "patch": {"install": {"disk": "/dev/vda"}}}
+    for image, why in (("u", "not signed by a trusted key"), ("nope", "not found")):
+        patch["patch"] = {"install": {"disk": "/dev/vda", "image": image}}
+        r = c.post("/api/v1/config-patches", json=patch)
+        assert r.status_code == 422, r.text
+        assert r.json()["error"]["details"]["field"] == "patch.install.image" and why in r.text
+    assert c.get("/api/v1/config-patches").json() == []
+    sig = sign_remote(c, "u", KEY)
+    assert c.put("/api/v1/images/u/signature", json={"signature": sig}).is_success
+    patch["patch"] = {"install": {"disk": "/dev/vda", "image": "u"}}
+    r = c.post("/api/v1/config-patches", json=patch)
+    assert r.status_code == 201, r.text

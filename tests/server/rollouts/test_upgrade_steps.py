@@ -12,9 +12,11 @@ from server.rollouts.upgrade import (
     Hooks,
     Observation,
     Progress,
+    Serve,
     Timeouts,
     Transition,
     UpgradeStep,
+    abort_in_flight,
     advance,
     hook_done,
     start,
@@ -229,3 +231,102 @@ def test_hooks() -> None:
         prog(C), obs(boot="b1", image=NEW, ok=True), NOW, T, Hooks(False, True), True
     )
     assert confirmed == Transition(UpgradeStep.POST_HOOK, Action.CALL_POST_HOOK)
+
+
+# --- diskless machines: the server switches what their boot script serves ---------------------
+
+
+def nprog(step: UpgradeStep, deadline: datetime | None = FUTURE, cycled: bool = False) -> Progress:
+    return Progress(step, "boot-0", OLD, NEW, deadline, cycled, netboot=True)
+
+
+NETBOOT_CASES = [
+    pytest.param(nprog(B), obs(), True, None, id="netboot booting: not rebooted yet"),
+    pytest.param(
+        nprog(B),
+        obs(boot="boot-1", image=NEW, healthy=False),
+        True,
+        Transition(V, deadline=FUTURE),
+        id="netboot booting: up on the served trial image",
+    ),
+    pytest.param(
+        nprog(V),
+        obs(boot="boot-1", image=NEW),
+        True,
+        Transition(V, state=MachineState.SUCCEEDED, serve=Serve.CONFIRM),
+        id="netboot verifying: healthy -> confirmed on the server, no agent command",
+    ),
+    pytest.param(
+        nprog(V, PAST),
+        obs(boot="boot-1", image=NEW, healthy=False),
+        True,
+        Transition(
+            R,
+            Action.POWER_CYCLE,
+            deadline=NOW + T.recover,
+            cycled=True,
+            serve=Serve.LAST_GOOD,
+            error="not healthy on the new image in time; serving its last good image again "
+            "and power-cycling through the BMC",
+        ),
+        id="netboot verifying: late with a BMC -> last good served, power cycle",
+    ),
+    pytest.param(
+        nprog(V, PAST),
+        obs(boot="boot-1", image=NEW, healthy=False),
+        False,
+        Transition(
+            R,
+            Action.SEND_REBOOT,
+            deadline=NOW + T.recover,
+            serve=Serve.LAST_GOOD,
+            error="not healthy on the new image in time; serving its last good image again "
+            "and asking its agent to reboot",
+        ),
+        id="netboot verifying: late without a BMC -> last good served, agent reboots",
+    ),
+    pytest.param(
+        nprog(B, PAST),
+        obs(),
+        True,
+        Transition(
+            R,
+            Action.POWER_CYCLE,
+            deadline=NOW + T.recover,
+            cycled=True,
+            serve=Serve.LAST_GOOD,
+            error="the machine did not come back after its reboot; serving its last good "
+            "image again and power-cycling through the BMC",
+        ),
+        id="netboot booting: never rebooted -> last good served, power cycle",
+    ),
+    pytest.param(
+        nprog(R, cycled=True),
+        obs(boot="boot-2", image=OLD),
+        True,
+        failed(R, "recovered on its last good image"),
+        id="netboot recovering: back on the last good image",
+    ),
+]
+
+
+@pytest.mark.parametrize(("progress", "observation", "has_bmc", "expected"), NETBOOT_CASES)
+def test_advance_netboot(
+    progress: Progress, observation: Observation, has_bmc: bool, expected: Transition | None
+) -> None:
+    assert advance(progress, observation, NOW, T, NO_HOOKS, has_bmc) == expected
+
+
+def test_netboot_start_serves_the_trial_and_reboots() -> None:
+    assert start(NO_HOOKS, NOW, T, netboot=True) == Transition(
+        B, Action.SEND_REBOOT, deadline=NOW + T.health, serve=Serve.TRIAL
+    )
+    pre = nprog(UpgradeStep.PRE_HOOK)
+    assert hook_done(pre, True, "", NOW, T).serve is Serve.TRIAL
+    confirmed = advance(nprog(V), obs(boot="b1", image=NEW), NOW, T, Hooks(False, True), True)
+    assert confirmed == Transition(
+        UpgradeStep.POST_HOOK, Action.CALL_POST_HOOK, serve=Serve.CONFIRM
+    )
+    aborted = abort_in_flight(nprog(V), NOW, T)
+    assert aborted is not None and aborted.serve is Serve.LAST_GOOD
+    assert aborted.action is Action.SEND_REBOOT
