@@ -33,7 +33,7 @@ from agent import nodeops
 from agent.apply import ApplyError, reboot_needed
 from agent.gen import agent_pb2 as pb
 from agent.identity import write_file
-from agent.upgrade import UpgradeRefused, fetcher
+from agent.upgrade import UpgradeRefused, fetcher, install_image
 
 if TYPE_CHECKING:
     from agent.runtime import Agent
@@ -150,6 +150,8 @@ class Commands:
             )
         if op == "upgrade":
             return await self._upgrade(cmd.id, cmd.upgrade)
+        if op == "install":
+            return await self._install(cmd.id, cmd.install)
         if op == "mark_good":
             return self._mark_good(cmd.id, cmd.mark_good)
         if op == "reboot":
@@ -179,6 +181,22 @@ class Commands:
             log.warning("upgrade refused machine=%s: %s", a.o.machine_id, exc)
             return pb.CommandResult(command_id=command_id, ok=False, error=str(exc))
         return pb.CommandResult(command_id=command_id, ok=True, rebooting=True)
+
+    async def _install(self, command_id: str, ins: pb.Install) -> pb.CommandResult:
+        """Provisioning: the image onto the disk, then a reboot into it."""
+        a = self.agent
+        try:
+            await asyncio.to_thread(
+                install_image, ins, a.o.trusted_keys, fetcher(), a.o.root, a.o.state_dir, a.slots
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure is this command's answer
+            if not isinstance(exc, UpgradeRefused):
+                log.exception("install failed machine=%s", a.o.machine_id)
+                exc = UpgradeRefused(f"{type(exc).__name__}: {exc}")
+            log.warning("install refused machine=%s: %s", a.o.machine_id, exc)
+            return pb.CommandResult(command_id=command_id, ok=False, error=str(exc))
+        # freshly installed: boot it (an install re-sent to an installed machine changes nothing)
+        return pb.CommandResult(command_id=command_id, ok=True, rebooting=a.slots is None)
 
     def _mark_good(self, command_id: str, mg: pb.MarkGood) -> pb.CommandResult:
         if self.agent.slots is None:

@@ -100,6 +100,11 @@ def _parser() -> argparse.ArgumentParser:
         "--netboot", help="diskless: every boot fetches URL/boot.ipxe and boots what it names"
     )
     sim.add_argument("--netboot-macs", type=Path, help='JSON {"machine": MAC} for --netboot')
+    sim.add_argument(
+        "--powered-off",
+        action="store_true",
+        help="machines with a BMC start off until it powers them on",
+    )
 
     inv = sub.add_parser("inventory", help="print this machine's inventory")
     inv.add_argument("--root", type=Path, default=Path("/"))
@@ -206,6 +211,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             bmc_ports=json.loads(args.bmc_ports.read_text()) if args.bmc_ports else None,
             netboot_url=args.netboot or "",
             netboot_macs=json.loads(args.netboot_macs.read_text()) if args.netboot_macs else None,
+            powered_off=args.powered_off,
         )
 
     asyncio.run(_run_until_signal(go))

@@ -131,6 +131,11 @@ class AgentOptions:
     """Simulated diskless machines: every boot fetches ``URL/boot.ipxe?mac=netboot_mac`` and
     boots what it names (``agent.netboot``). Empty: the command line stays as it was."""
     netboot_mac: str = ""
+    power_events_offset: int | None = None
+    """Where this machine's BMC events begin (the simulator's start: events written while
+    machines ramp up are theirs too); None: the log's end when the agent starts."""
+    powered_off: bool = False
+    """Simulated machines: start powered off, until the BMC (``power_events``) turns them on."""
     reboot_command: tuple[str, ...] = ()
     """A real reboot: the command run when a reboot is due (the OS image passes ``busybox
     reboot``, which asks its ``/init`` to stop the agent and reboot). Empty: reboots are
@@ -255,8 +260,8 @@ class Agent:
     async def _netboot(self) -> None:
         """A simulated diskless machine's firmware: the boot script from the server decides what
         boots (its kernel args become ``/proc/cmdline``)."""
-        if not self.o.netboot_url or self.slots is not None:
-            return
+        if not self.o.netboot_url or NodeSlots.detect(self.o.root, self.o.state_dir) is not None:
+            return  # installed: the firmware boots its disk
         script = await fetch_script(self.o.netboot_url, self.o.netboot_mac)
         args = kernel_args(script) if script is not None else None
         if args is None:
@@ -277,6 +282,8 @@ class Agent:
             self.applier.wipe()
             self.creds = None
         write_file(self.boot_id_path, (str(uuid.uuid4()) + "\n").encode(), fsync=self.o.fsync)
+        if self.slots is None:  # installed since the last boot: the firmware finds the disk
+            self.slots = NodeSlots.detect(self.o.root, self.o.state_dir)
         if self.slots is not None:  # the firmware runs GRUB: boot counting picks the slot
             slot = grub_boot(self.slots.store.backend)
             cmdline = self.o.root / "proc/cmdline"
@@ -312,11 +319,21 @@ class Agent:
     # -- main loop --------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        await self._netboot()
-        self._boot()
         events = None
         if self.o.power_events is not None:
             events = asyncio.get_running_loop().create_task(self._follow_power_events())
+        if self.o.powered_off:  # a simulated machine waits for its BMC to power it on
+            await self._wait_interrupt(stop)
+            self.interrupt.clear()
+            self.reboot_requested = None
+            if stop.is_set():
+                if events is not None:
+                    events.cancel()
+                return
+            if self.o.reboot_seconds:
+                await asyncio.sleep(self.o.reboot_seconds)
+        await self._netboot()
+        self._boot()
         attempt = 0
         while not stop.is_set():
             established = False
@@ -379,7 +396,9 @@ class Agent:
     async def _follow_power_events(self) -> None:
         """Simulated machines wired to a simulated BMC: its reset is this machine's reset."""
         assert self.o.power_events is not None
-        offset = self.o.power_events.stat().st_size if self.o.power_events.exists() else 0
+        offset = self.o.power_events_offset
+        if offset is None:
+            offset = self.o.power_events.stat().st_size if self.o.power_events.exists() else 0
         while True:
             await asyncio.sleep(0.2)
             try:

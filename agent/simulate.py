@@ -91,8 +91,10 @@ async def simulate(
     bmc_ports: dict[str, int] | None = None,
     netboot_url: str = "",
     netboot_macs: dict[str, str] | None = None,
+    powered_off: bool = False,
 ) -> list[Agent]:
     ids = sorted(tokens)[:count]
+    events_from = power_events.stat().st_size if power_events and power_events.exists() else 0
     base = collect(template)
     agents = []
     for mid in ids:
@@ -117,9 +119,11 @@ async def simulate(
                     fsync=fsync,
                     inventory=machine_inventory(base, mid),
                     power_events=power_events,
+                    power_events_offset=events_from,
                     bmc_port=(bmc_ports or {}).get(mid, 0),
                     netboot_url=netboot_url,
                     netboot_mac=(netboot_macs or {}).get(mid, ""),
+                    powered_off=powered_off and (bmc_ports or {}).get(mid, 0) != 0,
                 )
             )
         )

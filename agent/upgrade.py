@@ -5,6 +5,9 @@
   server into the *inactive* slot while hashing (``agent.install``: the active slot is never
   written; a failure leaves the machine as it was, nothing armed), arm the bootloader to try the
   new slot (``tries`` boots, the current slot as fallback), record ``preserve``, then reboot.
+* ``Install`` (``install_image()``): provisioning writes the image to a machine's disk (GPT,
+  slot A, GRUB; ``agent.install.installer``), or for a simulated machine to its sandbox disk
+  under ``ROOT/system``; the same checks as an upgrade, then the agent reboots into the disk.
 * ``MarkGood`` (``mark_good()``): the server found the machine healthy on the image it booted:
   that slot becomes the default, the last good one.
 * Every boot (``on_boot()``): on the first boot of a new slot with ``preserve=false``, EPHEMERAL
@@ -32,9 +35,10 @@ import httpx
 from agent.gen import agent_pb2 as pb
 from agent.identity import write_file
 from agent.image_manifest import Manifest, ManifestError, TrustedKey, verify
-from agent.install import InstallError, SandboxBackend, SlotError, SlotStore, grub_boot
+from agent.install import InstallError, SandboxBackend, SlotError, SlotStore, grub_boot, installer
 from agent.install import Manifest as SlotManifest
 from agent.install.boot import Slot, slot_from_cmdline
+from agent.install.sandbox import install_sandbox
 from agent.install.slots import SlotBackend
 
 log = logging.getLogger(__name__)
@@ -89,6 +93,69 @@ def fetcher(timeout: float = 60.0, patience: float = 90.0) -> Source:
     return source
 
 
+def checked_manifest(
+    manifest_json: str, signature: str, urls: int, keys: Sequence[TrustedKey]
+) -> Manifest:
+    """The image's manifest, its signature verified when the agent has trusted keys (it refuses
+    what the server should have refused). UpgradeRefused says why not."""
+    try:
+        manifest = Manifest.from_canonical(manifest_json)
+        if keys:
+            if not signature:
+                raise UpgradeRefused("the image is unsigned and this agent has trusted keys")
+            verify(manifest, signature, keys)
+    except ManifestError as exc:
+        raise UpgradeRefused(str(exc)) from None
+    if urls != len(manifest.files):
+        raise UpgradeRefused(f"{len(manifest.files)} files but {urls} urls")
+    return manifest
+
+
+def slot_manifest_of(manifest: Manifest) -> SlotManifest:
+    return SlotManifest(
+        version=manifest.digest(),
+        kernel=manifest.kernel.file,
+        initrds=tuple(f.file for f in manifest.initrds),
+        kernel_args=manifest.args,
+        sha256={f.file: f.sha256 for f in manifest.files},
+    )
+
+
+def install_image(
+    cmd: pb.Install,
+    keys: Sequence[TrustedKey],
+    source: Source,
+    root: Path,
+    state_dir: Path,
+    slots: NodeSlots | None,
+) -> str:
+    """Provisioning: write the image to the disk, slot A, last good A; returns its digest.
+
+    A machine already installed with this image answers as if it had just written it (a command
+    re-sent after a crash); with another image it refuses (that is an upgrade). ``root`` other
+    than ``/`` is a simulated machine: its disk is the sandbox ``ROOT/system``. UpgradeRefused:
+    the disk may be half written but the machine was not told to boot it."""
+    manifest = checked_manifest(cmd.manifest_json, cmd.signature, len(cmd.urls), keys)
+    digest = manifest.digest()
+    if slots is not None:
+        running = slots.report().image_digest
+        if running == digest or slots.store.status().versions.get(Slot.A) == digest:
+            return digest
+        raise UpgradeRefused(f"already installed with image {running[:12]}: upgrade it instead")
+    files = {f.file: source(url) for f, url in zip(manifest.files, cmd.urls, strict=True)}
+    try:
+        if root != Path("/"):
+            install_sandbox(
+                root / "system", files, slot_manifest_of(manifest), identity_dir=state_dir
+            )
+        else:
+            installer.install(cmd.disk, files, slot_manifest_of(manifest), identity_dir=state_dir)
+    except (InstallError, SlotError, OSError) as exc:
+        raise UpgradeRefused(f"install to {cmd.disk or 'the disk'} failed: {exc}") from None
+    log.info("installed image=%s disk=%s", digest[:12], cmd.disk or "sandbox")
+    return digest
+
+
 class NodeSlots:
     """The slots of an installed machine (or of a simulated one under ``--root``)."""
 
@@ -130,27 +197,12 @@ class NodeSlots:
         source: Source,
     ) -> str:
         """Write and arm; returns the image digest. UpgradeRefused: nothing was armed."""
-        try:
-            manifest = Manifest.from_canonical(cmd.manifest_json)
-            if keys:
-                if not cmd.signature:
-                    raise UpgradeRefused("the image is unsigned and this agent has trusted keys")
-                verify(manifest, cmd.signature, keys)
-        except ManifestError as exc:
-            raise UpgradeRefused(str(exc)) from None
-        if len(cmd.urls) != len(manifest.files):
-            raise UpgradeRefused(f"{len(manifest.files)} files but {len(cmd.urls)} urls")
+        manifest = checked_manifest(cmd.manifest_json, cmd.signature, len(cmd.urls), keys)
         digest = manifest.digest()
         if self.report().image_digest == digest:
             raise UpgradeRefused(f"already running image {digest[:12]}")
         files = {f.file: source(url) for f, url in zip(manifest.files, cmd.urls, strict=True)}
-        slot_manifest = SlotManifest(
-            version=digest,
-            kernel=manifest.kernel.file,
-            initrds=tuple(f.file for f in manifest.initrds),
-            kernel_args=manifest.args,
-            sha256={f.file: f.sha256 for f in manifest.files},
-        )
+        slot_manifest = slot_manifest_of(manifest)
         target = self.store.inactive()
         try:
             self.store.write_inactive(files, slot_manifest)

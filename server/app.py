@@ -38,6 +38,7 @@ from server.api import (
     machines,
     power,
     profiles,
+    provisions,
     tokens,
     upgrades,
 )
@@ -198,6 +199,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     assets.router,
     images.router,
     upgrades.router,
+    provisions.router,
     boot.router,
 )
 """Every REST resource's router, in the order they appear in OpenAPI."""

@@ -26,17 +26,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x62ronze/agent/v1/agent.proto\x12\x0f\x62ronze.agent.v1\"|\n\rEnrollRequest\x12\x17\n\x0f\x62ootstrap_token\x18\x01 \x01(\t\x12\x12\n\nmachine_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x03 \x01(\t\x12-\n\tinventory\x18\x04 \x01(\x0b\x32\x1a.bronze.agent.v1.Inventory\"p\n\rTroubleReport\x12\x12\n\nmachine_id\x18\x01 \x01(\t\x12\x10\n\x08\x63\x65rt_pem\x18\x02 \x01(\t\x12\x15\n\ragent_time_ms\x18\x03 \x01(\x03\x12\x0f\n\x07problem\x18\x04 \x01(\t\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"6\n\nTroubleAck\x12\x16\n\x0eserver_time_ms\x18\x01 \x01(\x03\x12\x10\n\x08\x66indings\x18\x02 \x03(\t\"E\n\x0e\x45nrollResponse\x12\x10\n\x08\x63\x65rt_pem\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x02 \x01(\t\x12\x11\n\tnot_after\x18\x03 \x01(\x03\"\x95\x02\n\x0c\x41gentMessage\x12\'\n\x05hello\x18\x01 \x01(\x0b\x32\x16.bronze.agent.v1.HelloH\x00\x12/\n\theartbeat\x18\x02 \x01(\x0b\x32\x1a.bronze.agent.v1.HeartbeatH\x00\x12\x30\n\x06result\x18\x03 \x01(\x0b\x32\x1e.bronze.agent.v1.CommandResultH\x00\x12-\n\x05\x63hunk\x18\x04 \x01(\x0b\x32\x1c.bronze.agent.v1.NodeOpChunkH\x00\x12\x42\n\x13\x63\x65rtificate_request\x18\x05 \x01(\x0b\x32#.bronze.agent.v1.CertificateRequestH\x00\x42\x06\n\x04\x62ody\"\x88\x02\n\x05Hello\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12\x0f\n\x07\x62oot_id\x18\x02 \x01(\t\x12\x16\n\x0e\x63onfig_version\x18\x03 \x01(\t\x12\x1d\n\x15staged_config_version\x18\x04 \x01(\t\x12-\n\tinventory\x18\x05 \x01(\x0b\x32\x1a.bronze.agent.v1.Inventory\x12\x12\n\nmachine_id\x18\x06 \x01(\t\x12\x1f\n\x17reverted_config_version\x18\x07 \x01(\t\x12\x14\n\x0cimage_digest\x18\x08 \x01(\t\x12\x0c\n\x04slot\x18\t \x01(\t\x12\x18\n\x10last_good_digest\x18\n \x01(\t\"\x8d\x01\n\tHeartbeat\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x16\n\x0e\x63onfig_version\x18\x02 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x03 \x01(\x01\x12\r\n\x05load1\x18\x04 \x01(\x01\x12\x13\n\x0btry_pending\x18\x05 \x01(\x08\x12\x1f\n\x17reverted_config_version\x18\x06 \x01(\t\"z\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x17\n\x0f\x61pplied_version\x18\x04 \x01(\t\x12\x0e\n\x06output\x18\x05 \x01(\x0c\x12\x11\n\trebooting\x18\x06 \x01(\x08\"/\n\x0bNodeOpChunk\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"%\n\x12\x43\x65rtificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\"D\n\rServerMessage\x12+\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x18.bronze.agent.v1.CommandH\x00\x42\x06\n\x04\x62ody\"\xf4\x03\n\x07\x43ommand\x12\n\n\x02id\x18\x01 \x01(\t\x12\x34\n\x0c\x61pply_config\x18\x02 \x01(\x0b\x32\x1c.bronze.agent.v1.ApplyConfigH\x00\x12)\n\x06reboot\x18\x03 \x01(\x0b\x32\x17.bronze.agent.v1.RebootH\x00\x12\x38\n\x0e\x63onfirm_config\x18\x04 \x01(\x0b\x32\x1e.bronze.agent.v1.ConfirmConfigH\x00\x12*\n\x07node_op\x18\x05 \x01(\x0b\x32\x17.bronze.agent.v1.NodeOpH\x00\x12>\n\x11renew_certificate\x18\x06 \x01(\x0b\x32!.bronze.agent.v1.RenewCertificateH\x00\x12:\n\x0fnew_certificate\x18\x07 \x01(\x0b\x32\x1f.bronze.agent.v1.NewCertificateH\x00\x12\x37\n\x0e\x63\x61ncel_node_op\x18\x08 \x01(\x0b\x32\x1d.bronze.agent.v1.CancelNodeOpH\x00\x12+\n\x07upgrade\x18\t \x01(\x0b\x32\x18.bronze.agent.v1.UpgradeH\x00\x12.\n\tmark_good\x18\n \x01(\x0b\x32\x19.bronze.agent.v1.MarkGoodH\x00\x42\x04\n\x02op\"\x83\x01\n\x07Upgrade\x12\x15\n\rmanifest_json\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\t\x12\x0c\n\x04urls\x18\x03 \x03(\t\x12\x10\n\x08preserve\x18\x04 \x01(\x08\x12\r\n\x05tries\x18\x05 \x01(\r\x12\x1f\n\x17\x63onfirm_timeout_seconds\x18\x06 \x01(\r\" \n\x08MarkGood\x12\x14\n\x0cimage_digest\x18\x01 \x01(\t\"z\n\x0b\x41pplyConfig\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x02 \x01(\t\x12(\n\x04mode\x18\x03 \x01(\x0e\x32\x1a.bronze.agent.v1.ApplyMode\x12\x1b\n\x13try_timeout_seconds\x18\x04 \x01(\r\"\x1c\n\x06Reboot\x12\x12\n\nwipe_state\x18\x01 \x01(\x08\" \n\rConfirmConfig\x12\x0f\n\x07version\x18\x01 \x01(\t\"h\n\x06NodeOp\x12)\n\x04kind\x18\x01 \x01(\x0e\x32\x1b.bronze.agent.v1.NodeOpKind\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x12\n\ntail_lines\x18\x03 \x01(\r\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\"\"\n\x0c\x43\x61ncelNodeOp\x12\x12\n\ncommand_id\x18\x01 \x01(\t\"\x12\n\x10RenewCertificate\"E\n\x0eNewCertificate\x12\x10\n\x08\x63\x65rt_pem\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x02 \x01(\t\x12\x11\n\tnot_after\x18\x03 \x01(\x03\"\xcd\x01\n\tInventory\x12\'\n\x06smbios\x18\x01 \x01(\x0b\x32\x17.bronze.agent.v1.Smbios\x12\"\n\x04\x63pus\x18\x02 \x03(\x0b\x32\x14.bronze.agent.v1.Cpu\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x04\x12$\n\x05\x64isks\x18\x04 \x03(\x0b\x32\x15.bronze.agent.v1.Disk\x12\"\n\x04nics\x18\x05 \x03(\x0b\x32\x14.bronze.agent.v1.Nic\x12\x13\n\x0b\x62mc_address\x18\x06 \x01(\t\"\x8a\x01\n\x06Smbios\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x0e\n\x06serial\x18\x02 \x01(\t\x12\x0e\n\x06vendor\x18\x03 \x01(\t\x12\x0f\n\x07product\x18\x04 \x01(\t\x12\x14\n\x0c\x62oard_vendor\x18\x05 \x01(\t\x12\x15\n\rboard_product\x18\x06 \x01(\t\x12\x14\n\x0c\x62ios_version\x18\x07 \x01(\t\"Q\n\x03\x43pu\x12\x0e\n\x06socket\x18\x01 \x01(\r\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05\x63ores\x18\x03 \x01(\r\x12\x0f\n\x07threads\x18\x04 \x01(\r\x12\x0b\n\x03mhz\x18\x05 \x01(\x01\"{\n\x04\x44isk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0e\n\x06serial\x18\x04 \x01(\t\x12\x12\n\nrotational\x18\x05 \x01(\x08\x12\x0b\n\x03wwn\x18\x06 \x01(\t\x12\x11\n\ttransport\x18\x07 \x01(\t\"b\n\x03Nic\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03mac\x18\x02 \x01(\t\x12\x0e\n\x06\x64river\x18\x03 \x01(\t\x12\x12\n\nspeed_mbps\x18\x04 \x01(\x05\x12\x0f\n\x07link_up\x18\x05 \x01(\x08\x12\x0b\n\x03mtu\x18\x06 \x01(\r*\x81\x01\n\tApplyMode\x12\x1a\n\x16\x41PPLY_MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41PPLY_MODE_AUTO\x10\x01\x12\x18\n\x14\x41PPLY_MODE_NO_REBOOT\x10\x02\x12\x15\n\x11\x41PPLY_MODE_STAGED\x10\x03\x12\x12\n\x0e\x41PPLY_MODE_TRY\x10\x04*\x83\x01\n\nNodeOpKind\x12\x17\n\x13NODE_OP_UNSPECIFIED\x10\x00\x12\x11\n\rNODE_OP_DMESG\x10\x01\x12\x10\n\x0cNODE_OP_LOGS\x10\x02\x12\x11\n\rNODE_OP_STATS\x10\x03\x12\x0e\n\nNODE_OP_PS\x10\x04\x12\x14\n\x10NODE_OP_SERVICES\x10\x05\x32\xa5\x01\n\nEnrollment\x12I\n\x06\x45nroll\x12\x1e.bronze.agent.v1.EnrollRequest\x1a\x1f.bronze.agent.v1.EnrollResponse\x12L\n\rReportTrouble\x12\x1e.bronze.agent.v1.TroubleReport\x1a\x1b.bronze.agent.v1.TroubleAck2\\\n\x0c\x41gentSession\x12L\n\x07Session\x12\x1d.bronze.agent.v1.AgentMessage\x1a\x1e.bronze.agent.v1.ServerMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x62ronze/agent/v1/agent.proto\x12\x0f\x62ronze.agent.v1\"|\n\rEnrollRequest\x12\x17\n\x0f\x62ootstrap_token\x18\x01 \x01(\t\x12\x12\n\nmachine_id\x18\x02 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x03 \x01(\t\x12-\n\tinventory\x18\x04 \x01(\x0b\x32\x1a.bronze.agent.v1.Inventory\"p\n\rTroubleReport\x12\x12\n\nmachine_id\x18\x01 \x01(\t\x12\x10\n\x08\x63\x65rt_pem\x18\x02 \x01(\t\x12\x15\n\ragent_time_ms\x18\x03 \x01(\x03\x12\x0f\n\x07problem\x18\x04 \x01(\t\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"6\n\nTroubleAck\x12\x16\n\x0eserver_time_ms\x18\x01 \x01(\x03\x12\x10\n\x08\x66indings\x18\x02 \x03(\t\"E\n\x0e\x45nrollResponse\x12\x10\n\x08\x63\x65rt_pem\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x02 \x01(\t\x12\x11\n\tnot_after\x18\x03 \x01(\x03\"\x95\x02\n\x0c\x41gentMessage\x12\'\n\x05hello\x18\x01 \x01(\x0b\x32\x16.bronze.agent.v1.HelloH\x00\x12/\n\theartbeat\x18\x02 \x01(\x0b\x32\x1a.bronze.agent.v1.HeartbeatH\x00\x12\x30\n\x06result\x18\x03 \x01(\x0b\x32\x1e.bronze.agent.v1.CommandResultH\x00\x12-\n\x05\x63hunk\x18\x04 \x01(\x0b\x32\x1c.bronze.agent.v1.NodeOpChunkH\x00\x12\x42\n\x13\x63\x65rtificate_request\x18\x05 \x01(\x0b\x32#.bronze.agent.v1.CertificateRequestH\x00\x42\x06\n\x04\x62ody\"\x88\x02\n\x05Hello\x12\x15\n\ragent_version\x18\x01 \x01(\t\x12\x0f\n\x07\x62oot_id\x18\x02 \x01(\t\x12\x16\n\x0e\x63onfig_version\x18\x03 \x01(\t\x12\x1d\n\x15staged_config_version\x18\x04 \x01(\t\x12-\n\tinventory\x18\x05 \x01(\x0b\x32\x1a.bronze.agent.v1.Inventory\x12\x12\n\nmachine_id\x18\x06 \x01(\t\x12\x1f\n\x17reverted_config_version\x18\x07 \x01(\t\x12\x14\n\x0cimage_digest\x18\x08 \x01(\t\x12\x0c\n\x04slot\x18\t \x01(\t\x12\x18\n\x10last_good_digest\x18\n \x01(\t\"\x8d\x01\n\tHeartbeat\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x16\n\x0e\x63onfig_version\x18\x02 \x01(\t\x12\x16\n\x0euptime_seconds\x18\x03 \x01(\x01\x12\r\n\x05load1\x18\x04 \x01(\x01\x12\x13\n\x0btry_pending\x18\x05 \x01(\x08\x12\x1f\n\x17reverted_config_version\x18\x06 \x01(\t\"z\n\rCommandResult\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x17\n\x0f\x61pplied_version\x18\x04 \x01(\t\x12\x0e\n\x06output\x18\x05 \x01(\x0c\x12\x11\n\trebooting\x18\x06 \x01(\x08\"/\n\x0bNodeOpChunk\x12\x12\n\ncommand_id\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\"%\n\x12\x43\x65rtificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\"D\n\rServerMessage\x12+\n\x07\x63ommand\x18\x01 \x01(\x0b\x32\x18.bronze.agent.v1.CommandH\x00\x42\x06\n\x04\x62ody\"\xa1\x04\n\x07\x43ommand\x12\n\n\x02id\x18\x01 \x01(\t\x12\x34\n\x0c\x61pply_config\x18\x02 \x01(\x0b\x32\x1c.bronze.agent.v1.ApplyConfigH\x00\x12)\n\x06reboot\x18\x03 \x01(\x0b\x32\x17.bronze.agent.v1.RebootH\x00\x12\x38\n\x0e\x63onfirm_config\x18\x04 \x01(\x0b\x32\x1e.bronze.agent.v1.ConfirmConfigH\x00\x12*\n\x07node_op\x18\x05 \x01(\x0b\x32\x17.bronze.agent.v1.NodeOpH\x00\x12>\n\x11renew_certificate\x18\x06 \x01(\x0b\x32!.bronze.agent.v1.RenewCertificateH\x00\x12:\n\x0fnew_certificate\x18\x07 \x01(\x0b\x32\x1f.bronze.agent.v1.NewCertificateH\x00\x12\x37\n\x0e\x63\x61ncel_node_op\x18\x08 \x01(\x0b\x32\x1d.bronze.agent.v1.CancelNodeOpH\x00\x12+\n\x07upgrade\x18\t \x01(\x0b\x32\x18.bronze.agent.v1.UpgradeH\x00\x12.\n\tmark_good\x18\n \x01(\x0b\x32\x19.bronze.agent.v1.MarkGoodH\x00\x12+\n\x07install\x18\x0b \x01(\x0b\x32\x18.bronze.agent.v1.InstallH\x00\x42\x04\n\x02op\"O\n\x07Install\x12\x15\n\rmanifest_json\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\t\x12\x0c\n\x04urls\x18\x03 \x03(\t\x12\x0c\n\x04\x64isk\x18\x04 \x01(\t\"\x83\x01\n\x07Upgrade\x12\x15\n\rmanifest_json\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\t\x12\x0c\n\x04urls\x18\x03 \x03(\t\x12\x10\n\x08preserve\x18\x04 \x01(\x08\x12\r\n\x05tries\x18\x05 \x01(\r\x12\x1f\n\x17\x63onfirm_timeout_seconds\x18\x06 \x01(\r\" \n\x08MarkGood\x12\x14\n\x0cimage_digest\x18\x01 \x01(\t\"z\n\x0b\x41pplyConfig\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x02 \x01(\t\x12(\n\x04mode\x18\x03 \x01(\x0e\x32\x1a.bronze.agent.v1.ApplyMode\x12\x1b\n\x13try_timeout_seconds\x18\x04 \x01(\r\"\x1c\n\x06Reboot\x12\x12\n\nwipe_state\x18\x01 \x01(\x08\" \n\rConfirmConfig\x12\x0f\n\x07version\x18\x01 \x01(\t\"h\n\x06NodeOp\x12)\n\x04kind\x18\x01 \x01(\x0e\x32\x1b.bronze.agent.v1.NodeOpKind\x12\x0f\n\x07service\x18\x02 \x01(\t\x12\x12\n\ntail_lines\x18\x03 \x01(\r\x12\x0e\n\x06\x66ollow\x18\x04 \x01(\x08\"\"\n\x0c\x43\x61ncelNodeOp\x12\x12\n\ncommand_id\x18\x01 \x01(\t\"\x12\n\x10RenewCertificate\"E\n\x0eNewCertificate\x12\x10\n\x08\x63\x65rt_pem\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x02 \x01(\t\x12\x11\n\tnot_after\x18\x03 \x01(\x03\"\xcd\x01\n\tInventory\x12\'\n\x06smbios\x18\x01 \x01(\x0b\x32\x17.bronze.agent.v1.Smbios\x12\"\n\x04\x63pus\x18\x02 \x03(\x0b\x32\x14.bronze.agent.v1.Cpu\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x04\x12$\n\x05\x64isks\x18\x04 \x03(\x0b\x32\x15.bronze.agent.v1.Disk\x12\"\n\x04nics\x18\x05 \x03(\x0b\x32\x14.bronze.agent.v1.Nic\x12\x13\n\x0b\x62mc_address\x18\x06 \x01(\t\"\x8a\x01\n\x06Smbios\x12\x0c\n\x04uuid\x18\x01 \x01(\t\x12\x0e\n\x06serial\x18\x02 \x01(\t\x12\x0e\n\x06vendor\x18\x03 \x01(\t\x12\x0f\n\x07product\x18\x04 \x01(\t\x12\x14\n\x0c\x62oard_vendor\x18\x05 \x01(\t\x12\x15\n\rboard_product\x18\x06 \x01(\t\x12\x14\n\x0c\x62ios_version\x18\x07 \x01(\t\"Q\n\x03\x43pu\x12\x0e\n\x06socket\x18\x01 \x01(\r\x12\r\n\x05model\x18\x02 \x01(\t\x12\r\n\x05\x63ores\x18\x03 \x01(\r\x12\x0f\n\x07threads\x18\x04 \x01(\r\x12\x0b\n\x03mhz\x18\x05 \x01(\x01\"{\n\x04\x44isk\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0e\n\x06serial\x18\x04 \x01(\t\x12\x12\n\nrotational\x18\x05 \x01(\x08\x12\x0b\n\x03wwn\x18\x06 \x01(\t\x12\x11\n\ttransport\x18\x07 \x01(\t\"b\n\x03Nic\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0b\n\x03mac\x18\x02 \x01(\t\x12\x0e\n\x06\x64river\x18\x03 \x01(\t\x12\x12\n\nspeed_mbps\x18\x04 \x01(\x05\x12\x0f\n\x07link_up\x18\x05 \x01(\x08\x12\x0b\n\x03mtu\x18\x06 \x01(\r*\x81\x01\n\tApplyMode\x12\x1a\n\x16\x41PPLY_MODE_UNSPECIFIED\x10\x00\x12\x13\n\x0f\x41PPLY_MODE_AUTO\x10\x01\x12\x18\n\x14\x41PPLY_MODE_NO_REBOOT\x10\x02\x12\x15\n\x11\x41PPLY_MODE_STAGED\x10\x03\x12\x12\n\x0e\x41PPLY_MODE_TRY\x10\x04*\x83\x01\n\nNodeOpKind\x12\x17\n\x13NODE_OP_UNSPECIFIED\x10\x00\x12\x11\n\rNODE_OP_DMESG\x10\x01\x12\x10\n\x0cNODE_OP_LOGS\x10\x02\x12\x11\n\rNODE_OP_STATS\x10\x03\x12\x0e\n\nNODE_OP_PS\x10\x04\x12\x14\n\x10NODE_OP_SERVICES\x10\x05\x32\xa5\x01\n\nEnrollment\x12I\n\x06\x45nroll\x12\x1e.bronze.agent.v1.EnrollRequest\x1a\x1f.bronze.agent.v1.EnrollResponse\x12L\n\rReportTrouble\x12\x1e.bronze.agent.v1.TroubleReport\x1a\x1b.bronze.agent.v1.TroubleAck2\\\n\x0c\x41gentSession\x12L\n\x07Session\x12\x1d.bronze.agent.v1.AgentMessage\x1a\x1e.bronze.agent.v1.ServerMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'bronze.agent.v1.agent_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_APPLYMODE']._serialized_start=3138
-  _globals['_APPLYMODE']._serialized_end=3267
-  _globals['_NODEOPKIND']._serialized_start=3270
-  _globals['_NODEOPKIND']._serialized_end=3401
+  _globals['_APPLYMODE']._serialized_start=3264
+  _globals['_APPLYMODE']._serialized_end=3393
+  _globals['_NODEOPKIND']._serialized_start=3396
+  _globals['_NODEOPKIND']._serialized_end=3527
   _globals['_ENROLLREQUEST']._serialized_start=48
   _globals['_ENROLLREQUEST']._serialized_end=172
   _globals['_TROUBLEREPORT']._serialized_start=174
@@ -60,37 +60,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SERVERMESSAGE']._serialized_start=1318
   _globals['_SERVERMESSAGE']._serialized_end=1386
   _globals['_COMMAND']._serialized_start=1389
-  _globals['_COMMAND']._serialized_end=1889
-  _globals['_UPGRADE']._serialized_start=1892
-  _globals['_UPGRADE']._serialized_end=2023
-  _globals['_MARKGOOD']._serialized_start=2025
-  _globals['_MARKGOOD']._serialized_end=2057
-  _globals['_APPLYCONFIG']._serialized_start=2059
-  _globals['_APPLYCONFIG']._serialized_end=2181
-  _globals['_REBOOT']._serialized_start=2183
-  _globals['_REBOOT']._serialized_end=2211
-  _globals['_CONFIRMCONFIG']._serialized_start=2213
-  _globals['_CONFIRMCONFIG']._serialized_end=2245
-  _globals['_NODEOP']._serialized_start=2247
-  _globals['_NODEOP']._serialized_end=2351
-  _globals['_CANCELNODEOP']._serialized_start=2353
-  _globals['_CANCELNODEOP']._serialized_end=2387
-  _globals['_RENEWCERTIFICATE']._serialized_start=2389
-  _globals['_RENEWCERTIFICATE']._serialized_end=2407
-  _globals['_NEWCERTIFICATE']._serialized_start=2409
-  _globals['_NEWCERTIFICATE']._serialized_end=2478
-  _globals['_INVENTORY']._serialized_start=2481
-  _globals['_INVENTORY']._serialized_end=2686
-  _globals['_SMBIOS']._serialized_start=2689
-  _globals['_SMBIOS']._serialized_end=2827
-  _globals['_CPU']._serialized_start=2829
-  _globals['_CPU']._serialized_end=2910
-  _globals['_DISK']._serialized_start=2912
-  _globals['_DISK']._serialized_end=3035
-  _globals['_NIC']._serialized_start=3037
-  _globals['_NIC']._serialized_end=3135
-  _globals['_ENROLLMENT']._serialized_start=3404
-  _globals['_ENROLLMENT']._serialized_end=3569
-  _globals['_AGENTSESSION']._serialized_start=3571
-  _globals['_AGENTSESSION']._serialized_end=3663
+  _globals['_COMMAND']._serialized_end=1934
+  _globals['_INSTALL']._serialized_start=1936
+  _globals['_INSTALL']._serialized_end=2015
+  _globals['_UPGRADE']._serialized_start=2018
+  _globals['_UPGRADE']._serialized_end=2149
+  _globals['_MARKGOOD']._serialized_start=2151
+  _globals['_MARKGOOD']._serialized_end=2183
+  _globals['_APPLYCONFIG']._serialized_start=2185
+  _globals['_APPLYCONFIG']._serialized_end=2307
+  _globals['_REBOOT']._serialized_start=2309
+  _globals['_REBOOT']._serialized_end=2337
+  _globals['_CONFIRMCONFIG']._serialized_start=2339
+  _globals['_CONFIRMCONFIG']._serialized_end=2371
+  _globals['_NODEOP']._serialized_start=2373
+  _globals['_NODEOP']._serialized_end=2477
+  _globals['_CANCELNODEOP']._serialized_start=2479
+  _globals['_CANCELNODEOP']._serialized_end=2513
+  _globals['_RENEWCERTIFICATE']._serialized_start=2515
+  _globals['_RENEWCERTIFICATE']._serialized_end=2533
+  _globals['_NEWCERTIFICATE']._serialized_start=2535
+  _globals['_NEWCERTIFICATE']._serialized_end=2604
+  _globals['_INVENTORY']._serialized_start=2607
+  _globals['_INVENTORY']._serialized_end=2812
+  _globals['_SMBIOS']._serialized_start=2815
+  _globals['_SMBIOS']._serialized_end=2953
+  _globals['_CPU']._serialized_start=2955
+  _globals['_CPU']._serialized_end=3036
+  _globals['_DISK']._serialized_start=3038
+  _globals['_DISK']._serialized_end=3161
+  _globals['_NIC']._serialized_start=3163
+  _globals['_NIC']._serialized_end=3261
+  _globals['_ENROLLMENT']._serialized_start=3530
+  _globals['_ENROLLMENT']._serialized_end=3695
+  _globals['_AGENTSESSION']._serialized_start=3697
+  _globals['_AGENTSESSION']._serialized_end=3789
 # @@protoc_insertion_point(module_scope)

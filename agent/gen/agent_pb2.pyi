@@ -172,7 +172,7 @@ class ServerMessage(_message.Message):
     def __init__(self, command: _Optional[_Union[Command, _Mapping]] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("id", "apply_config", "reboot", "confirm_config", "node_op", "renew_certificate", "new_certificate", "cancel_node_op", "upgrade", "mark_good")
+    __slots__ = ("id", "apply_config", "reboot", "confirm_config", "node_op", "renew_certificate", "new_certificate", "cancel_node_op", "upgrade", "mark_good", "install")
     ID_FIELD_NUMBER: _ClassVar[int]
     APPLY_CONFIG_FIELD_NUMBER: _ClassVar[int]
     REBOOT_FIELD_NUMBER: _ClassVar[int]
@@ -183,6 +183,7 @@ class Command(_message.Message):
     CANCEL_NODE_OP_FIELD_NUMBER: _ClassVar[int]
     UPGRADE_FIELD_NUMBER: _ClassVar[int]
     MARK_GOOD_FIELD_NUMBER: _ClassVar[int]
+    INSTALL_FIELD_NUMBER: _ClassVar[int]
     id: str
     apply_config: ApplyConfig
     reboot: Reboot
@@ -193,7 +194,20 @@ class Command(_message.Message):
     cancel_node_op: CancelNodeOp
     upgrade: Upgrade
     mark_good: MarkGood
-    def __init__(self, id: _Optional[str] = ..., apply_config: _Optional[_Union[ApplyConfig, _Mapping]] = ..., reboot: _Optional[_Union[Reboot, _Mapping]] = ..., confirm_config: _Optional[_Union[ConfirmConfig, _Mapping]] = ..., node_op: _Optional[_Union[NodeOp, _Mapping]] = ..., renew_certificate: _Optional[_Union[RenewCertificate, _Mapping]] = ..., new_certificate: _Optional[_Union[NewCertificate, _Mapping]] = ..., cancel_node_op: _Optional[_Union[CancelNodeOp, _Mapping]] = ..., upgrade: _Optional[_Union[Upgrade, _Mapping]] = ..., mark_good: _Optional[_Union[MarkGood, _Mapping]] = ...) -> None: ...
+    install: Install
+    def __init__(self, id: _Optional[str] = ..., apply_config: _Optional[_Union[ApplyConfig, _Mapping]] = ..., reboot: _Optional[_Union[Reboot, _Mapping]] = ..., confirm_config: _Optional[_Union[ConfirmConfig, _Mapping]] = ..., node_op: _Optional[_Union[NodeOp, _Mapping]] = ..., renew_certificate: _Optional[_Union[RenewCertificate, _Mapping]] = ..., new_certificate: _Optional[_Union[NewCertificate, _Mapping]] = ..., cancel_node_op: _Optional[_Union[CancelNodeOp, _Mapping]] = ..., upgrade: _Optional[_Union[Upgrade, _Mapping]] = ..., mark_good: _Optional[_Union[MarkGood, _Mapping]] = ..., install: _Optional[_Union[Install, _Mapping]] = ...) -> None: ...
+
+class Install(_message.Message):
+    __slots__ = ("manifest_json", "signature", "urls", "disk")
+    MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    URLS_FIELD_NUMBER: _ClassVar[int]
+    DISK_FIELD_NUMBER: _ClassVar[int]
+    manifest_json: str
+    signature: str
+    urls: _containers.RepeatedScalarFieldContainer[str]
+    disk: str
+    def __init__(self, manifest_json: _Optional[str] = ..., signature: _Optional[str] = ..., urls: _Optional[_Iterable[str]] = ..., disk: _Optional[str] = ...) -> None: ...
 
 class Upgrade(_message.Message):
     __slots__ = ("manifest_json", "signature", "urls", "preserve", "tries", "confirm_timeout_seconds")

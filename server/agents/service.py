@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,8 @@ def peer_common_name(context: grpc.aio.ServicerContext) -> str | None:
 
 
 PENDING_MESSAGE = "pending acceptance"
+REFUSAL_EVENT_INTERVAL = 60.0
+"""Seconds between two ``agent.enroll.refused`` events for one machine and reason."""
 
 
 def peer_serial(context: grpc.aio.ServicerContext) -> int | None:
@@ -90,6 +93,7 @@ class EnrollmentService(pb_grpc.EnrollmentServicer):
         self._ca = ca
         self._store = store
         self._pending_seen: set[tuple[str, str]] = set()
+        self._refusals: dict[tuple[str, str], float] = {}
         self._reports = ReportLimiter()
 
     async def Enroll(  # noqa: N802 - gRPC method name
@@ -107,8 +111,9 @@ class EnrollmentService(pb_grpc.EnrollmentServicer):
                 await self._pending(request, grant.token.boot_ref, context.peer())
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, PENDING_MESSAGE)
             await self._tokens.consume(grant)
-        except EnrollmentDenied:
+        except EnrollmentDenied as exc:
             log.warning("enrollment denied peer=%s", context.peer())
+            await self._refused(request.machine_id, exc.reason, context.peer())
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED_MESSAGE)
         try:
             issued = self._ca.sign_client_csr(request.csr_pem.encode(), request.machine_id)
@@ -122,6 +127,24 @@ class EnrollmentService(pb_grpc.EnrollmentServicer):
             cert_pem=issued.cert_pem.decode(),
             ca_pem=self._ca.cert_pem.decode(),
             not_after=int(issued.not_after.timestamp()),
+        )
+
+    async def _refused(self, machine_id: str, reason: str, peer: str) -> None:
+        """An event for the operator (provisioning reads it to say why a machine never
+        enrolled): at most one per machine and reason a minute, and only for a machine that
+        exists (the id is the caller's claim, unproven)."""
+        now = time.monotonic()
+        key = (machine_id, reason)
+        if now - self._refusals.get(key, -REFUSAL_EVENT_INTERVAL) < REFUSAL_EVENT_INTERVAL:
+            return
+        if len(self._refusals) > 10_000:
+            self._refusals.clear()
+        self._refusals[key] = now
+        await self._store.record_event(
+            machine_id,
+            EventKind.AGENT_ENROLL_REFUSED,
+            f"enrollment refused: {reason}",
+            {"reason": reason, "peer": peer},
         )
 
     async def _pending(self, request: pb.EnrollRequest, boot_ref: str, peer: str) -> None:

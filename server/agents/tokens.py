@@ -52,10 +52,24 @@ DENIED_MESSAGE = "enrollment denied"
 
 
 class EnrollmentDenied(Exception):
-    """Enrollment refused. Always the same message, whatever the reason (gRPC UNAUTHENTICATED)."""
+    """Enrollment refused. Always the same message to the agent, whatever the reason (gRPC
+    UNAUTHENTICATED); ``reason`` is for the operator's event only."""
 
-    def __init__(self) -> None:
+    def __init__(self, reason: str = "") -> None:
         super().__init__(DENIED_MESSAGE)
+        self.reason = reason
+
+
+def _why(machine: bool, stored: bool, good: bool, fresh: bool) -> str:
+    if not machine:
+        return "unknown machine"
+    if not stored:
+        return "no valid token: never issued, already used, or wiped"
+    if not good:
+        return "wrong token"
+    if not fresh:
+        return "token expired"
+    return "machine not in an enrollment phase"
 
 
 def hash_token(token: str) -> str:
@@ -197,11 +211,11 @@ class BootstrapTokens:
         good = hmac.compare_digest(presented.encode(), expected.encode())
         fresh = stored is not None and stored.expires_at > self._now()
         if machine is None or stored is None or not (good and fresh and machine.enrollment_allowed):
-            raise EnrollmentDenied()
+            raise EnrollmentDenied(_why(machine is not None, stored is not None, good, fresh))
         bound = bound_address(stored.boot_ref)
         if bound is not None and bound != peer:
             log.warning("bootstrap token presented from another address machine=%s", machine_id)
-            raise EnrollmentDenied()
+            raise EnrollmentDenied("token bound to another address")
         return TokenGrant(machine, stored)
 
     async def consume(self, grant: TokenGrant) -> None:

@@ -9,6 +9,7 @@ unknown MAC, discovery on      the discovery profile                known=false,
 unknown MAC, discovery off     ``exit`` (``BootAction.NONE``)       known=false, allow_boot=false
 discovered                     the discovery profile (if on)        known, allow_boot (if on)
 registered, provisioning       its profile (most specific match)    known, allow_boot
+provisioning, installed        boot from disk (its image written)   known, allow_boot
 ready, upgrading               boot from disk                       known, allow_boot
 ready, upgrading (diskless)    its profile, serving its own image   known, allow_boot
 maintenance, failed            ``exit``: nothing destructive        known, allow_boot=false
@@ -49,12 +50,17 @@ PROFILE_PHASES = frozenset({Phase.REGISTERED, Phase.PROVISIONING})
 DISK_PHASES = frozenset({Phase.READY, Phase.UPGRADING})
 
 
-def script_kind(phase: Phase | None, discovery: bool, netboot: bool = False) -> ScriptKind:
+def script_kind(
+    phase: Phase | None, discovery: bool, netboot: bool = False, installed: bool = False
+) -> ScriptKind:
     """The script for a machine in ``phase`` (None: unknown MAC); ``netboot``: the machine is
     diskless (``machines.boot_from = network``), so it boots its profile where others boot
-    their disk."""
+    their disk; ``installed``: provisioning wrote its image to disk (``machines.image`` set on a
+    disk machine), so its next boot is from that disk, not the installer again."""
     if phase is None or phase is Phase.DISCOVERED:
         return ScriptKind.DISCOVERY if discovery else ScriptKind.NONE
+    if phase is Phase.PROVISIONING and installed and not netboot:
+        return ScriptKind.DISK
     if phase in PROFILE_PHASES:
         return ScriptKind.PROFILE
     if phase in DISK_PHASES:

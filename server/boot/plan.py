@@ -45,8 +45,9 @@ class MachineView:
     netboot: bool = False
     """Diskless (``boot_from = network``): it boots its profile in every phase."""
     image: str | None = None
-    """A diskless machine's own image: the one a netboot upgrade is trying, else its last good
-    (``machines.trial_image`` or ``machines.image``); it replaces the profile's."""
+    """Its own image: for a diskless machine the one a netboot upgrade is trying, else its last
+    good (``machines.trial_image`` or ``machines.image``), which replaces the profile's; for a
+    disk machine the image installed on its disk."""
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,10 @@ def plan_script(
     ``discovery_rate_limited`` / ``discovery_limit_reached``), None when it did not run."""
     events: list[PlannedEvent] = []
     kind = script_kind(
-        machine.phase if machine else None, discovery, machine is not None and machine.netboot
+        machine.phase if machine else None,
+        discovery,
+        machine is not None and machine.netboot,
+        machine is not None and machine.image is not None,
     )
     if outcome == "discovered" and machine is not None:
         events.append(PlannedEvent(HttpKind.DISCOVERED, {"machine": machine.name}))

@@ -17,6 +17,7 @@ agent              /api/v1/machines/{id}/agent, /enrollment-token
 node               /api/v1/machines/{id}/reboot, /node/{op}
 images             /api/v1/images (+ ``images build``: the node OS image, agent.image)
 upgrade            /api/v1/upgrades
+provision          /api/v1/provisions
 =================  ==========================================================
 """
 
@@ -39,6 +40,7 @@ from server.cli import (
     machines,
     node,
     power,
+    provision,
     registration,
     tokens,
     upgrades,
@@ -93,6 +95,7 @@ app.add_typer(agent.app, name="agent")
 app.add_typer(images.app, name="images")
 images.app.command("build")(image_build.build_cmd)
 app.add_typer(upgrades.app, name="upgrade")
+app.add_typer(provision.app, name="provision")
 app.command("node")(node.node)
 
 from server.cli.ca import ca_app  # noqa: E402

@@ -225,7 +225,7 @@ def start(
     if not watch_:
         show([r], output, ROLLOUT_COLUMNS)
         return
-    _follow(cl, r["id"], timeout, output)
+    follow(cl, f"/api/v1/upgrades/{r['id']}", timeout, output)
 
 
 @app.command("status")
@@ -257,7 +257,7 @@ def watch(
     output: OutOpt = Output.table,
 ) -> None:
     """Follow a rollout until it ends; exit 1 unless it succeeded."""
-    _follow(client(url, token_file), rollout_id, timeout, output)
+    follow(client(url, token_file), f"/api/v1/upgrades/{rollout_id}", timeout, output)
 
 
 def _control(verb: str):  # type: ignore[no-untyped-def]
@@ -286,9 +286,9 @@ def _machines(r: dict[str, Any]) -> list[dict[str, Any]]:
     return [{**m, "batch": b["index"]} for b in r["batches"] for m in b["machines"]]
 
 
-def _follow(cl: Client, rollout_id: str, timeout: float, output: Output) -> None:
+def follow(cl: Client, path: str, timeout: float, output: Output) -> None:
+    """Poll the rollout at ``path`` until it ends (upgrades and provisions alike)."""
     deadline = time.monotonic() + timeout
-    path = f"/api/v1/upgrades/{rollout_id}"
     r = call(cl, "GET", path)
     if output is Output.json:
         while r["status"] not in TERMINAL and time.monotonic() < deadline:
@@ -327,7 +327,9 @@ def _lines(r: dict[str, Any], seen: dict[str, tuple[str, str]]) -> None:
 
 def _board(r: dict[str, Any]) -> Table:
     """One row per batch (a bar of its finished machines) and per machine in flight."""
-    t = Table(title=f"upgrade {r['id']} to {r['image']}: {r['status']} {r.get('waiting_for', '')}")
+    t = Table(
+        title=f"{r['kind']} {r['id']} ({r['image']}): {r['status']} {r.get('waiting_for', '')}"
+    )
     t.add_column("BATCH", no_wrap=True)
     t.add_column("PROGRESS", no_wrap=True)
     t.add_column("MACHINES")

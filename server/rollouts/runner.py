@@ -40,7 +40,7 @@ from server.inventory import singleton_lease
 from server.inventory.db import Database
 from server.inventory.models import AgentPendingCommand, AgentState, Image, Machine, utcnow
 from server.inventory.secretbox import SecretBox
-from server.rollouts import store
+from server.rollouts import provisioning, store
 from server.rollouts.commands import upgrade_command
 from server.rollouts.decide import Limits, MachineState, RolloutStatus, next_actions
 from server.rollouts.hooks import call_hook
@@ -77,6 +77,8 @@ class Effects:
     """Machine ids to power-cycle through their BMC."""
     commands: int = 0
     """Agent commands written to the outbox (the local hub is told to deliver them now)."""
+    power: list[tuple[str, str, str, float, str, int]] = field(default_factory=list)
+    """Provisioning: (rollout id, machine id, up|cycle, delay s, step, attempt) power actions."""
 
 
 @dataclass
@@ -99,10 +101,14 @@ class RolloutRunner:
         power_cycle: Callable[[str], Awaitable[None]],
         clock: Callable[[], datetime] = utcnow,
         deliver: Callable[[], Awaitable[object]] | None = None,
+        power_up: Callable[[str, str], Awaitable[str]] | None = None,
     ) -> None:
         self.db, self.replica, self.config = db, replica, config
         self.secrets, self.power_cycle, self.clock = secrets, power_cycle, clock
         self.deliver = deliver
+        self.power_up = power_up
+        """Provisioning: boot device PXE once, then power on (``up``) or ``cycle``; returns ""
+        or why it failed."""
         """Asks this replica's session hub to send saved commands now (instead of at its next
         poll); agents held by other replicas get theirs at those replicas' polls."""
         self._hooks_in_flight: set[tuple[str, str]] = set()
@@ -156,6 +162,11 @@ class RolloutRunner:
         now = self.clock()
         with self.db.write() as s:
             r = store.get(s, rollout_id)
+            if r.kind == provisioning.KIND:
+                provisioning.ProvisionPass(
+                    s, r, now, effects, self._command, self.config.asset_base_url
+                ).run()
+                return effects
             states, rows, machines, agents = store.load_pass(s, r)
             spec = r.spec
             t = self._timeouts(spec)
@@ -369,6 +380,27 @@ class RolloutRunner:
             self._spawn(self._call_hook(rid, mid, hook, payload))
         for mid in effects.cycles:
             self._spawn(self.power_cycle(mid))
+        for rid, mid, what, delay, step, attempt in effects.power:
+            self._spawn(self._power(rid, mid, what, delay, step, attempt))
+
+    async def _power(
+        self, rid: str, mid: str, what: str, delay: float, step: str, attempt: int
+    ) -> None:
+        if delay > 0:
+            await asyncio.sleep(delay)
+        if self.power_up is None:
+            error = "no power plane in this server"
+        else:
+            try:
+                error = await self.power_up(mid, what)
+            except Exception as exc:  # noqa: BLE001 - recorded as the step's power failure
+                log.exception("power action failed machine=%s", mid)
+                error = f"{type(exc).__name__}: {exc}"
+        await run_in_threadpool(self._power_done, rid, mid, step, attempt, error)
+
+    def _power_done(self, rid: str, mid: str, step: str, attempt: int, error: str) -> None:
+        with self.db.write() as s:
+            provisioning.power_done(s, rid, mid, step, attempt, error, self.clock())
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         task = asyncio.ensure_future(coro)

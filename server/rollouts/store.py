@@ -43,18 +43,29 @@ def candidates(s: Session, reqs: Sequence[Requirement]) -> list[tuple[Machine, C
     return [(m, Candidate(m.id, m.name, labels[m.id])) for m in rows]
 
 
+UPGRADABLE = frozenset({Phase.READY})
+PROVISIONABLE = frozenset({Phase.REGISTERED, Phase.PROVISIONING, Phase.FAILED})
+"""Provisioning takes machines not in service: a ``ready`` one is deprovisioned first."""
+
+
 def plan(
-    s: Session, reqs: Sequence[Requirement], policy: BatchPolicy
+    s: Session,
+    reqs: Sequence[Requirement],
+    policy: BatchPolicy,
+    phases: frozenset[Phase] = UPGRADABLE,
+    verb: str = "upgraded",
 ) -> tuple[list[Batch], dict[str, Machine]]:
-    """The batches for the selection, or 422 (empty selection, bad policy, machine not ready)."""
+    """The batches for the selection, or 422 (empty selection, bad policy, a machine in another
+    phase than ``phases``)."""
     found = candidates(s, reqs)
     if not found:
         raise Invalid(message="selector: no machine matches", details={"field": "selector"})
-    not_ready = sorted(m.name for m, _ in found if m.phase != Phase.READY)
-    if not_ready:
+    wrong = sorted(m.name for m, _ in found if Phase(m.phase) not in phases)
+    if wrong:
+        allowed = ", ".join(sorted(p.value for p in phases))
         raise Invalid(
-            message=f"only ready machines can be upgraded; not ready: {', '.join(not_ready[:20])}",
-            details={"field": "selector", "not_ready": not_ready},
+            message=f"only {allowed} machines can be {verb}; not: {', '.join(wrong[:20])}",
+            details={"field": "selector", "wrong_phase": wrong},
         )
     try:
         batches = plan_batches([c for _, c in found], policy)
@@ -241,8 +252,15 @@ def set_status(s: Session, r: Rollout, status: RolloutStatus, reason: str, actor
     )
 
 
-def list_rollouts(s: Session, limit: int, before: datetime | None) -> list[Rollout]:
-    stmt = select(Rollout).order_by(Rollout.created_at.desc(), Rollout.id.desc()).limit(limit)
+def list_rollouts(
+    s: Session, limit: int, before: datetime | None, kind: str = "upgrade"
+) -> list[Rollout]:
+    stmt = (
+        select(Rollout)
+        .where(Rollout.kind == kind)
+        .order_by(Rollout.created_at.desc(), Rollout.id.desc())
+        .limit(limit)
+    )
     if before is not None:
         stmt = stmt.where(Rollout.created_at < before)
     return list(s.scalars(stmt))

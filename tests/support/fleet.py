@@ -106,7 +106,15 @@ def start_fleet(
     netboot: str = "",
     bmc_ports: dict[str, int] | None = None,
     bmc_password: str = "password",  # noqa: S107 - the BMC simulators' default
+    diskless: bool | None = None,
+    phase: str = "ready",
+    powered_off: bool = False,
+    bad_tokens: tuple[str, ...] = (),
 ) -> Fleet:
+    """``phase``: where the machines are left (``registered`` for provisioning tests);
+    ``powered_off``: machines with a BMC wait for it to power them on (nothing waits for them
+    to connect); ``bad_tokens``: these machines' agents get a token the server never issued."""
+    diskless = bool(netboot) if diskless is None else diskless
     c = api()
     names = [f"n{i:02}" for i in range(count)]
     ids: dict[str, str] = {}
@@ -119,7 +127,7 @@ def start_fleet(
             "name": name,
             "nics": [{"mac": mac}],
             "labels": labels(i),
-            "boot_from": "network" if netboot else "disk",
+            "boot_from": "network" if diskless else "disk",
         }
         if bmc_ports and name in bmc_ports:
             body["bmc"] = {
@@ -132,10 +140,10 @@ def start_fleet(
         assert r.status_code == 201, r.text
         ids[name] = r.json()["id"]
         macs[ids[name]] = mac
-        for phase in ("provisioning", "ready"):
-            assert c.patch(f"/api/v1/machines/{name}", json={"phase": phase}).status_code == 200
+        for step in {"registered": (), "ready": ("provisioning", "ready")}[phase]:
+            assert c.patch(f"/api/v1/machines/{name}", json={"phase": step}).status_code == 200
         tok = c.post(f"/api/v1/machines/{name}/enrollment-token", json={"boot_ref": "sim"}).json()
-        tokens[ids[name]] = tok["token"]
+        tokens[ids[name]] = tok["token"] if name not in bad_tokens else "brz_never_issued_by_it"
         kernel_args = tok["kernel_args"]
     params = dict(w.split("=", 1) for w in kernel_args.split() if "=" in w)
     work.mkdir(parents=True, exist_ok=True)
@@ -169,6 +177,8 @@ def start_fleet(
     ]
     if installed is not None:
         argv += ["--installed", str(installed)]
+    if powered_off:
+        argv.append("--powered-off")
     if netboot:
         (work / "macs.json").write_text(json.dumps(macs))
         argv += ["--netboot", netboot, "--netboot-macs", str(work / "macs.json")]
@@ -182,6 +192,13 @@ def start_fleet(
     log.close()
     procs.append(proc)
     fleet = Fleet(api, work, names, ids, proc)
+    if powered_off:  # its machines exist (and listen to their BMCs) once it says so
+        wait_for(
+            lambda: "simulating" in (work / "agents.log").read_text(errors="replace"),
+            60,
+            "the simulator started",
+        )
+        return fleet
     wait_for(
         lambda: all(fleet.agent(n)["connected"] for n in names),
         60,
