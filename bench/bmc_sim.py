@@ -86,6 +86,7 @@ def sim_fleet(
     username: str = "admin",
     password: str | None = None,
     timeout: float = 60.0,
+    events: Path | None = None,
 ) -> Iterator[SimFleet]:
     """Start ``processes`` x ``per_process`` simulated BMCs; stop them on exit."""
     password = (
@@ -109,6 +110,7 @@ def sim_fleet(
                     ",".join(map(str, ports)),
                     "--settle",
                     str(settle),
+                    *(["--events", str(events)] if events is not None else []),
                 ],
                 cwd=ROOT,
                 env=env,

@@ -51,7 +51,9 @@ def wait(check: Any, timeout: float, what: str) -> Any:
     raise SystemExit(f"timed out: {what}")
 
 
-def serve(work: Path, token: str, interval: float) -> tuple[subprocess.Popen[bytes], str]:
+def serve(
+    work: Path, token: str, interval: float, extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], str]:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BRONZE_")}
     env.update(
@@ -65,6 +67,7 @@ def serve(work: Path, token: str, interval: float) -> tuple[subprocess.Popen[byt
         BRONZE_ROLLOUT_INTERVAL=str(interval),
         BRONZE_LOG_LEVEL="warning",
     )
+    env.update(extra_env or {})
     log = open(work / "serve.log", "ab")  # noqa: SIM115 - closed right after the fork
     proc = subprocess.Popen(
         ["taskset", "-c", "0", str(BRONZE), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT
