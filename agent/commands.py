@@ -33,6 +33,8 @@ from agent import nodeops
 from agent.apply import ApplyError, reboot_needed
 from agent.gen import agent_pb2 as pb
 from agent.identity import write_file
+from agent.install import InstallError
+from agent.install.wipe import install_disk, wipe_disk, wipe_sandbox
 from agent.upgrade import UpgradeRefused, fetcher, install_image
 
 if TYPE_CHECKING:
@@ -152,6 +154,8 @@ class Commands:
             return await self._upgrade(cmd.id, cmd.upgrade)
         if op == "install":
             return await self._install(cmd.id, cmd.install)
+        if op == "wipe":
+            return await self._wipe(cmd.id, cmd.wipe)
         if op == "mark_good":
             return self._mark_good(cmd.id, cmd.mark_good)
         if op == "reboot":
@@ -197,6 +201,31 @@ class Commands:
             return pb.CommandResult(command_id=command_id, ok=False, error=str(exc))
         # freshly installed: boot it (an install re-sent to an installed machine changes nothing)
         return pb.CommandResult(command_id=command_id, ok=True, rebooting=a.slots is None)
+
+    async def _wipe(self, command_id: str, w: pb.Wipe) -> pb.CommandResult:
+        """Deprovisioning: erase the install disk (the sandbox disk of a simulated machine)."""
+        a = self.agent
+        what = "full" if w.full else "quick"
+
+        def wipe() -> int:
+            if a.o.root != Path("/"):
+                return wipe_sandbox(a.o.root / "system", full=w.full)
+            return wipe_disk(w.disk or install_disk(), full=w.full, progress=self._wipe_progress)
+
+        try:
+            erased = await asyncio.to_thread(wipe)
+        except (InstallError, OSError) as exc:
+            log.warning("wipe failed machine=%s: %s", a.o.machine_id, exc)
+            return pb.CommandResult(command_id=command_id, ok=False, error=f"wipe failed: {exc}")
+        a.slots = None  # nothing installed any more
+        a.cancel_watchdog()
+        log.info("disk wiped machine=%s mode=%s bytes=%d", a.o.machine_id, what, erased)
+        return pb.CommandResult(
+            command_id=command_id, ok=True, output=f"{what} wipe: {erased} bytes erased".encode()
+        )
+
+    def _wipe_progress(self, done: int, total: int) -> None:
+        log.info("wiping machine=%s %d%%", self.agent.o.machine_id, 100 * done // max(1, total))
 
     def _mark_good(self, command_id: str, mg: pb.MarkGood) -> pb.CommandResult:
         if self.agent.slots is None:

@@ -200,6 +200,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     images.router,
     upgrades.router,
     provisions.router,
+    provisions.deprovisions,
     boot.router,
 )
 """Every REST resource's router, in the order they appear in OpenAPI."""

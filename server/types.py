@@ -156,6 +156,8 @@ class EventKind(StrEnum):
     """An upgrade rollout was created (its batches are planned and persisted)."""
     ROLLOUT_PROVISION_CREATED = "rollout.provision.created"
     """A provisioning rollout was created (``POST /api/v1/provisions``)."""
+    ROLLOUT_DEPROVISION_CREATED = "rollout.deprovision.created"
+    """Machines are being deprovisioned (``POST /api/v1/deprovisions``, ``.../deprovision``)."""
     ROLLOUT_RUNNING = "rollout.running"
     """A paused rollout was resumed."""
     ROLLOUT_PAUSED = "rollout.paused"

@@ -172,7 +172,7 @@ class ServerMessage(_message.Message):
     def __init__(self, command: _Optional[_Union[Command, _Mapping]] = ...) -> None: ...
 
 class Command(_message.Message):
-    __slots__ = ("id", "apply_config", "reboot", "confirm_config", "node_op", "renew_certificate", "new_certificate", "cancel_node_op", "upgrade", "mark_good", "install")
+    __slots__ = ("id", "apply_config", "reboot", "confirm_config", "node_op", "renew_certificate", "new_certificate", "cancel_node_op", "upgrade", "mark_good", "install", "wipe")
     ID_FIELD_NUMBER: _ClassVar[int]
     APPLY_CONFIG_FIELD_NUMBER: _ClassVar[int]
     REBOOT_FIELD_NUMBER: _ClassVar[int]
@@ -184,6 +184,7 @@ class Command(_message.Message):
     UPGRADE_FIELD_NUMBER: _ClassVar[int]
     MARK_GOOD_FIELD_NUMBER: _ClassVar[int]
     INSTALL_FIELD_NUMBER: _ClassVar[int]
+    WIPE_FIELD_NUMBER: _ClassVar[int]
     id: str
     apply_config: ApplyConfig
     reboot: Reboot
@@ -195,7 +196,16 @@ class Command(_message.Message):
     upgrade: Upgrade
     mark_good: MarkGood
     install: Install
-    def __init__(self, id: _Optional[str] = ..., apply_config: _Optional[_Union[ApplyConfig, _Mapping]] = ..., reboot: _Optional[_Union[Reboot, _Mapping]] = ..., confirm_config: _Optional[_Union[ConfirmConfig, _Mapping]] = ..., node_op: _Optional[_Union[NodeOp, _Mapping]] = ..., renew_certificate: _Optional[_Union[RenewCertificate, _Mapping]] = ..., new_certificate: _Optional[_Union[NewCertificate, _Mapping]] = ..., cancel_node_op: _Optional[_Union[CancelNodeOp, _Mapping]] = ..., upgrade: _Optional[_Union[Upgrade, _Mapping]] = ..., mark_good: _Optional[_Union[MarkGood, _Mapping]] = ..., install: _Optional[_Union[Install, _Mapping]] = ...) -> None: ...
+    wipe: Wipe
+    def __init__(self, id: _Optional[str] = ..., apply_config: _Optional[_Union[ApplyConfig, _Mapping]] = ..., reboot: _Optional[_Union[Reboot, _Mapping]] = ..., confirm_config: _Optional[_Union[ConfirmConfig, _Mapping]] = ..., node_op: _Optional[_Union[NodeOp, _Mapping]] = ..., renew_certificate: _Optional[_Union[RenewCertificate, _Mapping]] = ..., new_certificate: _Optional[_Union[NewCertificate, _Mapping]] = ..., cancel_node_op: _Optional[_Union[CancelNodeOp, _Mapping]] = ..., upgrade: _Optional[_Union[Upgrade, _Mapping]] = ..., mark_good: _Optional[_Union[MarkGood, _Mapping]] = ..., install: _Optional[_Union[Install, _Mapping]] = ..., wipe: _Optional[_Union[Wipe, _Mapping]] = ...) -> None: ...
+
+class Wipe(_message.Message):
+    __slots__ = ("full", "disk")
+    FULL_FIELD_NUMBER: _ClassVar[int]
+    DISK_FIELD_NUMBER: _ClassVar[int]
+    full: bool
+    disk: str
+    def __init__(self, full: _Optional[bool] = ..., disk: _Optional[str] = ...) -> None: ...
 
 class Install(_message.Message):
     __slots__ = ("manifest_json", "signature", "urls", "disk")

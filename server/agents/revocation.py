@@ -11,6 +11,7 @@ revoking means forgetting the serial.
 A machine's certificates stop working when
 
 * it **enrolls again** (a new certificate from ``Enroll`` replaces every earlier one);
+* it is **deprovisioned** (``server.rollouts.deprovision``);
 * an operator sets its phase to ``provisioning`` or ``discovered`` (**reprovision**,
   :func:`on_phase_change`) or calls ``POST /api/v1/machines/{id}/agent/revoke``
   (:func:`revoke`; event ``agent.certificate.revoked``);
@@ -55,6 +56,8 @@ class RevokeReason(StrEnum):
     """An operator called ``POST /api/v1/machines/{id}/agent/revoke``."""
     REPROVISION = "reprovision"
     """The machine's phase was set to ``provisioning`` or ``discovered``."""
+    DEPROVISION = "deprovision"
+    """The machine was deprovisioned (``POST /api/v1/machines/{id}/deprovision``)."""
 
 
 def revoke(

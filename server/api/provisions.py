@@ -9,7 +9,8 @@ in flight finish their steps; nothing is powered off).
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Response
 from pydantic import Field, field_validator
@@ -21,7 +22,8 @@ from server.api.images import trusted_keys
 from server.api.schemas import Strict
 from server.boot import images
 from server.errors import Invalid, NotFound
-from server.inventory.selectors import SelectorError, parse
+from server.inventory import machines as inventory
+from server.inventory.selectors import Requirement, SelectorError, parse
 from server.rollouts import provisioning, store
 from server.rollouts.planner import BatchPolicy
 from server.rollouts.provision import parse_expectation
@@ -180,3 +182,93 @@ def _control(verb: str, store_verb: str):  # type: ignore[no-untyped-def]
 
 for _verb, _store_verb in (("pause", "pause"), ("resume", "resume"), ("cancel", "abort")):
     router.post(f"/{{rollout_id}}/{_verb}")(_control(_verb, _store_verb))
+
+
+# --- deprovisioning -------------------------------------------------------------------------------
+
+deprovisions = APIRouter(tags=["provisions"])
+
+
+class DeprovisionIn(Strict):
+    wipe: Literal["none", "quick", "full"]
+    """``none``: forget only; ``quick``: signatures and partition tables; ``full``: every byte."""
+    disk: str | None = Field(default=None, max_length=255, pattern=r"^/dev/[A-Za-z0-9/_.:-]+$")
+    """The disk to wipe; none: the one holding the partition labelled STATE."""
+    wipe_timeout_seconds: int = Field(default=3600, ge=10, le=7 * 86_400)
+    max_parallel: int = Field(default=50, ge=1, le=10_000)
+
+
+class DeprovisionSelectorIn(DeprovisionIn):
+    selector: str = Field(min_length=1, max_length=4096)
+
+
+def _deprovision(
+    ctx: Context,
+    who: Principal,
+    reqs: Sequence[Requirement],
+    selector: str,
+    body: DeprovisionIn,
+    key: str | None = None,
+) -> dict[str, Any]:
+    policy = BatchPolicy(batch_size="100%", control_plane="")
+    try:
+        with ctx.db.write() as s:
+            ids = [inventory.get_machine(s, key).id] if key is not None else None
+            batches, machines = store.plan(
+                s, reqs, policy, provisioning.DEPROVISIONABLE, verb="deprovisioned", ids=ids
+            )
+            r = store.create(
+                s,
+                kind=provisioning.DEPROVISION,
+                image=None,
+                selector=selector,
+                spec=body.model_dump(exclude={"selector"}),
+                batches=batches,
+                machines=machines,
+                actor=who.actor,
+            )
+            return store.view(s, r)
+    except IntegrityError:
+        with ctx.db.read() as s:
+            conflict = store.overlap(s, [m for b in batches for m in b.machines])
+        raise conflict or Invalid(message="deprovision could not be created, try again") from None
+
+
+@deprovisions.post("/api/v1/machines/{key}/deprovision", status_code=201)
+def deprovision_machine(
+    key: str,
+    body: DeprovisionIn,
+    ctx: Annotated[Context, Depends(context)],
+    who: Annotated[Principal, Depends(operator)],
+) -> dict[str, Any]:
+    """Wipe the machine's disk through its agent (``wipe``), then phase ``registered``, image
+    cleared, agent certificates revoked (refused from then on). 201 with the rollout to follow
+    at ``GET /api/v1/deprovisions/{id}``."""
+    return _deprovision(ctx, who, (), f"machine {key}", body, key=key)
+
+
+@deprovisions.post("/api/v1/deprovisions", status_code=201)
+def deprovision_selection(
+    body: DeprovisionSelectorIn,
+    ctx: Annotated[Context, Depends(context)],
+    who: Annotated[Principal, Depends(operator)],
+) -> dict[str, Any]:
+    """Deprovision every machine the selector matches (as ``.../deprovision`` does one)."""
+    try:
+        reqs = parse(body.selector)
+    except SelectorError as exc:
+        raise Invalid(message=f"selector: {exc}", details={"field": "selector"}) from None
+    return _deprovision(ctx, who, reqs, body.selector, body)
+
+
+@deprovisions.get("/api/v1/deprovisions/{rollout_id}")
+def get_deprovision(
+    rollout_id: str,
+    ctx: Annotated[Context, Depends(context)],
+    _: Annotated[Principal, Depends(reader)],
+) -> dict[str, Any]:
+    with ctx.db.read() as s:
+        r = store.get(s, rollout_id)
+        if r.kind != provisioning.DEPROVISION:
+            raise NotFound(message=f"deprovision {rollout_id!r} not found")
+        return store.view(s, r)

@@ -30,8 +30,9 @@ app = typer.Typer(no_args_is_help=True, help="Provision machines: power, netboot
 PROVISION_COLUMNS = [
     Col("ID", lambda r: r["id"], key=True),
     Col("STATUS", lambda r: r["status"], key=True),
-    Col("IMAGE", lambda r: r["image"], key=True),
-    Col("DISK", lambda r: (r["spec"].get("install") or {}).get("disk") or "-"),
+    Col("KIND", lambda r: r["kind"], key=True),
+    Col("IMAGE", lambda r: r["image"] or "-", key=True),
+    Col("DISK", lambda r: (r["spec"].get("install") or {}).get("disk") or r["spec"].get("disk") or "-"),
     Col("READY", lambda r: f"{r['counts']['succeeded']}/{sum(r['counts'].values())}"),
     Col("FAILED", lambda r: r["counts"]["failed"]),
     Col("SELECTOR", lambda r: r["selector"], priority=1),
@@ -198,3 +199,38 @@ def _control(verb: str):  # type: ignore[no-untyped-def]
 
 for _verb in ("pause", "resume", "cancel"):
     app.command(_verb)(_control(_verb))
+
+
+@app.command("deprovision")
+def deprovision(
+    name: Annotated[str | None, typer.Argument(help="Machine name or id (or --selector).")] = None,
+    selector: Annotated[
+        str | None, typer.Option("-l", "--selector", help="Every machine it matches.")
+    ] = None,
+    wipe: Annotated[
+        str, typer.Option("--wipe", help="none, quick (signatures, tables) or full (every byte).")
+    ] = "quick",
+    disk: Annotated[
+        str | None, typer.Option("--disk", help="Disk to wipe; default: the installed one.")
+    ] = None,
+    watch_: Annotated[bool, typer.Option("--watch", help="Follow it until it ends.")] = False,
+    timeout: Timeout = 86_400,
+    url: UrlOpt = None,
+    token_file: TokenFileOpt = None,
+    output: OutOpt = Output.table,
+) -> None:
+    """Wipe machines' disks through their agents, then back to registered, identity revoked."""
+    if (name is None) == (selector is None):
+        raise typer.BadParameter("give a machine name or --selector, not both")
+    body: dict[str, Any] = {"wipe": wipe}
+    if disk:
+        body["disk"] = disk
+    cl = client(url, token_file)
+    if name is not None:
+        r = call(cl, "POST", f"/api/v1/machines/{name}/deprovision", json=body)
+    else:
+        r = call(cl, "POST", "/api/v1/deprovisions", json={**body, "selector": selector})
+    if not watch_:
+        show([r], output, PROVISION_COLUMNS)
+        return
+    follow(cl, f"/api/v1/deprovisions/{r['id']}", timeout, output)

@@ -167,6 +167,9 @@ class RolloutRunner:
                     s, r, now, effects, self._command, self.config.asset_base_url
                 ).run()
                 return effects
+            if r.kind == provisioning.DEPROVISION:
+                provisioning.DeprovisionPass(s, r, now, effects, self._command).run()
+                return effects
             states, rows, machines, agents = store.load_pass(s, r)
             spec = r.spec
             t = self._timeouts(spec)

@@ -34,8 +34,12 @@ from server.rollouts.planner import (
 from server.types import EventKind, Phase
 
 
-def candidates(s: Session, reqs: Sequence[Requirement]) -> list[tuple[Machine, Candidate]]:
-    rows = list(s.scalars(select(Machine).where(inventory.selector_clause(reqs))))
+def candidates(
+    s: Session, reqs: Sequence[Requirement], ids: Sequence[str] | None = None
+) -> list[tuple[Machine, Candidate]]:
+    """The machines the selector matches (or exactly ``ids``), with their labels."""
+    where = Machine.id.in_(ids) if ids is not None else inventory.selector_clause(reqs)
+    rows = list(s.scalars(select(Machine).where(where)))
     labels: dict[str, dict[str, str]] = {m.id: {} for m in rows}
     if rows:
         for lab in s.scalars(select(MachineLabel).where(MachineLabel.machine_id.in_(labels))):
@@ -54,10 +58,11 @@ def plan(
     policy: BatchPolicy,
     phases: frozenset[Phase] = UPGRADABLE,
     verb: str = "upgraded",
+    ids: Sequence[str] | None = None,
 ) -> tuple[list[Batch], dict[str, Machine]]:
     """The batches for the selection, or 422 (empty selection, bad policy, a machine in another
     phase than ``phases``)."""
-    found = candidates(s, reqs)
+    found = candidates(s, reqs, ids)
     if not found:
         raise Invalid(message="selector: no machine matches", details={"field": "selector"})
     wrong = sorted(m.name for m, _ in found if Phase(m.phase) not in phases)

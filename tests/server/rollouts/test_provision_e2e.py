@@ -167,5 +167,44 @@ def test_a_rack_is_provisioned_and_each_stalled_machine_names_its_cause(
             mine = [e.split(" ", 1)[1] for e in log if e.startswith(f"{ports[name]} ")]
             assert [e for e in mine if e in ("on", "cycle", "reset")] == ["on"], (name, mine)
             assert any(e.startswith("boot ") for e in mine), (name, mine)
+
+        # Deprovisioning: wipe through the agent, back to registered, certificate refused.
+        wipes = {
+            "n00": c.post("/api/v1/machines/n00/deprovision", json={"wipe": "quick"}),
+            "n05": c.post("/api/v1/machines/n05/deprovision", json={"wipe": "full"}),
+            "n04": c.post(
+                "/api/v1/machines/n04/deprovision",
+                json={"wipe": "quick", "wipe_timeout_seconds": 10},
+            ),
+        }
+        for name, r in wipes.items():
+            assert r.status_code == 201, (name, r.text)
+        again = c.post("/api/v1/machines/n00/deprovision", json={"wipe": "none"})
+        assert again.status_code == 409, again.text  # held by the running one
+        ended = {
+            name: wait_for(
+                lambda r=r: (
+                    (g := c.get(f"/api/v1/deprovisions/{r.json()['id']}").json())["status"]
+                    in TERMINAL
+                    and g
+                ),
+                60,
+                f"deprovision of {name}",
+            )
+            for name, r in wipes.items()
+        }
+        for name in ("n00", "n05"):
+            assert ended[name]["status"] == "succeeded", ended[name]
+            m = c.get(f"/api/v1/machines/{name}").json()
+            assert (m["phase"], m["image"]) == ("registered", None), m
+            assert not (fleet.root(name) / "system").exists()  # its disk is blank
+            kinds = [e["kind"] for e in c.get(f"/api/v1/machines/{name}/events").json()["items"]]
+            assert "agent.certificate.revoked" in kinds
+            # Its certificate no longer opens a session: the agent stays disconnected.
+            wait_for(lambda n=name: not fleet.agent(n)["connected"], 30, f"{name} disconnected")
+        n04_wipe = machines_of(ended["n04"])["n04"]
+        assert n04_wipe["state"] == "failed", n04_wipe
+        assert n04_wipe["error"] == "the agent is not connected: the disk was not wiped"
+        assert c.get("/api/v1/machines/n04").json()["phase"] == "failed"
     finally:
         bmc.stop()

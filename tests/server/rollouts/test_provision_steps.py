@@ -292,3 +292,24 @@ MAC = "52:54:00:aa:00:07"
 )
 def test_diagnosis_names_the_most_likely_cause(seen: BootSeen, message: str) -> None:
     assert diagnose(seen) == message
+
+
+def test_deprovision_steps() -> None:
+    from server.rollouts import deprovision as d
+
+    assert d.start("none", NOW, timedelta(seconds=60)) == d.Transition(
+        d.DeprovisionStep.FORGETTING, state=MachineState.SUCCEEDED
+    )
+    wiping = d.start("quick", NOW, timedelta(seconds=60))
+    assert (wiping.step, wiping.action, wiping.deadline) == (
+        d.DeprovisionStep.WIPING,
+        d.Action.SEND_WIPE,
+        NOW + timedelta(seconds=60),
+    )
+    assert d.advance(FUTURE, True, None, "", NOW) is None
+    assert d.advance(FUTURE, True, True, "", NOW).state is MachineState.SUCCEEDED  # type: ignore[union-attr]
+    refused = d.advance(FUTURE, True, False, "wipe failed: busy", NOW)
+    assert refused is not None and refused.error == "wipe failed: busy"
+    late = d.advance(PAST, False, None, "", NOW)
+    assert late is not None and late.error == "the agent is not connected: the disk was not wiped"
+    assert d.advance(PAST, True, None, "", NOW).error == "the agent did not finish the wipe in time"  # type: ignore[union-attr]
