@@ -70,7 +70,8 @@ class ProvisionIn(Strict):
 
 
 def _view(s: Any, r: Any) -> dict[str, Any]:
-    if r.kind != provisioning.KIND:
+    """A provision (or a deprovision: ``bronze provision status/watch`` show both)."""
+    if r.kind not in (provisioning.KIND, provisioning.DEPROVISION):
         raise NotFound(message=f"provision {r.id!r} not found")
     return store.view(s, r)
 

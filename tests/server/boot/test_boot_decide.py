@@ -216,3 +216,12 @@ def test_resolve_refuses(ref: str) -> None:
 def test_script_kind_diskless(phase: Phase, kind: ScriptKind) -> None:
     """A diskless machine boots its profile where others boot their disk, nothing more."""
     assert script_kind(phase, False, netboot=True) is kind
+
+
+def test_an_installed_machine_boots_its_disk_while_provisioning() -> None:
+    """Provisioning set ``machines.image`` when the install answered: the reboot goes to the
+    disk, not the installer again; a diskless machine keeps netbooting."""
+    assert script_kind(P.PROVISIONING, False, installed=True) is ScriptKind.DISK
+    assert script_kind(P.PROVISIONING, False, installed=False) is ScriptKind.PROFILE
+    assert script_kind(P.PROVISIONING, False, netboot=True, installed=True) is ScriptKind.PROFILE
+    assert script_kind(P.REGISTERED, False, installed=True) is ScriptKind.PROFILE
