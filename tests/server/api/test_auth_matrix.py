@@ -70,6 +70,15 @@ MATRIX: dict[tuple[str, str], str | None] = {
     ("POST", "/api/v1/upgrades/{rollout_id}/pause"): "operator",
     ("POST", "/api/v1/upgrades/{rollout_id}/resume"): "operator",
     ("POST", "/api/v1/upgrades/{rollout_id}/abort"): "operator",
+    ("GET", "/api/v1/provisions"): "reader",
+    ("POST", "/api/v1/provisions"): "operator",
+    ("GET", "/api/v1/provisions/{rollout_id}"): "reader",
+    ("POST", "/api/v1/provisions/{rollout_id}/pause"): "operator",
+    ("POST", "/api/v1/provisions/{rollout_id}/resume"): "operator",
+    ("POST", "/api/v1/provisions/{rollout_id}/cancel"): "operator",
+    ("POST", "/api/v1/machines/{key}/deprovision"): "operator",
+    ("POST", "/api/v1/deprovisions"): "operator",
+    ("GET", "/api/v1/deprovisions/{rollout_id}"): "reader",
     ("GET", "/boot.ipxe"): None,
     ("GET", "/assets/{name}"): None,
     ("HEAD", "/assets/{name}"): None,
@@ -121,6 +130,14 @@ BODIES[("POST", "/api/v1/upgrades")] = {
     "preserve": True,
     "health_timeout_seconds": 3600,
 }
+# A provision naming a missing image (422: an authorised caller got past the role check); t{i} is
+# registered, so it is not deprovisionable (422); {rollout_id} is a real provision / deprovision.
+ALLOWED_STATUS[("POST", "/api/v1/provisions")] = 422
+BODIES[("POST", "/api/v1/provisions")] = {"image": "no-such-image", "selector": "slot=x"}
+ALLOWED_STATUS[("POST", "/api/v1/machines/{key}/deprovision")] = 422
+BODIES[("POST", "/api/v1/machines/{key}/deprovision")] = {"wipe": "quick"}
+ALLOWED_STATUS[("POST", "/api/v1/deprovisions")] = 422
+BODIES[("POST", "/api/v1/deprovisions")] = {"selector": "slot=x", "wipe": "quick"}
 BODIES[("POST", "/api/v1/images")] = {"name": "i-new", "version": "1", "kernel": "victim"}
 BODIES[("PUT", "/api/v1/images/{name}/signature")] = {"signature": sign(VICTIM_IMAGE, SIGNER)}
 BODIES[("POST", "/api/v1/machines:import")] = {
@@ -196,6 +213,7 @@ def test_every_endpoint_every_role(lab_api: RunningServer, caller: str) -> None:
     )
     op = admin.post("/api/v1/power", json={"selector": "slot=opm", "action": "on"}).json()
     rollout = _setup_rollout(admin)
+    provision, deprovision = _setup_provisions(admin)
     ordered = sorted(MATRIX.items(), key=lambda kv: kv[0][0] == "DELETE")
     for i, ((method, template), needed) in enumerate(ordered):
         # A fresh target per endpoint, so one call's running operation cannot make the next a 409.
@@ -221,8 +239,12 @@ def test_every_endpoint_every_role(lab_api: RunningServer, caller: str) -> None:
             .replace("{name}", "victim")
             .replace("{op_id}", op["id"])
             .replace("{op}", "stats")
-            .replace("{rollout_id}", rollout)
         )
+        if template.startswith("/api/v1/provisions/"):
+            path = path.replace("{rollout_id}", provision)
+        elif template.startswith("/api/v1/deprovisions/"):
+            path = path.replace("{rollout_id}", deprovision)
+        path = path.replace("{rollout_id}", rollout)
         if "{patch_id}" in template:
             patch = admin.post(
                 "/api/v1/config-patches",
@@ -292,6 +314,24 @@ def _setup_rollout(admin: httpx.Client) -> str:
     )
     assert r.status_code == 201, r.text
     return str(r.json()["id"])
+
+
+def _setup_provisions(admin: httpx.Client) -> tuple[str, str]:
+    """A provision of a registered machine and a deprovision of a ready one (no agent: both
+    stay in flight). Runs after ``_setup_rollout`` (its signed image ``upimg``)."""
+    for name, phases in (("pvm", ()), ("dpm", ("provisioning", "ready"))):
+        admin.post(
+            "/api/v1/machines",
+            json={"name": name, "nics": [{"mac": f"02:00:00:00:0c:{len(phases):02x}"}],
+                  "labels": {"slot": name}},
+        )  # fmt: skip
+        for phase in phases:
+            assert admin.patch(f"/api/v1/machines/{name}", json={"phase": phase}).is_success
+    p = admin.post("/api/v1/provisions", json={"image": "upimg", "selector": "slot=pvm"})
+    assert p.status_code == 201, p.text
+    d = admin.post("/api/v1/machines/dpm/deprovision", json={"wipe": "quick"})
+    assert d.status_code == 201, d.text
+    return str(p.json()["id"]), str(d.json()["id"])
 
 
 def test_revoked_token_stops_working_and_last_admin_is_kept(api_sqlite: RunningServer) -> None:
