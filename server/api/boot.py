@@ -361,9 +361,14 @@ def machine_timeline(
     ctx: Annotated[Context, Depends(context)],
     _: Annotated[Principal, Depends(reader)],
     limit: Limit = 200,
+    events: bool = False,
 ) -> dict[str, Any]:
-    """The machine's boot steps over all its MACs, oldest first."""
+    """The machine's boot steps over all its MACs, oldest first; ``events=true`` merges in its
+    provisioning/upgrade steps, enrollment, agent and power events (``source: event``)."""
     with ctx.db.read() as s:
         m = inventory.get_machine(s, key)
         macs = [n.mac for n in m.nics]
-        return {"machine": m.name, "macs": macs, "items": timeline.read(s, macs, limit)}
+        items = timeline.read(s, macs, limit)
+        if events:
+            items = timeline.with_events(s, m.id, items, limit)
+        return {"machine": m.name, "macs": macs, "items": items}

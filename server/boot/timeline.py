@@ -24,13 +24,13 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, or_, select
 from sqlalchemy.orm import Session
 
 from pxe import TimelineEvent, TimelineKind
 from server.inventory.db import Database
 from server.inventory.machines import iso
-from server.inventory.models import BootTimelineEvent
+from server.inventory.models import BootTimelineEvent, Event
 
 log = logging.getLogger(__name__)
 
@@ -214,6 +214,49 @@ def read(s: Session, macs: Sequence[str], limit: int) -> list[dict[str, Any]]:
         }
         for e in reversed(rows)
     ]
+
+
+STORY_GROUPS = ("rollout.", "agent.", "power.", "boot-device.")
+"""Machine events that belong in its boot story: provisioning and upgrade steps, enrollment and
+agent trouble, power and boot-device changes."""
+
+
+def with_events(
+    s: Session, machine_id: str, items: list[dict[str, Any]], limit: int
+) -> list[dict[str, Any]]:
+    """The boot steps merged with the machine's story events (``source: event``, ``detail``:
+    the message and the event's data), newest ``limit`` of both, oldest first: one story from
+    power-on to ready."""
+    e = Event
+    rows = s.scalars(
+        select(e)
+        .where(e.machine_id == machine_id, or_(*(e.kind.startswith(g) for g in STORY_GROUPS)))
+        .order_by(e.id.desc())
+        .limit(limit)
+    ).all()
+    events = [
+        {
+            "id": None,
+            "at": iso(r.created_at),
+            "mac": None,
+            "kind": r.kind,
+            "client": None,
+            "detail": {"message": r.message, **_plain(r.data or {})},
+            "source": "event",
+        }
+        for r in rows
+    ]
+    merged = sorted([*items, *events], key=_instant)
+    return merged[-limit:]
+
+
+def _instant(item: dict[str, Any]) -> datetime:
+    at = item["at"]
+    return (
+        datetime.fromisoformat(at.replace("Z", "+00:00"))
+        if at
+        else datetime.min.replace(tzinfo=UTC)
+    )
 
 
 def _plain(detail: Mapping[str, object]) -> dict[str, Any]:

@@ -50,7 +50,7 @@ EVENT_COLUMNS = [
 ]
 TIMELINE_COLUMNS = [
     Col("TIME", lambda e: e["at"], key=True),
-    Col("MAC", lambda e: e["mac"], key=True),
+    Col("MAC", lambda e: e["mac"] or "-", key=True),
     Col("STEP", lambda e: e["kind"]),
     Col("CLIENT", lambda e: e["client"], priority=1),
     Col("DETAIL", lambda e: " ".join(f"{k}={v}" for k, v in e["detail"].items() if v is not None)),
@@ -280,13 +280,14 @@ def machines_timeline(
     token_file: TokenFileOpt = None,
     output: OutOpt = Output.table,
 ) -> None:
-    """Network-boot steps (DHCP, TFTP, script, kernel, initrd), oldest first."""
+    """Network-boot steps (DHCP, TFTP, script, kernel, initrd) with the machine's provisioning,
+    upgrade, enrollment and power events, oldest first: one story from power-on to ready."""
     from server.inventory.validation import normalize_mac
 
     try:
         path, params = "/api/v1/boot/timeline", {"mac": normalize_mac(name), "limit": limit}
     except ValueError:
-        path, params = f"/api/v1/machines/{name}/timeline", {"limit": limit}
+        path, params = f"/api/v1/machines/{name}/timeline", {"limit": limit, "events": "true"}
     show(
         call(client(url, token_file), "GET", path, params=params)["items"], output, TIMELINE_COLUMNS
     )

@@ -32,7 +32,10 @@ PROVISION_COLUMNS = [
     Col("STATUS", lambda r: r["status"], key=True),
     Col("KIND", lambda r: r["kind"], key=True),
     Col("IMAGE", lambda r: r["image"] or "-", key=True),
-    Col("DISK", lambda r: (r["spec"].get("install") or {}).get("disk") or r["spec"].get("disk") or "-"),
+    Col(
+        "DISK",
+        lambda r: (r["spec"].get("install") or {}).get("disk") or r["spec"].get("disk") or "-",
+    ),
     Col("READY", lambda r: f"{r['counts']['succeeded']}/{sum(r['counts'].values())}"),
     Col("FAILED", lambda r: r["counts"]["failed"]),
     Col("SELECTOR", lambda r: r["selector"], priority=1),

@@ -150,6 +150,18 @@ def test_a_rack_is_provisioned_and_each_stalled_machine_names_its_cause(
         assert [e["detail"].get("image") for e in timeline if e["kind"] == "SCRIPT"][:1] == [
             "os-1"
         ]  # it netbooted the installer profile through the boot plane
+        # ... and the timeline with events reads as one story from power-on to ready
+        story_kinds = [
+            e["kind"]
+            for e in c.get("/api/v1/machines/n00/timeline", params={"events": "true"}).json()[
+                "items"
+            ]
+        ]
+        assert (
+            story_kinds.index("rollout.machine.started")
+            < story_kinds.index("SCRIPT")
+            < story_kinds.index("rollout.machine.succeeded")
+        ), story_kinds
         # Stalled machines: failed at their step with the cause.
         assert ms["n03"]["state"] == "failed"
         assert ms["n03"]["error"].startswith("agent never enrolled"), ms["n03"]
