@@ -322,6 +322,7 @@ async def start_agents(app: FastAPI, parts: Parts) -> AgentApiServer | None:
     app.state.agent_api = agent_api
     app.state.agent_tokens = agent_api.tokens
     parts.rollouts.runner.deliver = agent_api.hub.poll_pending
+    agent_api.hub.on_report = parts.rollouts.runner.wake
     record_pki_expiry(parts.ctx.db, agent_api)
     return agent_api
 

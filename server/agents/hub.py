@@ -79,6 +79,9 @@ class SessionHub:
         self.liveness = Liveness(store, now)
         self._sweeper: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
+        self.on_report: Callable[[], None] | None = None
+        """Called (on the event loop) once an agent's Hello or command result is saved: the
+        rollout runner wakes on it instead of waiting for its next poll."""
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -246,6 +249,7 @@ class SessionHub:
         await self.liveness.hello(session, hello)
         self.registry.add(session)
         self.counters["sessions"] += 1
+        self._reported()
         try:
             await context.send_initial_metadata(())  # tells the agent the session is accepted
             await self._send_backlog(session, hello)
@@ -328,10 +332,15 @@ class SessionHub:
             await self.liveness.note_applied(mid, r.applied_version)
         if r.command_id not in self.relay:
             await self._store.record_command_result(mid, outcome)
+            self._reported()
         self.ledger.wake(outcome)
         self.relay.on_result(r.command_id, bytes(r.output))
         if not r.ok:
             log.warning("command failed machine=%s command=%s error=%s", mid, r.command_id, r.error)
+
+    def _reported(self) -> None:
+        if self.on_report is not None:
+            self.on_report()
 
     async def _on_csr(self, session: AgentSession, csr_pem: str) -> None:
         mid = session.machine_id

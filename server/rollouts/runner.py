@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -86,6 +87,8 @@ class RunnerConfig:
     asset_base_url: str
     """Where agents download image files (``<base>/assets/NAME``)."""
     interval: float = 0.5
+    coalesce: float = 0.02
+    """After a wake (:meth:`RolloutRunner.wake`), how long to gather more reports first."""
     lease_ttl: float = 15.0
     write_timeout: timedelta = timedelta(seconds=300)
     recover_timeout: timedelta = timedelta(seconds=600)
@@ -113,28 +116,65 @@ class RolloutRunner:
         poll); agents held by other replicas get theirs at those replicas' polls."""
         self._hooks_in_flight: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._busy = False
+        """The last pass found an unfinished rollout (only then do wakes run passes)."""
+        self._renew_at = 0.0
+
+    def wake(self) -> None:
+        """Something a pass reads changed (an agent said hello, answered a command): run the
+        next pass now instead of at the end of the interval. Called on the event loop by this
+        replica's session hub; agents held by other replicas are seen at the interval."""
+        if self._busy:
+            self._wake.set()
+
+    async def _idle(self, stop: asyncio.Event) -> None:
+        """Until ``stop``, a wake, or the interval. After a wake, ``coalesce`` more seconds, so
+        the reports of a batch's machines arriving together share one pass."""
+        waits = {asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())}
+        try:
+            done, _ = await asyncio.wait(
+                waits, timeout=self.config.interval, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for w in waits:
+                w.cancel()
+        if done and not stop.is_set() and self.config.coalesce > 0:
+            try:
+                await asyncio.wait_for(stop.wait(), self.config.coalesce)
+            except TimeoutError:
+                pass
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            self._wake.clear()  # reports arriving during this pass wake the next one
             try:
-                held = await run_in_threadpool(
-                    singleton_lease.acquire, self.db, LEASE, self.replica, self.config.lease_ttl
-                )
-                if held:
+                if await self._hold_lease():
                     await self.tick()
             except Exception:
+                self._renew_at = 0.0
                 log.exception("rollout pass failed")
-            try:
-                await asyncio.wait_for(stop.wait(), self.config.interval)
-            except TimeoutError:
-                pass
+            await self._idle(stop)
         for t in list(self._tasks):
             t.cancel()
         await run_in_threadpool(singleton_lease.release, self.db, LEASE, self.replica)
 
+    async def _hold_lease(self) -> bool:
+        """Take or renew the lease; renewed at most every third of its TTL (a write each pass
+        would cost as much as the pass when wakes make passes frequent)."""
+        asked = time.monotonic()
+        if asked < self._renew_at:
+            return True
+        held = await run_in_threadpool(
+            singleton_lease.acquire, self.db, LEASE, self.replica, self.config.lease_ttl
+        )
+        self._renew_at = asked + self.config.lease_ttl / 3 if held else 0.0
+        return held
+
     async def tick(self) -> None:
         """One pass over every unfinished rollout."""
         ids = await run_in_threadpool(self._unfinished)
+        self._busy = bool(ids)
         for rid in ids:
             effects = await run_in_threadpool(self._pass, rid)
             self._carry_out(effects)

@@ -183,7 +183,21 @@ def machine_rows(s: Session, rollout_id: str) -> list[RolloutMachine]:
 
 
 def view(s: Session, r: Rollout, waiting_for: str = "") -> dict[str, Any]:
-    rows = {m.machine_id: m for m in machine_rows(s, r.id)}
+    # Only the shown columns, as plain rows: ORM objects (and their ``detail`` JSON) for every
+    # machine made a status poll of a 1,000-machine rollout cost ~25 ms of the server's CPU.
+    rows = {
+        m.machine_id: m
+        for m in s.execute(
+            select(
+                RolloutMachine.machine_id,
+                RolloutMachine.machine_name,
+                RolloutMachine.state,
+                RolloutMachine.step,
+                RolloutMachine.error,
+                RolloutMachine.updated_at,
+            ).where(RolloutMachine.rollout_id == r.id)
+        )
+    }
     counts = {st.value: 0 for st in MachineState}
     for m in rows.values():
         counts[m.state] += 1
@@ -210,7 +224,7 @@ def view(s: Session, r: Rollout, waiting_for: str = "") -> dict[str, Any]:
     }
 
 
-def _machine_view(m: RolloutMachine) -> dict[str, Any]:
+def _machine_view(m: Any) -> dict[str, Any]:
     return {
         "id": m.machine_id,
         "name": m.machine_name,
