@@ -31,7 +31,6 @@ def serve(
     ] = False,
 ) -> None:
     """Run the central server (REST API; migrates the database first)."""
-    import logging
 
     import uvicorn
     from pydantic import ValidationError
@@ -46,9 +45,9 @@ def serve(
         for e in exc.errors():
             typer.echo(f"error: {'.'.join(map(str, e['loc']))}: {e['msg']}", err=True)
         raise typer.Exit(2) from None
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    from server.logs import setup_logging, uvicorn_log_config
+
+    setup_logging(settings.log_level, settings.log_format)
     _raise_open_files_limit()
     application = create_app(settings, migrate_db=False if no_migrate else None)
     token_path = settings.data_dir / "admin.token"
@@ -59,6 +58,7 @@ def serve(
         port=settings.api_port,
         log_level=settings.log_level,
         proxy_headers=False,
+        log_config=uvicorn_log_config(settings.log_format) or uvicorn.config.LOGGING_CONFIG,
     )
 
 
