@@ -137,15 +137,15 @@ class AppCollector(Collector):
         db = self.app.state.ctx.db
         with db.read() as s:
             phases = dict(
-                s.execute(select(Machine.phase, func.count()).group_by(Machine.phase)).tuples()
+                s.execute(select(Machine.phase, func.count()).group_by(Machine.phase)).all()
             )
             power = dict(
                 s.execute(
                     select(Machine.power_observed, func.count()).group_by(Machine.power_observed)
-                ).tuples()
+                ).all()
             )
             rollouts = dict(
-                s.execute(select(Rollout.status, func.count()).group_by(Rollout.status)).tuples()
+                s.execute(select(Rollout.status, func.count()).group_by(Rollout.status)).all()
             )
             active = [r for r in rollouts if r in ("running", "paused", "aborting")]
             progress = s.execute(
@@ -153,7 +153,7 @@ class AppCollector(Collector):
                 .join(Rollout, Rollout.id == RolloutMachine.rollout_id)
                 .where(Rollout.status.in_(active))
                 .group_by(RolloutMachine.rollout_id, RolloutMachine.state)
-            ).tuples()
+            ).all()
             progress_rows = list(progress)
         up = GaugeMetricFamily("bronze_metrics_database_up", "1 when the database state was read")
         up.add_metric([], 1)

@@ -197,7 +197,7 @@ def _fleet_facts(
                 select(Machine.phase, func.count())
                 .where(selector_clause(reqs))
                 .group_by(Machine.phase)
-            ).tuples()
+            ).all()
         )
         agents: dict[str, dict[str, Any]] = {}
         if ids:
