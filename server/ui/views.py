@@ -124,7 +124,7 @@ def timeline(
     raw.sort(key=lambda r: r[0])
     lanes = tuple((key, title, TOP + i * LANE_HEIGHT) for i, (key, title) in enumerate(LANES))
     lane_y = {key: y for key, _, y in lanes}
-    height = TOP + len(LANES) * LANE_HEIGHT + 10
+    height = TOP + len(LANES) * LANE_HEIGHT + 14
     if not raw:
         return Timeline((), lanes, height, None, None, None)
     t0, t1 = raw[0][0], raw[-1][0]
