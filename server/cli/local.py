@@ -31,6 +31,7 @@ def serve(
     ] = False,
 ) -> None:
     """Run the central server (REST API; migrates the database first)."""
+    import logging
 
     import uvicorn
     from pydantic import ValidationError
@@ -51,7 +52,12 @@ def serve(
     _raise_open_files_limit()
     application = create_app(settings, migrate_db=False if no_migrate else None)
     token_path = settings.data_dir / "admin.token"
-    typer.echo(f"bronze: data in {settings.data_dir}; admin token file {token_path}", err=True)
+    if settings.log_format == "json":  # every line of stderr is then one JSON object
+        logging.getLogger("bronze").info(
+            "data dir=%s admin_token_file=%s", settings.data_dir, token_path
+        )
+    else:
+        typer.echo(f"bronze: data in {settings.data_dir}; admin token file {token_path}", err=True)
     uvicorn.run(
         application,
         host=settings.api_host,
