@@ -13,34 +13,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.peers.apiserver import RunningServer, run_server
 from tests.support.bmc import FAST_SERVER, add_machine, start_peer, wait_op
 from tests.support.boot import machine, profile, seed
 from tests.support.console import boot_traffic, pxe_settings, token_of
+from tests.support.metrics import get, parse, scrape
 from tests.support.ports import free_port
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def scrape(srv: RunningServer, token: str | None = None) -> tuple[Samples, str]:
-    r = srv.client(token).get("/metrics")
-    assert r.status_code == 200, r.text
-    assert r.headers["content-type"].startswith("text/plain; version=")
-    return parse(r.text), r.text
-
-
-def parse(text: str) -> Samples:
-    out: Samples = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[(s.name, frozenset(s.labels.items()))] = s.value
-    return out
-
-
-def get(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 @pytest.fixture
