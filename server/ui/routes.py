@@ -362,6 +362,45 @@ async def machine_boot_device(request: Request, key: str) -> Response:
     return _redirect(f"/ui/machines/{quote(key, safe='')}")
 
 
+NODE_OPS = ("logs", "dmesg", "stats", "ps", "services")
+
+
+@router.get("/machines/{key}/node")
+async def machine_node(
+    request: Request,
+    key: str,
+    op: Annotated[str, Query(max_length=16)] = "logs",
+    service: Annotated[str, Query(max_length=128)] = "",
+    tail: Annotated[int, Query(ge=0, le=10_000)] = 200,
+    follow: Annotated[str, Query(max_length=8)] = "",
+    part: Annotated[str | None, Query(max_length=32)] = None,
+) -> Response:
+    """A node operation through the machine's agent (the API's ``/node/{op}``, reader role).
+    "Follow" re-reads the last ``tail`` lines every two seconds (the live part), rather than
+    holding the API's NDJSON stream open from the page."""
+    session = await _session(request)
+    if op not in NODE_OPS:
+        raise Invalid(message="unknown node operation", details={"field": "op"})
+    path = f"/api/v1/machines/{quote(key, safe='')}/node/{op}"
+    params: dict[str, Any] = {"service": service, "tail_lines": tail or None}
+    r = await _api(request, session, "GET", path, params=params)
+    result = r.body if r.ok else None
+    return _part(
+        request,
+        session,
+        part,
+        "node",
+        key=key,
+        op=op,
+        service=service,
+        tail=tail,
+        follow=follow == "on",
+        ops=NODE_OPS,
+        result=result,
+        error=None if r.ok else r.error,
+    )
+
+
 class _Relayed(ApiError):
     """The API's own refusal of a console mutation, passed on with its status and message."""
 

@@ -13,7 +13,7 @@ import pytest
 
 from tests.peers.apiserver import RunningServer, run_server
 from tests.support.agentlab import boot_root, spawn_agent
-from tests.support.console import browser
+from tests.support.console import browser, token_of
 from tests.support.metrics import get, scrape
 from tests.support.wait import eventually
 
@@ -77,7 +77,22 @@ def test_enrollment_refusal_push_and_apply_are_counted(
     assert delta("bronze_agent_command_results_total", kind="apply", result="ok") >= 1
     assert delta("bronze_agent_command_results_total", kind="apply", result="failed") == 0
 
-    page = browser(srv, srv.admin_token).get("/ui/machines/node-m").text
+    ui = browser(srv, token_of(srv, "reader"))
+    page = ui.get("/ui/machines/node-m").text
+    assert 'id="node-ops"' in page  # node ops are reads: a reader has them
+    logs = ui.get(
+        "/ui/machines/node-m/node", params={"op": "logs", "service": "chronyd", "tail": 3}
+    )
+    assert logs.status_code == 200
+    out = re.search(r'<pre class="node" id="node-output">(.*?)</pre>', logs.text, re.S)
+    assert out and out.group(1).count("\n") == 3, logs.text[-2000:]
+    follow = ui.get(
+        "/ui/machines/node-m/node",
+        params={"op": "logs", "service": "chronyd", "tail": 3, "follow": "on", "part": "output"},
+    )
+    assert follow.status_code == 200 and 'id="node-output"' in follow.text
+    refused = ui.get("/ui/machines/node-m/node", params={"op": "shell"})
+    assert refused.status_code == 422
     assert "enrolled, hello" in page  # the agent's enrollment on the time line
     assert re.search(r"<th>connected</th><td><span class=\"ok\">yes</span>", page)
-    assert "motd" in page  # provenance of the rendered config
+    assert "motd" in browser(srv, srv.admin_token).get("/ui/machines/node-m").text  # provenance
