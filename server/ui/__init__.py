@@ -6,7 +6,8 @@ from fastapi import FastAPI, Request, Response
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
-from server.ui.routes import HERE, SECURITY_HEADERS, SignedOut, router
+from server.ui import activity, routes  # noqa: F401 - their routes register on the router
+from server.ui.render import HERE, SECURITY_HEADERS, SignedOut, router
 
 
 def mount_ui(app: FastAPI, csrf_key: bytes) -> None:

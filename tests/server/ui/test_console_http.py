@@ -190,3 +190,50 @@ def test_live_parts_answer_304_until_something_changes(srv: RunningServer) -> No
     rows = c.get("/ui/", params={"part": "rows"})
     assert rows.status_code == 200 and "<html" not in rows.text and 'class="lk">k<' in rows.text
     assert c.get("/ui/machines/l1", params={"part": "nope!"}).status_code == 422
+
+
+def test_rollout_pages_and_controls(srv: RunningServer) -> None:
+    import hashlib
+
+    admin = srv.client()
+    make(srv, "up-1", "02:00:00:00:34:01", slot="up")
+    for phase in ("provisioning", "ready"):
+        assert admin.patch("/api/v1/machines/up-1", json={"phase": phase}).status_code == 200
+    kernel = b"kernel bytes"
+    digest = hashlib.sha256(kernel).hexdigest()
+    r = admin.put("/api/v1/assets/k1", params={"sha256": digest}, content=kernel)
+    assert r.status_code == 201, r.text
+    r = admin.post("/api/v1/images", json={"name": "img", "version": "1", "kernel": "k1"})
+    assert r.status_code == 201, r.text
+    r = admin.post(
+        "/api/v1/upgrades", json={"image": "img", "selector": "slot=up", "preserve": True}
+    )
+    assert r.status_code == 201, r.text
+    rid = r.json()["id"]
+
+    reader = browser(srv, token_of(srv, "reader"))
+    listing = reader.get("/ui/rollouts").text
+    assert f'href="/ui/rollouts/{rid}"' in listing and "slot=up" in listing
+    detail = reader.get(f"/ui/rollouts/{rid}").text
+    assert 'href="/ui/machines/up-1"' in detail and 'id="rollout-status"' in detail
+    assert 'id="rollout-pause"' not in detail
+    r = reader.post(f"/ui/rollouts/{rid}/pause", data={"csrf": csrf_of(detail)})
+    assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+
+    operator = browser(srv, token_of(srv, "operator"))
+    page = operator.get(f"/ui/rollouts/{rid}").text
+    assert 'id="rollout-pause"' in page
+    assert operator.post(f"/ui/rollouts/{rid}/pause", data={}).status_code == 403
+    r = operator.post(f"/ui/rollouts/{rid}/pause", data={"csrf": csrf_of(page)})
+    assert r.status_code == 303 and r.headers["location"] == f"/ui/rollouts/{rid}"
+    assert admin.get(f"/api/v1/upgrades/{rid}").json()["status"] == "paused"
+    again = operator.post(f"/ui/rollouts/{rid}/resume", data={"csrf": csrf_of(page)})
+    assert again.status_code == 303
+    assert (
+        operator.post(f"/ui/rollouts/{rid}/abort", data={"csrf": csrf_of(page)}).status_code == 303
+    )
+    wrong = operator.post(f"/ui/rollouts/{rid}/pause", data={"csrf": csrf_of(page)})
+    assert wrong.status_code == 409  # the API's own refusal (aborting/aborted), passed on
+    assert "cannot pause" in wrong.json()["error"]["message"]
+    part = operator.get(f"/ui/rollouts/{rid}", params={"part": "detail"}).text
+    assert re.search(r'id="rollout-status">abort', part), part
