@@ -11,6 +11,7 @@ timeline sink then backs off (see :mod:`server.boot.remote`).
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any
 
 import httpx
@@ -150,7 +151,6 @@ def pxe_cmd(
 ) -> None:
     """Run the boot plane (DHCP + TFTP) alone, asking SERVER what to boot (BRONZE_PXE_*)."""
     import asyncio
-    import logging
 
     from pxe import PxeSettings
     from server.boot import remote
@@ -160,8 +160,12 @@ def pxe_cmd(
             "tokens are never taken from argv (other users can read it in ps); "
             "use --token-file or BRONZE_PXE_TOKEN, and rotate the token you just passed"
         )
+    from server.logs import setup_logging
+
     settings = PxeSettings(server_url=server)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # BRONZE_LOG_FORMAT=json works here too (the boot plane has no ServerSettings to carry it).
+    log_format = os.environ.get("BRONZE_LOG_FORMAT", "text")
+    setup_logging("info", "json" if log_format == "json" else "text")
     secret = settings.token.get_secret_value() if settings.token else None
     if token_file:
         secret = read_secret_file(token_file)
