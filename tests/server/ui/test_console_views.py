@@ -91,3 +91,30 @@ def test_timeline_of_nothing_and_of_one_instant() -> None:
 )
 def test_operation_progress(statuses: list[str], want: tuple[int, int]) -> None:
     assert views.progress({"items": [{"status": s} for s in statuses]}) == want
+
+
+def test_every_console_file_ships_in_the_package() -> None:
+    """Templates and static files are package data: a wheel without them serves 500s."""
+    import fnmatch
+    import tomllib
+
+    from tests.support.paths import ROOT
+
+    globs = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]["server"]
+    ui = ROOT / "server" / "ui"
+    files = [
+        p.relative_to(ROOT / "server").as_posix()
+        for d in ("templates", "static")
+        for p in (ui / d).rglob("*")
+        if p.is_file()
+    ]
+    assert len(files) > 20
+    # setuptools' "*" does not cross "/": fnmatch with the same rule per path segment count.
+    missing = [
+        f
+        for f in files
+        if not any(fnmatch.fnmatch(f, g) and f.count("/") == g.count("/") for g in globs)
+    ]
+    assert missing == []
