@@ -192,7 +192,7 @@ async def bulk(request: Request) -> Response:
     else:
         raise Invalid(message="nothing to do", details={"field": "do"})
     svc = request.app.state.power
-    actor = session.principal.actor + " (console)"
+    actor = session.principal.actor
     op_id = await run_in_threadpool(
         lambda: svc.submit(kind=kind, action=action, params=params, actor=actor, keys=names)
     )
