@@ -13,6 +13,7 @@ import pytest
 
 from tests.peers.apiserver import RunningServer, run_server
 from tests.support.console import XSS, browser, csrf_of, store_label, token_of
+from tests.support.metrics import get, scrape
 
 
 @pytest.fixture
@@ -210,6 +211,15 @@ def test_rollout_pages_and_controls(srv: RunningServer) -> None:
     )
     assert r.status_code == 201, r.text
     rid = r.json()["id"]
+    # Rollout progress in /metrics: one running rollout, its one machine counted by state.
+    samples, _ = scrape(srv)
+    assert get(samples, "bronze_rollouts", status="running") == 1
+    mine = {
+        dict(labels)["state"]: v
+        for (name, labels), v in samples.items()
+        if name == "bronze_rollout_machines" and dict(labels)["rollout"] == rid
+    }
+    assert sum(mine.values()) == 1, mine
 
     reader = browser(srv, token_of(srv, "reader"))
     listing = reader.get("/ui/rollouts").text
