@@ -13,6 +13,9 @@
     let busy = false;
     async function tick() {
       if (busy || document.hidden) return;
+      // Not while the user is choosing something inside this part (a select, a text box).
+      const focus = document.activeElement;
+      if (focus && focus !== document.body && el.contains(focus) && focus.matches("select, input[type=text], input[type=number]")) return;
       busy = true;
       try {
         const headers = etag ? { "If-None-Match": etag } : {};
@@ -22,9 +25,11 @@
         etag = r.headers.get("ETag");
         const html = await r.text();
         const picked = new Set(Array.from(el.querySelectorAll("input.pick:checked")).map((i) => i.value));
+        const chosen = new Map(Array.from(el.querySelectorAll("select[id]")).map((s) => [s.id, s.value]));
         const doc = new DOMParser().parseFromString(html, "text/html");
         el.replaceChildren(...Array.from(doc.body.childNodes));
         el.querySelectorAll("input.pick").forEach((i) => { i.checked = picked.has(i.value); });
+        el.querySelectorAll("select[id]").forEach((s) => { if (chosen.has(s.id)) s.value = chosen.get(s.id); });
         wire(el);
         el.dispatchEvent(new CustomEvent("bronze:updated", { bubbles: true }));
       } catch (e) {
