@@ -1,7 +1,7 @@
-"""The console over HTTP against a real server (uvicorn, SQLite): sign-in and its cookie, the
-security headers, CSRF and roles on every mutation, escaping of stored user data, the selector
-box's inline errors, keyset paging and the ETag'd live parts. The browser tests
-(``test_console_browser.py``) prove the same things through chromium."""
+"""The console over HTTP against a real server (uvicorn; SQLite and PostgreSQL): sign-in and its
+cookie, the security headers, CSRF and roles on every mutation, escaping of stored user data, the
+selector box's inline errors, keyset paging, the ETag'd live parts and rollouts. The browser
+tests (``test_console_browser.py``) prove the same things through chromium."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from tests.support.metrics import get, scrape
 
 
 @pytest.fixture
-def srv(tmp_path: Path, sqlite_url: str) -> Iterator[RunningServer]:
-    with run_server(tmp_path / "data", sqlite_url) as s:
+def srv(tmp_path: Path, db_url: str) -> Iterator[RunningServer]:
+    """On SQLite and on PostgreSQL, like every API test."""
+    with run_server(tmp_path / "data", db_url) as s:
         yield s
 
 
