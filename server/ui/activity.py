@@ -82,6 +82,7 @@ async def operations(
         "operations",
         ops=[(op, views.progress(op)) for op in items],
         next_cursor=r.body.get("next_cursor") if r.ok else None,
+        cursor=cursor,
         error=None if r.ok else r.error,
     )
 
