@@ -18,8 +18,9 @@ from tests.peers.apiserver import RunningServer, run_server
 from tests.support.bmc import FAST_SERVER, add_machine, start_peer, wait_op
 from tests.support.boot import machine, profile, seed
 from tests.support.console import boot_traffic, pxe_settings, token_of
-from tests.support.metrics import get, parse, scrape
+from tests.support.metrics import Samples, get, parse, scrape
 from tests.support.ports import free_port
+from tests.support.wait import eventually
 
 
 @pytest.fixture
@@ -129,3 +130,42 @@ def test_the_exposition_parses_in_a_fresh_interpreter(lab: RunningServer) -> Non
     )
     assert r.returncode == 0, r.stderr
     assert int(r.stdout) >= 15
+
+
+def test_power_sync_failures_are_counted(tmp_path: Path, sqlite_url: str) -> None:
+    closed = free_port()  # a BMC address where nothing listens
+    with run_server(
+        tmp_path / "data",
+        sqlite_url,
+        power_sync_enabled=True,
+        power_sync_interval=0.5,
+        power_sync_failures=100,  # stays out of maintenance: keeps being polled
+        **FAST_SERVER,
+    ) as srv:
+        before, _ = scrape(srv)
+        body = {
+            "name": "sync-1",
+            "nics": [{"mac": "02:00:00:00:51:01"}],
+            "bmc": {"driver": "redfish", "scheme": "http", "address": f"127.0.0.1:{closed}"},
+        }
+        assert srv.client().post("/api/v1/machines", json=body).status_code == 201
+
+        def failed_twice() -> bool:
+            now, _ = scrape(srv)
+            name = "bronze_power_sync_failures_total"
+            return get(now, name) - get(before, name) >= 2
+
+        eventually(failed_twice, timeout=60, interval=0.5)
+        after, _ = scrape(srv)
+        assert get(after, "bronze_machines_power", state="unknown") == 1
+
+        def failed_reads(samples: Samples) -> dict[str, float]:
+            out: dict[str, float] = {}
+            for (name, labels), v in samples.items():
+                lab = dict(labels)
+                if name == "bronze_bmc_operations_total" and lab["action"] == "get-power-state":
+                    out[lab["result"]] = v
+            return out
+
+        new = {k: v - failed_reads(before).get(k, 0) for k, v in failed_reads(after).items()}
+        assert new.get("ok", 0) == 0 and sum(new.values()) >= 2, new  # e.g. BmcConnectionError
