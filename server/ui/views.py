@@ -1,7 +1,8 @@
 """Pure shaping of API answers for the console's templates (tested with tables).
 
 The netboot timeline is drawn as SVG: a time axis with one lane per stage of a network boot
-(DHCP, TFTP, HTTP script/kernel/initrd, agent, upgrade). Positions are computed here, as SVG
+(DHCP, TFTP, HTTP script/kernel/initrd, agent) and one for the machine's lifecycle (phase
+changes: provisioning, ready, ...; upgrade steps of rollouts). Positions are computed here, as SVG
 attributes (the Content-Security-Policy forbids inline ``style``), so the template only places
 what it is given; every text goes through the template's autoescaping.
 """
@@ -18,7 +19,7 @@ LANES: tuple[tuple[str, str], ...] = (
     ("tftp", "TFTP"),
     ("http", "script / kernel / initrd"),
     ("agent", "agent"),
-    ("upgrade", "upgrade"),
+    ("lifecycle", "phase / upgrade"),
 )
 WIDTH = 1000
 LEFT = 190
@@ -95,8 +96,16 @@ def event_step(event: Mapping[str, Any]) -> tuple[str, str, bool, str] | None:
     """(lane, label, failed, detail) of a machine event that belongs on the time line."""
     kind = str(event.get("kind", ""))
     message = str(event.get("message", ""))
-    if kind.startswith("rollout.machine.") or kind.startswith("upgrade."):
-        return "upgrade", kind.removeprefix("rollout.machine."), kind.endswith("failed"), message
+    data = event.get("data") or {}
+    phase = data.get("phase") if isinstance(data, Mapping) else None
+    if kind == "machine.updated" and isinstance(phase, Mapping) and phase.get("to"):
+        to = str(phase["to"])
+        return "lifecycle", f"phase {to}", to in ("failed", "maintenance"), message
+    if kind.startswith("rollout.machine."):
+        step = kind.removeprefix("rollout.machine.")
+        if step == "step" and isinstance(data, Mapping) and data.get("step"):
+            step = f"step {data['step']}"
+        return "lifecycle", f"upgrade {step}", kind.endswith("failed"), message
     if kind.startswith("agent.") and kind != "agent.token.issued":
         return "agent", kind.removeprefix("agent."), "trouble" in kind, message
     return None

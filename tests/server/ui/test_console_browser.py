@@ -294,14 +294,16 @@ def test_machine_timeline_after_crafted_boot_traffic(
     machine(c, "pxe-1", mac, phase="provisioning")
     sign_in(page, lab, lab.admin_token)
     page.goto(f"{lab.url}/ui/machines/pxe-1")
-    expect(page.locator("#timeline-empty")).to_be_visible()
+    # Before any traffic: only the lifecycle (the move to provisioning).
+    expect(page.locator("#last-step")).to_have_text("phase / upgrade: phase provisioning")
+    assert page.locator('svg#timeline g.mark[data-lane="dhcp"]').count() == 0
 
     boot_traffic(lab, mac, tmp_path)
     # Drawn without a reload, on the lanes of each stage.
     svg = page.locator("svg#timeline")
     expect(svg).to_be_visible(timeout=WAIT_MS)
     expect(page.locator("#last-step")).to_contain_text("INITRD", timeout=WAIT_MS)
-    for lane in ("dhcp", "tftp", "http"):
+    for lane in ("dhcp", "tftp", "http", "lifecycle"):  # lifecycle: phase provisioning
         assert svg.locator(f'g.mark[data-lane="{lane}"]').count() >= 1, lane
     steps = page.inner_text("#timeline-steps")
     assert "discover" in steps and "offer" in steps

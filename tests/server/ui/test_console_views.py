@@ -41,18 +41,30 @@ def test_boot_steps(item: dict[str, Any], want: tuple[str, str, bool] | None) ->
 
 
 @pytest.mark.parametrize(
-    ("kind", "want"),
+    ("kind", "data", "want"),
     [
-        ("rollout.machine.step", ("upgrade", "step", False)),
-        ("rollout.machine.failed", ("upgrade", "failed", True)),
-        ("agent.trouble", ("agent", "trouble", True)),
-        ("agent.enroll.pending", ("agent", "enroll.pending", False)),
-        ("agent.token.issued", None),
-        ("power.succeeded", None),
+        ("rollout.machine.step", {"step": "reboot"}, ("lifecycle", "upgrade step reboot", False)),
+        ("rollout.machine.step", {}, ("lifecycle", "upgrade step", False)),
+        ("rollout.machine.failed", {}, ("lifecycle", "upgrade failed", True)),
+        (
+            "machine.updated",
+            {"phase": {"from": "registered", "to": "provisioning"}},
+            ("lifecycle", "phase provisioning", False),
+        ),
+        (
+            "machine.updated",
+            {"phase": {"from": "provisioning", "to": "failed"}},
+            ("lifecycle", "phase failed", True),
+        ),
+        ("machine.updated", {"labels": {"a": "b"}}, None),
+        ("agent.trouble", {}, ("agent", "trouble", True)),
+        ("agent.enroll.pending", {}, ("agent", "enroll.pending", False)),
+        ("agent.token.issued", {}, None),
+        ("power.succeeded", {}, None),
     ],
 )
-def test_event_steps(kind: str, want: tuple[str, str, bool] | None) -> None:
-    got = views.event_step({"kind": kind, "message": "m"})
+def test_event_steps(kind: str, data: dict[str, Any], want: tuple[str, str, bool] | None) -> None:
+    got = views.event_step({"kind": kind, "message": "m", "data": data})
     assert (got[:3] if got else None) == want
 
 
@@ -70,12 +82,12 @@ def test_timeline_places_marks_in_time_order_on_their_lanes() -> None:
         ("tftp", 387.5),
         ("http", 585.0),
         ("agent", 782.5),
-        ("upgrade", 980.0),
+        ("lifecycle", 980.0),
     ]
     lanes = {key: y for key, _, y in tl.lanes}
     assert all(m.y == lanes[m.lane] for m in tl.marks)
     assert tl.first == "2026-01-01T00:00:00Z" and tl.last == "2026-01-01T00:00:20Z"
-    assert tl.last_step == "upgrade: step"
+    assert tl.last_step == "phase / upgrade: upgrade step"
 
 
 def test_timeline_of_nothing_and_of_one_instant() -> None:
