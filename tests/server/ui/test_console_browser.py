@@ -111,7 +111,7 @@ def test_sign_in_filter_and_power_cycle_a_redfish_machine(
         page.click("#filter")
         expect(page.locator("#machines tbody tr")).to_have_count(1)
         expect(page.locator("#machines tbody tr").first).to_have_attribute("data-machine", "node-1")
-        expect(page.locator("#phase-counts")).to_contain_text("1 machines matching")
+        expect(page.locator("#phase-counts")).to_contain_text("1 machine matching")
         shot(page, "fleet-filtered")
 
         page.click("text=node-1")
