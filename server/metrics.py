@@ -20,13 +20,17 @@ import logging
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from bmc import BmcEndpoint, BmcResult
 
 log = logging.getLogger(__name__)
+
+# No ``*_created`` series: one more series per counter and histogram child, which Prometheus
+# (before its created-timestamp feature) stores as a gauge nobody graphs.
+disable_created_metrics()
 
 PROCESS = CollectorRegistry(auto_describe=True)
 """Event counters of this process (see the module docstring)."""

@@ -169,3 +169,32 @@ def test_power_sync_failures_are_counted(tmp_path: Path, sqlite_url: str) -> Non
 
         new = {k: v - failed_reads(before).get(k, 0) for k, v in failed_reads(after).items()}
         assert new.get("ok", 0) == 0 and sum(new.values()) >= 2, new  # e.g. BmcConnectionError
+
+
+def test_docs_and_dashboard_name_only_exported_metrics(lab: RunningServer) -> None:
+    """docs/metrics.md's table and the Grafana dashboard name real metric families (and the
+    table lists every family the server exports)."""
+    import json
+    import re
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from tests.support.paths import ROOT
+
+    _, text = scrape(lab)
+    families = {f.name for f in text_string_to_metric_families(text)}
+    families = {n for n in families if n.startswith("bronze_")}
+
+    def family(name: str) -> str:
+        return re.sub(r"_(total|bucket|count|sum)$", "", name)
+
+    doc = (ROOT / "docs" / "metrics.md").read_text()
+    documented = {family(n) for n in re.findall(r"^\| `(bronze_\w+)`", doc, re.M)}
+    documented |= {family(n) for n in re.findall(r", `(bronze_\w+)`", doc)}
+    dashboard = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = {family(n) for e in exprs for n in re.findall(r"bronze_\w+", e)}
+    assert used - families == set(), "dashboard names unknown metrics"
+    assert documented - families == set(), "docs name unknown metrics"
+    assert families - documented == set(), "metrics missing from docs/metrics.md"
+    assert len(dashboard["panels"]) >= 10
