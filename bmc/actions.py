@@ -120,6 +120,9 @@ class BmcController:
         self._global = threading.BoundedSemaphore(self.policy.max_concurrency)
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._async_locks: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Lock]] = {}
+        self.observers: list[Callable[[BmcEndpoint, str, BmcResult], None]] = []
+        """Called with every finished operation (endpoint, operation name, result), on the
+        thread that ran it: the server counts them for /metrics. Must be quick and not raise."""
 
     # -- plumbing -----------------------------------------------------------------------
 
@@ -170,6 +173,8 @@ class BmcController:
         elapsed = self.clock.monotonic() - start
         result = replace(result, elapsed=elapsed)
         self._log(endpoint, name, result)
+        for observe in self.observers:
+            observe(endpoint, name, result)
         return result
 
     def _log(self, endpoint: BmcEndpoint, name: str, result: BmcResult) -> None:

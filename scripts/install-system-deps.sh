@@ -8,7 +8,10 @@ PKGS=(qemu-system-x86 ipxe ipxe-qemu ovmf dnsmasq tftpd-hpa tftp-hpa ipmitool op
       postgresql postgresql-client wrk gcc libc6-dev nginx-light
       grub-common grub2-common grub-pc-bin grub-efi-amd64-bin grub-emu fdisk gdisk e2fsprogs
       dosfstools mtools udev openssl
-      debootstrap cpio zstd xz-utils kmod binutils)
+      debootstrap cpio zstd xz-utils kmod binutils
+      chromium)
+# chromium: the console's browser tests (Playwright for Python drives /usr/bin/chromium; the
+# suite never runs `playwright install`, which would download a browser build of its own).
 # The image builder (`bronze images build`): debootstrap, cpio, zstd/xz, kmod (depmod), binutils
 # (strip). Debian's kernel and busybox-static go into the image's root, never onto this host
 # (busybox-static conflicts with the busybox package above): debootstrap --include and

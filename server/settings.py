@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
@@ -73,6 +73,17 @@ class ServerSettings(BaseSettings):
     migrate_on_start: bool = True
     """``bronze serve`` runs ``db upgrade`` before serving."""
     log_level: str = "info"
+    log_format: Literal["text", "json"] = "text"
+    """``json``: one JSON object per log line (time, level, logger, message, machine, operation,
+    request_id); ``text``: human lines."""
+    metrics_token: SecretStr | None = None
+    """Bearer token that ``GET /metrics`` requires on the REST listener. Unset: any API token of
+    role reader or above is accepted there."""
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    """A separate listener serving only ``/metrics`` without a token (for a scrape network that is
+    itself the protection), on ``metrics_host``. Unset: no separate listener."""
+    metrics_host: str = "127.0.0.1"
+    """Address of the separate metrics listener."""
     api_cache_mb: int = Field(default=64, ge=0, le=4096)
     """Memory for cached GET responses of the inventory (0 turns the cache off). Entries are
     validated on every request against change counters in the database, so replicas never serve
@@ -160,6 +171,8 @@ class ServerSettings(BaseSettings):
         "database_url",
         "api_advertise_url",
         "asset_base_url",
+        "metrics_token",
+        "metrics_port",
         mode="before",
     )
     @classmethod

@@ -42,6 +42,7 @@ from server.agents.types import (
     NodeOpKind,
     NodeOpResult,
 )
+from server.metrics import AGENT_RESULTS, CONFIG_PUSHES
 
 __all__ = ["POLL_LOOKBACK", "SEEN_FLUSH_INTERVAL", "SessionHub"]
 
@@ -142,6 +143,7 @@ class SessionHub:
             ),
         )
         await self._submit(machine_id, cmd, persist=True)
+        CONFIG_PUSHES.inc()
         return cmd.id
 
     async def reboot(self, machine_id: str) -> str:
@@ -327,6 +329,9 @@ class SessionHub:
             r.command_id, r.ok, r.error, r.applied_version, bytes(r.output), self._now()
         )
         await self.ledger.forget(mid, r.command_id)
+        AGENT_RESULTS.labels(
+            "apply" if r.applied_version else "other", "ok" if r.ok else "failed"
+        ).inc()
         if r.applied_version:
             session.config_version = r.applied_version
             await self.liveness.note_applied(mid, r.applied_version)

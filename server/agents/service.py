@@ -39,6 +39,7 @@ from server.agents.trouble import (
     diagnose,
     verify_report,
 )
+from server.metrics import ENROLLMENTS
 from server.types import EventKind
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ class EnrollmentService(pb_grpc.EnrollmentServicer):
         try:
             x509.load_pem_x509_csr(request.csr_pem.encode())
         except ValueError:
+            ENROLLMENTS.labels("refused", "malformed_csr").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed CSR")
         try:
             grant = await self._tokens.verify(
@@ -109,20 +111,24 @@ class EnrollmentService(pb_grpc.EnrollmentServicer):
             )
             if not grant.machine.accepted:
                 await self._pending(request, grant.token.boot_ref, context.peer())
+                ENROLLMENTS.labels("refused", "not_accepted").inc()
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, PENDING_MESSAGE)
             await self._tokens.consume(grant)
         except EnrollmentDenied as exc:
             log.warning("enrollment denied peer=%s", context.peer())
             await self._refused(request.machine_id, exc.reason, context.peer())
+            ENROLLMENTS.labels("refused", "bad_token").inc()
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED_MESSAGE)
         try:
             issued = self._ca.sign_client_csr(request.csr_pem.encode(), request.machine_id)
         except PkiError as exc:
+            ENROLLMENTS.labels("refused", "csr_refused").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         await self._store.record_certificate(
             request.machine_id, IssuedCertificate(issued.serial, issued.not_after)
         )
         log.info("machine enrolled machine=%s peer=%s", request.machine_id, context.peer())
+        ENROLLMENTS.labels("enrolled", "").inc()
         return pb.EnrollResponse(
             cert_pem=issued.cert_pem.decode(),
             ca_pem=self._ca.cert_pem.decode(),

@@ -58,6 +58,7 @@ from server.inventory import machines as inventory
 from server.inventory.db import Database
 from server.inventory.models import BootProfile, Image, Machine, MachineLabel, Nic, utcnow
 from server.inventory.selectors import SelectorError, parse
+from server.metrics import BOOT_DECISIONS
 from server.settings import ServerSettings
 from server.types import EventKind, Phase
 
@@ -181,7 +182,9 @@ class BootPlane:
 
     async def decide(self, query: BootQuery) -> BootDecision:
         """``pxe.BootBackend``."""
-        return await asyncio.to_thread(self.decide_sync, query.mac) or BootDecision()
+        decision = await asyncio.to_thread(self.decide_sync, query.mac) or BootDecision()
+        BOOT_DECISIONS.labels("dhcp", "boot" if decision.allow_boot else "no-boot").inc()
+        return decision
 
     def _known_macs_sync(self) -> frozenset[str]:
         with self.db.read() as s:
@@ -350,6 +353,7 @@ class BootPlane:
         if client_ip and profile is not None:
             initrds = [n for n in map(profiles.asset_name, profile.initrds) if n]
             self.steps.script_served(client_ip, mac, profiles.asset_name(profile.kernel), initrds)
+        BOOT_DECISIONS.labels("script", str(plan.action)).inc()
         return Script(text, plan.action, plan.profile, m.name if m else None)
 
     def _plan(

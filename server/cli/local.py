@@ -11,6 +11,7 @@ timeline sink then backs off (see :mod:`server.boot.remote`).
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any
 
 import httpx
@@ -46,19 +47,25 @@ def serve(
         for e in exc.errors():
             typer.echo(f"error: {'.'.join(map(str, e['loc']))}: {e['msg']}", err=True)
         raise typer.Exit(2) from None
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    from server.logs import setup_logging, uvicorn_log_config
+
+    setup_logging(settings.log_level, settings.log_format)
     _raise_open_files_limit()
     application = create_app(settings, migrate_db=False if no_migrate else None)
     token_path = settings.data_dir / "admin.token"
-    typer.echo(f"bronze: data in {settings.data_dir}; admin token file {token_path}", err=True)
+    if settings.log_format == "json":  # every line of stderr is then one JSON object
+        logging.getLogger("bronze").info(
+            "data dir=%s admin_token_file=%s", settings.data_dir, token_path
+        )
+    else:
+        typer.echo(f"bronze: data in {settings.data_dir}; admin token file {token_path}", err=True)
     uvicorn.run(
         application,
         host=settings.api_host,
         port=settings.api_port,
         log_level=settings.log_level,
         proxy_headers=False,
+        log_config=uvicorn_log_config(settings.log_format) or uvicorn.config.LOGGING_CONFIG,
     )
 
 
@@ -144,7 +151,6 @@ def pxe_cmd(
 ) -> None:
     """Run the boot plane (DHCP + TFTP) alone, asking SERVER what to boot (BRONZE_PXE_*)."""
     import asyncio
-    import logging
 
     from pxe import PxeSettings
     from server.boot import remote
@@ -154,8 +160,12 @@ def pxe_cmd(
             "tokens are never taken from argv (other users can read it in ps); "
             "use --token-file or BRONZE_PXE_TOKEN, and rotate the token you just passed"
         )
+    from server.logs import setup_logging
+
     settings = PxeSettings(server_url=server)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    # BRONZE_LOG_FORMAT=json works here too (the boot plane has no ServerSettings to carry it).
+    log_format = os.environ.get("BRONZE_LOG_FORMAT", "text")
+    setup_logging("info", "json" if log_format == "json" else "text")
     secret = settings.token.get_secret_value() if settings.token else None
     if token_file:
         secret = read_secret_file(token_file)

@@ -10,7 +10,8 @@ stdout carries only the result.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -76,6 +77,21 @@ def wait_ops(
             err_console().print(describe(op), soft_wrap=True)
 
     return _poll(cl, ops, deadline, sleep, line)
+
+
+@contextmanager
+def waiting(what: str, output: Output) -> Iterator[None]:
+    """Around one request that takes a while (``bronze machines inspect -l``: the server answers
+    when every BMC was read): a rich spinner on a terminal, one plain line otherwise, nothing with
+    ``-o json``; always on stderr."""
+    if output is Output.json:
+        yield
+    elif stderr_is_tty():
+        with err_console().status(what):
+            yield
+    else:
+        err_console().print(what, soft_wrap=True)
+        yield
 
 
 def _poll(

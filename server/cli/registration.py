@@ -29,6 +29,7 @@ from server.cli.common import (
 )
 from server.cli.machines import MACHINE_COLUMNS, Selector, labels_of
 from server.cli.manifest import ManifestError, read_manifest
+from server.cli.progress import waiting
 
 INSPECT_COLUMNS = [
     Col("MACHINE", lambda r: r["machine"], key=True),
@@ -149,11 +150,12 @@ def inspect_cmd(
     if (name is None) == (selector is None):
         fail("give a machine name or -l SELECTOR")
     cl = client(url, token_file)
-    if name is not None:
-        items = [call(cl, "POST", f"/api/v1/machines/{name}/inspect")]
-    else:
-        body = {"selector": selector, "max_parallel": max_parallel}
-        items = call(cl, "POST", "/api/v1/inspect", json=body)["items"]
+    with waiting(f"inspecting {name or selector} through the BMC...", output):
+        if name is not None:
+            items = [call(cl, "POST", f"/api/v1/machines/{name}/inspect")]
+        else:
+            body = {"selector": selector, "max_parallel": max_parallel}
+            items = call(cl, "POST", "/api/v1/inspect", json=body)["items"]
     show(items, output, INSPECT_COLUMNS)
     if not all(i["ok"] for i in items):
         raise typer.Exit(1)

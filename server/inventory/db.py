@@ -7,6 +7,7 @@ its read lock; readers use plain deferred transactions and never block each othe
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -16,6 +17,7 @@ from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from server.inventory.readcache import AsyncPgCounters, Generations, read_generations, track_writes
+from server.metrics import DB_SECONDS
 
 
 def _sqlite_engine(url: str, begin: str, pool_size: int = 10) -> Engine:
@@ -90,14 +92,22 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        with self._read() as session:
-            yield session
+        start = time.perf_counter()
+        try:
+            with self._read() as session:
+                yield session
+        finally:
+            DB_SECONDS.labels("read").observe(time.perf_counter() - start)
 
     @contextmanager
     def write(self) -> Iterator[Session]:
         """A transaction that commits on success and rolls back on any exception."""
-        with self._write() as session, session.begin():
-            yield session
+        start = time.perf_counter()
+        try:
+            with self._write() as session, session.begin():
+                yield session
+        finally:
+            DB_SECONDS.labels("write").observe(time.perf_counter() - start)
 
     async def generations_async(self) -> Generations:
         """:meth:`generations` for the event loop: SQLite's local read (~6 us) runs inline,

@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from server.errors import Conflict, Invalid, NotFound
 from server.inventory.models import Event, Machine, MachineLabel, Nic, utcnow
 from server.inventory.selectors import Op, Requirement
+from server.logs import REQUEST_ID
 from server.types import EventGroup, EventKind
 
 SORT_FIELDS = {
@@ -31,6 +32,15 @@ SORT_FIELDS = {
     "phase": Machine.phase,
 }
 """The only columns a client may sort on (an allowlist: never a column name from input)."""
+
+
+def with_request_id(data: dict[str, Any], request_id: str | None = None) -> dict[str, Any]:
+    """``data`` plus the id of the REST request this event happened under (``request_id``),
+    when there is one: events and log lines of one request can be found together."""
+    rid = request_id or REQUEST_ID.get()
+    if rid is None or "request_id" in data:
+        return data
+    return {**data, "request_id": rid}
 
 
 def record(
@@ -49,7 +59,7 @@ def record(
         message=message,
         machine_id=machine.id if machine else machine_id,
         machine_name=machine.name if machine else None,
-        data=data or {},
+        data=with_request_id(data or {}),
         created_at=utcnow(),
     )
     session.add(ev)

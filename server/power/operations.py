@@ -154,7 +154,7 @@ class Operations:
                     "machine_id": m.id,
                     "machine_name": m.name,
                     "message": f"{op.kind} {op.action} requested",
-                    "data": {"operation": op.id, **op.params},
+                    "data": inventory.with_request_id({"operation": op.id, **op.params}),
                     "created_at": now,
                 }
                 for m in machines

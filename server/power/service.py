@@ -22,6 +22,7 @@ from server.inventory.db import Database
 from server.inventory.replicas import ReplicaLiveness
 from server.inventory.secretbox import SecretBox
 from server.inventory.selectors import Requirement
+from server.metrics import observe_bmc
 from server.power.addresses import checked_bmc_address, net_policy
 from server.power.kinds import OperationKind
 from server.power.listing import operation_view
@@ -68,6 +69,8 @@ class PowerService:
         self.settings = settings
         self.db = db
         self.controller = controller or controller_for(settings)
+        if observe_bmc not in self.controller.observers:
+            self.controller.observers.append(observe_bmc)
         self.liveness = ReplicaLiveness(db)
         self.replica = self.liveness.replica
         self.operations = Operations(settings, db, secrets, self.controller, self.replica)

@@ -29,6 +29,7 @@ from server.inventory import machines as inventory
 from server.inventory.db import Database
 from server.inventory.models import Machine, OperationItem, utcnow
 from server.inventory.secretbox import SecretBox
+from server.metrics import POWER_SYNC_FAILURES
 from server.power.observe import Before, Reading, observe
 from server.power.writes import endpoint_of
 from server.settings import ServerSettings
@@ -142,6 +143,8 @@ class PowerSync:
         async def poll(t: Target) -> None:
             assert t.endpoint is not None
             result = await self.controller.get_power_state(t.endpoint)
+            if result.error is not None:
+                POWER_SYNC_FAILURES.inc()
             await self.writes(functools.partial(self.record, t, result))
 
         await asyncio.gather(*(poll(t) for t in targets))

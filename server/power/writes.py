@@ -16,7 +16,7 @@ What a result writes on the machine:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -28,6 +28,7 @@ from server.agents import token_wipe
 from server.inventory import machines as inventory
 from server.inventory.models import Event, Machine, Operation, OperationItem, utcnow
 from server.inventory.secretbox import SecretBox
+from server.logs import REQUEST_ID
 from server.power.kinds import OperationKind
 from server.types import EventKind, OpStatus
 
@@ -56,6 +57,8 @@ class Done:
     item: OperationItem
     result: BmcResult | None
     error: str | None
+    request_id: str | None = field(default_factory=REQUEST_ID.get)
+    """The REST request that started the operation (its runner task inherited the context)."""
 
 
 def endpoint_of(m: Machine | Row[Any] | Any, secrets: SecretBox) -> BmcEndpoint | None:
@@ -212,7 +215,7 @@ def items_done(s: Session, dones: list[Done]) -> list[None]:
                 "machine_id": x.item.machine_id,
                 "machine_name": x.item.machine_name,
                 "created_at": now,
-                "data": {"operation": x.op.id, **out},
+                "data": inventory.with_request_id({"operation": x.op.id, **out}, x.request_id),
                 "message": f"{x.op.kind} {x.op.action} {verb}"
                 + (f": {x.error}" if x.error else ""),
             }

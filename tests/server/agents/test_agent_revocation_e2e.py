@@ -72,7 +72,8 @@ def test_revoke_endpoint_closes_the_session_and_refuses_the_certificate(
     assert agent["certificate"]["serial"] is None and agent["certificate"]["revoked_at"]
     events = c.get("/api/v1/machines/node-r/events").json()["items"]
     ev = next(e for e in events if e["kind"] == "agent.certificate.revoked")
-    assert ev["data"] == {"reason": "operator", "serials": [serial]}
+    request_id = ev["data"].pop("request_id")  # the revoke request's id (docs/metrics.md)
+    assert ev["data"] == {"reason": "operator", "serials": [serial]} and len(request_id) == 32
 
     r = c.post("/api/v1/machines/no-such-node/agent/revoke")
     assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", r.text

@@ -179,3 +179,46 @@ def test_wait_progress_without_a_terminal(
     assert done[0]["status"] == "succeeded"
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.splitlines() == lines
+
+
+def test_wait_progress_on_a_terminal_draws_a_bar(monkeypatch: pytest.MonkeyPatch) -> None:
+    import io
+
+    from rich.console import Console
+
+    from server.cli import progress
+    from server.cli.common import Output
+
+    screen = io.StringIO()
+    term = Console(file=screen, force_terminal=True, width=100, color_system=None)
+    monkeypatch.setattr(progress, "stderr_is_tty", lambda: True)
+    monkeypatch.setattr(progress, "err_console", lambda: term)
+    op = {"id": "op-1", "action": "on", "status": "queued", "items": [{"status": "queued"}]}
+    fake = _FakeOps(["running", "succeeded"])
+    done = progress.wait_ops(fake, [op], 60, Output.table, sleep=lambda _s: None)  # type: ignore[arg-type]
+    assert done[0]["status"] == "succeeded"
+    drawn = screen.getvalue()
+    assert "on op-1" in drawn and "1/1" in drawn and "\x1b[" in drawn  # a live bar, redrawn
+
+
+@pytest.mark.parametrize(
+    ("tty", "output", "expected"),
+    [(False, "table", "inspecting rack=r1 through the BMC...\n"), (False, "json", "")],
+    ids=["plain-line", "json-nothing"],
+)
+def test_waiting_for_one_long_request(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tty: bool,
+    output: str,
+    expected: str,
+) -> None:
+    from server.cli import common, progress
+    from server.cli.common import Output
+
+    monkeypatch.setattr(progress, "stderr_is_tty", lambda: tty)
+    monkeypatch.setattr(common, "_ERR", None)  # a console on this test's captured stderr
+    with progress.waiting("inspecting rack=r1 through the BMC...", Output(output)):
+        pass
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == expected
