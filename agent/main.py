@@ -101,6 +101,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--netboot-macs", type=Path, help='JSON {"machine": MAC} for --netboot')
     sim.add_argument(
+        "--redfish-systems", type=Path, help='JSON {"machine": Redfish system URL} (sushy)'
+    )
+    sim.add_argument(
         "--powered-off",
         action="store_true",
         help="machines with a BMC start off until it powers them on",
@@ -212,6 +215,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             netboot_url=args.netboot or "",
             netboot_macs=json.loads(args.netboot_macs.read_text()) if args.netboot_macs else None,
             powered_off=args.powered_off,
+            redfish_systems=(
+                json.loads(args.redfish_systems.read_text()) if args.redfish_systems else None
+            ),
         )
 
     asyncio.run(_run_until_signal(go))

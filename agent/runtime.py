@@ -58,6 +58,7 @@ from agent.install import grub_boot
 from agent.inventory import Inventory, collect
 from agent.netboot import fetch_script, kernel_args, next_cmdline
 from agent.session import AGENT_VERSION, SessionLink, inventory_to_pb
+from agent.simbmc import follow_redfish
 from agent.trouble import ServerClock, TroubleReporter
 from agent.upgrade import NodeSlots
 
@@ -124,6 +125,9 @@ class AgentOptions:
     """Simulated machines: a BMC simulator's event log; ``PORT cycle|reset`` lines for
     ``bmc_port`` reset this machine as a real BMC would (tests of the server's watchdog)."""
     bmc_port: int = 0
+    redfish_system: str = ""
+    """Simulated machines behind sushy-emulator: the system URL whose Off -> On powers this
+    machine on (``agent.simbmc``)."""
     reboot_seconds: float = 0.0
     """Simulated machines: how long a reboot takes before the new boot starts."""
     clock_offset: float = 0.0  # seconds added to the system clock (simulating a skewed clock)
@@ -320,7 +324,11 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         events = None
-        if self.o.power_events is not None:
+        if self.o.redfish_system:  # its BMC is a Redfish emulator
+            events = asyncio.get_running_loop().create_task(
+                follow_redfish(self.o.redfish_system, self._request_reboot)
+            )
+        elif self.o.power_events is not None:
             events = asyncio.get_running_loop().create_task(self._follow_power_events())
         if self.o.powered_off:  # a simulated machine waits for its BMC to power it on
             await self._wait_interrupt(stop)

@@ -92,6 +92,7 @@ async def simulate(
     netboot_url: str = "",
     netboot_macs: dict[str, str] | None = None,
     powered_off: bool = False,
+    redfish_systems: dict[str, str] | None = None,
 ) -> list[Agent]:
     ids = sorted(tokens)[:count]
     events_from = power_events.stat().st_size if power_events and power_events.exists() else 0
@@ -123,7 +124,9 @@ async def simulate(
                     bmc_port=(bmc_ports or {}).get(mid, 0),
                     netboot_url=netboot_url,
                     netboot_mac=(netboot_macs or {}).get(mid, ""),
-                    powered_off=powered_off and (bmc_ports or {}).get(mid, 0) != 0,
+                    redfish_system=(redfish_systems or {}).get(mid, ""),
+                    powered_off=powered_off
+                    and ((bmc_ports or {}).get(mid, 0) != 0 or mid in (redfish_systems or {})),
                 )
             )
         )

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from tests.peers.bmc_peers import SYSTEM_UUID
 from tests.support.paths import FIXTURES
 from tests.support.procs import AGENT_BIN
 
@@ -110,6 +111,7 @@ def start_fleet(
     phase: str = "ready",
     powered_off: bool = False,
     bad_tokens: tuple[str, ...] = (),
+    redfish_ports: dict[str, int] | None = None,
 ) -> Fleet:
     """``phase``: where the machines are left (``registered`` for provisioning tests);
     ``powered_off``: machines with a BMC wait for it to power them on (nothing waits for them
@@ -129,6 +131,14 @@ def start_fleet(
             "labels": labels(i),
             "boot_from": "network" if diskless else "disk",
         }
+        if redfish_ports and name in redfish_ports:  # a sushy-emulator (fake driver, no auth)
+            body["bmc"] = {
+                "driver": "redfish",
+                "scheme": "http",
+                "address": f"127.0.0.1:{redfish_ports[name]}",
+                "username": "admin",
+                "password": bmc_password,
+            }
         if bmc_ports and name in bmc_ports:
             body["bmc"] = {
                 "driver": "ipmi",
@@ -179,6 +189,13 @@ def start_fleet(
         argv += ["--installed", str(installed)]
     if powered_off:
         argv.append("--powered-off")
+    if redfish_ports:
+        systems = {
+            ids[n]: f"http://127.0.0.1:{p}/redfish/v1/Systems/{SYSTEM_UUID}"
+            for n, p in redfish_ports.items()
+        }
+        (work / "redfish.json").write_text(json.dumps(systems))
+        argv += ["--redfish-systems", str(work / "redfish.json")]
     if netboot:
         (work / "macs.json").write_text(json.dumps(macs))
         argv += ["--netboot", netboot, "--netboot-macs", str(work / "macs.json")]

@@ -66,6 +66,7 @@ def test_a_rack_is_provisioned_and_each_stalled_machine_names_its_cause(
     r = c.post("/api/v1/profiles", json={"name": "installer", "image": "os-1", "agent": True})
     assert r.status_code == 201, r.text
     bmc = peers.start_pyghmi(tmp_path / "bmc", count=4, settle=0.2)
+    sushy = peers.start_sushy(tmp_path / "sushy", delay=(0, 0))  # n06's BMC: Redfish
     dead = free_port(socket.SOCK_DGRAM)  # n04's BMC: nothing answers there
     try:
         ports = dict(zip(["n00", "n01", "n02", "n03"], bmc.extra["ports"], strict=True))  # type: ignore[call-overload]
@@ -74,7 +75,7 @@ def test_a_rack_is_provisioned_and_each_stalled_machine_names_its_cause(
             srv.client,
             bytes(srv.app.state.agent_api.ca.cert_pem),
             tmp_path / "fleet",
-            6,  # n05 has no BMC: an operator powers it on (the simulator starts it at once)
+            7,  # n05 has no BMC: an operator powers it on (the simulator starts it at once)
             None,
             lambda i: {"rack": "r1", "size": "small" if i == 2 else "big"},
             procs,
@@ -85,6 +86,7 @@ def test_a_rack_is_provisioned_and_each_stalled_machine_names_its_cause(
             powered_off=True,
             bmc_ports=ports,
             bad_tokens=("n03",),
+            redfish_ports={"n06": sushy.port},
         )
         patch = {"name": "base", "scope": "fleet", "patch": {"sysctls": {"vm.swappiness": "10"}}}
         assert c.post("/api/v1/config-patches", json=patch).status_code == 201
@@ -118,7 +120,7 @@ def test_a_rack_is_provisioned_and_each_stalled_machine_names_its_cause(
         done = finish(srv, big.json()["id"])
         ms = machines_of(done)
         assert done["status"] == "completed_with_failures", done
-        for n in ("n00", "n01", "n05"):
+        for n in ("n00", "n01", "n05", "n06"):
             assert ms[n]["state"] == "succeeded", (n, ms[n]["error"])
             m = c.get(f"/api/v1/machines/{n}").json()
             assert (m["phase"], m["image"]) == ("ready", "os-1"), m
@@ -220,3 +222,4 @@ def test_a_rack_is_provisioned_and_each_stalled_machine_names_its_cause(
         assert c.get("/api/v1/machines/n04").json()["phase"] == "failed"
     finally:
         bmc.stop()
+        sushy.stop()
