@@ -58,7 +58,7 @@ from agent.install import grub_boot
 from agent.inventory import Inventory, collect
 from agent.netboot import fetch_script, kernel_args, next_cmdline
 from agent.session import AGENT_VERSION, SessionLink, inventory_to_pb
-from agent.simbmc import follow_redfish
+from agent.simbmc import follow_event_log, follow_redfish
 from agent.trouble import ServerClock, TroubleReporter
 from agent.upgrade import NodeSlots
 
@@ -328,8 +328,15 @@ class Agent:
             events = asyncio.get_running_loop().create_task(
                 follow_redfish(self.o.redfish_system, self._request_reboot)
             )
-        elif self.o.power_events is not None:
-            events = asyncio.get_running_loop().create_task(self._follow_power_events())
+        elif self.o.power_events is not None:  # its BMC is the pyghmi simulator
+            events = asyncio.get_running_loop().create_task(
+                follow_event_log(
+                    self.o.power_events,
+                    self.o.power_events_offset,
+                    self.o.bmc_port,
+                    self._request_reboot,
+                )
+            )
         if self.o.powered_off:  # a simulated machine waits for its BMC to power it on
             await self._wait_interrupt(stop)
             self.interrupt.clear()
@@ -400,27 +407,6 @@ class Agent:
         _, pending = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         for t in pending:
             t.cancel()
-
-    async def _follow_power_events(self) -> None:
-        """Simulated machines wired to a simulated BMC: its reset is this machine's reset."""
-        assert self.o.power_events is not None
-        offset = self.o.power_events_offset
-        if offset is None:
-            offset = self.o.power_events.stat().st_size if self.o.power_events.exists() else 0
-        while True:
-            await asyncio.sleep(0.2)
-            try:
-                with open(self.o.power_events, "rb") as fh:
-                    fh.seek(offset)
-                    data = fh.read()
-            except OSError:
-                continue
-            offset += len(data)
-            for line in data.decode(errors="replace").splitlines():
-                port, _, what = line.partition(" ")
-                if port == str(self.o.bmc_port) and what in ("cycle", "reset", "on"):
-                    log.info("power %s from the BMC machine=%s", what, self.o.machine_id)
-                    self._request_reboot()
 
     # -- identity ---------------------------------------------------------------------------------
 

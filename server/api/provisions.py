@@ -24,7 +24,7 @@ from server.boot import images
 from server.errors import Invalid, NotFound
 from server.inventory import machines as inventory
 from server.inventory.selectors import Requirement, SelectorError, parse
-from server.rollouts import provisioning, store
+from server.rollouts import deprovisioning, provisioning, store
 from server.rollouts.planner import BatchPolicy
 from server.rollouts.provision import parse_expectation
 
@@ -71,7 +71,7 @@ class ProvisionIn(Strict):
 
 def _view(s: Any, r: Any) -> dict[str, Any]:
     """A provision (or a deprovision: ``bronze provision status/watch`` show both)."""
-    if r.kind not in (provisioning.KIND, provisioning.DEPROVISION):
+    if r.kind not in (provisioning.KIND, deprovisioning.DEPROVISION):
         raise NotFound(message=f"provision {r.id!r} not found")
     return store.view(s, r)
 
@@ -216,11 +216,11 @@ def _deprovision(
         with ctx.db.write() as s:
             ids = [inventory.get_machine(s, key).id] if key is not None else None
             batches, machines = store.plan(
-                s, reqs, policy, provisioning.DEPROVISIONABLE, verb="deprovisioned", ids=ids
+                s, reqs, policy, deprovisioning.DEPROVISIONABLE, verb="deprovisioned", ids=ids
             )
             r = store.create(
                 s,
-                kind=provisioning.DEPROVISION,
+                kind=deprovisioning.DEPROVISION,
                 image=None,
                 selector=selector,
                 spec=body.model_dump(exclude={"selector"}),
@@ -270,6 +270,6 @@ def get_deprovision(
 ) -> dict[str, Any]:
     with ctx.db.read() as s:
         r = store.get(s, rollout_id)
-        if r.kind != provisioning.DEPROVISION:
+        if r.kind != deprovisioning.DEPROVISION:
             raise NotFound(message=f"deprovision {rollout_id!r} not found")
         return store.view(s, r)

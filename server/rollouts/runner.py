@@ -41,7 +41,7 @@ from server.inventory import singleton_lease
 from server.inventory.db import Database
 from server.inventory.models import AgentPendingCommand, AgentState, Image, Machine, utcnow
 from server.inventory.secretbox import SecretBox
-from server.rollouts import provisioning, store
+from server.rollouts import deprovisioning, provisioning, store
 from server.rollouts.commands import upgrade_command
 from server.rollouts.decide import Limits, MachineState, RolloutStatus, next_actions
 from server.rollouts.hooks import call_hook
@@ -207,8 +207,8 @@ class RolloutRunner:
                     s, r, now, effects, self._command, self.config.asset_base_url
                 ).run()
                 return effects
-            if r.kind == provisioning.DEPROVISION:
-                provisioning.DeprovisionPass(s, r, now, effects, self._command).run()
+            if r.kind == deprovisioning.DEPROVISION:
+                deprovisioning.DeprovisionPass(s, r, now, effects, self._command).run()
                 return effects
             states, rows, machines, agents = store.load_pass(s, r)
             spec = r.spec
