@@ -23,7 +23,7 @@ from server.cli.common import (
     emit_json,
     show,
 )
-from server.cli.upgrades import MACHINE_COLUMNS, Image, Selector, Timeout, follow
+from server.cli.upgrades import MACHINE_COLUMNS, Image, Selector, Timeout, add_controls, follow
 
 app = typer.Typer(no_args_is_help=True, help="Provision machines: power, netboot, check, install.")
 
@@ -182,26 +182,16 @@ def watch(
     follow(client(url, token_file), f"/api/v1/provisions/{rollout_id}", timeout, output)
 
 
-def _control(verb: str):  # type: ignore[no-untyped-def]
-    def command(
-        rollout_id: str,
-        url: UrlOpt = None,
-        token_file: TokenFileOpt = None,
-        output: OutOpt = Output.table,
-    ) -> None:
-        r = call(client(url, token_file), "POST", f"/api/v1/provisions/{rollout_id}/{verb}")
-        show([r], output, PROVISION_COLUMNS)
-
-    command.__doc__ = {
+add_controls(
+    app,
+    "/api/v1/provisions",
+    {
         "pause": "Start no more machines; machines in flight go on.",
         "resume": "Go on after a pause.",
         "cancel": "Start no more machines; in-flight ones finish. Nothing is powered off.",
-    }[verb]
-    return command
-
-
-for _verb in ("pause", "resume", "cancel"):
-    app.command(_verb)(_control(_verb))
+    },
+    PROVISION_COLUMNS,
+)
 
 
 @app.command("deprovision")

@@ -260,26 +260,37 @@ def watch(
     follow(client(url, token_file), f"/api/v1/upgrades/{rollout_id}", timeout, output)
 
 
-def _control(verb: str):  # type: ignore[no-untyped-def]
-    def command(
-        rollout_id: str,
-        url: UrlOpt = None,
-        token_file: TokenFileOpt = None,
-        output: OutOpt = Output.table,
-    ) -> None:
-        r = call(client(url, token_file), "POST", f"/api/v1/upgrades/{rollout_id}/{verb}")
-        show([r], output, ROLLOUT_COLUMNS)
+def add_controls(group: typer.Typer, base: str, docs: dict[str, str], columns: list[Col]) -> None:
+    """``group VERB ID`` for each verb in ``docs``: ``POST {base}/{id}/{verb}``, shown with
+    ``columns`` (rollout controls: upgrades and provisions alike)."""
 
-    command.__doc__ = {
+    def control(verb: str):  # type: ignore[no-untyped-def]
+        def command(
+            rollout_id: str,
+            url: UrlOpt = None,
+            token_file: TokenFileOpt = None,
+            output: OutOpt = Output.table,
+        ) -> None:
+            r = call(client(url, token_file), "POST", f"{base}/{rollout_id}/{verb}")
+            show([r], output, columns)
+
+        command.__doc__ = docs[verb]
+        return command
+
+    for verb in docs:
+        group.command(verb)(control(verb))
+
+
+add_controls(
+    app,
+    "/api/v1/upgrades",
+    {
         "pause": "Start no more machines; machines in flight finish.",
         "resume": "Go on after a pause.",
         "abort": "Start no more machines; in-flight ones finish or roll back (--on-abort).",
-    }[verb]
-    return command
-
-
-for _verb in ("pause", "resume", "abort"):
-    app.command(_verb)(_control(_verb))
+    },
+    ROLLOUT_COLUMNS,
+)
 
 
 def _machines(r: dict[str, Any]) -> list[dict[str, Any]]:
