@@ -35,7 +35,10 @@ from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
-SELECTOR = "rack=r07,role in (worker,storage),!maintenance"
+SELECTOR = "role in (worker,storage),zone=z1,!maintenance"
+"""A broad selector (15 % of the fleet): its page walks the name index."""
+RACK = "rack=r0007,!maintenance"
+"""A narrow one (36 machines of one rack): its page starts from the rack's label rows."""
 PG = os.environ.get("BRONZE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
@@ -66,10 +69,12 @@ def seed(url: str, n: int) -> None:
                 mac=":".join(f"{b:02x}" for b in (2, 0, 0, i >> 16 & 255, i >> 8 & 255, i & 255)),
             )
         )
-        lab = {
-            "rack": f"r{i % 40:02d}",
-            "role": ("worker", "storage", "control", "gpu")[(i // 40) % 4],
+        lab = {  # a rack holds 40 machines, 4 roles, 3 zones, 2 labels unique to the machine
+            "rack": f"r{i // 40:04d}",
+            "role": ("worker", "storage", "control", "gpu")[i % 4],
             "zone": f"z{i % 3}",
+            "asset": f"a{i:06d}",
+            "example.com/serial": f"sn{i * 7919 % 1_000_003:07d}",
         }
         if i % 10 == 0:
             lab["maintenance"] = ""

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, or_, select, tuple_
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select, tuple_, union_all
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -142,15 +142,24 @@ class Page:
     next_cursor: str | None
 
 
-def selector_clause(reqs: Sequence[Requirement]) -> ColumnElement[bool]:
-    """Translate parsed label requirements into indexed EXISTS sub-queries.
+_AUTO: Any = object()
 
-    The first ``key=value`` / ``key in (...)`` requirement is also given as an ``id IN (...)``
-    sub-query on the (key, value) index: planners then start from the few matching label rows
-    instead of walking every machine in sort order and probing each one.
+
+def selector_clause(
+    reqs: Sequence[Requirement], driver: Requirement | None = _AUTO
+) -> ColumnElement[bool]:
+    """Translate parsed label requirements into indexed sub-queries.
+
+    ``driver`` (by default the first ``key=value`` / ``key in (...)`` requirement) becomes an
+    ``id IN (...)`` sub-query on the (key, value) index: the planner starts from its few label
+    rows, which is right when every match is wanted (operations, rollouts) or when the matches
+    are few. Every other requirement is a correlated EXISTS probe of the primary key
+    (machine_id, key); with ``driver=None`` all of them are, and a sorted, limited query walks
+    the sort index and probes each machine until the page is full (:func:`list_machines`).
     """
+    if driver is _AUTO:
+        driver = next((r for r in reqs if r.op in (Op.EQ, Op.IN)), None)
     clauses: list[ColumnElement[bool]] = []
-    driver = next((r for r in reqs if r.op in (Op.EQ, Op.IN)), None)
     if driver is not None:
         clauses.append(
             Machine.id.in_(
@@ -170,6 +179,37 @@ def selector_clause(reqs: Sequence[Requirement]) -> ColumnElement[bool]:
         positive = r.op in (Op.EXISTS, Op.EQ, Op.IN)
         clauses.append(exists(sub) if positive else ~exists(sub))
     return and_(*clauses) if clauses else and_(True)
+
+
+FEW_MATCHES_PER_ROW = 20
+"""A page's driver requirement counts as "few matches" below this many label rows per row asked
+for: gathering and sorting them costs at most 20 x page."""
+
+
+def page_driver(session: Session, reqs: Sequence[Requirement], limit: int) -> Requirement | None:
+    """The requirement a page of :func:`list_machines` should start from, or ``None`` to walk the
+    sort index.
+
+    A page costs the smaller of two plans, and neither depends on the fleet's size: start from
+    the label rows of the most selective ``=``/``in`` requirement and sort them (costs its match
+    count), or walk the sort index and probe each machine's labels until the page is full (costs
+    page / selectivity). Which is smaller is decided by counting, with a cap, the label rows of
+    each candidate: an index range count that stops at ``FEW_MATCHES_PER_ROW * (limit + 1)``,
+    so the decision itself costs O(page). Planners cannot make this choice well on their own:
+    their estimate for ``key = 'rack' AND value = 'r07'`` multiplies two column statistics.
+    """
+    cap = FEW_MATCHES_PER_ROW * (limit + 1)
+    best: tuple[int, Requirement] | None = None
+    for r in reqs:
+        if r.op not in (Op.EQ, Op.IN):
+            continue
+        few = select(MachineLabel.machine_id).where(
+            MachineLabel.key == r.key, MachineLabel.value.in_(r.values)
+        )
+        n = session.scalar(select(func.count()).select_from(few.limit(cap).subquery())) or 0
+        if n < cap and (best is None or n < best[0]):
+            best = (n, r)
+    return best[1] if best else None
 
 
 def _encode_cursor(payload: dict[str, Any]) -> str:
@@ -218,7 +258,8 @@ def list_machines(
 ) -> Page:
     field, desc = parse_sort(sort)
     col = SORT_FIELDS[field]
-    stmt = select(Machine.__table__).where(selector_clause(selector))
+    driver = page_driver(session, selector, limit)
+    stmt = select(Machine.__table__).where(selector_clause(selector, driver))
     if phase:
         stmt = stmt.where(Machine.phase == phase)
     if cursor:
@@ -330,6 +371,11 @@ def machine_view(session: Session, key: str) -> dict[str, Any]:
     return machine_views(session, [mid])[0]
 
 
+def event_kinds(group: EventGroup) -> list[str]:
+    """Every kind under ``group`` (``machine`` -> ``machine.created``, ...)."""
+    return [k.value for k in EventKind if k.value.startswith(group.value + ".")]
+
+
 def list_events(
     session: Session,
     *,
@@ -340,23 +386,38 @@ def list_events(
     limit: int = 100,
     cursor: str | None = None,
 ) -> Page:
-    stmt = select(Event)
+    """Newest first. Each filter is answered by walking one index backwards and stopping after
+    the page: ``(machine_id, id)``, ``(kind, id)`` or the primary key. A group is one branch per
+    kind, each its own ``LIMIT``, merged: a page costs (kinds in the group) x (page), never the
+    group's whole history (``kind IN (...)`` alone would gather every match, then sort)."""
+    conds: list[ColumnElement[bool]] = []
     if machine_id:
-        stmt = stmt.where(Event.machine_id == machine_id)
-    if isinstance(kind, EventGroup):
-        stmt = stmt.where(Event.kind.startswith(kind.value + "."))
-    elif kind is not None:
-        stmt = stmt.where(Event.kind == kind.value)
+        conds.append(Event.machine_id == machine_id)
     if since:
-        stmt = stmt.where(Event.created_at >= since)
+        conds.append(Event.created_at >= since)
     if until:
-        stmt = stmt.where(Event.created_at < until)
+        conds.append(Event.created_at < until)
     if cursor:
         c = _decode_cursor(cursor)
         if not isinstance(c.get("id"), int):
             raise Invalid(message="invalid cursor", details={"field": "cursor"})
-        stmt = stmt.where(Event.id < c["id"])
-    rows = list(session.scalars(stmt.order_by(Event.id.desc()).limit(limit + 1)))
+        conds.append(Event.id < c["id"])
+    newest = Event.id.desc()
+    if isinstance(kind, EventGroup) and not machine_id:
+        branches = [
+            select(Event.id).where(*conds, Event.kind == k).order_by(newest).limit(limit + 1)
+            for k in event_kinds(kind)
+        ]
+        merged = union_all(*(select(b.subquery().c.id) for b in branches)).subquery()
+        ids = select(merged.c.id).order_by(merged.c.id.desc()).limit(limit + 1)
+        stmt = select(Event).where(Event.id.in_(ids))
+    else:
+        if isinstance(kind, EventGroup):  # one machine's events: walk them, keep the group's
+            conds.append(Event.kind.in_(event_kinds(kind)))
+        elif kind is not None:
+            conds.append(Event.kind == kind.value)
+        stmt = select(Event).where(*conds)
+    rows = list(session.scalars(stmt.order_by(newest).limit(limit + 1)))
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]

@@ -48,7 +48,7 @@ class Machine(Base):
     name: Mapped[str] = mapped_column(String(63), unique=True)
     smbios_uuid: Mapped[str | None] = mapped_column(String(36), unique=True)
     serial: Mapped[str | None] = mapped_column(String(128))
-    phase: Mapped[str] = mapped_column(String(32), index=True)
+    phase: Mapped[str] = mapped_column(String(32))
     power_observed: Mapped[str] = mapped_column(String(16), default="unknown")
     power_observed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     power_error: Mapped[str | None] = mapped_column(Text)
@@ -82,12 +82,8 @@ class Machine(Base):
     power_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     """Consecutive failed power-state reads; 3 put the machine in maintenance."""
     hardware: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, index=True
-    )
-    updated_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, index=True
-    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     revision: Mapped[int] = mapped_column(Integer, default=1)
     """Optimistic-concurrency counter: a write based on a stale read fails instead of losing
     data."""
@@ -100,6 +96,11 @@ class Machine(Base):
     )
 
     __mapper_args__ = {"version_id_col": revision}
+    __table_args__ = (  # a page walks (sort column, id) and stops: migration 0014
+        Index("ix_machines_created_at_id", "created_at", "id"),
+        Index("ix_machines_updated_at_id", "updated_at", "id"),
+        Index("ix_machines_phase_id", "phase", "id"),
+    )
 
     @property
     def labels(self) -> dict[str, str]:
@@ -145,13 +146,18 @@ class Event(Base):
     created_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), default=utcnow, index=True
     )
-    machine_id: Mapped[str | None] = mapped_column(String(36), index=True)
+    machine_id: Mapped[str | None] = mapped_column(String(36))
     """Not a foreign key: events outlive the machines they describe."""
     machine_name: Mapped[str | None] = mapped_column(String(63))
     actor: Mapped[str] = mapped_column(String(128))
-    kind: Mapped[str] = mapped_column(String(64), index=True)
+    kind: Mapped[str] = mapped_column(String(64))
     message: Mapped[str] = mapped_column(Text)
     data: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+
+    __table_args__ = (  # newest first per machine or per kind: migration 0014
+        Index("ix_events_machine_id_id", "machine_id", "id"),
+        Index("ix_events_kind_id", "kind", "id"),
+    )
 
 
 class ApiToken(Base):
@@ -178,9 +184,7 @@ class Operation(Base):
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     status: Mapped[str] = mapped_column(String(16), index=True)
     requested_by: Mapped[str] = mapped_column(String(128))
-    created_at: Mapped[datetime] = mapped_column(
-        DateTime(timezone=True), default=utcnow, index=True
-    )
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     error: Mapped[str | None] = mapped_column(Text)
@@ -190,6 +194,8 @@ class Operation(Base):
     items: Mapped[list[OperationItem]] = relationship(
         cascade="all, delete-orphan", lazy="selectin", order_by="OperationItem.id"
     )
+
+    __table_args__ = (Index("ix_operations_created_at_id", "created_at", "id"),)
 
 
 class OperationItem(Base):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import select, tuple_
 from sqlalchemy.orm import Session
 
 from server.errors import Invalid
@@ -52,12 +52,8 @@ def list_operations(s: Session, *, limit: int, cursor: str | None = None) -> inv
             op_id = str(c["id"])
         except (KeyError, TypeError, ValueError):
             raise Invalid(message="invalid cursor", details={"field": "cursor"}) from None
-        stmt = stmt.where(
-            or_(
-                Operation.created_at < at,
-                and_(Operation.created_at == at, Operation.id < op_id),
-            )
-        )
+        # one row-value comparison: the planner seeks ix_operations_created_at_id to it
+        stmt = stmt.where(tuple_(Operation.created_at, Operation.id) < tuple_(at, op_id))
     order = (Operation.created_at.desc(), Operation.id.desc())
     rows = list(s.scalars(stmt.order_by(*order).limit(limit + 1)))
     next_cursor = None
