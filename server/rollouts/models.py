@@ -33,6 +33,10 @@ class Rollout(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     created_by: Mapped[str] = mapped_column(String(128))
 
+    __table_args__ = (  # a kind's list, newest first: migration 0014
+        Index("ix_rollouts_kind_created_at_id", "kind", "created_at", "id"),
+    )
+
 
 class RolloutMachine(Base):
     __tablename__ = "rollout_machines"
