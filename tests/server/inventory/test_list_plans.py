@@ -9,11 +9,13 @@ captured and explained with the same parameters.
 - SQLite: ``EXPLAIN QUERY PLAN``. A plan fails when it ``SCAN``s a big table (with or without
   an index), except the paged table walked in the page's order under a LIMIT (no temp B-tree
   sort in that plan), or sorts the rows of a page that should come off the sort index in order
-  (``USE TEMP B-TREE FOR ORDER BY``).
+  (``USE TEMP B-TREE FOR ORDER BY`` at the top of the plan).
 - PostgreSQL: ``EXPLAIN (FORMAT JSON)`` after ``ANALYZE``, with the planner's default settings
   (``enable_seqscan`` stays on: the assertion is that with real statistics for this many rows
-  the planner itself picks the index walk). A plan fails on a ``Seq Scan`` of a big table, an
-  index scan without an index condition of a table other than the paged one, or a ``Sort`` in a
+  the planner itself picks the index walk). A plan fails on a ``Seq Scan`` of a big table, or an
+  index scan without an index condition of a table other than the paged one, unless the scan
+  streams into a ``Limit`` with no blocking node (Sort, Hash, Aggregate, ...) in between (it
+  stops when the page, or ``page_driver``'s capped count, is full), or on a ``Sort`` in a
   plan that should walk the sort index (an ``Incremental Sort`` is allowed: its input is
   already in order on the leading column, e.g. ``name, id`` over the unique name index, so it
   stops with the page). Migration 0014's (key, value) statistics are what make the planner
@@ -210,37 +212,56 @@ def captured(engine: Engine) -> Iterator[Captured]:
 
 
 def _sqlite_problems(conn: Any, sql: str, params: Any, paged: str, sorts: bool) -> list[str]:
-    details = [row[-1] for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params)]
-    sorted_here = any(d.startswith("USE TEMP B-TREE FOR ORDER BY") for d in details)
+    plan = [(row[1], row[-1]) for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + sql, params)]
+    # Only a sort of the statement's own rows (parent 0) sorts the page; a correlated
+    # sub-query's sort orders one row's parts (a machine's NICs by MAC).
+    sorted_here = any(p == 0 and d.startswith("USE TEMP B-TREE FOR ORDER BY") for p, d in plan)
     # a SCAN of the paged table in the page's order, under a LIMIT, stops with the page
     walk = "LIMIT" in sql and not sorted_here
     problems = []
-    for detail in details:
+    for _, detail in plan:
         scan = re.match(r"SCAN (\w+)", detail)
         if scan and scan.group(1) in BIG and not (walk and scan.group(1) in paged.split()):
             problems.append(detail)
-        if detail.startswith("USE TEMP B-TREE FOR ORDER BY") and not sorts:
-            problems.append(detail)
+    if sorted_here and not sorts:
+        problems.append("USE TEMP B-TREE FOR ORDER BY")
     return [f"{p}\n  in {sql}" for p in problems]
 
 
-def _pg_nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    yield plan
-    for sub in plan.get("Plans", []):
-        yield from _pg_nodes(sub)
+BLOCKING = {"Sort", "Hash", "Aggregate", "Materialize", "SetOp", "Unique", "WindowAgg"}
+"""Nodes that read all of their input before they return a row."""
+
+
+@dataclass(frozen=True)
+class Where:
+    subplan: bool
+    """Inside a SubPlan: evaluated per row of the page (one machine's NICs)."""
+    stops: bool
+    """Streams into a Limit with nothing blocking in between: it stops when the page is full."""
+
+
+def _pg_nodes(plan: dict[str, Any], at: Where) -> Iterator[tuple[dict[str, Any], Where]]:
+    yield plan, at
+    kind = plan["Node Type"]
+    stops = (at.stops or kind == "Limit") and kind not in BLOCKING
+    for child in plan.get("Plans", []):
+        sub = at.subplan or child.get("Parent Relationship") == "SubPlan"
+        yield from _pg_nodes(child, Where(sub, stops))
 
 
 def _pg_problems(conn: Any, sql: str, params: Any, paged: str, sorts: bool) -> list[str]:
     doc = conn.exec_driver_sql("EXPLAIN (FORMAT JSON) " + sql, params).scalar_one()
     problems = []
-    for node in _pg_nodes(doc[0]["Plan"]):
+    for node, at in _pg_nodes(doc[0]["Plan"], Where(False, False)):
         kind, rel = node["Node Type"], node.get("Relation Name")
-        if kind == "Seq Scan" and rel in BIG:
+        if kind == "Seq Scan" and rel in BIG and not at.stops:
             problems.append(f"Seq Scan on {rel}")
         if kind in ("Index Scan", "Index Only Scan") and rel in BIG and rel not in paged.split():
-            if "Index Cond" not in node:
+            if "Index Cond" not in node and not at.stops:
                 problems.append(f"{kind} of all of {rel} ({node.get('Index Name')})")
-        if kind == "Sort" and not sorts:  # an Incremental Sort's input is in order: it stops
+        # an Incremental Sort's input is already in order: it stops with the page; a SubPlan's
+        # sort orders one row's parts
+        if kind == "Sort" and not sorts and not at.subplan:
             problems.append(f"{kind} by {node.get('Sort Key')}")
     return [f"{p}\n  in {sql}" for p in problems]
 
