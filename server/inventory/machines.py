@@ -8,6 +8,7 @@ transaction.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import uuid as uuidlib
 from collections.abc import Sequence
@@ -296,7 +297,12 @@ def machine_views(session: Session, ids: Sequence[str]) -> list[dict[str, Any]]:
     return [_view(by_id[i]) for i in ids if i in by_id]
 
 
-def _view_columns(session: Session) -> list[Any]:
+def _view_columns(session: Session) -> tuple[Any, ...]:
+    return _view_columns_of(session.get_bind().dialect.name)
+
+
+@functools.cache
+def _view_columns_of(dialect: str) -> tuple[Any, ...]:
     """What a machine's view is made of, as the columns of one query: the machine's own columns
     and its NICs and labels, each aggregated by the database into one JSON array (SQLite's
     ``json_group_array``, PostgreSQL's ``json_agg``) in the order the API shows them.
@@ -307,7 +313,7 @@ def _view_columns(session: Session) -> list[Any]:
     the view with :func:`_view`, the one serializer of reads and writes."""
 
     def agg(*cols: Any) -> Any:  # a JSON array of arrays, in the order of the first column
-        if session.get_bind().dialect.name == "postgresql":
+        if dialect == "postgresql":
             return func.json_agg(aggregate_order_by(func.json_build_array(*cols), cols[0]))
         return func.json_group_array(func.json_array(*cols))  # rows come in the subquery's order
 
@@ -325,11 +331,11 @@ def _view_columns(session: Session) -> list[Any]:
         .correlate(Machine)
         .subquery()
     )
-    return [
+    return (
         *Machine.__table__.c,
         select(agg(n.c.mac, n.c.name, n.c.ip)).scalar_subquery().label("nics_json"),
         select(agg(lab.c.key, lab.c.value)).scalar_subquery().label("labels_json"),
-    ]
+    )
 
 
 def iso(value: datetime | None) -> str | None:
@@ -385,10 +391,10 @@ def _view(r: Any) -> dict[str, Any]:
 
 def machine_view(session: Session, key: str) -> dict[str, Any]:
     """One machine's API representation, by id or name."""
-    mid = session.scalar(select(Machine.id).where(_by_key(key)))
-    if mid is None:
+    row = session.execute(select(*_view_columns(session)).where(_by_key(key))).first()
+    if row is None:
         raise NotFound(kind="machine", key=key)
-    return machine_views(session, [mid])[0]
+    return _view(row)
 
 
 def event_kinds(group: EventGroup) -> list[str]:
