@@ -344,14 +344,14 @@ def main() -> None:
         f"p99 {top['p99']:.2f} ms, {top['rps']:.0f} req/s"
     )
     head = "".join(f"{f'{n:,} p50/p99 ms':>22}{'req/s':>8}" for n in sizes)
-    print(f"{'backend':<20}{'request':<28}{head}{'p99 ratio':>11}")
+    print(f"{'backend':<22}{'request':<28}{head}{'p99 ratio':>11}")
     keys = list(dict.fromkeys((b, label) for b, label, _, _ in rows))
     got = {(b, label, n): r for b, label, n, r in rows}
     for b, label in keys:
         cells = [got[(b, label, n)] for n in sizes]
         line = "".join(f"{r['p50']:>13.2f} /{r['p99']:>7.2f}{r['rps']:>8.0f}" for r in cells)
         ratio = cells[-1]["p99"] / cells[0]["p99"]
-        print(f"{b:<20}{label:<28}{line}{ratio:>10.2f}x")
+        print(f"{b:<22}{label:<28}{line}{ratio:>10.2f}x")
 
 
 if __name__ == "__main__":
