@@ -134,6 +134,9 @@ def remove_domain(name: str, libvirtd_alive: bool) -> None:
         LIBVIRT_LOG / f"{name}.log",
         LIBVIRT_RUN / f"{name}.pid",
         LIBVIRT_RUN / f"{name}.xml",
+        # a Redfish boot override in UEFI mode makes sushy's libvirt driver add an OVMF loader
+        # with its NVRAM here (not in the lab's dir)
+        LIBVIRT_LIB / "nvram" / f"{name}_VARS.fd",
     ):
         with contextlib.suppress(FileNotFoundError):
             path.unlink()

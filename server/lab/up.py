@@ -158,13 +158,11 @@ class Api:
     def __call__(self, method: str, path: str, **kw: Any) -> Any:
         token = self.token_file.read_text().strip()
 
+        kw.setdefault("timeout", 30)
+
         def go() -> Any:
             r = httpx.request(
-                method,
-                self.url + path,
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=30,
-                **kw,
+                method, self.url + path, headers={"Authorization": f"Bearer {token}"}, **kw
             )
             if r.status_code >= 400:
                 raise LabError(f"{method} {path}: HTTP {r.status_code} {r.text[:300]}")
@@ -421,24 +419,45 @@ class Up:
                 shutil.copy2(data / "pki" / f, pki_cache / f)
         return data / "admin.token"
 
-    def image(self, token_file: Path) -> None:
-        self.log("building (or reusing) the node OS image and uploading it (bronze images build)")
-        bronze = str(Path(sys.executable).with_name("bronze"))
-        log_file = self.dir / "image-build.log"
-        with open(log_file, "wb") as out:
-            res = subprocess.run(  # noqa: S603
-                ["ip", "netns", "exec", self.ns, bronze, "images", "build",
-                 "--ca", str(self.cache / "pki" / "ca.crt"), "--repo", str(repo_root()),
-                 "--cache-dir", str(IMAGE_CACHE), "--upload", IMAGE_NAME,
-                 "--url", self.plan.api_url, "--token-file", str(token_file)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, timeout=1200,
-            )  # fmt: skip
-        text = log_file.read_text(errors="replace")
-        if res.returncode != 0:
-            raise LabError(f"bronze images build failed ({res.returncode}):\n{text[-2000:]}")
-        for line in text.splitlines():
-            if line.startswith(("image ", "total ")):
-                self.log(line)
+    def image(self, api: Api) -> None:
+        """Built in the host namespace (debootstrap and pip need the mirror and package index,
+        which the lab cannot reach), uploaded from inside it through the REST API, as
+        ``bronze images build --upload`` does: two assets, then the image."""
+        from agent.image.build import BuildError, BuildRequest, build_image
+        from agent.image.cpio import CpioError
+        from agent.image.debian import DebianError
+        from agent.image.modules import ModuleError
+
+        self.log("building (or reusing) the node OS image (agent.image, cached by its inputs)")
+        req = BuildRequest(
+            repo=repo_root(), ca=self.cache / "pki" / "ca.crt", cache_dir=IMAGE_CACHE
+        )
+        try:
+            result = build_image(req, log=lambda m: self.log(f"  {m}"))
+        except (BuildError, CpioError, DebianError, ModuleError) as exc:
+            raise LabError(f"image build: {exc}") from None
+        version = result.key[:12]
+        size = sum(result.sizes.values()) / (1 << 20)
+        self.log(f"image {version} ({'cached' if result.cached else 'built'}, {size:.1f} MiB)")
+        assets = []
+        for path in (result.kernel, result.initrd):
+            name = f"{IMAGE_NAME}-{version}-{path.name}"
+            self.log(f"uploading {name}")
+            with path.open("rb") as fh:
+                api(
+                    "PUT",
+                    f"/api/v1/assets/{name}",
+                    params={"sha256": result.sha256[path.name]},
+                    content=fh.read(),
+                    timeout=300,
+                )
+            assets.append(name)
+        api("POST", "/api/v1/images", json={
+            "name": IMAGE_NAME, "version": version, "kernel": assets[0],
+            "initrds": assets[1:], "args": list(result.args),
+        })  # fmt: skip
+        self.rec.data["image"] = {"version": version, "bytes": sum(result.sizes.values())}
+        self.rec.save()
 
     def register(self, api: Api, password: str, with_image: bool) -> None:
         p = self.plan
@@ -498,7 +517,7 @@ def up(plan: cfg.Plan, *, image: bool, log: Log, cache: Path = CACHE) -> dict[st
     token_file = u.bronze()
     api = Api(plan.netns, plan.api_url, token_file)
     if image:
-        u.image(token_file)
+        u.image(api)
     u.register(api, password, image)
     records.data["status"] = "up"
     records.data["up_seconds"] = round(time.monotonic() - t0, 1)
@@ -542,6 +561,7 @@ def status(state_dir: Path) -> dict[str, Any]:
         "bmc_password_file": str(state_dir / "bmc.password"),
         "state_dir": str(state_dir),
         "up_seconds": records.data.get("up_seconds"),
+        "image": records.data.get("image"),
         "processes": procs,
         "machines": vms,
     }
