@@ -133,8 +133,13 @@ def make_plan(
 def domain_xml(plan: Plan, vm: Vm) -> str:
     """A TCG domain: virtio disk and NIC on the lab bridge, serial console to a file, disk first
     (the BMC switches the next boot to the network)."""
+    # BIOS: libvirt's firmware auto-selection (`firmware='bios'`). sushy-emulator's libvirt
+    # driver answers a Legacy boot-mode override by writing `<loader type='rom'/>` without a path
+    # when the firmware is selected by hand, which libvirt refuses (HTTP 500 to the BMC client)
+    firmware = " firmware='bios'"
     loader = ""
     if vm.nvram:
+        firmware = ""
         loader = (
             f"<loader readonly='yes' type='pflash'>{OVMF_CODE}</loader>"
             f"<nvram template='{OVMF_VARS}'>{escape(vm.nvram)}</nvram>"
@@ -144,7 +149,7 @@ def domain_xml(plan: Plan, vm: Vm) -> str:
   <uuid>{vm.uuid}</uuid>
   <memory unit='MiB'>{plan.memory_mib}</memory>
   <vcpu>1</vcpu>
-  <os>
+  <os{firmware}>
     <type arch='x86_64' machine='q35'>hvm</type>
     {loader}
     <boot dev='hd'/>
