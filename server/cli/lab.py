@@ -84,7 +84,10 @@ def _show(data: dict[str, Any], output: Output) -> None:
 def up_cmd(
     machines: Annotated[int, typer.Option("--machines", help="Number of VMs.")] = 2,
     firmware: Annotated[
-        str, typer.Option("--firmware", help="bios (SeaBIOS + iPXE) or uefi (OVMF).")
+        str,
+        typer.Option(
+            "--firmware", help="bios (SeaBIOS + iPXE), uefi (OVMF) or mixed (odd VMs UEFI)."
+        ),
     ] = "bios",
     ipmi: Annotated[
         int, typer.Option("--ipmi", help="How many VMs are registered with an IPMI BMC.")

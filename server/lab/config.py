@@ -11,6 +11,7 @@ from xml.sax.saxutils import escape
 
 OVMF_CODE = Path("/usr/share/OVMF/OVMF_CODE_4M.fd")
 OVMF_VARS = Path("/usr/share/OVMF/OVMF_VARS_4M.fd")
+SEABIOS = Path("/usr/share/seabios/bios-256k.bin")
 REDFISH_BASE_PORT = 8100
 IPMI_BASE_PORT = 6230
 API_PORT = 8080
@@ -28,7 +29,10 @@ class Vm:
     ipmi_port: int | None
     disk: str
     console: str
-    nvram: str | None
+    firmware: str
+    """``bios`` (SeaBIOS + the iPXE ROM) or ``uefi`` (OVMF: native PXE, TFTP, then iPXE)."""
+    nvram: str
+    """OVMF's variable store (UEFI; a Legacy -> UEFI override gets libvirt's own path)."""
 
 
 @dataclass(frozen=True)
@@ -98,8 +102,8 @@ def make_plan(
         raise ValueError("--machines must be 1..32")
     if not (0 <= ipmi <= machines):
         raise ValueError("--ipmi must be 0..--machines")
-    if firmware not in ("bios", "uefi"):
-        raise ValueError("--firmware must be bios or uefi")
+    if firmware not in ("bios", "uefi", "mixed"):
+        raise ValueError("--firmware must be bios, uefi or mixed")
     if net.version != 4 or net.prefixlen > 24 or not net.is_private:
         raise ValueError("--subnet must be a private IPv4 network of /24 or larger")
     vms = []
@@ -114,7 +118,8 @@ def make_plan(
                 ipmi_port=IPMI_BASE_PORT + i if i < ipmi else None,
                 disk=str(state_dir / f"{vm}.qcow2"),
                 console=str(state_dir / f"{vm}-console.log"),
-                nvram=str(state_dir / f"{vm}-VARS.fd") if firmware == "uefi" else None,
+                firmware=vm_firmware(firmware, i),
+                nvram=str(state_dir / f"{vm}_VARS.fd"),
             )
         )
     return Plan(
@@ -130,26 +135,37 @@ def make_plan(
     )
 
 
+def vm_firmware(firmware: str, index: int) -> str:
+    """``mixed``: even VMs BIOS, odd VMs UEFI."""
+    if firmware == "mixed":
+        return "uefi" if index % 2 else "bios"
+    return firmware
+
+
 def domain_xml(plan: Plan, vm: Vm) -> str:
     """A TCG domain: virtio disk and NIC on the lab bridge, serial console to a file, disk first
     (the BMC switches the next boot to the network)."""
-    # BIOS: libvirt's firmware auto-selection (`firmware='bios'`). sushy-emulator's libvirt
-    # driver answers a Legacy boot-mode override by writing `<loader type='rom'/>` without a path
-    # when the firmware is selected by hand, which libvirt refuses (HTTP 500 to the BMC client)
-    firmware = " firmware='bios'"
-    loader = ""
-    if vm.nvram:
-        firmware = ""
+    # Firmware chosen by hand, the same files sushy-emulator writes for a boot-mode override
+    # (`sushy_config`: its defaults are a pathless Legacy loader, which libvirt refuses, and the
+    # secure-boot OVMF, which needs SMM); no firmware auto-selection (Debian ships no SeaBIOS
+    # descriptor for it).
+    if vm.firmware == "uefi":
         loader = (
-            f"<loader readonly='yes' type='pflash'>{OVMF_CODE}</loader>"
+            f"<loader readonly='yes' secure='no' type='pflash'>{OVMF_CODE}</loader>"
             f"<nvram template='{OVMF_VARS}'>{escape(vm.nvram)}</nvram>"
         )
+    else:
+        loader = f"<loader readonly='yes' type='rom'>{SEABIOS}</loader>"
+    # UEFI: no option ROM on the NIC, so OVMF's own PXE runs (DHCP, TFTP snponly.efi, then
+    # iPXE), as on a real UEFI machine; QEMU's default virtio ROM is an EFI iPXE driver that
+    # would skip the TFTP step
+    rom = "\n      <rom enabled='no'/>" if vm.firmware == "uefi" else ""
     return f"""<domain type='qemu'>
   <name>{escape(vm.name)}</name>
   <uuid>{vm.uuid}</uuid>
   <memory unit='MiB'>{plan.memory_mib}</memory>
   <vcpu>1</vcpu>
-  <os{firmware}>
+  <os>
     <type arch='x86_64' machine='q35'>hvm</type>
     {loader}
     <boot dev='hd'/>
@@ -168,7 +184,7 @@ def domain_xml(plan: Plan, vm: Vm) -> str:
     <interface type='bridge'>
       <source bridge='{plan.bridge}'/>
       <mac address='{vm.mac}'/>
-      <model type='virtio'/>
+      <model type='virtio'/>{rom}
     </interface>
     <serial type='file'>
       <source path='{escape(vm.console)}'/>
@@ -189,6 +205,9 @@ def sushy_config(vm: Vm, auth_file: Path, state_dir: Path) -> str:
         f"SUSHY_EMULATOR_ALLOWED_INSTANCES = [{vm.uuid!r}]\n"
         f"SUSHY_EMULATOR_AUTH_FILE = {str(auth_file)!r}\n"
         f"SUSHY_EMULATOR_STATE_DIR = {str(state_dir)!r}\n"
+        "SUSHY_EMULATOR_BOOT_LOADER_MAP = {"
+        f"'UEFI': {{'x86_64': {str(OVMF_CODE)!r}}}, 'Legacy': {{'x86_64': {str(SEABIOS)!r}}}}}\n"
+        f"SUSHY_EMULATOR_SECURE_BOOT_DISABLED_NVRAM = {str(OVMF_VARS)!r}\n"
     )
 
 

@@ -75,7 +75,7 @@ def missing_tools(firmware: str) -> list[str]:
         out.append("python3 module libvirt (Debian package python3-libvirt)")
     if not Path("/usr/lib/ipxe/qemu/efi-virtio.rom").exists():
         out.append("QEMU's iPXE ROM /usr/lib/ipxe/qemu/efi-virtio.rom (Debian package ipxe-qemu)")
-    if firmware == "uefi" and not cfg.OVMF_CODE.exists():
+    if firmware in ("uefi", "mixed") and not cfg.OVMF_CODE.exists():
         out.append(f"{cfg.OVMF_CODE} (Debian package ovmf)")
     if not Path("/usr/lib/ipxe/snponly.efi").exists():
         out.append("/usr/lib/ipxe/snponly.efi (Debian package ipxe)")
@@ -268,7 +268,7 @@ class Up:
     def domains(self) -> None:
         for vm in self.plan.vms:
             self.log(
-                f"VM {vm.name} {vm.mac} ({self.plan.firmware}, {self.plan.memory_mib} MiB, "
+                f"VM {vm.name} {vm.mac} ({vm.firmware}, {self.plan.memory_mib} MiB, "
                 f"{self.plan.disk_gib} GiB disk)"
             )
             run(
@@ -545,6 +545,7 @@ def status(state_dir: Path) -> dict[str, Any]:
                 "mac": vm.mac,
                 "uuid": vm.uuid,
                 "state": state.stdout.strip() if state.returncode == 0 else "unknown",
+                "firmware": vm.firmware,
                 "redfish": f"127.0.0.1:{vm.redfish_port}",
                 "ipmi": f"127.0.0.1:{vm.ipmi_port}" if vm.ipmi_port else None,
                 "console": vm.console,

@@ -1,10 +1,12 @@
 """The end-to-end stage: a lab of 2 TCG VMs booting bronze's OS image with real firmware, driven
 through bronze's CLI (and so its REST API) only.
 
-1. ``bronze boot-device set --device pxe --once --legacy`` + ``bronze power on``: vm0 through
-   its IPMI BMC (VirtualBMC), vm1 through its Redfish BMC (sushy-emulator, libvirt driver);
-2. SeaBIOS + iPXE netboot bronze's script: ``bronze machines timeline`` shows DHCP -> script ->
-   kernel -> initrd (BIOS iPXE loads over HTTP: no TFTP step);
+1. ``bronze boot-device set --device pxe --once`` + ``bronze power on``: vm0 (SeaBIOS, the
+   iPXE ROM) through its IPMI BMC (VirtualBMC), vm1 (OVMF, its own PXE: ``--firmware mixed``)
+   through its Redfish BMC (sushy-emulator, libvirt driver);
+2. real firmware netboots bronze's script: ``bronze machines timeline`` shows DHCP -> script ->
+   kernel -> initrd for vm0, DHCP -> TFTP (snponly.efi) -> DHCP (iPXE) -> script -> kernel ->
+   initrd for vm1;
 3. the agent in each VM enrolls over mTLS (``bronze agent show``) and its inventory matches the
    VM (``bronze machines show``: MAC, disk size, memory);
 4. a config patch (``bronze config patches create``) with a file and a sysctl: the file read
@@ -66,7 +68,9 @@ class Stage:
 
     def json(self, *args: str, timeout: float = 120) -> Any:
         res = self.cli(*args, "-o", "json", timeout=timeout)
-        assert res.returncode == 0, f"bronze {' '.join(args)}: {res.stderr[-3000:]}"
+        assert res.returncode == 0, (
+            f"bronze {' '.join(args)}: {res.stdout[-3000:]} {res.stderr[-3000:]}"
+        )
         return json.loads(res.stdout)
 
     def console(self, name: str, n: int = 40) -> str:
@@ -121,6 +125,11 @@ def _t(iso: str) -> float:
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
 
+def _in_order(want: list[str], got: list[str]) -> bool:
+    it = iter(got)
+    return all(any(k == w for k in it) for w in want)
+
+
 def _timeline(stage: Stage, name: str) -> list[dict[str, Any]]:
     data = stage.json("machines", "timeline", name)
     return list(data["items"] if isinstance(data, dict) else data)
@@ -131,7 +140,7 @@ def test_stage_power_netboot_enroll_inventory_config(lab: LabCli) -> None:
     t_stage = time.monotonic()
     FIGURES.clear()
     res = lab.run(
-        "up", "--machines", "2", "--ipmi", "1", "--memory", str(MEMORY_MIB),
+        "up", "--machines", "2", "--ipmi", "1", "--firmware", "mixed", "--memory", str(MEMORY_MIB),
         "--disk", str(DISK_GIB), "-o", "json", timeout=1200,
     )  # fmt: skip
     assert res.returncode == 0, f"bronze lab up: {res.stderr[-4000:]}"
@@ -144,9 +153,12 @@ def test_stage_power_netboot_enroll_inventory_config(lab: LabCli) -> None:
     shown = {n: stage.json("machines", "show", n) for n in (vm0, vm1)}
     assert shown[vm0]["bmc"]["driver"] == "ipmi" and shown[vm1]["bmc"]["driver"] == "redfish"
 
-    # 1. boot device PXE once (BIOS: --legacy), then power on, each through its own BMC
-    for op in stage.json("boot-device", "set", vm0, vm1, "--device", "pxe", "--once", "--legacy"):
-        assert op["status"] == "succeeded", op
+    assert stage.vms[vm0]["firmware"] == "bios" and stage.vms[vm1]["firmware"] == "uefi"
+    # 1. boot device PXE once (vm0 SeaBIOS: --legacy; vm1 OVMF: --uefi), then power on, each
+    # through its own BMC
+    for name, mode in ((vm0, "--legacy"), (vm1, "--uefi")):
+        for op in stage.json("boot-device", "set", name, "--device", "pxe", "--once", mode):
+            assert op["status"] == "succeeded", op
     for op in stage.json("power", "on", vm0, vm1):
         assert op["status"] == "succeeded", op
 
@@ -161,20 +173,25 @@ def test_stage_power_netboot_enroll_inventory_config(lab: LabCli) -> None:
     except AssertionError:
         raise AssertionError("agents did not enroll\n" + stage.diagnostics()) from None
 
-    per_machine = {}
+    per_machine: dict[str, Any] = {}
     for name in (vm0, vm1):
         tl = _timeline(stage, name)
         steps = [e["kind"] for e in tl]
         on = max(i for i, k in enumerate(steps) if k == "power.succeeded")
-        after = [
-            k
-            for k in steps[on:]
-            if k in ("DISCOVER", "OFFER", "REQUEST", "ACK", "SCRIPT", "KERNEL", "INITRD")
-        ]
-        # 2. firmware: DHCP -> script -> kernel -> initrd (then the OS's own DHCP)
-        assert after[:7] == ["DISCOVER", "OFFER", "REQUEST", "ACK", "SCRIPT", "KERNEL", "INITRD"], (
-            steps
-        )
+        # 2. firmware: DHCP -> (TFTP) -> script -> kernel -> initrd (then the OS's own DHCP).
+        # SeaBIOS' iPXE ROM fetches the script over HTTP; OVMF's own PXE first loads
+        # snponly.efi (iPXE) over TFTP, and iPXE asks DHCP again. In this order, other steps
+        # between allowed (iPXE may ask DHCP twice).
+        want = ["DISCOVER", "OFFER", "REQUEST", "ACK"]
+        if stage.vms[name]["firmware"] == "uefi":
+            want += ["TFTP_COMPLETE", "DISCOVER", "OFFER", "REQUEST", "ACK"]
+        want += ["SCRIPT", "KERNEL", "INITRD"]
+        assert _in_order(want, steps[on:]), f"{name}: want {want} in order, got {', '.join(steps)}"
+        if stage.vms[name]["firmware"] == "bios":
+            assert "TFTP_COMPLETE" not in steps[on : steps.index("SCRIPT", on)], steps
+        else:
+            tftp = next(e for e in tl[on:] if e["kind"] == "TFTP_COMPLETE")
+            assert tftp["detail"]["file"] == "snponly.efi", tftp
         kernel = next(e for e in tl[on:] if e["kind"] == "KERNEL")
         initrd = next(e for e in tl[on:] if e["kind"] == "INITRD")
         assert kernel["detail"]["complete"] and initrd["detail"]["complete"], (kernel, initrd)
@@ -183,6 +200,7 @@ def test_stage_power_netboot_enroll_inventory_config(lab: LabCli) -> None:
         t_on = _t(tl[on]["time"] if "time" in tl[on] else tl[on]["at"])
         per_machine[name] = {
             "bmc": shown[name]["bmc"]["driver"],
+            "firmware": stage.vms[name]["firmware"],
             "power_on_to_enrolled_s": round(_t(agent["hello_at"]) - t_on, 1),
         }
         # 3. inventory matches the VM
