@@ -76,6 +76,16 @@ def test_up_then_down_leaves_the_host_as_found(lab: LabCli) -> None:
     assert len(pids) == 7, pids  # virtlogd libvirtd 2x sushy vbmcd ra bronze
     status = lab.json("status")
     assert all(p["running"] for p in status["processes"]), status["processes"]
+    # the BMC password: in its 0600 file and VirtualBMC's 0600 config, nowhere else (logs, argv)
+    password = Path(status["bmc_password_file"]).read_bytes().strip()
+    holders = [p for p in lab.state_dir.rglob("*") if p.is_file() and password in p.read_bytes()]
+    assert sorted(p.name for p in holders) == ["bmc.password", "config"], holders
+    assert all(p.stat().st_mode & 0o077 == 0 for p in holders)
+    for proc in Path("/proc").iterdir():
+        try:
+            assert password not in (proc / "cmdline").read_bytes(), proc
+        except OSError:
+            continue
     # the lab's bronze answers, and its machines were registered through its REST API with BMCs
     api = status["api_url"]
     token = Path(status["token_file"]).read_text().strip()
