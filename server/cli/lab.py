@@ -23,8 +23,8 @@ from server.cli.common import (
     render_table,
 )
 from server.lab import config as cfg
-from server.lab.state import Records, teardown
-from server.lab.up import LabError, status, up
+from server.lab.state import Records, status, teardown
+from server.lab.up import LabError, up
 
 app = typer.Typer(no_args_is_help=True, help="A virtual rack on this host: VMs, BMCs, boot plane.")
 DEFAULT_DIR = Path(os.environ.get("BRONZE_LAB_DIR", "/var/lib/bronze-lab"))

@@ -7,7 +7,9 @@ and a ``bronze serve`` bound to the bridge address that runs the boot plane and 
 | module | what |
 |---|---|
 | ``config.py`` | pure: the lab's plan (names, addresses, ports, MACs) and the peers' config texts |
-| ``state.py`` | the lab's own records (``state.json``) and the teardown that reads them |
+| ``tools.py`` | what the host needs: programs named with their Debian package, the BMC venv |
+| ``netns.py`` | reaching into the namespace: child signals, setns threads, the lab's REST API |
+| ``state.py`` | the lab's own records (``state.json``), the teardown that reads them, ``status`` |
 | ``up.py`` | ``up``: checks, host safety first, then each resource recorded before it exists |
 | ``ra.py`` | an IPv6 router advertiser run in the namespace (iPXE waits ~13 s without one) |
 """

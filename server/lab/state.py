@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from server.lab import config as cfg
+
 STATE_FILE = "state.json"
 LIBVIRT_ETC = Path("/etc/libvirt/qemu")
 LIBVIRT_RUN = Path("/run/libvirt/qemu")
@@ -183,3 +185,45 @@ def teardown(records: Records, log: Callable[[str], None] = lambda _m: None) -> 
     if not problems:
         shutil.rmtree(records.dir, ignore_errors=True)
     return problems
+
+
+def status(state_dir: Path) -> dict[str, Any]:
+    records = Records(state_dir)
+    if not records.exists():
+        return {"status": "down", "state_dir": str(state_dir)}
+    plan = cfg.Plan.from_json(records.data["plan"])
+    procs = [
+        {"role": r["role"], "pid": r.get("pid"), "running": alive(r)}
+        for r in records.resources
+        if r["kind"] == "proc"
+    ]
+    vms = []
+    for vm in plan.vms:
+        state = run("virsh", "-c", "qemu:///system", "domstate", vm.name)
+        vms.append(
+            {
+                "name": vm.name,
+                "mac": vm.mac,
+                "uuid": vm.uuid,
+                "state": state.stdout.strip() if state.returncode == 0 else "unknown",
+                "firmware": vm.firmware,
+                "redfish": f"127.0.0.1:{vm.redfish_port}",
+                "ipmi": f"127.0.0.1:{vm.ipmi_port}" if vm.ipmi_port else None,
+                "console": vm.console,
+            }
+        )
+    return {
+        "status": records.data.get("status", "starting"),
+        "name": plan.name,
+        "netns": plan.netns,
+        "subnet": plan.subnet,
+        "firmware": plan.firmware,
+        "api_url": plan.api_url,
+        "token_file": str(state_dir / "bronze" / "admin.token"),
+        "bmc_password_file": str(state_dir / "bmc.password"),
+        "state_dir": str(state_dir),
+        "up_seconds": records.data.get("up_seconds"),
+        "image": records.data.get("image"),
+        "processes": procs,
+        "machines": vms,
+    }

@@ -10,178 +10,32 @@ agent profile -> machines registered with their BMCs, all through the REST API.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import functools
-import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import httpx
 
 from server.lab import config as cfg
-from server.lab.state import Records, alive, run, start_time
+from server.lab.netns import Api, default_signals, in_netns, wait_for
+from server.lab.state import Records, alive, run, start_time, status
+from server.lab.tools import LabError, Log, ensure_venv, missing_tools, repo_root
 
-T = TypeVar("T")
-Log = Callable[[str], None]
+__all__ = ["LabError", "status", "up"]
+
 CACHE = Path("/var/cache/bronze-lab")
 IMAGE_CACHE = Path("/var/cache/bronze-image")
 IMAGE_NAME = "lab-os"
-VENV_PACKAGES = ("sushy-tools", "virtualbmc")
-# program -> the Debian package that has it (scripts/install-system-deps.sh installs them all)
-TOOLS = {
-    "ip": "iproute2",
-    "qemu-system-x86_64": "qemu-system-x86",
-    "qemu-img": "qemu-utils",
-    "libvirtd": "libvirt-daemon-system",
-    "virtlogd": "libvirt-daemon-system",
-    "virsh": "libvirt-clients",
-    "ipmitool": "ipmitool",
-    "curl": "curl",
-    "debootstrap": "debootstrap",
-    "zstd": "zstd",
-    "cpio": "cpio",
-}
-
-
 HASH_PY = (
     "import bcrypt, sys; pw = sys.stdin.readline().strip().encode(); "
     "print(bcrypt.hashpw(pw, bcrypt.gensalt(rounds=6)).decode())"
 )
-
-
-class LabError(Exception):
-    """A one-line reason ``bronze lab`` prints instead of a traceback."""
-
-
-def missing_tools(firmware: str) -> list[str]:
-    """What is missing, each naming the Debian package that provides it."""
-    out = [f"{t} (Debian package {p})" for t, p in TOOLS.items() if shutil.which(t) is None]
-    probe = (
-        run("/usr/bin/python3", "-c", "import libvirt")
-        if Path("/usr/bin/python3").exists()
-        else None
-    )
-    if probe is None or probe.returncode != 0:
-        out.append("python3 module libvirt (Debian package python3-libvirt)")
-    if not Path("/usr/lib/ipxe/qemu/efi-virtio.rom").exists():
-        out.append("QEMU's iPXE ROM /usr/lib/ipxe/qemu/efi-virtio.rom (Debian package ipxe-qemu)")
-    if firmware in ("uefi", "mixed") and not cfg.OVMF_CODE.exists():
-        out.append(f"{cfg.OVMF_CODE} (Debian package ovmf)")
-    if not Path("/usr/lib/ipxe/snponly.efi").exists():
-        out.append("/usr/lib/ipxe/snponly.efi (Debian package ipxe)")
-    return out
-
-
-def repo_root() -> Path:
-    """The bronze source tree (the image builder packs the agent from it)."""
-    root = Path(__file__).resolve().parents[2]
-    if not (root / "pyproject.toml").exists():
-        raise LabError(
-            f"bronze's source tree not found at {root}: the lab builds the image from it"
-        )
-    return root
-
-
-def ensure_venv(cache: Path, log: Log) -> Path:
-    """sushy-emulator + VirtualBMC in a venv made from Debian's python3 with its site packages
-    (the libvirt driver needs Debian's python3-libvirt; pip's libvirt-python does not build
-    here). Installed from the package index pip is configured with, once; cached in CACHE/venv."""
-    venv = cache / "venv"
-    if (venv / "bin" / "sushy-emulator").exists() and (venv / "bin" / "vbmcd").exists():
-        return venv
-    log(f"creating {venv} (pip install {' '.join(VENV_PACKAGES)}; once)")
-    cache.mkdir(parents=True, exist_ok=True)
-    res = run("/usr/bin/python3", "-m", "venv", "--system-site-packages", str(venv))
-    if res.returncode != 0:
-        raise LabError(f"cannot create {venv}: {res.stderr.strip()} (Debian package python3-venv)")
-    res = run(str(venv / "bin" / "pip"), "install", "-q", *VENV_PACKAGES, timeout=600)
-    if res.returncode != 0:
-        shutil.rmtree(venv, ignore_errors=True)
-        tail = res.stderr.strip().splitlines()[-1:] or [""]
-        raise LabError(f"pip install {' '.join(VENV_PACKAGES)} failed: {tail[0]}")
-    return venv
-
-
-def _default_signals() -> None:
-    """In the child before exec: SIGINT/SIGTERM back to their defaults, so a lab started from a
-    shell or CI runner that ignores them can still be stopped by ``down``'s SIGTERM."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-def _setns(name: str) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{name}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, 0x40000000) != 0:
-            raise OSError(ctypes.get_errno(), f"setns({name})")
-    finally:
-        os.close(fd)
-
-
-def in_netns(ns: str, fn: Callable[[], T]) -> T:
-    """Runs ``fn`` in a new thread that joined namespace ``ns`` (namespaces are per thread):
-    the sockets it opens live in the lab, the caller stays in the host namespace."""
-    box: dict[str, Any] = {}
-
-    def main() -> None:
-        try:
-            _setns(ns)
-            box["v"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the caller
-            box["e"] = exc
-
-    t = threading.Thread(target=main, daemon=True)
-    t.start()
-    t.join()
-    if "e" in box:
-        raise box["e"]
-    return box["v"]  # type: ignore[no-any-return]
-
-
-class Api:
-    """The lab's bronze REST API, called from inside the namespace."""
-
-    def __init__(self, ns: str, url: str, token_file: Path) -> None:
-        self.ns, self.url, self.token_file = ns, url, token_file
-
-    def __call__(self, method: str, path: str, **kw: Any) -> Any:
-        token = self.token_file.read_text().strip()
-
-        kw.setdefault("timeout", 30)
-
-        def go() -> Any:
-            r = httpx.request(
-                method, self.url + path, headers={"Authorization": f"Bearer {token}"}, **kw
-            )
-            if r.status_code >= 400:
-                raise LabError(f"{method} {path}: HTTP {r.status_code} {r.text[:300]}")
-            return r.json() if r.content else None
-
-        return in_netns(self.ns, go)
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float, log_file: Path | None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            if check():
-                return
-        time.sleep(0.3)
-    tail = ""
-    if log_file and log_file.exists():
-        tail = "\n" + "\n".join(log_file.read_text(errors="replace").splitlines()[-15:])
-    raise LabError(f"{what} did not come up within {timeout:.0f}s{tail}")
 
 
 class Up:
@@ -206,7 +60,7 @@ class Up:
         def child() -> None:
             # before exec, in the child: a killed `up` may never record the PID, so the child
             # writes "PID STARTTIME" itself and `down` reads it (exec keeps both)
-            _default_signals()
+            default_signals()
             me = os.getpid()
             with open(pid_file, "w") as f:
                 f.write(f"{me} {start_time(me)}")
@@ -524,49 +378,3 @@ def up(plan: cfg.Plan, *, image: bool, log: Log, cache: Path = CACHE) -> dict[st
     records.save()
     log(f"lab {plan.name} up in {records.data['up_seconds']}s")
     return status(state_dir)
-
-
-def status(state_dir: Path) -> dict[str, Any]:
-    records = Records(state_dir)
-    if not records.exists():
-        return {"status": "down", "state_dir": str(state_dir)}
-    plan = cfg.Plan.from_json(records.data["plan"])
-    procs = [
-        {"role": r["role"], "pid": r.get("pid"), "running": alive(r)}
-        for r in records.resources
-        if r["kind"] == "proc"
-    ]
-    vms = []
-    for vm in plan.vms:
-        state = run("virsh", "-c", "qemu:///system", "domstate", vm.name)
-        vms.append(
-            {
-                "name": vm.name,
-                "mac": vm.mac,
-                "uuid": vm.uuid,
-                "state": state.stdout.strip() if state.returncode == 0 else "unknown",
-                "firmware": vm.firmware,
-                "redfish": f"127.0.0.1:{vm.redfish_port}",
-                "ipmi": f"127.0.0.1:{vm.ipmi_port}" if vm.ipmi_port else None,
-                "console": vm.console,
-            }
-        )
-    return {
-        "status": records.data.get("status", "starting"),
-        "name": plan.name,
-        "netns": plan.netns,
-        "subnet": plan.subnet,
-        "firmware": plan.firmware,
-        "api_url": plan.api_url,
-        "token_file": str(state_dir / "bronze" / "admin.token"),
-        "bmc_password_file": str(state_dir / "bmc.password"),
-        "state_dir": str(state_dir),
-        "up_seconds": records.data.get("up_seconds"),
-        "image": records.data.get("image"),
-        "processes": procs,
-        "machines": vms,
-    }
-
-
-def dump(data: dict[str, Any]) -> str:
-    return json.dumps(data, indent=1)
