@@ -259,6 +259,13 @@ class ConfigApplier:
         parent_real = os.path.realpath(target.parent)
         if os.path.commonpath([parent_real, self._root_real]) != self._root_real:
             raise ApplyError(f"{path}: parent directory leads outside the root")
+        if path.startswith("/proc/") and target.exists():
+            # procfs (sysctls): no temp file can be created there, so no rename; the value is
+            # written in place, as sysctl(8) does (the lab's real kernel refused the temp file)
+            if target.read_bytes() != mf.data:
+                with open(target, "wb", buffering=0) as fh:
+                    fh.write(mf.data)
+            return
         try:
             st = os.lstat(target)
             same_mode = stat.S_ISREG(st.st_mode) and (st.st_mode & 0o7777) == mf.mode

@@ -9,7 +9,11 @@ PKGS=(qemu-system-x86 ipxe ipxe-qemu ovmf dnsmasq tftpd-hpa tftp-hpa ipmitool op
       grub-common grub2-common grub-pc-bin grub-efi-amd64-bin grub-emu fdisk gdisk e2fsprogs
       dosfstools mtools udev openssl
       debootstrap cpio zstd xz-utils kmod binutils
+      libvirt-daemon-system libvirt-clients python3-libvirt qemu-utils python3-venv
       chromium)
+# `bronze lab` (docs/lab.md): libvirtd + virtlogd (run by the lab inside its namespace, never as
+# host services), virsh, Debian's libvirt bindings for sushy-emulator's libvirt driver (its venv
+# is made from /usr/bin/python3 with --system-site-packages), qemu-img for the VM disks.
 # chromium: the console's browser tests (Playwright for Python drives /usr/bin/chromium; the
 # suite never runs `playwright install`, which would download a browser build of its own).
 # The image builder (`bronze images build`): debootstrap, cpio, zstd/xz, kmod (depmod), binutils

@@ -94,7 +94,12 @@ def _inputs(req: BuildRequest, wheels: list[Path]) -> tuple[BuildInputs, debian.
     mirror = req.mirror or debian.configured_mirror()
     package, kver = debian.resolve_kernel()
     modules = (*NIC_MODULES, *DISK_MODULES, *SUPPORT_MODULES)
-    digests = tuple(sorted((w.name.split("-")[0].lower(), wheel_digest(w)) for w in wheels))
+
+    def digest(w: Path) -> tuple[str, str]:
+        project = w.name.split("-")[0].lower()
+        return project, wheel_digest(w, NOT_AGENT if project == "bronze" else ())
+
+    digests = tuple(sorted(digest(w) for w in wheels))
     inputs = BuildInputs(
         mirror=mirror.uri,
         suite=mirror.suite,

@@ -54,12 +54,17 @@ def base_key(inputs: BuildInputs) -> str:
     return hashlib.sha256(doc.encode()).hexdigest()
 
 
-def wheel_digest(path: Path) -> str:
+def wheel_digest(path: Path, skip: tuple[str, ...] = ()) -> str:
     """sha256 over a wheel's member names and contents, not its zip bytes (a rebuilt wheel of
-    the same source differs only in timestamps)."""
+    the same source differs only in timestamps). Members under a top-level package in ``skip``
+    (what the image leaves out) and then the wheel's ``RECORD`` (which hashes them too) do not
+    count: a change to ``server/`` must not rebuild the node image."""
     h = hashlib.sha256()
     with zipfile.ZipFile(path) as zf:
         for name in sorted(zf.namelist()):
+            top = name.split("/", 1)[0]
+            if skip and (top in skip or name.endswith(".dist-info/RECORD")):
+                continue
             h.update(name.encode() + b"\0")
             h.update(hashlib.sha256(zf.read(name)).digest())
     return h.hexdigest()

@@ -23,6 +23,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from server.cli.client import Client, ClientError, resolve
 
@@ -153,7 +154,8 @@ def render_table(rows: Sequence[Any], cols: Sequence[Col], console: Console) -> 
         else:
             table.add_column(c.title, overflow="fold")
     for row in cells:
-        table.add_row(*[row[i] for i in keep])
+        # Text, not str: rich would turn `:cd:` in a MAC into an emoji and `[x]` into markup
+        table.add_row(*[Text(row[i]) for i in keep])
     dropped = [cols[i].title for i in range(len(cols)) if i not in keep]
     console.print(table, width=width, crop=False, soft_wrap=False)
     if dropped:

@@ -18,6 +18,7 @@ node               /api/v1/machines/{id}/reboot, /node/{op}
 images             /api/v1/images (+ ``images build``: the node OS image, agent.image)
 upgrade            /api/v1/upgrades
 provision          /api/v1/provisions
+lab                this host: a virtual rack (server/lab/, docs/lab.md)
 =================  ==========================================================
 """
 
@@ -36,6 +37,7 @@ from server.cli import (
     events,
     image_build,
     images,
+    lab,
     local,
     machines,
     node,
@@ -97,6 +99,7 @@ images.app.command("build")(image_build.build_cmd)
 app.add_typer(upgrades.app, name="upgrade")
 app.add_typer(provision.app, name="provision")
 app.command("node")(node.node)
+app.add_typer(lab.app, name="lab")
 
 from server.cli.ca import ca_app  # noqa: E402
 

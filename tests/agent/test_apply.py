@@ -107,3 +107,16 @@ def test_render_files_routes_without_link():
     )
     assert files["/etc/bronze/routes"].data == b"10.9.0.0/16 via 10.0.0.1 metric 1024\n"
     json.dumps({k: v.mode for k, v in files.items()})
+
+
+def test_a_sysctl_that_exists_is_written_in_place(applier):
+    """procfs takes no temp file + rename: an existing /proc/sys entry is written in place (the
+    lab's real kernel refused `.nr_hugepages.tmp`): same inode, no file beside it."""
+    sysdir = applier.root / "proc/sys/vm"
+    sysdir.mkdir(parents=True)
+    (sysdir / "swappiness").write_text("60\n")
+    inode = (sysdir / "swappiness").stat().st_ino
+    applier.apply_live("v1", {"sysctls": {"vm.swappiness": "5"}}, "auto")
+    assert (sysdir / "swappiness").read_text() == "5\n"
+    assert (sysdir / "swappiness").stat().st_ino == inode
+    assert sorted(p.name for p in sysdir.iterdir()) == ["swappiness"]

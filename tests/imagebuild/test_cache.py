@@ -71,3 +71,19 @@ def test_wheel_digest_ignores_zip_timestamps_not_contents(tmp_path: Path) -> Non
     b = _wheel(tmp_path / "b.whl", {"agent/x.py": b"1"}, (2024, 5, 5, 5, 5, 6))
     c = _wheel(tmp_path / "c.whl", {"agent/x.py": b"2"}, (2020, 1, 1, 0, 0, 0))
     assert wheel_digest(a) == wheel_digest(b) != wheel_digest(c)
+
+
+def test_bronze_wheel_digest_ignores_what_the_image_leaves_out(tmp_path: Path) -> None:
+    """server/ (and the RECORD that hashes it) is not in the image: changing it keeps the key."""
+    date = (2020, 1, 1, 0, 0, 0)
+    base = {"agent/x.py": b"1", "server/y.py": b"1", "bronze-0.1.dist-info/RECORD": b"r1"}
+    a = _wheel(tmp_path / "a.whl", base, date)
+    b = _wheel(
+        tmp_path / "b.whl",
+        {**base, "server/y.py": b"2", "bronze-0.1.dist-info/RECORD": b"r2"},
+        date,
+    )
+    c = _wheel(tmp_path / "c.whl", {**base, "agent/x.py": b"2"}, date)
+    skip = ("server", "pxe", "bmc", "migrations")
+    assert wheel_digest(a, skip) == wheel_digest(b, skip) != wheel_digest(c, skip)
+    assert wheel_digest(a) != wheel_digest(b)  # without skip every member counts
