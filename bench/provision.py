@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import secrets
 import subprocess
 import tempfile
@@ -27,6 +28,7 @@ import httpx
 
 from bench.agents import cpu_seconds
 from bench.bmc_sim import sim_fleet
+from bench.profile import Sampler
 from bench.upgrade import AGENT, ROOT, TERMINAL, serve
 from tests.support.fleet import make_image
 from tests.support.paths import FIXTURES
@@ -39,6 +41,7 @@ def main() -> None:
     ap.add_argument("--boot-seconds", type=float, default=2.0)
     ap.add_argument("--settle", type=float, default=0.5, help="BMC power settle time")
     ap.add_argument("--interval", type=float, default=0.2, help="BRONZE_ROLLOUT_INTERVAL")
+    ap.add_argument("--profile", type=Path, help="py-spy collapsed stacks of the server here")
     args = ap.parse_args()
     n = args.machines
     work = Path(tempfile.mkdtemp(prefix="bench-provision-"))
@@ -115,7 +118,10 @@ def main() -> None:
             log.close()
             while "simulating" not in (work / "agents.log").read_text(errors="replace"):
                 time.sleep(0.2)
-            cpu0 = cpu_seconds(server.pid)
+            cpu0, load0 = cpu_seconds(server.pid), os.getloadavg()[0]
+            sims = [agents.pid, *bmcs.pids]
+            sim0 = sum(cpu_seconds(p) for p in sims)
+            sampler = Sampler(server.pid, args.profile).__enter__()
             t0 = time.monotonic()
             r = c.post(
                 "/api/v1/provisions",
@@ -133,7 +139,10 @@ def main() -> None:
             while (got := c.get(f"/api/v1/provisions/{rid}").json())["status"] not in TERMINAL:
                 time.sleep(0.5)
             wall = time.monotonic() - t0
+            sampler.__exit__(None, None, None)
             cpu = cpu_seconds(server.pid) - cpu0
+            sim = sum(cpu_seconds(p) for p in sims) - sim0
+            load1 = os.getloadavg()[0]
         finally:
             for p in (agents, server):
                 if p is not None:
@@ -153,6 +162,9 @@ def main() -> None:
         "ideal_s": round(ideal, 2),
         "ratio": round(wall / ideal, 2),
         "server_cpu_ms_per_machine": round(cpu * 1000 / n, 1),
+        "server_cpu_share": round(cpu / wall, 2),
+        "simulators_cpu_share": round(sim / wall, 2),
+        "load_before_after": [round(load0, 2), round(load1, 2)],
     }
     print("\n| figure | bronze | target |\n|---|---|---|")
     print(f"| machines ready | {res['ready']} / {n} ({res['status']}) | all |")
@@ -161,6 +173,11 @@ def main() -> None:
         f"({res['ratio']}x ideal {res['ideal_s']} s) | <= 1.2x |"
     )
     print(f"| server CPU per machine | {res['server_cpu_ms_per_machine']} ms | - |")
+    print(
+        f"| server / simulators CPU (cores) | {res['server_cpu_share']} / "
+        f"{res['simulators_cpu_share']} | - |"
+    )
+    print(f"| load average before / after | {res['load_before_after']} | - |")
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / f"provision-{int(time.time())}.json").write_text(json.dumps(res, indent=2))

@@ -169,8 +169,12 @@ class ProvisionPass:
         effects: Effects,
         command: CommandWriter,
         asset_base_url: str,
+        only: set[str] | None = None,
     ) -> None:
         self.s, self.r, self.now, self.effects = s, r, now, effects
+        self.only = only
+        """The machines whose agents reported since the last pass (None: every machine in
+        flight; deadlines are only seen then)."""
         self.command, self.asset_base_url = command, asset_base_url
         self.req = request_of(r.spec)
         self.t = timeouts_of(r.spec)
@@ -181,7 +185,7 @@ class ProvisionPass:
 
     def run(self) -> None:
         s, r = self.s, self.r
-        states, rows, machines, agents = store.load_pass(s, r)
+        states, rows, machines, agents = store.load_pass(s, r, self.only, watch=False)
         for row in rows.values():
             if row.state != MachineState.ACTIVE:
                 continue
