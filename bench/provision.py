@@ -19,9 +19,12 @@ import json
 import math
 import os
 import secrets
+import sqlite3
+import statistics
 import subprocess
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -178,9 +181,41 @@ def main() -> None:
         f"{res['simulators_cpu_share']} | - |"
     )
     print(f"| load average before / after | {res['load_before_after']} | - |")
+    print("\n| interval (per machine) | median | max |\n|---|---|---|")
+    for what, (median, worst) in step_times(work / "data" / "bronze.db").items():
+        print(f"| {what} | {median:.2f} s | {worst:.2f} s |")
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / f"provision-{int(time.time())}.json").write_text(json.dumps(res, indent=2))
+
+
+MILESTONES = """
+SELECT e.machine_id, e.kind, json_extract(e.data, '$.step'), e.created_at FROM events e
+WHERE e.kind IN ('boot-device.requested', 'boot-device.succeeded', 'power.requested',
+                 'power.succeeded', 'rollout.machine.step', 'rollout.machine.succeeded')
+UNION ALL
+SELECT n.machine_id, 'script', NULL, b.at FROM boot_timeline b JOIN nics n ON n.mac = b.mac
+WHERE b.kind = 'SCRIPT'
+ORDER BY 4
+"""
+
+
+def step_times(db: Path) -> dict[str, tuple[float, float]]:
+    """Median and worst time per machine between its milestones (BMC calls, boot script
+    served, provisioning steps), read from the server's SQLite file: where the time goes."""
+    seen: dict[str, list[tuple[str, float]]] = {}
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
+        for mid, kind, step, at in conn.execute(MILESTONES):
+            label = f"step {step}" if kind == "rollout.machine.step" else kind
+            t = datetime.fromisoformat(at).timestamp()
+            mine = seen.setdefault(mid, [])
+            if not mine or mine[-1][0] != label:
+                mine.append((label, t))
+    gaps: dict[str, list[float]] = {}
+    for marks in seen.values():
+        for (a, t0), (b, t1) in zip(marks, marks[1:], strict=False):
+            gaps.setdefault(f"{a} -> {b}", []).append(t1 - t0)
+    return {k: (statistics.median(v), max(v)) for k, v in gaps.items() if len(v) > 1}
 
 
 if __name__ == "__main__":

@@ -185,7 +185,9 @@ class ProvisionPass:
 
     def run(self) -> None:
         s, r = self.s, self.r
-        states, rows, machines, agents = store.load_pass(s, r, self.only, watch=False)
+        states, rows, machines, agents = store.load_pass(
+            s, r, self.only, watch=False, inventory=True
+        )
         for row in rows.values():
             if row.state != MachineState.ACTIVE:
                 continue
@@ -220,7 +222,7 @@ class ProvisionPass:
                     )
         missing = {mid for mid in acts.start if mid not in rows}
         if missing:
-            more_rows, more_machines, more_agents = store.load_rows(s, r, missing)
+            more_rows, more_machines, more_agents = store.load_rows(s, r, missing, inventory=True)
             rows.update(more_rows)
             machines.update(more_machines)
             agents.update(more_agents)

@@ -248,8 +248,7 @@ class RolloutRunner:
                     states[row.machine_id] = MachineState(row.state)
                 elif p.step in (UpgradeStep.PRE_HOOK, UpgradeStep.POST_HOOK):
                     self._want_hook(r, row, p.step, effects)
-            active = {m for m, st in states.items() if st is MachineState.ACTIVE}
-            health = store.health(s, store.watched(r, states) | active)
+            health = store.health(s, store.watched(r, states, in_flight=False))
             self._decide(
                 s, r, states, rows, machines, agents, health, now, t, hooks, image, effects
             )

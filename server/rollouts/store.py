@@ -286,7 +286,11 @@ def list_rollouts(
 
 
 def load_pass(
-    s: Session, r: Rollout, only: set[str] | None = None, watch: bool = True
+    s: Session,
+    r: Rollout,
+    only: set[str] | None = None,
+    watch: bool = True,
+    inventory: bool = False,
 ) -> tuple[
     dict[str, MachineState],
     dict[str, RolloutMachine],
@@ -297,7 +301,8 @@ def load_pass(
     pass can touch: those in flight, the current batch, and the control plane. A pass over
     a 1,000-machine rollout reads a batch's worth of objects, not the fleet's. With ``only``
     (the machines whose agents reported since the last pass), just those of them in flight;
-    without ``watch``, only the machines in flight (a pass that loads what it starts)."""
+    without ``watch``, only the machines in flight (a pass that loads what it starts);
+    ``inventory``: with the agents' inventories (a pass that checks hardware)."""
     light = s.execute(
         select(RolloutMachine.machine_id, RolloutMachine.state).where(
             RolloutMachine.rollout_id == r.id
@@ -309,15 +314,18 @@ def load_pass(
         relevant &= only
     elif watch:
         relevant |= watched(r, states)
-    return (states, *load_rows(s, r, relevant))
+    return (states, *load_rows(s, r, relevant, inventory))
 
 
-def watched(r: Rollout, states: dict[str, MachineState]) -> set[str]:
+def watched(r: Rollout, states: dict[str, MachineState], in_flight: bool = True) -> set[str]:
     """The machines whose health gates what starts next: the current batch and the control
-    plane."""
+    plane; without ``in_flight``, less the current batch's machines in flight that are not
+    control plane (their health gates nothing: they are counted as away already)."""
     batches = batches_from(r.batches)
     current = next((b for b in batches if not all(states[m].finished for m in b.machines)), None)
     out = set(current.machines) if current is not None else set()
+    if not in_flight:
+        out = {m for m in out if states[m] is not MachineState.ACTIVE}
     out.update(m for b in batches if b.kind is BatchKind.CONTROL_PLANE for m in b.machines)
     return out
 
@@ -340,7 +348,7 @@ def health(s: Session, machine_ids: set[str]) -> dict[str, bool]:
 
 
 def load_rows(
-    s: Session, r: Rollout, relevant: set[str]
+    s: Session, r: Rollout, relevant: set[str], inventory: bool = False
 ) -> tuple[dict[str, RolloutMachine], dict[str, Machine], dict[str, AgentState]]:
     rows = {
         m.machine_id: m
@@ -350,9 +358,8 @@ def load_rows(
             )
         )
     }
-    # The JSON documents (hardware, inventory, configs) are loaded only when a step reads them
-    # (a hardware check): decoding them for every machine of a batch, every pass, was a fifth
-    # of a pass.
+    # The JSON documents (hardware, configs, and the inventory unless asked for) are not
+    # loaded: decoding them for every machine of a batch, every pass, was a fifth of a pass.
     machines = {
         m.id: m
         for m in s.scalars(
@@ -372,7 +379,7 @@ def load_rows(
             select(AgentState)
             .where(AgentState.machine_id.in_(relevant))
             .options(
-                defer(AgentState.inventory),
+                *(() if inventory else (defer(AgentState.inventory),)),
                 defer(AgentState.pushed_config),
                 defer(AgentState.applied_config),
                 defer(AgentState.identity_conflict),
