@@ -17,16 +17,21 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import secrets
+import sqlite3
+import statistics
 import subprocess
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 
 from bench.agents import cpu_seconds
 from bench.bmc_sim import sim_fleet
+from bench.profile import Sampler
 from bench.upgrade import AGENT, ROOT, TERMINAL, serve
 from tests.support.fleet import make_image
 from tests.support.paths import FIXTURES
@@ -39,6 +44,7 @@ def main() -> None:
     ap.add_argument("--boot-seconds", type=float, default=2.0)
     ap.add_argument("--settle", type=float, default=0.5, help="BMC power settle time")
     ap.add_argument("--interval", type=float, default=0.2, help="BRONZE_ROLLOUT_INTERVAL")
+    ap.add_argument("--profile", type=Path, help="py-spy collapsed stacks of the server here")
     args = ap.parse_args()
     n = args.machines
     work = Path(tempfile.mkdtemp(prefix="bench-provision-"))
@@ -115,7 +121,10 @@ def main() -> None:
             log.close()
             while "simulating" not in (work / "agents.log").read_text(errors="replace"):
                 time.sleep(0.2)
-            cpu0 = cpu_seconds(server.pid)
+            cpu0, load0 = cpu_seconds(server.pid), os.getloadavg()[0]
+            sims = [agents.pid, *bmcs.pids]
+            sim0 = sum(cpu_seconds(p) for p in sims)
+            sampler = Sampler(server.pid, args.profile).__enter__()
             t0 = time.monotonic()
             r = c.post(
                 "/api/v1/provisions",
@@ -133,7 +142,10 @@ def main() -> None:
             while (got := c.get(f"/api/v1/provisions/{rid}").json())["status"] not in TERMINAL:
                 time.sleep(0.5)
             wall = time.monotonic() - t0
+            sampler.__exit__(None, None, None)
             cpu = cpu_seconds(server.pid) - cpu0
+            sim = sum(cpu_seconds(p) for p in sims) - sim0
+            load1 = os.getloadavg()[0]
         finally:
             for p in (agents, server):
                 if p is not None:
@@ -153,6 +165,9 @@ def main() -> None:
         "ideal_s": round(ideal, 2),
         "ratio": round(wall / ideal, 2),
         "server_cpu_ms_per_machine": round(cpu * 1000 / n, 1),
+        "server_cpu_share": round(cpu / wall, 2),
+        "simulators_cpu_share": round(sim / wall, 2),
+        "load_before_after": [round(load0, 2), round(load1, 2)],
     }
     print("\n| figure | bronze | target |\n|---|---|---|")
     print(f"| machines ready | {res['ready']} / {n} ({res['status']}) | all |")
@@ -161,9 +176,46 @@ def main() -> None:
         f"({res['ratio']}x ideal {res['ideal_s']} s) | <= 1.2x |"
     )
     print(f"| server CPU per machine | {res['server_cpu_ms_per_machine']} ms | - |")
+    print(
+        f"| server / simulators CPU (cores) | {res['server_cpu_share']} / "
+        f"{res['simulators_cpu_share']} | - |"
+    )
+    print(f"| load average before / after | {res['load_before_after']} | - |")
+    print("\n| interval (per machine) | median | max |\n|---|---|---|")
+    for what, (median, worst) in step_times(work / "data" / "bronze.db").items():
+        print(f"| {what} | {median:.2f} s | {worst:.2f} s |")
     out = ROOT / "bench" / "results"
     out.mkdir(exist_ok=True)
     (out / f"provision-{int(time.time())}.json").write_text(json.dumps(res, indent=2))
+
+
+MILESTONES = """
+SELECT e.machine_id, e.kind, json_extract(e.data, '$.step'), e.created_at FROM events e
+WHERE e.kind IN ('boot-device.requested', 'boot-device.succeeded', 'power.requested',
+                 'power.succeeded', 'rollout.machine.step', 'rollout.machine.succeeded')
+UNION ALL
+SELECT n.machine_id, 'script', NULL, b.at FROM boot_timeline b JOIN nics n ON n.mac = b.mac
+WHERE b.kind = 'SCRIPT'
+ORDER BY 4
+"""
+
+
+def step_times(db: Path) -> dict[str, tuple[float, float]]:
+    """Median and worst time per machine between its milestones (BMC calls, boot script
+    served, provisioning steps), read from the server's SQLite file: where the time goes."""
+    seen: dict[str, list[tuple[str, float]]] = {}
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10) as conn:
+        for mid, kind, step, at in conn.execute(MILESTONES):
+            label = f"step {step}" if kind == "rollout.machine.step" else kind
+            t = datetime.fromisoformat(at).timestamp()
+            mine = seen.setdefault(mid, [])
+            if not mine or mine[-1][0] != label:
+                mine.append((label, t))
+    gaps: dict[str, list[float]] = {}
+    for marks in seen.values():
+        for (a, t0), (b, t1) in zip(marks, marks[1:], strict=False):
+            gaps.setdefault(f"{a} -> {b}", []).append(t1 - t0)
+    return {k: (statistics.median(v), max(v)) for k, v in gaps.items() if len(v) > 1}
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from typing import Any
 import httpx
 
 from bench.agents import cpu_seconds, rss_mib
+from bench.profile import Sampler
 from tests.support.fleet import image_dir, make_image
 from tests.support.paths import FIXTURES
 from tests.support.ports import free_port
@@ -124,6 +125,7 @@ def main() -> None:
     ap.add_argument("--machines", type=int, default=1000)
     ap.add_argument("--reboot-seconds", type=float, default=1.0)
     ap.add_argument("--interval", type=float, default=0.2, help="BRONZE_ROLLOUT_INTERVAL")
+    ap.add_argument("--profile", type=Path, help="py-spy collapsed stacks of the server here")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-upgrade-"))
     token = "brz_" + secrets.token_urlsafe(32)
@@ -182,10 +184,12 @@ def main() -> None:
         wait(connected, 600, "every agent connected")
         print(f"agents connected in {time.monotonic() - t0:.1f} s", flush=True)
         cpu0, (rss0, _) = cpu_seconds(server.pid), rss_mib(server.pid)
+        sim0, load0 = cpu_seconds(agents.pid), os.getloadavg()[0]
         lat: list[float] = []
         stop = threading.Event()
         th = threading.Thread(target=probe, args=(url, token, stop, lat), daemon=True)
         th.start()
+        sampler = Sampler(server.pid, args.profile).__enter__()
         t0 = time.monotonic()
         r = c.post(
             "/api/v1/upgrades",
@@ -208,9 +212,11 @@ def main() -> None:
                 break
             time.sleep(0.5)
         wall = time.monotonic() - t0
+        sampler.__exit__(None, None, None)
         stop.set()
         th.join()
         cpu = cpu_seconds(server.pid) - cpu0
+        sim = cpu_seconds(agents.pid) - sim0
         ideal = batches * (args.reboot_seconds + 2 * args.interval)
         lat.sort()
         res = {
@@ -222,6 +228,9 @@ def main() -> None:
             "ideal_s": round(ideal, 2),
             "ratio": round(wall / ideal, 2),
             "server_cpu_ms_per_machine": round(cpu * 1000 / args.machines, 2),
+            "server_cpu_share": round(cpu / wall, 2),
+            "simulator_cpu_share": round(sim / wall, 2),
+            "load_before_after": [round(load0, 2), round(os.getloadavg()[0], 2)],
             "rss_growth_mib": round(peak - rss0, 1),
             "get_machines_p50_ms": round(statistics.median(lat), 1) if lat else None,
             "get_machines_p99_ms": round(lat[int(len(lat) * 0.99) - 1], 1) if lat else None,
@@ -231,6 +240,11 @@ def main() -> None:
         print(f"| wall time, {batches} batches | {wall_cell} | <= 1.15x |")
         print(f"| machines succeeded | {res['succeeded']} / {args.machines} | all |")
         print(f"| server CPU per machine | {res['server_cpu_ms_per_machine']} ms | - |")
+        print(
+            f"| server / simulator CPU (cores) | {res['server_cpu_share']} / "
+            f"{res['simulator_cpu_share']} | - |"
+        )
+        print(f"| load average before / after | {res['load_before_after']} | - |")
         print(f"| server RSS growth | {res['rss_growth_mib']} MiB | < 100 MiB |")
         lat_cell = f"{res['get_machines_p50_ms']} / {res['get_machines_p99_ms']} ms"
         print(f"| GET /machines p50 / p99 | {lat_cell} | p99 < 100 ms |")

@@ -1,8 +1,12 @@
 """The agent API's :class:`~server.agents.store.AgentStore` on the bronze database.
 
 Every method runs its (synchronous, short) transaction in a worker thread, so the gRPC event loop
-never blocks on the database. Config rendering lives here too (:func:`render_for`,
-:func:`load_patches`): the REST layer and :meth:`DbAgentStore.get_desired_config` share it.
+never blocks on the database. What agents report (Hello, command results, applied versions,
+disconnects, acknowledged commands) goes through one group commit
+(:mod:`server.inventory.groupcommit`): when a batch of machines reboots, their hundreds of small
+writes share a few transactions, in the order they came, instead of queueing one by one on the
+database's writer. Config rendering lives here too (:func:`render_for`, :func:`load_patches`):
+the REST layer and :meth:`DbAgentStore.get_desired_config` share it.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from server.agents.store import (
 from server.config import ConfigError
 from server.config.render import Rendered
 from server.config.stored import load_patches, render_for
+from server.inventory import groupcommit
 from server.inventory.db import Database
 from server.inventory.machines import as_utc
 from server.inventory.machines import record as record_event_row
@@ -58,6 +63,24 @@ def _state(s: Session, machine_id: str) -> AgentState:
     return st
 
 
+def _state_of(s: Session, machine_id: str) -> AgentState | None:
+    """The machine's agent state (created if missing), or None for a machine that is gone."""
+    if s.get(Machine, machine_id) is None:
+        return None
+    return _state(s, machine_id)
+
+
+def _set_state(s: Session, machine_id: str, values: dict[str, Any]) -> None:
+    """One UPDATE when the row exists (no load of its inventory JSON), else create it."""
+    done = s.execute(update(AgentState).where(AgentState.machine_id == machine_id).values(**values))
+    if done.rowcount:  # type: ignore[attr-defined]
+        return
+    st = _state_of(s, machine_id)
+    if st is not None:
+        for k, v in values.items():
+            setattr(st, k, v)
+
+
 def _retry(work: Callable[[], None]) -> None:
     """Run a write once more if it lost a race creating the same agent-state row."""
     try:
@@ -73,6 +96,15 @@ class DbAgentStore:
         self.db = db
         self.replica_url = replica_url
         """This replica's REST URL, saved with each session it accepts (node ops go there)."""
+        self._reports = groupcommit.calls(db)
+
+    async def _report(self, work: Callable[[Session], None]) -> None:
+        """A report's write, in the group commit (once more if it lost a race creating the
+        same agent-state row on another replica)."""
+        try:
+            await self._reports(work)
+        except IntegrityError:
+            await self._reports(work)
 
     # machines
 
@@ -133,17 +165,6 @@ class DbAgentStore:
         return await asyncio.to_thread(self._delete_token, machine_id, token_hash)
 
     # what the agent reports
-
-    def _write_state(self, machine_id: str, **values: Any) -> None:
-        def work() -> None:
-            with self.db.write() as s:
-                if s.get(Machine, machine_id) is None:
-                    return
-                st = _state(s, machine_id)
-                for k, v in values.items():
-                    setattr(st, k, v)
-
-        _retry(work)
 
     def _record_discovered_inventory(self, machine_id: str, inventory: dict[str, Any]) -> None:
         with self.db.write() as s:
@@ -222,31 +243,30 @@ class DbAgentStore:
     async def accepted_certificates(self, machine_ids: Sequence[str]) -> dict[str, set[int]]:
         return await asyncio.to_thread(self._accepted_certificates, list(machine_ids))
 
-    def _record_hello(self, machine_id: str, hello: AgentHello) -> None:
-        with self.db.write() as s:
-            m = s.get(Machine, machine_id)
-            if m is None:
-                return
-            st = _state(s, machine_id)
-            st.agent_version = hello.agent_version
-            st.boot_id = hello.boot_id
-            st.inventory = hello.inventory
-            st.hello_at = hello.at
-            st.last_seen = hello.at
-            st.staged_config_version = hello.staged_config_version or None
-            st.image_digest = hello.image_digest or None
-            st.slot = hello.slot or None
-            st.last_good_digest = hello.last_good_digest or None
-            self._set_applied(st, hello.config_version or None)
-            st.connected = True
-            st.replica_url = self.replica_url
-            identity.check_hello(s, m, st, hello.inventory)
-            if st.identity_conflict is None and m.hardware != hello.inventory:
-                m.hardware = hello.inventory
-                m.updated_at = utcnow()
+    def _record_hello(self, s: Session, machine_id: str, hello: AgentHello) -> None:
+        m = s.get(Machine, machine_id)
+        if m is None:
+            return
+        st = _state(s, machine_id)
+        st.agent_version = hello.agent_version
+        st.boot_id = hello.boot_id
+        st.inventory = hello.inventory
+        st.hello_at = hello.at
+        st.last_seen = hello.at
+        st.staged_config_version = hello.staged_config_version or None
+        st.image_digest = hello.image_digest or None
+        st.slot = hello.slot or None
+        st.last_good_digest = hello.last_good_digest or None
+        self._set_applied(st, hello.config_version or None)
+        st.connected = True
+        st.replica_url = self.replica_url
+        identity.check_hello(s, m, st, hello.inventory)
+        if st.identity_conflict is None and m.hardware != hello.inventory:
+            m.hardware = hello.inventory
+            m.updated_at = utcnow()
 
     async def record_hello(self, machine_id: str, hello: AgentHello) -> None:
-        await asyncio.to_thread(_retry, lambda: self._record_hello(machine_id, hello))
+        await self._report(lambda s: self._record_hello(s, machine_id, hello))
 
     def _record_seen(self, seen: Mapping[str, dt.datetime]) -> None:
         with self.db.write() as s:
@@ -268,27 +288,26 @@ class DbAgentStore:
         else:
             st.applied_config = None
 
-    def _record_applied(self, machine_id: str, version: str) -> None:
-        with self.db.write() as s:
-            if s.get(Machine, machine_id) is None:
-                return
-            self._set_applied(_state(s, machine_id), version or None)
+    def _record_applied(self, s: Session, machine_id: str, version: str) -> None:
+        st = _state_of(s, machine_id)
+        if st is not None:
+            self._set_applied(st, version or None)
 
     async def record_applied_config(self, machine_id: str, version: str) -> None:
-        await asyncio.to_thread(_retry, lambda: self._record_applied(machine_id, version))
+        await self._report(lambda s: self._record_applied(s, machine_id, version))
 
     async def record_command_result(self, machine_id: str, outcome: CommandOutcome) -> None:
-        await asyncio.to_thread(
-            self._write_state,
-            machine_id,
-            last_command_id=outcome.command_id,
-            last_command_ok=outcome.ok,
-            last_command_error=outcome.error or None,
-            last_command_at=outcome.at,
-        )
+        values = {
+            "last_command_id": outcome.command_id,
+            "last_command_ok": outcome.ok,
+            "last_command_error": outcome.error or None,
+            "last_command_at": outcome.at,
+        }
+        await self._report(lambda s: _set_state(s, machine_id, values))
 
     async def record_disconnected(self, machine_id: str, at: dt.datetime) -> None:
-        await asyncio.to_thread(self._write_state, machine_id, connected=False, disconnected_at=at)
+        values = {"connected": False, "disconnected_at": at}
+        await self._report(lambda s: _set_state(s, machine_id, values))
 
     # desired config
 
@@ -355,17 +374,16 @@ class DbAgentStore:
     async def save_pending_command(self, machine_id: str, cmd: PendingCommand) -> None:
         await asyncio.to_thread(self._save_pending, machine_id, cmd)
 
-    def _delete_pending(self, machine_id: str, command_id: str) -> None:
-        with self.db.write() as s:
-            s.execute(
-                delete(AgentPendingCommand).where(
-                    AgentPendingCommand.machine_id == machine_id,
-                    AgentPendingCommand.command_id == command_id,
-                )
-            )
-
     async def delete_pending_command(self, machine_id: str, command_id: str) -> None:
-        await asyncio.to_thread(self._delete_pending, machine_id, command_id)
+        stmt = delete(AgentPendingCommand).where(
+            AgentPendingCommand.machine_id == machine_id,
+            AgentPendingCommand.command_id == command_id,
+        )
+
+        def work(s: Session) -> None:
+            s.execute(stmt)
+
+        await self._report(work)
 
     def _list_pending(self, machine_id: str) -> list[PendingCommand]:
         with self.db.read() as s:

@@ -80,9 +80,9 @@ class SessionHub:
         self.liveness = Liveness(store, now)
         self._sweeper: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
-        self.on_report: Callable[[], None] | None = None
-        """Called (on the event loop) once an agent's Hello or command result is saved: the
-        rollout runner wakes on it instead of waiting for its next poll."""
+        self.on_report: Callable[[str], None] | None = None
+        """Called (on the event loop) with the machine id once its agent's Hello or command
+        result is saved: the rollout runner wakes on it instead of waiting for its next poll."""
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -251,7 +251,7 @@ class SessionHub:
         await self.liveness.hello(session, hello)
         self.registry.add(session)
         self.counters["sessions"] += 1
-        self._reported()
+        self._reported(machine_id)
         try:
             await context.send_initial_metadata(())  # tells the agent the session is accepted
             await self._send_backlog(session, hello)
@@ -337,15 +337,15 @@ class SessionHub:
             await self.liveness.note_applied(mid, r.applied_version)
         if r.command_id not in self.relay:
             await self._store.record_command_result(mid, outcome)
-            self._reported()
+            self._reported(mid)
         self.ledger.wake(outcome)
         self.relay.on_result(r.command_id, bytes(r.output))
         if not r.ok:
             log.warning("command failed machine=%s command=%s error=%s", mid, r.command_id, r.error)
 
-    def _reported(self) -> None:
+    def _reported(self, machine_id: str) -> None:
         if self.on_report is not None:
-            self.on_report()
+            self.on_report(machine_id)
 
     async def _on_csr(self, session: AgentSession, csr_pem: str) -> None:
         mid = session.machine_id

@@ -7,9 +7,10 @@ its read lock; readers use plain deferred transactions and never block each othe
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,8 +58,15 @@ class Database:
     event loop); on PostgreSQL the read engine (requests await :meth:`generations_async`)."""
     _read: sessionmaker[Session] = field(init=False, repr=False)
     _write: sessionmaker[Session] = field(init=False, repr=False)
+    _writer: AbstractContextManager[object] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        # SQLite has one writer. Threads of this process queue for it on a lock here, handed
+        # over the moment the holder commits; left to SQLite, a waiting BEGIN IMMEDIATE sleeps in
+        # its busy handler (1, 2, 5, ... 100 ms) and the write lock stays free while it sleeps.
+        # Other processes on the same file still wait in the busy handler. Reentrant: a write
+        # nested in a write on one thread fails in SQLite's busy timeout as it did before.
+        self._writer = threading.RLock() if self.is_sqlite else nullcontext()
         self._pg_counters = (
             None
             if self.is_sqlite
@@ -104,7 +112,7 @@ class Database:
         """A transaction that commits on success and rolls back on any exception."""
         start = time.perf_counter()
         try:
-            with self._write() as session, session.begin():
+            with self._writer, self._write() as session, session.begin():
                 yield session
         finally:
             DB_SECONDS.labels("write").observe(time.perf_counter() - start)

@@ -169,8 +169,12 @@ class ProvisionPass:
         effects: Effects,
         command: CommandWriter,
         asset_base_url: str,
+        only: set[str] | None = None,
     ) -> None:
         self.s, self.r, self.now, self.effects = s, r, now, effects
+        self.only = only
+        """The machines whose agents reported since the last pass (None: every machine in
+        flight; deadlines are only seen then)."""
         self.command, self.asset_base_url = command, asset_base_url
         self.req = request_of(r.spec)
         self.t = timeouts_of(r.spec)
@@ -181,7 +185,9 @@ class ProvisionPass:
 
     def run(self) -> None:
         s, r = self.s, self.r
-        states, rows, machines, agents = store.load_pass(s, r)
+        states, rows, machines, agents = store.load_pass(
+            s, r, self.only, watch=False, inventory=True
+        )
         for row in rows.values():
             if row.state != MachineState.ACTIVE:
                 continue
@@ -216,7 +222,7 @@ class ProvisionPass:
                     )
         missing = {mid for mid in acts.start if mid not in rows}
         if missing:
-            more_rows, more_machines, more_agents = store.load_rows(s, r, missing)
+            more_rows, more_machines, more_agents = store.load_rows(s, r, missing, inventory=True)
             rows.update(more_rows)
             machines.update(more_machines)
             agents.update(more_agents)

@@ -46,7 +46,7 @@ from server.rollouts.commands import upgrade_command
 from server.rollouts.decide import Limits, MachineState, RolloutStatus, next_actions
 from server.rollouts.hooks import call_hook
 from server.rollouts.models import Rollout, RolloutMachine
-from server.rollouts.observe import healthy, observe, progress, timeouts
+from server.rollouts.observe import observe, progress, timeouts
 from server.rollouts.planner import resolve_count
 from server.rollouts.upgrade import (
     Action,
@@ -119,13 +119,19 @@ class RolloutRunner:
         self._wake = asyncio.Event()
         self._busy = False
         """The last pass found an unfinished rollout (only then do wakes run passes)."""
+        self._reported: set[str] = set()
+        """Machines whose agents reported since the last pass (a woken pass observes those)."""
+        self._full_at = 0.0
+        """Monotonic time of the next full pass (every machine in flight observed)."""
         self._renew_at = 0.0
 
-    def wake(self) -> None:
-        """Something a pass reads changed (an agent said hello, answered a command): run the
-        next pass now instead of at the end of the interval. Called on the event loop by this
-        replica's session hub; agents held by other replicas are seen at the interval."""
+    def wake(self, machine_id: str) -> None:
+        """Something a pass reads changed (the machine's agent said hello, answered a command):
+        run the next pass now instead of at the end of the interval, observing the machines
+        that reported. Called on the event loop by this replica's session hub; agents held by
+        other replicas are seen by the full pass at the interval."""
         if self._busy:
+            self._reported.add(machine_id)
             self._wake.set()
 
     async def _idle(self, stop: asyncio.Event) -> None:
@@ -172,11 +178,16 @@ class RolloutRunner:
         return held
 
     async def tick(self) -> None:
-        """One pass over every unfinished rollout."""
+        """One pass over every unfinished rollout: full at the interval (and when rollouts
+        appear), else over the machines that reported since the last pass."""
         ids = await run_in_threadpool(self._unfinished)
+        full = not self._busy or time.monotonic() >= self._full_at
+        only, self._reported = (None if full else self._reported), set()
+        if full:
+            self._full_at = time.monotonic() + self.config.interval
         self._busy = bool(ids)
         for rid in ids:
-            effects = await run_in_threadpool(self._pass, rid)
+            effects = await run_in_threadpool(self._pass, rid, only)
             self._carry_out(effects)
             if effects.commands and self.deliver is not None:
                 await self.deliver()
@@ -197,20 +208,23 @@ class RolloutRunner:
 
     # --- one rollout, one transaction ------------------------------------------------------------
 
-    def _pass(self, rollout_id: str) -> Effects:
+    def _pass(self, rollout_id: str, only: set[str] | None = None) -> Effects:
+        """One transaction over the rollout. ``only``: the machines whose agents reported
+        since the last pass; an upgrade then observes just those (the others' observations did
+        not change), and a full pass (``None``) every interval catches deadlines."""
         effects = Effects()
         now = self.clock()
         with self.db.write() as s:
             r = store.get(s, rollout_id)
             if r.kind == provisioning.KIND:
                 provisioning.ProvisionPass(
-                    s, r, now, effects, self._command, self.config.asset_base_url
+                    s, r, now, effects, self._command, self.config.asset_base_url, only
                 ).run()
                 return effects
             if r.kind == deprovisioning.DEPROVISION:
                 deprovisioning.DeprovisionPass(s, r, now, effects, self._command).run()
                 return effects
-            states, rows, machines, agents = store.load_pass(s, r)
+            states, rows, machines, agents = store.load_pass(s, r, only)
             spec = r.spec
             t = self._timeouts(spec)
             hooks = Hooks(pre="before" in spec["hooks"], post="after" in spec["hooks"])
@@ -234,7 +248,10 @@ class RolloutRunner:
                     states[row.machine_id] = MachineState(row.state)
                 elif p.step in (UpgradeStep.PRE_HOOK, UpgradeStep.POST_HOOK):
                     self._want_hook(r, row, p.step, effects)
-            self._decide(s, r, states, rows, machines, agents, now, t, hooks, image, effects)
+            health = store.health(s, store.watched(r, states, in_flight=False))
+            self._decide(
+                s, r, states, rows, machines, agents, health, now, t, hooks, image, effects
+            )
         return effects
 
     def _decide(
@@ -245,6 +262,7 @@ class RolloutRunner:
         rows: dict[str, RolloutMachine],
         machines: dict[str, Machine],
         agents: dict[str, AgentState],
+        health: dict[str, bool],
         now: datetime,
         t: Timeouts,
         hooks: Hooks,
@@ -258,7 +276,6 @@ class RolloutRunner:
             max_unavailable=resolve_count(cap, total, what="max_unavailable") if cap else total,
             failure_budget=int(spec.get("failure_budget", 0)),
         )
-        health = {mid: healthy(agents.get(mid)) for mid in rows}
         acts = next_actions(
             RolloutStatus(r.status), store.batches_from(r.batches), states, limits, health
         )
