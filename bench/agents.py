@@ -1,6 +1,10 @@
 """Agent fleet benchmark: N simulated agents, each on its own TCP+mTLS connection, one server.
 
     .venv/bin/python -m bench.agents --count 2000 --procs 2 --heartbeat 30 --idle 30
+    .venv/bin/python -m bench.agents --count 10000 --procs 2 --idle 30   # issue 15's target
+
+``--ramp`` defaults to one agent start per 10 ms (20 s for 2,000, 100 s for 10,000): the same
+enrollment rate at every size, so a larger fleet measures sessions, not an enrollment storm.
 
 This process *is* the server (agent API + in-memory store); the agents run in ``--procs``
 ``bronze-agent simulate`` processes. It measures:
@@ -8,9 +12,10 @@ This process *is* the server (agent API + in-memory store); the agents run in ``
 * time for all agents to enroll and connect (ramped over ``--ramp`` seconds);
 * **fleet-wide patch rollout**: change a fleet patch, render every machine's config (each has its
   own machine patch, so 2,000 distinct versions), push, and time until every agent reported the
-  new version applied (target <= 5 s);
-* server RSS (current and peak; target <= 600 MiB);
-* idle heartbeat cost: server and agent CPU over ``--idle`` seconds, per heartbeat;
+  new version applied (target <= 5 s for 2,000, <= 10 s for 10,000);
+* server RSS (current and peak; target <= 600 MiB for 2,000, <= 1.5 GiB for 10,000);
+* idle heartbeat cost: server and agent CPU over ``--idle`` seconds, per heartbeat (target for
+  10,000: server <= 15 % of a core);
 * server restart: time until every agent has reconnected to the new server, then a rollout.
 
 Prints a table; also writes JSON to bench/results/agents-<timestamp>.json.
@@ -61,6 +66,11 @@ async def wait_until(pred, timeout: float, interval: float = 0.02) -> float:  # 
             raise TimeoutError
         await asyncio.sleep(interval)
     return time.perf_counter() - t0
+
+
+def progress(**figures: float) -> None:
+    """Print a phase's figures as soon as it ends (a later phase may still fail)."""
+    print(" ".join(f"{k}={v:.2f}" for k, v in figures.items()), flush=True)
 
 
 def fleet_patch(generation: int) -> Patch:
@@ -163,11 +173,13 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             lambda: len(api.hub.connected()) == len(ids), args.ramp + 300, 0.1
         )
         connect_s = time.perf_counter() - t_start
+        progress(connect_all_s=connect_s, server_rss_mib=rss_mib()[0])
 
         # Warm-up rollout (first apply writes every file), then the measured one.
         _, warm_total = await rollout(api, store, ids, 1, 120)
         await asyncio.sleep(1)
         push_s, total_s = await rollout(api, store, ids, 2, 120)
+        progress(rollout_first_s=warm_total, rollout_push_s=push_s, rollout_total_s=total_s)
 
         # Idle: heartbeats only.
         await asyncio.sleep(2)
@@ -181,6 +193,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         s_cpu = cpu_seconds() - s0
         a_cpu = sum(cpu_seconds(p.pid) for p in procs) - a0
         rss, hwm = rss_mib()
+        progress(server_idle_cpu_pct=100 * s_cpu / dt_, heartbeats=hbs, rss=rss, peak=hwm)
 
         # Server restart: every agent reconnects (backoff + jitter) to a fresh hub.
         ports = (api.enroll_port, api.session_port)
@@ -196,7 +209,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         await api.start()
         await wait_until(lambda: len(api.hub.connected()) == len(ids), 300, 0.05)
         reconnect_s = time.perf_counter() - t0
-        _, after_restart_s = await rollout(api, store, ids, 3, 120)
+        progress(restart_reconnect_all_s=reconnect_s)
+        after_restart_s: float | None = None
+        try:
+            _, after_restart_s = await rollout(api, store, ids, 3, 120)
+        except TimeoutError:  # reported as missing, not lost with everything measured before
+            print("rollout after restart: not all applied within 120 s", flush=True)
         sims_rss = sum(rss_mib(p.pid)[0] for p in procs)
         return {
             "agents": len(ids),
@@ -219,7 +237,9 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             "server_cpu_us_per_heartbeat": round(1e6 * s_cpu / hbs, 1) if hbs else None,
             "agents_idle_cpu_pct": round(100 * a_cpu / dt_, 2),
             "restart_reconnect_all_s": round(reconnect_s, 2),
-            "rollout_after_restart_s": round(after_restart_s, 2),
+            "rollout_after_restart_s": (
+                round(after_restart_s, 2) if after_restart_s is not None else None
+            ),
             "maxrss_self_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
     finally:
@@ -243,12 +263,19 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=2000)
     ap.add_argument("--procs", type=int, default=2, help="simulator processes")
     ap.add_argument("--heartbeat", type=float, default=30.0)
-    ap.add_argument("--ramp", type=float, default=20.0)
+    ap.add_argument("--ramp", type=float, default=None, help="seconds (default count/100)")
     ap.add_argument("--idle", type=float, default=30.0)
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
+    if args.ramp is None:
+        args.ramp = args.count / 100
     res = asyncio.run(main_async(args))
-    targets = {"rollout_total_s": ("<=", 5.0), "server_rss_peak_mib": ("<=", 600.0)}
+    big = args.count > 2000
+    targets = {
+        "rollout_total_s": ("<=", 10.0 if big else 5.0),
+        "server_rss_peak_mib": ("<=", 1536.0 if big else 600.0),
+        "server_idle_cpu_pct": ("<=", 15.0),
+    }
     print(f"{'metric':34} {'value':>12}  target")
     print("-" * 60)
     for k, v in res.items():

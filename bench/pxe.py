@@ -37,7 +37,7 @@ from pxe.dhcp.decide import BootConfig, Mode
 from pxe.dhcp.leases import LeaseStore
 from pxe.dhcp.packet import Op, Opt, Packet, encode, parse
 from pxe.dhcp.server import DhcpServer
-from tests.peers.netlab import Lab, LoopThread, setns
+from tests.peers.netlab import Lab, setns
 from tests.support.ports import free_udp_port as free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -87,6 +87,7 @@ def probe_latency(ns: str, client_ip: str, server: str, count: int, rate: float)
 
     def run() -> None:
         setns(ns)
+        os.sched_setaffinity(0, {1})  # the client's CPU, as perfdhcp's (servers are on CPU 0)
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind((client_ip, 67))
@@ -215,28 +216,53 @@ def start_dhcp(name: str, lab: Lab):  # noqa: ANN201
             shutil.rmtree(tmp, ignore_errors=True)
 
         return stop
+    # bronze in a process of its own, as under `bronze serve` (and as dnsmasq): in this process
+    # its loop thread would share the GIL with the probe thread it is measured by.
+    proc = lab.spawn(
+        "taskset",
+        "-c",
+        "0",
+        PY,
+        "-m",
+        "bench.pxe",
+        "--serve-dhcp",
+        lab.server_ip,
+        lab.bridge,
+        lab.prefix,
+        cwd=ROOT,
+    )
+    time.sleep(1.5)
+
+    def stop_b() -> None:
+        lab.kill(proc)
+
+    return stop_b
+
+
+def serve_dhcp(server_ip: str, bridge: str, prefix: str) -> None:
+    """`bench.pxe --serve-dhcp`: bronze's `full` mode DHCP on uvloop, until killed."""
+
+    async def main() -> None:
+        srv = DhcpServer(
+            mode=Mode.FULL,
+            boot=BootConfig(server_ip=server_ip, http_base_url=f"http://{server_ip}:8080"),
+            # Every MAC known, as for a registered fleet: unknown MACs are rate-limited
+            # (pxe.dhcp.admission), which would measure the flood guard, not the answer path.
+            backend=StaticBackend(default=BootDecision(known=True, allow_boot=True)),
+            sink=null_sink,
+            address=server_ip,
+            interface=bridge,
+            leases=LeaseStore(None, (f"{prefix}.10", f"{prefix}.250")),
+        )
+        await srv.start()
+        await asyncio.Event().wait()
+
     try:
         import uvloop  # `bronze serve` runs on uvloop through uvicorn[standard]
 
-        loop = LoopThread(netns=lab.ns, loop_factory=uvloop.new_event_loop)
+        uvloop.run(main())
     except ImportError:
-        loop = LoopThread(netns=lab.ns)
-    srv = DhcpServer(
-        mode=Mode.FULL,
-        boot=BootConfig(server_ip=lab.server_ip, http_base_url=f"http://{lab.server_ip}:8080"),
-        backend=StaticBackend(default=BootDecision(allow_boot=True)),
-        sink=null_sink,
-        address=lab.server_ip,
-        interface=lab.bridge,
-        leases=LeaseStore(None, (f"{lab.prefix}.10", f"{lab.prefix}.250")),
-    )
-    loop.run(srv.start())
-
-    def stop_b() -> None:
-        loop.run(srv.stop())
-        loop.close()
-
-    return stop_b
+        asyncio.run(main())
 
 
 # -- TFTP ------------------------------------------------------------------------------------------
@@ -464,7 +490,11 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5, help="TFTP lock-step runs per side (median)")
     ap.add_argument("--rates", default="1000,2000,3000,4000,6000,8000,10000,12000")
     ap.add_argument("--serve-tftp", nargs=2, metavar=("ROOT", "PORT"))
+    ap.add_argument("--serve-dhcp", nargs=3, metavar=("ADDRESS", "BRIDGE", "PREFIX"))
     args = ap.parse_args()
+    if args.serve_dhcp:
+        serve_dhcp(*args.serve_dhcp)
+        return
     if args.serve_tftp:
         serve_tftp(args.serve_tftp[0], int(args.serve_tftp[1]))
         return

@@ -231,7 +231,7 @@ class Packet:
     # -- typed views -------------------------------------------------------------------------
     @functools.cached_property
     def mac(self) -> str:
-        return ":".join(f"{b:02x}" for b in self.chaddr)
+        return self.chaddr.hex(":")
 
     @property
     def message_type(self) -> MessageType | None:

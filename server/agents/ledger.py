@@ -175,10 +175,10 @@ class CommandLedger:
         if not len(registry):
             return 0
         rows = await self._store.list_pending_since(self._now() - POLL_LOOKBACK)
-        held = set(registry.machines())
+        held = registry.held()
         news = machines_with_news(rows, held, self._pending, self._acked)
         saved = {mid: await self._store.list_pending_commands(mid) for mid in news}
-        held = set(registry.machines())  # a session may have ended meanwhile
+        held = registry.held()  # a session may have ended meanwhile
         sent = 0
         for mid, p in commands_to_send(saved, held, self._pending, self._acked):
             session = registry.get(mid)

@@ -62,6 +62,10 @@ class SessionRegistry:
     def machines(self) -> list[str]:
         return sorted(self._sessions)
 
+    def held(self) -> set[str]:
+        """The machines with a session here, unsorted (the once-a-second poll asks)."""
+        return set(self._sessions)
+
     def sessions(self) -> list[AgentSession]:
         return list(self._sessions.values())
 
