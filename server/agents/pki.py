@@ -257,7 +257,10 @@ class FleetCA:
         if isinstance(pub, rsa.RSAPublicKey):
             if pub.key_size < 2048:
                 raise PkiError("CSR key too weak")
-        elif not isinstance(pub, ec.EllipticCurvePublicKey):
+        elif isinstance(pub, ec.EllipticCurvePublicKey):
+            if pub.curve.key_size < 256:  # P-192 and the like: below the CA's own strength
+                raise PkiError("CSR key too weak")
+        else:
             raise PkiError("CSR key type not supported (use EC or RSA)")
         now = self._now()
         life = lifetime or self.client_lifetime

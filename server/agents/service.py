@@ -67,6 +67,8 @@ def peer_common_name(context: grpc.aio.ServicerContext) -> str | None:
 
 PENDING_MESSAGE = "pending acceptance"
 REFUSAL_EVENT_INTERVAL = 60.0
+# An enrollment with less than this left of its caller's deadline keeps its token (Enroll).
+ENROLL_MARGIN_SECONDS = 2.0
 """Seconds between two ``agent.enroll.refused`` events for one machine and reason."""
 
 
@@ -113,17 +115,31 @@ class EnrollmentService(pb_grpc.EnrollmentServicer):
                 await self._pending(request, grant.token.boot_ref, context.peer())
                 ENROLLMENTS.labels("refused", "not_accepted").inc()
                 await context.abort(grpc.StatusCode.FAILED_PRECONDITION, PENDING_MESSAGE)
+            # The token is one-time: spend it only on a certificate that exists and on a caller
+            # still there to receive it. Signing first, so a CSR the CA refuses burns nothing;
+            # and a caller whose deadline has (nearly) run out keeps its token, because under
+            # load its client gives up before our answer arrives and its retry would otherwise
+            # be refused for good.
+            try:
+                issued = self._ca.sign_client_csr(request.csr_pem.encode(), request.machine_id)
+            except PkiError as exc:
+                ENROLLMENTS.labels("refused", "csr_refused").inc()
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            left = context.time_remaining()
+            if left is not None and left < ENROLL_MARGIN_SECONDS:
+                log.warning(
+                    "enrollment late, token kept machine=%s left=%.2fs",
+                    grant.token.machine_id,
+                    left,
+                )
+                ENROLLMENTS.labels("refused", "late").inc()
+                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "enrollment too late: retry")
             await self._tokens.consume(grant)
         except EnrollmentDenied as exc:
             log.warning("enrollment denied peer=%s", context.peer())
             await self._refused(request.machine_id, exc.reason, context.peer())
             ENROLLMENTS.labels("refused", "bad_token").inc()
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, DENIED_MESSAGE)
-        try:
-            issued = self._ca.sign_client_csr(request.csr_pem.encode(), request.machine_id)
-        except PkiError as exc:
-            ENROLLMENTS.labels("refused", "csr_refused").inc()
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         await self._store.record_certificate(
             request.machine_id, IssuedCertificate(issued.serial, issued.not_after)
         )
