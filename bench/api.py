@@ -43,6 +43,28 @@ RACK = "rack=r0007,!maintenance"
 PG = os.environ.get("BRONZE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
+def fleet_mac(i: int) -> str:
+    """Machine ``i``'s MAC in the seeded fleets (this bench and the query-plan test)."""
+    return ":".join(f"{b:02x}" for b in (2, 0, 0, i >> 16 & 255, i >> 8 & 255, i & 255))
+
+
+def fleet_labels(i: int) -> dict[str, str]:
+    """Machine ``i``'s labels, a realistic cardinality: a rack holds 40 machines, 4 roles,
+    3 zones, 2 labels unique to the machine, every 10th in maintenance. The query-plan test
+    (tests/server/inventory/test_list_plans.py) seeds the same shape, so the plans it checks are
+    the plans this bench measures."""
+    lab = {
+        "rack": f"r{i // 40:04d}",
+        "role": ("worker", "storage", "control", "gpu")[i % 4],
+        "zone": f"z{i % 3}",
+        "asset": f"a{i:06d}",
+        "example.com/serial": f"sn{i * 7919 % 1_000_003:07d}",
+    }
+    if i % 10 == 0:
+        lab["maintenance"] = ""
+    return lab
+
+
 def seed(url: str, n: int) -> None:
     migrate.upgrade(url)
     engine = create_engine(url)
@@ -67,22 +89,8 @@ def seed(url: str, n: int) -> None:
                 smbios_uuid=None,
             )
         )
-        nics.append(
-            dict(
-                machine_id=mid,
-                mac=":".join(f"{b:02x}" for b in (2, 0, 0, i >> 16 & 255, i >> 8 & 255, i & 255)),
-            )
-        )
-        lab = {  # a rack holds 40 machines, 4 roles, 3 zones, 2 labels unique to the machine
-            "rack": f"r{i // 40:04d}",
-            "role": ("worker", "storage", "control", "gpu")[i % 4],
-            "zone": f"z{i % 3}",
-            "asset": f"a{i:06d}",
-            "example.com/serial": f"sn{i * 7919 % 1_000_003:07d}",
-        }
-        if i % 10 == 0:
-            lab["maintenance"] = ""
-        labels += [dict(machine_id=mid, key=k, value=v) for k, v in lab.items()]
+        nics.append(dict(machine_id=mid, mac=fleet_mac(i)))
+        labels += [dict(machine_id=mid, key=k, value=v) for k, v in fleet_labels(i).items()]
         events += [
             dict(
                 created_at=now,

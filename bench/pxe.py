@@ -30,7 +30,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 from pxe.backend import BootDecision, StaticBackend, null_sink
 from pxe.dhcp.decide import BootConfig, Mode
@@ -239,6 +241,17 @@ def start_dhcp(name: str, lab: Lab):  # noqa: ANN201
     return stop_b
 
 
+def run_loop(coro: Coroutine[Any, Any, None]) -> None:
+    """Run ``coro`` on uvloop, as `bronze serve` does through uvicorn[standard]; plain asyncio
+    where uvloop is missing."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(coro)
+    else:
+        uvloop.run(coro)
+
+
 def serve_dhcp(server_ip: str, bridge: str, prefix: str) -> None:
     """`bench.pxe --serve-dhcp`: bronze's `full` mode DHCP on uvloop, until killed."""
 
@@ -257,12 +270,7 @@ def serve_dhcp(server_ip: str, bridge: str, prefix: str) -> None:
         await srv.start()
         await asyncio.Event().wait()
 
-    try:
-        import uvloop  # `bronze serve` runs on uvloop through uvicorn[standard]
-
-        uvloop.run(main())
-    except ImportError:
-        asyncio.run(main())
+    run_loop(main())
 
 
 # -- TFTP ------------------------------------------------------------------------------------------
@@ -321,12 +329,7 @@ def serve_tftp(root: str, port: int) -> None:
         await srv.start()
         await asyncio.Event().wait()
 
-    try:
-        import uvloop  # `bronze serve` runs on uvloop through uvicorn[standard]
-
-        uvloop.run(main())
-    except ImportError:
-        asyncio.run(main())
+    run_loop(main())
 
 
 def timed(cmd: list[str]) -> float:

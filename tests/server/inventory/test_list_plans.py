@@ -41,6 +41,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, event, insert, text
 from sqlalchemy.orm import Session
 
+from bench.api import fleet_labels, fleet_mac
 from server.boot import timeline
 from server.inventory import machines as inventory
 from server.inventory import migrate
@@ -99,18 +100,9 @@ def _seed(url: str) -> None:
                 revision=1,
             )
         )
-        mac = ":".join(f"{b:02x}" for b in (2, 0, 0, i >> 16 & 255, i >> 8 & 255, i & 255))
+        mac = fleet_mac(i)
         nics.append(dict(machine_id=mid, mac=mac))
-        lab = {
-            "rack": f"r{i // 40:04d}",
-            "role": ("worker", "storage", "control", "gpu")[i % 4],
-            "zone": f"z{i % 3}",
-            "asset": f"a{i:06d}",
-            "example.com/serial": f"sn{i * 7919 % 1_000_003:07d}",
-        }
-        if i % 10 == 0:
-            lab["maintenance"] = ""
-        labels += [dict(machine_id=mid, key=k, value=v) for k, v in lab.items()]
+        labels += [dict(machine_id=mid, key=k, value=v) for k, v in fleet_labels(i).items()]
         for j in range(3):
             events.append(
                 dict(
