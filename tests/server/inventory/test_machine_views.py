@@ -1,5 +1,5 @@
 """The fast read path (one query per page: the database aggregates each machine's NICs and labels
-into JSON, ``machines._view_columns``) answers byte for byte what the plain ORM reading of the
+into JSON, ``views.view_columns``) answers byte for byte what the plain ORM reading of the
 same rows answers, on SQLite and PostgreSQL, for machines with every field filled (and for ones
 with every optional field empty)."""
 
