@@ -6,7 +6,9 @@ in ten in maintenance; two events each) at each fleet size given, then measures 
 request reads the database): a broad filtered page, a one-rack page, a page sorted by
 -updated_at, the event list and one event group, one machine; and a random machine with the
 cache on. On SQLite and PostgreSQL, beside a bare FastAPI endpoint returning the filtered page's
-body (the framework ceiling), with the p99 ratio of the largest fleet to the smallest.
+body (the framework ceiling), with the p99 ratio of the largest fleet to the smallest. All fleet
+sizes are seeded first and served at once; each figure is the median of --rounds interleaved wrk
+runs (sizes in order, then reversed), so a load that drifts falls on every size alike.
 Targets: filtered-page p99 <= 50 ms, one random machine p99 <= 20 ms (issue 15); every list
 within 1.2x of its figure at 10,000 machines (issue 16).
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -231,44 +234,55 @@ REQUESTS = (
 with the cache on (issue 15's row 2: with this many machines it is mostly cold anyway)."""
 
 
-def measure(name: str, url: str, n: int, args: argparse.Namespace, tmp: Path) -> list[tuple]:
+def measure(name: str, urls: dict[int, str], args: argparse.Namespace, tmp: Path) -> list[tuple]:
+    """Every request against one server per fleet size (all up at once, all on CPU 0, only one
+    under load at a time), interleaved: round r runs the sizes in order, round r+1 in reverse,
+    and each figure is the median of its rounds. A load that drifts during the run (other work
+    on the machine) then falls on both sizes alike, so the ratio between them stays fair."""
     rows: list[tuple] = []
     for cache_mb in ("0", "64"):
         token = "brz_" + uuid.uuid4().hex + uuid.uuid4().hex[:11]
-        proc, base = serve(
-            {
-                "BRONZE_DATA_DIR": str(tmp / f"{name}-{n}"),
-                "BRONZE_DATABASE_URL": url,
-                "BRONZE_ADMIN_TOKEN": token,
-                "BRONZE_API_CACHE_MB": cache_mb,
-            },
-            tmp,
-        )
+        servers: dict[int, tuple[subprocess.Popen, str]] = {}
         try:
+            for n, url in urls.items():
+                servers[n] = serve(
+                    {
+                        "BRONZE_DATA_DIR": str(tmp / f"{name}-{n}"),
+                        "BRONZE_DATABASE_URL": url,
+                        "BRONZE_ADMIN_TOKEN": token,
+                        "BRONZE_API_CACHE_MB": cache_mb,
+                    },
+                    tmp,
+                )
             h = {"Authorization": f"Bearer {token}"}
             for label, path, caches, random_names in REQUESTS:
                 if cache_mb not in caches:
                     continue
-                if random_names == 0:
-                    r = httpx.get(base + path, headers=h, timeout=120)
-                    assert r.status_code == 200, r.text[:200]
-                    if path.startswith("/api/v1/machines?"):
-                        assert r.json()["items"], path
-                    BODIES.setdefault(label, r.content)
-                res = wrk(
-                    base,
-                    path,
-                    token,
-                    args.duration,
-                    args.connections,
-                    tmp,
-                    n if random_names else 0,
-                )
-                rows.append((name + ("" if cache_mb == "0" else ", cache on"), label, n, res))
-                print(f"{n} {rows[-1][0]}: {label}: {res}", file=sys.stderr)
+                runs: dict[int, list[dict[str, float]]] = {n: [] for n in urls}
+                for _, base in servers.values():
+                    if random_names == 0:
+                        r = httpx.get(base + path, headers=h, timeout=120)
+                        assert r.status_code == 200, r.text[:200]
+                        if path.startswith("/api/v1/machines?"):
+                            assert r.json()["items"], path
+                        BODIES.setdefault(label, r.content)
+                order = list(urls)
+                for rnd in range(args.rounds):
+                    for n in order if rnd % 2 == 0 else order[::-1]:
+                        base = servers[n][1]
+                        names = n if random_names else 0
+                        runs[n].append(
+                            wrk(base, path, token, args.duration, args.connections, tmp, names)
+                        )
+                backend = name + ("" if cache_mb == "0" else ", cache on")
+                for n in urls:
+                    res = {k: statistics.median(r[k] for r in runs[n]) for k in runs[n][0]}
+                    rows.append((backend, label, n, res))
+                    print(f"{n} {backend}: {label}: {res}", file=sys.stderr)
         finally:
-            proc.terminate()
-            proc.wait(10)
+            for proc, _ in servers.values():
+                proc.terminate()
+                proc.wait(10)
     return rows
 
 
@@ -303,6 +317,7 @@ def main() -> None:
     ap.add_argument("--machines", default="10000", help="fleet sizes, comma list: 10000,100000")
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved runs per figure (median)")
     ap.add_argument(
         "--backends", default="sqlite,postgresql", help="comma list (quick runs: sqlite)"
     )
@@ -314,22 +329,23 @@ def main() -> None:
         admin = create_engine(PG, isolation_level="AUTOCOMMIT")
         made: list[str] = []
         try:
-            for n in sizes:
-                for name in args.backends.split(","):
+            for name in args.backends.split(","):
+                urls: dict[int, str] = {}
+                for n in sizes:
                     if name == "postgresql":
                         made.append(f"bronze_bench_{uuid.uuid4().hex[:8]}")
                         with admin.connect() as c:
                             c.execute(text(f'CREATE DATABASE "{made[-1]}"'))
-                        url = PG.rsplit("/", 1)[0] + "/" + made[-1]
+                        urls[n] = PG.rsplit("/", 1)[0] + "/" + made[-1]
                     else:
-                        url = f"sqlite:///{tmp / f'bench-{n}.db'}"
+                        urls[n] = f"sqlite:///{tmp / f'bench-{n}.db'}"
                     t0 = time.monotonic()
-                    seed(url, n)
+                    seed(urls[n], n)
                     print(
                         f"seeded {n} machines on {name} in {time.monotonic() - t0:.1f}s",
                         file=sys.stderr,
                     )
-                    rows += measure(name, url, n, args, tmp)
+                rows += measure(name, urls, args, tmp)
             top = ceiling(BODIES["filtered page (100)"], args, tmp)
         finally:
             with admin.connect() as c:
@@ -344,7 +360,8 @@ def main() -> None:
             admin.dispose()
 
     print(
-        f"\nwrk -c{args.connections} {args.duration}s, server on CPU 0, wrk on CPU 1; "
+        f"\nwrk -c{args.connections} {args.duration}s x {args.rounds} interleaved rounds (median), "
+        f"servers on CPU 0, wrk on CPU 1; "
         f"load {os.getloadavg()[0]:.2f}"
     )
     print(
