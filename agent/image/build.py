@@ -4,8 +4,9 @@ Steps (each cached, see :mod:`agent.image.cache`): wheels (the bronze wheel buil
 repository with ``pip wheel . --no-deps``, its agent's runtime dependencies at the versions
 installed here) -> inputs and key (a finished image with that key is reused) -> Debian root
 (``debootstrap``, cached as a tar by mirror+suite+packages) -> kernel ``.deb`` (downloaded once)
--> modules in dependency order -> wheels installed into the root's ``/usr/local`` site-packages
--> ``/init``, the DHCP hook, the fleet CA -> compressed cpio.
+-> modules and their per-driver chains -> wheels installed into the root's ``/usr/local``
+site-packages, Python pruned and compiled -> unneeded programs and libraries removed ->
+``/init``, the DHCP hook, the fleet CA -> compressed cpio.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
-from agent.image import cpio, debian, python
+from agent.image import cpio, debian, libs, python
 from agent.image.cache import BuildInputs, base_key, cache_key, file_sha256, wheel_digest
 from agent.image.init_script import UDHCPC_SCRIPT, InitConfig, render_init
 from agent.image.modules import (
@@ -236,6 +237,8 @@ def build_image(req: BuildRequest, log=print) -> BuildResult:  # type: ignore[no
         steps["kernel"] = time.monotonic() - t
         t = time.monotonic()
         _install_agent(work / "root", wheels, req.ca)
+        libs.replace_with_busybox(work / "root")
+        libs.prune_libraries(work / "root")
         _write_init(work / "root", init_cfg)
         steps["agent"] = time.monotonic() - t
         t = time.monotonic()
