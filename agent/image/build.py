@@ -236,9 +236,12 @@ def build_image(req: BuildRequest, log=print) -> BuildResult:  # type: ignore[no
         init_cfg = _add_modules(work / "root", moddir)
         steps["kernel"] = time.monotonic() - t
         t = time.monotonic()
-        _install_agent(work / "root", wheels, req.ca)
-        libs.replace_with_busybox(work / "root")
-        libs.prune_libraries(work / "root")
+        try:
+            _install_agent(work / "root", wheels, req.ca)
+            libs.replace_with_busybox(work / "root")
+            libs.prune_libraries(work / "root")
+        except (python.PythonError, libs.LibsError) as exc:
+            raise BuildError(str(exc)) from None
         _write_init(work / "root", init_cfg)
         steps["agent"] = time.monotonic() - t
         t = time.monotonic()
