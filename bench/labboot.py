@@ -4,10 +4,11 @@
 
 ``bronze lab up --machines 1 --ipmi 1 --firmware bios`` (the image built or reused from the
 cache), then ``bronze boot-device set --device pxe --once --legacy`` and ``bronze power on``
-through the VM's IPMI BMC, and ``bronze agent show`` every 0.5 s until the agent is enrolled
-and connected. Printed: every netboot event (bronze's own timestamps, seconds after the
-power-on event), the agent's ``hello_at`` and the stamps ``/init`` wrote on the serial console
-(seconds since the kernel started). ``bronze lab down`` at the end, also after a failure.
+through the VM's IPMI BMC, and ``bronze agent show`` every 0.5 s until the agent is enrolled and
+connected. Printed: every event from the power request on (bronze's own timestamps, seconds
+after the ``power.succeeded`` event, which the stage measures from), the agent's ``hello_at``
+and the stamps ``/init`` wrote on the serial console (seconds since the kernel started).
+``bronze lab down`` at the end, also after a failure.
 """
 
 from __future__ import annotations
@@ -47,10 +48,11 @@ def _run(stage: Stage, name: str, console: Path) -> None:
     agent = _wait_enrolled(stage, name, 600)
     tl = _timeline(stage, name)
     on = max(i for i, e in enumerate(tl) if e["kind"] == "power.succeeded")
+    asked = max((i for i, e in enumerate(tl[:on]) if e["kind"] == "power.requested"), default=on)
     t_on = _t(tl[on].get("time") or tl[on]["at"])
     print(f"\nload {load:.2f} at power-on, {os.getloadavg()[0]:.2f} at enrolled")
-    print(f"{'event':40} {'s after power-on':>16}")
-    for e in tl[on:]:
+    print(f"{'event':40} {'s after power.succeeded':>16}")
+    for e in tl[asked:]:
         print(f"{e['kind']:40} {_t(e.get('time') or e['at']) - t_on:16.1f}")
     print(f"{'agent hello (enrolled, session open)':40} {_t(agent['hello_at']) - t_on:16.1f}")
     text = console.read_bytes().decode("latin-1", "replace").replace("\r", "")
