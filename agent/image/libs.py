@@ -37,11 +37,12 @@ PROGRAMS_DROPPED: tuple[str, ...] = (
 libraries are fixed (no ``ldconfig``)."""
 
 FULL_PROGRAMS: frozenset[str] = frozenset(
-    {"busybox", "mount", "umount", "blkdiscard", "blockdev", "mke2fs", "findfs", "losetup",
-     "nsenter", "unshare", "setpriv", "switch_root", "pivot_root"}
+    {"busybox", "mount", "umount", "blkdiscard", "blockdev", "blkid", "findfs", "losetup",
+     "mke2fs", "mkfs.ext4", "e2fsck", "mkfs.vfat", "mkdosfs", "fdisk", "sfdisk", "wipefs",
+     "partx", "lsblk", "nsenter", "unshare", "setpriv", "switch_root", "pivot_root"}
 )  # fmt: skip
 """Kept as Debian ships them although busybox has an applet of the name: the installer's disk
-tools (their options beyond busybox's) and the namespace tools."""
+tools (``agent/install`` uses their options beyond busybox's) and the namespace tools."""
 
 _NEEDED = re.compile(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]")
 
