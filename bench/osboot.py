@@ -31,7 +31,8 @@ from pathlib import Path
 
 MARKS: tuple[tuple[str, str], ...] = (
     ("kernel starts", r"Linux version"),
-    ("initramfs unpacked", r"Freeing initrd memory|Trying to unpack rootfs"),
+    ("initramfs unpack starts", r"Trying to unpack rootfs"),
+    ("initramfs unpacked", r"Freeing initrd memory"),
     ("/init runs", r"bronze init: .*starting \(kernel"),
     ("modules loaded", r"bronze init: .*modules loaded"),
     ("DHCP lease", r"bronze init: .*network: .* up"),
