@@ -31,10 +31,14 @@ PROGRAMS_DROPPED: tuple[str, ...] = (
     "usr/bin/locale", "usr/bin/logger", "usr/bin/lslogins", "usr/sbin/user*", "usr/sbin/group*",
     "usr/sbin/chpasswd", "usr/sbin/chgpasswd", "usr/sbin/newusers", "usr/sbin/*pwconv",
     "usr/sbin/*grpconv", "usr/sbin/ldconfig*", f"{LIBDIR}/security", f"{LIBDIR}/krb5",
-    f"{LIBDIR}/engines-3", f"{LIBDIR}/ossl-modules",
+    f"{LIBDIR}/engines-3", f"{LIBDIR}/ossl-modules", "usr/bin/bash", "usr/bin/rbash",
+    "usr/bin/gpasswd", "usr/bin/newgrp", "usr/bin/chage", "usr/bin/chfn", "usr/bin/chsh",
+    "usr/bin/expiry", "usr/bin/tic", "usr/bin/toe", "usr/bin/tabs", "usr/bin/infocmp",
+    "usr/bin/tput", "usr/bin/tset", "usr/bin/clear_console", "usr/bin/setterm",
 )  # fmt: skip
-"""Nobody logs in to a node (no PAM, Kerberos, user management); no OpenSSL engines; the
-libraries are fixed (no ``ldconfig``)."""
+"""Nobody logs in to a node (no PAM, Kerberos, user management, interactive shell or terminal
+tools: ``/bin/sh`` is dash, ``/init`` busybox); no OpenSSL engines; the libraries are fixed
+(no ``ldconfig``)."""
 
 FULL_PROGRAMS: frozenset[str] = frozenset(
     {"busybox", "mount", "umount", "blkdiscard", "blockdev", "blkid", "findfs", "losetup",

@@ -31,9 +31,12 @@ STDLIB_PRUNE: tuple[str, ...] = (
     "_pydecimal.py", "pickletools.py", "lib-dynload/_sqlite3.*", "lib-dynload/_curses*",
     "lib-dynload/_dbm.*", "lib-dynload/_gdbm.*", "lib-dynload/_tkinter.*",
     "lib-dynload/_test*", "lib-dynload/xxlimited*", "lib-dynload/_ctypes_test*",
-    "lib-dynload/_xxtestfuzz*",
+    "lib-dynload/_xxtestfuzz*", "lib-dynload/nis.*", "lib-dynload/_codecs_*",
+    "lib-dynload/_multibytecodec.*", "lib-dynload/audioop.*", "lib-dynload/_crypt.*",
+    "lib-dynload/readline.*", "crypt.py", "nis.py",
 )  # fmt: skip
-"""Relative to ``usr/lib/python3.X``; globs."""
+"""Relative to ``usr/lib/python3.X``; globs. The extension modules go with their libraries (NIS
+pulls in libtirpc and Kerberos, readline libreadline; the CJK codecs are 0.9 MiB)."""
 
 KEEP_ENCODINGS: frozenset[str] = frozenset(
     {"__init__", "aliases", "ascii", "latin_1", "utf_8", "utf_8_sig", "utf_16", "utf_16_le",
