@@ -8,7 +8,7 @@ message signed (HMAC-SHA1-96 / HMAC-SHA256-128) and AES-CBC-128 encrypted: ciphe
 Session, Get Device ID, Get System GUID, Get Chassis Status, Chassis Control and Get/Set System
 Boot Options (parameter 5, the boot flags, stored as written). Power changes take ``--settle``
 seconds, like the pyghmi simulator of ``tests/peers/bmc_peers.py`` (the reference this replaces
-in the benches because it costs ~4x the CPU per message: a thread per process waking the
+in the benches because it costs ~4x the CPU per verified cycle: a thread per process waking the
 serving thread through an Event, a Python object per packet); ``ipmitool -I lanplus`` works
 against it (``tests/bmc/test_ipmi_sim.py``). Not implemented: sequence-number windows (any
 sequence number is accepted), K_G, users other than the one given, privilege checks.
