@@ -93,7 +93,7 @@ def sim_fleet(
 ) -> Iterator[SimFleet]:
     """Start ``processes`` x ``per_process`` simulated BMCs; stop them on exit. ``kind``:
     ``lean`` (``bench/ipmi_sim.py``, cipher suites 3 and 17, one thread) or ``pyghmi``
-    (``tests/peers/bmc_peers.py``, suite 3 only, ~4x the CPU per message)."""
+    (``tests/peers/bmc_peers.py``, suite 3 only, ~4x the CPU per verified cycle)."""
     if kind not in SIM_MODULES:
         raise ValueError(f"unknown simulator {kind!r}: one of {', '.join(SIM_MODULES)}")
     password = (
