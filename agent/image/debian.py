@@ -164,8 +164,9 @@ def resolve_kernel(meta: str = KERNEL_META) -> tuple[str, str]:
     raise DebianError(f"cannot resolve {meta} with apt-cache (run apt-get update?)")
 
 
-def fetch_kernel(package: str, version: str, debs: Path) -> Path:
-    """The kernel ``.deb`` in ``debs``, downloaded from the mirror when not cached."""
+def fetch_deb(package: str, version: str, debs: Path) -> Path:
+    """The ``.deb`` of ``package=version`` in ``debs``, downloaded from the mirror when not
+    cached (the kernel, the installer's tools)."""
     debs.mkdir(parents=True, exist_ok=True)
     found = sorted(debs.glob(f"{package}_{version.replace(':', '%3a')}_*.deb"))
     if not found:
