@@ -41,6 +41,10 @@ PRUNE: tuple[str, ...] = (
 )  # fmt: skip
 """Paths (relative to the root) removed after ``debootstrap``."""
 
+PRUNE_KEEP: frozenset[str] = frozenset({"usr/lib/x86_64-linux-gnu/gconv/IBM850.so"})
+"""Files under a :data:`PRUNE` directory that stay: mtools (the installer writes the ESP with
+it) converts FAT names through iconv to code page 850 and fails without this module."""
+
 
 class DebianError(Exception):
     """No usable mirror, or a Debian tool failed (the message names the tool)."""
@@ -138,7 +142,12 @@ def prune(root: Path) -> None:
     recompiles into RAM what it imports)."""
     for rel in PRUNE:
         path = root / rel
-        if path.is_dir() and not path.is_symlink():
+        keep = [k for k in PRUNE_KEEP if k.startswith(rel + "/") and (root / k).exists()]
+        if keep and path.is_dir():
+            for child in path.iterdir():
+                if str(child.relative_to(root)) not in keep:
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+        elif path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)

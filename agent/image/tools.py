@@ -14,6 +14,9 @@ beside the root, and only these go in:
 * ``/usr/lib/grub/{i386-pc,x86_64-efi}``: every file but the modules, and of the modules only
   the closure (``moddep.lst``) of :data:`GRUB_MODULES`, what the installer embeds and what its
   ``grub.cfg`` runs; never ``monolithic/``;
+* glibc's ``IBM850`` converter and a four-line ``gconv-modules`` for it: mtools converts FAT
+  names to code page 850 through iconv and gives up without it (the root's other converters
+  are pruned);
 * ``udevadm``: grub-install runs ``udevadm info --query path --name DEV`` only to find a
   partition's sysfs directory (its start sector); a five-line busybox script answers that from
   ``/sys/class/block``, instead of udev's 1.3 MiB program and systemd's shared library.
@@ -62,6 +65,14 @@ link="/sys/class/block/${last##*/}"
 [ -e "$link" ] || { echo "Unknown device \"$last\"" >&2; exit 4; }
 p=$(/bin/busybox readlink -f "$link") && echo "${p#/sys}"
 """
+
+GCONV_MODULES = """# mtools' code page only (agent/image/tools.py; the image keeps IBM850.so alone)
+alias\tCP850//\tIBM850//
+alias\t850//\tIBM850//
+module\tIBM850//\tINTERNAL\tIBM850\t1
+module\tINTERNAL\tIBM850//\tIBM850\t1
+"""
+"""glibc's iconv configuration for the one converter the image keeps (``debian.PRUNE_KEEP``)."""
 
 LIB_DIRS: tuple[str, ...] = ("usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu", "usr/lib", "lib")
 
@@ -187,6 +198,9 @@ def add_tools(root: Path, pinned: Iterable[str], debs: Path, work: Path) -> list
     unpack(pinned, debs, tree)
     added = add_programs(tree, root)
     add_grub(tree, root)
+    gconv = root / "usr/lib/x86_64-linux-gnu/gconv"
+    if (gconv / "IBM850.so").exists():
+        (gconv / "gconv-modules").write_text(GCONV_MODULES)
     udevadm = root / "usr/bin/udevadm"
     udevadm.write_text(UDEVADM)
     udevadm.chmod(0o755)

@@ -91,3 +91,18 @@ def test_add_programs_copies_symlinks_and_missing_libraries(tmp_path: Path) -> N
     assert tools.add_programs(tree, root, ["usr/bin/mcopy"]) == ["usr/bin/mcopy"]  # now it has it
     with pytest.raises(Exception, match="not in the tool packages"):
         tools.add_programs(tree, root, ["usr/sbin/nothing"])
+
+
+def test_prune_keeps_the_code_page_mtools_needs(tmp_path: Path) -> None:
+    from agent.image import debian
+
+    gconv = tmp_path / "usr/lib/x86_64-linux-gnu/gconv"
+    (gconv / "gconv-modules.d").mkdir(parents=True)
+    for name in ("IBM850.so", "BIG5.so", "gconv-modules", "gconv-modules.cache"):
+        (gconv / name).write_text("x")
+    (tmp_path / "usr/share/doc/x").mkdir(parents=True)
+    debian.prune(tmp_path)
+    assert sorted(p.name for p in gconv.iterdir()) == ["IBM850.so"]
+    assert not (tmp_path / "usr/share/doc").exists()
+    gconv_modules = tools.GCONV_MODULES.splitlines()
+    assert "alias\tCP850//\tIBM850//" in gconv_modules  # what mtools asks iconv for

@@ -46,9 +46,13 @@ def _wait(what: str, stage: StageLike, check: Any, timeout: float, interval: flo
         raise AssertionError(f"{what}: {exc}\n{stage.diagnostics()}") from None
 
 
+def _one(data: Any) -> dict[str, Any]:
+    """The CLI's ``-o json`` prints one object or a list of one."""
+    return dict(data[0] if isinstance(data, list) else data)
+
+
 def _rollout(stage: StageLike, kind: str, rid: str) -> dict[str, Any]:
-    data = stage.json(kind, "status", rid)
-    return data[0] if isinstance(data, list) else data
+    return _one(stage.json(kind, "status", rid))
 
 
 def _ended(stage: StageLike, kind: str, rid: str, states: tuple[str, ...]) -> Any:
@@ -67,13 +71,13 @@ def _second_image(stage: StageLike, name: str, extra: str, base: dict[str, Any])
         *[a for f in base["initrds"] for a in ("--initrd", f["asset"])],
         *[f"--arg={a}" for a in args],
     )  # fmt: skip
-    return str(stage.json("images", "show", name)["digest"])
+    return str(_one(stage.json("images", "show", name))["digest"])
 
 
 def install_and_upgrade(stage: StageLike, name: str, lab: str, state_dir: Path) -> dict[str, Any]:
     figures: dict[str, Any] = {"machine": name}
-    base = stage.json("images", "show", "lab-os")
-    cert = stage.json("agent", "show", name)["certificate"]["serial"]
+    base = _one(stage.json("images", "show", "lab-os"))
+    cert = _one(stage.json("agent", "show", name))["certificate"]["serial"]
 
     # 5. provision: install to the virtual disk, back from it as ready
     t0 = time.monotonic()
@@ -82,15 +86,15 @@ def install_and_upgrade(stage: StageLike, name: str, lab: str, state_dir: Path) 
         "provision", "start", "--image", "lab-os", "-l", f"lab={lab},stage=install",
         "--disk", "/dev/vda", "--netboot-timeout", "600", "--install-timeout", "900",
     )  # fmt: skip
-    prov_id = (prov[0] if isinstance(prov, list) else prov)["id"]
+    prov_id = _one(prov)["id"]
     _wait("provision", stage, _ended(stage, "provision", prov_id, ("succeeded",
           "completed_with_failures", "failed", "cancelled")), timeout=1500)  # fmt: skip
     done = _rollout(stage, "provision", prov_id)
     figures["provision_s"] = round(time.monotonic() - t0, 1)
     figures["provision_steps"] = _steps(stage, name)
     assert done["status"] == "succeeded", (done, stage.diagnostics())
-    machine = stage.json("machines", "show", name)
-    agent = stage.json("agent", "show", name)
+    machine = _one(stage.json("machines", "show", name))
+    agent = _one(stage.json("agent", "show", name))
     assert machine["phase"] == "ready", machine
     assert agent["os"]["slot"] == "A" and agent["os"]["image_digest"] == base["digest"], agent
     figures["reenrolled_for_install"] = agent["certificate"]["serial"] != cert
@@ -104,7 +108,11 @@ def install_and_upgrade(stage: StageLike, name: str, lab: str, state_dir: Path) 
         "config", "patches", "create", "lab-sentinel", "--patch-file", str(patch),
         "--scope", "selector", "-l", "stage=install",
     )  # fmt: skip
-    _wait("sentinel", stage, lambda: stage.json("agent", "show", name)["config"]["in_sync"], 300)
+
+    def in_sync() -> bool:
+        return bool(_one(stage.json("agent", "show", name))["config"]["in_sync"])
+
+    _wait("sentinel", stage, in_sync, 300)
     assert stage.cli("node", name, "logs", "sentinel").stdout.strip() == SENTINEL
     good = _second_image(stage, "lab-os-2", "bronze.lab=second", base)
     t0 = time.monotonic()
@@ -112,13 +120,13 @@ def install_and_upgrade(stage: StageLike, name: str, lab: str, state_dir: Path) 
         "upgrade", "start", "--image", "lab-os-2", "-l", "stage=install", "--preserve",
         "--health-timeout", "600",
     )  # fmt: skip
-    up_id = (up[0] if isinstance(up, list) else up)["id"]
+    up_id = _one(up)["id"]
     _wait("upgrade", stage, _ended(stage, "upgrade", up_id, ("succeeded", "failed",
           "aborted")), timeout=1200)  # fmt: skip
     figures["upgrade_s"] = round(time.monotonic() - t0, 1)
     done = _rollout(stage, "upgrade", up_id)
     assert done["status"] == "succeeded", (done, stage.diagnostics())
-    agent = stage.json("agent", "show", name)
+    agent = _one(stage.json("agent", "show", name))
     assert agent["os"]["slot"] == "B" and agent["os"]["image_digest"] == good, agent
     assert agent["os"]["last_good_digest"] == good, agent
     assert agent["certificate"]["serial"] == cert, "the installed agent enrolled again"
@@ -132,7 +140,7 @@ def install_and_upgrade(stage: StageLike, name: str, lab: str, state_dir: Path) 
         "upgrade", "start", "--image", "lab-os-broken", "-l", "stage=install", "--preserve",
         "--health-timeout", "240",
     )  # fmt: skip
-    up_id = (up[0] if isinstance(up, list) else up)["id"]
+    up_id = _one(up)["id"]
     _wait("broken upgrade", stage, _ended(stage, "upgrade", up_id, ("succeeded", "failed",
           "aborted")), timeout=1200)  # fmt: skip
     figures["broken_upgrade_s"] = round(time.monotonic() - t0, 1)
@@ -140,13 +148,13 @@ def install_and_upgrade(stage: StageLike, name: str, lab: str, state_dir: Path) 
     assert done["status"] == "failed", done
 
     def back_on_last_good() -> bool:
-        a = stage.json("agent", "show", name)
+        a = _one(stage.json("agent", "show", name))
         return bool(a["connected"]) and a["os"]["image_digest"] == good
 
     _wait("back on the last good image", stage, back_on_last_good, 600)
-    agent = stage.json("agent", "show", name)
+    agent = _one(stage.json("agent", "show", name))
     assert agent["os"]["slot"] == "B", agent
-    machine = stage.json("machines", "show", name)
+    machine = _one(stage.json("machines", "show", name))
     figures["broken_result"] = {"phase": machine["phase"], "reason": machine.get("fault_reason")}
     assert machine["phase"] == "failed", machine
     power = [e for e in _events(stage, name) if e["kind"].startswith("power.")]
