@@ -2,8 +2,8 @@
 libraries, and the GRUB platform files it installs, taken from Debian packages.
 
 Adding the packages to ``debootstrap --include`` would bring whole packages and their
-dependencies (``udev`` alone pulls systemd's shared library and a 10 MiB hardware database,
-``grub-efi-amd64-bin`` four prebuilt monolithic EFI images and 266 modules). Instead the
+dependencies (``udev`` its 13 MiB hardware database and daemon, ``grub-efi-amd64-bin`` four
+prebuilt monolithic EFI images, 15 MiB, and 266 modules). Instead the
 packages in :data:`PACKAGES` are fetched with ``apt-get download`` into the build cache (the
 versions the host's apt resolves, recorded in the build inputs), unpacked with ``dpkg-deb -x``
 beside the root, and only these go in:
@@ -19,7 +19,7 @@ beside the root, and only these go in:
   are pruned);
 * ``udevadm``: grub-install runs ``udevadm info --query path --name DEV`` only to find a
   partition's sysfs directory (its start sector); a five-line busybox script answers that from
-  ``/sys/class/block``, instead of udev's 1.3 MiB program and systemd's shared library.
+  ``/sys/class/block``, instead of udev's 1.3 MiB program.
 
 The root already has (minbase) ``util-linux`` (``partx``, ``blockdev``, ``blkid``, ``wipefs``,
 ``blkdiscard``, ``lsblk``), ``mount`` and ``e2fsprogs`` (``mkfs.ext4``).
