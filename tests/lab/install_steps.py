@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -91,7 +92,6 @@ def install_and_upgrade(stage: StageLike, name: str, lab: str, state_dir: Path) 
           "completed_with_failures", "failed", "cancelled")), timeout=1500)  # fmt: skip
     done = _rollout(stage, "provision", prov_id)
     figures["provision_s"] = round(time.monotonic() - t0, 1)
-    figures["provision_steps"] = _steps(stage, name)
     assert done["status"] == "succeeded", (done, stage.diagnostics())
     machine = _one(stage.json("machines", "show", name))
     agent = _one(stage.json("agent", "show", name))
@@ -138,7 +138,7 @@ def install_and_upgrade(stage: StageLike, name: str, lab: str, state_dir: Path) 
     t0 = time.monotonic()
     up = stage.json(
         "upgrade", "start", "--image", "lab-os-broken", "-l", "stage=install", "--preserve",
-        "--health-timeout", "240",
+        "--health-timeout", "90",
     )  # fmt: skip
     up_id = _one(up)["id"]
     _wait("broken upgrade", stage, _ended(stage, "upgrade", up_id, ("succeeded", "failed",
@@ -158,8 +158,8 @@ def install_and_upgrade(stage: StageLike, name: str, lab: str, state_dir: Path) 
     figures["broken_result"] = {"phase": machine["phase"], "reason": machine.get("fault_reason")}
     assert machine["phase"] == "failed", machine
     power = [e for e in _events(stage, name) if e["kind"].startswith("power.")]
-    figures["broken_power_events"] = [e["kind"] for e in power][-4:]
-    figures["upgrade_steps"] = _steps(stage, name)
+    figures["broken_power_events"] = [e["detail"].get("message") for e in power][-6:]
+    figures["steps"] = _steps(stage, name)
     return figures
 
 
@@ -168,10 +168,18 @@ def _events(stage: StageLike, name: str) -> list[dict[str, Any]]:
     return list(data["items"] if isinstance(data, dict) else data)
 
 
-def _steps(stage: StageLike, name: str) -> list[tuple[str, str]]:
-    """The rollout events of the machine (kind, time), for the figures."""
+def _steps(stage: StageLike, name: str) -> list[tuple[str, str, float]]:
+    """Each rollout step of the machine: (rollout kind, step, seconds it lasted), from the
+    rollout events' times (the figures; a step lasts until the next event)."""
+    events = [e for e in _events(stage, name) if e["kind"].startswith("rollout.machine.")]
     out = []
-    for e in _events(stage, name):
-        if e["kind"].startswith("rollout."):
-            out.append((e["kind"], e.get("time") or e.get("at") or ""))
+    for e, nxt in zip(events, events[1:], strict=False):
+        d = e.get("detail") or {}
+        if e["kind"] == "rollout.machine.step":
+            span = _t(nxt.get("at") or nxt["time"]) - _t(e.get("at") or e["time"])
+            out.append((str(d.get("kind") or "upgrade"), str(d.get("step")), round(span, 1)))
     return out
+
+
+def _t(iso: str) -> float:
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
