@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
-from agent.image import cpio, debian
+from agent.image import cpio, debian, tools
 from agent.image.cache import BuildInputs, base_key, cache_key, file_sha256, wheel_digest
 from agent.image.init_script import UDHCPC_SCRIPT, InitConfig, render_init
 from agent.image.modules import (
@@ -110,6 +110,7 @@ def _inputs(req: BuildRequest, wheels: list[Path]) -> tuple[BuildInputs, debian.
         ca_sha256=file_sha256(req.ca),
         args=req.args,
         compression=req.compression.value,
+        tools=tools.resolve(),
     )
     return inputs, mirror
 
@@ -218,7 +219,7 @@ def build_image(req: BuildRequest, log=print) -> BuildResult:  # type: ignore[no
         steps["root"] = time.monotonic() - t
         t = time.monotonic()
         package, _, kv = inputs.kernel_package.partition("=")
-        deb = debian.fetch_kernel(package, kv, cache / "debs")
+        deb = debian.fetch_deb(package, kv, cache / "debs")
         vmlinuz, moddir = debian.unpack_kernel(deb, work / "kernel")
         kver, order = _add_modules(work / "root", moddir, inputs.modules)
         steps["kernel"] = time.monotonic() - t
@@ -226,6 +227,9 @@ def build_image(req: BuildRequest, log=print) -> BuildResult:  # type: ignore[no
         _install_agent(work / "root", wheels, req.ca)
         _write_init(work / "root", kver, order)
         steps["agent"] = time.monotonic() - t
+        t = time.monotonic()
+        tools.add_tools(work / "root", inputs.tools, cache / "debs", work)
+        steps["tools"] = time.monotonic() - t
         t = time.monotonic()
         staging = cache / "images" / f"{key}.part"
         shutil.rmtree(staging, ignore_errors=True)
