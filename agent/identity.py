@@ -18,6 +18,7 @@ mode 0600 and never sent anywhere: enrollment and renewal send a CSR.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shlex
 from dataclasses import dataclass
@@ -62,6 +63,27 @@ def parse_cmdline(text: str) -> BootParams:
         ca_path=kv.get("ca", DEFAULT_CA_PATH),
         image=kv.get("image", ""),
     )
+
+
+ENDPOINTS_FILE = "endpoints.json"
+"""In the state dir: the server, enrollment endpoint and machine id the agent last ran with.
+An installed machine boots from its disk with only the image's own kernel arguments (no
+``bronze.server=``): the installer copies the state dir (this file with it) into STATE."""
+
+
+def load_endpoints(state_dir: Path) -> dict[str, str]:
+    try:
+        doc = json.loads((state_dir / ENDPOINTS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in doc.items() if isinstance(v, str)} if isinstance(doc, dict) else {}
+
+
+def save_endpoints(state_dir: Path, *, server: str, enroll: str, machine: str, fsync: bool) -> None:
+    """Record the endpoints (only when they changed: a simulated fleet starts 1,000 agents)."""
+    doc = {"server": server, "enroll": enroll, "machine": machine}
+    if load_endpoints(state_dir) != doc:
+        write_file(state_dir / ENDPOINTS_FILE, json.dumps(doc).encode(), 0o600, fsync=fsync)
 
 
 def read_boot_params(root: Path) -> BootParams:

@@ -25,7 +25,7 @@ import signal
 import sys
 from pathlib import Path
 
-from agent.identity import read_boot_params
+from agent.identity import load_endpoints, read_boot_params, save_endpoints
 from agent.image_manifest import ManifestError, TrustedKey, parse_keys
 from agent.inventory import collect
 from agent.runtime import Agent, AgentFatalError, AgentOptions
@@ -143,17 +143,19 @@ def run_options(args: argparse.Namespace) -> AgentOptions | int:
         ca_pem = ca_path.read_bytes()
     except OSError:
         ca_pem = None
-    server = args.server or bp.server
+    state_dir = args.state or (root / "var/lib/bronze")
+    saved = load_endpoints(state_dir)
+    server = args.server or bp.server or saved.get("server", "")
     if not server:
         print("bronze-agent: no server (bronze.server= or --server)", file=sys.stderr)
         return 2
     opts = AgentOptions(
         root=root,
-        state_dir=args.state or (root / "var/lib/bronze"),
-        machine_id=args.machine or bp.machine_id,
+        state_dir=state_dir,
+        machine_id=args.machine or bp.machine_id or saved.get("machine", ""),
         token=token,
         server=server,
-        enroll=args.enroll or bp.enroll,
+        enroll=args.enroll or bp.enroll or saved.get("enroll", ""),
         ca_pem=ca_pem,
         heartbeat_interval=args.heartbeat,
         backoff_max=args.backoff_max,
@@ -180,6 +182,13 @@ def _trusted_keys(path: Path | None, root: Path) -> tuple[TrustedKey, ...]:
 
 def run_agent(opts: AgentOptions) -> int:
     agent = Agent(opts)
+    save_endpoints(
+        opts.state_dir,
+        server=opts.server,
+        enroll=opts.enroll,
+        machine=opts.machine_id,
+        fsync=opts.fsync,
+    )
     try:
         asyncio.run(_run_until_signal(agent.run))
     except AgentFatalError as exc:

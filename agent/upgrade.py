@@ -34,7 +34,15 @@ from typing import TYPE_CHECKING, BinaryIO
 from agent.gen import agent_pb2 as pb
 from agent.identity import write_file
 from agent.image_manifest import Manifest, ManifestError, TrustedKey, verify
-from agent.install import InstallError, SandboxBackend, SlotError, SlotStore, grub_boot, installer
+from agent.install import (
+    BlockBackend,
+    InstallError,
+    SandboxBackend,
+    SlotError,
+    SlotStore,
+    grub_boot,
+    installer,
+)
 from agent.install import Manifest as SlotManifest
 from agent.install.boot import Slot, slot_from_cmdline
 from agent.install.sandbox import install_sandbox
@@ -46,6 +54,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 WATCHDOG_FILE = "upgrade-watchdog.json"
+STATE_MOUNT = Path("/system/state")
+"""Where the OS image's ``/init`` mounts STATE on an installed machine (agent/image)."""
 
 
 class UpgradeRefused(Exception):
@@ -185,16 +195,23 @@ class NodeSlots:
 
     @classmethod
     def detect(cls, root: Path, state_dir: Path) -> NodeSlots | None:
-        """A sandbox disk at ``ROOT/system`` (simulated machines); None when netbooted.
+        """The slots of this machine, None when it booted without them (netbooted).
 
-        Real disks are found the same way once the OS image mounts STATE (``docs/install.md``);
-        until a machine is installed it has no slots and reports none."""
+        A real machine (``root`` is ``/``) booted from its disk has ``bronze.slot=`` on its
+        command line (GRUB adds it) and STATE mounted at ``/system/state`` by the image's
+        ``/init``: its disk is the one holding that filesystem. A simulated machine's disk is
+        the sandbox ``ROOT/system``."""
+        cmdline_slot = slot_from_cmdline(_read(root / "proc/cmdline"))
+        if root == Path("/"):
+            disk = disk_of_mount(STATE_MOUNT)
+            if cmdline_slot is None or disk is None:
+                return None
+            return cls(BlockBackend(disk, state_mount=STATE_MOUNT), cmdline_slot, state_dir)
         system = root / "system"
         if not (system / "STATE" / "grub" / "grubenv").exists():
             return None
         backend = SandboxBackend(system)
-        booted = slot_from_cmdline(_read(root / "proc/cmdline")) or grub_boot(backend)
-        return cls(backend, booted, state_dir)
+        return cls(backend, cmdline_slot or grub_boot(backend), state_dir)
 
     def report(self) -> SlotReport:
         st = self.store.status()
@@ -262,6 +279,18 @@ class NodeSlots:
         except (ValueError, KeyError, TypeError):
             timeout = 600.0
         return time.monotonic() + max(timeout, 1.0)
+
+
+def disk_of_mount(mountpoint: Path, mounts: str = "/proc/mounts") -> str | None:
+    """The whole disk (``/dev/vda``) holding the filesystem mounted at ``mountpoint``, from
+    the kernel's mount table and sysfs (a partition's sysfs directory sits in its disk's)."""
+    for line in _read(Path(mounts)).splitlines():
+        fields = line.split()
+        if len(fields) > 1 and fields[1] == str(mountpoint) and fields[0].startswith("/dev/"):
+            part = Path("/sys/class/block") / Path(fields[0]).name
+            if (part / "partition").exists():
+                return "/dev/" + part.resolve().parent.name
+    return None
 
 
 def _read(path: Path) -> str:

@@ -1,17 +1,18 @@
 """A fleet of simulated IPMI BMCs on 127.0.0.1, for power benchmarks.
 
-Starts N processes, each serving M pyghmi BMCs (``tests/peers/bmc_peers.py``'s
-``SimBmc``: power with a settle delay, boot flags kept as written) on free UDP ports of
-127.0.0.1, and prints their endpoints as JSON. ``bench/power.py`` (server bulk API)
-reads that JSON. Also times a sequential ``ipmitool`` power-cycle loop (the reference a
-shell script would be) and the same loop through ``bmc.BmcController``.
+Starts N processes, each serving M simulated BMCs (``bench/ipmi_sim.py`` by default, or
+``tests/peers/bmc_peers.py``'s pyghmi ``SimBmc``: power with a settle delay, boot flags kept
+as written) on free UDP ports of 127.0.0.1, and prints their endpoints as JSON.
+``bench/power.py`` (server bulk API) reads that JSON. Also times a sequential ``ipmitool``
+power-cycle loop (the reference a shell script would be) and the same loop through
+``bmc.BmcController``.
 
     .venv/bin/python -m bench.bmc_sim serve --processes 10 --per-process 100 > endpoints.json
     .venv/bin/python -m bench.bmc_sim cycle-loop --per-process 20 --count 20
 
 The password comes from ``BRONZE_SIM_PASSWORD`` (default ``password``) and reaches the
 children and ipmitool through the environment, never argv. Run from the repository root: the
-children are ``python -m tests.peers.bmc_peers`` started there.
+children are ``python -m bench.ipmi_sim`` (or ``tests.peers.bmc_peers``) started there.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL = "127.0.0.1"
+SIM_MODULES = {"lean": ["bench.ipmi_sim"], "pyghmi": ["tests.peers.bmc_peers", "pyghmi"]}
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,13 @@ def sim_fleet(
     password: str | None = None,
     timeout: float = 60.0,
     events: Path | None = None,
+    kind: str = "lean",
 ) -> Iterator[SimFleet]:
-    """Start ``processes`` x ``per_process`` simulated BMCs; stop them on exit."""
+    """Start ``processes`` x ``per_process`` simulated BMCs; stop them on exit. ``kind``:
+    ``lean`` (``bench/ipmi_sim.py``, cipher suites 3 and 17, one thread) or ``pyghmi``
+    (``tests/peers/bmc_peers.py``, suite 3 only, ~4x the CPU per verified cycle)."""
+    if kind not in SIM_MODULES:
+        raise ValueError(f"unknown simulator {kind!r}: one of {', '.join(SIM_MODULES)}")
     password = (
         password if password is not None else os.environ.get("BRONZE_SIM_PASSWORD", "password")
     )
@@ -102,8 +109,7 @@ def sim_fleet(
                 [
                     sys.executable,
                     "-m",
-                    "tests.peers.bmc_peers",
-                    "pyghmi",
+                    *SIM_MODULES[kind],
                     "--user",
                     username,
                     "--ports",

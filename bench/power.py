@@ -1,8 +1,8 @@
 """Power benchmark (issue: power plane). Not a test: prints a table.
 
-1,000 machines behind simulated IPMI BMCs (10 processes x 100 pyghmi BMCs on 127.0.0.1, see
-bench/bmc_sim.py) are power-cycled with verification through the bulk API of a real
-`bronze serve`. Reported beside:
+1,000 machines behind simulated IPMI BMCs (10 processes x 100 BMCs on 127.0.0.1, see
+bench/bmc_sim.py; ``--sim pyghmi`` for the pyghmi simulator of the tests) are power-cycled
+with verification through the bulk API of a real `bronze serve`. Reported beside:
   - the ideal: the slowest single verified cycle (measured alone, through the API) x ceil(N / C),
     C = max_parallel = BRONZE_BMC_MAX_CONCURRENCY;
   - a sequential `ipmitool -I lanplus -C 3 chassis power cycle` loop over 50 BMCs, scaled to N.
@@ -35,6 +35,7 @@ from typing import Any
 import httpx
 
 from bench.bmc_sim import ipmitool_cycle_loop, sim_fleet
+from bench.profile import Sampler, top
 from tests.support.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,13 +72,29 @@ def main() -> None:
         default=2,
         help="bulk cycles in a row; from the second on, BMC sessions are kept (reused)",
     )
+    ap.add_argument(
+        "--sim",
+        choices=("lean", "pyghmi"),
+        default="lean",
+        help="simulated BMCs: bench/ipmi_sim.py (default) or the pyghmi one of the tests",
+    )
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        help="directory for py-spy collapsed stacks of each bulk round: the server and one "
+        "simulator process (server-K.txt, sim-K.txt); their top lines are printed",
+    )
     args = ap.parse_args()
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     n = args.processes * args.per_process
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     password = "bench-pw-3e9a"  # noqa: S105 - simulated BMCs only
     with (
         tempfile.TemporaryDirectory() as tmp,
-        sim_fleet(args.processes, args.per_process, args.settle, password=password) as fleet,
+        sim_fleet(
+            args.processes, args.per_process, args.settle, password=password, kind=args.sim
+        ) as fleet,
     ):
         port = free_port()
         token = "brz_" + os.urandom(24).hex()
@@ -152,10 +169,17 @@ def main() -> None:
             probe_ms = (
                 1000 * (proc_cpu(server.pid) - cpu_idle) / max(len(idle), 1)
             )  # server CPU per GET
-            rounds = [
-                bulk_cycle(c, base, token, n, args.concurrency, server.pid, fleet.pids)
-                for _ in range(args.rounds)
-            ]
+            rounds = []
+            for k in range(args.rounds):
+                where = args.profile
+                with (
+                    Sampler(server.pid, where / f"server-{k}.txt" if where else None, 200),
+                    Sampler(fleet.pids[0], where / f"sim-{k}.txt" if where else None, 200),
+                ):
+                    rounds.append(
+                        bulk_cycle(c, base, token, n, args.concurrency, server.pid, fleet.pids)
+                    )
+            load_after = Path("/proc/loadavg").read_text().split()[:3]
         finally:
             server.terminate()
             server.wait(20)
@@ -175,9 +199,9 @@ def main() -> None:
         )
 
     print(
-        f"\n{n} simulated IPMI BMCs (pyghmi, settle {args.settle}s), "
+        f"\n{n} simulated IPMI BMCs ({args.sim}, settle {args.settle}s), "
         f"concurrency {args.concurrency}; "
-        f"load average before: {load_before}"
+        f"load average before: {load_before}, after the bulk rounds: {load_after}"
     )
     print(f"{'what':<56}{'seconds':>9}{'ratio':>9}")
     print(
@@ -210,6 +234,12 @@ def main() -> None:
         )
         for reason, count in sorted(r["reasons"].items(), key=lambda kv: -kv[1]):
             print(f"  failed x{count}: {reason}")
+    if args.profile:
+        for k in range(args.rounds):
+            for who in ("server", "sim"):
+                print(f"profile {who}, round {k} (inclusive share of GIL-holding samples):")
+                for share, fn in top(args.profile / f"{who}-{k}.txt", 20):
+                    print(f"  {share:5.1f} %  {fn}")
     if seq:
         print(f"ipmitool CPU per (unverified) cycle: {seq_cpu_ms:.2f} ms (ipmitool processes only)")
 

@@ -194,13 +194,21 @@ class Operation:
                 self.clock.sleep(delay)
 
     def wait_for(
-        self, read: Callable[[PowerDriver], T], done: Callable[[T], bool], settle: float
+        self,
+        read: Callable[[PowerDriver], T],
+        done: Callable[[T], bool],
+        settle: float,
+        immediate: bool = True,
     ) -> tuple[T | None, bool]:
-        """Poll ``read`` until ``done`` or the settle time (within the deadline) passes."""
+        """Poll ``read`` until ``done`` or the settle time (within the deadline) passes. Without
+        ``immediate``, the first read waits half a poll interval too."""
         policy = self.ctl.policy
         until = min(self.clock.monotonic() + settle, self.deadline)
         last: T | None = None
         gap = policy.poll_interval / 2  # immediate read-back, then 1/2, 1, 1, ... apart
+        if not immediate:
+            self.clock.sleep(min(gap, max(until - self.clock.monotonic(), 0.0)))
+            gap = min(gap * 2, policy.poll_interval)
         while True:
             self.polls += 1
             try:

@@ -186,7 +186,9 @@ class SessionSlots:
         if self.policy.session_idle <= 0:
             return False
         with self._lock:  # parks are serialized, so the cap is exact
-            if self._parked() >= self.policy.max_sessions:
+            # Fewer slots than the cap: no need to count (an O(BMCs) walk per operation).
+            cap = self.policy.max_sessions
+            if len(self._slots) > cap and self._parked() >= cap:
                 return False
             slot.driver, slot.endpoint = drv, endpoint
             slot.idle_since = self.clock.monotonic()

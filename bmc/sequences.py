@@ -12,7 +12,8 @@ and returns a :class:`~bmc.operation.BmcResult`:
   (IPMI cc D5h, Redfish 400/409), and "already on" is success.
 - **Verify every write by reading back** until the target state is seen or the settle timeout
   passes (:class:`~bmc.errors.BmcVerifyTimeout` otherwise). A cycle or reset is verified by the
-  host ending on; a boot override by the device reading back.
+  host ending on, read no sooner than half a poll interval after the command (before the BMC
+  acts, the host still reads on); a boot override by the device reading back.
 """
 
 from __future__ import annotations
@@ -46,7 +47,10 @@ def power(op: Operation, action: PowerAction, settle: float) -> BmcResult:
     already = _command(op, action, before)
     if already is not None:
         return BmcResult(op.endpoint.key, op.name, already, op.attempts, 0.0)
-    return _verify_power(op, action, settle)
+    # A host being cycled or reset reads "on" until the BMC acts: a read-back at once proves
+    # nothing, so the first one waits half a poll interval.
+    restart = action in (PowerAction.cycle, PowerAction.reset) and before != PowerState.off
+    return _verify_power(op, action, settle, immediate=not restart)
 
 
 def _command(op: Operation, action: PowerAction, before: PowerState) -> PowerState | None:
@@ -74,9 +78,11 @@ def _command(op: Operation, action: PowerAction, before: PowerState) -> PowerSta
     return None
 
 
-def _verify_power(op: Operation, action: PowerAction, settle: float) -> BmcResult:
+def _verify_power(op: Operation, action: PowerAction, settle: float, immediate: bool) -> BmcResult:
     target = action.target
-    state, settled = op.wait_for(lambda d: d.get_power_state(), lambda s: s == target, settle)
+    state, settled = op.wait_for(
+        lambda d: d.get_power_state(), lambda s: s == target, settle, immediate
+    )
     final = state if state is not None else PowerState.unknown
     error = (
         None

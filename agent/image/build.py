@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
-from agent.image import cpio, debian, libs, python
+from agent.image import cpio, debian, libs, python, tools
 from agent.image.cache import BuildInputs, base_key, cache_key, file_sha256, wheel_digest
 from agent.image.init_script import UDHCPC_SCRIPT, InitConfig, render_init
 from agent.image.modules import (
@@ -113,6 +113,7 @@ def _inputs(req: BuildRequest, wheels: list[Path]) -> tuple[BuildInputs, debian.
         ca_sha256=file_sha256(req.ca),
         args=req.args,
         compression=req.compression.value,
+        tools=tools.resolve(),
     )
     return inputs, mirror
 
@@ -231,7 +232,7 @@ def build_image(req: BuildRequest, log=print) -> BuildResult:  # type: ignore[no
         steps["root"] = time.monotonic() - t
         t = time.monotonic()
         package, _, kv = inputs.kernel_package.partition("=")
-        deb = debian.fetch_kernel(package, kv, cache / "debs")
+        deb = debian.fetch_deb(package, kv, cache / "debs")
         vmlinuz, moddir = debian.unpack_kernel(deb, work / "kernel")
         init_cfg = _add_modules(work / "root", moddir)
         steps["kernel"] = time.monotonic() - t
@@ -242,6 +243,9 @@ def build_image(req: BuildRequest, log=print) -> BuildResult:  # type: ignore[no
             raise BuildError(str(exc)) from None
         _write_init(work / "root", init_cfg)
         steps["agent"] = time.monotonic() - t
+        t = time.monotonic()
+        tools.add_tools(work / "root", inputs.tools, cache / "debs", work)
+        steps["tools"] = time.monotonic() - t
         t = time.monotonic()
         try:  # last before packing: whatever the steps above added counts as a user
             libs.replace_with_busybox(work / "root")

@@ -20,7 +20,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-BUILDER_VERSION = "3"
+BUILDER_VERSION = "4"
 """Bumped when the builder changes what it puts in an image for the same inputs."""
 
 
@@ -39,6 +39,8 @@ class BuildInputs:
     ca_sha256: str
     args: tuple[str, ...]
     compression: str
+    tools: tuple[str, ...] = ()
+    """``name=version`` of the Debian packages the installer's tools come from (``tools.py``)."""
     builder: str = BUILDER_VERSION
 
 

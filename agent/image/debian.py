@@ -37,6 +37,10 @@ PRUNE: tuple[str, ...] = (
 )  # fmt: skip
 """Paths (relative to the root) removed after ``debootstrap``."""
 
+PRUNE_KEEP: frozenset[str] = frozenset({"usr/lib/x86_64-linux-gnu/gconv/IBM850.so"})
+"""Files under a :data:`PRUNE` directory that stay: mtools (the installer writes the ESP with
+it) converts FAT names through iconv to code page 850 and fails without this module."""
+
 
 class DebianError(Exception):
     """No usable mirror, or a Debian tool failed (the message names the tool)."""
@@ -135,7 +139,12 @@ def prune(root: Path) -> None:
     :mod:`agent.image.python`)."""
     for rel in PRUNE:
         path = root / rel
-        if path.is_dir() and not path.is_symlink():
+        keep = [k for k in PRUNE_KEEP if k.startswith(rel + "/") and (root / k).exists()]
+        if keep and path.is_dir():
+            for child in path.iterdir():
+                if str(child.relative_to(root)) not in keep:
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+        elif path.is_dir() and not path.is_symlink():
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
@@ -161,8 +170,9 @@ def resolve_kernel(meta: str = KERNEL_META) -> tuple[str, str]:
     raise DebianError(f"cannot resolve {meta} with apt-cache (run apt-get update?)")
 
 
-def fetch_kernel(package: str, version: str, debs: Path) -> Path:
-    """The kernel ``.deb`` in ``debs``, downloaded from the mirror when not cached."""
+def fetch_deb(package: str, version: str, debs: Path) -> Path:
+    """The ``.deb`` of ``package=version`` in ``debs``, downloaded from the mirror when not
+    cached (the kernel, the installer's tools)."""
     debs.mkdir(parents=True, exist_ok=True)
     found = sorted(debs.glob(f"{package}_{version.replace(':', '%3a')}_*.deb"))
     if not found:

@@ -5,8 +5,9 @@ works in an initramfs and in containers. Each operation mounts the partition it 
 temporary directory and unmounts it after (sync first). On a booted node STATE is already
 mounted (``/system/state``): pass ``state_mount`` to use it in place.
 
-EPHEMERAL is wiped with ``mkfs.ext4``, which needs it unmounted: the installed OS calls
-``wipe_ephemeral_if_requested()`` from early boot, before /var is mounted.
+EPHEMERAL is wiped with ``mkfs.ext4``, which needs it unmounted: the installed OS's agent calls
+``wipe_ephemeral_if_requested()`` when it starts, and the wipe unmounts ``/var`` and mounts
+the new filesystem back.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from agent.install.layout import PartLabel
 from agent.install.tools import (
     InstallError,
     mounted,
-    mounted_devices,
+    mountpoint_of,
     partition_labels,
     partition_node,
     run,
@@ -55,7 +56,13 @@ class BlockBackend:
             yield where
 
     def wipe_ephemeral(self) -> None:
+        """mkfs EPHEMERAL. The OS image's ``/init`` mounts it at ``/var`` before the agent
+        starts (and nothing there is open yet): it is unmounted, made anew and mounted back
+        where it was. A busy ``/var`` fails the umount, and nothing is wiped."""
         node = self.node(PartLabel.EPHEMERAL)
-        if node in mounted_devices():
-            raise InstallError(f"EPHEMERAL ({node}) is mounted; wipe it before mounting /var")
+        where = mountpoint_of(node)
+        if where is not None:
+            run(["umount", where])
         run(["mkfs.ext4", "-F", "-q", "-L", PartLabel.EPHEMERAL.value, node])
+        if where is not None:
+            run(["mount", node, where])

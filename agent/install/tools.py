@@ -55,13 +55,15 @@ def require(tool: str) -> str:
     return path
 
 
-def run(argv: list[str], *, stdin: str | None = None) -> str:
-    """Run a tool; its stdout, or :class:`InstallError` with its stderr."""
+def run(argv: list[str], *, stdin: str | None = None, env: dict[str, str] | None = None) -> str:
+    """Run a tool (``env``: added to the environment); its stdout, or :class:`InstallError`
+    with its stderr."""
     exe = require(argv[0])
     log.debug("run argv=%s", argv)
     proc = subprocess.run(
-        [exe, *argv[1:]], input=stdin, capture_output=True, text=True, check=False
-    )
+        [exe, *argv[1:]], input=stdin, capture_output=True, text=True, check=False,
+        env={**os.environ, **env} if env else None,
+    )  # fmt: skip
     if proc.returncode != 0:
         raise InstallError(
             f"{argv[0]} failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}"
@@ -111,6 +113,16 @@ def partition_node(disk: str, number: int, *, wait: float = 10.0) -> str:
 def mounted_devices() -> set[str]:
     with open("/proc/mounts") as f:
         return {line.split()[0] for line in f}
+
+
+def mountpoint_of(node: str) -> str | None:
+    """Where ``node`` is mounted (the first place), or None."""
+    with open("/proc/mounts") as f:
+        for line in f:
+            dev, where = line.split()[:2]
+            if dev == node:
+                return where.replace("\\040", " ")
+    return None
 
 
 @contextmanager

@@ -76,7 +76,10 @@ class Liveness:
                 hello.last_good_digest,
             ),
         )
-        await self.note_applied(mid, hello.config_version)
+        # record_hello wrote what the agent says is in effect, also "" (a machine booted afresh:
+        # a netboot keeps its config in RAM): the cache must say the same, or the same version
+        # applied again after the reboot is taken as already written and never recorded.
+        self._applied[mid] = hello.config_version
         log.info(
             "session open machine=%s peer=%s boot=%s config=%s",
             mid,

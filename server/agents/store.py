@@ -238,6 +238,7 @@ class MemoryAgentStore:
 
     async def record_hello(self, machine_id: str, hello: AgentHello) -> None:
         self.hellos[machine_id] = hello
+        self.applied[machine_id] = hello.config_version  # as the database store does
 
     async def record_seen(self, seen: Mapping[str, dt.datetime]) -> None:
         self.seen.update(seen)

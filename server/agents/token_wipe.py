@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import delete
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from bmc import PowerState
@@ -47,11 +47,24 @@ def wipe_token(s: Session, machine_id: str, *, reason: str, actor: str) -> bool:
     return True
 
 
-def on_power_item_start(s: Session, op: Operation, item: OperationItem) -> None:
-    """``op`` is about to act on ``item``'s machine (``server.power.service``). ``op`` is passed
-    in, not loaded: loading it would load all its items (one per machine of a bulk operation)."""
-    if op.kind == "power" and op.action in POWER_DOWN_ACTIONS:
-        wipe_token(s, item.machine_id, reason=f"power {op.action}", actor=op.requested_by)
+def on_power_items_start(s: Session, starts: list[tuple[Operation, OperationItem]]) -> None:
+    """Each ``(op, item)``: ``op`` is about to act on ``item``'s machine (``server.power.writes``,
+    a batch of item starts). ``op`` is passed in, not loaded: loading it would load all its items
+    (one per machine of a bulk operation). One query finds the machines that hold a token: a
+    statement per machine cost more CPU than the rest of the item's start."""
+    down = {
+        item.machine_id: op
+        for op, item in starts
+        if op.kind == "power" and op.action in POWER_DOWN_ACTIONS
+    }
+    if not down:
+        return
+    holders = s.scalars(
+        select(AgentBootstrapToken.machine_id).where(AgentBootstrapToken.machine_id.in_(down))
+    )
+    for machine_id in set(holders):
+        op = down[machine_id]
+        wipe_token(s, machine_id, reason=f"power {op.action}", actor=op.requested_by)
 
 
 def on_power_observed(s: Session, m: Machine) -> None:

@@ -15,11 +15,9 @@ from server.api.auth import Principal
 from server.api.deps import Context, context, operator, reader
 from server.api.schemas import Strict
 from server.errors import NotFound
-from server.inventory.models import Operation
 from server.inventory.selectors import parse_param
 from server.power import listing
 from server.power.kinds import OperationKind
-from server.power.listing import operation_view
 from server.power.service import PowerService
 
 router = APIRouter(tags=["power"])
@@ -50,10 +48,10 @@ def power(request: Request) -> PowerService:
 
 def _get_op(ctx: Context, op_id: str) -> dict[str, Any]:
     with ctx.db.read() as s:
-        op = s.get(Operation, op_id)
-        if op is None:
+        view = listing.get_operation_view(s, op_id)
+        if view is None:
             raise NotFound(kind="operation", key=op_id)
-        return operation_view(op)
+        return view
 
 
 async def _submit(svc: PowerService, ctx: Context, **kw: Any) -> dict[str, Any]:

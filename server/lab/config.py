@@ -160,7 +160,14 @@ def domain_xml(plan: Plan, vm: Vm) -> str:
     # iPXE), as on a real UEFI machine; QEMU's default virtio ROM is an EFI iPXE driver that
     # would skip the TFTP step
     rom = "\n      <rom enabled='no'/>" if vm.firmware == "uefi" else ""
-    return f"""<domain type='qemu'>
+    # NOTE: libvirt always starts QEMU with `-boot strict=on`, and a BMC's boot-device override
+    # (VirtualBMC's `chassis bootdev pxe`, sushy-emulator's Pxe, both written as the domain's
+    # only <boot dev='network'/>) then leaves the disk out of SeaBIOS' boot list: SeaBIOS gives
+    # it no BIOS drive number, so iPXE's `sanboot --drive 0x80` (what bronze serves a machine
+    # that boots its disk) fails with "Input/output error" and every reboot of an installed
+    # machine stops at "No bootable device". A real BMC's PXE override leaves the other boot
+    # devices in place: `strict=off` (QEMU merges -boot options, the last wins) does that here.
+    return f"""<domain type='qemu' xmlns:qemu='http://libvirt.org/schemas/domain/qemu/1.0'>
   <name>{escape(vm.name)}</name>
   <uuid>{vm.uuid}</uuid>
   <memory unit='MiB'>{plan.memory_mib}</memory>
@@ -194,6 +201,7 @@ def domain_xml(plan: Plan, vm: Vm) -> str:
     <memballoon model='none'/>
   </devices>
   <seclabel type='none'/>
+  <qemu:commandline><qemu:arg value='-boot'/><qemu:arg value='strict=off'/></qemu:commandline>
 </domain>
 """
 

@@ -2,18 +2,45 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, tuple_
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, noload
 
 from server.errors import Invalid
 from server.inventory import machines as inventory
-from server.inventory.models import Operation
+from server.inventory.models import Operation, OperationItem
+
+ITEM_COLUMNS = (
+    OperationItem.machine_id,
+    OperationItem.machine_name,
+    OperationItem.status,
+    OperationItem.result,
+    OperationItem.error,
+    OperationItem.started_at,
+    OperationItem.finished_at,
+)
 
 
-def operation_view(op: Operation) -> dict[str, Any]:
+def get_operation_view(s: Session, op_id: str) -> dict[str, Any] | None:
+    """One operation's view, its items read as plain rows: a client polling a 1,000-machine
+    operation must not cost 1,000 ORM objects per poll. ``None`` if there is no such operation."""
+    op = s.scalars(
+        select(Operation).where(Operation.id == op_id).options(noload(Operation.items))
+    ).first()
+    if op is None:
+        return None
+    items = s.execute(
+        select(*ITEM_COLUMNS).where(OperationItem.operation_id == op_id).order_by(OperationItem.id)
+    )
+    return operation_view(op, items)
+
+
+def operation_view(op: Operation, items: Iterable[Any] | None = None) -> dict[str, Any]:
+    """The API view of ``op``; ``items`` (rows of :data:`ITEM_COLUMNS`, in id order) instead of
+    ``op.items`` when given."""
     iso = inventory.iso
     return {
         "id": op.id,
@@ -36,7 +63,7 @@ def operation_view(op: Operation) -> dict[str, Any]:
                 "started_at": iso(i.started_at),
                 "finished_at": iso(i.finished_at),
             }
-            for i in op.items
+            for i in (op.items if items is None else items)
         ],
     }
 

@@ -118,8 +118,7 @@ def items_start(s: Session, starts: list[Start], secrets: SecretBox) -> list[Bmc
         ),
         [{"b_id": x.item.id, "b_at": x.now} for x in starts],
     )
-    for x in starts:  # off/cycle/reset: the boot's token dies
-        token_wipe.on_power_item_start(s, x.op, x.item)
+    token_wipe.on_power_items_start(s, [(x.op, x.item) for x in starts])  # off/cycle/reset
     ids = {x.item.machine_id for x in starts}
     rows = {r.id: r for r in s.execute(select(Machine.id, *BMC_COLUMNS).where(Machine.id.in_(ids)))}
     return [

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import select
 from starlette.concurrency import run_in_threadpool
 
+from bmc.errors import BmcUnsupportedError
 from server.errors import ApiError
 from server.inventory.db import Database
 from server.inventory.models import Machine, OperationItem
@@ -22,6 +23,8 @@ from server.settings import ServerSettings
 from server.types import OpStatus
 
 log = logging.getLogger(__name__)
+UNSUPPORTED = BmcUnsupportedError.template.split("{bmc}")[1].split("{operation}")[0]
+"""" does not support ": how a failed operation's error says the BMC lacks the action."""
 
 
 class RolloutService:
@@ -47,53 +50,56 @@ class RolloutService:
 
     async def _cycle(self, machine_id: str) -> None:
         """The server as watchdog: a power cycle through the machine's BMC."""
+        error = await self._cycle_or_off_on(machine_id, "rollout watchdog")
+        if error:
+            log.warning("watchdog power cycle failed machine=%s: %s", machine_id, error)
+
+    async def _power_up(self, machine_id: str, what: str) -> str:
+        """Provisioning: boot device PXE (once), then power on (``up``: a machine already on is
+        cycled) or ``cycle``. Ordinary power operations (``/api/v1/operations``). Returns ""
+        or what failed."""
+        params = {"reason": "provisioning"}
+        error = await self._run(
+            machine_id, OperationKind.BOOT_DEVICE, "pxe", {**params, "persistent": False}
+        )
+        if error:
+            return error
+        if what == "up" and await run_in_threadpool(self._observed, machine_id) != "on":
+            return await self._run(machine_id, OperationKind.POWER, "on", params)
+        return await self._cycle_or_off_on(machine_id, "provisioning")
+
+    async def _cycle_or_off_on(self, machine_id: str, reason: str) -> str:
+        """A power cycle; a BMC without one (IPMI's chassis power cycle is optional: VirtualBMC
+        answers "invalid command") gets off, then on, as Ironic's IPMI reboot does."""
+        params = {"reason": reason}
+        error = await self._run(machine_id, OperationKind.POWER, "cycle", params)
+        if UNSUPPORTED not in error:
+            return error
+        log.info("BMC has no power cycle machine=%s: off, then on", machine_id)
+        return await self._run(machine_id, OperationKind.POWER, "off", params) or await self._run(
+            machine_id, OperationKind.POWER, "on", params
+        )
+
+    async def _run(
+        self, machine_id: str, kind: OperationKind, action: str, params: dict[str, Any]
+    ) -> str:
+        """One power operation, to its end; "" or what failed."""
         try:
             op = await run_in_threadpool(
-                lambda: self._power.submit(
-                    kind=OperationKind.POWER,
-                    action="cycle",
-                    params={"reason": "rollout watchdog"},
+                functools.partial(
+                    self._power.submit,
+                    kind=kind,
+                    action=action,
+                    params=params,
                     actor=ACTOR,
                     keys=[machine_id],
                 )
             )
-        except ApiError as exc:  # e.g. another operation holds the machine
-            log.warning("watchdog power cycle refused machine=%s: %s", machine_id, exc)
-            return
-        self._power.start(op)
-
-    async def _power_up(self, machine_id: str, what: str) -> str:
-        """Provisioning: boot device PXE (once), then power on (``up``: a machine already on is
-        cycled) or ``cycle``. Two ordinary power operations (``/api/v1/operations``). Returns ""
-        or what failed."""
-        if what == "up":
-            observed = await run_in_threadpool(self._observed, machine_id)
-            action = "cycle" if observed == "on" else "on"
-        else:
-            action = "cycle"
-        steps: list[tuple[OperationKind, str, dict[str, Any]]] = [
-            (OperationKind.BOOT_DEVICE, "pxe", {"persistent": False, "reason": "provisioning"}),
-            (OperationKind.POWER, action, {"reason": "provisioning"}),
-        ]
-        for kind, act, params in steps:
-            try:
-                op = await run_in_threadpool(
-                    functools.partial(
-                        self._power.submit,
-                        kind=kind,
-                        action=act,
-                        params=params,
-                        actor=ACTOR,
-                        keys=[machine_id],
-                    )
-                )
-            except ApiError as exc:  # another operation holds the machine, no BMC
-                return f"{kind.value} {act} refused: {exc}"
-            await self._power.run(op)
-            error = await run_in_threadpool(self._item_error, op)
-            if error:
-                return f"{kind.value} {act}: {error}"
-        return ""
+        except ApiError as exc:  # another operation holds the machine, no BMC
+            return f"{kind.value} {action} refused: {exc}"
+        await self._power.run(op)
+        error = await run_in_threadpool(self._item_error, op)
+        return f"{kind.value} {action}: {error}" if error else ""
 
     def _observed(self, machine_id: str) -> str:
         with self._db.read() as s:

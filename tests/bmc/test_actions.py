@@ -205,6 +205,22 @@ def test_transient_errors_during_the_command_are_retried() -> None:
 # -- verification ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("action", [PowerAction.cycle, PowerAction.reset])
+def test_restart_of_a_running_host_is_not_verified_by_an_immediate_read(
+    action: PowerAction,
+) -> None:
+    """Until the BMC acts, a host being cycled still reads on: the first read-back waits half a
+    poll interval (an off host is powered on instead, and read back at once)."""
+    ctl, bmc, clock, _ = make(state=PowerState.on)
+    result = ctl.power_sync(EP, action)
+    assert result.ok and result.polls == 1
+    assert bmc.calls == ["get", action.value, "get"]
+    assert clock.sleeps == [0.5]
+    ctl, bmc, clock, _ = make(state=PowerState.off)
+    assert ctl.power_sync(EP, action).ok
+    assert bmc.calls == ["get", "on", "get"] and clock.sleeps == []
+
+
 def test_write_is_verified_by_polling_until_settled() -> None:
     ctl, bmc, clock, _ = make(settle=3.5)
     result = ctl.power_sync(EP, PowerAction.on)

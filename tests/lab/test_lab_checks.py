@@ -72,3 +72,6 @@ def test_mixed_firmware_and_domain_xml(tmp_path: Path) -> None:
     assert f"type='pflash'>{cfg.OVMF_CODE}<" in uefi and "<rom enabled='no'/>" in uefi
     assert "secure='no'" in uefi and str(tmp_path) in uefi  # NVRAM in the lab's dir
     assert len({v.mac for v in plan.vms}) == 3
+    # a BMC's PXE override must not hide the disk from the firmware (sanboot --drive 0x80)
+    for xml in (bios, uefi):
+        assert "<qemu:arg value='-boot'/><qemu:arg value='strict=off'/>" in xml

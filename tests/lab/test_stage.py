@@ -16,8 +16,10 @@ through bronze's CLI (and so its REST API) only.
 Figures (power-on -> agent enrolled per machine, from bronze's own event times; the stage's
 wall time; lab up/down) go to ``test-artifacts/lab/stage.json`` (``BRONZE_TEST_ARTIFACTS``)
 and the test's output. They are recorded, never asserted (docs/lab.md has the measured ones).
-Steps 5-6 of issue 13 (install to disk, upgrades, BMC fallback) are not here: docs/lab.md says
-what blocks them.
+5-6. on vm0 only (BIOS, IPMI), with vm1 powered off to leave the 2 cores to it: provisioning
+   installs the image to its virtual disk and it comes back from the disk as ``ready``; a
+   rolling upgrade with ``preserve=true`` keeps a file in EPHEMERAL; a broken image comes back
+   on the last good one through boot counting and the BMC power cycle (``install_steps.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 
 import pytest
 
+from tests.lab.install_steps import install_and_upgrade
 from tests.lab.support import LabCli
 from tests.support.procs import BRONZE
 from tests.support.wait import eventually
@@ -135,8 +138,8 @@ def _timeline(stage: Stage, name: str) -> list[dict[str, Any]]:
     return list(data["items"] if isinstance(data, dict) else data)
 
 
-@pytest.mark.timeout(1500)
-def test_stage_power_netboot_enroll_inventory_config(lab: LabCli) -> None:
+@pytest.mark.timeout(3600)
+def test_stage_power_netboot_enroll_config_install_upgrade(lab: LabCli) -> None:
     t_stage = time.monotonic()
     FIGURES.clear()
     res = lab.run(
@@ -246,4 +249,10 @@ def test_stage_power_netboot_enroll_inventory_config(lab: LabCli) -> None:
         dropped = before[n]["memory_available_bytes"] - now["memory_available_bytes"]
         # the kernel reserved 64 huge pages (128 MiB): MemAvailable no longer counts them
         assert dropped >= (HUGEPAGES * 2 - 28) << 20, (before[n], now)
+    FIGURES["steps_1_4_s"] = round(time.monotonic() - t_stage, 1)
+
+    # 5-6 on vm0: install to disk, upgrade with preserve, a broken image falls back
+    for op in stage.json("power", "off", vm1):
+        assert op["status"] == "succeeded", op
+    FIGURES["install_upgrade"] = install_and_upgrade(stage, vm0, NAME, Path(lab.state_dir))
     FIGURES["stage_seconds_before_down"] = round(time.monotonic() - t_stage, 1)

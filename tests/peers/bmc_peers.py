@@ -374,8 +374,10 @@ def start_pyghmi(
     password: str = "password",  # noqa: S107
     count: int = 1,
     settle: float = 0.3,
+    no_cycle: bool = False,
 ) -> Peer:
-    """``count`` pyghmi BMCs in one process on consecutive free ports (first in ``port``)."""
+    """``count`` pyghmi BMCs in one process on consecutive free ports (first in ``port``);
+    ``no_cycle``: without chassis power cycle (optional in IPMI; VirtualBMC has none)."""
     workdir.mkdir(parents=True, exist_ok=True)
     ports = [free_port(socket.SOCK_DGRAM) for _ in range(count)]
     events = workdir / "events"
@@ -392,6 +394,7 @@ def start_pyghmi(
         str(settle),
         "--events",
         str(events),
+        *(["--no-cycle"] if no_cycle else []),
     ]
     env = {"BRONZE_SIM_PASSWORD": password, "PYTHONPATH": str(ROOT)}
     proc = spawn(argv, workdir, env=env)
@@ -430,7 +433,12 @@ def restart_ipmi_peer(peer: Peer) -> None:
 
 
 def run_pyghmi_sim(
-    ports: list[int], username: str, password: str, settle: float, events: Path | None
+    ports: list[int],
+    username: str,
+    password: str,
+    settle: float,
+    events: Path | None,
+    no_cycle: bool = False,
 ) -> None:
     """Serve simulated BMCs forever (the child process of :func:`start_pyghmi`)."""
     import select
@@ -511,6 +519,8 @@ def run_pyghmi_sim(
                 self._later("off")
 
         def power_cycle(self) -> None:
+            if no_cycle:
+                raise NotImplementedError  # pyghmi answers with an error completion code
             self._event("cycle")
             self.power = "off"
             self._later("on")
@@ -862,6 +872,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--ports", required=True, help="comma-separated UDP ports")
     p.add_argument("--settle", type=float, default=0.3)
     p.add_argument("--events", default=None)
+    p.add_argument("--no-cycle", action="store_true", help="no chassis power cycle")
     args = parser.parse_args(argv)
     password = os.environ.get("BRONZE_SIM_PASSWORD", "password")
     run_pyghmi_sim(
@@ -870,6 +881,7 @@ def main(argv: list[str]) -> None:
         password,
         args.settle,
         Path(args.events) if args.events else None,
+        args.no_cycle,
     )
 
 

@@ -23,8 +23,17 @@ from server.errors import Conflict
 from server.inventory import migrate
 from server.inventory.db import Database
 from server.inventory.machines import iso
-from server.inventory.models import Event, Lease, Machine, Operation, OperationItem, utcnow
+from server.inventory.models import (
+    AgentBootstrapToken,
+    Event,
+    Lease,
+    Machine,
+    Operation,
+    OperationItem,
+    utcnow,
+)
 from server.inventory.secretbox import SecretBox
+from server.power import listing
 from server.power.kinds import OperationKind
 from server.power.service import PowerService
 from server.settings import ServerSettings
@@ -177,3 +186,48 @@ def test_shutdown_ends_this_replicas_operations(service: PowerService) -> None:
     assert _held(service, op_id) == ("failed", [None], "abandoned: server stopped")
     with service.db.read() as s:
         assert s.scalar(select(Lease).where(Lease.name == lease)) is None
+
+
+def test_polled_view_reads_items_as_rows_and_matches_the_orm_view(service: PowerService) -> None:
+    """GET /operations/{id} reads items as plain rows (a poll of a 1,000-machine operation must
+    not build 1,000 ORM objects): the same document as the ORM view, failed item included."""
+    op_id = service.submit(
+        kind=OperationKind.POWER, action="on", params={}, actor="tester", selector=()
+    )
+    asyncio.run(service.run(op_id))
+    with service.db.read() as s:
+        polled = listing.get_operation_view(s, op_id)
+        orm = listing.operation_view(s.get_one(Operation, op_id))
+        assert listing.get_operation_view(s, "no-such-operation") is None
+    assert polled == orm
+    assert polled is not None and len(polled["items"]) == 40
+    assert [i["status"] for i in polled["items"]].count("failed") == 1
+
+
+def test_power_down_starts_wipe_enrollment_tokens_in_one_batch(service: PowerService) -> None:
+    """A cycle wipes the tokens of the machines it restarts (one query finds them for a batch of
+    starts); an ``on`` leaves a token alone."""
+    with service.db.write() as s:
+        ids = {m.name: m.id for m in s.scalars(select(Machine))}
+        for name in ("w01", "w02", "w30"):
+            s.add(
+                AgentBootstrapToken(
+                    machine_id=ids[name],
+                    token_hash="0" * 64,
+                    boot_ref=f"boot-{name}",
+                    expires_at=utcnow() + timedelta(hours=1),
+                )
+            )
+    cycle = service.submit(
+        kind=OperationKind.POWER, action="cycle", params={}, actor="t", keys=["w01", "w02", "w03"]
+    )
+    asyncio.run(service.run(cycle))
+    on = service.submit(kind=OperationKind.POWER, action="on", params={}, actor="t", keys=["w30"])
+    asyncio.run(service.run(on))
+    with service.db.read() as s:
+        left = {t.machine_id for t in s.scalars(select(AgentBootstrapToken))}
+        wiped = sorted(
+            e.machine_id for e in s.scalars(select(Event).where(Event.kind == "agent.token.wiped"))
+        )
+    assert left == {ids["w30"]}
+    assert wiped == sorted([ids["w01"], ids["w02"]])

@@ -60,13 +60,15 @@ def ca(srv: RunningServer) -> bytes:
     return bytes(srv.app.state.agent_api.ca.cert_pem)
 
 
+@pytest.mark.parametrize("no_cycle", [False, True], ids=["cycle", "bmc-without-cycle"])
 def test_bmc_watchdog_recovers_a_kernel_that_never_comes_up(
-    srv: RunningServer, tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+    srv: RunningServer, tmp_path: Path, procs: list[subprocess.Popen[bytes]], no_cycle: bool
 ) -> None:
+    """Also through a BMC without chassis power cycle (VirtualBMC): off, then on."""
     c = srv.client()
     v1 = make_image(c, "os-1", "1.0")
     dead = make_image(c, "os-dead", "9.0", ["bronze.sim=no-boot"])
-    bmc = peers.start_pyghmi(tmp_path / "bmc", count=2, settle=0.2)
+    bmc = peers.start_pyghmi(tmp_path / "bmc", count=2, settle=0.2, no_cycle=no_cycle)
     try:
         ports = dict(zip(["n00", "n01"], bmc.extra["ports"], strict=True))  # type: ignore[call-overload]
         fleet = start_fleet(
@@ -80,6 +82,13 @@ def test_bmc_watchdog_recovers_a_kernel_that_never_comes_up(
             extra=["--power-events", str(bmc.extra["events"])],
             bmc_ports=ports,
         )
+        if no_cycle:  # a BMC that reads "off" powers on for a cycle: it must read "on" first
+            op = c.post("/api/v1/machines/n00/power", json={"action": "on"}).json()
+            wait_for(
+                lambda: c.get(f"/api/v1/operations/{op['id']}").json()["status"] == "succeeded",
+                30,
+                "n00 powered on",
+            )
         r = c.post(
             "/api/v1/upgrades",
             json={
@@ -99,7 +108,11 @@ def test_bmc_watchdog_recovers_a_kernel_that_never_comes_up(
         # The server cycled it through IPMI (the simulator logged it) and boot counting brought
         # it back on os-1; the second machine was never touched.
         events = (Path(str(bmc.extra["events"]))).read_text()
-        assert f"{ports['n00']} cycle" in events or f"{ports['n00']} on" in events, events
+        if no_cycle:  # the cycle was refused: off, then on
+            assert f"{ports['n00']} off\n{ports['n00']} on\n" in events, events
+            assert f"{ports['n00']} cycle" not in events, events
+        else:
+            assert f"{ports['n00']} cycle" in events or f"{ports['n00']} on" in events, events
         wait_for(
             lambda: fleet.agent("n00")["os"]["image_digest"] == v1["digest"], 30, "n00 on os-1"
         )
@@ -107,6 +120,9 @@ def test_bmc_watchdog_recovers_a_kernel_that_never_comes_up(
         assert machines_of(done)["n01"]["state"] == "skipped"
         ops = c.get("/api/v1/operations").json()["items"]
         assert any(o["action"] == "cycle" and o["requested_by"] == "rollouts" for o in ops), ops
+        if no_cycle:
+            mine = [o["action"] for o in ops if o["requested_by"] == "rollouts"]
+            assert {"cycle", "off", "on"} <= set(mine), mine
     finally:
         bmc.stop()
 
