@@ -14,8 +14,6 @@ import asyncio
 import logging
 import shlex
 
-import httpx
-
 log = logging.getLogger(__name__)
 
 KEEP = ("bronze.machine=", "bronze.token=", "bronze.server=", "bronze.enroll=", "bronze.ca=")
@@ -52,6 +50,8 @@ def next_cmdline(previous: str, args: list[str]) -> str:
 async def fetch_script(base_url: str, mac: str, attempts: int = 30) -> str | None:
     """The machine's iPXE script; None when the server never answered (like firmware that gives
     up and moves to its next boot device)."""
+    import httpx  # noqa: PLC0415 - only simulated machines fetch scripts: keep it off boot
+
     url = f"{base_url.rstrip('/')}/boot.ipxe"
     async with httpx.AsyncClient(timeout=10) as client:
         for attempt in range(attempts):

@@ -4,8 +4,9 @@ Steps (each cached, see :mod:`agent.image.cache`): wheels (the bronze wheel buil
 repository with ``pip wheel . --no-deps``, its agent's runtime dependencies at the versions
 installed here) -> inputs and key (a finished image with that key is reused) -> Debian root
 (``debootstrap``, cached as a tar by mirror+suite+packages) -> kernel ``.deb`` (downloaded once)
--> modules in dependency order -> wheels installed into the root's ``/usr/local`` site-packages
--> ``/init``, the DHCP hook, the fleet CA -> compressed cpio.
+-> modules and their per-driver chains -> wheels installed into the root's ``/usr/local``
+site-packages, Python pruned and compiled -> unneeded programs and libraries removed ->
+``/init``, the DHCP hook, the fleet CA -> compressed cpio.
 """
 
 from __future__ import annotations
@@ -21,13 +22,15 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
-from agent.image import cpio, debian, tools
+from agent.image import cpio, debian, libs, python, tools
 from agent.image.cache import BuildInputs, base_key, cache_key, file_sha256, wheel_digest
 from agent.image.init_script import UDHCPC_SCRIPT, InitConfig, render_init
 from agent.image.modules import (
     DISK_MODULES,
+    NET_MODULES,
     NIC_MODULES,
-    SUPPORT_MODULES,
+    STORAGE_MODULES,
+    driver_table,
     load_order,
     read_builtin,
     read_index,
@@ -93,7 +96,7 @@ def build_wheels(repo: Path, dest: Path) -> list[Path]:
 def _inputs(req: BuildRequest, wheels: list[Path]) -> tuple[BuildInputs, debian.Mirror]:
     mirror = req.mirror or debian.configured_mirror()
     package, kver = debian.resolve_kernel()
-    modules = (*NIC_MODULES, *DISK_MODULES, *SUPPORT_MODULES)
+    modules = (*NIC_MODULES, *DISK_MODULES, *NET_MODULES, *STORAGE_MODULES)
 
     def digest(w: Path) -> tuple[str, str]:
         project = w.name.split("-")[0].lower()
@@ -134,11 +137,19 @@ def _base_root(inputs: BuildInputs, mirror: debian.Mirror, cache: Path, root: Pa
     debian.prune(root)
 
 
-def _add_modules(root: Path, moddir: Path, wanted: tuple[str, ...]) -> tuple[str, list[str]]:
+def _add_modules(root: Path, moddir: Path) -> InitConfig:
+    """Copy every driver's chain and the support modules; the /init configuration."""
     kver = moddir.name
-    order = load_order(wanted, read_index(moddir), builtin=read_builtin(moddir))
+    index, builtin = read_index(moddir), read_builtin(moddir)
+    cfg = InitConfig(
+        kernel_version=kver,
+        drivers=driver_table((*NIC_MODULES, *DISK_MODULES), index, moddir, builtin=builtin),
+        net_modules=load_order(NET_MODULES, index, builtin=builtin),
+        storage_modules=load_order(STORAGE_MODULES, index, builtin=builtin),
+    )
+    every = {*cfg.net_modules, *cfg.storage_modules, *(m for d in cfg.drivers for m in d.chain)}
     dest = root / "lib/modules" / kver
-    for rel in order:
+    for rel in sorted(every):
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(moddir / rel, dest / rel)
     for name in ("modules.builtin", "modules.builtin.modinfo", "modules.order"):
@@ -146,7 +157,7 @@ def _add_modules(root: Path, moddir: Path, wanted: tuple[str, ...]) -> tuple[str
             shutil.copy2(moddir / name, dest / name)
     if shutil.which("depmod"):  # modules.dep in the image: busybox modprobe works too
         subprocess.run(["depmod", "-b", str(root), kver], check=True, capture_output=True)
-    return kver, order
+    return cfg
 
 
 def _install_agent(root: Path, wheels: list[Path], ca: Path) -> None:
@@ -168,6 +179,8 @@ def _install_agent(root: Path, wheels: list[Path], ca: Path) -> None:
     for record in site.glob("bronze-*.dist-info/RECORD"):
         record.unlink()  # lists every file of the whole wheel; version() needs METADATA only
     _strip(site)
+    python.prune_stdlib(root)
+    python.compile_all(root, site)
     launcher = root / "usr/local/bin/bronze-agent"
     launcher.parent.mkdir(parents=True, exist_ok=True)
     launcher.write_text('#!/bin/sh\nexec python3 -m agent.main "$@"\n')
@@ -185,9 +198,9 @@ def _strip(site: Path) -> None:
         subprocess.run(["strip", "--strip-unneeded", *libs], check=False, capture_output=True)
 
 
-def _write_init(root: Path, kver: str, order: list[str]) -> None:
+def _write_init(root: Path, cfg: InitConfig) -> None:
     init = root / "init"
-    init.write_text(render_init(InitConfig(kernel_version=kver, modules=order)))
+    init.write_text(render_init(cfg))
     init.chmod(0o755)
     hook = root / "etc/bronze/udhcpc.script"
     hook.write_text(UDHCPC_SCRIPT)
@@ -221,15 +234,25 @@ def build_image(req: BuildRequest, log=print) -> BuildResult:  # type: ignore[no
         package, _, kv = inputs.kernel_package.partition("=")
         deb = debian.fetch_deb(package, kv, cache / "debs")
         vmlinuz, moddir = debian.unpack_kernel(deb, work / "kernel")
-        kver, order = _add_modules(work / "root", moddir, inputs.modules)
+        init_cfg = _add_modules(work / "root", moddir)
         steps["kernel"] = time.monotonic() - t
         t = time.monotonic()
-        _install_agent(work / "root", wheels, req.ca)
-        _write_init(work / "root", kver, order)
+        try:
+            _install_agent(work / "root", wheels, req.ca)
+        except python.PythonError as exc:
+            raise BuildError(str(exc)) from None
+        _write_init(work / "root", init_cfg)
         steps["agent"] = time.monotonic() - t
         t = time.monotonic()
         tools.add_tools(work / "root", inputs.tools, cache / "debs", work)
         steps["tools"] = time.monotonic() - t
+        t = time.monotonic()
+        try:  # last before packing: whatever the steps above added counts as a user
+            libs.replace_with_busybox(work / "root")
+            libs.prune_libraries(work / "root")
+        except libs.LibsError as exc:
+            raise BuildError(str(exc)) from None
+        steps["prune"] = time.monotonic() - t
         t = time.monotonic()
         staging = cache / "images" / f"{key}.part"
         shutil.rmtree(staging, ignore_errors=True)
@@ -237,21 +260,22 @@ def build_image(req: BuildRequest, log=print) -> BuildResult:  # type: ignore[no
         cpio.pack(work / "root", staging / INITRD_FILE, req.compression)
         shutil.copyfile(vmlinuz, staging / KERNEL_FILE)
         steps["pack"] = time.monotonic() - t
-        _write_record(staging, inputs, key, kver, order)
+        _write_record(staging, inputs, key, init_cfg)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(staging, final)
     return _result(final, time.monotonic() - t0, False, steps)
 
 
-def _write_record(d: Path, inputs: BuildInputs, key: str, kver: str, order: list[str]) -> None:
+def _write_record(d: Path, inputs: BuildInputs, key: str, cfg: InitConfig) -> None:
     files = {n: {"sha256": file_sha256(d / n), "size": (d / n).stat().st_size}
              for n in (KERNEL_FILE, INITRD_FILE)}  # fmt: skip
     doc = {
         "key": key,
-        "kernel_version": kver,
+        "kernel_version": cfg.kernel_version,
         "args": list(inputs.args),
         "files": files,
-        "modules": order,
+        "drivers": {d.name: list(d.chain) for d in cfg.drivers},
+        "modules": {"net": list(cfg.net_modules), "storage": list(cfg.storage_modules)},
         "inputs": json.loads(json.dumps(inputs.__dict__)),
     }
     (d / "image.json").write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")

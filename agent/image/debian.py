@@ -6,11 +6,11 @@ files and one-line ``sources.list`` entries (pure: :func:`parse_sources`) and ta
 ``deb`` entry of a release suite (not ``-updates``/``-security``) with ``main``.
 
 The root is ``debootstrap --variant=minbase`` plus :data:`PACKAGES`, then pruned of what a
-RAM-resident agent never reads (:data:`PRUNE`: documentation, locales, apt and dpkg state,
-Python's tests and IDLE). The kernel is Debian's ``linux-image-amd64``, resolved to its
-versioned package with the host's ``apt-cache`` and fetched with ``apt-get download`` into the
-cache (it is never installed on the build host); ``dpkg-deb -x`` unpacks ``vmlinuz`` and the
-modules.
+RAM-resident agent never reads (:data:`PRUNE`: documentation, locales, apt and dpkg state;
+the standard library's unused parts are :mod:`agent.image.python`'s). The kernel is Debian's
+``linux-image-amd64``, resolved to its versioned package with the host's ``apt-cache`` and
+fetched with ``apt-get download`` into the cache (it is never installed on the build host);
+``dpkg-deb -x`` unpacks ``vmlinuz`` and the modules.
 """
 
 from __future__ import annotations
@@ -32,12 +32,8 @@ PRUNE: tuple[str, ...] = (
     "usr/lib/x86_64-linux-gnu/perl",
     "usr/share/zsh", "usr/share/debconf", "usr/share/pixmaps", "usr/share/menu",
     "var/cache/apt", "var/lib/apt", "var/cache/debconf", "var/log",
-    "usr/lib/python3.11/test", "usr/lib/python3.11/idlelib", "usr/lib/python3.11/tkinter",
-    "usr/lib/python3.11/lib2to3", "usr/lib/python3.11/ensurepip", "usr/lib/python3.11/pydoc_data",
-    "usr/lib/python3.11/unittest", "usr/lib/python3.11/config-3.11-x86_64-linux-gnu",
     "usr/lib/x86_64-linux-gnu/gconv", "usr/share/zoneinfo", "var/lib/dpkg", "var/cache",
     "usr/lib/x86_64-linux-gnu/perl-base", "usr/bin/perl", "usr/bin/perl5.36.0", "usr/lib/apt",
-    "usr/lib/python3.11/sqlite3", "usr/lib/python3.11/distutils", "usr/lib/python3.11/turtledemo",
 )  # fmt: skip
 """Paths (relative to the root) removed after ``debootstrap``."""
 
@@ -138,8 +134,9 @@ def debootstrap(root: Path, mirror: Mirror, packages: tuple[str, ...], debs: Pat
 
 
 def prune(root: Path) -> None:
-    """Remove :data:`PRUNE`, apt's programs and libraries, and compiled Python caches (Python
-    recompiles into RAM what it imports)."""
+    """Remove :data:`PRUNE`, apt's programs and libraries, and the compiled Python caches
+    ``debootstrap`` made (timestamp-checked; the builder compiles its own, see
+    :mod:`agent.image.python`)."""
     for rel in PRUNE:
         path = root / rel
         keep = [k for k in PRUNE_KEEP if k.startswith(rel + "/") and (root / k).exists()]

@@ -3,10 +3,15 @@ r"""The OS image's ``/init`` (PID 1) and its DHCP hook, rendered as text (pure f
 The image is one initramfs: the kernel unpacks it into RAM and runs ``/init``, a busybox ``sh``
 script. It never switches root; the Debian root in the initramfs *is* the OS. In order:
 
-1. mount ``/proc``, ``/sys``, ``/dev`` (devtmpfs), ``/run``, ``/tmp``; say ``bronze init:`` on
-   the console (the serial console when the kernel has ``console=ttyS0``);
-2. insert the NIC, disk and filesystem modules in dependency order (the list is computed at
-   build time from the kernel's ``modules.dep``, see :mod:`agent.image.modules`);
+1. mount ``/proc``, ``/sys``, ``/dev`` (devtmpfs), ``/run``, ``/tmp``; say ``bronze init:
+   [UPTIME]`` on the console (the serial console when the kernel has ``console=ttyS0``): every
+   line carries the seconds since the kernel started, so the console is a boot timeline;
+2. insert the drivers of the devices this machine has: each ``modalias`` under ``/sys/bus/{pci,
+   virtio,scsi}/devices`` is matched against the drivers' alias patterns (a ``case`` per
+   driver, from :func:`agent.image.modules.driver_table` at build time) and a match inserts
+   that driver's chain, dependencies first (from the kernel's ``depends=``); repeated while new
+   devices appear. AF_PACKET first; the storage modules (SCSI disk, ext4) load in the
+   background while DHCP runs;
 3. bring up ``lo`` and DHCP each Ethernet interface with busybox ``udhcpc`` until one gets a
    lease (``udhcpc`` stays in the background to renew it);
 4. when booted from disk (GRUB passes ``bronze.slot=``), wait for the filesystems labelled
@@ -30,6 +35,8 @@ import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from agent.image.modules import DEVICE_BUSES, Driver
+
 INIT_BANNER = "bronze init"
 """Every line ``/init`` logs starts with this (the QEMU test looks for it on the console)."""
 
@@ -39,8 +46,12 @@ class InitConfig:
     """What the rendered ``/init`` needs to know about the image."""
 
     kernel_version: str
-    modules: Sequence[str]
-    """Module files relative to ``/lib/modules/<ver>``, dependencies first."""
+    drivers: Sequence[Driver] = ()
+    """Device drivers: alias patterns and load chains (files relative to ``/lib/modules/<ver>``)."""
+    net_modules: Sequence[str] = ()
+    """Inserted before the drivers (AF_PACKET for udhcpc), dependencies first."""
+    storage_modules: Sequence[str] = ()
+    """Inserted in the background while DHCP runs (SCSI disks, ext4), dependencies first."""
     state_label: str = "STATE"
     ephemeral_label: str = "EPHEMERAL"
     state_mount: str = "/system/state"
@@ -52,6 +63,8 @@ class InitConfig:
     console: str = "/dev/console"
     agent: str = "python3 -m agent.main run"
     """The agent command (a test runs the script with stubs in their place)."""
+    sysfs: str = "/sys"
+    """Where the device ``modalias`` files are read (a test points it at a fixture tree)."""
 
 
 _HEAD = r"""#!/bin/busybox sh
@@ -59,7 +72,7 @@ _HEAD = r"""#!/bin/busybox sh
 bb={busybox}
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root
-log() {{ echo "{banner}: $*"; }}
+log() {{ read -r up _ </proc/uptime 2>/dev/null; echo "{banner}: [${{up:-?}}] $*"; }}
 
 $bb mkdir -p /proc /sys /dev /run /tmp
 $bb mount -t proc proc /proc
@@ -80,15 +93,36 @@ log "starting (kernel $($bb uname -r))"
 
 _MODULES = r"""
 moddir=/lib/modules/{kver}
-loaded=0
-for m in {modules}; do
-  if $bb insmod "$moddir/$m" 2>/tmp/insmod.err; then
-    loaded=$((loaded + 1))
-  elif ! $bb grep -q "exists" /tmp/insmod.err; then
-    log "module $m: $($bb cat /tmp/insmod.err)"
-  fi
+loaded=" "
+load() {{  # module files, dependencies first; each inserted once
+  for m in "$@"; do
+    case "$loaded" in *" $m "*) continue;; esac
+    loaded="$loaded$m "
+    $bb insmod "$moddir/$m" 2>/tmp/insmod.err || $bb grep -q exists /tmp/insmod.err \
+      || log "module $m: $($bb cat /tmp/insmod.err)"
+  done
+}}
+probe() {{  # $1: a device's modalias; every driver whose aliases match it is loaded
+{probe}
+}}
+load {net}
+seen=" "
+for round in 1 2 3 4; do
+  new=0
+  for a in $($bb cat {buses} 2>/dev/null); do
+    case "$seen" in *" $a "*) continue;; esac
+    seen="$seen$a "
+    new=1
+    probe "$a"
+  done
+  [ $new = 0 ] && break
 done
-log "modules loaded: $loaded"
+names=""
+n=0
+for m in $loaded; do m=${{m##*/}}; names="$names ${{m%.ko}}"; n=$((n + 1)); done
+log "modules loaded: $n ($names )"
+load {storage} &
+storage=$!
 """
 
 _NETWORK = r"""
@@ -116,6 +150,7 @@ net_up
 """
 
 _DISK = r"""
+wait $storage
 state_args=""
 if arg bronze.slot >/dev/null; then
   waited=0
@@ -164,9 +199,22 @@ done
 """
 
 
+def _probe_arms(drivers: Sequence[Driver]) -> str:
+    arms = [
+        f'  case "$1" in {"|".join(d.aliases)}) load {_words(d.chain)};; esac'
+        for d in drivers
+        if d.aliases
+    ]
+    return "\n".join(arms) or "  :"
+
+
+def _words(files: Sequence[str]) -> str:
+    return " ".join(shlex.quote(f) for f in files)
+
+
 def render_init(cfg: InitConfig) -> str:
-    """The ``/init`` script for an image with this kernel and module list."""
-    modules = " ".join(shlex.quote(m) for m in cfg.modules) or "''"
+    """The ``/init`` script for an image with this kernel and these drivers."""
+    buses = " ".join(f"{cfg.sysfs}/bus/{b}/devices/*/modalias" for b in DEVICE_BUSES)
     return "".join(
         (
             _HEAD.format(
@@ -174,9 +222,13 @@ def render_init(cfg: InitConfig) -> str:
                 busybox=shlex.quote(cfg.busybox),
                 console=shlex.quote(cfg.console),
             ),
-            _MODULES.format(kver=shlex.quote(cfg.kernel_version), modules=modules)
-            if cfg.modules
-            else "",
+            _MODULES.format(
+                kver=shlex.quote(cfg.kernel_version),
+                probe=_probe_arms(cfg.drivers),
+                net=_words(cfg.net_modules),
+                storage=_words(cfg.storage_modules),
+                buses=buses,
+            ),
             _NETWORK.format(script=cfg.dhcp_script),
             _DISK.format(
                 state=cfg.state_label,

@@ -5,9 +5,15 @@ records them in each ``.ko``'s ``.modinfo`` section (``depends=a,b``), and ``dep
 them into ``lib/modules/<ver>/modules.dep`` (``kernel/x/a.ko: kernel/y/b.ko ...``). We read the
 dependencies from there (or, for a tree ``depmod`` has not run on, from each ``.ko``'s own
 ``depends=``): the image names only the *drivers* it wants (:data:`NIC_MODULES`,
-:data:`DISK_MODULES`, :data:`SUPPORT_MODULES`); everything they need, and the order, follows
-from the kernel's own data. :func:`load_order` is pure: a dependency-first (post-order) walk,
-stable in the order the drivers are listed, refusing cycles.
+:data:`DISK_MODULES`, :data:`NET_MODULES`, :data:`STORAGE_MODULES`); everything they need, and
+the order, follows from the kernel's own data. :func:`load_order` is pure: a dependency-first
+(post-order) walk, stable in the order the drivers are listed, refusing cycles.
+
+Not every driver is loaded on every machine: :func:`driver_table` gives each driver its device
+aliases (the ``alias=pci:v00001AF4d00001041sv*...`` patterns of its ``.modinfo``, the data
+``depmod`` writes to ``modules.alias``) and its own load chain. ``/init`` matches each device's
+``/sys/bus/*/devices/*/modalias`` against them and inserts only the chains of the drivers that
+match, in rounds (``virtio_pci`` makes the ``virtio:`` devices that ``virtio_net`` binds to).
 
 Module names treat ``-`` and ``_`` alike (``nvme-core.ko`` is the module ``nvme_core``).
 """
@@ -26,14 +32,25 @@ NIC_MODULES: tuple[str, ...] = (
 """Network drivers: virtual machines (virtio, e1000, vmxnet3) and common server NICs."""
 
 DISK_MODULES: tuple[str, ...] = (
-    "virtio_blk", "virtio_scsi", "ahci", "nvme", "sd_mod", "megaraid_sas", "mpt3sas",
+    "virtio_blk", "virtio_scsi", "ahci", "nvme", "megaraid_sas", "mpt3sas",
 )  # fmt: skip
-"""Disk controllers and the SCSI disk driver."""
+"""Disk controllers."""
 
-SUPPORT_MODULES: tuple[str, ...] = ("af_packet", "unix", "crc32c_generic", "ext4")
-"""AF_PACKET (udhcpc's raw socket), AF_UNIX (asyncio), ext4 and the checksum it asks for."""
+NET_MODULES: tuple[str, ...] = ("af_packet", "unix")
+"""Loaded on every boot before DHCP: AF_PACKET (udhcpc's raw socket), AF_UNIX (asyncio)."""
+
+STORAGE_MODULES: tuple[str, ...] = ("sd_mod", "crc32c_generic", "ext4")
+"""Loaded on every boot, in the background while DHCP runs: the SCSI disk driver (SATA and SAS
+controllers find their disks asynchronously, after their own module is in), ext4 and the
+checksum it asks for (STATE and EPHEMERAL; the installer's mounts)."""
+
+DEVICE_BUSES: tuple[str, ...] = ("pci", "virtio", "scsi")
+"""The buses whose device aliases ``/init`` matches (the drivers above bind through these)."""
 
 _DEPENDS = re.compile(rb"(?:^|\x00)depends=([^\x00]*)")
+_ALIAS = re.compile(rb"(?:^|\x00)alias=([^\x00]*)")
+_SAFE_PATTERN = re.compile(r"^[A-Za-z0-9_:*?,.-]+$")
+"""Alias patterns ``/init`` can put in a ``case`` arm unquoted (glob characters only)."""
 
 
 class ModuleError(Exception):
@@ -147,3 +164,49 @@ def read_builtin(moddir: Path) -> frozenset[str]:
     except FileNotFoundError:
         return frozenset()
     return frozenset(module_name(line.strip()) for line in text.splitlines() if line.strip())
+
+
+def aliases_from_modinfo(data: bytes, buses: Iterable[str] = DEVICE_BUSES) -> tuple[str, ...]:
+    """The device alias patterns (``pci:v...``) of one ``.ko``'s ``.modinfo``, on ``buses``
+    only (``fs-ext4``, ``net-pf-17`` and the like name no device), sorted, without duplicates.
+    A pattern with a character that is not plain glob (none in Debian's kernels) is refused."""
+    prefixes = tuple(f"{b}:" for b in buses)
+    found = set()
+    for m in _ALIAS.finditer(data):
+        alias = m.group(1).decode(errors="replace")
+        if not alias.startswith(prefixes):
+            continue
+        if not _SAFE_PATTERN.match(alias):
+            raise ModuleError(f"module alias {alias!r} has characters /init cannot match")
+        found.add(alias)
+    return tuple(sorted(found))
+
+
+@dataclass(frozen=True)
+class Driver:
+    """A device driver of the image: the modalias patterns it binds and its load chain."""
+
+    name: str
+    aliases: tuple[str, ...]
+    chain: tuple[str, ...]
+    """Module files (relative to ``lib/modules/<ver>``), dependencies first, the driver last."""
+
+
+def driver_table(
+    wanted: Iterable[str],
+    index: ModuleIndex,
+    moddir: Path,
+    *,
+    builtin: frozenset[str] = frozenset(),
+    buses: Iterable[str] = DEVICE_BUSES,
+) -> list[Driver]:
+    """One :class:`Driver` per wanted module that is not built in, in the order given (each
+    chain from :func:`load_order`, its aliases from the ``.ko`` file)."""
+    table = []
+    for name in map(module_name, wanted):
+        chain = load_order([name], index, builtin=builtin)
+        if not chain:
+            continue  # built in: the kernel binds it without /init
+        aliases = aliases_from_modinfo((moddir / index.paths[name]).read_bytes(), buses)
+        table.append(Driver(name, aliases, tuple(chain)))
+    return table

@@ -8,8 +8,11 @@ from pathlib import Path
 import pytest
 
 from agent.image.modules import (
+    Driver,
     ModuleError,
+    aliases_from_modinfo,
     depends_from_modinfo,
+    driver_table,
     load_order,
     module_name,
     parse_modules_dep,
@@ -39,9 +42,17 @@ def _modules_dep(tree: dict[str, list[str]]) -> str:
                    for p, deps in tree.items())  # fmt: skip
 
 
-def _ko(depends: list[str]) -> bytes:
+ALIASES = {  # modinfo -F alias, trimmed
+    "virtio_net": ["virtio:d00000001v*"],
+    "nvme": ["pci:v*d*sv*sd*bc01sc08i02*", "pci:v0000144Dd0000A808sv*sd*bc*sc*i*"],
+    "ext4": ["fs-ext4", "fs-ext3"],
+}
+
+
+def _ko(depends: list[str], aliases: tuple[str, ...] | list[str] = ()) -> bytes:
     """Bytes that look like a module's .modinfo section among other ELF bytes."""
-    info = [b"license=GPL", b"depends=" + ",".join(depends).encode(), b"vermagic=6.1.0 SMP"]
+    info = [b"license=GPL", *(b"alias=" + a.encode() for a in aliases),
+            b"depends=" + ",".join(depends).encode(), b"vermagic=6.1.0 SMP"]  # fmt: skip
     return b"\x7fELF\x02\x01junk\x00" + b"\x00".join(info) + b"\x00more"
 
 
@@ -50,7 +61,7 @@ def moddir(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     d = tmp_path / "lib/modules/6.1.0-test-amd64"
     for rel, deps in TREE.items():
         (d / rel).parent.mkdir(parents=True, exist_ok=True)
-        (d / rel).write_bytes(_ko(deps))
+        (d / rel).write_bytes(_ko(deps, ALIASES.get(module_name(rel), [])))
     if request.param == "modules.dep":
         (d / "modules.dep").write_text(_modules_dep(TREE))
     (d / "modules.builtin").write_text("kernel/lib/crc16.ko\nkernel/net/packet/af_packet.ko\n")
@@ -109,3 +120,38 @@ def test_refusals(dep: str, want: list[str], message: str) -> None:
 )
 def test_depends_from_modinfo(data: bytes, expected: tuple[str, ...]) -> None:
     assert depends_from_modinfo(data) == expected
+
+
+def test_driver_table_chains_and_device_aliases(moddir: Path) -> None:
+    table = driver_table(
+        ["virtio_net", "nvme", "crc16"], read_index(moddir), moddir, builtin=read_builtin(moddir)
+    )
+    assert table == [
+        Driver(
+            "virtio_net",
+            ("virtio:d00000001v*",),
+            (
+                "kernel/drivers/virtio/virtio.ko",
+                "kernel/drivers/virtio/virtio_ring.ko",
+                "kernel/net/core/failover.ko",
+                "kernel/drivers/net/net_failover.ko",
+                "kernel/drivers/net/virtio_net.ko",
+            ),
+        ),
+        Driver(
+            "nvme",
+            ("pci:v*d*sv*sd*bc01sc08i02*", "pci:v0000144Dd0000A808sv*sd*bc*sc*i*"),
+            ("kernel/drivers/nvme/host/nvme-core.ko", "kernel/drivers/nvme/host/nvme.ko"),
+        ),
+    ]  # crc16 is built in: no entry; fmt: skip
+
+
+def test_aliases_keep_device_buses_only() -> None:
+    data = _ko([], ["fs-ext4", "pci:v00008086d*sv*sd*bc*sc*i*", "virtio:d00000001v*",
+                    "pci:v00008086d*sv*sd*bc*sc*i*", "usb:v1234p*"])  # fmt: skip
+    assert aliases_from_modinfo(data) == ("pci:v00008086d*sv*sd*bc*sc*i*", "virtio:d00000001v*")
+
+
+def test_alias_unsafe_in_a_case_arm_is_refused() -> None:
+    with pytest.raises(ModuleError, match="cannot match"):
+        aliases_from_modinfo(_ko([], ["pci:v0000|$(reboot)*"]))

@@ -2,13 +2,15 @@
 node OS image with the real builder, boots Debian's kernel and the initramfs under QEMU (TCG,
 serial console, no network device), and reads ``/init`` and the agent on the console.
 
-Cost, measured (docs/image.md): about 30 s for the boot under TCG with a cached image; a build
-with a warm Debian cache adds about 1.5 min; a cold one downloads from the Debian mirror apt is
+Cost, measured (docs/image.md): about 25 s for the boot under TCG with a cached image (10 of
+them ``/init`` looking for a NIC this VM does not have); a build with a warm Debian cache adds
+about 1.5 min; a cold one downloads from the Debian mirror apt is
 configured with (the only network this test uses).
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -46,8 +48,13 @@ def test_image_boots_to_the_agent_and_powers_off(tmp_path: Path) -> None:
     )  # fmt: skip
     console = proc.stdout.replace("\r", "")
     assert proc.returncode == 0, console[-3000:]
-    # each line as printed, without what precedes it (SeaBIOS leaves terminal escapes)
-    lines = [line[line.find("bronze") :] for line in console.splitlines() if "bronze" in line]
+    # each line as printed, without what precedes it (SeaBIOS leaves terminal escapes) and
+    # without /init's uptime stamp
+    lines = [
+        re.sub(r"^bronze init: \[[0-9.]+\] ", "bronze init: ", line[line.find("bronze") :])
+        for line in console.splitlines()
+        if "bronze" in line
+    ]
     expected = [
         f"bronze init: starting (kernel {image.kernel_version})",
         "bronze init: starting bronze-agent",
@@ -58,6 +65,7 @@ def test_image_boots_to_the_agent_and_powers_off(tmp_path: Path) -> None:
     ]
     got = [line for line in lines if line in expected]
     assert got == expected, console[-3000:]
+    # q35 without a NIC: the only device with a driver in the image is the ICH9 AHCI controller
     loaded = next(line for line in lines if line.startswith("bronze init: modules loaded: "))
-    assert int(loaded.rsplit(" ", 1)[1]) > 20, loaded
+    assert loaded.endswith(" ahci )") and " virtio_net " not in loaded, loaded
     assert "module " not in "\n".join(lines), console[-3000:]  # no insmod failed
