@@ -152,7 +152,7 @@ class SessionLink:
         return pb.AgentMessage(
             heartbeat=pb.Heartbeat(
                 seq=self._seq,
-                config_version=a.applier.current_version,
+                config_version=self._config_in_effect(),
                 uptime_seconds=time.monotonic() - a.boot_started,
                 load1=load1,
                 try_pending=a.applier.trial is not None,
@@ -169,8 +169,7 @@ class SessionLink:
             hello=pb.Hello(
                 agent_version=AGENT_VERSION,
                 boot_id=a.boot_id(),
-                # A simulated unhealthy image reports no config: the server sees it not applied.
-                config_version="" if a.sim == "unhealthy" else a.applier.current_version,
+                config_version=self._config_in_effect(),
                 staged_config_version=a.applier.staged_version,
                 reverted_config_version=a.applier.reverted_version,
                 inventory=inventory_to_pb(inv),
@@ -178,6 +177,12 @@ class SessionLink:
                 **self._slot_fields(),
             )
         )
+
+    def _config_in_effect(self) -> str:
+        """The config version the agent says is in effect (Hello and every heartbeat alike). A
+        simulated unhealthy image reports none: the server sees its config not applied."""
+        a = self.agent
+        return "" if a.sim == "unhealthy" else a.applier.current_version
 
     def _slot_fields(self) -> dict[str, str]:
         if self.agent.slots is None:  # netbooted: the image the boot plane served, if any
