@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, tuple_
-from sqlalchemy.orm import Session, noload
+from sqlalchemy.orm import Session, lazyload
 
 from server.errors import Invalid
 from server.inventory import machines as inventory
@@ -28,7 +28,7 @@ def get_operation_view(s: Session, op_id: str) -> dict[str, Any] | None:
     """One operation's view, its items read as plain rows: a client polling a 1,000-machine
     operation must not cost 1,000 ORM objects per poll. ``None`` if there is no such operation."""
     op = s.scalars(
-        select(Operation).where(Operation.id == op_id).options(noload(Operation.items))
+        select(Operation).where(Operation.id == op_id).options(lazyload(Operation.items))
     ).first()
     if op is None:
         return None
