@@ -20,7 +20,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-BUILDER_VERSION = "4"
+BUILDER_VERSION = "5"
 """Bumped when the builder changes what it puts in an image for the same inputs."""
 
 
