@@ -133,6 +133,17 @@ def debootstrap(root: Path, mirror: Mirror, packages: tuple[str, ...], debs: Pat
     )  # fmt: skip
 
 
+def remove_matching(base: Path, patterns: tuple[str, ...]) -> None:
+    """Remove every path under ``base`` matching one of the glob ``patterns``: a directory with
+    what it holds, a file or a symlink itself (never what a symlink points to)."""
+    for pattern in patterns:
+        for path in base.glob(pattern):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+
+
 def prune(root: Path) -> None:
     """Remove :data:`PRUNE`, apt's programs and libraries, and the compiled Python caches
     ``debootstrap`` made (timestamp-checked; the builder compiles its own, see
@@ -148,9 +159,7 @@ def prune(root: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
         else:
             path.unlink(missing_ok=True)
-    for pattern in ("usr/bin/apt*", "usr/lib/x86_64-linux-gnu/libapt-*"):
-        for path in root.glob(pattern):
-            path.unlink(missing_ok=True)
+    remove_matching(root, ("usr/bin/apt*", "usr/lib/x86_64-linux-gnu/libapt-*"))
     for top in ("usr/lib/python3", "usr/lib/python3.11", "usr/local/lib"):
         for cache in list(root.joinpath(top).rglob("__pycache__")):
             shutil.rmtree(cache, ignore_errors=True)

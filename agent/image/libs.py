@@ -21,6 +21,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from agent.image.debian import remove_matching
+
 LIBDIR = "usr/lib/x86_64-linux-gnu"
 
 DLOPENED: tuple[str, ...] = ("ld-linux*", "libgcc_s.so*", "libnss_*", "libresolv.so*")
@@ -120,12 +122,7 @@ def replace_with_busybox(root: Path, busybox: str = "usr/bin/busybox") -> list[s
 
 def prune_libraries(root: Path) -> list[str]:
     """Drop :data:`PROGRAMS_DROPPED`, then every unneeded library; returns the names removed."""
-    for pattern in PROGRAMS_DROPPED:
-        for path in root.glob(pattern):
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+    remove_matching(root, PROGRAMS_DROPPED)
     libdir = root / LIBDIR
     names = {p.name: p for p in libdir.iterdir() if p.name.startswith("lib") and ".so" in p.name}
     real = {n: p.resolve() for n, p in names.items()}

@@ -19,9 +19,10 @@ agent use.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
+
+from agent.image.debian import remove_matching
 
 STDLIB_PRUNE: tuple[str, ...] = (
     "test", "idlelib", "tkinter", "turtledemo", "turtle.py", "lib2to3", "ensurepip",
@@ -62,12 +63,7 @@ def stdlib_dir(root: Path) -> Path:
 
 def prune_stdlib(root: Path) -> None:
     lib = stdlib_dir(root)
-    for pattern in STDLIB_PRUNE:
-        for path in lib.glob(pattern):
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
+    remove_matching(lib, STDLIB_PRUNE)
     for path in (lib / "encodings").glob("*.py"):
         if path.stem not in KEEP_ENCODINGS:
             path.unlink()
