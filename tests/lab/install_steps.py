@@ -75,6 +75,21 @@ def _second_image(stage: StageLike, name: str, extra: str, base: dict[str, Any])
     return str(_one(stage.json("images", "show", name))["digest"])
 
 
+def _upgrade(
+    stage: StageLike, what: str, image: str, health_timeout: int
+) -> tuple[dict[str, Any], float]:
+    """A rolling upgrade of the install stage's machines to ``image`` with ``--preserve``, waited
+    for to its end: the rollout and the seconds it took."""
+    t0 = time.monotonic()
+    up = stage.json(
+        "upgrade", "start", "--image", image, "-l", "stage=install", "--preserve",
+        "--health-timeout", str(health_timeout),
+    )  # fmt: skip
+    up_id = _one(up)["id"]
+    _wait(what, stage, _ended(stage, "upgrade", up_id, ("succeeded", "failed", "aborted")), 1200)
+    return _rollout(stage, "upgrade", up_id), round(time.monotonic() - t0, 1)
+
+
 def install_and_upgrade(stage: StageLike, name: str, lab: str, state_dir: Path) -> dict[str, Any]:
     figures: dict[str, Any] = {"machine": name}
     base = _one(stage.json("images", "show", "lab-os"))
@@ -115,16 +130,7 @@ def install_and_upgrade(stage: StageLike, name: str, lab: str, state_dir: Path) 
     _wait("sentinel", stage, in_sync, 300)
     assert stage.cli("node", name, "logs", "sentinel").stdout.strip() == SENTINEL
     good = _second_image(stage, "lab-os-2", "bronze.lab=second", base)
-    t0 = time.monotonic()
-    up = stage.json(
-        "upgrade", "start", "--image", "lab-os-2", "-l", "stage=install", "--preserve",
-        "--health-timeout", "600",
-    )  # fmt: skip
-    up_id = _one(up)["id"]
-    _wait("upgrade", stage, _ended(stage, "upgrade", up_id, ("succeeded", "failed",
-          "aborted")), timeout=1200)  # fmt: skip
-    figures["upgrade_s"] = round(time.monotonic() - t0, 1)
-    done = _rollout(stage, "upgrade", up_id)
+    done, figures["upgrade_s"] = _upgrade(stage, "upgrade", "lab-os-2", health_timeout=600)
     assert done["status"] == "succeeded", (done, stage.diagnostics())
     agent = _one(stage.json("agent", "show", name))
     assert agent["os"]["slot"] == "B" and agent["os"]["image_digest"] == good, agent
@@ -135,16 +141,9 @@ def install_and_upgrade(stage: StageLike, name: str, lab: str, state_dir: Path) 
 
     # 6b. a broken image: boot counting + the BMC power cycle bring back the last good one
     _second_image(stage, "lab-os-broken", BROKEN_ARG, base)
-    t0 = time.monotonic()
-    up = stage.json(
-        "upgrade", "start", "--image", "lab-os-broken", "-l", "stage=install", "--preserve",
-        "--health-timeout", "90",
-    )  # fmt: skip
-    up_id = _one(up)["id"]
-    _wait("broken upgrade", stage, _ended(stage, "upgrade", up_id, ("succeeded", "failed",
-          "aborted")), timeout=1200)  # fmt: skip
-    figures["broken_upgrade_s"] = round(time.monotonic() - t0, 1)
-    done = _rollout(stage, "upgrade", up_id)
+    done, figures["broken_upgrade_s"] = _upgrade(
+        stage, "broken upgrade", "lab-os-broken", health_timeout=90
+    )
     assert done["status"] == "failed", done
 
     def back_on_last_good() -> bool:
