@@ -22,12 +22,12 @@ it on a command line. No keep-alive thread (``keep_alive_interval=0``): the sess
 opened on the first call and kept by :class:`bmc.actions.BmcController` for the next
 operations on the BMC until it has been idle ``PowerPolicy.session_idle`` seconds (well
 under the 30-60 s after which BMCs expire idle sessions); a session that stops answering
-is dropped and the controller authenticates again. Only this module imports pyipmi.
+is dropped and the controller authenticates again. Only this module imports pyipmi (and
+:mod:`bmc.ipmi_keys`, which corrects its SHA256 session keys).
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 import socket
 import threading
@@ -38,9 +38,9 @@ import pyipmi
 import pyipmi.interfaces
 from pyipmi import errors as ipmi_errors
 from pyipmi.chassis import BootDevice as IpmiBootDevice
-from pyipmi.interfaces import rmcpplus
 from pyipmi.msgs import constants as ipmi_const
 
+from bmc import ipmi_keys  # noqa: F401 - corrects python-ipmi's suite-17 session keys
 from bmc.driver import DriverTimeouts
 from bmc.errors import (
     BmcAuthError,
@@ -96,22 +96,6 @@ SUITE_STATUS = frozenset(
 # Which suite worked last time per BMC, so a fallback costs one extra round trip once.
 _suite_cache: dict[str, int] = {}
 _suite_lock = threading.Lock()
-
-
-class _SessionKeys(rmcpplus.SessionKeys):
-    """K1/K2 as IPMI v2.0 section 13.32 (and ipmitool) make them: HMAC_SIK of 20 bytes of 01h/02h
-    whatever the hash. python-ipmi 0.6.1 uses the digest size (32 bytes for SHA256): with suite
-    17 the handshake passed, then every signed message failed (``tests/bmc/test_ipmi_sim.py``)."""
-
-    def __init__(self, suite: Any, sik: bytes) -> None:
-        super().__init__(suite, sik)
-        digest = rmcpplus.AUTH_ALGORITHMS[suite.authentication][0]
-        self.k1 = hmac.new(sik, b"\x01" * 20, digest).digest()
-        self.k2 = hmac.new(sik, b"\x02" * 20, digest).digest()
-
-
-# NOTE: establish_session() builds its keys through this module-level name (only used here).
-rmcpplus.SessionKeys = _SessionKeys  # type: ignore[misc]
 
 
 class _MaskedBytes(bytes):

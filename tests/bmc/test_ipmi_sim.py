@@ -4,7 +4,7 @@ consoles: ipmitool (C, the reference every BMC is tried with) and bronze's drive
 Both must agree with the simulator on cipher suites 3 and 17, so they agree with each other:
 this is where python-ipmi's suite-17 session keys were found to differ from ipmitool's (K1/K2
 from 32-byte constants instead of the 20 bytes of IPMI v2.0 section 13.32; see
-``bmc.ipmi._SessionKeys``). A restarted simulator forgets its sessions, as a rebooted BMC does,
+``bmc.ipmi_keys._SessionKeys``). A restarted simulator forgets its sessions, as a rebooted BMC does,
 and bronze must authenticate again.
 """
 
