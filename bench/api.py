@@ -312,6 +312,31 @@ def ceiling(body: bytes, args: argparse.Namespace, tmp: Path) -> dict[str, float
         proc.wait(10)
 
 
+def report(
+    rows: list[tuple], sizes: list[int], top: dict[str, float], args: argparse.Namespace
+) -> None:
+    """The table: each request's p50/p99 and req/s at every fleet size, and the p99 ratio of the
+    largest fleet to the smallest, under the framework ceiling's figure."""
+    print(
+        f"\nwrk -c{args.connections} {args.duration}s x {args.rounds} interleaved rounds (median), "
+        f"servers on CPU 0, wrk on CPU 1; "
+        f"load {os.getloadavg()[0]:.2f}"
+    )
+    print(
+        f"bare FastAPI, the first request's body: p50 {top['p50']:.2f} ms, "
+        f"p99 {top['p99']:.2f} ms, {top['rps']:.0f} req/s"
+    )
+    head = "".join(f"{f'{n:,} p50/p99 ms':>22}{'req/s':>8}" for n in sizes)
+    print(f"{'backend':<22}{'request':<28}{head}{'p99 ratio':>11}")
+    keys = list(dict.fromkeys((b, label) for b, label, _, _ in rows))
+    got = {(b, label, n): r for b, label, n, r in rows}
+    for b, label in keys:
+        cells = [got[(b, label, n)] for n in sizes]
+        line = "".join(f"{r['p50']:>13.2f} /{r['p99']:>7.2f}{r['rps']:>8.0f}" for r in cells)
+        ratio = cells[-1]["p99"] / cells[0]["p99"]
+        print(f"{b:<22}{label:<28}{line}{ratio:>10.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--machines", default="10000", help="fleet sizes, comma list: 10000,100000")
@@ -360,24 +385,7 @@ def main() -> None:
                     )
             admin.dispose()
 
-    print(
-        f"\nwrk -c{args.connections} {args.duration}s x {args.rounds} interleaved rounds (median), "
-        f"servers on CPU 0, wrk on CPU 1; "
-        f"load {os.getloadavg()[0]:.2f}"
-    )
-    print(
-        f"bare FastAPI, the first request's body: p50 {top['p50']:.2f} ms, "
-        f"p99 {top['p99']:.2f} ms, {top['rps']:.0f} req/s"
-    )
-    head = "".join(f"{f'{n:,} p50/p99 ms':>22}{'req/s':>8}" for n in sizes)
-    print(f"{'backend':<22}{'request':<28}{head}{'p99 ratio':>11}")
-    keys = list(dict.fromkeys((b, label) for b, label, _, _ in rows))
-    got = {(b, label, n): r for b, label, n, r in rows}
-    for b, label in keys:
-        cells = [got[(b, label, n)] for n in sizes]
-        line = "".join(f"{r['p50']:>13.2f} /{r['p99']:>7.2f}{r['rps']:>8.0f}" for r in cells)
-        ratio = cells[-1]["p99"] / cells[0]["p99"]
-        print(f"{b:<22}{label:<28}{line}{ratio:>10.2f}x")
+    report(rows, sizes, top, args)
 
 
 if __name__ == "__main__":
