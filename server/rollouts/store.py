@@ -60,11 +60,15 @@ def plan(
     verb: str = "upgraded",
     ids: Sequence[str] | None = None,
 ) -> tuple[list[Batch], dict[str, Machine]]:
-    """The batches for the selection, or 422 (empty selection, bad policy, a machine in another
-    phase than ``phases``)."""
+    """The batches for the selection; 409 when a machine is held by an unfinished rollout (checked
+    first: that rollout is why its phase moved), else 422 (empty selection, bad policy, a machine
+    in another phase than ``phases``)."""
     found = candidates(s, reqs, ids)
     if not found:
         raise Invalid(message="selector: no machine matches", details={"field": "selector"})
+    taken = overlap(s, [m.id for m, _ in found])
+    if taken is not None:
+        raise taken
     wrong = sorted(m.name for m, _ in found if Phase(m.phase) not in phases)
     if wrong:
         allowed = ", ".join(sorted(p.value for p in phases))
