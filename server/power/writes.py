@@ -97,6 +97,8 @@ def result_view(r: BmcResult) -> dict[str, Any]:
         "elapsed_s": round(r.elapsed, 3),
         "changed": r.changed,
     }
+    if r.error is not None:  # what failed, as a stable name beside the item's error sentence
+        out["error_type"] = type(r.error).__name__
     if r.boot is not None:
         out["boot"] = {
             "device": r.boot.device and r.boot.device.value,

@@ -23,8 +23,6 @@ from server.settings import ServerSettings
 from server.types import OpStatus
 
 log = logging.getLogger(__name__)
-UNSUPPORTED = BmcUnsupportedError.template.split("{bmc}")[1].split("{operation}")[0]
-"""" does not support ": how a failed operation's error says the BMC lacks the action."""
 
 
 class RolloutService:
@@ -72,8 +70,8 @@ class RolloutService:
         """A power cycle; a BMC without one (IPMI's chassis power cycle is optional: VirtualBMC
         answers "invalid command") gets off, then on, as Ironic's IPMI reboot does."""
         params = {"reason": reason}
-        error = await self._run(machine_id, OperationKind.POWER, "cycle", params)
-        if UNSUPPORTED not in error:
+        error, kind = await self._attempt(machine_id, OperationKind.POWER, "cycle", params)
+        if kind != BmcUnsupportedError.__name__:
             return error
         log.info("BMC has no power cycle machine=%s: off, then on", machine_id)
         return await self._run(machine_id, OperationKind.POWER, "off", params) or await self._run(
@@ -84,6 +82,13 @@ class RolloutService:
         self, machine_id: str, kind: OperationKind, action: str, params: dict[str, Any]
     ) -> str:
         """One power operation, to its end; "" or what failed."""
+        return (await self._attempt(machine_id, kind, action, params))[0]
+
+    async def _attempt(
+        self, machine_id: str, kind: OperationKind, action: str, params: dict[str, Any]
+    ) -> tuple[str, str]:
+        """One power operation, to its end: ("", "") or what failed and the BMC error's type
+        (``error_type`` of the item's result; "" when the operation was refused)."""
         try:
             op = await run_in_threadpool(
                 functools.partial(
@@ -96,24 +101,24 @@ class RolloutService:
                 )
             )
         except ApiError as exc:  # another operation holds the machine, no BMC
-            return f"{kind.value} {action} refused: {exc}"
+            return f"{kind.value} {action} refused: {exc}", ""
         await self._power.run(op)
-        error = await run_in_threadpool(self._item_error, op)
-        return f"{kind.value} {action}: {error}" if error else ""
+        error, error_type = await run_in_threadpool(self._item_error, op)
+        return (f"{kind.value} {action}: {error}" if error else ""), error_type
 
     def _observed(self, machine_id: str) -> str:
         with self._db.read() as s:
             m = s.get(Machine, machine_id)
             return m.power_observed if m is not None else "unknown"
 
-    def _item_error(self, op_id: str) -> str:
+    def _item_error(self, op_id: str) -> tuple[str, str]:
         with self._db.read() as s:
             item = s.scalars(
                 select(OperationItem).where(OperationItem.operation_id == op_id)
             ).first()
             if item is None or item.status == OpStatus.SUCCEEDED.value:
-                return ""
-            return item.error or item.status
+                return "", ""
+            return item.error or item.status, (item.result or {}).get("error_type", "")
 
     def start(self) -> None:
         self._stop.clear()

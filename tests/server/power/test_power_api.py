@@ -57,6 +57,8 @@ def test_failed_operation_on_an_unreachable_bmc_shows_unknown_with_the_request(
             error = op["items"][0]["error"]
             match = SENTENCE.fullmatch(error)
             assert match and int(match[1]) == silent_udp_port and int(match[2]) > 1, error
+            assert op["items"][0]["result"]["error_type"] == "BmcTimeoutError", op
+            assert "error_type" not in on["items"][0]["result"], on
 
             power = c.get("/api/v1/machines/u1").json()["power"]
             assert power["observed"] == "unknown" and power["error"] == error
