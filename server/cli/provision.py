@@ -23,7 +23,7 @@ from server.cli.common import (
     emit_json,
     show,
 )
-from server.cli.upgrades import MACHINE_COLUMNS, Image, Selector, Timeout, add_controls, follow
+from server.cli.upgrades import Image, Selector, Timeout, add_controls, add_views, follow
 
 app = typer.Typer(no_args_is_help=True, help="Provision machines: power, netboot, check, install.")
 
@@ -146,42 +146,13 @@ def start(
     follow(cl, f"/api/v1/provisions/{r['id']}", timeout, output)
 
 
-@app.command("status")
-def status(
-    rollout_id: Annotated[str | None, typer.Argument(help="Provision id; none: list them.")] = None,
-    url: UrlOpt = None,
-    token_file: TokenFileOpt = None,
-    output: OutOpt = Output.table,
-) -> None:
-    """List provisions, or show one with every machine's state, step and error."""
-    cl = client(url, token_file)
-    if rollout_id is None:
-        show(call(cl, "GET", "/api/v1/provisions")["items"], output, PROVISION_COLUMNS)
-        return
-    r = call(cl, "GET", f"/api/v1/provisions/{rollout_id}")
-    if output is Output.json:
-        emit_json(r)
-        return
-    show([r], output, PROVISION_COLUMNS)
-    show(
-        [{**m, "batch": b["index"]} for b in r["batches"] for m in b["machines"]],
-        output,
-        MACHINE_COLUMNS,
-    )
-
-
-@app.command("watch")
-def watch(
-    rollout_id: str,
-    timeout: Timeout = 86_400,
-    url: UrlOpt = None,
-    token_file: TokenFileOpt = None,
-    output: OutOpt = Output.table,
-) -> None:
-    """Follow a provision until it ends; exit 1 unless every machine is ready."""
-    follow(client(url, token_file), f"/api/v1/provisions/{rollout_id}", timeout, output)
-
-
+add_views(
+    app,
+    "/api/v1/provisions",
+    "provision",
+    PROVISION_COLUMNS,
+    "Follow a provision until it ends; exit 1 unless every machine is ready.",
+)
 add_controls(
     app,
     "/api/v1/provisions",

@@ -228,36 +228,42 @@ def start(
     follow(cl, f"/api/v1/upgrades/{r['id']}", timeout, output)
 
 
-@app.command("status")
-def status(
-    rollout_id: Annotated[str | None, typer.Argument(help="Rollout id; none: list them.")] = None,
-    url: UrlOpt = None,
-    token_file: TokenFileOpt = None,
-    output: OutOpt = Output.table,
-) -> None:
-    """List rollouts, or show one with every machine's state and step."""
-    cl = client(url, token_file)
-    if rollout_id is None:
-        show(call(cl, "GET", "/api/v1/upgrades")["items"], output, ROLLOUT_COLUMNS)
-        return
-    r = call(cl, "GET", f"/api/v1/upgrades/{rollout_id}")
-    if output is Output.json:
-        emit_json(r)
-        return
-    show([r], output, ROLLOUT_COLUMNS)
-    show(_machines(r), output, MACHINE_COLUMNS)
+def add_views(group: typer.Typer, base: str, noun: str, columns: list[Col], watch_doc: str) -> None:
+    """``group status [ID]`` and ``group watch ID`` for the rollouts under ``base`` (upgrades and
+    provisions alike), shown with ``columns`` and, for one rollout, its machines."""
 
+    def status(
+        rollout_id: str | None = typer.Argument(  # noqa: B008 - the help names the noun
+            None, help=f"{noun.capitalize()} id; none: list them."
+        ),
+        url: UrlOpt = None,
+        token_file: TokenFileOpt = None,
+        output: OutOpt = Output.table,
+    ) -> None:
+        cl = client(url, token_file)
+        if rollout_id is None:
+            show(call(cl, "GET", base)["items"], output, columns)
+            return
+        r = call(cl, "GET", f"{base}/{rollout_id}")
+        if output is Output.json:
+            emit_json(r)
+            return
+        show([r], output, columns)
+        show(_machines(r), output, MACHINE_COLUMNS)
 
-@app.command("watch")
-def watch(
-    rollout_id: str,
-    timeout: Timeout = 86_400,
-    url: UrlOpt = None,
-    token_file: TokenFileOpt = None,
-    output: OutOpt = Output.table,
-) -> None:
-    """Follow a rollout until it ends; exit 1 unless it succeeded."""
-    follow(client(url, token_file), f"/api/v1/upgrades/{rollout_id}", timeout, output)
+    def watch(
+        rollout_id: str,
+        timeout: Timeout = 86_400,
+        url: UrlOpt = None,
+        token_file: TokenFileOpt = None,
+        output: OutOpt = Output.table,
+    ) -> None:
+        follow(client(url, token_file), f"{base}/{rollout_id}", timeout, output)
+
+    status.__doc__ = f"List {noun}s, or show one with every machine's state, step and error."
+    watch.__doc__ = watch_doc
+    group.command("status")(status)
+    group.command("watch")(watch)
 
 
 def add_controls(group: typer.Typer, base: str, docs: dict[str, str], columns: list[Col]) -> None:
@@ -281,6 +287,13 @@ def add_controls(group: typer.Typer, base: str, docs: dict[str, str], columns: l
         group.command(verb)(control(verb))
 
 
+add_views(
+    app,
+    "/api/v1/upgrades",
+    "rollout",
+    ROLLOUT_COLUMNS,
+    "Follow a rollout until it ends; exit 1 unless it succeeded.",
+)
 add_controls(
     app,
     "/api/v1/upgrades",
