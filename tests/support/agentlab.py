@@ -81,7 +81,7 @@ class Lab:
     def spawn_agent(self, root: Path, *extra: str) -> subprocess.Popen[bytes]:
         log = open(root.parent / "agent.log", "ab")  # noqa: SIM115 - closed with the process
         # Fault-injection flags exist only in the test harness, not in the shipped command.
-        harness = any(a in ("--fault", "--clock-offset") for a in extra)
+        harness = any(a in ("--fault", "--clock-offset", "--enroll-timeout") for a in extra)
         cmd = [sys.executable, "-m", "tests.peers.agent_harness"] if harness else [str(AGENT_BIN)]
         proc = subprocess.Popen(
             [
