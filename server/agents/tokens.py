@@ -103,6 +103,8 @@ class TokenGrant:
 
 # What an absent token is compared with: the hash of a value no issued token can have.
 _NO_TOKEN_HASH = hash_token("\x00no-token")
+# What a presented key is compared with when no enrollment spent the token: no key's hash.
+_NO_KEY = "-" * 64
 # Looked up instead of an empty machine id, so the empty id costs the same queries.
 _NO_MACHINE_ID = "\x00none"
 
@@ -233,7 +235,7 @@ class BootstrapTokens:
         stored = await self._store.get_bootstrap_token(key)
         expected = stored.token_hash if stored is not None else _NO_TOKEN_HASH
         good = hmac.compare_digest(presented.encode(), expected.encode())
-        usable = stored is not None and self._usable(stored, key_sha256)
+        usable = self._usable(stored, key_sha256)
         allowed = machine is not None and machine.enrollment_allowed
         if machine is None or stored is None or not (good and usable and allowed):
             raise EnrollmentDenied(_why(machine is not None, stored, good, usable))
@@ -243,12 +245,17 @@ class BootstrapTokens:
             raise EnrollmentDenied("token bound to another address")
         return TokenGrant(machine, stored)
 
-    def _usable(self, stored: BootstrapToken, key_sha256: str) -> bool:
+    def _usable(self, stored: BootstrapToken | None, key_sha256: str) -> bool:
+        """Unspent and unexpired, or spent by the key ``key_sha256`` less than ``grace`` ago.
+        The key is compared (in constant time) on every path, spent token or not."""
+        spent = stored.spent if stored is not None else None
+        same_key = hmac.compare_digest(
+            (spent.key_sha256 if spent is not None else _NO_KEY).encode(), key_sha256.encode()
+        )
         now = self._now()
-        if stored.spent is None:
-            return stored.expires_at > now
-        same_key = hmac.compare_digest(stored.spent.key_sha256.encode(), key_sha256.encode())
-        return bool(key_sha256) and same_key and now < stored.spent.at + self.grace
+        if stored is None or spent is None:
+            return stored is not None and stored.expires_at > now
+        return bool(key_sha256) and same_key and now < spent.at + self.grace
 
     async def consume(self, grant: TokenGrant, key_sha256: str = "", cert_pem: str = "") -> None:
         """Mark the verified token spent by the enrollment of key ``key_sha256`` that issued
