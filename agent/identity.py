@@ -189,9 +189,11 @@ class CredentialStore:
         with a new key would be refused when the first attempt's answer was lost."""
         path = self.dir / ENROLL_KEY
         try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            pass
+            key_pem = path.read_bytes()
+            serialization.load_pem_private_key(key_pem, password=None)
+            return key_pem
+        except (OSError, ValueError, TypeError):
+            pass  # none yet, or not a key: a new one (a retry with it is a new enrollment)
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         key_pem = new_key()
         write_file(path, key_pem, 0o600, fsync=self._fsync)

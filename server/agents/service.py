@@ -182,7 +182,9 @@ class EnrollmentService(pb_grpc.EnrollmentServicer):
         """A retry of the enrollment that spent the token (same token, same key, within the
         grace window): its first answer was lost. The same certificate again, as long as it is
         still the machine's accepted one (a revoked or replaced identity is not handed out) and
-        the caller proves it holds the key (the CSR's signature)."""
+        the caller proves it holds the key (the CSR's signature). A retry that arrives between
+        the first call's spending and its recording of the certificate is refused; the agent's
+        next retry gets the answer."""
         mid = grant.token.machine_id
         cert = x509.load_pem_x509_certificate(spent.cert_pem.encode())
         if not csr.is_signature_valid:

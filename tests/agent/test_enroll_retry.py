@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from agent.identity import Credentials, CredentialStore
 from server.agents import IssuedCertificate, MemoryAgentStore
 from server.types import EventKind
 from tests.support.agentlab import Lab, running_lab
@@ -80,3 +81,19 @@ def test_agent_restarted_before_its_answer_keeps_its_key(held: Lab) -> None:
     held.spawn_agent(root)
     eventually(lambda: held.api.hub.is_connected("m2"), 30)
     _enrolled_once(held, "m2", root)
+
+
+def test_enrollment_key_is_kept_until_enrolled_and_replaced_if_unreadable(tmp_path: Path) -> None:
+    store = CredentialStore(tmp_path / "state", fsync=False)
+    key = store.enrollment_key()
+    path = tmp_path / "state/enroll-key.pem"
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert CredentialStore(tmp_path / "state").enrollment_key() == key  # a restarted agent
+    path.write_bytes(b"-----BEGIN PRIVATE KEY-----\ntruncated")
+    other = store.enrollment_key()
+    assert other != key and path.read_bytes() == other
+    store.save(Credentials(other, b"cert", b"ca"))
+    assert not path.exists() and (tmp_path / "state/key.pem").read_bytes() == other
+    assert store.enrollment_key() != other  # the next enrollment: a new key
+    store.wipe()
+    assert not path.exists()
