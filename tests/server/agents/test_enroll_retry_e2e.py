@@ -123,3 +123,13 @@ def test_revoked_identity_is_not_handed_out_again(tmp_path: Path, db_url: str) -
             "the certificate this token was spent on is revoked or replaced"
         ]
         assert _events(c, "rt-2", "agent.enroll.repeated") == []
+
+
+def test_grace_zero_answers_no_retry(tmp_path: Path, db_url: str) -> None:
+    with _server(tmp_path, db_url, agent_enroll_grace=0) as srv:
+        c = srv.client()
+        mid = _machine(c, "rt-3", "02:00:00:00:22:03")
+        tok, _ = _token(c, "rt-3")
+        key = new_key()
+        assert "BEGIN CERTIFICATE" in _enroll(srv, mid, tok, key)
+        assert _enroll(srv, mid, tok, key) == "UNAUTHENTICATED"
