@@ -12,7 +12,9 @@ there by the boot plane:
   the server before it hands over the token.
 
 The private key is generated on the machine (ECDSA P-256), written to the state directory with
-mode 0600 and never sent anywhere: enrollment and renewal send a CSR.
+mode 0600 and never sent anywhere: enrollment and renewal send a CSR. Enrollment uses one key
+until it succeeds (``enroll-key.pem``, kept across retries and restarts): the server answers a
+retry of an enrollment whose answer was lost only for the same key (``docs/agent.md``).
 """
 
 from __future__ import annotations
@@ -93,18 +95,31 @@ def read_boot_params(root: Path) -> BootParams:
         return BootParams()
 
 
-def new_key_and_csr(machine_id: str) -> tuple[bytes, bytes]:
-    """A fresh private key and a CSR for it. Returns ``(key_pem, csr_pem)``."""
+def new_key() -> bytes:
+    """A fresh ECDSA P-256 private key (PEM, PKCS#8, unencrypted: the file is 0600)."""
     key = ec.generate_private_key(ec.SECP256R1())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def csr_for(key_pem: bytes, machine_id: str) -> bytes:
+    """A CSR (PEM) for the key ``key_pem``."""
+    key = serialization.load_pem_private_key(key_pem, password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise ValueError("agent keys are ECDSA")
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, machine_id)]))
         .sign(key, hashes.SHA256())
     )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return key_pem, csr.public_bytes(serialization.Encoding.PEM)
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def new_key_and_csr(machine_id: str) -> tuple[bytes, bytes]:
+    """A fresh private key and a CSR for it. Returns ``(key_pem, csr_pem)``."""
+    key_pem = new_key()
+    return key_pem, csr_for(key_pem, machine_id)
 
 
 def write_file(path: Path, data: bytes, mode: int = 0o644, *, fsync: bool = True) -> None:
@@ -147,8 +162,12 @@ class Credentials:
         return now >= nb + (na - nb) * 2 / 3
 
 
+ENROLL_KEY = "enroll-key.pem"
+
+
 class CredentialStore:
-    """``key.pem`` (0600), ``cert.pem``, ``ca.pem`` in the agent's state directory."""
+    """``key.pem`` (0600), ``cert.pem``, ``ca.pem`` in the agent's state directory, and
+    ``enroll-key.pem`` (0600) while an enrollment is under way."""
 
     def __init__(self, state_dir: Path, *, fsync: bool = True) -> None:
         self.dir = state_dir
@@ -164,12 +183,29 @@ class CredentialStore:
         except OSError:
             return None
 
+    def enrollment_key(self) -> bytes:
+        """The key every attempt of the enrollment under way uses: made (and written, 0600)
+        by the first attempt, kept until :meth:`save` stores the certificate it got. A retry
+        with a new key would be refused when the first attempt's answer was lost."""
+        path = self.dir / ENROLL_KEY
+        try:
+            key_pem = path.read_bytes()
+            serialization.load_pem_private_key(key_pem, password=None)
+            return key_pem
+        except (OSError, ValueError, TypeError):
+            pass  # none yet, or not a key: a new one (a retry with it is a new enrollment)
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        key_pem = new_key()
+        write_file(path, key_pem, 0o600, fsync=self._fsync)
+        return key_pem
+
     def save(self, creds: Credentials) -> None:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_file(self.dir / "key.pem", creds.key_pem, 0o600, fsync=self._fsync)
         write_file(self.dir / "cert.pem", creds.cert_pem, fsync=self._fsync)
         write_file(self.dir / "ca.pem", creds.ca_pem, fsync=self._fsync)
+        (self.dir / ENROLL_KEY).unlink(missing_ok=True)
 
     def wipe(self) -> None:
-        for name in ("key.pem", "cert.pem", "ca.pem"):
+        for name in ("key.pem", "cert.pem", "ca.pem", ENROLL_KEY):
             (self.dir / name).unlink(missing_ok=True)

@@ -49,7 +49,7 @@ from agent.gen import agent_pb2_grpc as pb_grpc
 from agent.identity import (
     Credentials,
     CredentialStore,
-    new_key_and_csr,
+    csr_for,
     read_boot_params,
     write_file,
 )
@@ -131,6 +131,8 @@ class AgentOptions:
     reboot_seconds: float = 0.0
     """Simulated machines: how long a reboot takes before the new boot starts."""
     clock_offset: float = 0.0  # seconds added to the system clock (simulating a skewed clock)
+    enroll_timeout: float = 15.0
+    """Deadline of one ``Enroll`` call (seconds); its retries reuse the same key."""
     netboot_url: str = ""
     """Simulated diskless machines: every boot fetches ``URL/boot.ipxe?mac=netboot_mac`` and
     boots what it names (``agent.netboot``). Empty: the command line stays as it was."""
@@ -438,7 +440,8 @@ class Agent:
             raise AgentFatalError(
                 "no valid client certificate and no bootstrap token/machine id/CA/enroll address"
             )
-        key_pem, csr_pem = new_key_and_csr(self.o.machine_id)
+        key_pem = self.creds_store.enrollment_key()
+        csr_pem = csr_for(key_pem, self.o.machine_id)
         creds = grpc.ssl_channel_credentials(root_certificates=self.o.ca_pem)
         async with grpc.aio.secure_channel(
             self.o.enroll, creds, options=self.channel_options()
@@ -452,7 +455,7 @@ class Agent:
                         csr_pem=csr_pem.decode(),
                         inventory=inventory_to_pb(self.collect_inventory()),
                     ),
-                    timeout=15,
+                    timeout=self.o.enroll_timeout,
                 )
             except grpc.aio.AioRpcError as exc:
                 if exc.code() == grpc.StatusCode.UNAUTHENTICATED:

@@ -12,6 +12,7 @@ import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -315,6 +316,7 @@ async def start_agents(app: FastAPI, parts: Parts) -> AgentApiServer | None:
             session_port=settings.agent_session_port,
             server_names=settings.effective_agent_server_names,
             heartbeat_interval=settings.agent_heartbeat_interval,
+            enroll_grace=timedelta(seconds=settings.agent_enroll_grace),
         )
     except (OSError, RuntimeError) as exc:
         log.error(

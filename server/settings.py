@@ -131,6 +131,10 @@ class ServerSettings(BaseSettings):
     """Names/IPs in the agent API's server certificate (comma list); default: ``agent_host``."""
     agent_heartbeat_interval: float = Field(default=30.0, gt=0)
     """Seconds between agent heartbeats; a session silent for three intervals is closed."""
+    agent_enroll_grace: int = Field(default=600, ge=0, le=3600)
+    """Seconds after an enrollment spent its bootstrap token during which a retry with the same
+    token and a CSR for the same key gets the same certificate again (its answer was lost on
+    the way); 0: never."""
 
     boot_discovery: bool = True
     """Unknown MACs that network-boot get the discovery profile (when it exists) and are recorded

@@ -137,6 +137,9 @@ class EventKind(StrEnum):
     AGENT_ENROLL_REFUSED = "agent.enroll.refused"
     """An enrollment was refused (``data.reason``: wrong, expired or used token...); at most one
     event per machine and reason a minute. The agent is told only "denied"."""
+    AGENT_ENROLL_REPEATED = "agent.enroll.repeated"
+    """An agent retried an enrollment whose answer it never got (same token, same key, within
+    ``BRONZE_AGENT_ENROLL_GRACE``): it was answered the same certificate again."""
     AGENT_IDENTITY_MISMATCH = "agent.identity.mismatch"
     """An agent reported an SMBIOS UUID or serial other than the recorded one (kept as is)."""
     AGENT_CERTIFICATE_REVOKED = "agent.certificate.revoked"

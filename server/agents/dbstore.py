@@ -30,6 +30,7 @@ from server.agents.store import (
     DesiredConfig,
     IssuedCertificate,
     PendingCommand,
+    SpentToken,
     certificate_accepted,
 )
 from server.config import ConfigError
@@ -138,6 +139,7 @@ class DbAgentStore:
                     token.boot_ref,
                     token.expires_at,
                 )
+                row.spent_at = row.spent_key_sha256 = row.spent_cert_pem = None
 
     async def save_bootstrap_token(self, token: BootstrapToken) -> None:
         await asyncio.to_thread(self._save_token, token)
@@ -147,12 +149,34 @@ class DbAgentStore:
             row = s.get(AgentBootstrapToken, machine_id)
             if row is None:
                 return None
+            spent = None
+            if row.spent_at is not None:
+                spent = SpentToken(
+                    as_utc(row.spent_at), row.spent_key_sha256 or "", row.spent_cert_pem or ""
+                )
             return BootstrapToken(
-                row.machine_id, row.token_hash, row.boot_ref, as_utc(row.expires_at)
+                row.machine_id, row.token_hash, row.boot_ref, as_utc(row.expires_at), spent
             )
 
     async def get_bootstrap_token(self, machine_id: str) -> BootstrapToken | None:
         return await asyncio.to_thread(self._get_token, machine_id)
+
+    def _spend_token(self, machine_id: str, token_hash: str, spent: SpentToken) -> bool:
+        t = AgentBootstrapToken
+        stmt = (
+            update(t)
+            .where(t.machine_id == machine_id, t.token_hash == token_hash, t.spent_at.is_(None))
+            .values(
+                spent_at=spent.at, spent_key_sha256=spent.key_sha256, spent_cert_pem=spent.cert_pem
+            )
+        )
+        with self.db.write() as s:
+            return bool(s.execute(stmt).rowcount)  # type: ignore[attr-defined]
+
+    async def spend_bootstrap_token(
+        self, machine_id: str, token_hash: str, spent: SpentToken
+    ) -> bool:
+        return await asyncio.to_thread(self._spend_token, machine_id, token_hash, spent)
 
     def _delete_token(self, machine_id: str, token_hash: str | None) -> bool:
         stmt = delete(AgentBootstrapToken).where(AgentBootstrapToken.machine_id == machine_id)

@@ -22,15 +22,24 @@ from pathlib import Path
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from google.protobuf import json_format
 
 from agent.gen import agent_pb2 as pb
 from agent.gen import agent_pb2_grpc as pb_grpc
 from server.agents.hub import SessionHub
-from server.agents.pki import FleetCA, PkiError
+from server.agents.pki import FleetCA, IssuedCert, PkiError
 from server.agents.pki_files import ExpiryWarning, expiring, load_or_issue_server_cert
-from server.agents.store import AgentStore, IssuedCertificate
-from server.agents.tokens import DENIED_MESSAGE, BootstrapTokens, EnrollmentDenied, peer_ip
+from server.agents.store import AgentStore, IssuedCertificate, SpentToken
+from server.agents.tokens import (
+    DEFAULT_ENROLL_GRACE,
+    DENIED_MESSAGE,
+    BootstrapTokens,
+    EnrollmentDenied,
+    TokenGrant,
+    key_fingerprint,
+    peer_ip,
+)
 from server.agents.trouble import (
     MAX_PROBLEM_CHARS,
     ReportLimiter,
@@ -103,38 +112,21 @@ class EnrollmentService(pb_grpc.EnrollmentServicer):
         self, request: pb.EnrollRequest, context: grpc.aio.ServicerContext
     ) -> pb.EnrollResponse:
         try:
-            x509.load_pem_x509_csr(request.csr_pem.encode())
-        except ValueError:
+            csr = x509.load_pem_x509_csr(request.csr_pem.encode())
+            key_id = key_fingerprint(csr)
+        except (ValueError, UnsupportedAlgorithm):
             ENROLLMENTS.labels("refused", "malformed_csr").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "malformed CSR")
         try:
             grant = await self._tokens.verify(
-                request.machine_id, request.bootstrap_token, peer=peer_ip(context.peer())
+                request.machine_id,
+                request.bootstrap_token,
+                peer=peer_ip(context.peer()),
+                key_sha256=key_id,
             )
-            if not grant.machine.accepted:
-                await self._pending(request, grant.token.boot_ref, context.peer())
-                ENROLLMENTS.labels("refused", "not_accepted").inc()
-                await context.abort(grpc.StatusCode.FAILED_PRECONDITION, PENDING_MESSAGE)
-            # The token is one-time: spend it only on a certificate that exists and on a caller
-            # still there to receive it. Signing first, so a CSR the CA refuses burns nothing;
-            # and a caller whose deadline has (nearly) run out keeps its token, because under
-            # load its client gives up before our answer arrives and its retry would otherwise
-            # be refused for good.
-            try:
-                issued = self._ca.sign_client_csr(request.csr_pem.encode(), request.machine_id)
-            except PkiError as exc:
-                ENROLLMENTS.labels("refused", "csr_refused").inc()
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            left = context.time_remaining()
-            if left is not None and left < ENROLL_MARGIN_SECONDS:
-                log.warning(
-                    "enrollment late, token kept machine=%s left=%.2fs",
-                    grant.token.machine_id,
-                    left,
-                )
-                ENROLLMENTS.labels("refused", "late").inc()
-                await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "enrollment too late: retry")
-            await self._tokens.consume(grant)
+            if grant.token.spent is not None:
+                return await self._answer_again(grant, grant.token.spent, csr, context.peer())
+            issued = await self._issue(grant, request, key_id, context)
         except EnrollmentDenied as exc:
             log.warning("enrollment denied peer=%s", context.peer())
             await self._refused(request.machine_id, exc.reason, context.peer())
@@ -145,10 +137,78 @@ class EnrollmentService(pb_grpc.EnrollmentServicer):
         )
         log.info("machine enrolled machine=%s peer=%s", request.machine_id, context.peer())
         ENROLLMENTS.labels("enrolled", "").inc()
+        return self._answer(issued.cert_pem.decode(), issued.not_after)
+
+    async def _issue(
+        self,
+        grant: TokenGrant,
+        request: pb.EnrollRequest,
+        key_id: str,
+        context: grpc.aio.ServicerContext,
+    ) -> IssuedCert:
+        """Sign the CSR and spend the token on it (or abort: pending, refused CSR, late)."""
+        if not grant.machine.accepted:
+            await self._pending(request, grant.token.boot_ref, context.peer())
+            ENROLLMENTS.labels("refused", "not_accepted").inc()
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, PENDING_MESSAGE)
+        # The token is one-time: spend it only on a certificate that exists and on a caller
+        # still there to receive it. Signing first, so a CSR the CA refuses burns nothing;
+        # and a caller whose deadline has (nearly) run out keeps its token, because under
+        # load its client gives up before our answer arrives and its retry would otherwise
+        # be refused for good. An answer lost after this point is answered again to a retry
+        # with the same key (_answer_again).
+        try:
+            issued = self._ca.sign_client_csr(request.csr_pem.encode(), request.machine_id)
+        except PkiError as exc:
+            ENROLLMENTS.labels("refused", "csr_refused").inc()
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        left = context.time_remaining()
+        if left is not None and left < ENROLL_MARGIN_SECONDS:
+            log.warning(
+                "enrollment late, token kept machine=%s left=%.2fs", grant.token.machine_id, left
+            )
+            ENROLLMENTS.labels("refused", "late").inc()
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "enrollment too late: retry")
+        await self._tokens.consume(grant, key_id, issued.cert_pem.decode())
+        return issued
+
+    async def _answer_again(
+        self,
+        grant: TokenGrant,
+        spent: SpentToken,
+        csr: x509.CertificateSigningRequest,
+        peer: str,
+    ) -> pb.EnrollResponse:
+        """A retry of the enrollment that spent the token (same token, same key, within the
+        grace window): its first answer was lost. The same certificate again, as long as it is
+        still the machine's accepted one (a revoked or replaced identity is not handed out) and
+        the caller proves it holds the key (the CSR's signature). A retry that arrives between
+        the first call's spending and its recording of the certificate is refused; the agent's
+        next retry gets the answer."""
+        mid = grant.token.machine_id
+        cert = x509.load_pem_x509_certificate(spent.cert_pem.encode())
+        if not csr.is_signature_valid:
+            raise EnrollmentDenied("retry with a CSR whose signature does not verify")
+        accepted = (await self._store.accepted_certificates([mid])).get(mid, set())
+        if not grant.machine.accepted or cert.serial_number not in accepted:
+            raise EnrollmentDenied("the certificate this token was spent on is revoked or replaced")
+        log.info(
+            "enrollment answered again machine=%s peer=%s serial=%x", mid, peer, cert.serial_number
+        )
+        await self._store.record_event(
+            mid,
+            EventKind.AGENT_ENROLL_REPEATED,
+            "agent retried an enrollment whose answer it never got; same certificate answered",
+            {"serial": str(cert.serial_number), "spent_at": spent.at.isoformat(), "peer": peer},
+        )
+        ENROLLMENTS.labels("repeated", "").inc()
+        return self._answer(spent.cert_pem, cert.not_valid_after_utc)
+
+    def _answer(self, cert_pem: str, not_after: dt.datetime) -> pb.EnrollResponse:
         return pb.EnrollResponse(
-            cert_pem=issued.cert_pem.decode(),
+            cert_pem=cert_pem,
             ca_pem=self._ca.cert_pem.decode(),
-            not_after=int(issued.not_after.timestamp()),
+            not_after=int(not_after.timestamp()),
         )
 
     async def _refused(self, machine_id: str, reason: str, peer: str) -> None:
@@ -273,13 +333,15 @@ class AgentApiServer:
     server_names: Sequence[str] = ("127.0.0.1",)
     heartbeat_interval: float = 30.0
     token_ttl: dt.timedelta = dt.timedelta(minutes=30)
+    enroll_grace: dt.timedelta = DEFAULT_ENROLL_GRACE
+    """How long a retry of an enrollment whose answer was lost is answered again."""
     pki_dir: Path | None = None
     """Where the server certificate is kept across restarts (``server.agents.pki_files``);
     ``None``: a fresh one at every start (tests)."""
 
     def __post_init__(self) -> None:
         self.hub = SessionHub(self.store, self.ca, heartbeat_interval=self.heartbeat_interval)
-        self.tokens = BootstrapTokens(self.store, ttl=self.token_ttl)
+        self.tokens = BootstrapTokens(self.store, ttl=self.token_ttl, grace=self.enroll_grace)
         self._servers: list[grpc.aio.Server] = []
 
     async def start(self) -> None:
@@ -349,6 +411,7 @@ async def start_agent_api(
     session_port: int = 7444,
     server_names: Sequence[str] = ("127.0.0.1",),
     heartbeat_interval: float = 30.0,
+    enroll_grace: dt.timedelta = DEFAULT_ENROLL_GRACE,
 ) -> AgentApiServer:
     """Composition-root helper for ``bronze serve``: load or create the fleet CA in ``ca_dir``,
     start both servers and return them (``.hub`` for the REST layer, ``.tokens`` for the boot
@@ -362,6 +425,7 @@ async def start_agent_api(
         session_port=session_port,
         server_names=server_names,
         heartbeat_interval=heartbeat_interval,
+        enroll_grace=enroll_grace,
         pki_dir=ca_dir,
     )
     await server.start()

@@ -4,16 +4,17 @@ The gRPC layer never touches SQL. Everything it reads or writes about a machine 
 this protocol; the server implements it on the database, tests use :class:`MemoryAgentStore`.
 
 Every method is a coroutine and must be safe to call concurrently for *different* machines.
-Two methods must be atomic: :meth:`AgentStore.delete_bootstrap_token` (compare-and-delete, so a
-token is consumed once even under concurrent enrollments) and the pending-command methods for
-one machine (a command saved before it is sent survives a server restart).
+Three methods must be atomic: :meth:`AgentStore.delete_bootstrap_token` (compare-and-delete),
+:meth:`AgentStore.spend_bootstrap_token` (compare-and-set, so a token is spent once even under
+concurrent enrollments) and the pending-command methods for one machine (a command saved before
+it is sent survives a server restart).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 from server.types import EventKind
@@ -33,6 +34,19 @@ class AgentMachine:
 
 
 @dataclass(frozen=True)
+class SpentToken:
+    """What ``Enroll`` keeps of the enrollment that spent a token: enough to answer a retry of
+    that same enrollment (same token, same key) whose first answer was lost on the way
+    (``docs/agent.md``, "A lost answer")."""
+
+    at: dt.datetime
+    key_sha256: str
+    """Hex SHA-256 of the CSR's public key (DER SubjectPublicKeyInfo)."""
+    cert_pem: str
+    """The certificate issued (public)."""
+
+
+@dataclass(frozen=True)
 class BootstrapToken:
     """A stored bootstrap token: only the SHA-256 of the secret is kept."""
 
@@ -40,6 +54,8 @@ class BootstrapToken:
     token_hash: str  # hex sha256 of the token
     boot_ref: str  # which boot (PXE render) it was issued for
     expires_at: dt.datetime
+    spent: SpentToken | None = None
+    """None while the token can enroll; set once an enrollment spent it."""
 
 
 @dataclass(frozen=True)
@@ -100,9 +116,16 @@ class AgentStore(Protocol):
     # machines
     async def get_machine(self, machine_id: str) -> AgentMachine | None: ...
 
-    # bootstrap tokens (one per machine: saving a new one replaces the old one)
+    # bootstrap tokens (one per machine, spent or not: saving a new one replaces the old one)
     async def save_bootstrap_token(self, token: BootstrapToken) -> None: ...
     async def get_bootstrap_token(self, machine_id: str) -> BootstrapToken | None: ...
+    async def spend_bootstrap_token(
+        self, machine_id: str, token_hash: str, spent: SpentToken
+    ) -> bool:
+        """Mark the machine's token spent if it is still the unspent one with ``token_hash``.
+        Returns whether it was (atomic compare-and-set: of concurrent calls, one wins)."""
+        ...
+
     async def delete_bootstrap_token(self, machine_id: str, token_hash: str | None = None) -> bool:
         """Delete the machine's token; if ``token_hash`` is given, only when it still matches.
         Returns whether a token was deleted (atomic compare-and-delete)."""
@@ -204,6 +227,15 @@ class MemoryAgentStore:
 
     async def get_bootstrap_token(self, machine_id: str) -> BootstrapToken | None:
         return self.tokens.get(machine_id)
+
+    async def spend_bootstrap_token(
+        self, machine_id: str, token_hash: str, spent: SpentToken
+    ) -> bool:
+        tok = self.tokens.get(machine_id)
+        if tok is None or tok.token_hash != token_hash or tok.spent is not None:
+            return False
+        self.tokens[machine_id] = replace(tok, spent=spent)
+        return True
 
     async def delete_bootstrap_token(self, machine_id: str, token_hash: str | None = None) -> bool:
         tok = self.tokens.get(machine_id)

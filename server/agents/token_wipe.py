@@ -31,9 +31,13 @@ REPROVISION_PHASES = frozenset({Phase.PROVISIONING.value, Phase.DISCOVERED.value
 
 
 def wipe_token(s: Session, machine_id: str, *, reason: str, actor: str) -> bool:
-    """Delete the machine's outstanding enrollment token; True when there was one."""
-    res = s.execute(delete(AgentBootstrapToken).where(AgentBootstrapToken.machine_id == machine_id))
-    if not res.rowcount:  # type: ignore[attr-defined]
+    """Delete the machine's enrollment token; True when it was an outstanding (unspent) one. A
+    spent one goes silently: with it goes the grace window in which a retry of the enrollment
+    that spent it is answered again (``server.agents.tokens``)."""
+    t = AgentBootstrapToken
+    spent = s.scalar(select(t.spent_at).where(t.machine_id == machine_id))
+    res = s.execute(delete(t).where(t.machine_id == machine_id))
+    if not res.rowcount or spent is not None:  # type: ignore[attr-defined]
         return False
     inventory.record(
         s,

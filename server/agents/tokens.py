@@ -4,8 +4,11 @@ When the boot plane renders a machine's boot script it calls :meth:`BootstrapTok
 returns a random secret placed on the kernel command line (``bronze.token=...``). The token is
 
 * **short-lived** (minutes: long enough to boot, not to be reused later);
-* **single-use**: :meth:`BootstrapTokens.redeem` compare-and-deletes it, so two racing enrollments
-  with one token yield one certificate;
+* **single-use**: :meth:`BootstrapTokens.consume` marks it spent (compare-and-set), so two racing
+  enrollments with one token yield one certificate. A spent token enrolls nothing new; for a
+  short grace window (``grace``, ``BRONZE_AGENT_ENROLL_GRACE``) it lets the *same* enrollment be
+  asked again: a retry that presents the same token and a CSR for the same public key gets the
+  certificate the first call issued (its answer was lost on the way), see ``docs/agent.md``;
 * **bound to one machine and one boot**: it is stored under the machine id and a new boot (a new
   ``issue``) replaces it; a token from ``/boot.ipxe`` (``issue_bound``) is also bound to the
   address DHCP gave the machine and is redeemable only from that address (``redeem(peer=)``),
@@ -43,11 +46,15 @@ import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from server.agents.store import AgentMachine, AgentStore, BootstrapToken
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from server.agents.store import AgentMachine, AgentStore, BootstrapToken, SpentToken
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TOKEN_TTL = dt.timedelta(minutes=30)
+DEFAULT_ENROLL_GRACE = dt.timedelta(minutes=10)
 DENIED_MESSAGE = "enrollment denied"
 
 
@@ -60,16 +67,25 @@ class EnrollmentDenied(Exception):
         self.reason = reason
 
 
-def _why(machine: bool, stored: bool, good: bool, fresh: bool) -> str:
+def _why(machine: bool, stored: BootstrapToken | None, good: bool, usable: bool) -> str:
     if not machine:
         return "unknown machine"
-    if not stored:
-        return "no valid token: never issued, already used, or wiped"
+    if stored is None:
+        return "no valid token: never issued, wiped, or replaced"
     if not good:
         return "wrong token"
-    if not fresh:
+    if not usable and stored.spent is not None:
+        return "token already used (by another key, or its grace window is over)"
+    if not usable:
         return "token expired"
     return "machine not in an enrollment phase"
+
+
+def key_fingerprint(csr: x509.CertificateSigningRequest) -> str:
+    """Hex SHA-256 of the CSR's public key (DER SubjectPublicKeyInfo): what a retry of an
+    enrollment must present again."""
+    der = csr.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
 
 
 def hash_token(token: str) -> str:
@@ -78,7 +94,8 @@ def hash_token(token: str) -> str:
 
 @dataclass(frozen=True)
 class TokenGrant:
-    """A verified, not yet consumed, bootstrap token and the machine it was issued for."""
+    """A verified bootstrap token and the machine it was issued for: unspent, or spent by an
+    enrollment with the presented key within the grace window (``token.spent``: a retry)."""
 
     machine: AgentMachine
     token: BootstrapToken
@@ -86,6 +103,8 @@ class TokenGrant:
 
 # What an absent token is compared with: the hash of a value no issued token can have.
 _NO_TOKEN_HASH = hash_token("\x00no-token")
+# What a presented key is compared with when no enrollment spent the token: no key's hash.
+_NO_KEY = "-" * 64
 # Looked up instead of an empty machine id, so the empty id costs the same queries.
 _NO_MACHINE_ID = "\x00none"
 
@@ -134,10 +153,13 @@ class BootstrapTokens:
         store: AgentStore,
         *,
         ttl: dt.timedelta = DEFAULT_TOKEN_TTL,
+        grace: dt.timedelta = DEFAULT_ENROLL_GRACE,
         now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
     ) -> None:
         self._store = store
         self.ttl = ttl
+        self.grace = grace
+        """How long after an enrollment spent a token a retry of it is answered again."""
         self._now = now
 
     async def issue(self, machine_id: str, boot_ref: str, ttl: dt.timedelta | None = None) -> str:
@@ -180,7 +202,7 @@ class BootstrapTokens:
         any other). Callers serialise calls per machine."""
         stored = await self._store.get_bootstrap_token(machine_id)
         prefix = f"{boot}@{address}#"
-        if stored is not None and stored.boot_ref.startswith(prefix):
+        if stored is not None and stored.spent is None and stored.boot_ref.startswith(prefix):
             token = derive_token(key, machine_id, stored.boot_ref)
             if stored.expires_at > self._now() and hmac.compare_digest(
                 hash_token(token), stored.token_hash
@@ -199,34 +221,54 @@ class BootstrapTokens:
         """Forget the machine's token (power-off, reprovision, delete)."""
         await self._store.delete_bootstrap_token(machine_id)
 
-    async def verify(self, machine_id: str, token: str, peer: str | None = None) -> TokenGrant:
+    async def verify(
+        self, machine_id: str, token: str, peer: str | None = None, key_sha256: str = ""
+    ) -> TokenGrant:
         """Check ``token`` for ``machine_id`` without consuming it, or raise
         :class:`EnrollmentDenied`. Same work whatever the outcome (module docstring). A token
-        bound to an address (``issue_bound``) is good only from a ``peer`` with that IP."""
+        bound to an address (``issue_bound``) is good only from a ``peer`` with that IP. A spent
+        token is good only for a retry of the enrollment that spent it: the same ``key_sha256``
+        (:func:`key_fingerprint`), within ``grace`` of its spending."""
         key = machine_id or _NO_MACHINE_ID
         presented = hash_token(token)
         machine = await self._store.get_machine(key)
         stored = await self._store.get_bootstrap_token(key)
         expected = stored.token_hash if stored is not None else _NO_TOKEN_HASH
         good = hmac.compare_digest(presented.encode(), expected.encode())
-        fresh = stored is not None and stored.expires_at > self._now()
-        if machine is None or stored is None or not (good and fresh and machine.enrollment_allowed):
-            raise EnrollmentDenied(_why(machine is not None, stored is not None, good, fresh))
+        usable = self._usable(stored, key_sha256)
+        allowed = machine is not None and machine.enrollment_allowed
+        if machine is None or stored is None or not (good and usable and allowed):
+            raise EnrollmentDenied(_why(machine is not None, stored, good, usable))
         bound = bound_address(stored.boot_ref)
         if bound is not None and bound != peer:
             log.warning("bootstrap token presented from another address machine=%s", machine_id)
             raise EnrollmentDenied("token bound to another address")
         return TokenGrant(machine, stored)
 
-    async def consume(self, grant: TokenGrant) -> None:
-        """Delete the verified token (compare-and-delete): raises :class:`EnrollmentDenied` when
-        another enrollment consumed it first."""
+    def _usable(self, stored: BootstrapToken | None, key_sha256: str) -> bool:
+        """Unspent and unexpired, or spent by the key ``key_sha256`` less than ``grace`` ago.
+        The key is compared (in constant time) on every path, spent token or not."""
+        spent = stored.spent if stored is not None else None
+        same_key = hmac.compare_digest(
+            (spent.key_sha256 if spent is not None else _NO_KEY).encode(), key_sha256.encode()
+        )
+        now = self._now()
+        if stored is None or spent is None:
+            return stored is not None and stored.expires_at > now
+        return bool(key_sha256) and same_key and now < spent.at + self.grace
+
+    async def consume(self, grant: TokenGrant, key_sha256: str = "", cert_pem: str = "") -> None:
+        """Mark the verified token spent by the enrollment of key ``key_sha256`` that issued
+        ``cert_pem`` (compare-and-set): raises :class:`EnrollmentDenied` when another enrollment
+        spent it first."""
         t = grant.token
-        if not await self._store.delete_bootstrap_token(t.machine_id, t.token_hash):
-            raise EnrollmentDenied()
+        spent = SpentToken(self._now(), key_sha256, cert_pem)
+        if not await self._store.spend_bootstrap_token(t.machine_id, t.token_hash, spent):
+            raise EnrollmentDenied("token spent by a concurrent enrollment")
 
     async def redeem(self, machine_id: str, token: str, peer: str | None = None) -> BootstrapToken:
-        """Verify and consume ``token`` for ``machine_id`` or raise :class:`EnrollmentDenied`."""
+        """Verify and consume ``token`` for ``machine_id`` or raise :class:`EnrollmentDenied`
+        (no key: a spent token is never good again)."""
         grant = await self.verify(machine_id, token, peer)
         await self.consume(grant)
         return grant.token

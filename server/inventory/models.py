@@ -242,7 +242,8 @@ class Generation(Base):
 
 
 class AgentBootstrapToken(Base):
-    """The one live bootstrap token of a machine (SHA-256 only; a new one replaces it)."""
+    """The one bootstrap token of a machine (SHA-256 only; a new one replaces it), live or
+    spent."""
 
     __tablename__ = "agent_bootstrap_tokens"
 
@@ -252,6 +253,11 @@ class AgentBootstrapToken(Base):
     token_hash: Mapped[str] = mapped_column(String(64))
     boot_ref: Mapped[str] = mapped_column(String(128))
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # Set when an enrollment spent the token: a retry of that enrollment (same token, same key)
+    # within the grace window gets the same certificate back (server.agents.tokens).
+    spent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    spent_key_sha256: Mapped[str | None] = mapped_column(String(64))
+    spent_cert_pem: Mapped[str | None] = mapped_column(Text)
 
 
 class AgentState(Base):

@@ -8,23 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from server.agents import AgentApiServer, MemoryAgentStore
-from server.agents.pki import FleetCA
-from tests.support.agentlab import Lab, LoopThread
+from server.agents import MemoryAgentStore
+from tests.support.agentlab import Lab, running_lab
 
 
 @pytest.fixture
 def lab(tmp_path: Path) -> Iterator[Lab]:
-    lt = LoopThread()
-    store = MemoryAgentStore()
-    ca = FleetCA.load_or_create(tmp_path / "ca")
-    api = AgentApiServer(store, ca, heartbeat_interval=1.0)
-    lt.run(api.start())
-    lab = Lab(tmp_path, lt, store, ca, api)
-    try:
+    with running_lab(tmp_path, MemoryAgentStore()) as lab:
         yield lab
-    finally:
-        for p in lab.procs:
-            lab.stop_agent(p)
-        lt.run(lab.api.stop(0))
-        lt.close()

@@ -61,7 +61,7 @@ def test_enroll_hello_config_applied_node_ops(lab: Lab) -> None:
     assert len(lab.store.certificates["m1"]) == 1
     key = root / "var/lib/bronze/key.pem"
     assert key.stat().st_mode & 0o777 == 0o600
-    assert "m1" not in lab.store.tokens  # consumed
+    assert lab.store.tokens["m1"].spent is not None  # consumed
 
     version, doc = _config("node-1", files={"/etc/motd": {"content": "hi\n"}})
     cid = lab.lt.run(lab.api.hub.push_config("m1", version, doc))

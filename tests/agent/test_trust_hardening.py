@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hmac
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -24,7 +25,7 @@ from server.agents.pki_files import (
     load_or_issue_server_cert,
     server_cert_reissue,
 )
-from server.agents.store import BootstrapToken
+from server.agents.store import BootstrapToken, SpentToken
 from server.agents.trouble import (
     Finding,
     ReportRejected,
@@ -194,7 +195,18 @@ class RecordingStore(MemoryAgentStore):
 
 @pytest.mark.parametrize(
     "case",
-    ["unknown-machine", "empty-id", "no-token", "wrong-token", "expired", "not-allowed", "good"],
+    [
+        "unknown-machine",
+        "empty-id",
+        "no-token",
+        "wrong-token",
+        "expired",
+        "not-allowed",
+        "good",
+        "spent-other-key",
+        "spent-past-grace",
+        "spent-same-key",
+    ],
 )
 def test_token_verify_does_the_same_work_on_every_path(case, monkeypatch):
     store = RecordingStore()
@@ -228,17 +240,21 @@ def test_token_verify_does_the_same_work_on_every_path(case, monkeypatch):
         "expired": ("m1", secret),
         "not-allowed": ("m3", secret3),
         "good": ("m1", secret),
-    }[case]
+    }.get(case, ("m1", secret))
+    now = dt.datetime.now(dt.UTC)
     if case == "expired":
-        store.tokens["m1"] = BootstrapToken(
-            "m1", real_hash(secret), "b1", dt.datetime.now(dt.UTC) - D
-        )
+        store.tokens["m1"] = BootstrapToken("m1", real_hash(secret), "b1", now - D)
+    if case.startswith("spent"):  # spent by the enrollment of key "k...", a minute ago
+        ago = t.grace if case == "spent-past-grace" else dt.timedelta(minutes=1)
+        spent = SpentToken(now - ago, "k" * 64, "C")
+        store.tokens["m1"] = replace(store.tokens["m1"], spent=spent)
     store.calls.clear()
-    if case == "good":
-        assert asyncio.run(t.verify(machine, token)).machine.machine_id == "m1"
+    key = "j" * 64 if case == "spent-other-key" else "k" * 64
+    if case in ("good", "spent-same-key"):
+        assert asyncio.run(t.verify(machine, token, key_sha256=key)).machine.machine_id == "m1"
     else:
         with pytest.raises(EnrollmentDenied):
-            asyncio.run(t.verify(machine, token))
+            asyncio.run(t.verify(machine, token, key_sha256=key))
     assert store.calls == ["get_machine", "get_bootstrap_token"]
-    assert len(compares) == 1 and len(hashes) == 1
+    assert len(compares) == 2 and len(hashes) == 1  # the token, and the key
     assert "m1" in store.tokens or case == "expired"  # verify never consumes

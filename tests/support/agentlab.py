@@ -12,7 +12,8 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -81,7 +82,7 @@ class Lab:
     def spawn_agent(self, root: Path, *extra: str) -> subprocess.Popen[bytes]:
         log = open(root.parent / "agent.log", "ab")  # noqa: SIM115 - closed with the process
         # Fault-injection flags exist only in the test harness, not in the shipped command.
-        harness = any(a in ("--fault", "--clock-offset") for a in extra)
+        harness = any(a in ("--fault", "--clock-offset", "--enroll-timeout") for a in extra)
         cmd = [sys.executable, "-m", "tests.peers.agent_harness"] if harness else [str(AGENT_BIN)]
         proc = subprocess.Popen(
             [
@@ -136,6 +137,23 @@ class Lab:
         )
         self.api.tokens = old.tokens
         self.lt.run(self.api.start())
+
+
+@contextmanager
+def running_lab(tmp: Path, store: MemoryAgentStore) -> Iterator[Lab]:
+    """A :class:`Lab` on ``store``; its agents stopped and its API stopped on exit."""
+    lt = LoopThread()
+    ca = FleetCA.load_or_create(tmp / "ca")
+    api = AgentApiServer(store, ca, heartbeat_interval=1.0)
+    lt.run(api.start())
+    lab = Lab(tmp, lt, store, ca, api)
+    try:
+        yield lab
+    finally:
+        for p in lab.procs:
+            lab.stop_agent(p)
+        lt.run(lab.api.stop(0))
+        lt.close()
 
 
 def spawn_agent(root: Path, procs: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:

@@ -16,6 +16,7 @@ import pytest
 
 from server.agents import BootstrapToken, PendingCommand
 from server.agents.dbstore import DbAgentStore
+from server.agents.store import SpentToken
 from server.inventory import migrate
 from server.inventory.db import Database
 from tests.peers.apiserver import RunningServer, run_server
@@ -247,6 +248,20 @@ def test_db_store_tokens_pending_and_phases(tmp_path: Path, db_url: str) -> None
         assert not await store.delete_bootstrap_token(a)
         await store.save_bootstrap_token(BootstrapToken(a, "h3", "boot-3", exp))
         assert not await store.delete_bootstrap_token(a, "other")
+        assert await store.delete_bootstrap_token(a)
+        # Compare-and-set: concurrent spends of one token succeed once; what the spending
+        # enrollment left is read back; a new token replaces a spent one, unspent.
+        await store.save_bootstrap_token(BootstrapToken(a, "h4", "boot-4", exp))
+        spent = SpentToken(dt.datetime.now(dt.UTC), "k" * 64, "CERT")
+        spends = [store.spend_bootstrap_token(a, "h4", spent) for _ in range(8)]
+        assert sorted(await asyncio.gather(*spends)) == [False] * 7 + [True]
+        assert not await store.spend_bootstrap_token(a, "other", spent)
+        got = await store.get_bootstrap_token(a)
+        assert got is not None and got.spent is not None
+        assert (got.spent.key_sha256, got.spent.cert_pem) == ("k" * 64, "CERT")
+        assert abs((got.spent.at - spent.at).total_seconds()) < 1
+        await store.save_bootstrap_token(BootstrapToken(a, "h5", "boot-5", exp))
+        assert (await store.get_bootstrap_token(a)).spent is None  # type: ignore[union-attr]
         assert await store.delete_bootstrap_token(a)
 
         t0 = dt.datetime.now(dt.UTC)

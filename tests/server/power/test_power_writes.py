@@ -206,20 +206,23 @@ def test_polled_view_reads_items_as_rows_and_matches_the_orm_view(service: Power
 
 def test_power_down_starts_wipe_enrollment_tokens_in_one_batch(service: PowerService) -> None:
     """A cycle wipes the tokens of the machines it restarts (one query finds them for a batch of
-    starts); an ``on`` leaves a token alone."""
+    starts); an ``on`` leaves a token alone. A spent token (w04: its enrollment's grace window)
+    goes too, without an event: nothing outstanding was wiped."""
     with service.db.write() as s:
         ids = {m.name: m.id for m in s.scalars(select(Machine))}
-        for name in ("w01", "w02", "w30"):
+        for name in ("w01", "w02", "w04", "w30"):
             s.add(
                 AgentBootstrapToken(
                     machine_id=ids[name],
                     token_hash="0" * 64,
                     boot_ref=f"boot-{name}",
                     expires_at=utcnow() + timedelta(hours=1),
+                    spent_at=utcnow() if name == "w04" else None,
                 )
             )
+    keys = ["w01", "w02", "w03", "w04"]
     cycle = service.submit(
-        kind=OperationKind.POWER, action="cycle", params={}, actor="t", keys=["w01", "w02", "w03"]
+        kind=OperationKind.POWER, action="cycle", params={}, actor="t", keys=keys
     )
     asyncio.run(service.run(cycle))
     on = service.submit(kind=OperationKind.POWER, action="on", params={}, actor="t", keys=["w30"])
