@@ -18,12 +18,14 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib.metadata import version
+from importlib.util import find_spec
 from pathlib import Path
 
 from agent.image import cpio, debian, libs, python, tools
-from agent.image.cache import BuildInputs, base_key, cache_key, file_sha256, wheel_digest
+from agent.image.cache import BuildInputs, cache_key, file_sha256, root_key, wheel_digest
 from agent.image.init_script import UDHCPC_SCRIPT, InitConfig, render_init
 from agent.image.modules import (
     DISK_MODULES,
@@ -85,53 +87,61 @@ def _pip(*args: str, env: dict[str, str] | None = None) -> None:
 
 
 def build_wheels(repo: Path, dest: Path) -> list[Path]:
-    """The bronze wheel (reproducible zip timestamps) and the agent's dependency wheels."""
+    """The bronze wheel (reproducible zip timestamps) and the agent's dependency wheels. With
+    setuptools at hand the bronze wheel is built without pip's isolated build environment
+    (which installs setuptools into a fresh venv first: 12 s against 4 s; same wheel)."""
     env = {**os.environ, "SOURCE_DATE_EPOCH": str(cpio.EPOCH)}
-    _pip("wheel", "--no-deps", "-w", str(dest), str(repo), env=env)
+    isolation = ["--no-build-isolation"] if find_spec("setuptools") else []
+    _pip("wheel", "--no-deps", *isolation, "-w", str(dest), str(repo), env=env)
     pins = [f"{d}=={version(d)}" for d in AGENT_DEPS]
     _pip("wheel", "-w", str(dest), *pins)
     return sorted(dest.glob("*.whl"))
 
 
-def _inputs(req: BuildRequest, wheels: list[Path]) -> tuple[BuildInputs, debian.Mirror]:
-    mirror = req.mirror or debian.configured_mirror()
-    package, kver = debian.resolve_kernel()
+def _inputs(req: BuildRequest, mirror: debian.Mirror, wheels: list[Path]) -> BuildInputs:
+    package = debian.kernel_package()
+    versions = debian.candidates((package, *tools.PACKAGES))
     modules = (*NIC_MODULES, *DISK_MODULES, *NET_MODULES, *STORAGE_MODULES)
 
     def digest(w: Path) -> tuple[str, str]:
         project = w.name.split("-")[0].lower()
         return project, wheel_digest(w, NOT_AGENT if project == "bronze" else ())
 
-    digests = tuple(sorted(digest(w) for w in wheels))
-    inputs = BuildInputs(
+    return BuildInputs(
         mirror=mirror.uri,
         suite=mirror.suite,
         packages=debian.PACKAGES,
-        kernel_package=f"{package}={kver}",
+        kernel_package=f"{package}={versions[package]}",
         modules=modules,
-        wheels=digests,
+        wheels=tuple(sorted(digest(w) for w in wheels)),
         ca_sha256=file_sha256(req.ca),
         args=req.args,
         compression=req.compression.value,
-        tools=tools.resolve(),
+        tools=tuple(f"{name}={versions[name]}" for name in tools.PACKAGES),
     )
-    return inputs, mirror
 
 
-def _base_root(inputs: BuildInputs, mirror: debian.Mirror, cache: Path, root: Path) -> None:
-    tar = cache / "base" / f"{base_key(inputs)}.tar"
-    if not tar.exists():
-        tmp = cache / "base" / f"tmp-{os.getpid()}"
+def _base_tar(mirror: debian.Mirror, cache: Path) -> Path:
+    """The Debian root as a tar in the cache: ``debootstrap`` (the slowest step of a build
+    without it, ~50 s) only when missing. Runs beside the wheels: it needs the mirror only."""
+    tar = cache / "base" / f"{root_key(mirror.uri, mirror.suite, debian.PACKAGES)}.tar"
+    if tar.exists():
+        return tar
+    tmp = cache / "base" / f"tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        debian.debootstrap(tmp, mirror, debian.PACKAGES, cache / "debs")
+        subprocess.run(
+            ["tar", "--numeric-owner", "-cf", f"{tar}.part", "-C", str(tmp), "."], check=True
+        )
+        os.replace(f"{tar}.part", tar)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
-            debian.debootstrap(tmp, mirror, inputs.packages, cache / "debs")
-            subprocess.run(
-                ["tar", "--numeric-owner", "-cf", f"{tar}.part", "-C", str(tmp), "."], check=True
-            )
-            os.replace(f"{tar}.part", tar)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    return tar
+
+
+def _unpack_root(tar: Path, root: Path) -> None:
     root.mkdir(parents=True)
     subprocess.run(["tar", "--numeric-owner", "-xf", str(tar), "-C", str(root)], check=True)
     debian.prune(root)
@@ -210,60 +220,107 @@ def _write_init(root: Path, cfg: InitConfig) -> None:
     (root / "etc/resolv.conf").write_text("")
 
 
+class _Steps:
+    """Each step's wall time, printed as it ends (the summary repeats them all)."""
+
+    def __init__(self, log) -> None:  # type: ignore[no-untyped-def]
+        self.log, self.t = log, time.monotonic()
+        self.seconds: dict[str, float] = {}
+
+    def done(self, name: str) -> None:
+        """``name`` took the time since the previous step ended."""
+        now = time.monotonic()
+        self.note(name, now - self.t)
+        self.t = now
+
+    def note(self, name: str, seconds: float) -> None:
+        """A step that ran beside the others (its time overlaps theirs)."""
+        self.seconds[name] = seconds
+        self.log(f"  {name}: {seconds:.1f}s")
+
+
+def _timed(fn, *args):  # type: ignore[no-untyped-def]
+    t = time.monotonic()
+    return fn(*args), time.monotonic() - t
+
+
 def build_image(req: BuildRequest, log=print) -> BuildResult:  # type: ignore[no-untyped-def]
-    """Build (or reuse) the image; the files are in ``cache_dir/images/<key>/``."""
+    """Build (or reuse) the image; the files are in ``cache_dir/images/<key>/``. The Debian
+    root is made (when not cached) while the wheels build, and the kernel and the tool
+    packages are unpacked while the root is pruned and the agent installed."""
     t0 = time.monotonic()
-    steps: dict[str, float] = {}
     cache = req.cache_dir
     cache.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache, prefix="work-") as tmp:
-        work = Path(tmp)
+    mirror = req.mirror or debian.configured_mirror()
+    with (  # the pool first out: its unpacks finish before the work dir goes
+        tempfile.TemporaryDirectory(dir=cache, prefix="work-") as tmp,
+        ThreadPoolExecutor(2) as pool,
+    ):
+        work, steps = Path(tmp), _Steps(log)
+        base = pool.submit(_timed, _base_tar, mirror, cache)
         wheels = build_wheels(req.repo, work / "wheels")
-        inputs, mirror = _inputs(req, wheels)
+        inputs = _inputs(req, mirror, wheels)
         key = cache_key(inputs)
-        steps["wheels"] = time.monotonic() - t0
+        steps.done("wheels")
         final = cache / "images" / key
         if req.use_cache and (final / "image.json").exists():
             log(f"image {key[:12]}: cached")
-            return _result(final, time.monotonic() - t0, True, steps)
+            return _result(final, time.monotonic() - t0, True, steps.seconds)
         log(f"image {key[:12]}: building (kernel {inputs.kernel_package})")
-        t = time.monotonic()
-        _base_root(inputs, mirror, cache, work / "root")
-        steps["root"] = time.monotonic() - t
-        t = time.monotonic()
-        package, _, kv = inputs.kernel_package.partition("=")
-        deb = debian.fetch_deb(package, kv, cache / "debs")
-        vmlinuz, moddir = debian.unpack_kernel(deb, work / "kernel")
-        init_cfg = _add_modules(work / "root", moddir)
-        steps["kernel"] = time.monotonic() - t
-        t = time.monotonic()
-        try:
-            _install_agent(work / "root", wheels, req.ca)
-        except python.PythonError as exc:
-            raise BuildError(str(exc)) from None
-        _write_init(work / "root", init_cfg)
-        steps["agent"] = time.monotonic() - t
-        t = time.monotonic()
-        tools.add_tools(work / "root", inputs.tools, cache / "debs", work)
-        steps["tools"] = time.monotonic() - t
-        t = time.monotonic()
-        try:  # last before packing: whatever the steps above added counts as a user
-            libs.replace_with_busybox(work / "root")
-            libs.prune_libraries(work / "root")
-        except libs.LibsError as exc:
-            raise BuildError(str(exc)) from None
-        steps["prune"] = time.monotonic() - t
-        t = time.monotonic()
         staging = cache / "images" / f"{key}.part"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir(parents=True)
-        cpio.pack(work / "root", staging / INITRD_FILE, req.compression)
-        shutil.copyfile(vmlinuz, staging / KERNEL_FILE)
-        steps["pack"] = time.monotonic() - t
+        init_cfg = _build(req, inputs, work, (pool, base), steps, staging)
         _write_record(staging, inputs, key, init_cfg)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(staging, final)
-    return _result(final, time.monotonic() - t0, False, steps)
+    return _result(final, time.monotonic() - t0, False, steps.seconds)
+
+
+def _unpack_kernel(inputs: BuildInputs, debs: Path, dest: Path) -> tuple[Path, Path]:
+    package, _, kv = inputs.kernel_package.partition("=")
+    return debian.unpack_kernel(debian.fetch_deb(package, kv, debs), dest)
+
+
+def _build(
+    req: BuildRequest,
+    inputs: BuildInputs,
+    work: Path,
+    jobs: tuple[ThreadPoolExecutor, Future[tuple[Path, float]]],
+    steps: _Steps,
+    staging: Path,
+) -> InitConfig:
+    """The root, kernel, agent, tools, pruning and the packed files into ``staging``."""
+    pool, base = jobs
+    debs, root = req.cache_dir / "debs", work / "root"
+    kernel = pool.submit(_unpack_kernel, inputs, debs, work / "kernel")
+    tool_tree = pool.submit(tools.unpack, inputs.tools, debs, work / "tools")
+    tar, seconds = base.result()
+    if seconds > 1:  # it ran (the root was not cached)
+        steps.note("debootstrap (beside the wheels)", seconds)
+    _unpack_root(tar, root)
+    steps.done("root")
+    vmlinuz, moddir = kernel.result()
+    init_cfg = _add_modules(root, moddir)
+    steps.done("kernel")
+    try:
+        _install_agent(root, wheels=sorted((work / "wheels").glob("*.whl")), ca=req.ca)
+    except python.PythonError as exc:
+        raise BuildError(str(exc)) from None
+    _write_init(root, init_cfg)
+    steps.done("agent")
+    tools.add_tools(root, tool_tree.result())
+    steps.done("tools")
+    try:  # last before packing: whatever the steps above added counts as a user
+        libs.replace_with_busybox(root)
+        libs.prune_libraries(root)
+    except libs.LibsError as exc:
+        raise BuildError(str(exc)) from None
+    steps.done("prune")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    cpio.pack(root, staging / INITRD_FILE, req.compression)
+    shutil.copyfile(vmlinuz, staging / KERNEL_FILE)
+    steps.done("pack")
+    return init_cfg
 
 
 def _write_record(d: Path, inputs: BuildInputs, key: str, cfg: InitConfig) -> None:

@@ -5,7 +5,7 @@ kernel package, the module list, the content of every wheel, the fleet CA, the d
 arguments, the compression and the builder's own version). :func:`cache_key` is a pure function
 of them: the same inputs give the same key, any change gives a new one. A finished image is
 stored under its key and reused without any network traffic; the Debian root is cached the same
-way under :func:`base_key` (the mirror, suite and packages only), so a build after an agent
+way under :func:`root_key` (the mirror, suite and packages only), so a build after an agent
 change skips ``debootstrap``.
 
 Debian does not pin versions: a ``debootstrap`` today and one next month may install different
@@ -20,7 +20,7 @@ import zipfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-BUILDER_VERSION = "5"
+BUILDER_VERSION = "6"
 """Bumped when the builder changes what it puts in an image for the same inputs."""
 
 
@@ -50,9 +50,10 @@ def cache_key(inputs: BuildInputs) -> str:
     return hashlib.sha256(doc.encode()).hexdigest()
 
 
-def base_key(inputs: BuildInputs) -> str:
-    """The key of the Debian root alone (what ``debootstrap`` produces; pruning comes after)."""
-    doc = json.dumps([inputs.mirror, inputs.suite, list(inputs.packages)], separators=(",", ":"))
+def root_key(mirror: str, suite: str, packages: tuple[str, ...]) -> str:
+    """The key of the Debian root alone (what ``debootstrap`` produces; pruning comes after):
+    the mirror, suite and packages of :class:`BuildInputs`, known before the wheels are."""
+    doc = json.dumps([mirror, suite, list(packages)], separators=(",", ":"))
     return hashlib.sha256(doc.encode()).hexdigest()
 
 

@@ -77,28 +77,15 @@ module\tINTERNAL\tIBM850//\tIBM850\t1
 LIB_DIRS: tuple[str, ...] = ("usr/lib/x86_64-linux-gnu", "lib/x86_64-linux-gnu", "usr/lib", "lib")
 
 
-def resolve(packages: Iterable[str] = PACKAGES) -> tuple[str, ...]:
-    """``name=version`` of each package, the candidate of the host's apt (build inputs)."""
-    out = []
-    for name in packages:
-        policy = debian._run(["apt-cache", "policy", name], "apt")
-        cand = next(
-            (pl.split(":", 1)[1].strip() for pl in policy.splitlines()
-             if pl.strip().startswith("Candidate:")),
-            "(none)",
-        )  # fmt: skip
-        if cand == "(none)":
-            raise debian.DebianError(f"no candidate for {name} (run apt-get update?)")
-        out.append(f"{name}={cand}")
-    return tuple(out)
-
-
-def unpack(pinned: Iterable[str], debs: Path, dest: Path) -> None:
-    """Download (once, into ``debs``) and ``dpkg-deb -x`` each ``name=version`` into ``dest``."""
+def unpack(pinned: Iterable[str], debs: Path, dest: Path) -> Path:
+    """Download (once, into ``debs``) and ``dpkg-deb -x`` each ``name=version`` into ``dest``
+    (returned)."""
+    dest.mkdir(parents=True, exist_ok=True)
     for spec in pinned:
         name, _, ver = spec.partition("=")
         deb = debian.fetch_deb(name, ver, debs)
         debian._run(["dpkg-deb", "-x", str(deb), str(dest)], "dpkg")
+    return dest
 
 
 def needed(path: Path) -> list[str]:
@@ -191,11 +178,9 @@ def add_grub(tree: Path, root: Path) -> int:
     return kept
 
 
-def add_tools(root: Path, pinned: Iterable[str], debs: Path, work: Path) -> list[str]:
-    """Everything above into ``root``; ``work`` is scratch space for the unpacked packages."""
-    tree = work / "tools"
-    tree.mkdir(parents=True, exist_ok=True)
-    unpack(pinned, debs, tree)
+def add_tools(root: Path, tree: Path) -> list[str]:
+    """Everything above into ``root``, from ``tree``: the packages as :func:`unpack` left them
+    (the build unpacks them while it prepares the root)."""
     added = add_programs(tree, root)
     add_grub(tree, root)
     gconv = root / "usr/lib/x86_64-linux-gnu/gconv"
@@ -204,5 +189,4 @@ def add_tools(root: Path, pinned: Iterable[str], debs: Path, work: Path) -> list
     udevadm = root / "usr/bin/udevadm"
     udevadm.write_text(UDEVADM)
     udevadm.chmod(0o755)
-    shutil.rmtree(tree)
     return added

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.image.cache import BuildInputs, base_key, cache_key, wheel_digest
+from agent.image.cache import BuildInputs, cache_key, root_key, wheel_digest
 
 BASE = BuildInputs(
     mirror="http://deb.debian.org/debian",
@@ -54,9 +54,13 @@ def test_any_change_new_key(field: str) -> None:
      ("kernel_package", True), ("wheels", True), ("ca_sha256", True), ("args", True)],
     ids=lambda v: str(v),
 )  # fmt: skip
-def test_base_key_covers_only_the_debian_root(field: str, same_base: bool) -> None:
+def test_root_key_covers_only_the_debian_root(field: str, same_base: bool) -> None:
     changed = dataclasses.replace(BASE, **{field: CHANGES[field]})
-    assert (base_key(changed) == base_key(BASE)) is same_base
+
+    def key(i: BuildInputs) -> str:
+        return root_key(i.mirror, i.suite, i.packages)
+
+    assert (key(changed) == key(BASE)) is same_base
 
 
 def _wheel(path: Path, members: dict[str, bytes], date: tuple[int, ...]) -> Path:

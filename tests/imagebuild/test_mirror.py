@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from agent.image.debian import DebianError, Mirror, parse_sources
+from agent.image.debian import DebianError, Mirror, candidates, parse_candidates, parse_sources
 
 DEB822 = """Types: deb
 # http://snapshot.debian.org/archive/debian/20250520T000000Z
@@ -63,3 +63,33 @@ def test_parse_sources(files: list[tuple[str, str]], expected: Mirror) -> None:
 def test_no_mirror(files: list[tuple[str, str]]) -> None:
     with pytest.raises(DebianError, match="no Debian mirror configured"):
         parse_sources(files)
+
+
+POLICY = """fdisk:
+  Installed: 2.38.1-5+deb12u3
+  Candidate: 2.38.1-5+deb12u3
+  Version table:
+ *** 2.38.1-5+deb12u3 500
+        500 http://deb.debian.org/debian bookworm/main amd64 Packages
+libattr1:
+  Installed: (none)
+  Candidate: 1:2.5.1-4
+  Version table:
+     1:2.5.1-4 500
+        500 http://deb.debian.org/debian bookworm/main amd64 Packages
+gone:
+  Installed: (none)
+  Candidate: (none)
+  Version table:
+"""
+
+
+def test_candidates_of_several_packages_from_one_policy_call() -> None:
+    assert parse_candidates(POLICY) == {"fdisk": "2.38.1-5+deb12u3", "libattr1": "1:2.5.1-4"}
+
+
+def test_candidates_from_the_hosts_apt() -> None:
+    found = candidates(("dpkg", "busybox-static"))
+    assert set(found) == {"dpkg", "busybox-static"} and all(found.values())
+    with pytest.raises(DebianError, match="no candidate for no-such-package-bronze"):
+        candidates(("dpkg", "no-such-package-bronze"))
