@@ -191,6 +191,8 @@ def register(c: httpx.Client, endpoints: list[Any]) -> None:
                 },
             },
         )
+        if r.status_code >= 400:
+            print(r.text, file=sys.stderr)
         r.raise_for_status()
     print(f"registered {len(endpoints)} machines in {time.monotonic() - t0:.1f}s", file=sys.stderr)
 
