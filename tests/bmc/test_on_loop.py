@@ -20,6 +20,7 @@ import pytest
 
 from bmc import (
     BmcAuthError,
+    BmcConnectionError,
     BmcController,
     BmcEndpoint,
     BmcResult,
@@ -189,3 +190,21 @@ def test_many_bmcs_at_once_on_one_loop(tmp_path: Path) -> None:
         ctl.close()
         for sim in sims:
             sim.stop()
+
+
+def test_bmc_gone_mid_session_is_named_unreachable(tmp_path: Path) -> None:
+    """The BMC's port closes under a kept session: the kernel's port-unreachable reaches the
+    exchange on the loop, and the operation ends as "cannot reach", not as a silent timeout."""
+    sim = Sim(tmp_path)
+    sim.start()
+    ctl = BmcController(default_driver_factory(DriverTimeouts(connect=0.5, read=0.5)), FAST)
+    try:
+        ep = sim.endpoint()
+        assert run(ctl.get_power_state(ep)).ok and ctl.open_sessions() == 1
+        sim.stop()
+        result = run(ctl.get_power_state(ep))
+    finally:
+        ctl.close()
+    assert result.state == PowerState.unknown
+    assert isinstance(result.error, BmcConnectionError), result.error
+    assert result.attempts == FAST.max_attempts
