@@ -34,7 +34,9 @@ operations with these rules:
 Operations never raise :class:`~bmc.errors.BmcError`: they return a :class:`BmcResult`
 whose ``error`` says what went wrong. Time comes from an injected :class:`Clock`, so
 the policy is unit-tested without sleeping. The sync methods (``*_sync``) block; the
-``async`` methods run them in a bounded thread pool so the event loop never blocks.
+``async`` methods run them in a bounded thread pool so the event loop never blocks, except the
+power reads and power actions of IPMI endpoints, which run on the event loop itself
+(:mod:`bmc.aoperation`: no thread per operation, no thread wake-up per message).
 
 This module holds :class:`BmcController` (the entry point: per-BMC locks, the global limit,
 the thread pool, logging) and the driver factory. The rest of the policy lives beside it:

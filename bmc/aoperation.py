@@ -37,7 +37,7 @@ class AsyncOperation(Operation):
 
     def _discard(self, drv: PowerDriver) -> None:
         # Closing politely is a round trip that may wait for a BMC gone away: not on the loop.
-        asyncio.get_running_loop().run_in_executor(self.ctl.executor(), close_quietly, drv)
+        self.ctl.executor().submit(close_quietly, drv)
 
     async def once_async(self, fn: Call[T]) -> T:
         """One BMC call, paced; unknown exceptions become :class:`BmcProtocolError`."""

@@ -22,8 +22,10 @@ it on a command line. No keep-alive thread (``keep_alive_interval=0``): the sess
 opened on the first call and kept by :class:`bmc.actions.BmcController` for the next
 operations on the BMC until it has been idle ``PowerPolicy.session_idle`` seconds (well
 under the 30-60 s after which BMCs expire idle sessions); a session that stops answering
-is dropped and the controller authenticates again. Only this module imports pyipmi (and
-:mod:`bmc.ipmi_keys`, which corrects its SHA256 session keys).
+is dropped and the controller authenticates again. The power commands also have awaitable
+twins (``*_async``, :class:`bmc.driver.AsyncPowerDriver`) that send on the session through
+:mod:`bmc.ipmi_aio`, on the event loop. Only this module imports pyipmi (and
+:mod:`bmc.ipmi_keys`, which corrects its SHA256 session keys, and :mod:`bmc.ipmi_aio`).
 """
 
 from __future__ import annotations

@@ -100,7 +100,8 @@ class Operation:
 
     def driver(self) -> PowerDriver:
         if self._driver is None:
-            parked = self.slot.take(self.endpoint) if self.ctl.policy.session_idle > 0 else None
+            reuse = self.ctl.policy.session_idle > 0
+            parked = self.slot.take(self.endpoint, self._discard) if reuse else None
             self._reused = parked is not None
             self._driver = parked if parked is not None else self.ctl.factory(self.endpoint)
         return self._driver
