@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,60 @@ def span(op: dict) -> float:
     ).total_seconds()
 
 
+@dataclass
+class Run:
+    """What one bench run measured, for :func:`report`."""
+
+    n: int
+    load_before: list[str]
+    load_after: list[str] = field(default_factory=list)
+    singles: list[float] = field(default_factory=list)
+    ideal: float = float("nan")
+    idle: list[float] = field(default_factory=list)
+    probe_ms: float = float("nan")
+    rounds: list[dict[str, Any]] = field(default_factory=list)
+    seq: dict[str, Any] | None = None
+    seq_scaled: float = float("nan")
+    seq_cpu_ms: float = float("nan")
+
+
 def main() -> None:
+    args = parse_args()
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
+    run = Run(n=args.processes * args.per_process, load_before=loadavg())
+    password = "bench-pw-3e9a"  # noqa: S105 - simulated BMCs only
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        sim_fleet(
+            args.processes, args.per_process, args.settle, password=password, kind=args.sim
+        ) as fleet,
+    ):
+        port = free_port()
+        token = "brz_" + os.urandom(24).hex()
+        server = subprocess.Popen(
+            [str(Path(sys.executable).with_name("bronze")), "serve"],
+            env=server_env(tmp, port, token, args.concurrency),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            c = httpx.Client(
+                base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60
+            )
+            wait_healthy(c)
+            register(c, fleet.endpoints)
+            single_cycles(c, run, args.concurrency)
+            bulk_rounds(c, base, token, run, args, server.pid, fleet.pids)
+        finally:
+            server.terminate()
+            server.wait(20)
+        ipmitool_baseline(fleet.endpoints, args.ipmitool_count, run)
+    report(args, run)
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser()
     ap.add_argument("--processes", type=int, default=10)
     ap.add_argument("--per-process", type=int, default=100)
@@ -84,164 +138,170 @@ def main() -> None:
         help="directory for py-spy collapsed stacks of each bulk round: the server and one "
         "simulator process (server-K.txt, sim-K.txt); their top lines are printed",
     )
-    args = ap.parse_args()
-    if args.profile:
-        args.profile.mkdir(parents=True, exist_ok=True)
-    n = args.processes * args.per_process
-    load_before = Path("/proc/loadavg").read_text().split()[:3]
-    password = "bench-pw-3e9a"  # noqa: S105 - simulated BMCs only
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        sim_fleet(
-            args.processes, args.per_process, args.settle, password=password, kind=args.sim
-        ) as fleet,
-    ):
-        port = free_port()
-        token = "brz_" + os.urandom(24).hex()
-        env = {
-            **os.environ,
-            "BRONZE_DATA_DIR": tmp,
-            "BRONZE_API_PORT": str(port),
-            "BRONZE_ADMIN_TOKEN": token,
-            "BRONZE_BMC_NETWORKS": "127.0.0.0/8",
-            "BRONZE_BMC_PORTS": "1-65535",  # the simulated BMCs listen on free ports
-            "BRONZE_POWER_SYNC_ENABLED": "false",
-            "BRONZE_BMC_MAX_CONCURRENCY": str(args.concurrency),
-            "BRONZE_BMC_MIN_INTERVAL": "0",
-            "BRONZE_BMC_POLL_INTERVAL": "0.1",
-            "BRONZE_BMC_SETTLE_TIMEOUT": "30",
-            "BRONZE_LOG_LEVEL": "warning",
-        }
-        server = subprocess.Popen(
-            [str(Path(sys.executable).with_name("bronze")), "serve"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        base = f"http://127.0.0.1:{port}"
+    return ap.parse_args()
+
+
+def loadavg() -> list[str]:
+    return Path("/proc/loadavg").read_text().split()[:3]
+
+
+def server_env(tmp: str, port: int, token: str, concurrency: int) -> dict[str, str]:
+    return {
+        **os.environ,
+        "BRONZE_DATA_DIR": tmp,
+        "BRONZE_API_PORT": str(port),
+        "BRONZE_ADMIN_TOKEN": token,
+        "BRONZE_BMC_NETWORKS": "127.0.0.0/8",
+        "BRONZE_BMC_PORTS": "1-65535",  # the simulated BMCs listen on free ports
+        "BRONZE_POWER_SYNC_ENABLED": "false",
+        "BRONZE_BMC_MAX_CONCURRENCY": str(concurrency),
+        "BRONZE_BMC_MIN_INTERVAL": "0",
+        "BRONZE_BMC_POLL_INTERVAL": "0.1",
+        "BRONZE_BMC_SETTLE_TIMEOUT": "30",
+        "BRONZE_LOG_LEVEL": "warning",
+    }
+
+
+def wait_healthy(c: httpx.Client) -> None:
+    deadline = time.monotonic() + 60
+    while True:
         try:
-            c = httpx.Client(
-                base_url=base, headers={"Authorization": f"Bearer {token}"}, timeout=60
+            c.get("/healthz")
+            return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def register(c: httpx.Client, endpoints: list[Any]) -> None:
+    t0 = time.monotonic()
+    for i, ep in enumerate(endpoints):
+        r = c.post(
+            "/api/v1/machines",
+            json={
+                "name": f"m{i:04d}",
+                "nics": [{"mac": f"02:10:00:00:{i >> 8:02x}:{i & 255:02x}"}],
+                "labels": {"bench": "power"},
+                "bmc": {
+                    "driver": "ipmi",
+                    "address": f"{ep.address}:{ep.port}",
+                    "username": ep.username,
+                    "password": ep.password,
+                },
+            },
+        )
+        if r.status_code >= 400:
+            print(r.text, file=sys.stderr)
+        r.raise_for_status()
+    print(f"registered {len(endpoints)} machines in {time.monotonic() - t0:.1f}s", file=sys.stderr)
+
+
+def single_cycles(c: httpx.Client, run: Run, concurrency: int) -> None:
+    """Ten verified cycles one at a time: the ideal is the slowest x ceil(N / C)."""
+    n = run.n
+    for i in range(10):
+        op = wait_op(
+            c,
+            c.post(f"/api/v1/machines/m{i * (n // 10):04d}/power", json={"action": "cycle"}).json(),
+        )
+        assert op["status"] == "succeeded", op
+        run.singles.append(span(op))
+    run.ideal = max(run.singles) * math.ceil(n / concurrency)
+
+
+def bulk_rounds(
+    c: httpx.Client,
+    base: str,
+    token: str,
+    run: Run,
+    args: argparse.Namespace,
+    server_pid: int,
+    sim_pids: list[int],
+) -> None:
+    """The probe alone (the baseline), then the bulk rounds, each sampled when profiling."""
+    cpu_idle = proc_cpu(server_pid)
+    run.idle = probe_latencies(base, token, run.n, 4.0)  # the probe with no operation running
+    run.probe_ms = 1000 * (proc_cpu(server_pid) - cpu_idle) / max(len(run.idle), 1)
+    where = args.profile
+    for k in range(args.rounds):
+        with (
+            Sampler(server_pid, where / f"server-{k}.txt" if where else None, 200),
+            Sampler(sim_pids[0], where / f"sim-{k}.txt" if where else None, 200),
+        ):
+            run.rounds.append(
+                bulk_cycle(c, base, token, run.n, args.concurrency, server_pid, sim_pids)
             )
-            deadline = time.monotonic() + 60
-            while True:
-                try:
-                    c.get("/healthz")
-                    break
-                except httpx.HTTPError:
-                    if time.monotonic() > deadline:
-                        raise
-                    time.sleep(0.2)
-            t0 = time.monotonic()
-            for i, ep in enumerate(fleet.endpoints):
-                r = c.post(
-                    "/api/v1/machines",
-                    json={
-                        "name": f"m{i:04d}",
-                        "nics": [{"mac": f"02:10:00:00:{i >> 8:02x}:{i & 255:02x}"}],
-                        "labels": {"bench": "power"},
-                        "bmc": {
-                            "driver": "ipmi",
-                            "address": f"{ep.address}:{ep.port}",
-                            "username": ep.username,
-                            "password": ep.password,
-                        },
-                    },
-                )
-                r.raise_for_status()
-            print(f"registered {n} machines in {time.monotonic() - t0:.1f}s", file=sys.stderr)
+    run.load_after = loadavg()
 
-            singles = []
-            for i in range(10):
-                op = wait_op(
-                    c,
-                    c.post(
-                        f"/api/v1/machines/m{i * (n // 10):04d}/power", json={"action": "cycle"}
-                    ).json(),
-                )
-                assert op["status"] == "succeeded", op
-                singles.append(span(op))
-            slowest = max(singles)
-            ideal = slowest * math.ceil(n / args.concurrency)
 
-            cpu_idle = proc_cpu(server.pid)
-            idle = probe_latencies(base, token, n, 4.0)  # the same probe with no operation running
-            probe_ms = (
-                1000 * (proc_cpu(server.pid) - cpu_idle) / max(len(idle), 1)
-            )  # server CPU per GET
-            rounds = []
-            for k in range(args.rounds):
-                where = args.profile
-                with (
-                    Sampler(server.pid, where / f"server-{k}.txt" if where else None, 200),
-                    Sampler(fleet.pids[0], where / f"sim-{k}.txt" if where else None, 200),
-                ):
-                    rounds.append(
-                        bulk_cycle(c, base, token, n, args.concurrency, server.pid, fleet.pids)
-                    )
-            load_after = Path("/proc/loadavg").read_text().split()[:3]
-        finally:
-            server.terminate()
-            server.wait(20)
+def ipmitool_baseline(endpoints: list[Any], count: int, run: Run) -> None:
+    """The sequential ipmitool loop over ``count`` BMCs, scaled to N, and its CPU per cycle."""
+    if not count:
+        return
+    rusage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run.seq = ipmitool_cycle_loop(endpoints, count)
+    rusage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    run.seq_scaled = run.seq["total_s"] / run.seq["count"] * run.n
+    run.seq_cpu_ms = (
+        1000 * (rusage1.ru_utime + rusage1.ru_stime - rusage0.ru_utime - rusage0.ru_stime) / count
+    )
 
-        rusage0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        seq = (
-            ipmitool_cycle_loop(fleet.endpoints, args.ipmitool_count)
-            if args.ipmitool_count
-            else None
-        )
-        rusage1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        seq_scaled = seq["total_s"] / seq["count"] * n if seq else float("nan")
-        seq_cpu_ms = (
-            1000
-            * (rusage1.ru_utime + rusage1.ru_stime - rusage0.ru_utime - rusage0.ru_stime)
-            / max(args.ipmitool_count, 1)
-        )
 
+def report(args: argparse.Namespace, run: Run) -> None:
+    n, idle, ideal, seq_scaled = run.n, run.idle, run.ideal, run.seq_scaled
     print(
         f"\n{n} simulated IPMI BMCs ({args.sim}, settle {args.settle}s), "
         f"concurrency {args.concurrency}; "
-        f"load average before: {load_before}, after the bulk rounds: {load_after}"
+        f"load average before: {run.load_before}, after the bulk rounds: {run.load_after}"
     )
     print(f"{'what':<56}{'seconds':>9}{'ratio':>9}")
     print(
         f"GET /machines/{{name}} with no operation running: p50 {pct(idle, 0.5):.1f} ms, "
-        f"p99 {pct(idle, 0.99):.1f} ms ({len(idle)} requests, {probe_ms:.1f} ms of server CPU each)"
+        f"p99 {pct(idle, 0.99):.1f} ms ({len(idle)} requests, "
+        f"{run.probe_ms:.1f} ms of server CPU each)"
     )
     print(f"{'ideal: slowest single verified cycle x ceil(N/C)':<56}{ideal:>9.2f}")
-    print(
-        f"{'  slowest / median single verified cycle':<56}{slowest:>9.2f}{sorted(singles)[5]:>9.2f}"
-    )
+    slowest, median = max(run.singles), sorted(run.singles)[5]
+    print(f"{'  slowest / median single verified cycle':<56}{slowest:>9.2f}{median:>9.2f}")
     seq_label = f"ipmitool sequential loop, {args.ipmitool_count} BMCs scaled to {n}"
     print(f"{seq_label:<56}{seq_scaled:>9.2f}")
-    for k, r in enumerate(rounds):
-        label = "bronze bulk cycle, verified, " + ("new sessions" if k == 0 else "sessions kept")
-        print(
-            f"{label:<56}{r['span']:>9.2f}{r['span'] / ideal:>8.2f}x ideal, "
-            f"{seq_scaled / r['span']:.1f}x ipmitool"
-        )
-        print(
-            f"  succeeded {r['ok']}/{n}; wall seen by the client {r['wall']:.2f} s; "
-            f"GET /machines/{{name}} p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms "
-            f"({r['requests']} requests)"
-        )
-        own = r["cpu_server_ms"] - probe_ms * r["requests"] / n
-        print(
-            f"  CPU per verified cycle: bronze {r['cpu_server_ms']:.2f} ms "
-            f"({own:.2f} ms without serving the "
-            f"probe), simulators {r['cpu_sims_ms']:.2f} ms, whole machine {r['cpu_all_ms']:.2f} ms "
-            f"(2 cores: {r['busy']:.0%} busy)"
-        )
-        for reason, count in sorted(r["reasons"].items(), key=lambda kv: -kv[1]):
-            print(f"  failed x{count}: {reason}")
+    for k, r in enumerate(run.rounds):
+        report_round(k, r, run)
     if args.profile:
         for k in range(args.rounds):
             for who in ("server", "sim"):
                 print(f"profile {who}, round {k} (inclusive share of GIL-holding samples):")
                 for share, fn in top(args.profile / f"{who}-{k}.txt", 20):
                     print(f"  {share:5.1f} %  {fn}")
-    if seq:
-        print(f"ipmitool CPU per (unverified) cycle: {seq_cpu_ms:.2f} ms (ipmitool processes only)")
+    if run.seq:
+        print(
+            f"ipmitool CPU per (unverified) cycle: {run.seq_cpu_ms:.2f} ms "
+            "(ipmitool processes only)"
+        )
+
+
+def report_round(k: int, r: dict[str, Any], run: Run) -> None:
+    n = run.n
+    label = "bronze bulk cycle, verified, " + ("new sessions" if k == 0 else "sessions kept")
+    print(
+        f"{label:<56}{r['span']:>9.2f}{r['span'] / run.ideal:>8.2f}x ideal, "
+        f"{run.seq_scaled / r['span']:.1f}x ipmitool"
+    )
+    print(
+        f"  succeeded {r['ok']}/{n}; wall seen by the client {r['wall']:.2f} s; "
+        f"GET /machines/{{name}} p50 {r['p50']:.1f} ms, p99 {r['p99']:.1f} ms "
+        f"({r['requests']} requests)"
+    )
+    own = r["cpu_server_ms"] - run.probe_ms * r["requests"] / n
+    print(
+        f"  CPU per verified cycle: bronze {r['cpu_server_ms']:.2f} ms "
+        f"({own:.2f} ms without serving the "
+        f"probe), simulators {r['cpu_sims_ms']:.2f} ms, whole machine {r['cpu_all_ms']:.2f} ms "
+        f"(2 cores: {r['busy']:.0%} busy)"
+    )
+    for reason, count in sorted(r["reasons"].items(), key=lambda kv: -kv[1]):
+        print(f"  failed x{count}: {reason}")
 
 
 def probe(base: str, token: str, n: int, latencies: list[float], stop: threading.Event) -> None:

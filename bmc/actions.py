@@ -34,7 +34,9 @@ operations with these rules:
 Operations never raise :class:`~bmc.errors.BmcError`: they return a :class:`BmcResult`
 whose ``error`` says what went wrong. Time comes from an injected :class:`Clock`, so
 the policy is unit-tested without sleeping. The sync methods (``*_sync``) block; the
-``async`` methods run them in a bounded thread pool so the event loop never blocks.
+``async`` methods run them in a bounded thread pool so the event loop never blocks, except the
+power reads and power actions of IPMI endpoints, which run on the event loop itself
+(:mod:`bmc.aoperation`: no thread per operation, no thread wake-up per message).
 
 This module holds :class:`BmcController` (the entry point: per-BMC locks, the global limit,
 the thread pool, logging) and the driver factory. The rest of the policy lives beside it:
@@ -52,14 +54,15 @@ import functools
 import logging
 import random
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
-from bmc import sequences
+from bmc import aoperation, sequences
+from bmc.aoperation import AsyncOperation
 from bmc.driver import DriverFactory, DriverTimeouts, PowerDriver
 from bmc.errors import BmcError
-from bmc.netpolicy import NetPolicy, check_address
+from bmc.netpolicy import NetPolicy, _is_ip, check_address
 from bmc.operation import BmcResult as BmcResult
 from bmc.operation import Operation
 from bmc.pacing import Clock as Clock
@@ -97,6 +100,9 @@ def default_driver_factory(
 
         return IpmiDriver(endpoint, timeouts)
 
+    # Its IPMI drivers are AsyncPowerDriver: the controller runs their power operations on the
+    # event loop (bmc.aoperation).
+    factory.ipmi_on_loop = True  # type: ignore[attr-defined]
     return factory
 
 
@@ -155,23 +161,66 @@ class BmcController:
         with slot.lock, self._global:
             op = Operation(self, endpoint, slot, self.clock.monotonic() + budget, name)
             try:
-                if self.netpolicy is not None:
-                    check_address(endpoint.address, self.netpolicy, port=endpoint.port)
+                self._check(endpoint)
                 result = body(op)
             except BmcError as exc:
-                result = BmcResult(
-                    endpoint.key,
-                    name,
-                    PowerState.unknown,
-                    op.attempts,
-                    0.0,
-                    polls=op.polls,
-                    error=exc,
-                )
+                result = _failed(op, exc)
             finally:
                 op.close()
-        elapsed = self.clock.monotonic() - start
-        result = replace(result, elapsed=elapsed)
+        return self._finish(endpoint, name, start, result)
+
+    async def _run_on_loop(
+        self,
+        endpoint: BmcEndpoint,
+        name: str,
+        budget: float,
+        body: Callable[[AsyncOperation], Awaitable[BmcResult]],
+        in_thread: Callable[[], BmcResult],
+    ) -> BmcResult:
+        """:meth:`_run` on the event loop. The BMC's slot and a place under ``max_concurrency``
+        are taken without waiting; when a blocking caller holds either, the operation waits for
+        them on a thread (``in_thread``), as every operation did before."""
+        async with self._async_lock(endpoint.key):
+            slot = self._sessions.slot(endpoint.key)
+            if not self._global.acquire(blocking=False):
+                return await self._on_thread(in_thread)
+            if not slot.lock.acquire(blocking=False):
+                self._global.release()
+                return await self._on_thread(in_thread)
+            start = self.clock.monotonic()
+            try:
+                op = AsyncOperation(self, endpoint, slot, start + budget, name)
+                try:
+                    self._check(endpoint)
+                    result = await body(op)
+                except BmcError as exc:
+                    result = _failed(op, exc)
+                finally:
+                    op.close()
+            finally:
+                slot.lock.release()
+                self._global.release()
+        return self._finish(endpoint, name, start, result)
+
+    def _check(self, endpoint: BmcEndpoint) -> None:
+        if self.netpolicy is not None:
+            check_address(endpoint.address, self.netpolicy, port=endpoint.port)
+
+    def _on_loop(self, endpoint: BmcEndpoint) -> bool:
+        """Whether ``endpoint``'s power operations run on the event loop: IPMI drivers of the
+        default factory, an IPv4 literal (nothing to resolve), the real clock."""
+        return (
+            endpoint.driver == DriverKind.ipmi
+            and getattr(self.factory, "ipmi_on_loop", False)
+            and isinstance(self.clock, SystemClock)
+            and _is_ip(endpoint.address)
+            and ":" not in endpoint.address
+        )
+
+    def _finish(
+        self, endpoint: BmcEndpoint, name: str, start: float, result: BmcResult
+    ) -> BmcResult:
+        result = replace(result, elapsed=self.clock.monotonic() - start)
         self._log(endpoint, name, result)
         for observe in self.observers:
             observe(endpoint, name, result)
@@ -249,7 +298,8 @@ class BmcController:
 
     # -- async API ----------------------------------------------------------------------
 
-    def _executor_(self) -> concurrent.futures.ThreadPoolExecutor:
+    def executor(self) -> concurrent.futures.ThreadPoolExecutor:
+        """The threads of blocking operations (and of the blocking steps of the others)."""
         if self._executor is None:
             self._executor = concurrent.futures.ThreadPoolExecutor(
                 max_workers=self.policy.max_concurrency, thread_name_prefix="bmc"
@@ -270,14 +320,22 @@ class BmcController:
         # The asyncio lock queues same-BMC callers on the loop, not in pool threads,
         # so one busy BMC cannot occupy the whole pool.
         async with self._async_lock(key):
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(
-                self._executor_(), functools.partial(fn, *args, **kwargs)
-            )
+            return await self._on_thread(functools.partial(fn, *args, **kwargs))
+
+    async def _on_thread(self, fn: Callable[[], BmcResult]) -> BmcResult:
+        return await asyncio.get_running_loop().run_in_executor(self.executor(), fn)
 
     async def get_power_state(
         self, endpoint: BmcEndpoint, *, deadline: float | None = None
     ) -> BmcResult:
+        if self._on_loop(endpoint):
+            return await self._run_on_loop(
+                endpoint,
+                "get-power-state",
+                deadline or self.policy.read_deadline,
+                aoperation.read_power,
+                functools.partial(self.get_power_state_sync, endpoint, deadline=deadline),
+            )
         return await self._in_thread(
             endpoint.key, self.get_power_state_sync, endpoint, deadline=deadline
         )
@@ -290,13 +348,19 @@ class BmcController:
         deadline: float | None = None,
         settle_timeout: float | None = None,
     ) -> BmcResult:
-        return await self._in_thread(
-            endpoint.key,
-            self.power_sync,
+        in_thread = functools.partial(
+            self.power_sync, endpoint, action, deadline=deadline, settle_timeout=settle_timeout
+        )
+        if not self._on_loop(endpoint):
+            return await self._in_thread(endpoint.key, in_thread)
+        action = PowerAction(action)
+        settle = settle_timeout if settle_timeout is not None else self.policy.settle_timeout
+        return await self._run_on_loop(
             endpoint,
-            action,
-            deadline=deadline,
-            settle_timeout=settle_timeout,
+            f"power-{action.value}",
+            deadline or self.policy.deadline,
+            functools.partial(aoperation.power, action=action, settle=settle),
+            in_thread,
         )
 
     async def set_boot_device(
@@ -325,3 +389,9 @@ class BmcController:
             self._executor = None
         self._sessions.stop_reaper()
         self.reap_idle_sessions(idle=0.0)
+
+
+def _failed(op: Operation, exc: BmcError) -> BmcResult:
+    return BmcResult(
+        op.endpoint.key, op.name, PowerState.unknown, op.attempts, 0.0, polls=op.polls, error=exc
+    )

@@ -67,3 +67,30 @@ class PowerDriver(Protocol):
 
 DriverFactory = Callable[[BmcEndpoint], PowerDriver]
 """Builds a driver for an endpoint without doing any I/O."""
+
+
+@runtime_checkable
+class AsyncPowerDriver(Protocol):
+    """A driver whose power commands also run on the event loop (:mod:`bmc.aoperation`): the
+    session is opened by the blocking :meth:`open_session` on a thread, then each command is
+    one awaited exchange, no thread. Errors as :class:`PowerDriver`'s."""
+
+    def needs_session(self) -> bool:
+        """No session yet (or it was dropped): call :meth:`open_session` first."""
+        ...
+
+    def open_session(self) -> None:
+        """Open the session (blocking)."""
+        ...
+
+    async def get_power_state_async(self) -> PowerState: ...
+
+    async def power_on_async(self) -> None: ...
+
+    async def power_off_async(self, graceful: bool) -> None: ...
+
+    async def power_cycle_async(self) -> None: ...
+
+    async def reset_async(self) -> None: ...
+
+    def close(self) -> None: ...

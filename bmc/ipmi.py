@@ -22,8 +22,10 @@ it on a command line. No keep-alive thread (``keep_alive_interval=0``): the sess
 opened on the first call and kept by :class:`bmc.actions.BmcController` for the next
 operations on the BMC until it has been idle ``PowerPolicy.session_idle`` seconds (well
 under the 30-60 s after which BMCs expire idle sessions); a session that stops answering
-is dropped and the controller authenticates again. Only this module imports pyipmi (and
-:mod:`bmc.ipmi_keys`, which corrects its SHA256 session keys).
+is dropped and the controller authenticates again. The power commands also have awaitable
+twins (``*_async``, :class:`bmc.driver.AsyncPowerDriver`) that send on the session through
+:mod:`bmc.ipmi_aio`, on the event loop. Only this module imports pyipmi (and
+:mod:`bmc.ipmi_keys`, which corrects its SHA256 session keys, and :mod:`bmc.ipmi_aio`).
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ from pyipmi import errors as ipmi_errors
 from pyipmi.chassis import BootDevice as IpmiBootDevice
 from pyipmi.msgs import constants as ipmi_const
 
-from bmc import ipmi_keys  # noqa: F401 - corrects python-ipmi's suite-17 session keys
+from bmc import (
+    ipmi_aio,
+    ipmi_keys,  # noqa: F401 - corrects python-ipmi's suite-17 session keys
+)
 from bmc.driver import DriverTimeouts
 from bmc.errors import (
     BmcAuthError,
@@ -336,6 +341,47 @@ class IpmiDriver:
         result: Inspection = self._call("inspect", run)
         return result
 
+    # -- AsyncPowerDriver: the power commands on the event loop (bmc.ipmi_aio) ---------------
+
+    def needs_session(self) -> bool:
+        return self._ipmi is None
+
+    def open_session(self) -> None:
+        """Open the session now: blocking (the RMCP+ handshake), so run it on a thread."""
+        self._call("RMCP+ session", lambda conn: None)
+
+    async def get_power_state_async(self) -> PowerState:
+        rsp = await self._chassis_async("get power state", b"\x01", 2)
+        return PowerState.on if rsp[1] & 1 else PowerState.off
+
+    async def power_on_async(self) -> None:
+        await self._chassis_async("power on", b"\x02\x01")
+
+    async def power_off_async(self, graceful: bool) -> None:
+        if graceful:
+            await self._chassis_async("soft power off", b"\x02\x05")
+        else:
+            await self._chassis_async("power off", b"\x02\x00")
+
+    async def power_cycle_async(self) -> None:
+        await self._chassis_async("power cycle", b"\x02\x02")
+
+    async def reset_async(self) -> None:
+        await self._chassis_async("reset", b"\x02\x03")
+
+    async def _chassis_async(self, operation: str, request: bytes, length: int = 1) -> bytes:
+        """A chassis command on the loop; without a session it is opened here, blocking (callers
+        on a loop open it first on a thread: :meth:`open_session`)."""
+        try:
+            rsp = await ipmi_aio.send_raw(self._connect(), ipmi_const.NETFN_CHASSIS, request)
+            return _chassis_checked(rsp, request, length)
+        except BmcError:
+            self._drop()
+            raise
+        except Exception as exc:  # translated at the edge, nothing escapes untyped
+            self._drop()
+            raise self._translate(exc, operation) from None
+
     def close(self) -> None:
         conn, self._ipmi = self._ipmi, None
         if conn is None:
@@ -355,7 +401,12 @@ class IpmiDriver:
 def _chassis(conn: Any, request: bytes, length: int = 1) -> bytes:
     """A chassis command (NetFn 00h) sent raw: ``request`` is the command byte and its data; the
     response (completion code first) must be ``length`` bytes at least and complete normally."""
-    rsp = bytes(conn.send_raw(0, ipmi_const.NETFN_CHASSIS, request))
+    return _chassis_checked(
+        bytes(conn.send_raw(0, ipmi_const.NETFN_CHASSIS, request)), request, length
+    )
+
+
+def _chassis_checked(rsp: bytes, request: bytes, length: int) -> bytes:
     if rsp[:1] != b"\x00":
         raise ipmi_errors.CompletionCodeError(rsp[0] if rsp else 0xFF)
     if len(rsp) < length:

@@ -100,7 +100,8 @@ class Operation:
 
     def driver(self) -> PowerDriver:
         if self._driver is None:
-            parked = self.slot.take(self.endpoint) if self.ctl.policy.session_idle > 0 else None
+            reuse = self.ctl.policy.session_idle > 0
+            parked = self.slot.take(self.endpoint, self._discard) if reuse else None
             self._reused = parked is not None
             self._driver = parked if parked is not None else self.ctl.factory(self.endpoint)
         return self._driver
@@ -109,7 +110,10 @@ class Operation:
         drv, self._driver = self._driver, None
         self._reused = False
         if drv is not None:
-            close_quietly(drv)
+            self._discard(drv)
+
+    def _discard(self, drv: PowerDriver) -> None:
+        close_quietly(drv)
 
     def close(self) -> None:
         """End of the operation: park the session for the next one, or close it."""
@@ -119,13 +123,66 @@ class Operation:
         if self.ctl.park(self.slot, drv, self.endpoint):
             self.ctl._start_reaper()
         else:
-            close_quietly(drv)
+            self._discard(drv)
 
     def _pace(self) -> None:
-        if self.slot.last_call is not None:
-            wait = self.slot.last_call + self.ctl.policy.min_interval - self.clock.monotonic()
-            if wait > 0:
-                self.clock.sleep(wait)
+        wait = self.pace_wait()
+        if wait > 0:
+            self.clock.sleep(wait)
+
+    def pace_wait(self) -> float:
+        """Seconds to wait before the next call to this BMC (``min_interval`` after the last)."""
+        if self.slot.last_call is None:
+            return 0.0
+        return self.slot.last_call + self.ctl.policy.min_interval - self.clock.monotonic()
+
+    def reauthenticate(self, exc: BmcError) -> bool:
+        """After a failed call: whether it ran on a kept session, now dropped, so that the call
+        is made again at once on a fresh one (BMC restarted, session expired)."""
+        if not self._reused:
+            return False
+        LOG.debug(
+            "bmc reused session failed bmc=%s error=%s; re-authenticating",
+            self.endpoint.key,
+            type(exc).__name__,
+        )
+        self.drop_driver()
+        self.reauths += 1
+        return True
+
+    def unexpected(self, exc: Exception) -> BmcProtocolError:
+        return BmcProtocolError(bmc=self.endpoint.key, detail=f"unexpected {type(exc).__name__}")
+
+    def retry_delay(self, exc: BmcTransientError, failures: int) -> float:
+        """After the ``failures``-th transient failure: the backoff before the next try, or the
+        error (``exc`` itself, or :class:`BmcDeadlineExceeded`) raised when there is none."""
+        policy = self.ctl.policy
+        self.drop_driver()
+        LOG.debug(
+            "bmc transient bmc=%s op=%s attempt=%d error=%s",
+            self.endpoint.key,
+            self.name,
+            self.attempts,
+            exc,
+        )
+        if failures >= policy.max_attempts:
+            raise exc
+        delay = policy.backoff(failures, self.ctl.rng)
+        now = self.clock.monotonic()
+        if now + delay >= self.deadline:
+            raise BmcDeadlineExceeded(
+                bmc=self.endpoint.key,
+                operation=self.name,
+                attempts=self.attempts,
+                seconds=now - self.start,
+                last=str(exc),
+                cause=exc,
+            ) from None
+        return delay
+
+    def read_back_failed(self, exc: BmcTransientError) -> None:
+        self.drop_driver()
+        LOG.debug("bmc verify read failed bmc=%s error=%s", self.endpoint.key, exc)
 
     def once(self, fn: Callable[[PowerDriver], T]) -> T:
         """One BMC call, paced; unknown exceptions become :class:`BmcProtocolError`."""
@@ -135,32 +192,20 @@ class Operation:
             try:
                 return fn(driver)
             except BmcError as exc:
-                if not self._reused:
+                if not self.reauthenticate(exc):
                     raise
-                # A session kept from an earlier operation may be dead (BMC restarted, session
-                # expired): authenticate again and repeat the call once, at once.
-                LOG.debug(
-                    "bmc reused session failed bmc=%s error=%s; re-authenticating",
-                    self.endpoint.key,
-                    type(exc).__name__,
-                )
-                self.drop_driver()
-                self.reauths += 1
                 return fn(self.driver())
             finally:
                 self._reused = False
         except BmcError:
             raise
         except Exception as exc:
-            raise BmcProtocolError(
-                bmc=self.endpoint.key, detail=f"unexpected {type(exc).__name__}"
-            ) from None
+            raise self.unexpected(exc) from None
         finally:
             self.slot.last_call = self.clock.monotonic()
 
     def call(self, fn: Callable[[PowerDriver], T]) -> T:
         """``fn`` with retries for transient errors, within the deadline."""
-        policy = self.ctl.policy
         failures = 0
         while True:
             self.attempts += 1
@@ -170,28 +215,7 @@ class Operation:
                 raise
             except BmcTransientError as exc:
                 failures += 1
-                self.drop_driver()
-                LOG.debug(
-                    "bmc transient bmc=%s op=%s attempt=%d error=%s",
-                    self.endpoint.key,
-                    self.name,
-                    self.attempts,
-                    exc,
-                )
-                if failures >= policy.max_attempts:
-                    raise
-                delay = policy.backoff(failures, self.ctl.rng)
-                now = self.clock.monotonic()
-                if now + delay >= self.deadline:
-                    raise BmcDeadlineExceeded(
-                        bmc=self.endpoint.key,
-                        operation=self.name,
-                        attempts=self.attempts,
-                        seconds=now - self.start,
-                        last=str(exc),
-                        cause=exc,
-                    ) from None
-                self.clock.sleep(delay)
+                self.clock.sleep(self.retry_delay(exc, failures))
 
     def wait_for(
         self,
@@ -216,8 +240,7 @@ class Operation:
             except BmcFatalError:
                 raise
             except BmcTransientError as exc:
-                self.drop_driver()
-                LOG.debug("bmc verify read failed bmc=%s error=%s", self.endpoint.key, exc)
+                self.read_back_failed(exc)
                 last = None
             if last is not None and done(last):
                 return last, True

@@ -93,11 +93,14 @@ class Slot:
     endpoint: BmcEndpoint | None = None
     idle_since: float = 0.0
 
-    def take(self, endpoint: BmcEndpoint) -> PowerDriver | None:
-        """The parked driver if it was built for ``endpoint``; a mismatched one is closed."""
+    def take(
+        self, endpoint: BmcEndpoint, discard: Callable[[PowerDriver], None]
+    ) -> PowerDriver | None:
+        """The parked driver if it was built for ``endpoint``; a mismatched one goes to
+        ``discard`` (which closes it)."""
         drv, self.driver = self.driver, None
         if drv is not None and self.endpoint != endpoint:
-            close_quietly(drv)
+            discard(drv)
             drv = None
         return drv
 

@@ -83,6 +83,14 @@ def _verify_power(op: Operation, action: PowerAction, settle: float, immediate: 
     state, settled = op.wait_for(
         lambda d: d.get_power_state(), lambda s: s == target, settle, immediate
     )
+    return verified(op, action, settle, state, settled)
+
+
+def verified(
+    op: Operation, action: PowerAction, settle: float, state: PowerState | None, settled: bool
+) -> BmcResult:
+    """The result of a power command whose read-back ended on ``state``."""
+    target = action.target
     final = state if state is not None else PowerState.unknown
     error = (
         None
@@ -154,14 +162,17 @@ def set_boot(
 
 def command_for(action: PowerAction, before: PowerState) -> Callable[[PowerDriver], None]:
     """The driver call for ``action`` on a host whose power read ``before``."""
-    if action == PowerAction.on:
-        return lambda d: d.power_on()
-    if action == PowerAction.off:
-        return lambda d: d.power_off(graceful=False)
-    if action == PowerAction.soft_off:
-        return lambda d: d.power_off(graceful=True)
-    if before == PowerState.off:  # cycle/reset of a host that is off: power it on
-        return lambda d: d.power_on()
+    name, args = command(action, before)
+    return lambda d: getattr(d, name)(*args)
+
+
+def command(action: PowerAction, before: PowerState) -> tuple[str, tuple[bool, ...]]:
+    """The driver method (and its arguments) that carries out ``action`` on a host whose power
+    read ``before``: a cycle or reset of a host that is off powers it on."""
+    if action == PowerAction.on or (before == PowerState.off and action not in IDEMPOTENT):
+        return "power_on", ()
+    if action in (PowerAction.off, PowerAction.soft_off):
+        return "power_off", (action == PowerAction.soft_off,)
     if action == PowerAction.cycle:
-        return lambda d: d.power_cycle()
-    return lambda d: d.reset()
+        return "power_cycle", ()
+    return "reset", ()
