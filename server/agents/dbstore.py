@@ -36,7 +36,7 @@ from server.agents.store import (
 from server.config import ConfigError
 from server.config.render import Rendered
 from server.config.stored import load_patches, render_for
-from server.inventory import groupcommit
+from server.inventory import groupcommit, readcache
 from server.inventory.db import Database
 from server.inventory.machines import as_utc
 from server.inventory.machines import record as record_event_row
@@ -44,6 +44,7 @@ from server.inventory.models import (
     AgentBootstrapToken,
     AgentPendingCommand,
     AgentState,
+    Generation,
     Machine,
     utcnow,
 )
@@ -220,11 +221,14 @@ class DbAgentStore:
             if s.get(Machine, machine_id) is None:
                 return
             st = _state(s, machine_id)
+            before = {st.cert_serial, st.cert_previous_serial}
             # Enrollment revokes every earlier certificate; a renewal keeps the renewed-from
             # one until the agent uses the new one (server.agents.revocation).
             st.cert_previous_serial = st.cert_serial if renewal else None
             st.cert_serial = str(cert.serial)
             st.cert_not_after = cert.not_after
+            if before - {st.cert_serial, st.cert_previous_serial, None}:
+                readcache.mark(s, readcache.CERTIFICATES)  # a serial stopped being accepted
 
     async def record_certificate(
         self, machine_id: str, cert: IssuedCertificate, *, renewal: bool = False
@@ -247,6 +251,7 @@ class DbAgentStore:
                     .where(AgentState.machine_id == machine_id, AgentState.cert_serial == row[0])
                     .values(cert_previous_serial=None)
                 )
+                readcache.mark(s, readcache.CERTIFICATES)
         return True
 
     async def certificate_accepted(self, machine_id: str, serial: int) -> bool:
@@ -266,6 +271,19 @@ class DbAgentStore:
 
     async def accepted_certificates(self, machine_ids: Sequence[str]) -> dict[str, set[int]]:
         return await asyncio.to_thread(self._accepted_certificates, list(machine_ids))
+
+    def _certificates_generation(self) -> int | None:
+        with self.db.read() as s:
+            value = s.scalar(
+                select(Generation.value).where(Generation.name == readcache.CERTIFICATES)
+            )
+        if value is None:  # never bumped yet: create the row (this round still checks all)
+            with self.db.write() as s:
+                readcache.mark(s, readcache.CERTIFICATES)
+        return value
+
+    async def certificates_generation(self) -> int | None:
+        return await asyncio.to_thread(self._certificates_generation)
 
     def _record_hello(self, s: Session, machine_id: str, hello: AgentHello) -> None:
         m = s.get(Machine, machine_id)

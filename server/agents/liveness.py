@@ -106,12 +106,27 @@ class Liveness:
 
     async def revoked(self, sessions: Sequence[AgentSession]) -> list[AgentSession]:
         """The sessions whose certificate the store no longer accepts (revoked, replaced by a
-        new enrollment, machine deleted: :mod:`server.agents.revocation`)."""
-        held = [s for s in sessions if s.cert_serial is not None]
+        new enrollment, machine deleted: :mod:`server.agents.revocation`).
+
+        Only sessions not yet checked at the store's current certificates generation are
+        looked up: while nothing was revoked anywhere, that is just the sessions opened since
+        the last sweep (their admission checked them, but maybe before a revocation)."""
+        gen = await self._store.certificates_generation()
+        held = [
+            s
+            for s in sessions
+            if s.cert_serial is not None and (gen is None or s.cert_checked != gen)
+        ]
         if not held:
             return []
         accepted = await self._store.accepted_certificates([s.machine_id for s in held])
-        return [s for s in held if s.cert_serial not in accepted.get(s.machine_id, ())]
+        out = []
+        for s in held:
+            if s.cert_serial in accepted.get(s.machine_id, ()):
+                s.cert_checked = gen
+            else:
+                out.append(s)
+        return out
 
     async def flush_seen(self) -> None:
         if self._seen:

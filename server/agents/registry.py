@@ -32,6 +32,9 @@ class AgentSession:
     last_seen: float = 0.0
     """Event-loop time of the last message from the agent."""
     reader: asyncio.Task[None] | None = None
+    cert_checked: int | None = None
+    """The store's certificates generation at which the sweep last found the certificate
+    still accepted (None: not checked by a sweep yet)."""
 
     def send(self, msg: pb.ServerMessage) -> None:
         self.outbox.put_nowait(msg)

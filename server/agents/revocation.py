@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 
 from server.agents.store import certificate_accepted
 from server.inventory import machines as inventory
+from server.inventory import readcache
 from server.inventory.models import AgentState, Machine, utcnow
 from server.types import EventKind, Phase
 
@@ -70,6 +71,7 @@ def revoke(
     if st is not None:
         st.cert_serial = st.cert_previous_serial = None
         st.cert_revoked_at = utcnow()
+        readcache.mark(s, readcache.CERTIFICATES)  # every replica's sweep looks again
     if serials or always_record:
         inventory.record(
             s,

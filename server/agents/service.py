@@ -65,6 +65,13 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.http2.max_pings_without_data", 0),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
 ]
+SESSION_OPTIONS: list[tuple[str, int]] = [
+    *SERVER_OPTIONS,
+    # No bandwidth-delay-product probing on the session port: a probe is a PING round trip that
+    # an idle connection starts on the first DATA after a pause, i.e. at every heartbeat; its only
+    # use is growing the receive window for bulk transfers, which sessions do not carry.
+    ("grpc.http2.bdp_probe", 0),
+]
 
 
 def peer_common_name(context: grpc.aio.ServicerContext) -> str | None:
@@ -364,7 +371,7 @@ class AgentApiServer:
             self.enroll_port,
         )
 
-        session = grpc.aio.server(options=SERVER_OPTIONS)
+        session = grpc.aio.server(options=SESSION_OPTIONS)
         pb_grpc.add_AgentSessionServicer_to_server(SessionService(self.hub), session)
         self.session_port = _bound(
             session.add_secure_port(

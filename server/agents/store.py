@@ -159,6 +159,13 @@ class AgentStore(Protocol):
         """The serials each machine's sessions may use (a machine unknown now is left out)."""
         ...
 
+    async def certificates_generation(self) -> int | None:
+        """A counter that changes whenever a certificate may have stopped being accepted, for
+        any machine: a revocation, an enrollment, a renewed-from serial dropped, a machine
+        deleted. ``None``: not known (the caller checks every session). Read it *before*
+        :meth:`accepted_certificates`, so a change in between is seen next time."""
+        ...
+
     async def record_hello(self, machine_id: str, hello: AgentHello) -> None: ...
     async def record_seen(self, seen: Mapping[str, dt.datetime]) -> None:
         """Batched last-heartbeat times (called every few seconds, not per heartbeat)."""
@@ -205,6 +212,8 @@ class MemoryAgentStore:
     disconnected: dict[str, dt.datetime] = field(default_factory=dict)
     discovered_inventory: dict[str, dict[str, Any]] = field(default_factory=dict)
     events: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)
+    generation: int = 0
+    """:meth:`certificates_generation`: bumped whenever an accepted serial is dropped."""
 
     def add_machine(
         self, machine_id: str, *, enrollment_allowed: bool = True, accepted: bool = True
@@ -248,13 +257,17 @@ class MemoryAgentStore:
         self, machine_id: str, cert: IssuedCertificate, *, renewal: bool = False
     ) -> None:
         self.certificates.setdefault(machine_id, []).append(cert)
-        current = self.accepted.get(machine_id, (None, None))[0] if renewal else None
-        self.accepted[machine_id] = (str(cert.serial), current)
+        old = self.accepted.get(machine_id, (None, None))
+        new = (str(cert.serial), old[0] if renewal else None)
+        self.accepted[machine_id] = new
+        if set(old) - set(new) - {None}:
+            self.generation += 1
 
     async def certificate_accepted(self, machine_id: str, serial: int) -> bool:
         current, previous = self.accepted.get(machine_id, (None, None))
-        if str(serial) == current:
+        if str(serial) == current and previous is not None:
             self.accepted[machine_id] = (current, None)
+            self.generation += 1
         return certificate_accepted(serial, current, previous)
 
     async def accepted_certificates(self, machine_ids: Sequence[str]) -> dict[str, set[int]]:
@@ -264,9 +277,13 @@ class MemoryAgentStore:
             if mid in self.machines
         }
 
+    async def certificates_generation(self) -> int | None:
+        return self.generation
+
     def revoke(self, machine_id: str) -> None:
         """Test helper: forget the machine's accepted certificates."""
         self.accepted.pop(machine_id, None)
+        self.generation += 1
 
     async def record_hello(self, machine_id: str, hello: AgentHello) -> None:
         self.hellos[machine_id] = hello

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import event, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 
 from server.inventory.models import ApiToken, Generation, Machine, MachineLabel, Nic
@@ -32,6 +33,11 @@ from server.inventory.models import ApiToken, Generation, Machine, MachineLabel,
 INVENTORY = "inventory"
 TOKENS = "tokens"
 DOMAINS = (INVENTORY, TOKENS)
+CERTIFICATES = "certificates"
+"""Not a read-cache domain: bumped when an agent certificate may have stopped being accepted
+(:func:`mark` by the writers of the accepted serials, and any machine deletion), so each
+replica's revocation sweep skips its lookup while nothing changed
+(``server.agents.liveness``). Its row is created on first use (``server.agents.dbstore``)."""
 
 _TABLE_DOMAIN = {
     Machine.__tablename__: INVENTORY,
@@ -48,32 +54,56 @@ class Generations:
     tokens: int
 
 
-def _mark(session: Session, table_name: str | None) -> None:
+def mark(session: Session, domain: str) -> None:
+    """Bump ``domain``'s counter when ``session``'s transaction commits."""
+    session.info.setdefault(_BUMP_KEY, set()).add(domain)
+
+
+def _mark(session: Session, table_name: str | None, *, deleted: bool = False) -> None:
     domain = _TABLE_DOMAIN.get(table_name or "")
     if domain is not None:
-        session.info.setdefault(_BUMP_KEY, set()).add(domain)
+        mark(session, domain)
+    if deleted and table_name == Machine.__tablename__:  # its agent's certificates go with it
+        mark(session, CERTIFICATES)
 
 
 def _before_flush(session: Session, _ctx: Any, _instances: Any) -> None:
-    for obj in (*session.new, *session.dirty, *session.deleted):
+    for obj in (*session.new, *session.dirty):
         _mark(session, getattr(obj, "__tablename__", None))
+    for obj in session.deleted:
+        _mark(session, getattr(obj, "__tablename__", None), deleted=True)
 
 
 def _on_execute(state: ORMExecuteState) -> None:
     if state.is_insert or state.is_update or state.is_delete:
         table = getattr(state.statement, "table", None)
-        _mark(state.session, getattr(table, "name", None))
+        _mark(state.session, getattr(table, "name", None), deleted=state.is_delete)
 
 
 def _before_commit(session: Session) -> None:
     session.flush()
     domains = session.info.pop(_BUMP_KEY, None)
-    if domains:
+    if not domains:
+        return
+    seeded = sorted(domains & set(DOMAINS))  # rows inserted by the migration
+    if seeded:
         session.execute(
-            update(Generation)
-            .where(Generation.name.in_(sorted(domains)))
-            .values(value=Generation.value + 1)
+            update(Generation).where(Generation.name.in_(seeded)).values(value=Generation.value + 1)
         )
+    if CERTIFICATES in domains:
+        _upsert_bump(session, CERTIFICATES)
+
+
+def _upsert_bump(session: Session, name: str) -> None:
+    """Bump a counter whose row may not exist yet (created by its first bump: no migration).
+    An upsert, so two first bumps in concurrent transactions both count."""
+    pg = session.get_bind().dialect.name == "postgresql"
+    ins = (postgresql.insert if pg else sqlite.insert)(Generation).values(name=name, value=1)
+    session.execute(
+        ins.on_conflict_do_update(
+            index_elements=[Generation.name], set_={"value": Generation.value + 1}
+        )
+    )
 
 
 def _after_rollback(session: Session) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import grpc
 import pytest
@@ -14,6 +16,8 @@ from agent.gen import agent_pb2 as pb
 from agent.gen import agent_pb2_grpc as pb_grpc
 from agent.identity import new_key_and_csr
 from server.agents import IssuedCertificate, MemoryAgentStore
+from server.agents.liveness import Liveness
+from server.agents.registry import AgentSession
 from server.agents.store import certificate_accepted
 from tests.support.agentlab import Lab, hello_message, session_call
 from tests.support.wait import eventually
@@ -105,3 +109,35 @@ def test_revocation_by_another_replica_closes_the_live_session(lab: Lab) -> None
     lab.store.revoke("m1")  # what another replica's revoke leaves in the shared database
     eventually(lambda: "certificate revoked" in _agent_log(lab, "m1"), 30)
     assert not lab.api.hub.is_connected("m1")
+
+
+@dataclass
+class _Recording(MemoryAgentStore):
+    """Records which machines each lookup of accepted certificates asked for."""
+
+    asked: list[list[str]] = field(default_factory=list)
+
+    async def accepted_certificates(self, machine_ids: Sequence[str]) -> dict[str, set[int]]:
+        self.asked.append(list(machine_ids))
+        return await super().accepted_certificates(machine_ids)
+
+
+def test_sweep_looks_up_only_unchecked_sessions_while_nothing_is_revoked() -> None:
+    async def main() -> None:
+        store = _Recording()
+        for serial, mid in enumerate(("a", "b", "c"), start=1):
+            store.add_machine(mid)
+            await store.record_certificate(mid, IssuedCertificate(serial, T))
+        a, b, c = (AgentSession(mid, "peer", n) for n, mid in enumerate("abc", start=1))
+        live = Liveness(store, lambda: T)
+        assert await live.revoked([a, b]) == []
+        assert await live.revoked([a, b, c]) == []  # c opened since: only c is looked up
+        assert await live.revoked([a, b, c]) == []  # nothing changed: no lookup
+        assert store.asked == [["a", "b"], ["c"]]
+        store.revoke("b")  # by any replica: every session is looked up again
+        assert await live.revoked([a, b, c]) == [b]
+        assert store.asked[-1] == ["a", "b", "c"]
+        assert await live.revoked([a, b, c]) == [b]  # still open: still reported
+        assert store.asked[-1] == ["b"]
+
+    asyncio.run(main())
