@@ -19,7 +19,8 @@ from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer, lazyload
+from sqlalchemy.orm.interfaces import ORMOption
 
 from server.agents import identity
 from server.agents.store import (
@@ -55,8 +56,8 @@ ENROLLMENT_PHASES = frozenset(
 )
 
 
-def _state(s: Session, machine_id: str) -> AgentState:
-    st = s.get(AgentState, machine_id)
+def _state(s: Session, machine_id: str, *options: ORMOption) -> AgentState:
+    st = s.get(AgentState, machine_id, options=options)
     if st is None:
         st = AgentState(machine_id=machine_id, inventory={}, connected=False)
         s.add(st)
@@ -244,10 +245,16 @@ class DbAgentStore:
         return await asyncio.to_thread(self._accepted_certificates, list(machine_ids))
 
     def _record_hello(self, s: Session, machine_id: str, hello: AgentHello) -> None:
-        m = s.get(Machine, machine_id)
+        # The machine without its NICs and labels (two more queries a Hello never reads), the
+        # agent state without its config documents (read only when the applied version moves).
+        m = s.get(
+            Machine, machine_id, options=(lazyload(Machine.nics), lazyload(Machine.label_rows))
+        )
         if m is None:
             return
-        st = _state(s, machine_id)
+        st = _state(
+            s, machine_id, defer(AgentState.pushed_config), defer(AgentState.applied_config)
+        )
         st.agent_version = hello.agent_version
         st.boot_id = hello.boot_id
         st.inventory = hello.inventory
@@ -313,11 +320,14 @@ class DbAgentStore:
 
     def _desired(self, machine_id: str) -> DesiredConfig | None:
         with self.db.read() as s:
-            m = s.get(Machine, machine_id)
+            patches = load_patches(s)
+            if not patches:  # unmanaged: no machine to load (it was 3 queries per reconnect)
+                return None
+            m = s.get(Machine, machine_id, options=(lazyload(Machine.nics),))
             if m is None:
                 return None
             try:
-                r = render_for(load_patches(s), m)
+                r = render_for(patches, m)
             except ConfigError as exc:
                 log.warning("config of machine %s does not render: %s", machine_id, exc)
                 return None
