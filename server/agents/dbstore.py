@@ -24,6 +24,8 @@ from sqlalchemy.orm.interfaces import ORMOption
 
 from server.agents import identity
 from server.agents.store import (
+    CERTIFICATE_REVOKED,
+    UNKNOWN_MACHINE,
     AgentHello,
     AgentMachine,
     BootstrapToken,
@@ -208,6 +210,22 @@ class DbAgentStore:
     ) -> None:
         await asyncio.to_thread(_retry, lambda: self._record_certificate(machine_id, cert, renewal))
 
+    def _session_refusal(self, machine_id: str, serial: int | None) -> str:
+        with self.db.read() as s:
+            row = s.execute(
+                select(Machine.id, AgentState.cert_serial, AgentState.cert_previous_serial)
+                .outerjoin(AgentState, AgentState.machine_id == Machine.id)
+                .where(Machine.id == machine_id)
+            ).first()
+        if row is None:
+            return UNKNOWN_MACHINE
+        if serial is not None and not self._accepted(machine_id, serial, row[1], row[2]):
+            return CERTIFICATE_REVOKED
+        return ""
+
+    async def session_refusal(self, machine_id: str, serial: int | None) -> str:
+        return await asyncio.to_thread(self._session_refusal, machine_id, serial)
+
     def _certificate_accepted(self, machine_id: str, serial: int) -> bool:
         with self.db.read() as s:
             row = s.execute(
@@ -215,13 +233,20 @@ class DbAgentStore:
                     AgentState.machine_id == machine_id
                 )
             ).first()
-        if row is None or not certificate_accepted(serial, row[0], row[1]):
+        return row is not None and self._accepted(machine_id, serial, row[0], row[1])
+
+    def _accepted(
+        self, machine_id: str, serial: int, current: str | None, previous: str | None
+    ) -> bool:
+        """Whether ``serial`` opens sessions; the first use of a renewed certificate retires
+        the one it replaced."""
+        if not certificate_accepted(serial, current, previous):
             return False
-        if row[1] is not None and str(serial) == row[0]:  # the renewed certificate is in use
+        if previous is not None and str(serial) == current:  # the renewed certificate is in use
             with self.db.write() as s:
                 s.execute(
                     update(AgentState)
-                    .where(AgentState.machine_id == machine_id, AgentState.cert_serial == row[0])
+                    .where(AgentState.machine_id == machine_id, AgentState.cert_serial == current)
                     .values(cert_previous_serial=None)
                 )
         return True
