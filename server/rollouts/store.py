@@ -320,22 +320,10 @@ def machine_states(s: Session, r: Rollout) -> dict[str, MachineState]:
     """Every machine's state, summarised per batch in SQL: a batch whose rows are all in one
     state (every batch but the current one, as a rule) is filled from the rollout's batch list,
     and only the other batches' rows are read. Reading all 1,000 rows of a large rollout was a
-    third of a pass, and passes run several times a second."""
+    third of a pass, and passes run several times a second. One batch (provisioning): its
+    rows, no summary."""
     size = {b["index"]: len(b["machines"]) for b in r.batches}
-    one_state = {
-        batch: lo
-        for batch, lo, hi, n in s.execute(
-            select(
-                RolloutMachine.batch,
-                func.min(RolloutMachine.state),
-                func.max(RolloutMachine.state),
-                func.count(),
-            )
-            .where(RolloutMachine.rollout_id == r.id)
-            .group_by(RolloutMachine.batch)
-        )
-        if lo == hi and n == size.get(batch)
-    }
+    one_state = _uniform_batches(s, r, size) if len(size) > 1 else {}
     states: dict[str, MachineState] = {}
     mixed = []
     for b in r.batches:
@@ -351,6 +339,21 @@ def machine_states(s: Session, r: Rollout) -> dict[str, MachineState]:
         ):
             states[mid] = MachineState(st)
     return states
+
+
+def _uniform_batches(s: Session, r: Rollout, size: dict[int, int]) -> dict[int, str]:
+    """The batches whose rows are all in one state (as many as the batch lists): that state."""
+    rows = s.execute(
+        select(
+            RolloutMachine.batch,
+            func.min(RolloutMachine.state),
+            func.max(RolloutMachine.state),
+            func.count(),
+        )
+        .where(RolloutMachine.rollout_id == r.id)
+        .group_by(RolloutMachine.batch)
+    )
+    return {batch: lo for batch, lo, hi, n in rows if lo == hi and n == size.get(batch)}
 
 
 def watched(r: Rollout, states: dict[str, MachineState], in_flight: bool = True) -> set[str]:
