@@ -37,6 +37,7 @@ from agent.install import Manifest as SlotManifest
 from agent.install import install_sandbox
 from agent.inventory import Inventory, Nic, collect
 from agent.runtime import Agent, AgentOptions
+from agent.upgrade import http_client
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +136,8 @@ async def simulate(
         await asyncio.sleep(ramp_seconds * i / max(1, len(agents)))
         await a.run(stop)
 
+    if installed is not None:  # one import of the HTTP client for the process, before the
+        http_client()  # machines start (each real node pays it once, at its first upgrade)
     tasks = [asyncio.create_task(start(i, a)) for i, a in enumerate(agents)]
     log.warning("simulating %d machines", len(agents))
     await asyncio.gather(*tasks, return_exceptions=True)

@@ -73,7 +73,7 @@ Source = Callable[[str], Callable[[], BinaryIO]]
 
 
 @functools.cache
-def _http() -> httpx.Client:
+def http_client() -> httpx.Client:
     """One HTTP client for the process, shared by every download (httpx clients are safe to
     share between threads). ``httpx.get`` builds a client per call, and with it an SSL context
     that loads the CA bundle (~30 ms of CPU, even for ``http://`` URLs): a simulator upgrading
@@ -85,7 +85,7 @@ def _http() -> httpx.Client:
 
 
 def _http_error() -> type[Exception]:
-    import httpx  # noqa: PLC0415 - see _http
+    import httpx  # noqa: PLC0415 - see http_client
 
     return httpx.HTTPError
 
@@ -103,7 +103,7 @@ def fetcher(timeout: float = 60.0, patience: float = 90.0) -> Source:
             attempt = 0
             while True:
                 try:
-                    resp = _http().get(url, timeout=timeout)
+                    resp = http_client().get(url, timeout=timeout)
                 except _http_error() as exc:
                     error = f"{url}: {type(exc).__name__}: {exc}"
                 else:

@@ -126,6 +126,7 @@ def main() -> None:
     ap.add_argument("--reboot-seconds", type=float, default=1.0)
     ap.add_argument("--interval", type=float, default=0.2, help="BRONZE_ROLLOUT_INTERVAL")
     ap.add_argument("--profile", type=Path, help="py-spy collapsed stacks of the server here")
+    ap.add_argument("--profile-simulator", type=Path, help="the same for the simulator")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-upgrade-"))
     token = "brz_" + secrets.token_urlsafe(32)
@@ -190,6 +191,7 @@ def main() -> None:
         th = threading.Thread(target=probe, args=(url, token, stop, lat), daemon=True)
         th.start()
         sampler = Sampler(server.pid, args.profile).__enter__()
+        sim_sampler = Sampler(agents.pid, args.profile_simulator).__enter__()
         t0 = time.monotonic()
         r = c.post(
             "/api/v1/upgrades",
@@ -213,6 +215,7 @@ def main() -> None:
             time.sleep(0.5)
         wall = time.monotonic() - t0
         sampler.__exit__(None, None, None)
+        sim_sampler.__exit__(None, None, None)
         stop.set()
         th.join()
         cpu = cpu_seconds(server.pid) - cpu0

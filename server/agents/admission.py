@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator
 import grpc
 
 from agent.gen import agent_pb2 as pb
-from server.agents.store import AgentStore
+from server.agents.store import CERTIFICATE_REVOKED, AgentStore
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +51,14 @@ async def admit(
             peer,
         )
         await context.abort(grpc.StatusCode.PERMISSION_DENIED, "identity mismatch")
-    if await store.get_machine(machine_id) is None:
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "unknown machine")
-    if cert_serial is not None and not await store.certificate_accepted(machine_id, cert_serial):
+    refused = await store.session_refusal(machine_id, cert_serial)  # one read, not two
+    if refused == CERTIFICATE_REVOKED:
         log.warning(
             "session refused: certificate revoked machine=%s serial=%d peer=%s",
             machine_id,
             cert_serial,
             peer,
         )
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED, "certificate revoked")
+    if refused:
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED, refused)
     return hello

@@ -19,10 +19,13 @@ from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer, lazyload
+from sqlalchemy.orm.interfaces import ORMOption
 
 from server.agents import identity
 from server.agents.store import (
+    CERTIFICATE_REVOKED,
+    UNKNOWN_MACHINE,
     AgentHello,
     AgentMachine,
     BootstrapToken,
@@ -57,8 +60,8 @@ ENROLLMENT_PHASES = frozenset(
 )
 
 
-def _state(s: Session, machine_id: str) -> AgentState:
-    st = s.get(AgentState, machine_id)
+def _state(s: Session, machine_id: str, *options: ORMOption) -> AgentState:
+    st = s.get(AgentState, machine_id, options=options)
     if st is None:
         st = AgentState(machine_id=machine_id, inventory={}, connected=False)
         s.add(st)
@@ -235,6 +238,22 @@ class DbAgentStore:
     ) -> None:
         await asyncio.to_thread(_retry, lambda: self._record_certificate(machine_id, cert, renewal))
 
+    def _session_refusal(self, machine_id: str, serial: int | None) -> str:
+        with self.db.read() as s:
+            row = s.execute(
+                select(Machine.id, AgentState.cert_serial, AgentState.cert_previous_serial)
+                .outerjoin(AgentState, AgentState.machine_id == Machine.id)
+                .where(Machine.id == machine_id)
+            ).first()
+        if row is None:
+            return UNKNOWN_MACHINE
+        if serial is not None and not self._accepted(machine_id, serial, row[1], row[2]):
+            return CERTIFICATE_REVOKED
+        return ""
+
+    async def session_refusal(self, machine_id: str, serial: int | None) -> str:
+        return await asyncio.to_thread(self._session_refusal, machine_id, serial)
+
     def _certificate_accepted(self, machine_id: str, serial: int) -> bool:
         with self.db.read() as s:
             row = s.execute(
@@ -242,13 +261,20 @@ class DbAgentStore:
                     AgentState.machine_id == machine_id
                 )
             ).first()
-        if row is None or not certificate_accepted(serial, row[0], row[1]):
+        return row is not None and self._accepted(machine_id, serial, row[0], row[1])
+
+    def _accepted(
+        self, machine_id: str, serial: int, current: str | None, previous: str | None
+    ) -> bool:
+        """Whether ``serial`` opens sessions; the first use of a renewed certificate retires
+        the one it replaced."""
+        if not certificate_accepted(serial, current, previous):
             return False
-        if row[1] is not None and str(serial) == row[0]:  # the renewed certificate is in use
+        if previous is not None and str(serial) == current:  # the renewed certificate is in use
             with self.db.write() as s:
                 s.execute(
                     update(AgentState)
-                    .where(AgentState.machine_id == machine_id, AgentState.cert_serial == row[0])
+                    .where(AgentState.machine_id == machine_id, AgentState.cert_serial == current)
                     .values(cert_previous_serial=None)
                 )
                 readcache.mark(s, readcache.CERTIFICATES)
@@ -286,10 +312,16 @@ class DbAgentStore:
         return await asyncio.to_thread(self._certificates_generation)
 
     def _record_hello(self, s: Session, machine_id: str, hello: AgentHello) -> None:
-        m = s.get(Machine, machine_id)
+        # The machine without its NICs and labels (two more queries a Hello never reads), the
+        # agent state without its config documents (read only when the applied version moves).
+        m = s.get(
+            Machine, machine_id, options=(lazyload(Machine.nics), lazyload(Machine.label_rows))
+        )
         if m is None:
             return
-        st = _state(s, machine_id)
+        st = _state(
+            s, machine_id, defer(AgentState.pushed_config), defer(AgentState.applied_config)
+        )
         st.agent_version = hello.agent_version
         st.boot_id = hello.boot_id
         st.inventory = hello.inventory
@@ -355,11 +387,14 @@ class DbAgentStore:
 
     def _desired(self, machine_id: str) -> DesiredConfig | None:
         with self.db.read() as s:
-            m = s.get(Machine, machine_id)
+            patches = load_patches(s)
+            if not patches:  # unmanaged: no machine to load (it was 3 queries per reconnect)
+                return None
+            m = s.get(Machine, machine_id, options=(lazyload(Machine.nics),))
             if m is None:
                 return None
             try:
-                r = render_for(load_patches(s), m)
+                r = render_for(patches, m)
             except ConfigError as exc:
                 log.warning("config of machine %s does not render: %s", machine_id, exc)
                 return None

@@ -111,6 +111,10 @@ def certificate_accepted(serial: int, current: str | None, previous: str | None)
     return str(serial) in {current, previous} - {None}
 
 
+UNKNOWN_MACHINE = "unknown machine"
+CERTIFICATE_REVOKED = "certificate revoked"
+
+
 @runtime_checkable
 class AgentStore(Protocol):
     # machines
@@ -164,6 +168,12 @@ class AgentStore(Protocol):
         any machine: a revocation, an enrollment, a renewed-from serial dropped, a machine
         deleted. ``None``: not known (the caller checks every session). Read it *before*
         :meth:`accepted_certificates`, so a change in between is seen next time."""
+        ...
+
+    async def session_refusal(self, machine_id: str, serial: int | None) -> str:
+        """Why the machine's session may not open ("unknown machine", "certificate revoked"),
+        or "" when it may: :meth:`get_machine` and :meth:`certificate_accepted` in one read
+        (``serial`` None: no certificate to check)."""
         ...
 
     async def record_hello(self, machine_id: str, hello: AgentHello) -> None: ...
@@ -269,6 +279,13 @@ class MemoryAgentStore:
             self.accepted[machine_id] = (current, None)
             self.generation += 1
         return certificate_accepted(serial, current, previous)
+
+    async def session_refusal(self, machine_id: str, serial: int | None) -> str:
+        if machine_id not in self.machines:
+            return UNKNOWN_MACHINE
+        if serial is not None and not await self.certificate_accepted(machine_id, serial):
+            return CERTIFICATE_REVOKED
+        return ""
 
     async def accepted_certificates(self, machine_ids: Sequence[str]) -> dict[str, set[int]]:
         return {

@@ -14,7 +14,7 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, defer, lazyload
 
 from server.errors import Conflict, Invalid, NotFound
@@ -307,18 +307,53 @@ def load_pass(
     (the machines whose agents reported since the last pass), just those of them in flight;
     without ``watch``, only the machines in flight (a pass that loads what it starts);
     ``inventory``: with the agents' inventories (a pass that checks hardware)."""
-    light = s.execute(
-        select(RolloutMachine.machine_id, RolloutMachine.state).where(
-            RolloutMachine.rollout_id == r.id
-        )
-    ).all()
-    states = {mid: MachineState(st) for mid, st in light}
+    states = machine_states(s, r)
     relevant = {m for m, st in states.items() if st is MachineState.ACTIVE}
     if only is not None:
         relevant &= only
     elif watch:
         relevant |= watched(r, states)
     return (states, *load_rows(s, r, relevant, inventory))
+
+
+def machine_states(s: Session, r: Rollout) -> dict[str, MachineState]:
+    """Every machine's state, summarised per batch in SQL: a batch whose rows are all in one
+    state (every batch but the current one, as a rule) is filled from the rollout's batch list,
+    and only the other batches' rows are read. Reading all 1,000 rows of a large rollout was a
+    third of a pass, and passes run several times a second. One batch (provisioning): its
+    rows, no summary."""
+    size = {b["index"]: len(b["machines"]) for b in r.batches}
+    one_state = _uniform_batches(s, r, size) if len(size) > 1 else {}
+    states: dict[str, MachineState] = {}
+    mixed = []
+    for b in r.batches:
+        if b["index"] in one_state:
+            states.update(dict.fromkeys(b["machines"], MachineState(one_state[b["index"]])))
+        else:
+            mixed.append(b["index"])
+    if mixed:
+        for mid, st in s.execute(
+            select(RolloutMachine.machine_id, RolloutMachine.state).where(
+                RolloutMachine.rollout_id == r.id, RolloutMachine.batch.in_(mixed)
+            )
+        ):
+            states[mid] = MachineState(st)
+    return states
+
+
+def _uniform_batches(s: Session, r: Rollout, size: dict[int, int]) -> dict[int, str]:
+    """The batches whose rows are all in one state (as many as the batch lists): that state."""
+    rows = s.execute(
+        select(
+            RolloutMachine.batch,
+            func.min(RolloutMachine.state),
+            func.max(RolloutMachine.state),
+            func.count(),
+        )
+        .where(RolloutMachine.rollout_id == r.id)
+        .group_by(RolloutMachine.batch)
+    )
+    return {batch: lo for batch, lo, hi, n in rows if lo == hi and n == size.get(batch)}
 
 
 def watched(r: Rollout, states: dict[str, MachineState], in_flight: bool = True) -> set[str]:

@@ -14,6 +14,7 @@ from server.inventory import migrate
 from server.inventory.models import Machine
 from server.inventory.selectors import parse
 from server.rollouts import store
+from server.rollouts.decide import MachineState
 from server.rollouts.models import RolloutMachine
 from server.rollouts.planner import BatchPolicy
 
@@ -67,3 +68,37 @@ def test_a_claimed_machine_is_a_conflict_before_its_phase_is_judged(sqlite_url: 
             store.plan(s, everyone, BatchPolicy())
         assert "node-0" in wrong.value.message
     engine.dispose()
+
+
+def test_machine_states_per_batch_are_every_rows_state(sqlite_url: str) -> None:
+    """The per-batch summary fills uniform batches from the batch list and reads the others'
+    rows: the result is each row's state, including a batch that lost a row."""
+    migrate.upgrade(sqlite_url)
+    engine = create_engine(sqlite_url)
+    with Session(engine) as s, s.begin():
+        s.add_all([_machine(i) for i in range(9)])
+    with Session(engine) as s, s.begin():
+        batches, machines = store.plan(s, parse(""), BatchPolicy(batch_size=3))
+        r = store.create(
+            s,
+            kind="upgrade",
+            image=None,
+            selector="",
+            spec={},
+            batches=batches,
+            machines=machines,
+            actor="test",
+        )
+        first, second, third = (b.machines for b in batches)
+        done = RolloutMachine.machine_id.in_(first)
+        s.execute(update(RolloutMachine).where(done).values(state="succeeded"))
+        s.execute(
+            update(RolloutMachine)
+            .where(RolloutMachine.machine_id == second[0])
+            .values(state="active")
+        )
+        s.query(RolloutMachine).filter(RolloutMachine.machine_id == third[0]).delete()
+        rows = s.query(RolloutMachine.machine_id, RolloutMachine.state)
+        assert store.machine_states(s, r) == {mid: MachineState(st) for mid, st in rows}
+        assert store.machine_states(s, r)[second[0]] is MachineState.ACTIVE
+        assert third[0] not in store.machine_states(s, r)
