@@ -262,9 +262,15 @@ class ConfigApplier:
         if path.startswith("/proc/") and target.exists():
             # procfs (sysctls): no temp file can be created there, so no rename; the value is
             # written in place, as sysctl(8) does (the lab's real kernel refused the temp file)
-            if target.read_bytes() != mf.data:
+            if target.read_bytes().split() != mf.data.split():
                 with open(target, "wb", buffering=0) as fh:
                     fh.write(mf.data)
+                held = target.read_bytes()
+                if held.split() != mf.data.split():  # clamped or partly done (nr_hugepages)
+                    raise ApplyError(
+                        f"{path}: the kernel holds {held.decode(errors='replace').strip()!r}"
+                        f" after writing {mf.data.decode(errors='replace').strip()!r}"
+                    )
             return
         try:
             st = os.lstat(target)

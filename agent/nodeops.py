@@ -55,18 +55,23 @@ def stats(root: Path) -> bytes:
         except (OSError, ValueError, IndexError):
             return -1.0
 
-    mem: dict[str, int] = {}
+    mem: dict[str, int] = {}  # meminfo's values: kB, or counts (HugePages_*)
     try:
         for line in (root / "proc/meminfo").read_text().splitlines():
             k, _, v = line.partition(":")
-            mem[k] = int(v.split()[0]) * 1024
+            mem[k] = int(v.split()[0])
     except (OSError, ValueError, IndexError):
         pass
+
+    def kib(key: str) -> int:
+        return mem[key] * 1024 if key in mem else -1
+
     doc = {
         "uptime_seconds": num("proc/uptime", 0),
         "load": [num("proc/loadavg", i) for i in range(3)],
-        "memory_total_bytes": mem.get("MemTotal", -1),
-        "memory_available_bytes": mem.get("MemAvailable", -1),
+        "memory_total_bytes": kib("MemTotal"),
+        "memory_available_bytes": kib("MemAvailable"),
+        "hugepages_total": mem.get("HugePages_Total", -1),
     }
     return json.dumps(doc, sort_keys=True).encode()
 

@@ -120,3 +120,24 @@ def test_a_sysctl_that_exists_is_written_in_place(applier):
     assert (sysdir / "swappiness").read_text() == "5\n"
     assert (sysdir / "swappiness").stat().st_ino == inode
     assert sorted(p.name for p in sysdir.iterdir()) == ["swappiness"]
+
+
+def test_a_sysctl_the_kernel_does_not_take_fails_the_apply(applier):
+    """A kernel that holds another value after the write (nr_hugepages gets only the pages it
+    can find; a value clamped) is an apply error naming both values, and the config is not
+    recorded as applied. /dev/null plays such an entry: it takes the write and reads back empty."""
+    sysdir = applier.root / "proc/sys/vm"
+    sysdir.mkdir(parents=True)
+    (sysdir / "nr_hugepages").symlink_to("/dev/null")
+    with pytest.raises(ApplyError, match=r"nr_hugepages: the kernel holds '' after writing '64'"):
+        applier.apply_live("v1", {"sysctls": {"vm.nr_hugepages": "64"}}, "auto")
+    assert not (applier.state / "config.json").exists()
+
+
+def test_a_sysctl_read_back_ignores_the_kernels_spacing(applier):
+    """The kernel prints multi-value sysctls with tabs: "1024 65000" reads back "1024\\t65000"."""
+    sysdir = applier.root / "proc/sys/net/ipv4"
+    sysdir.mkdir(parents=True)
+    (sysdir / "ip_local_port_range").write_text("1024\t65000\n")
+    applier.apply_live("v1", {"sysctls": {"net.ipv4.ip_local_port_range": "1024 65000"}}, "auto")
+    assert (sysdir / "ip_local_port_range").read_text() == "1024\t65000\n"  # nothing to write
