@@ -44,7 +44,7 @@ class AsyncOperation(Operation):
         wait = self.pace_wait()
         if wait > 0:
             await asyncio.sleep(wait)
-        try:
+        with self.guarded():
             try:
                 return await fn(await self._session())
             except BmcError as exc:
@@ -53,12 +53,6 @@ class AsyncOperation(Operation):
                 return await fn(await self._session())
             finally:
                 self._reused = False
-        except BmcError:
-            raise
-        except Exception as exc:
-            raise self.unexpected(exc) from None
-        finally:
-            self.slot.last_call = self.clock.monotonic()
 
     async def call_async(self, fn: Call[T]) -> T:
         """``fn`` with retries for transient errors, within the deadline."""

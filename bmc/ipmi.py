@@ -34,6 +34,8 @@ import logging
 import socket
 import threading
 import uuid as uuidlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pyipmi
@@ -237,12 +239,19 @@ class IpmiDriver:
         return BmcProtocolError(bmc=ep.key, detail=detail)
 
     def _call(self, operation: str, fn: Any) -> Any:
-        try:
+        with self._translated(operation):
             return fn(self._connect())
+
+    @contextmanager
+    def _translated(self, operation: str) -> Iterator[None]:
+        """Around a call on the session (blocking or awaited): any failure drops the session;
+        what is not a :class:`BmcError` is translated at the edge, nothing escapes untyped."""
+        try:
+            yield
         except BmcError:
             self._drop()
             raise
-        except Exception as exc:  # translated at the edge, nothing escapes untyped
+        except Exception as exc:
             self._drop()
             raise self._translate(exc, operation) from None
 
@@ -372,15 +381,9 @@ class IpmiDriver:
     async def _chassis_async(self, operation: str, request: bytes, length: int = 1) -> bytes:
         """A chassis command on the loop; without a session it is opened here, blocking (callers
         on a loop open it first on a thread: :meth:`open_session`)."""
-        try:
+        with self._translated(operation):
             rsp = await ipmi_aio.send_raw(self._connect(), ipmi_const.NETFN_CHASSIS, request)
             return _chassis_checked(rsp, request, length)
-        except BmcError:
-            self._drop()
-            raise
-        except Exception as exc:  # translated at the edge, nothing escapes untyped
-            self._drop()
-            raise self._translate(exc, operation) from None
 
     def close(self) -> None:
         conn, self._ipmi = self._ipmi, None

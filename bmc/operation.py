@@ -20,7 +20,8 @@ The result of an operation is a :class:`BmcResult`; errors are carried in it, ne
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 
@@ -187,7 +188,7 @@ class Operation:
     def once(self, fn: Callable[[PowerDriver], T]) -> T:
         """One BMC call, paced; unknown exceptions become :class:`BmcProtocolError`."""
         self._pace()
-        try:
+        with self.guarded():
             driver = self.driver()
             try:
                 return fn(driver)
@@ -197,6 +198,13 @@ class Operation:
                 return fn(self.driver())
             finally:
                 self._reused = False
+
+    @contextmanager
+    def guarded(self) -> Iterator[None]:
+        """Around one BMC call (blocking or awaited): an exception that is not a
+        :class:`BmcError` becomes :class:`BmcProtocolError`; the slot records when it ended."""
+        try:
+            yield
         except BmcError:
             raise
         except Exception as exc:
