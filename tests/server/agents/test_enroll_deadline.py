@@ -15,7 +15,7 @@ from cryptography.x509.oid import NameOID
 from agent.gen import agent_pb2 as pb
 from agent.gen import agent_pb2_grpc as pb_grpc
 from agent.identity import new_key_and_csr
-from server.agents.service import ENROLL_MARGIN_SECONDS
+from server.agents.enrollment import ENROLL_MARGIN_SECONDS
 from tests.server.agents.test_enrollment_wipe import _server, token
 
 
