@@ -32,6 +32,10 @@ from enum import StrEnum
 
 from server.rollouts.planner import Batch, BatchKind
 
+CHAIN = 4
+"""Transitions one machine may take in one pass: one that only waits (upgrade: booting ->
+verifying) is followed by the next one the same report allows (verifying -> confirming)."""
+
 
 class RolloutStatus(StrEnum):
     """Where a rollout as a whole stands."""

@@ -20,7 +20,7 @@ from server.boot import images
 from server.inventory import machines as inventory
 from server.inventory.models import AgentState, BootTimelineEvent, Event, Image, Machine, Nic
 from server.rollouts import store
-from server.rollouts.decide import Limits, MachineState, RolloutStatus, next_actions
+from server.rollouts.decide import CHAIN, Limits, MachineState, RolloutStatus, next_actions
 from server.rollouts.models import Rollout, RolloutMachine
 from server.rollouts.observe import config_applied
 from server.rollouts.provision import (
@@ -191,22 +191,8 @@ class ProvisionPass:
         for row in rows.values():
             if row.state != MachineState.ACTIVE:
                 continue
-            m = machines[row.machine_id]
-            p = progress(row)
-            powered_at = row.detail.get("powered_at")
-            since = inventory.as_utc(_dt(powered_at)) if powered_at else self.now
-            tr = advance(
-                p,
-                observe(agents.get(row.machine_id), row),
-                self.now,
-                self.t,
-                self.req,
-                m.bmc_driver is not None,
-                _diagnosis(s, m, since, self.now),
-            )
-            if tr is not None:
-                self._apply(row, m, agents.get(row.machine_id), tr)
-                states[row.machine_id] = MachineState(row.state)
+            self._advance(row, machines[row.machine_id], agents.get(row.machine_id))
+            states[row.machine_id] = MachineState(row.state)
         total = len(states)
         limits = Limits(max_unavailable=int(r.spec.get("max_parallel", 10)), failure_budget=total)
         acts = next_actions(
@@ -232,6 +218,31 @@ class ProvisionPass:
             store.set_status(s, r, acts.status, acts.reason, ACTOR)
         elif acts.start or acts.skip:
             r.updated_at = self.now
+
+    def _advance(self, row: RolloutMachine, m: Machine, st: AgentState | None) -> None:
+        """As far as what its agent reported allows: a transition that only waits (netbooting
+        -> configuring) is followed at once by the next one (configuring -> installing when the
+        config is already applied), each recorded with its event."""
+        for _ in range(CHAIN):
+            p = progress(row)
+            powered_at = row.detail.get("powered_at")
+            since = inventory.as_utc(_dt(powered_at)) if powered_at else self.now
+            tr = advance(
+                p,
+                observe(st, row),
+                self.now,
+                self.t,
+                self.req,
+                m.bmc_driver is not None,
+                _diagnosis(self.s, m, since, self.now),
+            )
+            if tr is None:
+                return
+            self._apply(row, m, st, tr)
+            if tr.action is not Action.NONE or tr.state is not MachineState.ACTIVE:
+                return
+            if tr.step is p.step:
+                return
 
     def _start(self, row: RolloutMachine, m: Machine, st: AgentState | None) -> None:
         netboot = m.boot_from == "network"

@@ -43,7 +43,7 @@ from server.inventory.models import AgentPendingCommand, AgentState, Image, Mach
 from server.inventory.secretbox import SecretBox
 from server.rollouts import deprovisioning, provisioning, store
 from server.rollouts.commands import upgrade_command
-from server.rollouts.decide import Limits, MachineState, RolloutStatus, next_actions
+from server.rollouts.decide import CHAIN, Limits, MachineState, RolloutStatus, next_actions
 from server.rollouts.hooks import call_hook
 from server.rollouts.models import Rollout, RolloutMachine
 from server.rollouts.observe import observe, progress, timeouts
@@ -229,30 +229,56 @@ class RolloutRunner:
             t = self._timeouts(spec)
             hooks = Hooks(pre="before" in spec["hooks"], post="after" in spec["hooks"])
             image = s.get(Image, r.image) if r.image else None
-            target = image.digest if image else ""
             rollback = (
                 RolloutStatus(r.status) is RolloutStatus.ABORTING and spec["on_abort"] == "rollback"
             )
             for row in rows.values():
                 if row.state != MachineState.ACTIVE:
                     continue
-                p = progress(row, now)
                 m = machines[row.machine_id]
                 if rollback:
-                    tr = abort_in_flight(p, now, t)
+                    tr = abort_in_flight(progress(row, now), now, t)
+                    if tr is not None:
+                        self._apply(s, r, row, m, tr, image, effects)
                 else:
-                    obs = observe(agents.get(row.machine_id), row, p, target)
-                    tr = advance(p, obs, now, t, hooks, m.bmc_driver is not None)
-                if tr is not None:
-                    self._apply(s, r, row, m, tr, image, effects)
-                    states[row.machine_id] = MachineState(row.state)
-                elif p.step in (UpgradeStep.PRE_HOOK, UpgradeStep.POST_HOOK):
-                    self._want_hook(r, row, p.step, effects)
+                    st = agents.get(row.machine_id)
+                    self._advance(s, r, row, m, st, now, t, hooks, image, effects)
+                states[row.machine_id] = MachineState(row.state)
             health = store.health(s, store.watched(r, states, in_flight=False))
             self._decide(
                 s, r, states, rows, machines, agents, health, now, t, hooks, image, effects
             )
         return effects
+
+    def _advance(
+        self,
+        s: Session,
+        r: Rollout,
+        row: RolloutMachine,
+        m: Machine,
+        st: AgentState | None,
+        now: datetime,
+        t: Timeouts,
+        hooks: Hooks,
+        image: Image | None,
+        effects: Effects,
+    ) -> None:
+        """Advance the machine as far as what its agent reported allows: a transition that only
+        waits (booting -> verifying) is followed at once by the next one the same report allows
+        (verifying -> confirming), each recorded with its event, instead of one per pass."""
+        target = image.digest if image else ""
+        for _ in range(CHAIN):
+            p = progress(row, now)
+            tr = advance(p, observe(st, row, p, target), now, t, hooks, m.bmc_driver is not None)
+            if tr is None:
+                if p.step in (UpgradeStep.PRE_HOOK, UpgradeStep.POST_HOOK):
+                    self._want_hook(r, row, p.step, effects)
+                return
+            self._apply(s, r, row, m, tr, image, effects)
+            if tr.action is not Action.NONE or tr.state is not MachineState.ACTIVE:
+                return
+            if tr.step is p.step:
+                return
 
     def _decide(
         self,

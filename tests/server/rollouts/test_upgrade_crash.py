@@ -64,6 +64,11 @@ def with_ports(env: dict[str, str]) -> dict[str, str]:
     }
 
 
+SLOW_REBOOT = ["--reboot-seconds", "2"]
+"""A machine's reboot takes 2 s: a batch stays in flight long enough to be seen, and killed,
+mid-way (an instant reboot lets the runner finish a batch within one poll of the test)."""
+
+
 def client_for(env: dict[str, str], token: str) -> Callable[[], httpx.Client]:
     url = f"http://127.0.0.1:{env['BRONZE_API_PORT']}"
     return lambda: httpx.Client(
@@ -129,6 +134,7 @@ def test_kill_9_and_restart_resumes(tmp_path: Path, procs: list[subprocess.Popen
         image_dir(c, v1, tmp_path / "v1"),
         lambda i: {"role": "worker"},
         procs,
+        extra=SLOW_REBOOT,
     )
     rid = upgrade(c)
     wait_for(lambda: in_batch(c, rid, 1), 120, "batch 2 in flight")
@@ -171,6 +177,7 @@ def test_lease_holder_dies_another_replica_finishes(
             image_dir(c, v1, tmp_path / "v1"),
             lambda i: {"role": "worker"},
             procs,
+            extra=SLOW_REBOOT,
         )
         rid = upgrade(api_a())
         wait_for(lambda: in_batch(c, rid, 1), 120, "batch 2 in flight")
