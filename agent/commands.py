@@ -101,10 +101,12 @@ class Commands:
         if known is not None:  # executed before; the result got lost: say it again
             self._send(pb.AgentMessage(result=known))
             return
+        started = time.monotonic()
         result = await self._execute(cmd, op)
         a.journal.put(result)
         if result.rebooting:
             a.reboot_requested = a.reboot_requested or pb.Reboot()
+            a.reboot_since = a.reboot_since or started
         if op == "apply_config" and a.o.fault == "drop-before-result" and not self._fault_used:
             self._fault_used = True
             raise DropSession("fault injection: dropped before sending the result")

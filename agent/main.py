@@ -91,7 +91,12 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--heartbeat", type=float, default=30.0)
     sim.add_argument("--ramp", type=float, default=5.0, help="spread starts over this many s")
     sim.add_argument("--backoff-max", type=float, default=30.0, help="reconnect backoff cap")
-    sim.add_argument("--reboot-seconds", type=float, default=0.0, help="a reboot takes this")
+    sim.add_argument(
+        "--reboot-seconds",
+        type=float,
+        default=0.0,
+        help="a reboot takes this long from the command asking for it (its slot write included)",
+    )
     sim.add_argument("--trusted-keys", type=Path, help="image signing keys every machine trusts")
     sim.add_argument("--installed", type=Path, help="image dir (manifest.json + files): slot A")
     sim.add_argument("--power-events", type=Path, help="a simulated BMC's event log")

@@ -129,7 +129,9 @@ class AgentOptions:
     """Simulated machines behind sushy-emulator: the system URL whose Off -> On powers this
     machine on (``agent.simbmc``)."""
     reboot_seconds: float = 0.0
-    """Simulated machines: how long a reboot takes before the new boot starts."""
+    """Simulated machines: how long a reboot takes before the new boot starts, counted from the
+    command that asked for it (an upgrade's slot write is part of it: "write + reboot take
+    1 s"); a reset by the BMC or the watchdog takes all of it."""
     clock_offset: float = 0.0  # seconds added to the system clock (simulating a skewed clock)
     enroll_timeout: float = 15.0
     """Deadline of one ``Enroll`` call (seconds); its retries reuse the same key."""
@@ -168,6 +170,8 @@ class Agent:
         self._inventory: Inventory | None = None
         self.reboot_requested: pb.Reboot | None = None
         """Set by a command, the watchdog or the BMC: reboot when the session has ended."""
+        self.reboot_since: float | None = None
+        """Monotonic time the command asking for the reboot arrived (simulated reboots)."""
         self.slots = NodeSlots.detect(opts.root, opts.state_dir)
         self.interrupt = asyncio.Event()
         """A reset (watchdog, BMC): ends the current session at once."""
@@ -390,7 +394,9 @@ class Agent:
                     await self._real_reboot(req.wipe_state, stop)
                     continue
                 if self.o.reboot_seconds:  # a simulated machine's firmware and kernel take time
-                    await asyncio.sleep(self.o.reboot_seconds)
+                    spent = time.monotonic() - (self.reboot_since or time.monotonic())
+                    await asyncio.sleep(max(0.0, self.o.reboot_seconds - spent))
+                self.reboot_since = None
                 await self._netboot()
                 self._simulated_reboot(req.wipe_state)
                 attempt = 0

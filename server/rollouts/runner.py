@@ -483,6 +483,7 @@ class RolloutRunner:
                 log.exception("power action failed machine=%s", mid)
                 error = f"{type(exc).__name__}: {exc}"
         await run_in_threadpool(self._power_done, rid, mid, step, attempt, error)
+        self.wake(mid)  # a failed power action is acted on at the next pass, not the full one
 
     def _power_done(self, rid: str, mid: str, step: str, attempt: int, error: str) -> None:
         with self.db.write() as s:
@@ -498,20 +499,24 @@ class RolloutRunner:
     ) -> None:
         try:
             ok, error = await call_hook(hook, payload, self.secrets)
-            await run_in_threadpool(self._hook_done, rid, mid, ok, error)
+            effects = await run_in_threadpool(self._hook_done, rid, mid, ok, error)
         finally:
             self._hooks_in_flight.discard((rid, mid))
+        self._carry_out(effects)
+        if effects.commands and self.deliver is not None:  # the upgrade after a pre-hook
+            await self.deliver()
+        self.wake(mid)  # a finished machine may let the next one start
 
-    def _hook_done(self, rid: str, mid: str, ok: bool, error: str) -> None:
+    def _hook_done(self, rid: str, mid: str, ok: bool, error: str) -> Effects:
         effects = Effects()
         with self.db.write() as s:
             r = store.get(s, rid)
             row = s.get(RolloutMachine, (rid, mid))
             if row is None or row.state != MachineState.ACTIVE:
-                return
+                return effects
             p = progress(row, self.clock())
             if p.step not in (UpgradeStep.PRE_HOOK, UpgradeStep.POST_HOOK):
-                return
+                return effects
             image = s.get(Image, r.image) if r.image else None
             m = s.get(Machine, mid)
             assert m is not None
@@ -523,4 +528,4 @@ class RolloutRunner:
                 timeouts(r.spec, self.config.write_timeout, self.config.recover_timeout),
             )
             self._apply(s, r, row, m, tr, image, effects)
-        self._carry_out(effects)
+        return effects
