@@ -34,6 +34,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 from server.agents import AgentApiServer, MemoryAgentStore
@@ -120,8 +122,22 @@ async def rollout(
         want[mid] = r.version
         await api.hub.push_config(mid, r.version, r.canonical_json)
     push = time.perf_counter() - t0
-    await wait_until(lambda: all(store.applied.get(m) == v for m, v in want.items()), timeout)
+    await wait_until(all_applied(store, want), timeout)
     return push, time.perf_counter() - t0
+
+
+def all_applied(store: MemoryAgentStore, want: dict[str, str]) -> Callable[[], bool]:
+    """A check that every machine in ``want`` reported its version, which resumes where the
+    previous check stopped: ``all()`` over the 10,000 from the start at every 20 ms tick took
+    up to 0.6 ms each (up to 3 % of a core in this process, the server's, during the rollout)."""
+    left = deque(want.items())
+
+    def check() -> bool:
+        while left and store.applied.get(left[0][0]) == left[0][1]:
+            left.popleft()
+        return not left
+
+    return check
 
 
 async def main_async(args: argparse.Namespace) -> dict[str, object]:
