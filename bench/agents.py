@@ -14,6 +14,8 @@ This process *is* the server (agent API + in-memory store); the agents run in ``
 * **fleet-wide patch rollout**: change a fleet patch, render every machine's config (each has its
   own machine patch, so 2,000 distinct versions), push, and time until every agent reported the
   new version applied (target <= 5 s for 2,000, <= 10 s for 10,000);
+* the CPU time the server and the simulators used during the measured rollout: on a machine
+  whose cores they share, ``(server + agents) / cores`` is the least the rollout can take;
 * server RSS (current and peak; target <= 600 MiB for 2,000, <= 1.5 GiB for 10,000);
 * idle heartbeat cost: server and agent CPU over ``--idle`` seconds, per heartbeat (target for
   10,000: server <= 15 % of a core);
@@ -205,8 +207,16 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         # Warm-up rollout (first apply writes every file), then the measured one.
         _, warm_total = await rollout(api, store, ids, 1, 120)
         await asyncio.sleep(1)
+        r_srv, r_sims = cpu_seconds(), sum(cpu_seconds(p.pid) for p in procs)
         push_s, total_s = await rollout(api, store, ids, 2, 120)
-        progress(rollout_first_s=warm_total, rollout_push_s=push_s, rollout_total_s=total_s)
+        r_srv, r_sims = cpu_seconds() - r_srv, sum(cpu_seconds(p.pid) for p in procs) - r_sims
+        progress(
+            rollout_first_s=warm_total,
+            rollout_push_s=push_s,
+            rollout_total_s=total_s,
+            rollout_server_cpu_s=r_srv,
+            rollout_agents_cpu_s=r_sims,
+        )
 
         # Idle: heartbeats only.
         await asyncio.sleep(2)
@@ -252,6 +262,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             "rollout_first_s": round(warm_total, 2),
             "rollout_push_s": round(push_s, 2),
             "rollout_total_s": round(total_s, 2),
+            "rollout_server_cpu_s": round(r_srv, 2),
+            "rollout_agents_cpu_s": round(r_sims, 2),
             "server_rss_before_agents_mib": round(rss_idle_server, 1),
             "server_rss_mib": round(rss, 1),
             "server_rss_peak_mib": round(hwm, 1),
