@@ -179,14 +179,17 @@ class ConfigApplier:
     def apply_live(self, version: str, cfg: dict[str, Any], mode: str) -> None:
         """Make ``cfg`` true now (no reboot)."""
         files = render_files(cfg, self._state_rel)
-        old_manifest = set((self._load("manifest.json") or {}).get("files", []))
+        old_doc = self._load("manifest.json") or {}
+        old_manifest = set(old_doc.get("files", []))
         for path, mf in files.items():
             self._write_managed(path, mf)
         for path in sorted(old_manifest - set(files)):
             if not path.startswith("/proc/"):
                 target = self._target(path)
                 target.unlink(missing_ok=True)
-        self._save("manifest.json", {"files": sorted(files)})
+        manifest = {"files": sorted(files)}
+        if old_doc != manifest:  # a new version of the same files (the usual case) keeps it
+            self._save("manifest.json", manifest)
         self._save("config.json", {"version": version, "config": cfg})
         if mode != "revert":
             self._save("reverted.json", None)
