@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import resource
@@ -112,11 +113,29 @@ def machine_patch(mid: str, i: int) -> Patch:
     )
 
 
+class GcClock:
+    """Seconds the cyclic GC ran in this process, by generation (``gc.callbacks``)."""
+
+    def __init__(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self._t0 = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._t0 = time.perf_counter()
+        else:
+            self.seconds[info["generation"]] += time.perf_counter() - self._t0
+
+
+GC = GcClock()
+
+
 async def rollout(
     api: AgentApiServer, store: MemoryAgentStore, ids: list[str], gen: int, timeout: float
-) -> tuple[float, float]:
-    """Render + push generation ``gen`` to every machine; returns (push_s, total_s)."""
-    t0 = time.perf_counter()
+) -> tuple[float, float, float, float]:
+    """Render + push generation ``gen`` to every machine; returns (push_s, total_s, and of the
+    push: the event-loop thread's CPU seconds, the seconds of GC)."""
+    t0, c0, g0 = time.perf_counter(), time.thread_time(), sum(GC.seconds)
     fleet = fleet_patch(gen)
     want = {}
     for i, mid in enumerate(ids):
@@ -124,8 +143,9 @@ async def rollout(
         want[mid] = r.version
         await api.hub.push_config(mid, r.version, r.canonical_json)
     push = time.perf_counter() - t0
+    push_cpu, push_gc = time.thread_time() - c0, sum(GC.seconds) - g0
     await wait_until(all_applied(store, want), timeout)
-    return push, time.perf_counter() - t0
+    return push, time.perf_counter() - t0, push_cpu, push_gc
 
 
 def all_applied(store: MemoryAgentStore, want: dict[str, str]) -> Callable[[], bool]:
@@ -144,6 +164,8 @@ def all_applied(store: MemoryAgentStore, want: dict[str, str]) -> Callable[[], b
 
 async def main_async(args: argparse.Namespace) -> dict[str, object]:
     work = Path(tempfile.mkdtemp(prefix="bronze-bench-", dir=args.work_dir))
+    if GC not in gc.callbacks:
+        gc.callbacks.append(GC)
     procs: list[subprocess.Popen[bytes]] = []
     api: AgentApiServer | None = None
     try:
@@ -205,16 +227,21 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         progress(connect_all_s=connect_s, server_rss_mib=rss_mib()[0])
 
         # Warm-up rollout (first apply writes every file), then the measured one.
-        _, warm_total = await rollout(api, store, ids, 1, 120)
+        _, warm_total, *_ = await rollout(api, store, ids, 1, 120)
         await asyncio.sleep(1)
         r_srv, r_sims = cpu_seconds(), sum(cpu_seconds(p.pid) for p in procs)
-        push_s, total_s = await rollout(api, store, ids, 2, 120)
+        r_gc = sum(GC.seconds)
+        push_s, total_s, push_cpu, push_gc = await rollout(api, store, ids, 2, 120)
         r_srv, r_sims = cpu_seconds() - r_srv, sum(cpu_seconds(p.pid) for p in procs) - r_sims
+        r_gc = sum(GC.seconds) - r_gc
         progress(
             rollout_first_s=warm_total,
             rollout_push_s=push_s,
+            rollout_push_loop_cpu_s=push_cpu,
+            rollout_push_gc_s=push_gc,
             rollout_total_s=total_s,
             rollout_server_cpu_s=r_srv,
+            rollout_server_gc_s=r_gc,
             rollout_agents_cpu_s=r_sims,
         )
 
@@ -249,7 +276,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
         progress(restart_reconnect_all_s=reconnect_s)
         after_restart_s: float | None = None
         try:
-            _, after_restart_s = await rollout(api, store, ids, 3, 120)
+            _, after_restart_s, *_ = await rollout(api, store, ids, 3, 120)
         except TimeoutError:  # reported as missing, not lost with everything measured before
             print("rollout after restart: not all applied within 120 s", flush=True)
         sims_rss = sum(rss_mib(p.pid)[0] for p in procs)
@@ -261,8 +288,11 @@ async def main_async(args: argparse.Namespace) -> dict[str, object]:
             "ramp_s": args.ramp,
             "rollout_first_s": round(warm_total, 2),
             "rollout_push_s": round(push_s, 2),
+            "rollout_push_loop_cpu_s": round(push_cpu, 2),
+            "rollout_push_gc_s": round(push_gc, 2),
             "rollout_total_s": round(total_s, 2),
             "rollout_server_cpu_s": round(r_srv, 2),
+            "rollout_server_gc_s": round(r_gc, 2),
             "rollout_agents_cpu_s": round(r_sims, 2),
             "server_rss_before_agents_mib": round(rss_idle_server, 1),
             "server_rss_mib": round(rss, 1),
