@@ -266,8 +266,7 @@ class SessionHub:
                 session.reader.cancel()
                 # The cancelled task keeps its traceback, whose frames hold the session: with
                 # this link the ended session (and the gRPC call objects its reader's frames
-                # hold) is a reference cycle, freed only by a full GC pass; 10,000 of them after
-                # a reconnect wave were still there when the new sessions arrived.
+                # hold) is a reference cycle, left for a full GC pass to find.
                 session.reader = None
             self.relay.session_ended(session)
             if self.registry.remove(session):
