@@ -179,14 +179,17 @@ class ConfigApplier:
     def apply_live(self, version: str, cfg: dict[str, Any], mode: str) -> None:
         """Make ``cfg`` true now (no reboot)."""
         files = render_files(cfg, self._state_rel)
-        old_manifest = set((self._load("manifest.json") or {}).get("files", []))
+        old_doc = self._load("manifest.json") or {}
+        old_manifest = set(old_doc.get("files", []))
         for path, mf in files.items():
             self._write_managed(path, mf)
         for path in sorted(old_manifest - set(files)):
             if not path.startswith("/proc/"):
                 target = self._target(path)
                 target.unlink(missing_ok=True)
-        self._save("manifest.json", {"files": sorted(files)})
+        manifest = {"files": sorted(files)}
+        if old_doc != manifest:  # a new version of the same files (the usual case) keeps it
+            self._save("manifest.json", manifest)
         self._save("config.json", {"version": version, "config": cfg})
         if mode != "revert":
             self._save("reverted.json", None)
@@ -253,12 +256,38 @@ class ConfigApplier:
             raise ApplyError(f"refusing path {path!r}")
         return self.root / path.lstrip("/")
 
-    def _write_managed(self, path: str, mf: ManagedFile) -> None:
-        target = self._target(path)
+    def _make_parent(self, path: str, target: Path) -> None:
+        """Create the target's parent directories; refuse a parent that leads outside the root.
+
+        The common case walks the components below the root with one ``lstat`` each, making the
+        missing ones: when none is a symlink the parent is the root's real path plus them, inside
+        the root by construction. Anything else (a symlink, a file in the way) takes the general
+        path: create through the links, then compare the parent's ``realpath`` with the root."""
+        cur = self._root_real
+        for name in path.split("/")[1:-1]:
+            if name in ("", "."):
+                continue
+            cur = os.path.join(cur, name)
+            try:
+                st = os.lstat(cur)
+            except FileNotFoundError:
+                try:
+                    os.mkdir(cur)
+                    continue
+                except OSError:  # made meanwhile, or the parent is not a directory
+                    break
+            if not stat.S_ISDIR(st.st_mode):
+                break
+        else:
+            return
         target.parent.mkdir(parents=True, exist_ok=True)
         parent_real = os.path.realpath(target.parent)
         if os.path.commonpath([parent_real, self._root_real]) != self._root_real:
             raise ApplyError(f"{path}: parent directory leads outside the root")
+
+    def _write_managed(self, path: str, mf: ManagedFile) -> None:
+        target = self._target(path)
+        self._make_parent(path, target)
         if path.startswith("/proc/") and target.exists():
             # procfs (sysctls): no temp file can be created there, so no rename; the value is
             # written in place, as sysctl(8) does (the lab's real kernel refused the temp file)

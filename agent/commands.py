@@ -270,9 +270,11 @@ class Commands:
                 if version not in (a.staged_version, a.current_version):
                     a.stage(version, cfg)
                 return res(True)
-            if version == a.current_version and (trial is None or mode == pb.APPLY_MODE_TRY):
+            current = a.current  # one read of config.json for both
+            in_effect = (current or {}).get("version", "")
+            if version == in_effect and (trial is None or mode == pb.APPLY_MODE_TRY):
                 return res(True)  # already in effect: no-op
-            need = reboot_needed((a.current or {}).get("config"), cfg)
+            need = reboot_needed((current or {}).get("config"), cfg)
             if mode == pb.APPLY_MODE_NO_REBOOT and need:
                 return res(False, "reboot required to change: " + ", ".join(need))
             if mode == pb.APPLY_MODE_TRY:
@@ -282,7 +284,7 @@ class Commands:
                     version,
                     cfg,
                     float(ac.try_timeout_seconds or 120),
-                    previous=trial["previous"] if trial else a.current,
+                    previous=trial["previous"] if trial else current,
                 )
                 self.arm_try_timer()
                 return res(True)

@@ -123,17 +123,22 @@ def new_key_and_csr(machine_id: str) -> tuple[bytes, bytes]:
 
 
 def write_file(path: Path, data: bytes, mode: int = 0o644, *, fsync: bool = True) -> None:
-    """Atomic write (temp file + rename), created with ``mode`` from the start."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Atomic write (temp file + rename), created with ``mode`` from the start; missing parent
+    directories are made."""
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+    try:
+        fd = os.open(tmp, flags, mode)
+    except FileNotFoundError:  # only then: the parent is there on every write but the first
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, flags, mode)
     try:
         os.write(fd, data)
+        os.fchmod(fd, mode)  # the umask may have dropped bits at creation
         if fsync:
             os.fsync(fd)
     finally:
         os.close(fd)
-    os.chmod(tmp, mode)
     os.replace(tmp, path)
 
 

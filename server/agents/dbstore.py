@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer, lazyload
 from sqlalchemy.orm.interfaces import ORMOption
@@ -445,6 +445,7 @@ class DbAgentStore:
                     kind=cmd.kind,
                     payload=cmd.payload,
                     created_at=cmd.created_at,
+                    saved_by=cmd.saved_by,
                 )
             )
 
@@ -470,21 +471,24 @@ class DbAgentStore:
                 .order_by(AgentPendingCommand.created_at, AgentPendingCommand.id)
             ).all()
             return [
-                PendingCommand(r.command_id, r.kind, bytes(r.payload), as_utc(r.created_at))
+                PendingCommand(
+                    r.command_id, r.kind, bytes(r.payload), as_utc(r.created_at), r.saved_by
+                )
                 for r in rows
             ]
 
     async def list_pending_commands(self, machine_id: str) -> list[PendingCommand]:
         return await asyncio.to_thread(self._list_pending, machine_id)
 
-    def _pending_since(self, since: dt.datetime) -> list[tuple[str, str]]:
+    def _pending_since(self, since: dt.datetime, excluding: str | None) -> list[tuple[str, str]]:
+        t = AgentPendingCommand
+        stmt = select(t.machine_id, t.command_id).where(t.created_at >= since)
+        if excluding is not None:  # the database drops this hub's own rows, Python never sees them
+            stmt = stmt.where(or_(t.saved_by.is_(None), t.saved_by != excluding))
         with self.db.read() as s:
-            rows = s.execute(
-                select(AgentPendingCommand.machine_id, AgentPendingCommand.command_id).where(
-                    AgentPendingCommand.created_at >= since
-                )
-            ).all()
-            return [(r[0], r[1]) for r in rows]
+            return [(r[0], r[1]) for r in s.execute(stmt).all()]
 
-    async def list_pending_since(self, since: dt.datetime) -> list[tuple[str, str]]:
-        return await asyncio.to_thread(self._pending_since, since)
+    async def list_pending_since(
+        self, since: dt.datetime, *, excluding: str | None = None
+    ) -> list[tuple[str, str]]:
+        return await asyncio.to_thread(self._pending_since, since, excluding)

@@ -264,6 +264,10 @@ class SessionHub:
         finally:
             if session.reader is not None:
                 session.reader.cancel()
+                # The cancelled task keeps its traceback, whose frames hold the session: with
+                # this link the ended session (and the gRPC call objects its reader's frames
+                # hold) is a reference cycle, left for a full GC pass to find.
+                session.reader = None
             self.relay.session_ended(session)
             if self.registry.remove(session):
                 await self.liveness.record_disconnected(machine_id)

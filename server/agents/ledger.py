@@ -14,10 +14,14 @@ caller can wait for the result; the ledger keeps the newest 100,000.
 
 Several replicas. The saved commands are also how a command reaches an agent whose session
 another replica holds: every poll the ledger asks the store which commands were saved recently
-(by any replica) and sends those it has not sent yet to the agents this replica holds. Which ones
-that is, is decided by two pure functions, :func:`machines_with_news` (from the cheap
-``(machine, command id)`` listing) and :func:`commands_to_send` (from those machines' saved
-commands).
+by anyone but itself (each saved command carries the id of the ledger that saved it,
+:attr:`CommandLedger.replica`) and sends those it has not sent yet to the agents this replica
+holds. Which ones that is, is decided by two pure functions, :func:`machines_with_news` (from the
+cheap ``(machine, command id)`` listing) and :func:`commands_to_send` (from those machines' saved
+commands). A ledger never needs its own saved commands from the poll: it sent each one to the
+session it held after the save, and a session that opened later loaded it with the backlog.
+Commands saved outside a ledger (the rollout runner's, ``saved_by`` empty) are listed to every
+replica, this one included.
 """
 
 from __future__ import annotations
@@ -94,6 +98,9 @@ class CommandLedger:
         self._pending: dict[str, dict[str, PendingCommand]] = {}
         self._waiters: OrderedDict[str, asyncio.Future[CommandOutcome]] = OrderedDict()
         self._acked: OrderedDict[str, None] = OrderedDict()
+        self.replica = uuid.uuid4().hex
+        """Saved with each command this ledger saves (``saved_by``); its poll skips them. New
+        at every start, so a restarted replica's poll sees what its previous run saved."""
 
     @staticmethod
     def new_id() -> str:
@@ -131,7 +138,9 @@ class CommandLedger:
             kind = cmd.WhichOneof("op") or ""
             if kind == "apply_config":  # a newer config supersedes an older one still pending
                 self._supersede_apply(machine_id)
-            pc = PendingCommand(cmd.id, kind, cmd.SerializeToString(), self._now())
+            pc = PendingCommand(
+                cmd.id, kind, cmd.SerializeToString(), self._now(), saved_by=self.replica
+            )
             await self._store.save_pending_command(machine_id, pc)
             self.known(machine_id)[cmd.id] = pc
         if session is not None:
@@ -174,8 +183,11 @@ class CommandLedger:
         """Send commands other replicas saved for the agents in ``registry``; how many."""
         if not len(registry):
             return 0
-        rows = await self._store.list_pending_since(self._now() - POLL_LOOKBACK)
-        if not rows:  # the common case: no copy of the held set (10,000 ids) every second
+        rows = await self._store.list_pending_since(
+            self._now() - POLL_LOOKBACK, excluding=self.replica
+        )
+        if not rows:  # the common case (a fleet push through this replica included): no copy
+            # of the held set (10,000 ids) every second
             return 0
         held = registry.held()
         news = machines_with_news(rows, held, self._pending, self._acked)

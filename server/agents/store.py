@@ -86,6 +86,10 @@ class PendingCommand:
     kind: str  # "apply_config" | "reboot" | "confirm_config" | ...
     payload: bytes
     created_at: dt.datetime
+    saved_by: str | None = None
+    """Which hub saved it (:attr:`CommandLedger.replica <server.agents.ledger.CommandLedger>`,
+    random per hub), so a replica's poll skips the commands it sent itself; None: saved outside
+    a hub (the rollout runner), which every replica's poll looks at."""
 
 
 @dataclass(frozen=True)
@@ -198,9 +202,13 @@ class AgentStore(Protocol):
         """Oldest first."""
         ...
 
-    async def list_pending_since(self, since: dt.datetime) -> list[tuple[str, str]]:
+    async def list_pending_since(
+        self, since: dt.datetime, *, excluding: str | None = None
+    ) -> list[tuple[str, str]]:
         """``(machine_id, command_id)`` of every pending command created at or after ``since``
-        (by any server replica): how a replica learns of commands for the agents it holds."""
+        (by any server replica): how a replica learns of commands for the agents it holds.
+        ``excluding``: leave out the commands saved by that hub (``saved_by``); those with no
+        ``saved_by`` are always listed."""
         ...
 
 
@@ -224,6 +232,12 @@ class MemoryAgentStore:
     events: list[tuple[str, str, str, dict[str, Any]]] = field(default_factory=list)
     generation: int = 0
     """:meth:`certificates_generation`: bumped whenever an accepted serial is dropped."""
+    _by_saver: dict[str | None, dict[str, tuple[str, dt.datetime]]] = field(
+        default_factory=dict, repr=False
+    )
+    """``pending`` by ``saved_by``: command id -> (machine id, created at), so that
+    :meth:`list_pending_since` walks only the other savers' commands (a fleet push leaves one
+    per machine, all saved by the one hub that polls)."""
 
     def add_machine(
         self, machine_id: str, *, enrollment_allowed: bool = True, accepted: bool = True
@@ -325,19 +339,29 @@ class MemoryAgentStore:
         mine = self.pending.setdefault(machine_id, {})
         if cmd.kind == "apply_config":
             for cid in [c.command_id for c in mine.values() if c.kind == "apply_config"]:
-                del mine[cid]
+                self._drop_pending(machine_id, cid)
+        self._drop_pending(machine_id, cmd.command_id)
         mine[cmd.command_id] = cmd
+        self._by_saver.setdefault(cmd.saved_by, {})[cmd.command_id] = (machine_id, cmd.created_at)
+
+    def _drop_pending(self, machine_id: str, command_id: str) -> None:
+        old = self.pending.get(machine_id, {}).pop(command_id, None)
+        if old is not None:
+            self._by_saver.get(old.saved_by, {}).pop(command_id, None)
 
     async def delete_pending_command(self, machine_id: str, command_id: str) -> None:
-        self.pending.get(machine_id, {}).pop(command_id, None)
+        self._drop_pending(machine_id, command_id)
 
     async def list_pending_commands(self, machine_id: str) -> list[PendingCommand]:
         return sorted(self.pending.get(machine_id, {}).values(), key=lambda c: c.created_at)
 
-    async def list_pending_since(self, since: dt.datetime) -> list[tuple[str, str]]:
+    async def list_pending_since(
+        self, since: dt.datetime, *, excluding: str | None = None
+    ) -> list[tuple[str, str]]:
         return [
-            (mid, c.command_id)
-            for mid, cmds in self.pending.items()
-            for c in cmds.values()
-            if c.created_at >= since
+            (mid, cid)
+            for saver, cmds in self._by_saver.items()
+            if saver is None or saver != excluding
+            for cid, (mid, at) in cmds.items()
+            if at >= since
         ]

@@ -91,10 +91,12 @@ class Rendered:
     document: dict[str, Json]
     version: str
     provenance: dict[str, str] = field(default_factory=dict)
+    canonical: str | None = field(default=None, repr=False, compare=False)
+    """``canonical_json(document)`` when :func:`render` made it already (for the version)."""
 
     @property
     def canonical_json(self) -> str:
-        return canonical_json(self.document)
+        return self.canonical if self.canonical is not None else canonical_json(self.document)
 
 
 # -- pointers -------------------------------------------------------------------------------------
@@ -155,7 +157,11 @@ def canonical_json(doc: Json) -> str:
 
 def config_version(doc: Json) -> str:
     """Deterministic version: the first 128 bits of SHA-256 over the canonical JSON, hex."""
-    return hashlib.sha256(canonical_json(doc).encode()).hexdigest()[:32]
+    return _version_of(canonical_json(doc))
+
+
+def _version_of(canonical: str) -> str:
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
 # -- validation -----------------------------------------------------------------------------------
@@ -220,7 +226,8 @@ def render(
     config = validate(doc, prov)
     normal = config.model_dump(mode="json", exclude_defaults=True)
     normal["api_version"] = config.api_version
-    return Rendered(config, normal, config_version(normal), prov)
+    text = canonical_json(normal)  # once for the version and the push (a fleet push: 10,000)
+    return Rendered(config, normal, _version_of(text), prov, text)
 
 
 # -- diff -----------------------------------------------------------------------------------------

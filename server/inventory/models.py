@@ -318,6 +318,9 @@ class AgentPendingCommand(Base):
     kind: Mapped[str] = mapped_column(String(32))
     payload: Mapped[bytes] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    saved_by: Mapped[str | None] = mapped_column(String(32))
+    """The hub (``CommandLedger.replica``, random per server start) that saved it; its own poll
+    skips it. NULL: saved outside a hub (the rollout runner), listed to every replica's poll."""
 
 
 class ConfigPatch(Base):

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from agent.apply import ApplyError, ConfigApplier, reboot_needed, render_files
+from agent.identity import write_file
 
 CFG = {
     "hostname": "n1",
@@ -141,3 +142,29 @@ def test_a_sysctl_read_back_ignores_the_kernels_spacing(applier):
     (sysdir / "ip_local_port_range").write_text("1024\t65000\n")
     applier.apply_live("v1", {"sysctls": {"net.ipv4.ip_local_port_range": "1024 65000"}}, "auto")
     assert (sysdir / "ip_local_port_range").read_text() == "1024\t65000\n"  # nothing to write
+
+
+def test_symlinked_parent_inside_root_is_followed(applier):
+    """A link on the way that stays inside the root is fine (the general path: realpath)."""
+    (applier.root / "etc/real").mkdir(parents=True)
+    os.symlink(applier.root / "etc/real", applier.root / "etc/link")
+    applier.apply_live("v1", {"files": {"/etc/link/x": {"content": "x"}}}, "auto")
+    assert (applier.root / "etc/real/x").read_text() == "x"
+
+
+def test_missing_parents_are_made_and_a_file_in_the_way_fails(applier):
+    applier.apply_live("v1", {"files": {"/opt/a/b/c": {"content": "c", "mode": 0o640}}}, "auto")
+    assert (applier.root / "opt/a/b/c").read_text() == "c"
+    assert oct((applier.root / "opt/a/b/c").stat().st_mode & 0o777) == oct(0o640)
+    with pytest.raises(OSError):
+        applier.apply_live("v2", {"files": {"/opt/a/b/c/d": {"content": "d"}}}, "auto")
+
+
+def test_write_file_mode_survives_the_umask(tmp_path):
+    old = os.umask(0o077)
+    try:
+        write_file(tmp_path / "new/dir/f", b"x", 0o644, fsync=False)
+    finally:
+        os.umask(old)
+    assert oct((tmp_path / "new/dir/f").stat().st_mode & 0o777) == oct(0o644)
+    assert sorted(p.name for p in (tmp_path / "new/dir").iterdir()) == ["f"]  # no temp file left

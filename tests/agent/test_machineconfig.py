@@ -248,3 +248,22 @@ def test_full_document_round_trips():
     assert r.config.network.links["eno1"].mac == "aa:bb:cc:dd:ee:ff"
     again = render([Patch("m", Layer.MACHINE, r.document)])
     assert again.version == r.version
+
+
+def test_rendered_json_and_version_are_those_of_its_document():
+    """render() encodes the document once for the version and the push: both must stay what the
+    document encodes to (keys sorted, no spaces, non-ASCII kept)."""
+    from server.config.render import Rendered, canonical_json, config_version
+
+    r = render(
+        [
+            Patch("fleet", Layer.FLEET, {"files": {"/etc/motd": {"content": "grüße\n"}}}),
+            Patch("m", Layer.MACHINE, {"hostname": "n1", "sysctls": {"b.x": "2", "a.y": "1"}}),
+        ]
+    )
+    assert r.canonical_json == canonical_json(r.document)
+    assert json.loads(r.canonical_json) == r.document and "grüße" in r.canonical_json
+    assert r.version == config_version(r.document)
+    # Built without render() (no text made yet): encoded on demand, same result.
+    bare = Rendered(r.config, r.document, r.version, r.provenance)
+    assert bare.canonical_json == r.canonical_json and bare == r

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import gc
 import json
 import shutil
 import signal
 import subprocess
 import threading
 import time
+import weakref
 
 import grpc
 import pytest
@@ -441,3 +443,23 @@ def test_followed_log_streams_appends_and_stops_when_the_caller_leaves(lab: Lab)
     with pytest.raises(AgentDisconnected, match="m1 disconnected"):
         task.result(20)
     assert hub.open_streams() == 0
+
+
+def test_an_ended_session_is_freed_without_the_cyclic_gc(lab: Lab) -> None:
+    """An ended session must go with its last reference, not wait for a full GC pass: after a
+    reconnect wave at 10,000 agents the old sessions (and the gRPC call objects their readers
+    hold) otherwise stay in memory beside the new ones (docs/performance.md, round 3)."""
+    _, proc = lab.start_machine("m1")
+    session = lab.api.hub.registry.get("m1")
+    assert session is not None and session.reader is not None
+    ref = weakref.ref(session)
+    del session
+    gc.collect()
+    gc.disable()
+    try:
+        # Closed by the server (its reader task is cancelled), as at a shutdown or a revocation.
+        assert lab.api.hub.close_session("m1")
+        eventually(lambda: ref() is None, 10)
+    finally:
+        gc.enable()
+        lab.stop_agent(proc)
