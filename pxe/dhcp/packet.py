@@ -424,7 +424,12 @@ def encode(pkt: Packet) -> bytes:
         if value is not None:
             _put_tlv(out, first, value)
     for code, value in opts.items():
-        if code not in _FIRST:
+        if code in _FIRST:
+            continue
+        if len(value) <= 255:  # _put_tlv inlined: a reply has ~8 options
+            out += bytes((code, len(value)))
+            out += value
+        else:
             _put_tlv(out, code, value)
     out += b"\xff"
     if len(out) < MIN_REPLY_SIZE:
