@@ -7,7 +7,8 @@ DHCP: a lab namespace (bridge at 10.99.N.1) and a client namespace (10.99.N.2, a
 bridge); perfdhcp runs in the client namespace as a relay (DISCOVER-OFFER-REQUEST-ACK) at
 increasing rates; we report the highest rate with < 0.5% drops (late answers are waited for with
 -W), then p50/p99 DISCOVER->OFFER latency measured by our own relay-style probe at a fixed rate.
-bronze runs `full` mode (it hands out addresses, as dnsmasq does).
+bronze runs `full` mode (it hands out addresses, as dnsmasq does). perfdhcp's 200 MACs (-M) and
+the probe's 32 are registered with bronze's backend, as a fleet's MACs are under `bronze serve`.
 
 TFTP: 127.0.0.1 only. Server and client pinned to CPU 0 (`taskset -c 0`) for the single-stream
 rows (a lock-step round trip across two vCPUs costs ~85 us, on one ~8 us). The windowsize row
