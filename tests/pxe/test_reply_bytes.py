@@ -1,8 +1,8 @@
 """The DHCP receive path answers fixture requests with exactly the bytes it answered before the
-per-packet fast path (``docs/performance.md``, "DHCP: DISCOVER -> OFFER latency"): a change to parsing, the MAC string,
-admission or encoding that alters a single reply byte fails here. Both paths are pinned: the
-answer at hand (``decide_now``, no task) and the awaited backend (a task per request), with the
-same timeline events in the same order.
+per-packet fast path (``docs/performance.md``, "DHCP: DISCOVER -> OFFER latency"): a change to
+parsing, the MAC string, admission or encoding that alters a single reply byte fails here. Both
+paths are pinned: the answer at hand (``decide_now``, no task) and the awaited backend (a task
+per request), with the same timeline events in the same order.
 
 The digests were taken from the code before the change (commit ea3cac1) with the same fixtures;
 the server runs on a fake transport, so the test needs no socket and no root.
