@@ -7,7 +7,8 @@ DHCP: a lab namespace (bridge at 10.99.N.1) and a client namespace (10.99.N.2, a
 bridge); perfdhcp runs in the client namespace as a relay (DISCOVER-OFFER-REQUEST-ACK) at
 increasing rates; we report the highest rate with < 0.5% drops (late answers are waited for with
 -W), then p50/p99 DISCOVER->OFFER latency measured by our own relay-style probe at a fixed rate.
-bronze runs `full` mode (it hands out addresses, as dnsmasq does).
+bronze runs `full` mode (it hands out addresses, as dnsmasq does). perfdhcp's 200 MACs (-M) and
+the probe's 32 are registered with bronze's backend, as a fleet's MACs are under `bronze serve`.
 
 TFTP: 127.0.0.1 only. Server and client pinned to CPU 0 (`taskset -c 0`) for the single-stream
 rows (a lock-step round trip across two vCPUs costs ~85 us, on one ~8 us). The windowsize row
@@ -37,7 +38,7 @@ from typing import Any
 from pxe.backend import BootDecision, StaticBackend, null_sink
 from pxe.dhcp.decide import BootConfig, Mode
 from pxe.dhcp.leases import LeaseStore
-from pxe.dhcp.packet import Op, Opt, Packet, encode, parse
+from pxe.dhcp.packet import Op, Opt, Packet, encode, mac_bytes, parse
 from pxe.dhcp.server import DhcpServer
 from tests.peers.netlab import Lab, setns
 from tests.support.ports import free_udp_port as free_port
@@ -46,9 +47,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 PY = sys.executable
 
+# The clients of the DHCP rows: perfdhcp draws each exchange's MAC from PERFDHCP_MACS (-M), the
+# latency probe uses PROBE_MACS. All of them are registered (known) to bronze, as a fleet's MACs
+# are in `bronze serve` (BootPlane.known_macs): 232 fit the pool of 241 addresses.
+PERFDHCP_MACS = [f"02:00:00:00:{i >> 8:02x}:{i & 0xFF:02x}" for i in range(200)]
+PROBE_MACS = [f"52:54:01:00:00:{i:02x}" for i in range(32)]
+
 
 # -- DHCP ------------------------------------------------------------------------------------------
-def perfdhcp(ns: str, rate: int, seconds: int, server: str) -> dict[str, float]:
+def perfdhcp(ns: str, rate: int, seconds: int, server: str, macs: Path) -> dict[str, float]:
     cmd = [
         "taskset",
         "-c",
@@ -63,8 +70,8 @@ def perfdhcp(ns: str, rate: int, seconds: int, server: str) -> dict[str, float]:
         "eth0",
         "-r",
         str(rate),
-        "-R",
-        "200",
+        "-M",
+        str(macs),
         "-p",
         str(seconds),
         "-W",
@@ -98,7 +105,7 @@ def probe_latency(ns: str, client_ip: str, server: str, count: int, rate: float)
         gap = 1.0 / rate
         for i in range(count):
             xid = 0x10000 + i
-            mac = bytes((0x52, 0x54, 0x01, 0, 0, i % 32))  # 32 + perfdhcp 200 fit in the pool
+            mac = mac_bytes(PROBE_MACS[i % len(PROBE_MACS)])
             pkt = Packet(
                 op=Op.BOOTREQUEST,
                 xid=xid,
@@ -139,8 +146,10 @@ def bench_dhcp(seconds: int, rates: list[int]) -> list[tuple[str, str, str, str]
     # unpinned perfdhcp competes with the server it measures.
     os.sched_setaffinity(0, {0})
     rows = []
-    with Lab(tag="bench", subnet_index=250) as lab:
+    with Lab(tag="bench", subnet_index=250) as lab, tempfile.TemporaryDirectory() as tmp:
         cns = lab.add_veth_ns("c", f"{lab.prefix}.2")
+        macs = Path(tmp) / "macs"
+        macs.write_text("".join(f"{m}\n" for m in PERFDHCP_MACS))
         results: dict[str, tuple[float, float, float, float]] = {}
         for name in ("dnsmasq", "bronze"):
             stop = start_dhcp(name, lab)
@@ -150,7 +159,7 @@ def bench_dhcp(seconds: int, rates: list[int]) -> list[tuple[str, str, str, str]
                 lat = probe_latency(cns, f"{lab.prefix}.2", lab.server_ip, 2000, 500)
                 best = 0.0
                 for rate in rates:
-                    r = perfdhcp(cns, rate, seconds, lab.server_ip)
+                    r = perfdhcp(cns, rate, seconds, lab.server_ip, macs)
                     print(
                         f"  {name:8s} rate {rate:5d}/s -> {r['rate']:8.1f}/s loss "
                         f"{r['loss'] * 100:5.2f}% avg {r['avg_ms']:.2f} ms",
@@ -259,9 +268,13 @@ def serve_dhcp(server_ip: str, bridge: str, prefix: str) -> None:
         srv = DhcpServer(
             mode=Mode.FULL,
             boot=BootConfig(server_ip=server_ip, http_base_url=f"http://{server_ip}:8080"),
-            # Every MAC known, as for a registered fleet: unknown MACs are rate-limited
-            # (pxe.dhcp.admission), which would measure the flood guard, not the answer path.
-            backend=StaticBackend(default=BootDecision(known=True, allow_boot=True)),
+            # The clients' MACs registered, as a fleet's are: the backend lists them
+            # (known_macs), so admission never rate-limits them (pxe.dhcp.admission). A backend
+            # that calls every MAC known without a list leaves each MAC's first request to the
+            # flood guard (50/s), which would measure that guard, not the answer path.
+            backend=StaticBackend(
+                dict.fromkeys(PERFDHCP_MACS + PROBE_MACS, BootDecision(known=True, allow_boot=True))
+            ),
             sink=null_sink,
             address=server_ip,
             interface=bridge,

@@ -66,7 +66,8 @@ class BootDecision:
 @runtime_checkable
 class BootBackend(Protocol):
     """Decides what a machine may do when it network-boots. A backend may also offer
-    ``async def known_macs(self) -> frozenset[str] | None`` (see ``known_macs``)."""
+    ``async def known_macs(self) -> frozenset[str] | None`` (see ``known_macs``) and
+    ``def decide_now(self, query) -> BootDecision | None`` (see ``decide_now``)."""
 
     async def decide(self, query: BootQuery) -> BootDecision: ...
 
@@ -146,6 +147,15 @@ async def known_macs(backend: object) -> frozenset[str] | None:
     return result
 
 
+def decide_now(backend: object) -> Callable[[BootQuery], BootDecision | None] | None:
+    """``backend.decide_now`` when the backend offers it: the answer it has at hand without
+    waiting (a table, a fresh cached answer), or None when ``decide`` must be awaited. The DHCP
+    server then answers on arrival, with no task and no loop step per request; a backend whose
+    every answer needs I/O simply does not offer it."""
+    peek: Callable[[BootQuery], BootDecision | None] | None = getattr(backend, "decide_now", None)
+    return peek
+
+
 class StaticBackend:
     """Answers from a fixed table of MAC -> decision; unknown MACs get `default`."""
 
@@ -159,6 +169,10 @@ class StaticBackend:
         self.queries: list[BootQuery] = []
 
     async def decide(self, query: BootQuery) -> BootDecision:
+        return self.decide_now(query)
+
+    def decide_now(self, query: BootQuery) -> BootDecision:
+        """The table's answer, at once (``decide_now``)."""
         self.queries.append(query)
         return self.machines.get(query.mac, self.default)
 
@@ -232,10 +246,17 @@ class CachedBackend:
         self._answers: dict[BootQuery, tuple[float, BootDecision]] = {}
         self._inflight: dict[BootQuery, asyncio.Task[BootDecision]] = {}
 
-    async def decide(self, query: BootQuery) -> BootDecision:
+    def decide_now(self, query: BootQuery) -> BootDecision | None:
+        """A fresh cached answer, or None (``decide_now``): the wrapped backend is not asked."""
         hit = self._answers.get(query)
         if hit is not None and self.clock() - hit[0] < self.seconds:
             return hit[1]
+        return None
+
+    async def decide(self, query: BootQuery) -> BootDecision:
+        hit = self.decide_now(query)
+        if hit is not None:
+            return hit
         task = self._inflight.get(query)
         if task is None:
             task = asyncio.ensure_future(self._ask(query))

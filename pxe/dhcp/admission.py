@@ -59,10 +59,13 @@ class Admission:
         self.known = frozenset(macs)
 
     def learn(self, mac: str, known: bool, now: float) -> None:
-        """A decision for ``mac`` came back: remember known ones for ``learned_seconds``."""
+        """A decision for ``mac`` came back: remember known ones for ``learned_seconds`` (those
+        not on the backend's list; a listed MAC is known while it stays listed)."""
         if not known:
             self._learned.pop(mac, None)
             return
+        if mac in self.known:
+            return  # on the backend's list already: nothing to remember
         self._learned.pop(mac, None)
         self._learned[mac] = now
         while len(self._learned) > self.learned_limit:

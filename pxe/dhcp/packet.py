@@ -166,18 +166,26 @@ _ARCH_BY_CODE = {
 }
 
 
+_ZERO_IP = bytes(4)
+_ZERO_QUAD = "0.0.0.0"  # noqa: S104 - an address field, not a bind
+
+
 def _ip(raw: bytes) -> str:
-    return socket.inet_ntop(socket.AF_INET, raw)
+    # Most address fields of a request are zero: skip the C call for those.
+    return _ZERO_QUAD if raw == _ZERO_IP else socket.inet_ntop(socket.AF_INET, raw)
 
 
 def _pack_ip(addr: str) -> bytes:
+    if addr == _ZERO_QUAD:
+        return _ZERO_IP
     return socket.inet_pton(socket.AF_INET, addr)  # strict dotted quad, unlike inet_aton
 
 
-def parse_tlv(data: bytes, *, what: str) -> dict[int, bytes]:
-    """Parses pad/end-terminated TLVs (options or encapsulated sub-options), strictly."""
+def parse_tlv(data: bytes, *, what: str, start: int = 0) -> dict[int, bytes]:
+    """Parses pad/end-terminated TLVs (options or encapsulated sub-options) from ``start``,
+    strictly."""
     out: dict[int, bytes] = {}
-    i, n = 0, len(data)
+    i, n = start, len(data)
     while i < n:
         code = data[i]
         if code == 0:
@@ -191,9 +199,24 @@ def parse_tlv(data: bytes, *, what: str) -> dict[int, bytes]:
         end = i + 2 + length
         if end > n:
             raise MalformedPacket(f"{what} {code} length {length} runs past the end")
-        out[code] = out.get(code, b"") + data[i + 2 : end]  # RFC 3396 concatenation
+        if code in out:
+            out[code] += data[i + 2 : end]  # RFC 3396 concatenation
+        else:
+            out[code] = data[i + 2 : end]
         i = end
     return out
+
+
+def _put_tlv(out: bytearray, code: int, value: bytes) -> None:
+    n = len(value)
+    if n <= 255:  # nearly every option: one TLV (an empty value is a zero-length TLV)
+        out += bytes((code, n))
+        out += value
+        return
+    for i in range(0, n, 255):
+        chunk = value[i : i + 255]
+        out += bytes((code, len(chunk)))
+        out += chunk
 
 
 def encode_tlv(items: Mapping[int, bytes] | Iterable[tuple[int, bytes]]) -> bytes:
@@ -201,11 +224,7 @@ def encode_tlv(items: Mapping[int, bytes] | Iterable[tuple[int, bytes]]) -> byte
     pairs = items.items() if isinstance(items, Mapping) else items
     out = bytearray()
     for code, value in pairs:
-        if not value:
-            out += bytes((code, 0))
-        for i in range(0, len(value), 255):
-            chunk = value[i : i + 255]
-            out += bytes((code, len(chunk))) + chunk
+        _put_tlv(out, code, value)
     return bytes(out)
 
 
@@ -233,12 +252,12 @@ class Packet:
     def mac(self) -> str:
         return self.chaddr.hex(":")
 
-    @property
+    @functools.cached_property
     def message_type(self) -> MessageType | None:
         raw = self.options.get(Opt.MESSAGE_TYPE)
         return None if raw is None else MessageType.from_code(raw[0])
 
-    @property
+    @functools.cached_property
     def vendor_class(self) -> str | None:
         raw = self.options.get(Opt.VENDOR_CLASS)
         return None if raw is None else raw.decode("ascii", "replace")
@@ -253,16 +272,16 @@ class Packet:
         # RFC 4578 allows a list; the first entry is the client's own architecture
         return None if raw is None else int.from_bytes(raw[:2], "big")
 
-    @property
+    @functools.cached_property
     def arch(self) -> Arch:
         return Arch.from_code(self.arch_code)
 
-    @property
+    @functools.cached_property
     def uuid(self) -> str | None:
         raw = self.options.get(Opt.CLIENT_UUID)
         return None if raw is None else str(uuidlib.UUID(bytes_le=raw[1:17]))
 
-    @property
+    @functools.cached_property
     def is_ipxe(self) -> bool:
         """iPXE announces itself with user class ``iPXE`` and/or option 175."""
         uc = self.user_class or b""
@@ -289,7 +308,7 @@ class Packet:
         return {} if raw is None else parse_tlv(raw, what="PXE sub-option")
 
 
-_FIXED_LENGTHS = {
+_FIXED_LENGTHS: dict[int, int] = {
     Opt.SUBNET_MASK: 4,
     Opt.MESSAGE_TYPE: 1,
     Opt.REQUESTED_IP: 4,
@@ -312,46 +331,67 @@ def parse(data: bytes) -> Packet:
         raise MalformedPacket(f"{type(exc).__name__}: {exc}") from None
 
 
+_COOKIE_END = HEADER.size + len(MAGIC_COOKIE)
+
+
 def _parse(data: bytes) -> Packet:
-    if len(data) < HEADER.size + 4:
+    if len(data) < _COOKIE_END:
         raise MalformedPacket(f"truncated: {len(data)} bytes")
     (op, htype, hlen, hops, xid, secs, flags, ci, yi, si, gi, ch, sname, file) = HEADER.unpack_from(
         data
     )
     if hlen > 16:
         raise MalformedPacket(f"hlen {hlen} > 16")
-    if data[HEADER.size : HEADER.size + 4] != MAGIC_COOKIE:
+    if data[HEADER.size : _COOKIE_END] != MAGIC_COOKIE:
         raise MalformedPacket("no magic cookie")
-    options = parse_tlv(data[HEADER.size + 4 :], what="option")
-    for code, size in _FIXED_LENGTHS.items():
-        if code in options and len(options[code]) != size:
-            raise MalformedPacket(f"option {code} has length {len(options[code])}, not {size}")
-    if Opt.CLIENT_ARCH in options and (
-        not options[Opt.CLIENT_ARCH] or len(options[Opt.CLIENT_ARCH]) % 2
-    ):
+    options = parse_tlv(data, what="option", start=_COOKIE_END)
+    for code, value in options.items():
+        size = _FIXED_LENGTHS.get(code)
+        if size is not None and len(value) != size:
+            raise MalformedPacket(f"option {code} has length {len(value)}, not {size}")
+    arch = options.get(Opt.CLIENT_ARCH)
+    if arch is not None and (not arch or len(arch) % 2):
         raise MalformedPacket("option 93 length is not a positive multiple of 2")
-    if Opt.CLIENT_UUID in options and options[Opt.CLIENT_UUID][0] != 0:
+    uuid = options.get(Opt.CLIENT_UUID)
+    if uuid is not None and uuid[0] != 0:
         raise MalformedPacket("option 97 type is not 0 (UUID)")
-    pkt = Packet(
+    # Typed views must be total too: evaluate the ones that can fail now.
+    mt = options.get(Opt.MESSAGE_TYPE)
+    ipxe = options.get(Opt.IPXE_ENCAP)
+    if ipxe is not None:
+        parse_tlv(ipxe, what="iPXE sub-option")
+    pxe = options.get(Opt.VENDOR_SPECIFIC)
+    if pxe is not None:
+        parse_tlv(pxe, what="PXE sub-option")
+    chaddr = ch[:hlen]
+    vc = options.get(Opt.VENDOR_CLASS)
+    uc = options.get(Opt.USER_CLASS) or b""
+    # A frozen dataclass's __init__ sets each of its 15 fields through object.__setattr__;
+    # this is the one hot constructor, so it fills the instance dict in one go instead, with
+    # the views every request reads (cached_property values) computed once, as those would be.
+    pkt: Packet = object.__new__(Packet)
+    pkt.__dict__.update(
         op=op,
+        xid=xid,
+        chaddr=chaddr,
+        options=options,
         htype=htype,
         hops=hops,
-        xid=xid,
         secs=secs,
         flags=flags,
         ciaddr=_ip(ci),
         yiaddr=_ip(yi),
         siaddr=_ip(si),
         giaddr=_ip(gi),
-        chaddr=ch[:hlen],
         sname=sname.split(b"\0", 1)[0],
         file=file.split(b"\0", 1)[0],
-        options=options,
+        mac=chaddr.hex(":"),
+        message_type=None if mt is None else MessageType.from_code(mt[0]),
+        vendor_class=None if vc is None else vc.decode("ascii", "replace"),
+        arch=Arch.from_code(None if arch is None else int.from_bytes(arch[:2], "big")),
+        is_ipxe=ipxe is not None or uc == b"iPXE" or uc[1:5] == b"iPXE",
+        uuid=None if uuid is None else str(uuidlib.UUID(bytes_le=uuid[1:17])),
     )
-    # Typed views must be total too: evaluate the ones that can fail now.
-    pkt.message_type  # noqa: B018
-    pkt.ipxe_options  # noqa: B018
-    pkt.pxe_options  # noqa: B018
     return pkt
 
 
@@ -359,27 +399,45 @@ def encode(pkt: Packet) -> bytes:
     """Encodes a message: message type and server id first, end marker, padded to 300 bytes."""
     if len(pkt.chaddr) > 16 or len(pkt.sname) > 63 or len(pkt.file) > 127:
         raise ValueError("chaddr/sname/file too long")
-    head = HEADER.pack(
-        pkt.op,
-        pkt.htype,
-        len(pkt.chaddr),
-        pkt.hops,
-        pkt.xid,
-        pkt.secs,
-        pkt.flags,
-        _pack_ip(pkt.ciaddr),
-        _pack_ip(pkt.yiaddr),
-        _pack_ip(pkt.siaddr),
-        _pack_ip(pkt.giaddr),
-        pkt.chaddr,
-        pkt.sname,
-        pkt.file,
+    out = bytearray(
+        HEADER.pack(
+            pkt.op,
+            pkt.htype,
+            len(pkt.chaddr),
+            pkt.hops,
+            pkt.xid,
+            pkt.secs,
+            pkt.flags,
+            _pack_ip(pkt.ciaddr),
+            _pack_ip(pkt.yiaddr),
+            _pack_ip(pkt.siaddr),
+            _pack_ip(pkt.giaddr),
+            pkt.chaddr,
+            pkt.sname,
+            pkt.file,
+        )
     )
-    first = [c for c in (Opt.MESSAGE_TYPE, Opt.SERVER_ID) if c in pkt.options]
-    rest = [c for c in pkt.options if c not in first]
-    body = encode_tlv([(c, pkt.options[c]) for c in first + rest]) + b"\xff"
-    out = head + MAGIC_COOKIE + body
-    return out + b"\0" * max(0, MIN_REPLY_SIZE - len(out))
+    out += MAGIC_COOKIE
+    opts = pkt.options
+    for first in _FIRST:
+        value = opts.get(first)
+        if value is not None:
+            _put_tlv(out, first, value)
+    for code, value in opts.items():
+        if code in _FIRST:
+            continue
+        if len(value) <= 255:  # _put_tlv inlined: a reply has ~8 options
+            out += bytes((code, len(value)))
+            out += value
+        else:
+            _put_tlv(out, code, value)
+    out += b"\xff"
+    if len(out) < MIN_REPLY_SIZE:
+        out += bytes(MIN_REPLY_SIZE - len(out))
+    return bytes(out)
+
+
+_FIRST = (Opt.MESSAGE_TYPE, Opt.SERVER_ID)
 
 
 def mac_bytes(mac: str) -> bytes:

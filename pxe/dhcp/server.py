@@ -28,10 +28,12 @@ from typing import Any
 
 from pxe.backend import (
     BootBackend,
+    BootDecision,
     BootQuery,
     TimelineEvent,
     TimelineKind,
     TimelineSink,
+    decide_now,
     known_macs,
 )
 from pxe.dhcp.admission import Admission, Traffic, UnknownOffers
@@ -52,6 +54,7 @@ from pxe.errors import MalformedPacket, PxeError
 log = logging.getLogger(__name__)
 
 BROADCAST = "255.255.255.255"
+_TIMELINE_KIND = {mt: TimelineKind(mt.value) for mt in MessageType}
 
 
 def _identity(endpoint: _Endpoint) -> _Endpoint:
@@ -94,6 +97,7 @@ class DhcpServer(Answers):
         known_refresh: float = 10.0,
     ) -> None:
         self.mode, self.boot, self.backend, self.sink = mode, boot, backend, sink
+        self._decide_now = decide_now(backend)
         self.address, self.interface = address, interface
         self.server_port, self.client_port = server_port, client_port
         self.relay_port = relay_port if relay_port is not None else server_port
@@ -205,38 +209,8 @@ class DhcpServer(Answers):
         if isinstance(traffic, Drop):  # an unknown MAC beyond its share: cheapest possible drop
             self.stats.drop(traffic)
             return
-        if len(self._tasks) >= self.max_inflight:
-            self.admission.done(traffic)
-            self.stats.drop(Drop.OVERLOADED)
-            return
-        # An ordinary Task per request: backends may use anything that needs a current task
-        # (httpx/anyio, asyncio.timeout). Stepping the coroutine by hand saved ~10 us per packet
-        # and broke exactly those backends.
-        task = asyncio.get_running_loop().create_task(self._guarded(pkt, addr, port4011, traffic))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    def _emit(self, kind: TimelineKind, pkt: Packet, **detail: Any) -> None:
-        try:
-            self.sink(TimelineEvent(kind=kind, mac=pkt.mac, detail=detail))
-        except Exception:  # noqa: BLE001 - a sink must never take the server down
-            log.exception("timeline sink failed")
-
-    async def _guarded(
-        self, pkt: Packet, addr: tuple[str, int], port4011: bool, traffic: Traffic
-    ) -> None:
-        try:
-            await self._handle(pkt, addr, port4011)
-        except Exception:  # noqa: BLE001 - one request must never stop the server
-            log.exception("dhcp handler crashed mac=%s", pkt.mac)
-        finally:
-            self.admission.done(traffic)
-
-    async def _handle(self, pkt: Packet, addr: tuple[str, int], port4011: bool) -> None:
         mt = pkt.message_type
-        assert mt is not None
-        self.stats.by_type[mt.value] += 1
-        self._emit(TimelineKind(mt.value), pkt, arch=pkt.arch.value, port4011=port4011)
+        assert mt is not None  # screen() let it through
         query = BootQuery(
             mac=pkt.mac,
             arch=pkt.arch,
@@ -245,6 +219,72 @@ class DhcpServer(Answers):
             ipxe=pkt.is_ipxe,
             vendor_class=pkt.vendor_class,
         )
+        decision = self._decided(query)
+        if decision is not None:
+            # The answer is at hand (a table, a fresh cached decision): reply now, with no task
+            # and no loop step, before the next datagram is read.
+            self.stats.by_type[mt.value] += 1
+            try:
+                self._answer(pkt, addr, port4011, mt, decision, emit_request=True)
+            except Exception:  # noqa: BLE001 - one request must never stop the server
+                log.exception("dhcp handler crashed mac=%s", pkt.mac)
+            finally:
+                self.admission.done(traffic)
+            return
+        if len(self._tasks) >= self.max_inflight:
+            self.admission.done(traffic)
+            self.stats.drop(Drop.OVERLOADED)
+            return
+        # An ordinary Task per request that must wait for the backend: backends may use
+        # anything that needs a current task (httpx/anyio, asyncio.timeout). Stepping the
+        # coroutine by hand saved ~10 us per packet and broke exactly those backends.
+        task = asyncio.get_running_loop().create_task(
+            self._guarded(pkt, addr, port4011, traffic, mt, query)
+        )
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _decided(self, query: BootQuery) -> BootDecision | None:
+        """The backend's answer if it has one at hand (``pxe.backend.decide_now``); None: the
+        request waits for ``decide`` in a task."""
+        if self._decide_now is None:
+            return None
+        try:
+            return self._decide_now(query)
+        except Exception:  # noqa: BLE001 - then ``decide`` is asked (and its failure counted)
+            log.exception("backend decide_now crashed mac=%s", query.mac)
+            return None
+
+    def _emit(self, kind: TimelineKind, pkt: Packet, **detail: Any) -> None:
+        try:
+            self.sink(TimelineEvent(kind=kind, mac=pkt.mac, detail=detail))
+        except Exception:  # noqa: BLE001 - a sink must never take the server down
+            log.exception("timeline sink failed")
+
+    def _emit_request(self, pkt: Packet, mt: MessageType, port4011: bool) -> None:
+        self._emit(_TIMELINE_KIND[mt], pkt, arch=pkt.arch.value, port4011=port4011)
+
+    async def _guarded(
+        self,
+        pkt: Packet,
+        addr: tuple[str, int],
+        port4011: bool,
+        traffic: Traffic,
+        mt: MessageType,
+        query: BootQuery,
+    ) -> None:
+        try:
+            await self._handle(pkt, addr, port4011, mt, query)
+        except Exception:  # noqa: BLE001 - one request must never stop the server
+            log.exception("dhcp handler crashed mac=%s", pkt.mac)
+        finally:
+            self.admission.done(traffic)
+
+    async def _handle(
+        self, pkt: Packet, addr: tuple[str, int], port4011: bool, mt: MessageType, query: BootQuery
+    ) -> None:
+        self.stats.by_type[mt.value] += 1
+        self._emit_request(pkt, mt, port4011)
         try:
             decision = await self.backend.decide(query)
         except PxeError as exc:
@@ -255,6 +295,21 @@ class DhcpServer(Answers):
             log.exception("backend crashed mac=%s", pkt.mac)
             self.stats.drop(Drop.BACKEND_ERROR)
             return
+        self._answer(pkt, addr, port4011, mt, decision, emit_request=False)
+
+    def _answer(
+        self,
+        pkt: Packet,
+        addr: tuple[str, int],
+        port4011: bool,
+        mt: MessageType,
+        decision: BootDecision,
+        *,
+        emit_request: bool,
+    ) -> None:
+        """Reply to a decided request. ``emit_request``: the request's timeline event is still
+        to be written; it is, after the reply has been sent (the sink sees the same events in
+        the same order; the reply does not wait for them)."""
         self.admission.learn(pkt.mac, decision.known, time.monotonic())
         result: tuple[Packet, MessageType] | Drop | None
         if self.mode is Mode.PROXY or port4011:
@@ -263,20 +318,28 @@ class DhcpServer(Answers):
             result = self._full(pkt, mt, decision)
         if isinstance(result, Drop):
             self.stats.drop(result)
+            if emit_request:
+                self._emit_request(pkt, mt, port4011)
             if result in (Drop.NOT_ALLOWED, Drop.NO_ADDRESS, Drop.NOT_FOR_US):
                 self._emit(TimelineKind.IGNORED, pkt, reason=result.value)
             return
-        if result is None:
-            return  # RELEASE / DECLINE: no reply by design
+        if result is None:  # RELEASE / DECLINE: no reply by design
+            if emit_request:
+                self._emit_request(pkt, mt, port4011)
+            return
         reply, kind = result
         dest = addr if port4011 else self._destination(pkt, kind)
         transport = self._send4011 if port4011 else self._send
         if transport is None or transport.is_closing():
+            if emit_request:
+                self._emit_request(pkt, mt, port4011)
             return
         transport.sendto(encode(reply), dest)
         self.stats.answered += 1
+        if emit_request:
+            self._emit_request(pkt, mt, port4011)
         self._emit(
-            TimelineKind(kind.value),
+            _TIMELINE_KIND[kind],
             pkt,
             yiaddr=reply.yiaddr,
             # option 67, not the 128-byte file field: a script URL may not fit the field

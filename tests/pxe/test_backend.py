@@ -263,3 +263,18 @@ def test_cached_backend_does_not_keep_errors() -> None:
 
     assert asyncio.run(main()).allow_boot
     assert inner.queries == [Q1, Q1]
+
+
+def test_cached_backend_has_an_answer_at_hand_only_while_it_is_fresh() -> None:
+    now = [100.0]
+    inner = StaticBackend({Q1.mac: BootDecision(known=True, allow_boot=True)})
+    cached = CachedBackend(inner, 5.0, clock=lambda: now[0])
+    assert cached.decide_now(Q1) is None  # nothing asked yet: the DHCP server must await
+    assert inner.queries == []
+    asyncio.run(cached.decide(Q1))
+    hit = cached.decide_now(Q1)
+    assert hit is not None and hit.allow_boot
+    assert cached.decide_now(Q2) is None
+    now[0] += 5.1
+    assert cached.decide_now(Q1) is None
+    assert inner.queries == [Q1]  # decide_now never asks the wrapped backend

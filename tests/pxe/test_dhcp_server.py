@@ -361,3 +361,29 @@ def test_backend_that_suspends(loop, client, sink) -> None:  # noqa: ANN001
         loop.run(srv.stop())
     eventually(lambda: not srv._tasks)
     assert srv.stats.answered == 1
+
+
+class BrokenPeekBackend:
+    """``decide_now`` fails; ``decide`` works: the request must still be answered."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def decide_now(self, query):  # noqa: ANN001, ANN201
+        raise RuntimeError("peek failed")
+
+    async def decide(self, query):  # noqa: ANN001, ANN201
+        self.asked += 1
+        return BootDecision(allow_boot=True)
+
+
+def test_backend_whose_answer_at_hand_fails_is_awaited(loop, client, sink) -> None:  # noqa: ANN001
+    backend = BrokenPeekBackend()
+    srv = start(loop, client, Mode.PROXY, backend, sink)  # type: ignore[arg-type]
+    try:
+        client.send(pxe_request(MAC, xid=9), srv.server_port)
+        offer = client.recv()
+        assert offer is not None and offer.xid == 9
+        assert backend.asked == 1 and srv.stats.dropped["backend_error"] == 0
+    finally:
+        loop.run(srv.stop())

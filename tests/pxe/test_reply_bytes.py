@@ -1,6 +1,8 @@
 """The DHCP receive path answers fixture requests with exactly the bytes it answered before the
-per-packet fast path (``docs/pxe.md``, "Per-packet cost"): a change to parsing, the MAC string,
-admission or encoding that alters a single reply byte fails here.
+per-packet fast path (``docs/performance.md``, "DHCP: DISCOVER -> OFFER latency"): a change to
+parsing, the MAC string, admission or encoding that alters a single reply byte fails here. Both
+paths are pinned: the answer at hand (``decide_now``, no task) and the awaited backend (a task
+per request), with the same timeline events in the same order.
 
 The digests were taken from the code before the change (commit ea3cac1) with the same fixtures;
 the server runs on a fake transport, so the test needs no socket and no root.
@@ -11,7 +13,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
-from pxe.backend import BootDecision, StaticBackend, null_sink
+import pytest
+
+from pxe.backend import BootDecision, BootQuery, ListSink, StaticBackend
 from pxe.dhcp.decide import BootConfig, Mode
 from pxe.dhcp.leases import LeaseStore
 from pxe.dhcp.packet import Opt
@@ -56,6 +60,86 @@ EXPECTED = {
     },
 }
 
+# The timeline events of the same requests, from the code before ``decide_now`` (main at 996f419).
+EVENTS: dict[Mode, list[tuple[str, str | None, dict[str, object]]]] = {
+    Mode.FULL: [
+        ("DISCOVER", "52:54:00:00:00:01", {"arch": "bios", "port4011": False}),
+        (
+            "OFFER",
+            "52:54:00:00:00:01",
+            {"yiaddr": "10.0.0.10", "file": "undionly.kpxe", "to": "127.0.0.1:67"},
+        ),
+        ("DISCOVER", "52:54:00:00:00:02", {"arch": "uefi-x64", "port4011": False}),
+        (
+            "OFFER",
+            "52:54:00:00:00:02",
+            {"yiaddr": "10.0.0.11", "file": "snponly.efi", "to": "127.0.0.1:67"},
+        ),
+        ("DISCOVER", "52:54:00:00:00:03", {"arch": "bios", "port4011": False}),
+        (
+            "OFFER",
+            "52:54:00:00:00:03",
+            {
+                "yiaddr": "10.0.0.12",
+                "file": "http://10.0.0.1:8080/boot.ipxe?mac=52%3A54%3A00%3A00%3A00%3A03&arch=bios&boot=abcdef01",
+                "to": "127.0.0.1:67",
+            },
+        ),
+        ("REQUEST", "52:54:00:00:00:01", {"arch": "bios", "port4011": False}),
+        (
+            "ACK",
+            "52:54:00:00:00:01",
+            {"yiaddr": "10.0.0.10", "file": "undionly.kpxe", "to": "127.0.0.1:67"},
+        ),
+        ("REQUEST", "52:54:00:00:00:04", {"arch": "bios", "port4011": False}),
+        ("NAK", "52:54:00:00:00:04", {"yiaddr": "0.0.0.0", "file": "", "to": "127.0.0.1:67"}),
+        ("INFORM", "52:54:00:00:00:05", {"arch": "bios", "port4011": False}),
+        (
+            "ACK",
+            "52:54:00:00:00:05",
+            {
+                "yiaddr": "0.0.0.0",
+                "file": "http://10.0.0.1:8080/boot.ipxe?mac=52%3A54%3A00%3A00%3A00%3A05&arch=bios&boot=00001234",
+                "to": "127.0.0.1:67",
+            },
+        ),
+    ],
+    Mode.PROXY: [
+        ("DISCOVER", "52:54:00:00:00:01", {"arch": "bios", "port4011": False}),
+        (
+            "OFFER",
+            "52:54:00:00:00:01",
+            {"yiaddr": "0.0.0.0", "file": "undionly.kpxe", "to": "127.0.0.1:67"},
+        ),
+        ("DISCOVER", "52:54:00:00:00:02", {"arch": "uefi-x64", "port4011": False}),
+        (
+            "OFFER",
+            "52:54:00:00:00:02",
+            {"yiaddr": "0.0.0.0", "file": "snponly.efi", "to": "127.0.0.1:67"},
+        ),
+        ("DISCOVER", "52:54:00:00:00:03", {"arch": "bios", "port4011": False}),
+        (
+            "OFFER",
+            "52:54:00:00:00:03",
+            {
+                "yiaddr": "0.0.0.0",
+                "file": "http://10.0.0.1:8080/boot.ipxe?mac=52%3A54%3A00%3A00%3A00%3A03&arch=bios&boot=abcdef01",
+                "to": "127.0.0.1:67",
+            },
+        ),
+        ("INFORM", "52:54:00:00:00:05", {"arch": "bios", "port4011": True}),
+        (
+            "ACK",
+            "52:54:00:00:00:05",
+            {
+                "yiaddr": "0.0.0.0",
+                "file": "http://10.0.0.1:8080/boot.ipxe?mac=52%3A54%3A00%3A00%3A00%3A05&arch=bios&boot=00001234",
+                "to": "10.0.0.2:67",
+            },
+        ),
+    ],
+}
+
 
 class _Transport:
     def __init__(self) -> None:
@@ -68,12 +152,25 @@ class _Transport:
         return False
 
 
-async def _replies(mode: Mode) -> dict[str, str | None]:
+class _Awaited:
+    """The same answers, only through ``decide`` (no ``decide_now``): a task per request."""
+
+    def __init__(self) -> None:
+        self.table = StaticBackend(default=BootDecision(known=True, allow_boot=True))
+
+    async def decide(self, query: BootQuery) -> BootDecision:
+        await asyncio.sleep(0)
+        return await self.table.decide(query)
+
+
+async def _replies(mode: Mode, awaited: bool, sink: ListSink) -> dict[str, str | None]:
     srv = DhcpServer(
         mode=mode,
         boot=BootConfig(server_ip="10.0.0.1", http_base_url="http://10.0.0.1:8080"),
-        backend=StaticBackend(default=BootDecision(known=True, allow_boot=True)),
-        sink=null_sink,
+        backend=_Awaited()
+        if awaited
+        else StaticBackend(default=BootDecision(known=True, allow_boot=True)),
+        sink=sink,
         address="10.0.0.1",
         leases=LeaseStore(None, ("10.0.0.10", "10.0.0.20")),
         network=FullModeConfig(subnet_mask="255.255.255.0", router="10.0.0.1", lease_seconds=600),
@@ -83,6 +180,7 @@ async def _replies(mode: Mode) -> dict[str, str | None]:
         t = _Transport()
         srv._send = srv._send4011 = t  # type: ignore[assignment]
         srv._on_datagram(data, ("10.0.0.2", 67), name == "inform" and mode is Mode.PROXY)
+        assert awaited or not srv._tasks  # at hand: answered on arrival, no task
         while srv._tasks:
             await asyncio.sleep(0)
         assert len(t.sent) <= 1
@@ -96,9 +194,9 @@ async def _replies(mode: Mode) -> dict[str, str | None]:
     return out
 
 
-def test_full_mode_replies_unchanged() -> None:
-    assert asyncio.run(_replies(Mode.FULL)) == EXPECTED[Mode.FULL]
-
-
-def test_proxy_mode_replies_unchanged() -> None:
-    assert asyncio.run(_replies(Mode.PROXY)) == EXPECTED[Mode.PROXY]
+@pytest.mark.parametrize("awaited", [False, True], ids=["at_hand", "awaited"])
+@pytest.mark.parametrize("mode", [Mode.FULL, Mode.PROXY])
+def test_replies_unchanged(mode: Mode, awaited: bool) -> None:
+    sink = ListSink()
+    assert asyncio.run(_replies(mode, awaited, sink)) == EXPECTED[mode]
+    assert [(e.kind, e.mac, dict(e.detail)) for e in sink.events] == EVENTS[mode]
