@@ -77,7 +77,7 @@ def _view_columns_of(dialect: str) -> tuple[Any, ...]:
         .subquery()
     )
     return (
-        *Machine.__table__.c,
+        *(c for c in Machine.__table__.c if c.name != "list_view"),  # the view, not its cache
         select(agg(n.c.mac, n.c.name, n.c.ip)).scalar_subquery().label("nics_json"),
         select(agg(lab.c.key, lab.c.value)).scalar_subquery().label("labels_json"),
     )
