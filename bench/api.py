@@ -33,6 +33,7 @@ from pathlib import Path
 import httpx
 from sqlalchemy import create_engine, insert, text
 
+from bench.profile import Sampler
 from server.inventory import listview, migrate
 from server.inventory.db import Database
 from server.inventory.models import Event, Machine, MachineLabel, Nic
@@ -280,9 +281,12 @@ def measure(name: str, urls: dict[int, str], args: argparse.Namespace, tmp: Path
                     for n in order if rnd % 2 == 0 else order[::-1]:
                         base = servers[n][1]
                         names = n if random_names else 0
-                        runs[n].append(
-                            wrk(base, path, token, args.duration, args.connections, tmp, names)
-                        )
+                        slug = re.sub(r"\W+", "-", f"{name}-cache{cache_mb}-{label}-{n}").strip("-")
+                        where = args.profile / f"{slug}.txt" if args.profile and rnd == 0 else None
+                        with Sampler(servers[n][0].pid, where):
+                            runs[n].append(
+                                wrk(base, path, token, args.duration, args.connections, tmp, names)
+                            )
                 backend = name + ("" if cache_mb == "0" else ", cache on")
                 for n in urls:
                     res = {k: statistics.median(r[k] for r in runs[n]) for k in runs[n][0]}
@@ -358,7 +362,15 @@ def main() -> None:
     ap.add_argument(
         "--backends", default="sqlite,postgresql", help="comma list (quick runs: sqlite)"
     )
+    ap.add_argument(
+        "--profile",
+        type=Path,
+        help="directory: py-spy samples each server during its first wrk run of each request "
+        "(collapsed stacks; python -m bench.profile FILE prints the top functions)",
+    )
     args = ap.parse_args()
+    if args.profile:
+        args.profile.mkdir(parents=True, exist_ok=True)
     sizes = [int(x) for x in args.machines.split(",")]
     rows: list[tuple] = []
     with tempfile.TemporaryDirectory() as d:
