@@ -11,7 +11,7 @@ SQLite cannot change ``NEW`` in a ``BEFORE`` trigger: its machines trigger is an
 that clears the column when the statement did not set it. PostgreSQL's is a ``BEFORE UPDATE``
 that clears it in the same row version. The NIC and label triggers on PostgreSQL always update
 the machine's row (not only when its view is set): the writer then holds the machine's row lock
-until it commits, which is what lets a concurrent refresh (``FOR UPDATE SKIP LOCKED``) never
+until it commits, which is what lets a concurrent refresh (``FOR NO KEY UPDATE SKIP LOCKED``) never
 render a machine whose change is not yet committed.
 
 A later migration that rebuilds ``machines``, ``nics`` or ``machine_labels`` on SQLite (batch

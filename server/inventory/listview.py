@@ -12,7 +12,7 @@ Why it cannot go stale (``tests/server/inventory/test_list_view.py`` holds each 
 - *Every commit renders what is stale.* :func:`refresh` runs in every session commit that
   touched the inventory (``readcache._before_commit``), after the last flush: the views written
   are those of the transaction's own final state. On PostgreSQL the stale rows are locked first
-  (``FOR UPDATE SKIP LOCKED``) and rendered by a later statement; a writer that changed a
+  (``FOR NO KEY UPDATE SKIP LOCKED``) and rendered by a later statement; a writer that changed a
   machine holds its row lock until it commits (the NIC and label triggers update the machine's
   row too), so a refresh never renders a change that is not committed, and skips the rows
   another transaction is changing (that transaction renders them itself). On SQLite writers are
@@ -63,7 +63,9 @@ def refresh(session: Session, limit: int = REFRESH_LIMIT) -> int:
     conn = session.connection()
     stale = select(Machine.id).where(Machine.list_view.is_(None)).limit(limit)
     if conn.dialect.name == "postgresql":
-        stale = stale.with_for_update(skip_locked=True)  # rows being changed: their writer's
+        # FOR NO KEY UPDATE: skips rows another transaction is changing (their writer renders
+        # them), not rows merely referenced by another transaction's new foreign key (KEY SHARE)
+        stale = stale.with_for_update(skip_locked=True, key_share=True)
     ids = list(conn.scalars(stale))
     if not ids:
         return 0

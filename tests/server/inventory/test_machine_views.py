@@ -6,7 +6,9 @@ with every optional field empty)."""
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,6 +20,7 @@ from server.inventory import machines as inventory
 from server.inventory.db import Database
 from server.inventory.models import Machine, MachineLabel, Nic
 from server.inventory.selectors import parse
+from tests.peers.database import fresh_database
 
 
 def encode(doc: Any) -> bytes:
@@ -315,3 +318,50 @@ def test_any_write_clears_the_view_in_the_database(db: Database, sql: str) -> No
     with db.write() as s:  # any commit that touches the inventory renders stale views
         s.get_one(Machine, _full(2).id).fault_reason = "next write"
     _assert_fresh(db)
+
+
+def test_postgresql_refresh_and_row_locks(tmp_path: Path) -> None:
+    """PostgreSQL, two transactions at once: a commit renders its own machine although another
+    transaction holds a foreign-key reference to it (KEY SHARE: ``FOR NO KEY UPDATE`` does not
+    conflict with it), and skips, without waiting, a stale machine another transaction is
+    changing; that change's own commit leaves it stale, and the next commit renders it."""
+    with fresh_database("postgres", tmp_path) as url:
+        migrate.upgrade(url)
+        db = Database.connect(url)
+        other = db.write_engine.connect()
+        try:
+            with db.write() as s:
+                s.add_all([_full(1), _full(2)])
+            x, y = _full(1).id, _full(2).id
+            tx = other.begin()  # what inserting a row that references x takes
+            other.execute(text("SELECT 1 FROM machines WHERE id = :x FOR KEY SHARE"), {"x": x})
+            with db.write() as s:
+                s.get_one(Machine, x).fault_reason = "referenced meanwhile"
+            assert _stale(db) == []
+            tx.rollback()
+
+            with db.write_engine.begin() as conn:  # x stale, committed
+                conn.execute(text("UPDATE machines SET serial = 'raw' WHERE id = :x"), {"x": x})
+            tx = other.begin()  # x being changed, not committed: its row is locked
+            other.execute(text("UPDATE nics SET name = 'held' WHERE mac = '02:00:00:00:00:01'"))
+            done = threading.Event()
+
+            def touch_y() -> None:
+                with db.write() as s:
+                    s.get_one(Machine, y).fault_reason = "while x is locked"
+                done.set()
+
+            t = threading.Thread(target=touch_y, daemon=True)
+            t.start()
+            t.join(20)
+            assert done.is_set(), "a commit waited for another transaction's row lock"
+            assert _stale(db) == ["node-01"]
+            tx.commit()
+            with db.read() as s:
+                assert b'"held"' in _fast_body(s, limit=100)  # the slow way, the same bytes
+            with db.write() as s:
+                s.get_one(Machine, y).fault_reason = "next commit"
+            _assert_fresh(db)
+        finally:
+            other.close()
+            db.dispose()
