@@ -52,8 +52,8 @@ from server.boot.assets import AssetStore
 from server.boot.service import BootPlane
 from server.boot.timeline import Retention, TimelineWriter
 from server.errors import ApiError, ServiceBusy, from_framework
+from server.inventory import listview, migrate
 from server.inventory import machines as inventory
-from server.inventory import migrate
 from server.inventory.db import Database
 from server.inventory.models import ApiToken
 from server.inventory.readcache import ReadCache
@@ -343,6 +343,7 @@ def lifespan_for(parts: Parts) -> Callable[[FastAPI], AbstractAsyncContextManage
         await parts.power.startup()
         parts.rollouts.start()
         parts.writer.start()
+        healer = listview.start_healer(parts.ctx.db)  # views a migration or bulk load left stale
         agent_api = pxe_service = metrics_listener = None
         try:
             app.state.pxe = pxe_service = await start_boot_plane(app, parts)
@@ -355,6 +356,7 @@ def lifespan_for(parts: Parts) -> Callable[[FastAPI], AbstractAsyncContextManage
             gc.freeze()
             yield
         finally:
+            healer.set()
             if metrics_listener is not None:
                 metrics_listener.shutdown()
                 metrics_listener.server_close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable
 from typing import Annotated, Any
@@ -148,22 +147,16 @@ def _conflict(
 
 
 async def _cached_json(
-    request: Request, ctx: Context, key: tuple[Any, ...], build: Callable[[], Any]
+    request: Request, ctx: Context, key: tuple[Any, ...], build: Callable[[], bytes]
 ) -> Response:
-    """Serve ``build()`` as JSON from the read cache when the inventory has not changed since it
-    was built (``server/inventory/readcache.py``), with an ETag so pollers can revalidate for
-    free. A hit runs on the event loop; only a miss goes to the thread pool (database reads,
-    encoding)."""
+    """Serve the JSON body ``build()`` returns from the read cache when the inventory has not
+    changed since it was built (``server/inventory/readcache.py``), with an ETag so pollers can
+    revalidate for free. A hit runs on the event loop; only a miss goes to the thread pool
+    (database reads; the bodies come encoded from the read model, ``inventory/listview.py``)."""
     gen = generations(request).inventory
     entry = ctx.cache.get(key, gen)
     if entry is None:
-
-        def encode() -> bytes:
-            return json.dumps(
-                build(), ensure_ascii=False, allow_nan=False, separators=(",", ":")
-            ).encode()
-
-        entry = ctx.cache.put(key, gen, await run_in_threadpool(encode))
+        entry = ctx.cache.put(key, gen, await run_in_threadpool(build))
     headers = {"ETag": entry.etag, "Cache-Control": "private, no-cache"}
     if entry.etag in (
         t.strip().removeprefix("W/") for t in request.headers.get("if-none-match", "").split(",")
@@ -185,12 +178,11 @@ async def list_machines(
 ) -> Response:
     reqs = parse_param(selector) if selector else ()
 
-    def build() -> dict[str, Any]:
+    def build() -> bytes:
         with ctx.db.read() as s:
-            page = inventory.list_machines(
+            return inventory.page_body(
                 s, selector=reqs, phase=phase and phase.value, limit=limit, cursor=cursor, sort=sort
             )
-        return {"items": page.items, "next_cursor": page.next_cursor}
 
     return await _cached_json(
         request, ctx, ("machines", selector, phase, limit, cursor, sort), build
@@ -204,9 +196,9 @@ async def get_machine(
     ctx: Annotated[Context, Depends(context)],
     _: Annotated[Principal, Depends(reader)],
 ) -> Response:
-    def build() -> dict[str, Any]:
+    def build() -> bytes:
         with ctx.db.read() as s:
-            return inventory.machine_view(s, key)
+            return inventory.machine_body(s, key)
 
     return await _cached_json(request, ctx, ("machine", key), build)
 

@@ -8,21 +8,35 @@ transaction.
 from __future__ import annotations
 
 import base64
+import functools
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, exists, func, select, tuple_, union_all
+from sqlalchemy import (
+    ColumnElement,
+    Integer,
+    Select,
+    and_,
+    bindparam,
+    exists,
+    func,
+    literal_column,
+    select,
+    tuple_,
+    union_all,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from server.errors import Conflict, Invalid, NotFound
+from server.inventory import listview
 from server.inventory.models import Event, Machine, MachineLabel, Nic, utcnow
 from server.inventory.selectors import Op, Requirement
 from server.inventory.views import as_utc as as_utc  # re-exported: callers use inventory.*
-from server.inventory.views import by_key, view, view_columns
+from server.inventory.views import by_key, view, view_columns_of
 from server.inventory.views import iso as iso
 from server.inventory.views import machine_view as machine_view
 from server.inventory.views import machine_views as machine_views
@@ -194,16 +208,99 @@ def page_driver(session: Session, reqs: Sequence[Requirement], limit: int) -> Re
     cannot make this choice well on their own: SQLite has no per-value statistics, and without
     migration 0014's statistics PostgreSQL multiplies those of ``key`` and ``value``.
     """
+    i = _driver_index(session, reqs, limit)
+    return None if i is None else reqs[i]
+
+
+def _driver_index(session: Session, reqs: Sequence[Requirement], limit: int) -> int | None:
+    candidates = tuple(i for i, r in enumerate(reqs) if r.op in (Op.EQ, Op.IN))
+    if not candidates:
+        return None
     cap = FEW_MATCHES_PER_ROW * (limit + 1)
-    for r in reqs:
-        if r.op not in (Op.EQ, Op.IN):
-            continue
-        few = select(MachineLabel.machine_id).where(
-            MachineLabel.key == r.key, MachineLabel.value.in_(r.values)
+    params = {"cap": cap} | _selector_params([reqs[i] for i in candidates], candidates)
+    row = session.execute(_counts_template(candidates), params).one()
+    return next((i for i, n in zip(candidates, row, strict=True) if (n or 0) < cap), None)
+
+
+# A page's statements are built once per shape (which operators, which driver, cursor or not,
+# sort) with every value a bound parameter, and reused: building and cache-keying a SQLAlchemy
+# statement cost as much CPU as the database's work for the page. The SQL is the same as
+# ``selector_clause`` writes (tests/server/inventory/test_list_plans.py checks its plans).
+
+
+def _selector_params(reqs: Sequence[Requirement], at: Sequence[int]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for i, r in zip(at, reqs, strict=True):
+        params[f"k{i}"] = r.key
+        if r.op in (Op.EQ, Op.NE, Op.IN, Op.NOTIN):
+            params[f"v{i}"] = list(r.values)
+    return params
+
+
+def _label_match(i: int, op: Op) -> list[ColumnElement[bool]]:
+    cond = [MachineLabel.key == bindparam(f"k{i}")]
+    if op in (Op.EQ, Op.NE, Op.IN, Op.NOTIN):
+        cond.append(MachineLabel.value.in_(bindparam(f"v{i}", expanding=True)))
+    return cond
+
+
+@functools.lru_cache(maxsize=256)
+def _counts_template(candidates: tuple[int, ...]) -> Select[Any]:
+    """One statement counting, each up to ``:cap``, the label rows of every candidate (the
+    (key, value) index alone: no table row is read)."""
+    cap = bindparam("cap", type_=Integer)
+    return select(
+        *(
+            select(func.count())
+            .select_from(
+                select(literal_column("1")).where(*_label_match(i, Op.IN)).limit(cap).subquery()
+            )
+            .scalar_subquery()
+            for i in candidates
         )
-        if (session.scalar(select(func.count()).select_from(few.limit(cap).subquery())) or 0) < cap:
-            return r
-    return None
+    )
+
+
+def _selector_template(ops: tuple[Op, ...], driver: int | None) -> ColumnElement[bool]:
+    """:func:`selector_clause` with bound parameters ``k<i>``/``v<i>`` for requirement ``i``."""
+    clauses: list[ColumnElement[bool]] = []
+    if driver is not None:
+        clauses.append(
+            Machine.id.in_(select(MachineLabel.machine_id).where(*_label_match(driver, Op.IN)))
+        )
+    for i, op in enumerate(ops):
+        if i == driver:
+            continue
+        sub = select(MachineLabel.machine_id).where(
+            MachineLabel.machine_id == Machine.id, *_label_match(i, op)
+        )
+        positive = op in (Op.EXISTS, Op.EQ, Op.IN)
+        clauses.append(exists(sub) if positive else ~exists(sub))
+    return and_(*clauses) if clauses else and_(True)
+
+
+@functools.lru_cache(maxsize=512)
+def _page_template(
+    dialect: str,
+    fast: bool,
+    ops: tuple[Op, ...],
+    driver: int | None,
+    phase: bool,
+    cursor: bool,
+    field: str,
+    desc: bool,
+) -> Select[Any]:
+    col = SORT_FIELDS[field]
+    cols = (Machine.id, col, Machine.list_view) if fast else view_columns_of(dialect)
+    stmt = select(*cols).where(_selector_template(ops, driver))
+    if phase:
+        stmt = stmt.where(Machine.phase == bindparam("phase"))
+    if cursor:
+        key = tuple_(col, Machine.id)
+        bound = tuple_(bindparam("cv", type_=col.type), bindparam("cid", type_=Machine.id.type))
+        stmt = stmt.where(key < bound if desc else key > bound)
+    order = (col.desc(), Machine.id.desc()) if desc else (col.asc(), Machine.id.asc())
+    return stmt.order_by(*order).limit(bindparam("lim", type_=Integer))
 
 
 def _encode_cursor(payload: dict[str, Any]) -> str:
@@ -246,12 +343,63 @@ def list_machines(
     cursor: str | None = None,
     sort: str = "name",
 ) -> Page:
+    """A page of machine views, built from the machines' columns (the slow path, and the
+    reference the read model is held to)."""
+    rows, next_cursor = _page_rows(session, False, selector, phase, limit, cursor, sort)
+    return Page([view(r) for r in rows], next_cursor)
+
+
+def page_body(
+    session: Session,
+    *,
+    selector: Sequence[Requirement] = (),
+    phase: str | None = None,
+    limit: int = 100,
+    cursor: str | None = None,
+    sort: str = "name",
+) -> bytes:
+    """The encoded page ``{"items": [...], "next_cursor": ...}``, byte for byte what encoding
+    :func:`list_machines` gives, from the machines' stored views (``listview``): one query, the
+    rows' bytes joined. If any row's view is stale the whole page is read the slow way (one
+    statement, so one snapshot on PostgreSQL too)."""
+    rows, next_cursor = _page_rows(session, True, selector, phase, limit, cursor, sort)
+    fragments = [r.list_view for r in rows]
+    if None in fragments:
+        page = list_machines(
+            session, selector=selector, phase=phase, limit=limit, cursor=cursor, sort=sort
+        )
+        return listview.encode({"items": page.items, "next_cursor": page.next_cursor})
+    return listview.join_page(fragments, next_cursor)
+
+
+def machine_body(session: Session, key: str) -> bytes:
+    """One machine's encoded view, by id or name, from its stored view when it is fresh."""
+    stored = session.execute(select(Machine.id, Machine.list_view).where(by_key(key))).first()
+    if stored is None:
+        raise NotFound(kind="machine", key=key)
+    if stored.list_view is not None:
+        return bytes(stored.list_view)
+    views = machine_views(session, [stored.id])
+    if not views:  # deleted since (PostgreSQL: the next statement sees the next commit)
+        raise NotFound(kind="machine", key=key)
+    return listview.encode(views[0])
+
+
+def _page_rows(
+    session: Session,
+    fast: bool,
+    selector: Sequence[Requirement],
+    phase: str | None,
+    limit: int,
+    cursor: str | None,
+    sort: str,
+) -> tuple[Sequence[Any], str | None]:
+    """A page's rows: the view's columns, or (``fast``) id, sort column and stored view."""
     field, desc = parse_sort(sort)
-    col = SORT_FIELDS[field]
-    driver = page_driver(session, selector, limit)
-    stmt = select(*view_columns(session)).where(selector_clause(selector, driver))
+    params: dict[str, Any] = {"lim": limit + 1}
+    params |= _selector_params(selector, range(len(selector)))
     if phase:
-        stmt = stmt.where(Machine.phase == phase)
+        params["phase"] = phase
     if cursor:
         c = _decode_cursor(cursor)
         if c.get("s") != sort or "v" not in c or "id" not in c:
@@ -264,17 +412,19 @@ def list_machines(
                 value = datetime.fromisoformat(value)
             except (TypeError, ValueError):
                 raise Invalid(message="invalid cursor", details={"field": "cursor"}) from None
-        key = tuple_(col, Machine.id)
-        stmt = stmt.where(key < tuple_(value, c["id"]) if desc else key > tuple_(value, c["id"]))
-    order = (col.desc(), Machine.id.desc()) if desc else (col.asc(), Machine.id.asc())
-    rows = session.execute(stmt.order_by(*order).limit(limit + 1)).all()
+        params |= {"cv": value, "cid": c["id"]}
+    driver = _driver_index(session, selector, limit)
+    ops = tuple(r.op for r in selector)
+    dialect = session.get_bind().dialect.name
+    stmt = _page_template(dialect, fast, ops, driver, bool(phase), bool(cursor), field, desc)
+    rows = session.execute(stmt, params).all()
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]
         last = rows[-1]
         value = _cursor_value(getattr(last, field))
         next_cursor = _encode_cursor({"s": sort, "v": value, "id": last.id})
-    return Page([view(r) for r in rows], next_cursor)
+    return rows, next_cursor
 
 
 def event_kinds(group: EventGroup) -> list[str]:

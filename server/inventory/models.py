@@ -18,6 +18,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -87,6 +88,12 @@ class Machine(Base):
     revision: Mapped[int] = mapped_column(Integer, default=1)
     """Optimistic-concurrency counter: a write based on a stale read fails instead of losing
     data."""
+    list_view: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
+    """The machine as the API shows it, encoded once when it is written (the read model of
+    ``server/inventory/listview.py``): a page is its rows' bytes joined. ``NULL`` = stale: the
+    database's triggers (migration 0016) clear it on any change to the machine, its NICs or its
+    labels, every commit through a session renders the stale ones again, and a read that meets
+    one renders the slow way."""
 
     nics: Mapped[list[Nic]] = relationship(
         back_populates="machine", cascade="all, delete-orphan", lazy="selectin", order_by="Nic.mac"
@@ -100,6 +107,12 @@ class Machine(Base):
         Index("ix_machines_created_at_id", "created_at", "id"),
         Index("ix_machines_updated_at_id", "updated_at", "id"),
         Index("ix_machines_phase_id", "phase", "id"),
+        Index(  # the stale views, so a commit finds them without a scan: migration 0016
+            "ix_machines_list_view_stale",
+            "id",
+            sqlite_where=text("list_view IS NULL"),
+            postgresql_where=text("list_view IS NULL"),
+        ),
     )
 
     @property

@@ -28,6 +28,7 @@ from sqlalchemy import event, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import ORMExecuteState, Session, sessionmaker
 
+from server.inventory import listview
 from server.inventory.models import ApiToken, Generation, Machine, MachineLabel, Nic
 
 INVENTORY = "inventory"
@@ -85,6 +86,8 @@ def _before_commit(session: Session) -> None:
     domains = session.info.pop(_BUMP_KEY, None)
     if not domains:
         return
+    if INVENTORY in domains:  # render the machine views this transaction made stale
+        listview.refresh(session)
     seeded = sorted(domains & set(DOMAINS))  # rows inserted by the migration
     if seeded:
         session.execute(

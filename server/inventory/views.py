@@ -43,11 +43,11 @@ def machine_views(session: Session, ids: Sequence[str]) -> list[dict[str, Any]]:
 
 
 def view_columns(session: Session) -> tuple[Any, ...]:
-    return _view_columns_of(session.get_bind().dialect.name)
+    return view_columns_of(session.get_bind().dialect.name)
 
 
 @functools.cache
-def _view_columns_of(dialect: str) -> tuple[Any, ...]:
+def view_columns_of(dialect: str) -> tuple[Any, ...]:
     """What a machine's view is made of, as the columns of one query: the machine's own columns
     and its NICs and labels, each aggregated by the database into one JSON array (SQLite's
     ``json_group_array``, PostgreSQL's ``json_agg``) in the order the API shows them.
@@ -77,7 +77,7 @@ def _view_columns_of(dialect: str) -> tuple[Any, ...]:
         .subquery()
     )
     return (
-        *Machine.__table__.c,
+        *(c for c in Machine.__table__.c if c.name != "list_view"),  # the view, not its cache
         select(agg(n.c.mac, n.c.name, n.c.ip)).scalar_subquery().label("nics_json"),
         select(agg(lab.c.key, lab.c.value)).scalar_subquery().label("labels_json"),
     )

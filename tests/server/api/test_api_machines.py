@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, func, select, text
 
+from server.inventory import machines as inventory
+from server.inventory.db import Database
+from server.inventory.models import Machine
 from tests.peers.apiserver import RunningServer
 
 
@@ -379,3 +383,73 @@ def test_docs_page_is_served_from_the_package(api_sqlite: RunningServer) -> None
         r = httpx.get(f"{api_sqlite.url}{u}", timeout=10)
         assert r.status_code == 200 and len(r.content) > 500, u
     assert "cdn" not in page.text.lower()
+
+
+def test_every_write_changes_the_served_page(api: RunningServer) -> None:
+    """Each write of the machines API renders the machine's stored view in its own commit
+    (``server/inventory/listview.py``): right after it no view is stale, the page served
+    changes, and it is byte for byte the slow path's reading of the same database."""
+    c = api.client()
+    db = Database.connect(api.settings.database_url)
+
+    def served() -> bytes:
+        with db.read() as s:
+            stale = s.scalar(select(func.count()).where(Machine.list_view.is_(None)))
+            slow = inventory.list_machines(s, limit=100)
+        assert stale == 0  # rendered by the write's own commit, not by a later read
+        r = c.get("/api/v1/machines", params={"limit": 100})
+        assert r.status_code == 200, r.text
+        assert (
+            r.content
+            == json.dumps(
+                {"items": slow.items, "next_cursor": slow.next_cursor},
+                ensure_ascii=False,
+                allow_nan=False,
+                separators=(",", ":"),
+            ).encode()
+        )
+        one = c.get("/api/v1/machines/web-1")
+        if one.status_code == 200:
+            assert (
+                one.content
+                == json.dumps(
+                    next(m for m in slow.items if m["name"] == "web-1"),
+                    ensure_ascii=False,
+                    allow_nan=False,
+                    separators=(",", ":"),
+                ).encode()
+            )
+        return r.content
+
+    writes: list[tuple[str, str, dict[str, Any] | None]] = [
+        ("post", "/api/v1/machines", body("web-1", "aa:bb:cc:00:00:01", labels={"rack": "r1"})),
+        ("post", "/api/v1/machines", body("web-2", "aa:bb:cc:00:00:02")),
+        ("patch", "/api/v1/machines/web-1", {"labels": {"rack": None, "role": "web"}}),
+        ("patch", "/api/v1/machines/web-1", {"labels": {"role": "db"}}),
+        (
+            "patch",
+            "/api/v1/machines/web-1",
+            {"nics": [{"mac": "aa:bb:cc:00:00:01", "name": "eno1", "ip": "10.9.0.5"}]},
+        ),
+        ("patch", "/api/v1/machines/web-1", {"phase": "maintenance"}),
+        ("patch", "/api/v1/machines/web-1", {"serial": "SN é", "hardware": {"cpus": 2}}),
+        ("patch", "/api/v1/machines/web-1", {"fault_reason": "fan", "boot_from": "network"}),
+        (
+            "patch",
+            "/api/v1/machines/web-1",
+            {"bmc": {"address": "10.0.0.7", "username": "u", "password": "p"}},
+        ),
+        ("patch", "/api/v1/machines/web-1", {"bmc": None}),
+        ("patch", "/api/v1/machines/web-1", {"name": "web-1b"}),
+        ("patch", "/api/v1/machines/web-1b", {"name": "web-1"}),
+        ("delete", "/api/v1/machines/web-2", None),
+    ]
+    try:
+        pages = [served()]
+        for method, path, doc in writes:
+            r = c.request(method, path, json=doc)
+            assert r.status_code in (200, 201, 204), (path, doc, r.text)
+            pages.append(served())
+            assert pages[-1] != pages[-2], (method, path, doc)
+    finally:
+        db.dispose()

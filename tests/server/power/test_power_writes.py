@@ -8,6 +8,7 @@ tests/server/power/test_power_e2e).
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -16,10 +17,11 @@ from pathlib import Path
 
 import pytest
 from cryptography.fernet import Fernet
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from bmc import BmcController, BmcEndpoint, BmcTimeoutError, PowerPolicy, PowerState
 from server.errors import Conflict
+from server.inventory import machines as inventory
 from server.inventory import migrate
 from server.inventory.db import Database
 from server.inventory.machines import iso
@@ -234,3 +236,42 @@ def test_power_down_starts_wipe_enrollment_tokens_in_one_batch(service: PowerSer
         )
     assert left == {ids["w30"]}
     assert wiped == sorted([ids["w01"], ids["w02"]])
+
+
+def test_power_writes_render_the_machine_views(service: PowerService) -> None:
+    """The runner's batched Core ``UPDATE`` of machines and power sync's ORM writes both leave
+    every machine's stored view (``inventory/listview.py``) rendered in their commit, and the
+    page served from those views shows the new state, byte for byte the slow path's."""
+
+    def page() -> bytes:
+        with service.db.read() as s:
+            stale = s.scalar(select(func.count()).where(Machine.list_view.is_(None)))
+            assert stale == 0
+            fast = inventory.page_body(s, limit=100)
+            slow = inventory.list_machines(s, limit=100)
+        assert (
+            fast
+            == json.dumps(
+                {"items": slow.items, "next_cursor": slow.next_cursor},
+                ensure_ascii=False,
+                allow_nan=False,
+                separators=(",", ":"),
+            ).encode()
+        )
+        return fast
+
+    def observed() -> dict[str, str]:
+        return {m["name"]: m["power"]["observed"] for m in json.loads(page())["items"]}
+
+    assert set(observed().values()) == {"unknown"}
+    first = page()
+    op_id = service.submit(kind=OperationKind.POWER, action="on", params={}, actor="t", selector=())
+    asyncio.run(service.run(op_id))
+    seen = observed()
+    assert seen["w01"] == "on" and seen["w09"] == "unknown"
+    after_op = page()
+    assert after_op != first
+    Driver.state[1] = PowerState.off  # w01 turned off out of band: power sync sees it
+    asyncio.run(service.sync_pass())
+    assert observed()["w01"] == "off"
+    assert page() != after_op
