@@ -4,9 +4,9 @@
 machine. A page (or one machine) is then one indexed query returning those bytes, joined into
 the response body: no view dicts, no JSON encoding, no NIC or label aggregation per read.
 
-Why it cannot go stale (``tests/server/inventory/test_list_view.py`` holds each point):
+Why it cannot go stale (``tests/server/inventory/test_machine_views.py`` holds each point):
 
-- *The database clears it.* Migration 0016's triggers set ``list_view`` to ``NULL`` on any
+- *The database clears it.* Migration 0017's triggers set ``list_view`` to ``NULL`` on any
   update of the machine's row that does not itself set ``list_view``, and on any insert, update
   or delete of one of its NICs or labels, whatever wrote them (ORM, Core ``UPDATE``, raw SQL).
 - *Every commit renders what is stale.* :func:`refresh` runs in every session commit that

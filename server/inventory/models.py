@@ -91,7 +91,7 @@ class Machine(Base):
     list_view: Mapped[bytes | None] = mapped_column(LargeBinary, deferred=True)
     """The machine as the API shows it, encoded once when it is written (the read model of
     ``server/inventory/listview.py``): a page is its rows' bytes joined. ``NULL`` = stale: the
-    database's triggers (migration 0016) clear it on any change to the machine, its NICs or its
+    database's triggers (migration 0017) clear it on any change to the machine, its NICs or its
     labels, every commit through a session renders the stale ones again, and a read that meets
     one renders the slow way."""
 
@@ -107,7 +107,7 @@ class Machine(Base):
         Index("ix_machines_created_at_id", "created_at", "id"),
         Index("ix_machines_updated_at_id", "updated_at", "id"),
         Index("ix_machines_phase_id", "phase", "id"),
-        Index(  # the stale views, so a commit finds them without a scan: migration 0016
+        Index(  # the stale views, so a commit finds them without a scan: migration 0017
             "ix_machines_list_view_stale",
             "id",
             sqlite_where=text("list_view IS NULL"),

@@ -16,10 +16,10 @@ render a machine whose change is not yet committed.
 
 A later migration that rebuilds ``machines``, ``nics`` or ``machine_labels`` on SQLite (batch
 mode ``recreate``) drops these triggers and must create them again
-(``tests/server/inventory/test_list_view.py`` fails if a trigger is missing).
+(``tests/server/inventory/test_machine_views.py`` fails if a trigger is missing).
 
-Revision ID: 0016
-Revises: 0015
+Revision ID: 0017
+Revises: 0016
 Create Date: 2026-11-29 12:30:00
 """
 
@@ -28,8 +28,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0016"
-down_revision: str | None = "0015"
+revision: str = "0017"
+down_revision: str | None = "0016"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
