@@ -24,6 +24,7 @@ thread's wake-up and GIL hand-off, which each of the handshake's 5 round trips c
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -131,6 +132,7 @@ async def run_blocking(fn: Callable[[], T]) -> T:
     running loop and return its result, or raise its exception. Each wait suspends ``fn`` and is
     awaited here; a cancellation of this coroutine is raised inside ``fn`` where it waits."""
     child = _Bridge(fn)
+    child.gr_context = contextvars.copy_context()  # the caller's log context (request, machine)
     request = child.switch()
     while not child.dead:
         try:

@@ -10,6 +10,7 @@ and an async power operation on a new session never used it.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import os
 import socket
@@ -238,3 +239,14 @@ def test_loop_socket_waits_on_the_loop_only() -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_run_blocking_keeps_the_callers_context() -> None:
+    """The handshake's log lines keep the request and machine of the operation that opened it."""
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("who", default="nobody")
+
+    async def main() -> str:
+        var.set("op-1")
+        return await run_blocking(var.get)
+
+    assert asyncio.run(main()) == "op-1"
