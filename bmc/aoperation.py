@@ -36,7 +36,13 @@ class AsyncOperation(Operation):
             await drv.open_session_async()
         return drv
 
+    def close(self) -> None:
+        if self._driver is not None:  # parked or closed next: off the loop's selector first
+            cast(AsyncPowerDriver, self._driver).detach_loop()
+        super().close()
+
     def _discard(self, drv: PowerDriver) -> None:
+        cast(AsyncPowerDriver, drv).detach_loop()
         if cast(AsyncPowerDriver, drv).needs_session():  # no session (a failed handshake): no I/O
             close_quietly(drv)
             return

@@ -266,6 +266,7 @@ class IpmiDriver:
         """Forget a session that may be broken; the next call opens a fresh one."""
         conn, self._ipmi = self._ipmi, None
         if conn is not None:
+            ipmi_aio.detach(conn)  # on the loop's thread: a failed exchange
             try:
                 conn.interface.close()
             except Exception:  # noqa: S110 - closing a UDP socket; nothing to report
@@ -361,6 +362,10 @@ class IpmiDriver:
 
     def needs_session(self) -> bool:
         return self._ipmi is None
+
+    def detach_loop(self) -> None:
+        if self._ipmi is not None:
+            ipmi_aio.detach(self._ipmi)
 
     async def open_session_async(self) -> None:
         """Open the session on the event loop: python-ipmi's RMCP+ handshake, run unchanged by

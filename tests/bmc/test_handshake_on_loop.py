@@ -250,3 +250,33 @@ def test_run_blocking_keeps_the_callers_context() -> None:
         return await run_blocking(var.get)
 
     assert asyncio.run(main()) == "op-1"
+
+
+def test_socket_leaves_the_loop_when_the_operation_ends(tmp_path: Path) -> None:
+    """Between the exchanges of one operation the session's socket stays on the loop's
+    selector; when the operation ends it leaves it, so the kept session serves a blocking call
+    on a thread while the same loop runs (a reader left behind would take its answer)."""
+    sim = Sim(tmp_path)
+    sim.start()
+    ctl = controller()
+
+    async def main() -> tuple[BmcResult, BmcResult, BmcResult, int, int]:
+        ep = sim.endpoint()
+        loop = asyncio.get_running_loop()
+        watched = len(loop._selector.get_map())  # type: ignore[attr-defined]
+        cycled = await ctl.power(ep, PowerAction.cycle)  # several exchanges, one operation
+        after = len(loop._selector.get_map())  # type: ignore[attr-defined]
+        blocking = await loop.run_in_executor(None, ctl.get_power_state_sync, ep)
+        again = await ctl.get_power_state(ep)
+        return cycled, blocking, again, watched, after
+
+    try:
+        cycled, blocking, again, watched, after = asyncio.run(main())
+    finally:
+        ctl.close()
+        sim.stop()
+    assert after == watched  # the kept session's socket is not watched by the loop any more
+    assert cycled.ok and cycled.polls >= 1, cycled.error
+    assert blocking.ok and blocking.state == PowerState.on and blocking.attempts == 1
+    assert again.ok and again.state == PowerState.on
+    assert sim.log("session") == 1  # one session served all three, never re-authenticated
