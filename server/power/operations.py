@@ -9,9 +9,9 @@ operation names the replica running it; when that replica's liveness lease lapse
 (:meth:`Operations.reap_abandoned`).
 
 Items run at most ``max_parallel`` at once, their starts at least ``stagger_ms`` apart; their
-starts and results are written in batches (:mod:`server.power.writes`), both kinds in the same
-transactions (one group commit), and an item gives its place back to the next one as soon as
-its BMC work is done, before its result is committed (the operation ends after every result is).
+starts and results are written in batches (:mod:`server.power.writes`), and an item gives its
+place back to the next one as soon as its BMC work is done, before its result is committed (the
+operation ends after every result is).
 """
 
 from __future__ import annotations
@@ -62,10 +62,12 @@ class Operations:
         self.db = db
         self.controller = controller
         self.replica = replica
-        self.writes: GroupCommit[writes.Start | writes.Done, BmcEndpoint | None] = GroupCommit(
-            db, lambda s, xs: writes.items_write(s, xs, secrets)
+        self.starts: GroupCommit[writes.Start, BmcEndpoint | None] = GroupCommit(
+            db, lambda s, xs: writes.items_start(s, xs, secrets)
         )
-        """Item starts and results: one queue, so a transaction carries both kinds."""
+        """Item starts: on each item's way to its BMC, so in transactions of their own (with the
+        results, a start would wait for every result of its batch to be written too)."""
+        self.dones: GroupCommit[writes.Done, None] = GroupCommit(db, writes.items_done)
         self.tasks: set[asyncio.Task[Any]] = set()
 
     # --- submitting -------------------------------------------------------------------------------
@@ -204,7 +206,7 @@ class Operations:
                     next_start = loop.time() + stagger
                 done = await self._run_item(op, item)
             # Committing the result is not BMC work: the next item starts meanwhile.
-            await self.writes(done)
+            await self.dones(done)
             return done.error is None
 
         try:
@@ -271,7 +273,7 @@ class Operations:
     async def _run_item(self, op: Operation, item: OperationItem) -> writes.Done:
         """Start ``item`` (committed before the BMC is told) and act; the result, to be written.
         ``item`` is the (detached) row loaded by ``_begin``; its state is written, not read."""
-        endpoint = await self.writes(writes.Start(op, item, utcnow()))
+        endpoint = await self.starts(writes.Start(op, item, utcnow()))
         try:
             if endpoint is None:
                 raise Invalid(message="machine has no BMC")

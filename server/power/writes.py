@@ -1,9 +1,9 @@
 """The batched writes of the operation runner: item starts and item results.
 
 A bulk operation makes two writes per machine (start, result). They are a few statements per
-batch of machines (executemany, grouped across machines by :mod:`server.inventory.groupcommit`;
-starts and results share the batches, :func:`items_write`), never ORM loads or ORM bulk inserts:
-per-machine ORM work cost more CPU than the BMC exchange itself.
+batch of machines (executemany, grouped across machines by :mod:`server.inventory.groupcommit`),
+never ORM loads or ORM bulk inserts: per-machine ORM work cost more CPU than the BMC exchange
+itself.
 
 What a result writes on the machine:
 
@@ -107,19 +107,6 @@ def result_view(r: BmcResult) -> dict[str, Any]:
             "uefi": r.boot.uefi,
         }
     return out
-
-
-def items_write(
-    s: Session, writes: list[Start | Done], secrets: SecretBox
-) -> list[BmcEndpoint | None]:
-    """A batch of item starts and results in one transaction: a start's endpoint, ``None`` for a
-    result. (A result is only ever queued after its item's start was committed.)"""
-    starts = [x for x in writes if isinstance(x, Start)]
-    dones = [x for x in writes if isinstance(x, Done)]
-    endpoints = iter(items_start(s, starts, secrets) if starts else [])
-    if dones:
-        items_done(s, dones)
-    return [next(endpoints) if isinstance(x, Start) else None for x in writes]
 
 
 def items_start(s: Session, starts: list[Start], secrets: SecretBox) -> list[BmcEndpoint | None]:
