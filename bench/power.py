@@ -88,6 +88,8 @@ def main() -> None:
         ) as fleet,
     ):
         port = free_port()
+        while port in {ep.port for ep in fleet.endpoints}:  # refused as a BMC's: bronze's own
+            port = free_port()
         token = "brz_" + os.urandom(24).hex()
         server = subprocess.Popen(
             [str(Path(sys.executable).with_name("bronze")), "serve"],
