@@ -88,6 +88,8 @@ def main() -> None:
         ) as fleet,
     ):
         port = free_port()
+        while port in {ep.port for ep in fleet.endpoints}:  # refused as a BMC's: bronze's own
+            port = free_port()
         token = "brz_" + os.urandom(24).hex()
         server = subprocess.Popen(
             [str(Path(sys.executable).with_name("bronze")), "serve"],
@@ -300,8 +302,44 @@ def report_round(k: int, r: dict[str, Any], run: Run) -> None:
         f"probe), simulators {r['cpu_sims_ms']:.2f} ms, whole machine {r['cpu_all_ms']:.2f} ms "
         f"(2 cores: {r['busy']:.0%} busy)"
     )
+    b = r.get("items")
+    if b:
+        print(
+            f"  items: BMC operation p50 {b['bmc_p50']:.3f} s, max {b['bmc_max']:.3f} s; "
+            f"around it (start write to result write) p50 {1000 * b['around_p50']:.0f} ms, "
+            f"p90 {1000 * b['around_p90']:.0f} ms; first start +{1000 * b['first']:.0f} ms, "
+            f"last result to end {1000 * b['tail']:.0f} ms; places busy {b['busy']:.0%} "
+            f"of C x span"
+        )
     for reason, count in sorted(r["reasons"].items(), key=lambda kv: -kv[1]):
         print(f"  failed x{count}: {reason}")
+
+
+def item_breakdown(op: dict, concurrency: int) -> dict[str, float] | None:
+    """Where an operation's span went, from its items: the BMC operations' own time (``result
+    .elapsed_s``), the time around them (an item's start is stamped before its start write,
+    its end by its result write), how long the first start and the end took, and how busy the
+    ``concurrency`` places were over the span (item time / (C x span))."""
+    items = [i for i in op["items"] if i["started_at"] and i["finished_at"] and i["result"]]
+    if not items:
+        return None
+    at = datetime.fromisoformat
+    created, finished = at(op["created_at"]), at(op["finished_at"])
+    starts = [at(i["started_at"]) for i in items]
+    ends = [at(i["finished_at"]) for i in items]
+    walls = [(e - s).total_seconds() for s, e in zip(starts, ends, strict=True)]
+    bmc = [float(i["result"].get("elapsed_s", 0.0)) for i in items]
+    around = sorted(w - b for w, b in zip(walls, bmc, strict=True))
+    total = (finished - created).total_seconds()
+    return {
+        "bmc_p50": sorted(bmc)[len(bmc) // 2],
+        "bmc_max": max(bmc),
+        "around_p50": around[len(around) // 2],
+        "around_p90": around[int(0.9 * (len(around) - 1))],
+        "first": (min(starts) - created).total_seconds(),
+        "tail": (finished - max(ends)).total_seconds(),
+        "busy": sum(walls) / max(concurrency * total, 1e-9),
+    }
 
 
 def probe(base: str, token: str, n: int, latencies: list[float], stop: threading.Event) -> None:
@@ -382,6 +420,7 @@ def bulk_cycle(
             reasons[key] = reasons.get(key, 0) + 1
     busy = cpu1[2][0] - cpu0[2][0]
     return {
+        "items": item_breakdown(op, concurrency),
         "span": span(op),
         "wall": wall,
         "reasons": reasons,

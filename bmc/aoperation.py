@@ -5,8 +5,9 @@ The same policy as :mod:`bmc.operation` and :mod:`bmc.sequences` (pacing, re-aut
 a kept session, retries with backoff within the deadline, read-back polling, "already there"
 re-checks), sharing their decisions; only the waiting differs: a call is an awaited exchange
 and a pause an ``asyncio.sleep``, so a bulk operation of hundreds of BMCs costs no thread per
-BMC and no thread wake-up per message (docs/performance.md). What blocks stays on a thread:
-the RMCP+ handshake of a new session and the polite close of a dropped one.
+BMC and no thread wake-up per message (docs/performance.md); the RMCP+ handshake of a new
+session too (:meth:`bmc.ipmi.IpmiDriver.open_session_async`). What blocks stays on a thread:
+the polite close of a dropped session (a round trip that may wait for a BMC gone away).
 """
 
 from __future__ import annotations
@@ -32,10 +33,19 @@ class AsyncOperation(Operation):
     async def _session(self) -> AsyncPowerDriver:
         drv = cast(AsyncPowerDriver, self.driver())
         if drv.needs_session():
-            await asyncio.get_running_loop().run_in_executor(self.ctl.executor(), drv.open_session)
+            await drv.open_session_async()
         return drv
 
+    def close(self) -> None:
+        if self._driver is not None:  # parked or closed next: off the loop's selector first
+            cast(AsyncPowerDriver, self._driver).detach_loop()
+        super().close()
+
     def _discard(self, drv: PowerDriver) -> None:
+        cast(AsyncPowerDriver, drv).detach_loop()
+        if cast(AsyncPowerDriver, drv).needs_session():  # no session (a failed handshake): no I/O
+            close_quietly(drv)
+            return
         # Closing politely is a round trip that may wait for a BMC gone away: not on the loop.
         self.ctl.executor().submit(close_quietly, drv)
 

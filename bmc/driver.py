@@ -72,15 +72,20 @@ DriverFactory = Callable[[BmcEndpoint], PowerDriver]
 @runtime_checkable
 class AsyncPowerDriver(Protocol):
     """A driver whose power commands also run on the event loop (:mod:`bmc.aoperation`): the
-    session is opened by the blocking :meth:`open_session` on a thread, then each command is
-    one awaited exchange, no thread. Errors as :class:`PowerDriver`'s."""
+    session is opened by the awaited :meth:`open_session_async`, then each command is one
+    awaited exchange; no thread. Errors as :class:`PowerDriver`'s."""
 
     def needs_session(self) -> bool:
-        """No session yet (or it was dropped): call :meth:`open_session` first."""
+        """No session yet (or it was dropped): await :meth:`open_session_async` first."""
         ...
 
-    def open_session(self) -> None:
-        """Open the session (blocking)."""
+    async def open_session_async(self) -> None:
+        """Open the session (the handshake's round trips awaited on the loop)."""
+        ...
+
+    def detach_loop(self) -> None:
+        """The operation on the loop ends: the session's socket leaves the loop's selector (it
+        stays there between the exchanges of one operation). Called on the loop's thread."""
         ...
 
     async def get_power_state_async(self) -> PowerState: ...

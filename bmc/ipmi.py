@@ -23,13 +23,14 @@ opened on the first call and kept by :class:`bmc.actions.BmcController` for the 
 operations on the BMC until it has been idle ``PowerPolicy.session_idle`` seconds (well
 under the 30-60 s after which BMCs expire idle sessions); a session that stops answering
 is dropped and the controller authenticates again. The power commands also have awaitable
-twins (``*_async``, :class:`bmc.driver.AsyncPowerDriver`) that send on the session through
-:mod:`bmc.ipmi_aio`, on the event loop. Only this module imports pyipmi (and
+twins (``*_async``, :class:`bmc.driver.AsyncPowerDriver`) that open the session and send on it
+through :mod:`bmc.ipmi_aio`, on the event loop. Only this module imports pyipmi (and
 :mod:`bmc.ipmi_keys`, which corrects its SHA256 session keys, and :mod:`bmc.ipmi_aio`).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import threading
@@ -131,7 +132,7 @@ class IpmiDriver:
 
     # -- session ------------------------------------------------------------------------
 
-    def _open_with_suite(self, suite: int) -> Any:
+    def _open_with_suite(self, suite: int, on_loop: bool = False) -> Any:
         ep = self.endpoint
         iface = pyipmi.interfaces.create_interface(
             "rmcpplus", keep_alive_interval=0, max_retries=0, cipher_suite=suite
@@ -153,6 +154,9 @@ class IpmiDriver:
         conn.target = pyipmi.Target(ipmb_address=0x20)
         iface.open()
         iface.set_timeout(self.timeouts.connect)
+        loop_sock = None
+        if on_loop:  # inside ipmi_aio.run_blocking: the handshake's receives wait on the loop
+            iface._sock = loop_sock = ipmi_aio.LoopSocket(iface._sock)
         try:
             conn.session.establish()
         except ipmi_errors.DecodingError as exc:
@@ -163,9 +167,12 @@ class IpmiDriver:
         except BaseException:
             iface.close()
             raise
+        finally:
+            if loop_sock is not None:
+                iface._sock = loop_sock.release()
         return conn
 
-    def _connect(self) -> Any:
+    def _connect(self, on_loop: bool = False) -> Any:
         if self._ipmi is not None:
             return self._ipmi
         key = self.endpoint.key
@@ -180,7 +187,7 @@ class IpmiDriver:
         last: Exception | None = None
         for suite in suites:
             try:
-                self._ipmi = self._open_with_suite(suite)
+                self._ipmi = self._open_with_suite(suite, on_loop)
             except _SuiteMismatch as exc:
                 # NOTE: pyghmi's BMC implements cipher suite 3 only and answers an Open
                 # Session Request for suite 17 with suite-3 algorithms instead of a
@@ -259,6 +266,7 @@ class IpmiDriver:
         """Forget a session that may be broken; the next call opens a fresh one."""
         conn, self._ipmi = self._ipmi, None
         if conn is not None:
+            ipmi_aio.detach(conn)  # on the loop's thread: a failed exchange
             try:
                 conn.interface.close()
             except Exception:  # noqa: S110 - closing a UDP socket; nothing to report
@@ -355,9 +363,16 @@ class IpmiDriver:
     def needs_session(self) -> bool:
         return self._ipmi is None
 
-    def open_session(self) -> None:
-        """Open the session now: blocking (the RMCP+ handshake), so run it on a thread."""
-        self._call("RMCP+ session", lambda conn: None)
+    def detach_loop(self) -> None:
+        if self._ipmi is not None:
+            ipmi_aio.detach(self._ipmi)
+
+    async def open_session_async(self) -> None:
+        """Open the session on the event loop: python-ipmi's RMCP+ handshake, run unchanged by
+        :func:`bmc.ipmi_aio.run_blocking`, its receives awaited (no thread). The cipher suite
+        fallback, the errors and their translation are those of the blocking calls."""
+        with self._translated("RMCP+ session"):
+            await ipmi_aio.run_blocking(functools.partial(self._connect, on_loop=True))
 
     async def get_power_state_async(self) -> PowerState:
         rsp = await self._chassis_async("get power state", b"\x01", 2)
@@ -380,7 +395,7 @@ class IpmiDriver:
 
     async def _chassis_async(self, operation: str, request: bytes, length: int = 1) -> bytes:
         """A chassis command on the loop; without a session it is opened here, blocking (callers
-        on a loop open it first on a thread: :meth:`open_session`)."""
+        on a loop open it first: :meth:`open_session_async`)."""
         with self._translated(operation):
             rsp = await ipmi_aio.send_raw(self._connect(), ipmi_const.NETFN_CHASSIS, request)
             return _chassis_checked(rsp, request, length)

@@ -9,7 +9,9 @@ operation names the replica running it; when that replica's liveness lease lapse
 (:meth:`Operations.reap_abandoned`).
 
 Items run at most ``max_parallel`` at once, their starts at least ``stagger_ms`` apart; their
-starts and results are written in batches (:mod:`server.power.writes`).
+starts and results are written in batches (:mod:`server.power.writes`), and an item gives its
+place back to the next one as soon as its BMC work is done, before its result is committed (the
+operation ends after every result is).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, insert, or_, select, update
+from sqlalchemy import and_, bindparam, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
@@ -63,6 +65,8 @@ class Operations:
         self.starts: GroupCommit[writes.Start, BmcEndpoint | None] = GroupCommit(
             db, lambda s, xs: writes.items_start(s, xs, secrets)
         )
+        """Item starts: on each item's way to its BMC, so in transactions of their own (with the
+        results, a start would wait for every result of its batch to be written too)."""
         self.dones: GroupCommit[writes.Done, None] = GroupCommit(db, writes.items_done)
         self.tasks: set[asyncio.Task[Any]] = set()
 
@@ -98,7 +102,7 @@ class Operations:
                 s.add(op)
                 s.flush()
                 s.execute(
-                    insert(OperationItem),
+                    OperationItem.__table__.insert(),  # type: ignore[attr-defined]
                     [
                         {
                             "operation_id": op.id,
@@ -146,7 +150,7 @@ class Operations:
         """A ``*.requested`` event per machine, and the request on the machine itself."""
         now = utcnow()
         s.execute(
-            insert(Event),
+            Event.__table__.insert(),  # type: ignore[attr-defined]
             [
                 {
                     "actor": actor,
@@ -200,7 +204,10 @@ class Operations:
                     if delay > 0:
                         await asyncio.sleep(delay)
                     next_start = loop.time() + stagger
-                return await self._run_item(op, item)
+                done = await self._run_item(op, item)
+            # Committing the result is not BMC work: the next item starts meanwhile.
+            await self.dones(done)
+            return done.error is None
 
         try:
             oks = await asyncio.gather(*(one(item) for item in op.items))
@@ -263,8 +270,9 @@ class Operations:
             uefi=bool(op.params.get("uefi", True)),
         )
 
-    async def _run_item(self, op: Operation, item: OperationItem) -> bool:
-        """``item`` is the (detached) row loaded by ``_begin``; its state is written, not read."""
+    async def _run_item(self, op: Operation, item: OperationItem) -> writes.Done:
+        """Start ``item`` (committed before the BMC is told) and act; the result, to be written.
+        ``item`` is the (detached) row loaded by ``_begin``; its state is written, not read."""
         endpoint = await self.starts(writes.Start(op, item, utcnow()))
         try:
             if endpoint is None:
@@ -276,9 +284,7 @@ class Operations:
                 if isinstance(exc, BmcError | Invalid)
                 else f"internal error: {type(exc).__name__}"
             )
-            await self.dones(writes.Done(op, item, None, msg))
-            return False
-        await self.dones(writes.Done(op, item, result, result.message))
+            return writes.Done(op, item, None, msg)
         log.info(
             "operation item done op=%s machine=%s bmc=%s ok=%s attempts=%d elapsed=%.2f",
             op.id,
@@ -288,7 +294,7 @@ class Operations:
             result.attempts,
             result.elapsed,
         )
-        return result.ok
+        return writes.Done(op, item, result, result.message)
 
     # --- what stopped replicas left ---------------------------------------------------------------
 

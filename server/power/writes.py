@@ -2,7 +2,8 @@
 
 A bulk operation makes two writes per machine (start, result). They are a few statements per
 batch of machines (executemany, grouped across machines by :mod:`server.inventory.groupcommit`),
-never ORM loads: per-machine ORM work cost more CPU than the BMC exchange itself.
+never ORM loads or ORM bulk inserts: per-machine ORM work cost more CPU than the BMC exchange
+itself.
 
 What a result writes on the machine:
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, Table, bindparam, insert, select
+from sqlalchemy import Row, Table, bindparam, select
 from sqlalchemy.orm import Session
 
 from bmc import BmcEndpoint, BmcResult, DriverKind, PowerState, Secret
@@ -221,6 +222,6 @@ def items_done(s: Session, dones: list[Done]) -> list[None]:
                 + (f": {x.error}" if x.error else ""),
             }
         )
-    if events:
-        s.execute(insert(Event), events)
+    if events:  # the table's insert: the ORM's bulk insert adds ~2 us of CPU per row
+        s.execute(Event.__table__.insert(), events)  # type: ignore[attr-defined]
     return [None] * len(dones)
