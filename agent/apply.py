@@ -16,9 +16,10 @@ The agent turns the config document into a set of *managed files* and writes exa
 
 Applying is idempotent: a file whose content and mode already match is not rewritten, files the
 previous config managed and the new one does not are removed, and applying the version already in
-effect is a no-op. Every write is atomic (temp file + rename), and every path is checked to stay
-inside the root (no ``..``, no symlinked parent leading out). In this sandbox "the node" is the
-``--root`` tree; nothing outside it is touched.
+effect is a no-op. It is all or nothing: a write that fails puts back what the apply had changed
+before it (``ConfigApplier.apply_live``). Every write is atomic (temp file + rename), and every
+path is checked to stay inside the root (no ``..``, no symlinked parent leading out). In this
+sandbox "the node" is the ``--root`` tree; nothing outside it is touched.
 
 State (``STATE`` = the agent's state directory): ``config.json`` (the config in effect),
 ``staged.json`` (applied at next boot), ``try.json`` (a ``try`` apply awaiting confirmation, with
@@ -29,6 +30,7 @@ application, for audits and tests).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 import time
@@ -40,6 +42,8 @@ from agent.identity import write_file
 
 # Must match server.config.model.REBOOT_FIELDS (the agent does not import the server).
 REBOOT_FIELDS = ("kernel_args", "install", "volumes")
+
+log = logging.getLogger(__name__)
 
 
 class ApplyError(Exception):
@@ -177,16 +181,24 @@ class ConfigApplier:
     # -- operations -------------------------------------------------------------------------------
 
     def apply_live(self, version: str, cfg: dict[str, Any], mode: str) -> None:
-        """Make ``cfg`` true now (no reboot)."""
+        """Make ``cfg`` true now (no reboot). All or nothing: a write that fails half-way (a
+        path refused, a sysctl the kernel does not take, a full disk) puts back every file and
+        live value this apply had changed, in reverse order, before the error is raised."""
         files = render_files(cfg, self._state_rel)
         old_doc = self._load("manifest.json") or {}
         old_manifest = set(old_doc.get("files", []))
-        for path, mf in files.items():
-            self._write_managed(path, mf)
-        for path in sorted(old_manifest - set(files)):
-            if not path.startswith("/proc/"):
-                target = self._target(path)
-                target.unlink(missing_ok=True)
+        undo: list[_Undo] = []
+        try:
+            for path, mf in files.items():
+                self._write_managed(path, mf, undo)
+            for path in sorted(old_manifest - set(files)):
+                if not path.startswith("/proc/"):
+                    target = self._target(path)
+                    undo.append(_Undo.of(target))
+                    target.unlink(missing_ok=True)
+        except Exception:
+            self._roll_back(undo)
+            raise
         manifest = {"files": sorted(files)}
         if old_doc != manifest:  # a new version of the same files (the usual case) keeps it
             self._save("manifest.json", manifest)
@@ -285,13 +297,23 @@ class ConfigApplier:
         if os.path.commonpath([parent_real, self._root_real]) != self._root_real:
             raise ApplyError(f"{path}: parent directory leads outside the root")
 
-    def _write_managed(self, path: str, mf: ManagedFile) -> None:
+    def _roll_back(self, undo: list[_Undo]) -> None:
+        for u in reversed(undo):
+            try:
+                u.restore(self._fsync)
+            except OSError as exc:  # the apply's own error is the one reported
+                log.error("rollback of %s failed: %s", u.target, exc)
+
+    def _write_managed(self, path: str, mf: ManagedFile, undo: list[_Undo]) -> None:
+        """Write one file, first noting in ``undo`` how to put back what it replaces."""
         target = self._target(path)
         self._make_parent(path, target)
         if path.startswith("/proc/") and target.exists():
             # procfs (sysctls): no temp file can be created there, so no rename; the value is
             # written in place, as sysctl(8) does (the lab's real kernel refused the temp file)
-            if target.read_bytes().split() != mf.data.split():
+            held = target.read_bytes()
+            if held.split() != mf.data.split():
+                undo.append(_Undo(target, held, live=True))
                 with open(target, "wb", buffering=0) as fh:
                     fh.write(mf.data)
                 held = target.read_bytes()
@@ -301,11 +323,45 @@ class ConfigApplier:
                         f" after writing {mf.data.decode(errors='replace').strip()!r}"
                     )
             return
+        before = _Undo.of(target)
+        if before.data == mf.data and before.mode == mf.mode:
+            return
+        undo.append(before)
+        write_file(target, mf.data, mf.mode, fsync=self._fsync)
+
+
+@dataclass(frozen=True)
+class _Undo:
+    """How to put one path back as it was before an apply touched it."""
+
+    target: Path
+    data: bytes | None
+    """Its content; None: there was no regular file (nothing, or a symlink: ``link``)."""
+    mode: int = 0
+    link: str | None = None
+    live: bool = False
+    """A /proc/sys value: written back in place."""
+
+    @classmethod
+    def of(cls, target: Path) -> _Undo:
         try:
             st = os.lstat(target)
-            same_mode = stat.S_ISREG(st.st_mode) and (st.st_mode & 0o7777) == mf.mode
-            if same_mode and target.read_bytes() == mf.data:
-                return
         except OSError:
-            pass
-        write_file(target, mf.data, mf.mode, fsync=self._fsync)
+            return cls(target, None)
+        if stat.S_ISLNK(st.st_mode):
+            return cls(target, None, link=os.readlink(target))
+        if not stat.S_ISREG(st.st_mode):
+            return cls(target, None)  # a directory in the way: the write fails, nothing to undo
+        return cls(target, target.read_bytes(), st.st_mode & 0o7777)
+
+    def restore(self, fsync: bool) -> None:
+        if self.live:
+            with open(self.target, "wb", buffering=0) as fh:
+                fh.write(self.data or b"")
+            return
+        if self.data is not None:
+            write_file(self.target, self.data, self.mode, fsync=fsync)
+            return
+        self.target.unlink(missing_ok=True)
+        if self.link is not None:
+            os.symlink(self.link, self.target)

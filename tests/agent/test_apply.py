@@ -5,6 +5,7 @@ import os
 
 import pytest
 
+import agent.apply
 from agent.apply import ApplyError, ConfigApplier, reboot_needed, render_files
 from agent.identity import write_file
 
@@ -74,21 +75,24 @@ def test_try_then_revert_and_staged_on_boot(applier):
     assert (applier.root / "var/lib/bronze/boot/kernel-args").read_text() == "quiet\n"
 
 
-def test_try_cut_off_halfway_is_reverted_at_next_start(applier, tmp_path):
+class PowerCut(BaseException):
+    """The agent dies mid-apply (no ``except Exception`` runs, as under SIGKILL)."""
+
+
+def test_try_cut_off_halfway_is_reverted_at_next_start(applier, monkeypatch):
     applier.apply_live("v1", CFG, "auto")
-    # The second file of the trial cannot be written: the apply stops after the hostname.
-    (tmp_path / "outside").mkdir()
-    trial = {
-        **CFG,
-        "hostname": "n2",
-        "files": {
-            "/etc/motd": {"content": "hello\n", "mode": 0o600},
-            "/etc/zz/x": {"content": "x"},
-        },
-    }
-    os.symlink(tmp_path / "outside", applier.root / "etc/zz")
-    with pytest.raises(ApplyError):
+    trial = {**CFG, "hostname": "n2", "files": {"/etc/motd": {"content": "bye\n"}}}
+    real_write = agent.apply.write_file
+
+    def cut_at_motd(path, *args, **kwargs):
+        if path.name == "motd":
+            raise PowerCut
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(agent.apply, "write_file", cut_at_motd)
+    with pytest.raises(PowerCut):
         applier.begin_try("v2", trial, 60, previous=applier.current)
+    monkeypatch.undo()
     assert (applier.root / "etc/hostname").read_text() == "n2\n"  # partly applied
     assert applier.trial["version"] == "v2"  # but the revert plan was saved first
     applier.on_boot()
@@ -168,3 +172,50 @@ def test_write_file_mode_survives_the_umask(tmp_path):
         os.umask(old)
     assert oct((tmp_path / "new/dir/f").stat().st_mode & 0o777) == oct(0o644)
     assert sorted(p.name for p in (tmp_path / "new/dir").iterdir()) == ["f"]  # no temp file left
+
+
+def test_an_apply_that_fails_half_way_puts_back_what_it_wrote(applier, tmp_path):
+    """All or nothing: the files written before the failing one get their old content and mode
+    back, the ones it created are removed, and the config in effect is still the old one."""
+    root = applier.root
+    applier.apply_live("v1", CFG, "auto")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "etc/zz").mkdir()
+    os.symlink(outside, root / "etc/zz/evil")
+    v2 = {
+        **CFG,
+        "hostname": "n2",
+        "files": {
+            "/etc/a-new": {"content": "new\n"},
+            "/etc/motd": {"content": "changed\n", "mode": 0o644},
+            "/etc/zz/evil/x": {"content": "x"},
+        },
+    }
+    with pytest.raises(ApplyError, match="outside the root"):
+        applier.apply_live("v2", v2, "auto")
+    assert (root / "etc/hostname").read_text() == "n1\n"
+    assert not (root / "etc/a-new").exists()
+    assert (root / "etc/motd").read_text() == "hello\n"
+    assert oct((root / "etc/motd").stat().st_mode & 0o777) == oct(0o600)
+    assert not (outside / "x").exists()
+    assert applier.current_version == "v1"
+    applier.apply_live("v1", CFG, "auto")  # the old config is whole: nothing left to change
+    assert (root / "etc/hostname").read_text() == "n1\n"
+
+
+def test_a_sysctl_refused_half_way_puts_back_the_live_values(applier):
+    """A live value written before the sysctl the kernel refuses is written back too, as is the
+    sysctl.d file."""
+    sysdir = applier.root / "proc/sys/vm"
+    sysdir.mkdir(parents=True)
+    (sysdir / "swappiness").write_text("60\n")
+    (sysdir / "nr_hugepages").symlink_to("/dev/null")
+    with pytest.raises(ApplyError, match="nr_hugepages"):
+        applier.apply_live(
+            "v1", {"sysctls": {"vm.swappiness": "5", "vm.nr_hugepages": "64"}}, "auto"
+        )
+    assert (sysdir / "swappiness").read_text() == "60\n"
+    assert not (applier.root / "etc/sysctl.d/90-bronze.conf").exists()
+    assert (sysdir / "nr_hugepages").is_symlink()
+    assert not (applier.state / "config.json").exists()
