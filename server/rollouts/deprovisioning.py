@@ -5,7 +5,6 @@ certificate revocation in the transaction that records success)."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
@@ -15,12 +14,10 @@ from server.inventory import machines as inventory
 from server.inventory.models import Machine
 from server.rollouts import deprovision, store
 from server.rollouts.decide import Limits, MachineState, RolloutStatus, next_actions
+from server.rollouts.effects import Effects, write_command
 from server.rollouts.models import Rollout, RolloutMachine
-from server.rollouts.provisioning import ACTOR, CommandWriter, observe
+from server.rollouts.provisioning import ACTOR, observe
 from server.types import EventKind, Phase
-
-if TYPE_CHECKING:
-    from server.rollouts.runner import Effects
 
 DEPROVISION = "deprovision"
 DEPROVISIONABLE = frozenset({Phase.READY, Phase.FAILED, Phase.MAINTENANCE, Phase.PROVISIONING})
@@ -29,10 +26,8 @@ DEPROVISIONABLE = frozenset({Phase.READY, Phase.FAILED, Phase.MAINTENANCE, Phase
 class DeprovisionPass:
     """One pass over a deprovisioning rollout (``server.rollouts.deprovision``)."""
 
-    def __init__(
-        self, s: Session, r: Rollout, now: datetime, effects: Effects, command: CommandWriter
-    ) -> None:
-        self.s, self.r, self.now, self.effects, self.command = s, r, now, effects, command
+    def __init__(self, s: Session, r: Rollout, now: datetime, effects: Effects) -> None:
+        self.s, self.r, self.now, self.effects = s, r, now, effects
         self.timeout = timedelta(seconds=int(r.spec.get("wipe_timeout_seconds", 3600)))
 
     def run(self) -> None:
@@ -86,7 +81,8 @@ class DeprovisionPass:
             cmd = pb.Command(
                 wipe=pb.Wipe(full=self.r.spec["wipe"] == "full", disk=self.r.spec.get("disk") or "")
             )
-            row.detail = {**row.detail, "command_id": self.command(self.s, m.id, cmd, self.effects)}
+            cmd_id = write_command(self.s, m.id, cmd, self.effects)
+            row.detail = {**row.detail, "command_id": cmd_id}
         if tr.state is MachineState.SUCCEEDED:
             row.claim = None
             m.phase, m.image, m.trial_image, m.fault_reason = (

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -21,6 +21,7 @@ from server.inventory import machines as inventory
 from server.inventory.models import AgentState, BootTimelineEvent, Event, Image, Machine, Nic
 from server.rollouts import store
 from server.rollouts.decide import CHAIN, Limits, MachineState, RolloutStatus, next_actions
+from server.rollouts.effects import Effects, write_command
 from server.rollouts.models import Rollout, RolloutMachine
 from server.rollouts.observe import config_applied
 from server.rollouts.provision import (
@@ -38,12 +39,8 @@ from server.rollouts.provision import (
 )
 from server.types import EventKind, Phase
 
-if TYPE_CHECKING:
-    from server.rollouts.runner import Effects
-
 KIND = "provision"
 ACTOR = "provisioning"
-CommandWriter = Callable[[Session, str, pb.Command, "Effects"], str]
 
 
 def request_of(spec: dict[str, Any]) -> Request:
@@ -167,7 +164,6 @@ class ProvisionPass:
         r: Rollout,
         now: datetime,
         effects: Effects,
-        command: CommandWriter,
         asset_base_url: str,
         only: set[str] | None = None,
     ) -> None:
@@ -175,7 +171,7 @@ class ProvisionPass:
         self.only = only
         """The machines whose agents reported since the last pass (None: every machine in
         flight; deadlines are only seen then)."""
-        self.command, self.asset_base_url = command, asset_base_url
+        self.asset_base_url = asset_base_url
         self.req = request_of(r.spec)
         self.t = timeouts_of(r.spec)
         self.image = s.get(Image, r.image) if r.image else None
@@ -295,7 +291,7 @@ class ProvisionPass:
         elif tr.action is Action.SEND_INSTALL and self.image is not None:
             disk = str((self.r.spec.get("install") or {}).get("disk", ""))
             cmd = install_command(self.image, disk, self.asset_base_url)
-            detail["command_id"] = self.command(self.s, m.id, cmd, self.effects)
+            detail["command_id"] = write_command(self.s, m.id, cmd, self.effects)
         row.detail = detail
         if tr.state is MachineState.SUCCEEDED:
             row.claim = None

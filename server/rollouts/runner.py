@@ -1,9 +1,10 @@
 """The rollout runner: one replica at a time (a database lease) walks every unfinished rollout.
 
-Each pass, in one write transaction per rollout:
+Each pass, in one write transaction per rollout, through the pass of the rollout's kind
+(``upgrading.UpgradePass``, ``provisioning.ProvisionPass``, ``deprovisioning.DeprovisionPass``):
 
-1. every active machine is observed (its agent's last report) and advanced one step
-   (``server.rollouts.upgrade.advance``);
+1. every active machine is observed (its agent's last report) and advanced as far as that
+   report allows (``server.rollouts.upgrade.advance``, one transition after another);
 2. the rollout's next actions are decided (``server.rollouts.decide.next_actions``) and newly
    started machines get their first step;
 3. commands for the agents (Upgrade, MarkGood, Reboot) are written to the agents' outbox
@@ -25,61 +26,30 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from agent.gen import agent_pb2 as pb
-from server.inventory import machines as inventory
 from server.inventory import singleton_lease
 from server.inventory.db import Database
-from server.inventory.models import AgentPendingCommand, AgentState, Image, Machine, utcnow
+from server.inventory.models import Machine, utcnow
 from server.inventory.secretbox import SecretBox
 from server.rollouts import deprovisioning, provisioning, store
-from server.rollouts.commands import upgrade_command
-from server.rollouts.decide import CHAIN, Limits, MachineState, RolloutStatus, next_actions
+from server.rollouts.decide import MachineState, RolloutStatus
+from server.rollouts.effects import Effects
 from server.rollouts.hooks import call_hook
 from server.rollouts.models import Rollout, RolloutMachine
-from server.rollouts.observe import observe, progress, timeouts
-from server.rollouts.planner import resolve_count
-from server.rollouts.upgrade import (
-    Action,
-    Hooks,
-    Serve,
-    Timeouts,
-    Transition,
-    UpgradeStep,
-    abort_in_flight,
-    advance,
-    hook_done,
-    start,
-)
-from server.types import EventKind, Phase
+from server.rollouts.upgrade import UpgradeStep
+from server.rollouts.upgrading import UpgradePass
 
 log = logging.getLogger(__name__)
 
 LEASE = "rollouts"
-ACTOR = "rollouts"
-
-
-@dataclass
-class Effects:
-    """What to do after the transaction commits."""
-
-    hooks: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = field(default_factory=list)
-    """(rollout id, machine id, before|after, hook spec)"""
-    cycles: list[str] = field(default_factory=list)
-    """Machine ids to power-cycle through their BMC."""
-    commands: int = 0
-    """Agent commands written to the outbox (the local hub is told to deliver them now)."""
-    power: list[tuple[str, str, str, float, str, int]] = field(default_factory=list)
-    """Provisioning: (rollout id, machine id, up|cycle, delay s, step, attempt) power actions."""
 
 
 @dataclass
@@ -192,9 +162,6 @@ class RolloutRunner:
             if effects.commands and self.deliver is not None:
                 await self.deliver()
 
-    def _timeouts(self, spec: dict[str, Any]) -> Timeouts:
-        return timeouts(spec, self.config.write_timeout, self.config.recover_timeout)
-
     def _unfinished(self) -> list[str]:
         terminal = [s.value for s in RolloutStatus if s.terminal]
         with self.db.read() as s:
@@ -218,252 +185,25 @@ class RolloutRunner:
             r = store.get(s, rollout_id)
             if r.kind == provisioning.KIND:
                 provisioning.ProvisionPass(
-                    s, r, now, effects, self._command, self.config.asset_base_url, only
+                    s, r, now, effects, self.config.asset_base_url, only
                 ).run()
-                return effects
-            if r.kind == deprovisioning.DEPROVISION:
-                deprovisioning.DeprovisionPass(s, r, now, effects, self._command).run()
-                return effects
-            states, rows, machines, agents = store.load_pass(s, r, only)
-            spec = r.spec
-            t = self._timeouts(spec)
-            hooks = Hooks(pre="before" in spec["hooks"], post="after" in spec["hooks"])
-            image = s.get(Image, r.image) if r.image else None
-            rollback = (
-                RolloutStatus(r.status) is RolloutStatus.ABORTING and spec["on_abort"] == "rollback"
-            )
-            for row in rows.values():
-                if row.state != MachineState.ACTIVE:
-                    continue
-                m = machines[row.machine_id]
-                if rollback:
-                    tr = abort_in_flight(progress(row, now), now, t)
-                    if tr is not None:
-                        self._apply(s, r, row, m, tr, image, effects)
-                else:
-                    st = agents.get(row.machine_id)
-                    self._advance(s, r, row, m, st, now, t, hooks, image, effects)
-                states[row.machine_id] = MachineState(row.state)
-            health = store.health(s, store.watched(r, states, in_flight=False))
-            self._decide(
-                s, r, states, rows, machines, agents, health, now, t, hooks, image, effects
-            )
+            elif r.kind == deprovisioning.DEPROVISION:
+                deprovisioning.DeprovisionPass(s, r, now, effects).run()
+            else:
+                self._upgrade_pass(s, r, now, effects).run(only)
         return effects
 
-    def _advance(
-        self,
-        s: Session,
-        r: Rollout,
-        row: RolloutMachine,
-        m: Machine,
-        st: AgentState | None,
-        now: datetime,
-        t: Timeouts,
-        hooks: Hooks,
-        image: Image | None,
-        effects: Effects,
-    ) -> None:
-        """Advance the machine as far as what its agent reported allows: a transition that only
-        waits (booting -> verifying) is followed at once by the next one the same report allows
-        (verifying -> confirming), each recorded with its event, instead of one per pass."""
-        target = image.digest if image else ""
-        for _ in range(CHAIN):
-            p = progress(row, now)
-            tr = advance(p, observe(st, row, p, target), now, t, hooks, m.bmc_driver is not None)
-            if tr is None:
-                if p.step in (UpgradeStep.PRE_HOOK, UpgradeStep.POST_HOOK):
-                    self._want_hook(r, row, p.step, effects)
-                return
-            self._apply(s, r, row, m, tr, image, effects)
-            if tr.action is not Action.NONE or tr.state is not MachineState.ACTIVE:
-                return
-            if tr.step is p.step:
-                return
-
-    def _decide(
-        self,
-        s: Session,
-        r: Rollout,
-        states: dict[str, MachineState],
-        rows: dict[str, RolloutMachine],
-        machines: dict[str, Machine],
-        agents: dict[str, AgentState],
-        health: dict[str, bool],
-        now: datetime,
-        t: Timeouts,
-        hooks: Hooks,
-        image: Image | None,
-        effects: Effects,
-    ) -> None:
-        spec = r.spec
-        total = len(states)
-        cap = spec.get("max_unavailable")
-        limits = Limits(
-            max_unavailable=resolve_count(cap, total, what="max_unavailable") if cap else total,
-            failure_budget=int(spec.get("failure_budget", 0)),
-        )
-        acts = next_actions(
-            RolloutStatus(r.status), store.batches_from(r.batches), states, limits, health
-        )
-        if acts.skip:  # pending machines of later batches: not loaded, one statement
-            s.execute(
-                update(RolloutMachine)
-                .where(RolloutMachine.rollout_id == r.id, RolloutMachine.machine_id.in_(acts.skip))
-                .values(state=MachineState.SKIPPED.value, claim=None, updated_at=now)
-            )
-        missing = [mid for mid in acts.start if mid not in rows]
-        if missing:  # the batch that starts in the same pass as the previous one finished
-            more_rows, more_machines, more_agents = store.load_rows(s, r, set(missing))
-            rows.update(more_rows)
-            machines.update(more_machines)
-            agents.update(more_agents)
-        for mid in acts.start:
-            self._start(
-                s, r, rows[mid], machines[mid], agents.get(mid), now, t, hooks, image, effects
-            )
-        if acts.status is not None:
-            store.set_status(s, r, acts.status, acts.reason, ACTOR)
-        elif acts.start or acts.skip:
-            r.updated_at = now
-
-    def _start(
-        self,
-        s: Session,
-        r: Rollout,
-        row: RolloutMachine,
-        m: Machine,
-        st: AgentState | None,
-        now: datetime,
-        t: Timeouts,
-        hooks: Hooks,
-        image: Image | None,
-        effects: Effects,
-    ) -> None:
-        """A machine starts: what it runs now is recorded (to re-probe it after a restart)."""
-        netboot = m.boot_from == "network"
-        row.detail = {
-            "from_boot_id": (st.boot_id if st else "") or "",
-            "from_digest": (st.image_digest if st else "") or "",
-            "target_digest": image.digest if image else "",
-            "cycled": False,
-            "mode": "netboot" if netboot else "disk",
-        }
-        row.state = MachineState.ACTIVE.value
-        m.phase = Phase.UPGRADING.value
-        inventory.record(
-            s,
-            actor=ACTOR,
-            kind=EventKind.ROLLOUT_MACHINE_STARTED,
-            message=f"upgrade of {m.name} to {r.image} started (rollout {r.id})",
-            machine=m,
-            data={"rollout": r.id, "image": r.image},
-        )
-        self._apply(s, r, row, m, start(hooks, now, t, netboot), image, effects)
-
-    def _apply(
-        self,
-        s: Session,
-        r: Rollout,
-        row: RolloutMachine,
-        m: Machine,
-        tr: Transition,
-        image: Image | None,
-        effects: Effects,
-    ) -> None:
-        """Record the transition, write its command, queue its side effect."""
-        now = self.clock()
-        changed = tr.step.value != row.step or tr.state.value != row.state
-        row.step, row.state, row.updated_at = tr.step.value, tr.state.value, now
-        row.deadline = tr.deadline
-        row.detail = {**row.detail, "cycled": tr.cycled or row.detail.get("cycled", False)}
-        if tr.error:
-            row.error = tr.error
-        self._serve(m, r, tr.serve)
-        if tr.action is Action.SEND_UPGRADE and image is not None:
-            cmd_id = self._command(
-                s, m.id, upgrade_command(r, image, self.config.asset_base_url), effects
-            )
-            row.detail = {**row.detail, "command_id": cmd_id}
-        elif tr.action is Action.SEND_MARK_GOOD and image is not None:
-            cmd = pb.Command(mark_good=pb.MarkGood(image_digest=image.digest))
-            row.detail = {**row.detail, "command_id": self._command(s, m.id, cmd, effects)}
-        elif tr.action is Action.SEND_REBOOT:
-            cmd = pb.Command(reboot=pb.Reboot())
-            row.detail = {**row.detail, "command_id": self._command(s, m.id, cmd, effects)}
-        elif tr.action is Action.POWER_CYCLE:
-            effects.cycles.append(m.id)
-        elif tr.action in (Action.CALL_PRE_HOOK, Action.CALL_POST_HOOK):
-            self._want_hook(r, row, tr.step, effects)
-        if tr.state is MachineState.SUCCEEDED:
-            row.claim = None
-            m.phase, m.image, m.fault_reason = Phase.READY.value, r.image, None
-            st = s.get(AgentState, m.id)
-            if st is not None and image is not None:  # confirmed: its fallback is now this image
-                st.last_good_digest = image.digest
-        elif tr.state is MachineState.FAILED:
-            row.claim = None
-            if row.detail.get("mode") == "netboot":  # a failed trial is never served again
-                m.trial_image = None
-            m.phase, m.fault_reason = Phase.FAILED.value, f"upgrade to {r.image}: {tr.error}"
-        if changed or tr.error:
-            active = tr.state is MachineState.ACTIVE
-            what = tr.step.value if active else tr.state.value
-            inventory.record(
-                s,
-                actor=ACTOR,
-                kind=EventKind(f"rollout.machine.{'step' if active else tr.state.value}"),
-                message=f"{m.name}: {what}" + (f": {tr.error}" if tr.error else ""),
-                machine=m,
-                data={"rollout": r.id, "step": tr.step.value, "state": tr.state.value},
-            )
-
-    @staticmethod
-    def _serve(m: Machine, r: Rollout, serve: Serve) -> None:
-        """Diskless machines: what their boot script serves from now on (the boot plane reads
-        ``trial_image`` first, then ``image``), written in the transition's transaction."""
-        if serve is Serve.TRIAL:
-            m.trial_image = r.image
-        elif serve is Serve.CONFIRM:
-            m.image, m.trial_image = r.image, None
-        elif serve is Serve.LAST_GOOD:
-            m.trial_image = None
-
-    def _command(self, s: Session, machine_id: str, cmd: pb.Command, effects: Effects) -> str:
-        cmd.id = str(uuid.uuid4())
-        kind = cmd.WhichOneof("op") or "unknown"
-        s.add(
-            AgentPendingCommand(
-                machine_id=machine_id,
-                command_id=cmd.id,
-                kind=kind,
-                payload=cmd.SerializeToString(),
-                created_at=utcnow(),
-            )
-        )
-        effects.commands += 1
-        return cmd.id
+    def _upgrade_pass(self, s: Session, r: Rollout, now: datetime, effects: Effects) -> UpgradePass:
+        c = self.config
+        return UpgradePass(s, r, now, effects, c.asset_base_url, c.write_timeout, c.recover_timeout)
 
     # --- side effects after commit --------------------------------------------------------------
 
-    def _want_hook(
-        self, r: Rollout, row: RolloutMachine, step: UpgradeStep, effects: Effects
-    ) -> None:
-        key = (r.id, row.machine_id)
-        if key in self._hooks_in_flight:
-            return
-        when = "before" if step is UpgradeStep.PRE_HOOK else "after"
-        self._hooks_in_flight.add(key)
-        payload = {
-            "event": f"{when}-upgrade",
-            "rollout": r.id,
-            "machine": {"id": row.machine_id, "name": row.machine_name},
-            "image": r.image,
-        }
-        effects.hooks.append((r.id, row.machine_id, r.spec["hooks"][when], payload))
-
     def _carry_out(self, effects: Effects) -> None:
         for rid, mid, hook, payload in effects.hooks:
-            self._spawn(self._call_hook(rid, mid, hook, payload))
+            if (rid, mid) not in self._hooks_in_flight:  # a pass asks again while it runs
+                self._hooks_in_flight.add((rid, mid))
+                self._spawn(self._call_hook(rid, mid, hook, payload))
         for mid in effects.cycles:
             self._spawn(self.power_cycle(mid))
         for rid, mid, what, delay, step, attempt in effects.power:
@@ -514,18 +254,9 @@ class RolloutRunner:
             row = s.get(RolloutMachine, (rid, mid))
             if row is None or row.state != MachineState.ACTIVE:
                 return effects
-            p = progress(row, self.clock())
-            if p.step not in (UpgradeStep.PRE_HOOK, UpgradeStep.POST_HOOK):
+            if row.step not in (UpgradeStep.PRE_HOOK.value, UpgradeStep.POST_HOOK.value):
                 return effects
-            image = s.get(Image, r.image) if r.image else None
             m = s.get(Machine, mid)
             assert m is not None
-            tr = hook_done(
-                p,
-                ok,
-                error,
-                self.clock(),
-                timeouts(r.spec, self.config.write_timeout, self.config.recover_timeout),
-            )
-            self._apply(s, r, row, m, tr, image, effects)
+            self._upgrade_pass(s, r, self.clock(), effects).hook_answered(row, m, ok, error)
         return effects

@@ -18,7 +18,8 @@ from server.inventory.models import Machine, OperationItem
 from server.inventory.secretbox import SecretBox
 from server.power.kinds import OperationKind
 from server.power.service import PowerService
-from server.rollouts.runner import ACTOR, RolloutRunner, RunnerConfig
+from server.rollouts.runner import RolloutRunner, RunnerConfig
+from server.rollouts.upgrading import ACTOR
 from server.settings import ServerSettings
 from server.types import OpStatus
 
