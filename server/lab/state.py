@@ -28,6 +28,46 @@ LIBVIRT_ETC = Path("/etc/libvirt/qemu")
 LIBVIRT_RUN = Path("/run/libvirt/qemu")
 LIBVIRT_LIB = Path("/var/lib/libvirt/qemu")
 LIBVIRT_LOG = Path("/var/log/libvirt/qemu")
+LIBVIRT_DIRS = ("/etc/libvirt", "/run/libvirt", "/var/lib/libvirt", "/var/log/libvirt")
+"""Where libvirtd and virtlogd create files of their own (a first start on a host makes
+``/run/libvirt/common``, ``/etc/libvirt/secrets``, ...): ``down`` removes what was not there."""
+
+
+def existing_paths(roots: tuple[str, ...] = LIBVIRT_DIRS) -> list[str]:
+    """Every path under ``roots`` now (the roots included), to compare with at teardown."""
+    out: list[str] = []
+    for root in roots:
+        if not os.path.lexists(root):
+            continue
+        out.append(root)
+        for parent, dirs, files in os.walk(root):
+            out.extend(os.path.join(parent, n) for n in (*dirs, *files))
+    return sorted(out)
+
+
+def remove_new_paths(roots: list[str], existing: list[str]) -> None:
+    """Remove what appeared under ``roots`` since :func:`existing_paths` listed ``existing``."""
+    keep = set(existing)
+    for root in roots:
+        if not os.path.lexists(root):
+            continue
+        if root not in keep:
+            shutil.rmtree(root, ignore_errors=True)
+            continue
+        for parent, dirs, files in os.walk(root):
+            for name in files:
+                path = os.path.join(parent, name)
+                if path not in keep:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(path)
+            for name in list(dirs):
+                path = os.path.join(parent, name)
+                if path not in keep:
+                    dirs.remove(name)  # not walked into: removed whole
+                    if os.path.islink(path):
+                        os.unlink(path)
+                    else:
+                        shutil.rmtree(path, ignore_errors=True)
 
 
 def run(*args: str, check: bool = False, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -171,6 +211,9 @@ def teardown(records: Records, log: Callable[[str], None] = lambda _m: None) -> 
                 else:
                     with contextlib.suppress(FileNotFoundError):
                         path.unlink()
+            elif kind == "libvirt-paths":
+                log("removing what libvirtd created under " + ", ".join(rec["roots"]))
+                remove_new_paths(rec["roots"], rec["existing"])
             elif kind == "netns":
                 log(f"deleting namespace {rec['name']}")
                 if Path(f"/run/netns/{rec['name']}").exists():

@@ -24,7 +24,15 @@ import httpx
 
 from server.lab import config as cfg
 from server.lab.netns import Api, default_signals, in_netns, wait_for
-from server.lab.state import Records, alive, run, start_time, status
+from server.lab.state import (
+    LIBVIRT_DIRS,
+    Records,
+    alive,
+    existing_paths,
+    run,
+    start_time,
+    status,
+)
 from server.lab.tools import LabError, Log, ensure_venv, missing_tools, repo_root
 
 __all__ = ["LabError", "status", "up"]
@@ -110,6 +118,8 @@ class Up:
                 "the lab needs its own, inside its namespace"
             )
         self.log("virtlogd + libvirtd inside the namespace")
+        # torn down after the daemons stop (records are undone last first)
+        self.rec.add("libvirt-paths", roots=list(LIBVIRT_DIRS), existing=existing_paths())
         self.spawn("virtlogd", ["virtlogd"])
         lib = self.spawn("libvirtd", ["libvirtd"])
         wait_for(

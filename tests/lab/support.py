@@ -9,9 +9,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from server.lab.state import LIBVIRT_DIRS
 from tests.support.procs import BRONZE
-
-LIBVIRT_DIRS = ("/etc/libvirt", "/run/libvirt", "/var/lib/libvirt", "/var/log/libvirt")
 
 
 class LabCli:
