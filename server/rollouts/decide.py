@@ -29,12 +29,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 from server.rollouts.planner import Batch, BatchKind
-
-CHAIN = 4
-"""Transitions one machine may take in one pass: one that only waits (upgrade: booting ->
-verifying) is followed by the next one the same report allows (verifying -> confirming)."""
 
 
 class RolloutStatus(StrEnum):
@@ -85,6 +82,29 @@ class MachineState(StrEnum):
     @property
     def finished(self) -> bool:
         return self in (MachineState.SUCCEEDED, MachineState.FAILED, MachineState.SKIPPED)
+
+
+CHAIN = 4
+"""Transitions one machine may take in one pass: one that only waits (upgrade: booting ->
+verifying) is followed by the next one the same report allows (verifying -> confirming)."""
+
+
+class Chained(Protocol):
+    """A transition of any kind's step machine (upgrade, provision)."""
+
+    @property
+    def step(self) -> StrEnum: ...
+    @property
+    def action(self) -> StrEnum: ...
+    @property
+    def state(self) -> MachineState: ...
+
+
+def goes_on(before: StrEnum, tr: Chained) -> bool:
+    """Whether a pass advances the machine again after ``tr`` (taken from step ``before``): it
+    only waits (no action to carry out first), the machine is still in flight, and its step
+    moved (the same report may allow the next one)."""
+    return tr.action.value == "none" and tr.state is MachineState.ACTIVE and tr.step is not before
 
 
 @dataclass(frozen=True)

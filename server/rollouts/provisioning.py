@@ -20,7 +20,7 @@ from server.boot import images
 from server.inventory import machines as inventory
 from server.inventory.models import AgentState, BootTimelineEvent, Event, Image, Machine, Nic
 from server.rollouts import store
-from server.rollouts.decide import CHAIN, Limits, MachineState, RolloutStatus, next_actions
+from server.rollouts.decide import CHAIN, Limits, MachineState, RolloutStatus, goes_on, next_actions
 from server.rollouts.effects import Effects, write_command
 from server.rollouts.models import Rollout, RolloutMachine
 from server.rollouts.observe import config_applied
@@ -202,12 +202,7 @@ class ProvisionPass:
                         None,
                         self.now,
                     )
-        missing = {mid for mid in acts.start if mid not in rows}
-        if missing:
-            more_rows, more_machines, more_agents = store.load_rows(s, r, missing, inventory=True)
-            rows.update(more_rows)
-            machines.update(more_machines)
-            agents.update(more_agents)
+        store.load_more(s, r, acts.start, rows, machines, agents, inventory=True)
         for mid in acts.start:
             self._start(rows[mid], machines[mid], agents.get(mid))
         if acts.status is not None:
@@ -235,9 +230,7 @@ class ProvisionPass:
             if tr is None:
                 return
             self._apply(row, m, st, tr)
-            if tr.action is not Action.NONE or tr.state is not MachineState.ACTIVE:
-                return
-            if tr.step is p.step:
+            if not goes_on(p.step, tr):
                 return
 
     def _start(self, row: RolloutMachine, m: Machine, st: AgentState | None) -> None:

@@ -386,6 +386,25 @@ def health(s: Session, machine_ids: set[str]) -> dict[str, bool]:
     return out
 
 
+def load_more(
+    s: Session,
+    r: Rollout,
+    ids: Sequence[str],
+    rows: dict[str, RolloutMachine],
+    machines: dict[str, Machine],
+    agents: dict[str, AgentState],
+    inventory: bool = False,
+) -> None:
+    """Add the rows of ``ids`` not loaded yet to a pass's dictionaries (the batch that starts in
+    the same pass as the previous one finished)."""
+    missing = {mid for mid in ids if mid not in rows}
+    if missing:
+        more_rows, more_machines, more_agents = load_rows(s, r, missing, inventory)
+        rows.update(more_rows)
+        machines.update(more_machines)
+        agents.update(more_agents)
+
+
 def load_rows(
     s: Session, r: Rollout, relevant: set[str], inventory: bool = False
 ) -> tuple[dict[str, RolloutMachine], dict[str, Machine], dict[str, AgentState]]:

@@ -20,7 +20,7 @@ from server.inventory import machines as inventory
 from server.inventory.models import AgentState, Image, Machine
 from server.rollouts import store
 from server.rollouts.commands import upgrade_command
-from server.rollouts.decide import CHAIN, Limits, MachineState, RolloutStatus, next_actions
+from server.rollouts.decide import CHAIN, Limits, MachineState, RolloutStatus, goes_on, next_actions
 from server.rollouts.effects import Effects, write_command
 from server.rollouts.models import Rollout, RolloutMachine
 from server.rollouts.observe import observe, progress, timeouts
@@ -97,9 +97,7 @@ class UpgradePass:
                     self._want_hook(row, p.step)  # again: a server that died while calling it
                 return
             self.apply(row, m, tr)
-            if tr.action is not Action.NONE or tr.state is not MachineState.ACTIVE:
-                return
-            if tr.step is p.step:
+            if not goes_on(p.step, tr):
                 return
 
     def _decide(
@@ -126,12 +124,7 @@ class UpgradePass:
                 .where(RolloutMachine.rollout_id == r.id, RolloutMachine.machine_id.in_(acts.skip))
                 .values(state=MachineState.SKIPPED.value, claim=None, updated_at=self.now)
             )
-        missing = [mid for mid in acts.start if mid not in rows]
-        if missing:  # the batch that starts in the same pass as the previous one finished
-            more_rows, more_machines, more_agents = store.load_rows(s, r, set(missing))
-            rows.update(more_rows)
-            machines.update(more_machines)
-            agents.update(more_agents)
+        store.load_more(s, r, acts.start, rows, machines, agents)
         for mid in acts.start:
             self._start(rows[mid], machines[mid], agents.get(mid))
         if acts.status is not None:
