@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session, lazyload
 
 from server.errors import Invalid
 from server.inventory import machines as inventory
+from server.inventory import pages
 from server.inventory.models import Operation, OperationItem
 
 ITEM_COLUMNS = (
@@ -68,12 +69,12 @@ def operation_view(op: Operation, items: Iterable[Any] | None = None) -> dict[st
     }
 
 
-def list_operations(s: Session, *, limit: int, cursor: str | None = None) -> inventory.Page:
+def list_operations(s: Session, *, limit: int, cursor: str | None = None) -> pages.Page:
     """Newest first (``created_at``, then ``id``), ``limit`` per page; the cursor names the last
     operation of the previous page."""
     stmt = select(Operation)
     if cursor:
-        c = inventory._decode_cursor(cursor)
+        c = pages.decode_cursor(cursor)
         try:
             at = datetime.fromisoformat(c["t"])
             op_id = str(c["id"])
@@ -87,5 +88,5 @@ def list_operations(s: Session, *, limit: int, cursor: str | None = None) -> inv
     if len(rows) > limit:
         rows = rows[:limit]
         last = rows[-1]
-        next_cursor = inventory._encode_cursor({"t": last.created_at.isoformat(), "id": last.id})
-    return inventory.Page([operation_view(op) for op in rows], next_cursor)
+        next_cursor = pages.encode_cursor({"t": last.created_at.isoformat(), "id": last.id})
+    return pages.Page([operation_view(op) for op in rows], next_cursor)
